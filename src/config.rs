@@ -1,0 +1,844 @@
+//! One typed tree that mirrors the config file, its loading and its validation.
+//!
+//! Loading order: the TOML file (errors carry file, line and key), then
+//! `HA_INGESTOR_<SECTION>__<KEY>` environment overrides (errors name the
+//! variable), then `*_file` secrets, then [`Config::validate`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment override.
+pub const ENV_PREFIX: &str = "HA_INGESTOR_";
+
+/// Why a configuration could not be used; every message names where to look.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, unknown key or wrong type in the file.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line, column and key.
+        message: String,
+    },
+    /// An environment override is malformed or names an unknown key.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A `*_file` secret could not be read.
+    #[error("{key}: cannot read secret file {path}: {source}")]
+    Secret {
+        /// The config key that named the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The values parse but do not make sense together.
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid {
+        /// The dotted key at fault.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory for the buffer, cursors, dead letters and the file sink (`./data`).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The Home Assistant WebSocket source; absent means no HA connection.
+    #[serde(default)]
+    pub homeassistant: Option<HomeAssistantConfig>,
+    /// Which events are kept.
+    #[serde(default)]
+    pub filter: FilterConfig,
+    /// How events become points.
+    #[serde(default)]
+    pub schema: SchemaConfig,
+    /// The InfluxDB sink; absent means points go to the file sink.
+    #[serde(default)]
+    pub influxdb: Option<InfluxConfig>,
+    /// The embedded file sink used when no InfluxDB is configured.
+    #[serde(default)]
+    pub file_sink: FileSinkConfig,
+    /// The monitor HTTP listener (`/health`, `/ready`, `/metrics`).
+    #[serde(default)]
+    pub monitor: MonitorConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+
+/// TLS settings shared by the WebSocket and HTTP clients.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Extra CA certificate (PEM) to trust, e.g. for a self-signed HA or InfluxDB.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Skip certificate verification entirely; only for testing, logged as a warning.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// Connection to Home Assistant's WebSocket API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HomeAssistantConfig {
+    /// `ws://host:8123/api/websocket` or `wss://…`; `http(s)://host:8123` is accepted and completed.
+    pub url: String,
+    /// Long-lived access token (prefer `token_file` or `HA_INGESTOR_HOMEASSISTANT__TOKEN`).
+    #[serde(default, skip_serializing)]
+    pub token: Option<String>,
+    /// File holding the token (trailing whitespace is trimmed).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Event types to subscribe to; empty subscribes to all events.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    /// First reconnect delay.
+    #[serde(default = "default_reconnect_min", with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay (also used after a refused token).
+    #[serde(default = "default_reconnect_max", with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// Time allowed for connect, upgrade and authentication.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Largest WebSocket message accepted (`get_states` on big installs is tens of MiB).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// TLS for `wss://`.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+fn default_reconnect_min() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_message_bytes() -> usize {
+    64 << 20
+}
+
+impl HomeAssistantConfig {
+    /// A config for `url` with every other key at its default.
+    pub fn new(url: impl Into<String>, token: impl Into<String>) -> Self {
+        HomeAssistantConfig {
+            url: url.into(),
+            token: Some(token.into()),
+            token_file: None,
+            event_types: Vec::new(),
+            reconnect_min: default_reconnect_min(),
+            reconnect_max: default_reconnect_max(),
+            connect_timeout: default_connect_timeout(),
+            max_message_bytes: default_max_message_bytes(),
+            tls: TlsConfig::default(),
+        }
+    }
+
+    /// The WebSocket URL, completed from `http(s)://host:port` forms.
+    pub fn websocket_url(&self) -> String {
+        let url = self.url.trim_end_matches('/');
+        let url = if let Some(rest) = url.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else {
+            url.to_string()
+        };
+        if url.ends_with("/api/websocket") {
+            url
+        } else {
+            format!("{url}/api/websocket")
+        }
+    }
+}
+
+/// One side (include or exclude) of HA's entity filter.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EntityFilterConfig {
+    /// Domains (`sensor`, `light`).
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Exact entity ids.
+    #[serde(default)]
+    pub entities: Vec<String>,
+    /// `fnmatch`-style globs over the entity id (`sensor.*_power`).
+    #[serde(default)]
+    pub entity_globs: Vec<String>,
+    /// Event types (exact) for events other than `state_changed`.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+}
+
+/// Include/exclude with Home Assistant's own semantics (the richer rule chain comes later).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// What to keep.
+    #[serde(default)]
+    pub include: EntityFilterConfig,
+    /// What to drop.
+    #[serde(default)]
+    pub exclude: EntityFilterConfig,
+}
+
+/// The schema modes; `optimized` arrives with the schema work.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaMode {
+    /// Byte-for-byte what HA's `influxdb` integration writes.
+    #[default]
+    Homeassistant,
+}
+
+/// HA's `measurement_attr` choices.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MeasurementAttr {
+    /// Measurement named by the unit (`°C`), HA's default.
+    #[default]
+    UnitOfMeasurement,
+    /// `<domain>__<device_class>`, or the domain without a device class.
+    DomainDeviceClass,
+    /// The full entity id.
+    EntityId,
+}
+
+/// Per-entity, per-domain or per-glob overrides, as HA's `component_config*`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentOverride {
+    /// Measurement for the matching entities.
+    #[serde(default)]
+    pub override_measurement: Option<String>,
+    /// Attributes not written for the matching entities (merged with the global list).
+    #[serde(default)]
+    pub ignore_attributes: Vec<String>,
+}
+
+/// How events become points: HA's `influxdb` options under the same names.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaConfig {
+    /// `homeassistant` (drop-in compatible).
+    #[serde(default)]
+    pub mode: SchemaMode,
+    /// Attribute that names the measurement.
+    #[serde(default)]
+    pub measurement_attr: MeasurementAttr,
+    /// Measurement when `measurement_attr` gives none (HA: the entity id).
+    #[serde(default)]
+    pub default_measurement: Option<String>,
+    /// One measurement for every state point.
+    #[serde(default)]
+    pub override_measurement: Option<String>,
+    /// Static tags on every point; applied last, as in HA.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Attributes written as tags instead of fields.
+    #[serde(default)]
+    pub tags_attributes: Vec<String>,
+    /// Attributes never written (raw key, `icon` not `icon_str`).
+    #[serde(default)]
+    pub ignore_attributes: Vec<String>,
+    /// Overrides by exact entity id.
+    #[serde(default)]
+    pub component_config: BTreeMap<String, ComponentOverride>,
+    /// Overrides by domain.
+    #[serde(default)]
+    pub component_config_domain: BTreeMap<String, ComponentOverride>,
+    /// Overrides by entity-id glob, applied in key order.
+    #[serde(default)]
+    pub component_config_glob: BTreeMap<String, ComponentOverride>,
+    /// Measurement for events other than `state_changed`.
+    #[serde(default = "default_events_measurement")]
+    pub events_measurement: String,
+    /// Write events other than `state_changed` at all.
+    #[serde(default = "default_true")]
+    pub write_other_events: bool,
+}
+
+fn default_events_measurement() -> String {
+    "ha_events".to_string()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for SchemaConfig {
+    fn default() -> Self {
+        SchemaConfig {
+            mode: SchemaMode::default(),
+            measurement_attr: MeasurementAttr::default(),
+            default_measurement: None,
+            override_measurement: None,
+            tags: BTreeMap::new(),
+            tags_attributes: Vec::new(),
+            ignore_attributes: Vec::new(),
+            component_config: BTreeMap::new(),
+            component_config_domain: BTreeMap::new(),
+            component_config_glob: BTreeMap::new(),
+            events_measurement: default_events_measurement(),
+            write_other_events: true,
+        }
+    }
+}
+
+/// InfluxDB write API generation.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InfluxApi {
+    /// `/write?db=&rp=` with user/password (InfluxDB 1.x, and 3.x compat).
+    #[default]
+    V1,
+    /// `/api/v2/write?org=&bucket=` with a token (InfluxDB 2.x, and 3.x compat).
+    V2,
+}
+
+/// The InfluxDB sink.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxConfig {
+    /// Base URL, `http://localhost:8086`.
+    pub url: String,
+    /// `v1` or `v2`.
+    #[serde(default)]
+    pub api: InfluxApi,
+    /// v1 database (`home_assistant`, as HA's default).
+    #[serde(default)]
+    pub database: Option<String>,
+    /// v1 retention policy; empty uses the database default.
+    #[serde(default)]
+    pub retention_policy: Option<String>,
+    /// v1 user.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// v1 password (prefer `password_file` or the env override).
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+    /// File holding the v1 password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// v2 organisation.
+    #[serde(default)]
+    pub org: Option<String>,
+    /// v2 bucket.
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// v2 token (prefer `token_file` or the env override).
+    #[serde(default, skip_serializing)]
+    pub token: Option<String>,
+    /// File holding the v2 token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Lines per write request.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Longest time a point waits for its batch to fill.
+    #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Gzip request bodies.
+    #[serde(default = "default_true")]
+    pub gzip: bool,
+    /// Timeout of one write request.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// First retry delay after a transient failure.
+    #[serde(default = "default_retry_min", with = "humantime_serde")]
+    pub retry_min: Duration,
+    /// Longest retry delay.
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// TLS for `https://`.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+fn default_batch_size() -> usize {
+    5000
+}
+fn default_flush_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_retry_min() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl InfluxConfig {
+    /// A v1 config for `url`/`database` with every other key at its default.
+    pub fn v1(url: impl Into<String>, database: impl Into<String>) -> Self {
+        InfluxConfig {
+            url: url.into(),
+            api: InfluxApi::V1,
+            database: Some(database.into()),
+            retention_policy: None,
+            username: None,
+            password: None,
+            password_file: None,
+            org: None,
+            bucket: None,
+            token: None,
+            token_file: None,
+            batch_size: default_batch_size(),
+            flush_interval: default_flush_interval(),
+            gzip: true,
+            timeout: default_request_timeout(),
+            retry_min: default_retry_min(),
+            retry_max: default_retry_max(),
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+/// The embedded line-protocol file sink.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// Directory of the hourly files; default `<data_dir>/points`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+/// The monitor HTTP listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// Serve `/health`, `/ready` and `/metrics`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Listen address; keep it on loopback unless a scraper needs it.
+    #[serde(default = "default_monitor_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_monitor_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            enabled: true,
+            listen: default_monitor_listen(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` or `json` (the `--log-format` flag wins).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `ha_ingestor=debug` (`RUST_LOG` wins).
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+fn default_log_level() -> String {
+    "info".to_string()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: default_log_level(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads a file, applies the process environment and secrets, and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Config::from_toml_with_env(&text, path, &env)
+    }
+
+    /// Parses `text`, applies the given `HA_INGESTOR_…` variables, reads secrets and validates.
+    pub fn from_toml_with_env(
+        text: &str,
+        path: &Path,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        // First pass on the text itself: its errors carry line, column and key.
+        let parsed: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let overrides: Vec<&(String, String)> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        let mut config = if overrides.is_empty() {
+            parsed
+        } else {
+            let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            for (var, value) in &overrides {
+                apply_env_override(&mut table, var, value)?;
+                // Re-check after each variable so an error names the one at fault.
+                Config::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+                    ConfigError::Env {
+                        var: var.clone(),
+                        message: e.to_string().trim().to_string(),
+                    }
+                })?;
+            }
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Env {
+                var: "HA_INGESTOR_*".to_string(),
+                message: e.to_string(),
+            })?
+        };
+        config.read_secrets(path.parent().unwrap_or(Path::new(".")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Replaces `*_file` secrets by their contents (relative paths are taken from the config's folder).
+    fn read_secrets(&mut self, base: &Path) -> Result<(), ConfigError> {
+        if let Some(ha) = &mut self.homeassistant
+            && let Some(file) = &ha.token_file
+        {
+            ha.token = Some(read_secret("homeassistant.token_file", base, file)?);
+        }
+        if let Some(influx) = &mut self.influxdb {
+            if let Some(file) = &influx.password_file {
+                influx.password = Some(read_secret("influxdb.password_file", base, file)?);
+            }
+            if let Some(file) = &influx.token_file {
+                influx.token = Some(read_secret("influxdb.token_file", base, file)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what types alone cannot: complete credentials, sane sizes, valid URLs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_string(),
+            message,
+        };
+        if let Some(ha) = &self.homeassistant {
+            let ws = ha.websocket_url();
+            let parsed = url::Url::parse(&ws)
+                .map_err(|e| invalid("homeassistant.url", format!("{ws:?} is not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "ws" | "wss") {
+                return Err(invalid(
+                    "homeassistant.url",
+                    format!("scheme must be ws, wss, http or https, not {}", parsed.scheme()),
+                ));
+            }
+            match ha.token.as_deref() {
+                None => {
+                    return Err(invalid(
+                        "homeassistant.token",
+                        "a long-lived access token is required (token, token_file or HA_INGESTOR_HOMEASSISTANT__TOKEN)".into(),
+                    ));
+                }
+                Some(t) if t.trim().is_empty() => {
+                    return Err(invalid("homeassistant.token", "the token is empty".into()));
+                }
+                Some(_) => {}
+            }
+            if ha.reconnect_min.is_zero() || ha.reconnect_min > ha.reconnect_max {
+                return Err(invalid(
+                    "homeassistant.reconnect_min",
+                    "must be above zero and at most reconnect_max".into(),
+                ));
+            }
+            if ha.max_message_bytes < 1 << 16 {
+                return Err(invalid(
+                    "homeassistant.max_message_bytes",
+                    "must be at least 65536".into(),
+                ));
+            }
+        }
+        if let Some(influx) = &self.influxdb {
+            let parsed = url::Url::parse(&influx.url).map_err(|e| {
+                invalid("influxdb.url", format!("{:?} is not a URL: {e}", influx.url))
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(invalid("influxdb.url", "scheme must be http or https".into()));
+            }
+            match influx.api {
+                InfluxApi::V1 => {
+                    if influx.database.as_deref().unwrap_or("").is_empty() {
+                        return Err(invalid("influxdb.database", "required with api = \"v1\"".into()));
+                    }
+                    if influx.username.is_some() != influx.password.is_some() {
+                        return Err(invalid(
+                            "influxdb.username",
+                            "username and password go together".into(),
+                        ));
+                    }
+                    if influx.token.is_some() || influx.org.is_some() || influx.bucket.is_some() {
+                        return Err(invalid(
+                            "influxdb.api",
+                            "token, org and bucket are for api = \"v2\"".into(),
+                        ));
+                    }
+                }
+                InfluxApi::V2 => {
+                    for (key, value) in [
+                        ("influxdb.org", &influx.org),
+                        ("influxdb.bucket", &influx.bucket),
+                        ("influxdb.token", &influx.token),
+                    ] {
+                        if value.as_deref().unwrap_or("").is_empty() {
+                            return Err(invalid(key, "required with api = \"v2\"".into()));
+                        }
+                    }
+                    if influx.database.is_some() || influx.username.is_some() {
+                        return Err(invalid(
+                            "influxdb.api",
+                            "database, username and password are for api = \"v1\"".into(),
+                        ));
+                    }
+                }
+            }
+            if influx.batch_size == 0 || influx.batch_size > 100_000 {
+                return Err(invalid("influxdb.batch_size", "must be 1 to 100000".into()));
+            }
+            if influx.flush_interval.is_zero() {
+                return Err(invalid("influxdb.flush_interval", "must be above zero".into()));
+            }
+            if influx.retry_min.is_zero() || influx.retry_min > influx.retry_max {
+                return Err(invalid(
+                    "influxdb.retry_min",
+                    "must be above zero and at most retry_max".into(),
+                ));
+            }
+        }
+        for (name, list) in [
+            ("filter.include.entity_globs", &self.filter.include.entity_globs),
+            ("filter.exclude.entity_globs", &self.filter.exclude.entity_globs),
+        ] {
+            for glob in list {
+                globset::Glob::new(glob)
+                    .map_err(|e| invalid(name, format!("bad glob {glob:?}: {e}")))?;
+            }
+        }
+        for glob in self.schema.component_config_glob.keys() {
+            globset::Glob::new(glob).map_err(|e| {
+                invalid("schema.component_config_glob", format!("bad glob {glob:?}: {e}"))
+            })?;
+        }
+        if self.schema.events_measurement.is_empty() {
+            return Err(invalid("schema.events_measurement", "must not be empty".into()));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+
+    /// Where the file sink writes: `file_sink.dir` or `<data_dir>/points`.
+    pub fn points_dir(&self) -> PathBuf {
+        self.file_sink
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("points"))
+    }
+
+    /// Where rejected input is set aside.
+    pub fn dead_letter_dir(&self) -> PathBuf {
+        self.data_dir.join("dead-letter")
+    }
+}
+
+fn read_secret(key: &'static str, base: &Path, file: &Path) -> Result<String, ConfigError> {
+    let path = if file.is_absolute() {
+        file.to_path_buf()
+    } else {
+        base.join(file)
+    };
+    std::fs::read_to_string(&path)
+        .map(|s| s.trim_end().to_string())
+        .map_err(|source| ConfigError::Secret { key, path, source })
+}
+
+/// Sets `HA_INGESTOR_A__B__C=value` at `a.b.c`; the value is read as TOML when it parses, else as a string.
+fn apply_env_override(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
+    let path = &var[ENV_PREFIX.len()..];
+    let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        return Err(ConfigError::Env {
+            var: var.to_string(),
+            message: "expected HA_INGESTOR_<SECTION>__<KEY> with double underscores between levels".into(),
+        });
+    }
+    let parsed = parse_env_value(value);
+    let (last, parents) = keys.split_last().expect("split on a non-empty path");
+    let mut cursor = table;
+    for key in parents {
+        let entry = cursor
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cursor = match entry {
+            toml::Value::Table(t) => t,
+            _ => {
+                return Err(ConfigError::Env {
+                    var: var.to_string(),
+                    message: format!("{key} is not a section"),
+                });
+            }
+        };
+    }
+    cursor.insert(last.clone(), parsed);
+    Ok(())
+}
+
+fn parse_env_value(value: &str) -> toml::Value {
+    let doc = format!("v = {value}");
+    match toml::from_str::<toml::Table>(&doc) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(value.to_string())),
+        Err(_) => toml::Value::String(value.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_toml_with_env(text, Path::new("test.toml"), &env)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert!(c.influxdb.is_none());
+        assert_eq!(c.monitor.listen.port(), 9464);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let err = load("data_dir = \"x\"\n[influxdb]\nurl = \"http://h:8086\"\ndatabse = \"ha\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("test.toml"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+        assert!(err.contains("databse"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_typed_values_and_nested_keys() {
+        let text = "[influxdb]\nurl = \"http://h:8086\"\ndatabase = \"ha\"\n";
+        let c = load(
+            text,
+            &[
+                ("HA_INGESTOR_INFLUXDB__BATCH_SIZE", "250"),
+                ("HA_INGESTOR_INFLUXDB__DATABASE", "other"),
+                ("HA_INGESTOR_FILTER__EXCLUDE__DOMAINS", "[\"automation\"]"),
+                ("HA_INGESTOR_HOMEASSISTANT__URL", "http://ha.local:8123"),
+                ("HA_INGESTOR_HOMEASSISTANT__TOKEN", "abc"),
+            ],
+        )
+        .unwrap();
+        let influx = c.influxdb.unwrap();
+        assert_eq!(influx.batch_size, 250);
+        assert_eq!(influx.database.as_deref(), Some("other"));
+        assert_eq!(c.filter.exclude.domains, vec!["automation".to_string()]);
+        let ha = c.homeassistant.unwrap();
+        assert_eq!(ha.websocket_url(), "ws://ha.local:8123/api/websocket");
+    }
+
+    #[test]
+    fn env_unknown_key_names_the_variable() {
+        let err = load("", &[("HA_INGESTOR_MONITOR__LISTN", "1.2.3.4:1")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HA_INGESTOR_MONITOR__LISTN"), "{err}");
+        assert!(err.contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn incomplete_credentials_are_refused() {
+        let err = load("[influxdb]\nurl = \"http://h:8086\"\napi = \"v2\"\norg = \"o\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("influxdb.bucket"), "{err}");
+        let err = load("[homeassistant]\nurl = \"ws://h:8123\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("homeassistant.token"), "{err}");
+    }
+
+    #[test]
+    fn token_file_is_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tok"), "secret-token\n").unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, "[homeassistant]\nurl = \"ws://h:8123\"\ntoken_file = \"tok\"\n").unwrap();
+        let c = Config::from_toml_with_env(
+            &std::fs::read_to_string(&cfg).unwrap(),
+            &cfg,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.homeassistant.unwrap().token.as_deref(), Some("secret-token"));
+    }
+}

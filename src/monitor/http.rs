@@ -1,0 +1,1 @@
+//! The monitor listener: `/health`, `/ready`, `/metrics`.

@@ -1,0 +1,39 @@
+//! Metric names, in one place so code and `docs/metrics.md` cannot drift apart.
+//!
+//! Label values are bounded: source names, event types, stage and error kinds;
+//! never an entity id.
+
+/// Counter `{source, event_type}`: events decoded from a source.
+pub const SOURCE_RECEIVED_EVENTS: &str = "ha_ingestor_source_received_events_total";
+/// Counter `{source}`: bytes of frames or messages read.
+pub const SOURCE_RECEIVED_BYTES: &str = "ha_ingestor_source_received_bytes_total";
+/// Counter `{source, error_type}`: undecodable input, connection and auth failures.
+pub const SOURCE_ERRORS: &str = "ha_ingestor_source_errors_total";
+/// Gauge `{source}`: 1 while connected and subscribed.
+pub const SOURCE_CONNECTED: &str = "ha_ingestor_source_connected";
+/// Counter `{source}`: successful connections (the first and every reconnect).
+pub const SOURCE_CONNECTS: &str = "ha_ingestor_source_connects_total";
+/// Counter `{reason}`: events the pipeline removed (`filtered`).
+pub const PIPELINE_DISCARDED: &str = "ha_ingestor_pipeline_discarded_events_total";
+/// Counter: points produced by the encoder.
+pub const ENCODER_POINTS: &str = "ha_ingestor_encoder_points_total";
+/// Counter `{reason}`: events that give no point by the schema's rules.
+pub const ENCODER_SKIPPED: &str = "ha_ingestor_encoder_skipped_events_total";
+/// Counter `{sink}`: points the sink accepted.
+pub const SINK_SENT_POINTS: &str = "ha_ingestor_sink_sent_points_total";
+/// Counter `{sink}`: request body bytes sent (before compression).
+pub const SINK_SENT_BYTES: &str = "ha_ingestor_sink_sent_bytes_total";
+/// Counter `{sink, error_type}`: failed write attempts.
+pub const SINK_ERRORS: &str = "ha_ingestor_sink_errors_total";
+/// Counter `{sink}`: retried write attempts.
+pub const SINK_RETRIES: &str = "ha_ingestor_sink_retries_total";
+/// Histogram `{sink}`: seconds per write request.
+pub const SINK_BATCH_DURATION: &str = "ha_ingestor_sink_batch_duration_seconds";
+/// Histogram `{sink}`: points per write request.
+pub const SINK_BATCH_POINTS: &str = "ha_ingestor_sink_batch_points";
+/// Gauge `{queue}`: items waiting in a stage's input channel.
+pub const QUEUE_DEPTH: &str = "ha_ingestor_queue_depth";
+/// Gauge `{version}`: always 1, carries the build version.
+pub const BUILD_INFO: &str = "ha_ingestor_build_info";
+/// Gauge: seconds since the process started.
+pub const UPTIME: &str = "ha_ingestor_uptime_seconds";

@@ -1,0 +1,1 @@
+//! Filters and (later) transforms between sources and the encoder.

@@ -1,0 +1,1 @@
+//! Schema modes: how an event becomes line-protocol points.

@@ -1,0 +1,26 @@
+//! Where events come from: Home Assistant's WebSocket API and the simulator.
+
+pub mod homeassistant;
+pub mod simulator;
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::dead_letter::DeadLetters;
+use crate::event::Event;
+use crate::monitor::Stats;
+
+/// What a source task needs from the application.
+#[derive(Clone)]
+pub struct SourceContext {
+    /// Decoded events go here.
+    pub tx: mpsc::Sender<Event>,
+    /// Totals and health.
+    pub stats: Arc<Stats>,
+    /// Where undecodable input goes.
+    pub dead_letters: Arc<DeadLetters>,
+    /// Cancelled when the process stops.
+    pub shutdown: CancellationToken,
+}
