@@ -1,0 +1,304 @@
+//! A real `influxd` 1.6.7 per test, on free loopback ports, with its data in a temp dir.
+//!
+//! ```ignore
+//! let db = Influxd::start("home_assistant").await;   // panics if it cannot start
+//! // … point the code under test at db.url() …
+//! let rows = db.rows("°C").await;                     // every row of SELECT * FROM "°C"
+//! ```
+//!
+//! The process is killed and its folder removed when the value is dropped.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+/// How long `influxd` may take to answer `/ping` (two busy cores: be generous).
+const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A running `influxd`; killed and cleaned up on drop.
+pub struct Influxd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    http_port: u16,
+    database: String,
+    client: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+fn influxd_binary() -> PathBuf {
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let p = dir.join("influxd");
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    let p = PathBuf::from("/usr/bin/influxd");
+    if p.is_file() {
+        return p;
+    }
+    panic!("influxd not found: run scripts/test, which installs it");
+}
+
+/// A plain-HTTP client for the tests (reqwest needs a TLS provider even for http://).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("build the test HTTP client")
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+impl Influxd {
+    /// Starts influxd 1.6.7 on free loopback ports (HTTP and the RPC bind address) with data in a temp dir; waits for /ping with a deadline; panics with a clear message (stderr tail) if it cannot start. Creates `database`.
+    pub async fn start(database: &str) -> Influxd {
+        let mut dir = tempfile::tempdir().expect("create a temp dir for influxd");
+        let client = http_client();
+        let mut last_error = String::new();
+        // A free port can be taken by a parallel test between probe and bind: try a few.
+        for _ in 0..3 {
+            let mut db = Influxd {
+                child: None,
+                dir,
+                http_port: free_port(),
+                database: database.to_string(),
+                client: client.clone(),
+            };
+            db.write_config(free_port());
+            match db.spawn_and_wait().await {
+                Ok(()) => {
+                    db.create_database(database).await;
+                    return db;
+                }
+                Err(e) => {
+                    last_error = e;
+                    db.stop();
+                    dir = std::mem::replace(
+                        &mut db.dir,
+                        tempfile::tempdir().expect("create a temp dir for influxd"),
+                    );
+                }
+            }
+        }
+        panic!("influxd did not start: {last_error}");
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("influxdb.conf")
+    }
+
+    fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join("influxd.log")
+    }
+
+    fn write_config(&self, rpc_port: u16) {
+        let d = self.dir.path();
+        let text = format!(
+            r#"reporting-disabled = true
+bind-address = "127.0.0.1:{rpc_port}"
+
+[meta]
+  dir = "{meta}"
+  logging-enabled = false
+
+[data]
+  dir = "{data}"
+  wal-dir = "{wal}"
+  wal-fsync-delay = "0s"
+  query-log-enabled = false
+  trace-logging-enabled = false
+
+[retention]
+  enabled = false
+
+[shard-precreation]
+  enabled = false
+
+[monitor]
+  store-enabled = false
+
+[subscriber]
+  enabled = false
+
+[continuous_queries]
+  enabled = false
+
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{http}"
+  log-enabled = false
+  pprof-enabled = false
+
+[logging]
+  level = "warn"
+  suppress-logo = true
+"#,
+            meta = d.join("meta").display(),
+            data = d.join("data").display(),
+            wal = d.join("wal").display(),
+            http = self.http_port,
+        );
+        let mut f = std::fs::File::create(self.config_path()).expect("write influxd config");
+        f.write_all(text.as_bytes()).expect("write influxd config");
+    }
+
+    async fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let log = std::fs::File::create(self.stderr_path()).map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(influxd_binary())
+            .arg("run")
+            .arg("-config")
+            .arg(self.config_path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| format!("cannot run influxd: {e}"))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(format!(
+                    "influxd exited with {status}; its log:\n{}",
+                    tail(&self.stderr_path())
+                ));
+            }
+            if let Ok(r) = self.client.get(format!("{}/ping", self.url())).send().await
+                && r.status().as_u16() == 204
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "no answer on {}/ping within {START_DEADLINE:?}; its log:\n{}",
+                    self.url(),
+                    tail(&self.stderr_path())
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The HTTP base URL, `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    fn query_url(&self, pairs: &[(&str, &str)]) -> String {
+        let mut url = url::Url::parse(&format!("{}/query", self.url())).expect("query URL");
+        url.query_pairs_mut().extend_pairs(pairs);
+        url.to_string()
+    }
+
+    /// The database created at start.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// Creates a database (`CREATE DATABASE` is idempotent).
+    pub async fn create_database(&self, name: &str) {
+        let q = format!("CREATE DATABASE \"{name}\"");
+        let r = self
+            .client
+            .post(self.query_url(&[("q", q.as_str())]))
+            .send()
+            .await
+            .expect("POST /query to influxd");
+        assert!(r.status().is_success(), "CREATE DATABASE failed: {:?}", r.text().await);
+    }
+
+    /// Runs an InfluxQL query (GET /query, epoch=ns) against the start database and returns the parsed JSON.
+    pub async fn query(&self, q: &str) -> Value {
+        let url = self.query_url(&[("db", self.database.as_str()), ("q", q), ("epoch", "ns")]);
+        let r = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .expect("query influxd");
+        let status = r.status();
+        let body = r.text().await.expect("read query reply");
+        assert!(status.is_success(), "query {q:?} failed: {status} {body}");
+        serde_json::from_str(&body).expect("query reply is JSON")
+    }
+
+    /// Every row of `SELECT * FROM "<measurement>"`, as column → value maps (`time` in ns).
+    pub async fn rows(&self, measurement: &str) -> Vec<Map<String, Value>> {
+        let q = format!("SELECT * FROM \"{}\"", measurement.replace('"', "\\\""));
+        let json = self.query(&q).await;
+        let Some(series) = json.pointer("/results/0/series/0") else {
+            return Vec::new();
+        };
+        let columns: Vec<String> = series["columns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .map(|c| c.as_str().expect("column name").to_string())
+            .collect();
+        series["values"]
+            .as_array()
+            .expect("values")
+            .iter()
+            .map(|row| {
+                columns
+                    .iter()
+                    .cloned()
+                    .zip(row.as_array().expect("row").iter().cloned())
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Polls `rows(measurement)` until it has at least `n` rows, panicking after `timeout`.
+    pub async fn wait_rows(
+        &self,
+        measurement: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<Map<String, Value>> {
+        super::wait_for(&format!("{n} rows in {measurement:?}"), timeout, || async {
+            let rows = self.rows(measurement).await;
+            (rows.len() >= n).then_some(rows)
+        })
+        .await
+    }
+
+    /// Kills the server, keeping its data and ports for [`Influxd::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same ports with the same data.
+    pub async fn restart(&mut self) {
+        self.stop();
+        if let Err(e) = self.spawn_and_wait().await {
+            panic!("influxd did not restart: {e}");
+        }
+    }
+}
+
+impl Drop for Influxd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
