@@ -76,7 +76,9 @@ async fn files_rotate_with_the_hour_and_flush_on_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let points = dir.path().join("points");
     let now = Arc::new(AtomicI64::new(
-        Utc.with_ymd_and_hms(2026, 3, 1, 10, 59, 59).unwrap().timestamp(),
+        Utc.with_ymd_and_hms(2026, 3, 1, 10, 59, 59)
+            .unwrap()
+            .timestamp(),
     ));
     let clock_now = now.clone();
     let sink = FileSink::with_clock(
@@ -100,7 +102,9 @@ async fn files_rotate_with_the_hour_and_flush_on_shutdown() {
     })
     .await;
     now.store(
-        Utc.with_ymd_and_hms(2026, 3, 1, 11, 0, 0).unwrap().timestamp(),
+        Utc.with_ymd_and_hms(2026, 3, 1, 11, 0, 0)
+            .unwrap()
+            .timestamp(),
         Ordering::SeqCst,
     );
     tx.send(chunk(&lines[4..])).await.unwrap();
@@ -116,13 +120,22 @@ async fn files_rotate_with_the_hour_and_flush_on_shutdown() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, ["points-2026-03-01T10.lp", "points-2026-03-01T11.lp"]);
+    assert_eq!(
+        names,
+        ["points-2026-03-01T10.lp", "points-2026-03-01T11.lp"]
+    );
     for (file, expected) in files.iter().zip([&lines[..4], &lines[4..]]) {
         let text = std::fs::read_to_string(file).unwrap();
         assert!(text.starts_with("# "), "{text}");
-        assert!(text.contains("\n# DML\n# CONTEXT-DATABASE: home_assistant\n"), "{text}");
+        assert!(
+            text.contains("\n# DML\n# CONTEXT-DATABASE: home_assistant\n"),
+            "{text}"
+        );
         let data: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(data, expected.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(
+            data,
+            expected.iter().map(String::as_str).collect::<Vec<_>>()
+        );
     }
 }
 
@@ -176,7 +189,9 @@ async fn replay_into_influxdb_gives_identical_points() {
     cfg.retry_max = Duration::from_millis(200);
     let writer = InfluxWriter::new(&cfg).unwrap();
     let dead = DeadLetters::new(dir.path().join("replay-dead-letter"));
-    let report = replay(&files, &writer, 3, &dead).await.unwrap();
+    let report = replay(&files, &writer, 3, &dead)
+        .await
+        .unwrap_or_else(|e| panic!("replay failed: {e}"));
     assert_eq!(
         report,
         ReplayReport {
@@ -191,9 +206,14 @@ async fn replay_into_influxdb_gives_identical_points() {
         .unwrap()
         .collect();
     let text = std::fs::read_to_string(dl[0].as_ref().unwrap().path()).unwrap();
-    assert!(text.contains("sensor.bad") && text.contains("unable to parse"), "{text}");
+    assert!(
+        text.contains("sensor.bad") && text.contains("unable to parse"),
+        "{text}"
+    );
     // Replaying again overwrites the same points: still ten.
-    let again = replay(&files, &writer, 1000, &DeadLetters::in_memory()).await.unwrap();
+    let again = replay(&files, &writer, 1000, &DeadLetters::in_memory())
+        .await
+        .unwrap();
     assert_eq!(again.points, 10);
     assert_eq!(db.rows("°C").await.len(), 10);
 }

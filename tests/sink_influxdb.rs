@@ -89,13 +89,20 @@ fn read_dead_letters(dir: &std::path::Path) -> Vec<Value> {
     let mut out = Vec::new();
     for e in entries {
         let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
-        out.extend(text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()));
+        out.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+        );
     }
     out
 }
 
 fn fields(row: &serde_json::Map<String, Value>, keys: &[&str]) -> Value {
-    Value::Object(keys.iter().map(|k| (k.to_string(), row[*k].clone())).collect())
+    Value::Object(
+        keys.iter()
+            .map(|k| (k.to_string(), row[*k].clone()))
+            .collect(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,7 +134,12 @@ async fn a_batch_reads_back_exactly_with_and_without_gzip() {
         let keys = db.query(&format!("SHOW FIELD KEYS FROM \"{m}\"")).await;
         assert_eq!(
             keys["results"][0]["series"][0]["values"],
-            json!([["count", "integer"], ["on", "boolean"], ["state", "string"], ["value", "float"]])
+            json!([
+                ["count", "integer"],
+                ["on", "boolean"],
+                ["state", "string"],
+                ["value", "float"]
+            ])
         );
     }
 }
@@ -153,7 +165,13 @@ async fn the_sink_task_batches_and_flushes_on_shutdown() {
     cfg.flush_interval = Duration::from_secs(3600);
     let h = Harness::start(&cfg);
     let lines: Vec<String> = (0..20)
-        .map(|i| format!("t,entity_id=e{} value={i} {}", i % 3, 1_700_000_000_000_000_000u64 + i))
+        .map(|i| {
+            format!(
+                "t,entity_id=e{} value={i} {}",
+                i % 3,
+                1_700_000_000_000_000_000u64 + i
+            )
+        })
         .collect();
     for chunk in lines.chunks(3) {
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
@@ -184,14 +202,26 @@ async fn a_malformed_line_is_the_only_one_set_aside() {
     .await;
     let (ctx, dl) = h.stop().await;
     let rows = db.rows("m").await;
-    let ids: Vec<&str> = rows.iter().map(|r| r["entity_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = rows
+        .iter()
+        .map(|r| r["entity_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["a", "b", "d", "e"]);
     let letters = read_dead_letters(dl.path());
     assert_eq!(letters.len(), 1, "{letters:?}");
-    assert_eq!(letters[0]["input"], "m,entity_id=c value= 1700000000000000003");
+    assert_eq!(
+        letters[0]["input"],
+        "m,entity_id=c value= 1700000000000000003"
+    );
     assert_eq!(letters[0]["stage"], "sink");
     assert_eq!(letters[0]["kind"], "unparsable_line");
-    assert!(letters[0]["reason"].as_str().unwrap().contains("unable to parse"), "{letters:?}");
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unable to parse"),
+        "{letters:?}"
+    );
     let t = ctx.stats.totals();
     assert_eq!((t.written, t.dead_lettered, t.dropped), (4, 1, 0));
 }
@@ -218,9 +248,18 @@ async fn a_type_conflict_sets_aside_only_the_conflicting_point() {
     assert_eq!(values, [json!(1.5), json!(2.5), json!(3.5), json!(4.5)]);
     let letters = read_dead_letters(dl.path());
     assert_eq!(letters.len(), 1, "{letters:?}");
-    assert_eq!(letters[0]["input"], "c,entity_id=x value=\"oops\" 1700000000000000012");
+    assert_eq!(
+        letters[0]["input"],
+        "c,entity_id=x value=\"oops\" 1700000000000000012"
+    );
     assert_eq!(letters[0]["kind"], "type_conflict");
-    assert!(letters[0]["reason"].as_str().unwrap().contains("field type conflict"), "{letters:?}");
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("field type conflict"),
+        "{letters:?}"
+    );
     let t = ctx.stats.totals();
     assert_eq!((t.written, t.dead_lettered, t.dropped), (3, 1, 0));
 }
@@ -231,15 +270,21 @@ async fn a_missing_database_holds_the_batch_until_it_exists() {
     let mut cfg = config(&db);
     cfg.database = Some("later".into());
     let h = Harness::start(&cfg);
-    h.send(&["h value=1 1700000000000000001", "h value=2 1700000000000000002"])
-        .await;
+    h.send(&[
+        "h value=1 1700000000000000001",
+        "h value=2 1700000000000000002",
+    ])
+    .await;
     let stats = h.ctx.stats.clone();
     let reason = wait_for("the sink to report not ready", WAIT, || async {
         let r = stats.readiness();
         (!r.ready).then(|| r.reasons.join("; "))
     })
     .await;
-    assert!(reason.contains("404") && reason.contains("database not found"), "{reason}");
+    assert!(
+        reason.contains("404") && reason.contains("database not found"),
+        "{reason}"
+    );
     assert_eq!(stats.totals().written, 0);
     db.create_database("later").await;
     wait_for("the held points to be written", WAIT, || async {
@@ -261,8 +306,11 @@ async fn an_influxdb_restart_mid_stream_loses_nothing() {
     h.send(&["r value=1 1700000000000000001"]).await;
     db.wait_rows("r", 1, WAIT).await;
     db.stop();
-    h.send(&["r value=2 1700000000000000002", "r value=3 1700000000000000003"])
-        .await;
+    h.send(&[
+        "r value=2 1700000000000000002",
+        "r value=3 1700000000000000003",
+    ])
+    .await;
     let stats = h.ctx.stats.clone();
     wait_for("the sink to notice the outage", WAIT, || async {
         (!stats.readiness().ready).then_some(())

@@ -158,7 +158,11 @@ impl FileSink {
             )?;
         }
         tracing::debug!(message = "Writing points to a new hourly file.", path = %path.display());
-        Ok(Current { hour: hour.to_string(), path, out })
+        Ok(Current {
+            hour: hour.to_string(),
+            path,
+            out,
+        })
     }
 
     fn flush(&mut self, stats: &Stats) {
@@ -171,7 +175,8 @@ impl FileSink {
         match current.out.flush() {
             Ok(()) => {
                 Stats::add(&stats.written, self.unflushed_points);
-                metrics::counter!(SINK_SENT_POINTS, "sink" => SINK).increment(self.unflushed_points);
+                metrics::counter!(SINK_SENT_POINTS, "sink" => SINK)
+                    .increment(self.unflushed_points);
                 metrics::counter!(SINK_SENT_BYTES, "sink" => SINK).increment(self.unflushed_bytes);
                 stats.sink_result(SINK, Ok(()));
             }
@@ -188,7 +193,10 @@ impl FileSink {
 
     fn failed(&self, stats: &Stats, points: u64, error: &std::io::Error, op: &'static str) {
         metrics::counter!(SINK_ERRORS, "sink" => SINK, "error_type" => op).increment(1);
-        stats.sink_result(SINK, Err(format!("{op} in {}: {error}", self.dir.display())));
+        stats.sink_result(
+            SINK,
+            Err(format!("{op} in {}: {error}", self.dir.display())),
+        );
         tracing::error!(
             message = "The file sink could not store points; they are lost.",
             dir = %self.dir.display(),

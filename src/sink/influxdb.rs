@@ -85,7 +85,13 @@ pub enum WriteError {
 impl WriteError {
     /// Credentials were refused (401 or 403): retrying will not help until the config changes.
     pub fn is_auth(&self) -> bool {
-        matches!(self, WriteError::Status { code: 401 | 403, .. })
+        matches!(
+            self,
+            WriteError::Status {
+                code: 401 | 403,
+                ..
+            }
+        )
     }
 
     /// A short, bounded label for the `error_type` metric label.
@@ -350,10 +356,7 @@ impl InfluxWriter {
         let mut req = self
             .client
             .post(&self.write_url)
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "text/plain; charset=utf-8",
-            )
+            .header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8")
             .header(reqwest::header::ACCEPT, "application/json");
         if self.gzip {
             req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
@@ -400,6 +403,7 @@ impl InfluxWriter {
             deadline: None,
             hold_is_fatal: false,
             holding: false,
+            hold_logged: false,
         };
         let mut batch = Batch::default();
         // Normal operation.
@@ -425,11 +429,8 @@ impl InfluxWriter {
         let deadline = *delivery
             .deadline
             .get_or_insert_with(|| Instant::now() + SHUTDOWN_FLUSH_DEADLINE);
-        loop {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(chunk)) => self.add(&mut batch, &chunk, &mut delivery).await,
-                Ok(None) | Err(_) => break,
-            }
+        while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            self.add(&mut batch, &chunk, &mut delivery).await;
         }
         delivery.flush(&mut batch).await;
         rx.close();
@@ -526,7 +527,10 @@ pub(crate) struct Delivery<'a> {
     pub deadline: Option<Instant>,
     /// Replay: stop on 401/403/404 instead of waiting for an operator.
     pub hold_is_fatal: bool,
+    /// In a streak of failed attempts (for the recovery message).
     holding: bool,
+    /// The hold error of this streak was logged.
+    hold_logged: bool,
 }
 
 impl<'a> Delivery<'a> {
@@ -540,6 +544,7 @@ impl<'a> Delivery<'a> {
             deadline: None,
             hold_is_fatal: true,
             holding: false,
+            hold_logged: false,
         }
     }
 
@@ -584,8 +589,7 @@ impl<'a> Delivery<'a> {
                 continue;
             }
             let joined;
-            let text: &str = if work.is_empty() && outcome == Outcome::default() && attempt == 0
-            {
+            let text: &str = if work.is_empty() && outcome == Outcome::default() && attempt == 0 {
                 body
             } else {
                 joined = join(&lines);
@@ -643,13 +647,18 @@ impl<'a> Delivery<'a> {
                         self.writer.retry_max,
                         rand::rng().random::<f64>(),
                     );
-                    tracing::warn!(
-                        message = "Write to InfluxDB failed; retrying the same batch.",
-                        error = %failure.error,
-                        attempt,
-                        delay = ?delay,
-                        points = lines.len(),
-                    );
+                    // WARN on the 1st, 2nd, 4th, 8th… attempt of a streak, so an outage does not flood the log.
+                    if attempt.is_power_of_two() {
+                        tracing::warn!(
+                            message = "Write to InfluxDB failed; retrying the same batch.",
+                            error = %failure.error,
+                            attempt,
+                            delay = ?delay,
+                            points = lines.len(),
+                        );
+                    } else {
+                        tracing::debug!(message = "Write to InfluxDB failed; retrying the same batch.", error = %failure.error, attempt);
+                    }
                     if !self.wait(delay).await {
                         outcome.undelivered += remaining(&lines, &work);
                         return Ok(outcome);
@@ -747,6 +756,7 @@ impl<'a> Delivery<'a> {
         if self.holding {
             tracing::info!(message = "InfluxDB accepts writes again.");
             self.holding = false;
+            self.hold_logged = false;
         }
     }
 
@@ -767,8 +777,14 @@ impl<'a> Delivery<'a> {
         if let Some(stats) = self.stats {
             stats.sink_result(SINK, Err(error.to_string()));
         }
-        if hold && !self.holding {
+        if !hold {
+            // Retry streaks are logged by the caller; this marks them for the recovery message.
             self.holding = true;
+            return;
+        }
+        if !self.hold_logged {
+            self.holding = true;
+            self.hold_logged = true;
             tracing::error!(
                 message = "InfluxDB refuses the writes until its configuration or ours is fixed; the batch is kept and retried.",
                 %error,
@@ -819,7 +835,10 @@ fn remaining(lines: &[&str], work: &[Vec<&str>]) -> u64 {
 fn lines_of(body: &str) -> Vec<&str> {
     body.split('\n')
         .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .filter(|l| !l.trim().is_empty())
+        .filter(|l| {
+            let t = l.trim_start();
+            !t.is_empty() && !t.starts_with('#')
+        })
         .collect()
 }
 
@@ -1083,7 +1102,11 @@ mod tests {
             (401, "authorization failed", Verdict::Hold),
             (403, "forbidden", Verdict::Hold),
             (404, "database not found: \"x\"", Verdict::Hold),
-            (400, "unable to parse 'x': missing fields", rejected(false, None)),
+            (
+                400,
+                "unable to parse 'x': missing fields",
+                rejected(false, None),
+            ),
             (
                 400,
                 "partial write: field type conflict: input field \"value\" on measurement \"m\" is type string, already exists as type float dropped=1",
@@ -1094,10 +1117,18 @@ mod tests {
                 "partial write: unable to parse 'bad': missing fields dropped=0",
                 rejected(true, Some(0)),
             ),
-            (422, "failure writing points to database: partial write: points beyond retention policy dropped=3", rejected(true, Some(3))),
+            (
+                422,
+                "failure writing points to database: partial write: points beyond retention policy dropped=3",
+                rejected(true, Some(3)),
+            ),
             (422, "unprocessable", rejected(false, None)),
             (400, "organization name \"o\" not found", Verdict::Hold),
-            (500, "partial write: max-series-per-database limit exceeded: (1) dropped=2", rejected(true, Some(2))),
+            (
+                500,
+                "partial write: max-series-per-database limit exceeded: (1) dropped=2",
+                rejected(true, Some(2)),
+            ),
             (500, "internal error", Verdict::Retry),
             (502, "", Verdict::Retry),
             (503, "", Verdict::Retry),
@@ -1129,7 +1160,10 @@ mod tests {
 
     #[test]
     fn server_message_reads_v1_and_v2_bodies() {
-        assert_eq!(server_message(r#"{"error":"database not found: \"x\""}"#), "database not found: \"x\"");
+        assert_eq!(
+            server_message(r#"{"error":"database not found: \"x\""}"#),
+            "database not found: \"x\""
+        );
         assert_eq!(
             server_message(r#"{"code":"invalid","message":"unable to parse 'a': b"}"#),
             "unable to parse 'a': b"

@@ -12,6 +12,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
@@ -28,9 +29,24 @@ pub struct Influxd {
     client: reqwest::Client,
 }
 
+/// Next port to probe; tests of one binary run in parallel and must never pick the same one.
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A loopback port that is free now and never handed out twice by this process.
 fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+    // Start in a range chosen by the process id so parallel test binaries rarely overlap.
+    let base = 20_000 + (std::process::id() % 2_000) as u16 * 10;
+    let _ = NEXT_PORT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
+        if !(20_000..=60_000).contains(&port) {
+            NEXT_PORT.store(20_000, Ordering::SeqCst);
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn influxd_binary() -> PathBuf {
@@ -221,18 +237,17 @@ bind-address = "127.0.0.1:{rpc_port}"
             .send()
             .await
             .expect("POST /query to influxd");
-        assert!(r.status().is_success(), "CREATE DATABASE failed: {:?}", r.text().await);
+        assert!(
+            r.status().is_success(),
+            "CREATE DATABASE failed: {:?}",
+            r.text().await
+        );
     }
 
     /// Runs an InfluxQL query (GET /query, epoch=ns) against the start database and returns the parsed JSON.
     pub async fn query(&self, q: &str) -> Value {
         let url = self.query_url(&[("db", self.database.as_str()), ("q", q), ("epoch", "ns")]);
-        let r = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .expect("query influxd");
+        let r = self.client.get(url).send().await.expect("query influxd");
         let status = r.status();
         let body = r.text().await.expect("read query reply");
         assert!(status.is_success(), "query {q:?} failed: {status} {body}");

@@ -2,7 +2,7 @@
 //!
 //! Use with `mod support;` at the top of a test file. Every test binary uses a
 //! different part of this module, hence the `dead_code` allowance.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod influxd;
 
