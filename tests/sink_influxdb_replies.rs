@@ -295,3 +295,126 @@ async fn what_cannot_be_delivered_by_the_shutdown_deadline_is_counted_as_dropped
     assert_eq!((t.written, t.dropped), (0, 7));
     assert!(!ctx.stats.readiness().ready);
 }
+
+/// A v2-like server: lines containing `bad` are refused as InfluxDB 2.x does.
+/// `partial`: 422 with the others written (type conflict); otherwise 400 naming
+/// the first bad line with nothing written (malformed line protocol).
+fn v2_like(partial: bool) -> impl Fn(&Request) -> ResponseTemplate + Send + Sync {
+    move |req: &Request| {
+        let lines = body_lines(req);
+        let bad: Vec<&String> = lines.iter().filter(|l| l.contains("bad")).collect();
+        if bad.is_empty() {
+            return ResponseTemplate::new(204);
+        }
+        if partial {
+            ResponseTemplate::new(422).set_body_string(
+                serde_json::json!({
+                    "code": "unprocessable entity",
+                    "message": format!(
+                        "failure writing points to database: partial write: field type conflict: input field \"value\" on measurement \"m\" is type string, already exists as type float dropped={}",
+                        bad.len()
+                    ),
+                })
+                .to_string(),
+            )
+        } else {
+            ResponseTemplate::new(400).set_body_string(
+                serde_json::json!({
+                    "code": "invalid",
+                    "message": format!("unable to parse '{}': invalid field format", bad[0]),
+                })
+                .to_string(),
+            )
+        }
+    }
+}
+
+fn v2_config(url: &str) -> InfluxConfig {
+    let mut cfg = v1(url);
+    cfg.api = InfluxApi::V2;
+    cfg.database = None;
+    cfg.org = Some("o".into());
+    cfg.bucket = Some("b".into());
+    cfg.token = Some("t".into());
+    cfg
+}
+
+#[tokio::test]
+async fn v2_partial_writes_and_malformed_lines_set_aside_only_the_bad_lines() {
+    for partial in [true, false] {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(v2_like(partial))
+            .mount(&server)
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = SinkContext {
+            stats: Arc::new(Stats::default()),
+            dead_letters: Arc::new(DeadLetters::new(dir.path())),
+            shutdown: CancellationToken::new(),
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let task = tokio::spawn(
+            InfluxWriter::new(&v2_config(&server.uri()))
+                .unwrap()
+                .run(rx, ctx.clone()),
+        );
+        let text = "m value=1 1\nm value=\"bad1\" 2\nm value=3 3\nm value=4 4\nm value=5 5\nm value=\"bad2\" 6\nm value=7 7\n";
+        tx.send(Chunk {
+            lines: text.to_string(),
+            points: 7,
+        })
+        .await
+        .unwrap();
+        ctx.shutdown.cancel();
+        drop(tx);
+        task.await.unwrap();
+        let t = ctx.stats.totals();
+        assert_eq!(
+            (t.written, t.dead_lettered, t.dropped),
+            (5, 2, 0),
+            "partial = {partial}"
+        );
+        let mut inputs: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flat_map(|e| {
+                let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+                text.lines()
+                    .map(|l| {
+                        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                        format!(
+                            "{} | {}",
+                            v["kind"].as_str().unwrap(),
+                            v["input"].as_str().unwrap()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        inputs.sort();
+        let kind = if partial {
+            "type_conflict"
+        } else {
+            "unparsable_line"
+        };
+        assert_eq!(
+            inputs,
+            [
+                format!("{kind} | m value=\"bad1\" 2"),
+                format!("{kind} | m value=\"bad2\" 6")
+            ],
+            "partial = {partial}"
+        );
+        // Every good line reached the server in a request it accepted.
+        let mut accepted: Vec<String> = Vec::new();
+        for req in server.received_requests().await.unwrap() {
+            let lines = body_lines(&req);
+            if lines.iter().all(|l| !l.contains("bad")) {
+                accepted.extend(lines);
+            }
+        }
+        accepted.sort();
+        accepted.dedup();
+        assert_eq!(accepted.len(), 5, "partial = {partial}: {accepted:?}");
+    }
+}

@@ -15,6 +15,12 @@
 //!
 //! While a batch is being retried the sink stops reading its input channel, so
 //! back-pressure reaches the stages before it.
+//!
+//! Type conflicts: InfluxDB names the measurement and field but not the line,
+//! so the rejected lines are found by resending halves of the batch until single
+//! lines remain. Resending is harmless for lines with a timestamp (the encoder
+//! always writes one); a line without one (possible in a replayed file) would
+//! be stored again at a new time.
 
 use std::sync::Arc;
 use std::time::Duration;
