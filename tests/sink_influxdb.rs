@@ -328,3 +328,30 @@ async fn an_influxdb_restart_mid_stream_loses_nothing() {
     assert_eq!(values, [json!(1), json!(2), json!(3)]);
     assert_eq!(ctx.stats.totals().dropped, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_trusts_the_configured_ca_and_refuses_an_unknown_one() {
+    let db = Influxd::start_tls("home_assistant").await;
+    assert!(db.url().starts_with("https://"));
+    let line = "tls value=1 1700000000000000001\n";
+
+    // Unknown issuer: refused at the TLS handshake, reported as a transport error.
+    let plain = InfluxWriter::new(&config(&db)).unwrap();
+    let err = plain.write(line).await.unwrap_err();
+    assert_eq!(err.kind(), "transport", "{err:?}");
+
+    let mut with_ca = config(&db);
+    with_ca.tls.ca_file = db.ca_file();
+    let writer = InfluxWriter::new(&with_ca).unwrap();
+    assert!(writer.check().await.unwrap().starts_with("1.6"));
+    writer.write(line).await.unwrap();
+
+    let mut insecure = config(&db);
+    insecure.tls.insecure_skip_verify = true;
+    InfluxWriter::new(&insecure)
+        .unwrap()
+        .write("tls value=2 1700000000000000002\n")
+        .await
+        .unwrap();
+    assert_eq!(db.rows("tls").await.len(), 2);
+}

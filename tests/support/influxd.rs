@@ -27,6 +27,7 @@ pub struct Influxd {
     http_port: u16,
     database: String,
     client: reqwest::Client,
+    tls: bool,
 }
 
 /// Next port to probe; tests of one binary run in parallel and must never pick the same one.
@@ -65,11 +66,13 @@ fn influxd_binary() -> PathBuf {
     panic!("influxd not found: run scripts/test, which installs it");
 }
 
-/// A plain-HTTP client for the tests (reqwest needs a TLS provider even for http://).
+/// The client the support code talks to its own servers with (it trusts any
+/// certificate: the TLS behaviour under test is the writer's, not this one's).
 pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .tls_danger_accept_invalid_certs(true)
         .build()
         .expect("build the test HTTP client")
 }
@@ -83,20 +86,37 @@ fn tail(path: &Path) -> String {
 impl Influxd {
     /// Starts influxd 1.6.7 on free loopback ports (HTTP and the RPC bind address) with data in a temp dir; waits for /ping with a deadline; panics with a clear message (stderr tail) if it cannot start. Creates `database`.
     pub async fn start(database: &str) -> Influxd {
-        let mut dir = tempfile::tempdir().expect("create a temp dir for influxd");
-        let client = http_client();
+        Influxd::start_with(database, false).await
+    }
+
+    /// As [`Influxd::start`], serving HTTPS with a fresh self-signed certificate for
+    /// `127.0.0.1` (see [`Influxd::ca_file`]); needs the `openssl` command.
+    pub async fn start_tls(database: &str) -> Influxd {
+        Influxd::start_with(database, true).await
+    }
+
+    async fn start_with(database: &str, tls: bool) -> Influxd {
         let mut last_error = String::new();
-        // A free port can be taken by a parallel test between probe and bind: try a few.
+        // A free port can be taken by another process between probe and bind, and
+        // then /ping may reach someone else's server: check, and try again.
         for _ in 0..3 {
             let mut db = Influxd {
                 child: None,
-                dir,
+                dir: tempfile::tempdir().expect("create a temp dir for influxd"),
                 http_port: free_port(),
                 database: database.to_string(),
-                client: client.clone(),
+                client: http_client(),
+                tls,
             };
+            if tls {
+                db.make_certificate();
+            }
             db.write_config(free_port());
-            match db.spawn_and_wait().await {
+            let started = match db.spawn_and_wait().await {
+                Ok(()) => db.is_fresh_and_ours().await,
+                Err(e) => Err(e),
+            };
+            match started {
                 Ok(()) => {
                     db.create_database(database).await;
                     return db;
@@ -104,14 +124,109 @@ impl Influxd {
                 Err(e) => {
                     last_error = e;
                     db.stop();
-                    dir = std::mem::replace(
-                        &mut db.dir,
-                        tempfile::tempdir().expect("create a temp dir for influxd"),
-                    );
                 }
             }
         }
         panic!("influxd did not start: {last_error}");
+    }
+
+    /// A server we just started has no database yet and our child is still running.
+    async fn is_fresh_and_ours(&mut self) -> Result<(), String> {
+        let url = self.query_url(&[("q", "SHOW DATABASES")]);
+        let reply = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = reply.text().await.map_err(|e| e.to_string())?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+        if json.pointer("/results/0/series/0/values").is_some() {
+            return Err(format!(
+                "{} is another server (it has databases)",
+                self.url()
+            ));
+        }
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => Ok(()),
+            _ => Err(format!(
+                "influxd exited after start; its log:\n{}",
+                tail(&self.stderr_path())
+            )),
+        }
+    }
+
+    /// A throw-away CA (`ca.pem`) and a server certificate for 127.0.0.1 it signed.
+    fn make_certificate(&self) {
+        let d = self.dir.path();
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("write ext.cnf");
+        let steps: [&[&str]; 3] = [
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=ha-ingestor test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "server.csr",
+            ],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+                "-out",
+                "cert.pem",
+            ],
+        ];
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("openssl not found: it is needed to test TLS");
+            assert!(
+                out.status.success(),
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// The PEM file of the CA that signed the HTTPS server's certificate, when started with TLS.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.then(|| self.dir.path().join("ca.pem"))
     }
 
     fn config_path(&self) -> PathBuf {
@@ -159,6 +274,9 @@ bind-address = "127.0.0.1:{rpc_port}"
   bind-address = "127.0.0.1:{http}"
   log-enabled = false
   pprof-enabled = false
+  https-enabled = {tls}
+  https-certificate = "{cert}"
+  https-private-key = "{key}"
 
 [logging]
   level = "warn"
@@ -168,6 +286,9 @@ bind-address = "127.0.0.1:{rpc_port}"
             data = d.join("data").display(),
             wal = d.join("wal").display(),
             http = self.http_port,
+            tls = self.tls,
+            cert = d.join("cert.pem").display(),
+            key = d.join("key.pem").display(),
         );
         let mut f = std::fs::File::create(self.config_path()).expect("write influxd config");
         f.write_all(text.as_bytes()).expect("write influxd config");
@@ -212,9 +333,10 @@ bind-address = "127.0.0.1:{rpc_port}"
         }
     }
 
-    /// The HTTP base URL, `http://127.0.0.1:<port>`.
+    /// The base URL, `http://127.0.0.1:<port>` (`https://` when started with TLS).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.http_port)
     }
 
     fn query_url(&self, pairs: &[(&str, &str)]) -> String {
