@@ -284,8 +284,14 @@ async fn what_cannot_be_delivered_by_the_shutdown_deadline_is_counted_as_dropped
     let task = tokio::spawn(InfluxWriter::new(&cfg).unwrap().run(rx, ctx.clone()));
     tx.send(lines(4)).await.unwrap();
     tx.send(lines(3)).await.unwrap();
+    let stats = ctx.stats.clone();
+    // Shut down while the first batch is being retried.
+    wait_for("the first failed attempt", WAIT, || async {
+        (!stats.readiness().ready).then_some(())
+    })
+    .await;
     ctx.shutdown.cancel();
-    drop(tx);
+    // The sender stays open: the sink must not wait for it past its deadline.
     // Virtual time: the 10 s deadline passes without waiting for it.
     tokio::time::timeout(Duration::from_secs(60), task)
         .await
@@ -294,6 +300,46 @@ async fn what_cannot_be_delivered_by_the_shutdown_deadline_is_counted_as_dropped
     let t = ctx.stats.totals();
     assert_eq!((t.written, t.dropped), (0, 7));
     assert!(!ctx.stats.readiness().ready);
+    drop(tx);
+}
+
+#[tokio::test]
+async fn v2_check_finds_the_bucket_and_reports_the_version() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/ping"))
+        .respond_with(ResponseTemplate::new(204).insert_header("X-Influxdb-Version", "v2.7.11"))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v2/buckets"))
+        .and(query_param("org", "o"))
+        .and(query_param("name", "b"))
+        .and(header("authorization", "Token t"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_string(r#"{"buckets":[{"id":"1","name":"b"}]}"#),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v2/buckets"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"buckets":[]}"#))
+        .mount(&server)
+        .await;
+    let cfg = v2_config(&server.uri());
+    assert_eq!(
+        InfluxWriter::new(&cfg).unwrap().check().await.unwrap(),
+        "v2.7.11"
+    );
+    let mut other = cfg.clone();
+    other.bucket = Some("missing".into());
+    let err = InfluxWriter::new(&other)
+        .unwrap()
+        .check()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "not_found", "{err:?}");
+    assert!(err.to_string().contains("missing"), "{err}");
 }
 
 /// A v2-like server: lines containing `bad` are refused as InfluxDB 2.x does.

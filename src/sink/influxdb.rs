@@ -294,28 +294,29 @@ impl InfluxWriter {
             .to_string();
         match self.api {
             InfluxApi::V1 => {
+                // An empty write checks exactly what writing needs: credentials, the
+                // write privilege and the database (1.x answers 204, 401/403 or 404).
                 let db = self.database.as_deref().unwrap_or_default();
-                let url = with_query(&format!("{}/query", self.base), &[("q", "SHOW DATABASES")])?;
                 let reply = self
-                    .authorize(self.client.get(&url))
+                    .authorize(self.client.post(&self.write_url))
+                    .body(Vec::new())
                     .send()
                     .await
-                    .map_err(|e| self.transport(&url, e))?;
-                let json = json_reply(reply).await?;
-                if let Some(err) = json.pointer("/results/0/error").and_then(|e| e.as_str()) {
-                    return Err(WriteError::Protocol(err.to_string()));
-                }
-                let present = json
-                    .pointer("/results/0/series/0/values")
-                    .and_then(|v| v.as_array())
-                    .is_some_and(|rows| {
-                        rows.iter()
-                            .any(|r| r.get(0).and_then(|n| n.as_str()) == Some(db))
-                    });
-                if !present {
-                    return Err(WriteError::Missing(format!(
-                        "database {db:?} not found (create it with: CREATE DATABASE \"{db}\")"
-                    )));
+                    .map_err(|e| self.transport(&self.write_url, e))?;
+                let code = reply.status().as_u16();
+                match code {
+                    200..=299 => {}
+                    404 => {
+                        return Err(WriteError::Missing(format!(
+                            "database {db:?} not found (create it with: CREATE DATABASE \"{db}\")"
+                        )));
+                    }
+                    _ => {
+                        return Err(WriteError::Status {
+                            code,
+                            body: read_body(reply).await,
+                        });
+                    }
                 }
             }
             InfluxApi::V2 => {
@@ -412,8 +413,8 @@ impl InfluxWriter {
             hold_logged: false,
         };
         let mut batch = Batch::default();
-        // Normal operation.
-        loop {
+        // Normal operation, until shutdown (also when noticed during a retry) or every sender is gone.
+        while delivery.deadline.is_none() {
             let due = batch.since.map(|t| t + self.flush_interval);
             tokio::select! {
                 biased;
@@ -426,9 +427,6 @@ impl InfluxWriter {
                     None => break,
                 },
                 _ = sleep_until_opt(due) => delivery.flush(&mut batch).await,
-            }
-            if delivery.deadline.is_some() {
-                break;
             }
         }
         // Shutdown (or every sender gone): drain, then flush within the deadline.
