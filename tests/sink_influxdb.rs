@@ -355,3 +355,45 @@ async fn https_trusts_the_configured_ca_and_refuses_an_unknown_one() {
         .unwrap();
     assert_eq!(db.rows("tls").await.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_checked_and_a_refusal_holds_the_batch() {
+    let db = Influxd::start_auth("home_assistant").await;
+    let mut good = config(&db);
+    good.username = Some(support::influxd::ADMIN_USER.into());
+    good.password = Some(support::influxd::ADMIN_PASSWORD.into());
+    let writer = InfluxWriter::new(&good).unwrap();
+    assert!(writer.check().await.unwrap().starts_with("1.6"));
+    writer
+        .write("auth value=1 1700000000000000001\n")
+        .await
+        .unwrap();
+
+    let mut bad = good.clone();
+    bad.password = Some("wrong".into());
+    let refused = InfluxWriter::new(&bad).unwrap();
+    let err = refused.check().await.unwrap_err();
+    assert!(err.is_auth(), "{err:?}");
+    let err = refused
+        .write("auth value=2 1700000000000000002\n")
+        .await
+        .unwrap_err();
+    assert!(err.is_auth() && err.kind() == "unauthorized", "{err:?}");
+
+    // The sink keeps the batch and reports why it is not ready.
+    let h = Harness::start(&bad);
+    h.send(&["auth value=3 1700000000000000003"]).await;
+    let stats = h.ctx.stats.clone();
+    let reason = wait_for("the sink to report not ready", WAIT, || async {
+        let r = stats.readiness();
+        (!r.ready).then(|| r.reasons.join("; "))
+    })
+    .await;
+    assert!(reason.contains("401"), "{reason}");
+    assert_eq!(stats.totals().written, 0);
+    assert!(h.dead_letters().is_empty());
+    let (ctx, _dl) = h.stop().await;
+    // Still refused at shutdown: counted as not written, never silently.
+    assert_eq!(ctx.stats.totals().dropped, 1);
+    assert_eq!(db.rows("auth").await.len(), 1);
+}

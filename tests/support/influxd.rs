@@ -28,7 +28,13 @@ pub struct Influxd {
     database: String,
     client: reqwest::Client,
     tls: bool,
+    auth: bool,
 }
+
+/// The admin user of servers started with [`Influxd::start_auth`].
+pub const ADMIN_USER: &str = "admin";
+/// Its password.
+pub const ADMIN_PASSWORD: &str = "admin-secret";
 
 /// Next port to probe; tests of one binary run in parallel and must never pick the same one.
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
@@ -86,16 +92,22 @@ fn tail(path: &Path) -> String {
 impl Influxd {
     /// Starts influxd 1.6.7 on free loopback ports (HTTP and the RPC bind address) with data in a temp dir; waits for /ping with a deadline; panics with a clear message (stderr tail) if it cannot start. Creates `database`.
     pub async fn start(database: &str) -> Influxd {
-        Influxd::start_with(database, false).await
+        Influxd::start_with(database, false, false).await
+    }
+
+    /// As [`Influxd::start`], with authentication on and one admin user,
+    /// [`ADMIN_USER`] / [`ADMIN_PASSWORD`] (the support code uses it for its own queries).
+    pub async fn start_auth(database: &str) -> Influxd {
+        Influxd::start_with(database, false, true).await
     }
 
     /// As [`Influxd::start`], serving HTTPS with a fresh self-signed certificate for
     /// `127.0.0.1` (see [`Influxd::ca_file`]); needs the `openssl` command.
     pub async fn start_tls(database: &str) -> Influxd {
-        Influxd::start_with(database, true).await
+        Influxd::start_with(database, true, false).await
     }
 
-    async fn start_with(database: &str, tls: bool) -> Influxd {
+    async fn start_with(database: &str, tls: bool, auth: bool) -> Influxd {
         let mut last_error = String::new();
         // A free port can be taken by another process between probe and bind, and
         // then /ping may reach someone else's server: check, and try again.
@@ -107,6 +119,7 @@ impl Influxd {
                 database: database.to_string(),
                 client: http_client(),
                 tls,
+                auth,
             };
             if tls {
                 db.make_certificate();
@@ -132,10 +145,26 @@ impl Influxd {
 
     /// A server we just started has no database yet and our child is still running.
     async fn is_fresh_and_ours(&mut self) -> Result<(), String> {
+        if self.auth {
+            // Only a server without users accepts this unauthenticated.
+            let q = format!(
+                "CREATE USER \"{ADMIN_USER}\" WITH PASSWORD '{ADMIN_PASSWORD}' WITH ALL PRIVILEGES"
+            );
+            let reply = self
+                .client
+                .post(self.query_url(&[("q", q.as_str())]))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = reply.status();
+            let text = reply.text().await.unwrap_or_default();
+            if !status.is_success() || text.contains("\"error\"") {
+                return Err(format!("cannot create the admin user: {status} {text}"));
+            }
+        }
         let url = self.query_url(&[("q", "SHOW DATABASES")]);
         let reply = self
-            .client
-            .get(url)
+            .authorized(self.client.get(url))
             .send()
             .await
             .map_err(|e| e.to_string())?;
@@ -274,6 +303,7 @@ bind-address = "127.0.0.1:{rpc_port}"
   bind-address = "127.0.0.1:{http}"
   log-enabled = false
   pprof-enabled = false
+  auth-enabled = {auth}
   https-enabled = {tls}
   https-certificate = "{cert}"
   https-private-key = "{key}"
@@ -287,6 +317,7 @@ bind-address = "127.0.0.1:{rpc_port}"
             wal = d.join("wal").display(),
             http = self.http_port,
             tls = self.tls,
+            auth = self.auth,
             cert = d.join("cert.pem").display(),
             key = d.join("key.pem").display(),
         );
@@ -339,6 +370,14 @@ bind-address = "127.0.0.1:{rpc_port}"
         format!("{scheme}://127.0.0.1:{}", self.http_port)
     }
 
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if self.auth {
+            req.basic_auth(ADMIN_USER, Some(ADMIN_PASSWORD))
+        } else {
+            req
+        }
+    }
+
     fn query_url(&self, pairs: &[(&str, &str)]) -> String {
         let mut url = url::Url::parse(&format!("{}/query", self.url())).expect("query URL");
         url.query_pairs_mut().extend_pairs(pairs);
@@ -354,8 +393,7 @@ bind-address = "127.0.0.1:{rpc_port}"
     pub async fn create_database(&self, name: &str) {
         let q = format!("CREATE DATABASE \"{name}\"");
         let r = self
-            .client
-            .post(self.query_url(&[("q", q.as_str())]))
+            .authorized(self.client.post(self.query_url(&[("q", q.as_str())])))
             .send()
             .await
             .expect("POST /query to influxd");
@@ -369,7 +407,11 @@ bind-address = "127.0.0.1:{rpc_port}"
     /// Runs an InfluxQL query (GET /query, epoch=ns) against the start database and returns the parsed JSON.
     pub async fn query(&self, q: &str) -> Value {
         let url = self.query_url(&[("db", self.database.as_str()), ("q", q), ("epoch", "ns")]);
-        let r = self.client.get(url).send().await.expect("query influxd");
+        let r = self
+            .authorized(self.client.get(url))
+            .send()
+            .await
+            .expect("query influxd");
         let status = r.status();
         let body = r.text().await.expect("read query reply");
         assert!(status.is_success(), "query {q:?} failed: {status} {body}");
