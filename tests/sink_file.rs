@@ -243,3 +243,23 @@ async fn influx_import_reads_the_files() {
     }
     assert_eq!(as_values(db.rows("°C").await), expected_rows());
 }
+
+#[tokio::test]
+async fn points_that_cannot_be_stored_are_counted_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let points = dir.path().join("points");
+    let sink = FileSink::new(points.clone()).unwrap();
+    // The folder is replaced by a file: nothing can be opened in it any more.
+    std::fs::remove_dir(&points).unwrap();
+    std::fs::write(&points, "not a folder").unwrap();
+    let ctx = context(dir.path());
+    let (tx, rx) = mpsc::channel(4);
+    let task = tokio::spawn(sink.run(rx, ctx.clone()));
+    tx.send(chunk(&sample_lines()[..3])).await.unwrap();
+    drop(tx);
+    task.await.unwrap();
+    let t = ctx.stats.totals();
+    assert_eq!((t.written, t.dropped), (0, 3));
+    let r = ctx.stats.readiness();
+    assert!(!r.ready && r.reasons[0].contains("file"), "{:?}", r.reasons);
+}

@@ -50,6 +50,8 @@ pub struct FileSink {
     current: Option<Current>,
     unflushed_points: u64,
     unflushed_bytes: u64,
+    /// In a streak of failures: log the first at ERROR, the rest at DEBUG.
+    failing: bool,
 }
 
 impl FileSink {
@@ -67,6 +69,7 @@ impl FileSink {
             current: None,
             unflushed_points: 0,
             unflushed_bytes: 0,
+            failing: false,
         })
     }
 
@@ -179,6 +182,10 @@ impl FileSink {
                     .increment(self.unflushed_points);
                 metrics::counter!(SINK_SENT_BYTES, "sink" => SINK).increment(self.unflushed_bytes);
                 stats.sink_result(SINK, Ok(()));
+                if self.failing {
+                    tracing::info!(message = "The file sink writes again.", dir = %self.dir.display());
+                    self.failing = false;
+                }
             }
             Err(error) => {
                 let lost = self.unflushed_points;
@@ -191,19 +198,24 @@ impl FileSink {
         self.unflushed_bytes = 0;
     }
 
-    fn failed(&self, stats: &Stats, points: u64, error: &std::io::Error, op: &'static str) {
+    fn failed(&mut self, stats: &Stats, points: u64, error: &std::io::Error, op: &'static str) {
         metrics::counter!(SINK_ERRORS, "sink" => SINK, "error_type" => op).increment(1);
         stats.sink_result(
             SINK,
             Err(format!("{op} in {}: {error}", self.dir.display())),
         );
-        tracing::error!(
-            message = "The file sink could not store points; they are lost.",
-            dir = %self.dir.display(),
-            op,
-            %error,
-            points,
-        );
+        if self.failing {
+            tracing::debug!(message = "The file sink could not store points; they are lost.", op, %error, points);
+        } else {
+            self.failing = true;
+            tracing::error!(
+                message = "The file sink could not store points; they are lost (further failures are logged at debug level until it recovers).",
+                dir = %self.dir.display(),
+                op,
+                %error,
+                points,
+            );
+        }
         Stats::add(&stats.dropped, points);
     }
 }
