@@ -1,0 +1,399 @@
+//! The InfluxDB writer against a real `influxd` 1.6.7 started per test.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ha_ingestor::config::InfluxConfig;
+use ha_ingestor::dead_letter::DeadLetters;
+use ha_ingestor::monitor::Stats;
+use ha_ingestor::sink::influxdb::{InfluxWriter, WriteError};
+use ha_ingestor::sink::{Chunk, SinkContext};
+use serde_json::{Value, json};
+use support::{Influxd, wait_for};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn config(db: &Influxd) -> InfluxConfig {
+    let mut cfg = InfluxConfig::v1(db.url(), db.database());
+    cfg.retry_min = Duration::from_millis(20);
+    cfg.retry_max = Duration::from_millis(200);
+    cfg.flush_interval = Duration::from_millis(50);
+    cfg
+}
+
+struct Harness {
+    ctx: SinkContext,
+    tx: mpsc::Sender<Chunk>,
+    task: tokio::task::JoinHandle<()>,
+    _dl_dir: tempfile::TempDir,
+}
+
+impl Harness {
+    fn start(cfg: &InfluxConfig) -> Harness {
+        let dl_dir = tempfile::tempdir().unwrap();
+        let ctx = SinkContext {
+            stats: Arc::new(Stats::default()),
+            dead_letters: Arc::new(DeadLetters::new(dl_dir.path().join("dead-letter"))),
+            shutdown: CancellationToken::new(),
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let writer = InfluxWriter::new(cfg).unwrap();
+        let task = tokio::spawn(writer.run(rx, ctx.clone()));
+        Harness {
+            ctx,
+            tx,
+            task,
+            _dl_dir: dl_dir,
+        }
+    }
+
+    async fn send(&self, lines: &[&str]) {
+        let mut text = String::new();
+        for l in lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        self.tx
+            .send(Chunk {
+                lines: text,
+                points: lines.len(),
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn stop(self) -> (SinkContext, tempfile::TempDir) {
+        self.ctx.shutdown.cancel();
+        drop(self.tx);
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("the sink task ends within its shutdown deadline")
+            .unwrap();
+        (self.ctx, self._dl_dir)
+    }
+
+    fn dead_letters(&self) -> Vec<Value> {
+        read_dead_letters(self._dl_dir.path())
+    }
+}
+
+fn read_dead_letters(dir: &std::path::Path) -> Vec<Value> {
+    let dir = dir.join("dead-letter");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        out.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+        );
+    }
+    out
+}
+
+fn fields(row: &serde_json::Map<String, Value>, keys: &[&str]) -> Value {
+    Value::Object(
+        keys.iter()
+            .map(|k| (k.to_string(), row[*k].clone()))
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_reads_back_exactly_with_and_without_gzip() {
+    let db = Influxd::start("home_assistant").await;
+    for (gzip, m) in [(true, "gz"), (false, "plain")] {
+        let mut cfg = config(&db);
+        cfg.gzip = gzip;
+        let writer = InfluxWriter::new(&cfg).unwrap();
+        let body = format!(
+            "{m},entity_id=sensor.a,domain=sensor value=21.5,state=\"21.5\",count=3i,on=true 1700000000123456789\n\
+             {m},entity_id=sensor.b,domain=sensor value=-0.25,state=\"a \\\"quoted\\\" str\",count=-7i,on=false 1700000000123456790\n"
+        );
+        writer.write(&body).await.unwrap();
+        let rows = db.rows(m).await;
+        let got: Vec<Value> = rows
+            .iter()
+            .map(|r| fields(r, &["time", "entity_id", "value", "state", "count", "on"]))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                json!({"time": 1700000000123456789u64, "entity_id": "sensor.a", "value": 21.5, "state": "21.5", "count": 3, "on": true}),
+                json!({"time": 1700000000123456790u64, "entity_id": "sensor.b", "value": -0.25, "state": "a \"quoted\" str", "count": -7, "on": false}),
+            ],
+            "gzip = {gzip}"
+        );
+        // Types as stored, not as JSON guesses.
+        let keys = db.query(&format!("SHOW FIELD KEYS FROM \"{m}\"")).await;
+        assert_eq!(
+            keys["results"][0]["series"][0]["values"],
+            json!([
+                ["count", "integer"],
+                ["on", "boolean"],
+                ["state", "string"],
+                ["value", "float"]
+            ])
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_version_and_missing_database() {
+    let db = Influxd::start("home_assistant").await;
+    let writer = InfluxWriter::new(&config(&db)).unwrap();
+    let version = writer.check().await.unwrap();
+    assert!(version.starts_with("1.6"), "{version}");
+    let missing = InfluxWriter::new(&InfluxConfig::v1(db.url(), "nope")).unwrap();
+    let err = missing.check().await.unwrap_err();
+    assert!(matches!(err, WriteError::Missing(_)), "{err:?}");
+    assert!(err.to_string().contains("nope"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_task_batches_and_flushes_on_shutdown() {
+    let db = Influxd::start("home_assistant").await;
+    let mut cfg = config(&db);
+    cfg.batch_size = 7;
+    // Long enough that only the size cut and the shutdown flush can deliver.
+    cfg.flush_interval = Duration::from_secs(3600);
+    let h = Harness::start(&cfg);
+    let lines: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                "t,entity_id=e{} value={i} {}",
+                i % 3,
+                1_700_000_000_000_000_000u64 + i
+            )
+        })
+        .collect();
+    for chunk in lines.chunks(3) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        h.send(&refs).await;
+    }
+    // Two full batches of 7 go out on their own; the last 6 wait for the shutdown flush.
+    db.wait_rows("t", 14, WAIT).await;
+    let (ctx, _dl) = h.stop().await;
+    let rows = db.rows("t").await;
+    assert_eq!(rows.len(), 20);
+    let totals = ctx.stats.totals();
+    assert_eq!(totals.written, 20);
+    assert_eq!(totals.dropped, 0);
+    assert!(ctx.stats.readiness().ready);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_line_is_the_only_one_set_aside() {
+    let db = Influxd::start("home_assistant").await;
+    let h = Harness::start(&config(&db));
+    h.send(&[
+        "m,entity_id=a value=1 1700000000000000001",
+        "m,entity_id=b value=2 1700000000000000002",
+        "m,entity_id=c value= 1700000000000000003",
+        "m,entity_id=d value=4 1700000000000000004",
+        "m,entity_id=e value=5 1700000000000000005",
+    ])
+    .await;
+    let (ctx, dl) = h.stop().await;
+    let rows = db.rows("m").await;
+    let ids: Vec<&str> = rows
+        .iter()
+        .map(|r| r["entity_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b", "d", "e"]);
+    let letters = read_dead_letters(dl.path());
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        letters[0]["input"],
+        "m,entity_id=c value= 1700000000000000003"
+    );
+    assert_eq!(letters[0]["stage"], "sink");
+    assert_eq!(letters[0]["kind"], "unparsable_line");
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unable to parse"),
+        "{letters:?}"
+    );
+    let t = ctx.stats.totals();
+    assert_eq!((t.written, t.dead_lettered, t.dropped), (4, 1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_conflict_sets_aside_only_the_conflicting_point() {
+    let db = Influxd::start("home_assistant").await;
+    let writer = InfluxWriter::new(&config(&db)).unwrap();
+    writer
+        .write("c,entity_id=x value=1.5 1700000000000000000\n")
+        .await
+        .unwrap();
+    let h = Harness::start(&config(&db));
+    h.send(&[
+        "c,entity_id=x value=2.5 1700000000000000010",
+        "c,entity_id=y value=3.5 1700000000000000011",
+        "c,entity_id=x value=\"oops\" 1700000000000000012",
+        "c,entity_id=z value=4.5 1700000000000000013",
+    ])
+    .await;
+    let (ctx, dl) = h.stop().await;
+    let rows = db.rows("c").await;
+    let values: Vec<Value> = rows.iter().map(|r| r["value"].clone()).collect();
+    assert_eq!(values, [json!(1.5), json!(2.5), json!(3.5), json!(4.5)]);
+    let letters = read_dead_letters(dl.path());
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        letters[0]["input"],
+        "c,entity_id=x value=\"oops\" 1700000000000000012"
+    );
+    assert_eq!(letters[0]["kind"], "type_conflict");
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("field type conflict"),
+        "{letters:?}"
+    );
+    let t = ctx.stats.totals();
+    assert_eq!((t.written, t.dead_lettered, t.dropped), (3, 1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_database_holds_the_batch_until_it_exists() {
+    let db = Influxd::start("home_assistant").await;
+    let mut cfg = config(&db);
+    cfg.database = Some("later".into());
+    let h = Harness::start(&cfg);
+    h.send(&[
+        "h value=1 1700000000000000001",
+        "h value=2 1700000000000000002",
+    ])
+    .await;
+    let stats = h.ctx.stats.clone();
+    let reason = wait_for("the sink to report not ready", WAIT, || async {
+        let r = stats.readiness();
+        (!r.ready).then(|| r.reasons.join("; "))
+    })
+    .await;
+    assert!(
+        reason.contains("404") && reason.contains("database not found"),
+        "{reason}"
+    );
+    assert_eq!(stats.totals().written, 0);
+    db.create_database("later").await;
+    wait_for("the held points to be written", WAIT, || async {
+        (stats.totals().written == 2).then_some(())
+    })
+    .await;
+    let (ctx, _dl) = h.stop().await;
+    let json = db.query("SELECT count(value) FROM later.autogen.h").await;
+    assert_eq!(json["results"][0]["series"][0]["values"][0][1], json!(2));
+    assert!(ctx.stats.readiness().ready);
+    assert_eq!(ctx.stats.totals().dropped, 0);
+    assert!(read_dead_letters(_dl.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_influxdb_restart_mid_stream_loses_nothing() {
+    let mut db = Influxd::start("home_assistant").await;
+    let h = Harness::start(&config(&db));
+    h.send(&["r value=1 1700000000000000001"]).await;
+    db.wait_rows("r", 1, WAIT).await;
+    db.stop();
+    h.send(&[
+        "r value=2 1700000000000000002",
+        "r value=3 1700000000000000003",
+    ])
+    .await;
+    let stats = h.ctx.stats.clone();
+    wait_for("the sink to notice the outage", WAIT, || async {
+        (!stats.readiness().ready).then_some(())
+    })
+    .await;
+    db.restart().await;
+    wait_for("the retried points to be written", WAIT, || async {
+        (stats.totals().written == 3).then_some(())
+    })
+    .await;
+    assert!(h.dead_letters().is_empty());
+    let (ctx, _dl) = h.stop().await;
+    let rows = db.rows("r").await;
+    let values: Vec<Value> = rows.iter().map(|r| r["value"].clone()).collect();
+    assert_eq!(values, [json!(1), json!(2), json!(3)]);
+    assert_eq!(ctx.stats.totals().dropped, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_trusts_the_configured_ca_and_refuses_an_unknown_one() {
+    let db = Influxd::start_tls("home_assistant").await;
+    assert!(db.url().starts_with("https://"));
+    let line = "tls value=1 1700000000000000001\n";
+
+    // Unknown issuer: refused at the TLS handshake, reported as a transport error.
+    let plain = InfluxWriter::new(&config(&db)).unwrap();
+    let err = plain.write(line).await.unwrap_err();
+    assert_eq!(err.kind(), "transport", "{err:?}");
+
+    let mut with_ca = config(&db);
+    with_ca.tls.ca_file = db.ca_file();
+    let writer = InfluxWriter::new(&with_ca).unwrap();
+    assert!(writer.check().await.unwrap().starts_with("1.6"));
+    writer.write(line).await.unwrap();
+
+    let mut insecure = config(&db);
+    insecure.tls.insecure_skip_verify = true;
+    InfluxWriter::new(&insecure)
+        .unwrap()
+        .write("tls value=2 1700000000000000002\n")
+        .await
+        .unwrap();
+    assert_eq!(db.rows("tls").await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_checked_and_a_refusal_holds_the_batch() {
+    let db = Influxd::start_auth("home_assistant").await;
+    let mut good = config(&db);
+    good.username = Some(support::influxd::ADMIN_USER.into());
+    good.password = Some(support::influxd::ADMIN_PASSWORD.into());
+    let writer = InfluxWriter::new(&good).unwrap();
+    assert!(writer.check().await.unwrap().starts_with("1.6"));
+    writer
+        .write("auth value=1 1700000000000000001\n")
+        .await
+        .unwrap();
+
+    let mut bad = good.clone();
+    bad.password = Some("wrong".into());
+    let refused = InfluxWriter::new(&bad).unwrap();
+    let err = refused.check().await.unwrap_err();
+    assert!(err.is_auth(), "{err:?}");
+    let err = refused
+        .write("auth value=2 1700000000000000002\n")
+        .await
+        .unwrap_err();
+    assert!(err.is_auth() && err.kind() == "unauthorized", "{err:?}");
+
+    // The sink keeps the batch and reports why it is not ready.
+    let h = Harness::start(&bad);
+    h.send(&["auth value=3 1700000000000000003"]).await;
+    let stats = h.ctx.stats.clone();
+    let reason = wait_for("the sink to report not ready", WAIT, || async {
+        let r = stats.readiness();
+        (!r.ready).then(|| r.reasons.join("; "))
+    })
+    .await;
+    assert!(reason.contains("401"), "{reason}");
+    assert_eq!(stats.totals().written, 0);
+    assert!(h.dead_letters().is_empty());
+    let (ctx, _dl) = h.stop().await;
+    // Still refused at shutdown: counted as not written, never silently.
+    assert_eq!(ctx.stats.totals().dropped, 1);
+    assert_eq!(db.rows("auth").await.len(), 1);
+}

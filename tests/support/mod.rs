@@ -1,0 +1,30 @@
+//! Test support shared by the integration tests: real servers started per test.
+//!
+//! Use with `mod support;` at the top of a test file. Every test binary uses a
+//! different part of this module, hence the `dead_code` allowance.
+#![allow(dead_code, unused_imports)]
+
+pub mod influxd;
+
+pub use influxd::Influxd;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Polls `probe` every 50 ms until it returns `Some`, panicking with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
