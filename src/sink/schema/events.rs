@@ -216,3 +216,131 @@ impl EventEncoder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::super::Encoder;
+    use super::*;
+    use crate::event::{Context, EventKind, Origin, Timestamp};
+
+    fn bus(event_type: &str, data: Value) -> Event {
+        Event {
+            source: Arc::from("test"),
+            time_fired: Timestamp::from_nanos(7),
+            origin: Origin::Remote,
+            context: Context {
+                id: Some("C".into()),
+                parent_id: Some("P".into()),
+                user_id: None,
+            },
+            kind: EventKind::Bus(BusEvent {
+                event_type: event_type.into(),
+                data: data.as_object().cloned().unwrap_or_default(),
+            }),
+        }
+    }
+
+    fn encode_with(cfg: &SchemaConfig, event: &Event) -> String {
+        let mut enc = Encoder::new(cfg).unwrap();
+        let mut out = String::new();
+        assert_eq!(enc.encode(event, &mut out), Encoded::Points(1));
+        out
+    }
+
+    #[test]
+    fn members_are_flattened_under_type_carrying_names() {
+        let ev = bus(
+            "automation_triggered",
+            json!({"name": "Hall light", "entity_id": "automation.hall", "n": 3,
+                   "on": true, "x_str": 5, "y_bool": false, "nested": {"a": 1}, "none": null}),
+        );
+        assert_eq!(
+            encode_with(&SchemaConfig::default(), &ev),
+            "ha_events,entity_id=automation.hall,event_type=automation_triggered,origin=REMOTE \
+             context_id=\"C\",context_parent_id=\"P\",\
+             data=\"{\\\"name\\\":\\\"Hall light\\\",\\\"entity_id\\\":\\\"automation.hall\\\",\\\"n\\\":3,\
+             \\\"on\\\":true,\\\"x_str\\\":5,\\\"y_bool\\\":false,\\\"nested\\\":{\\\"a\\\":1},\\\"none\\\":null}\",\
+             data_entity_id_str=\"automation.hall\",data_n=3.0,data_name_str=\"Hall light\",\
+             data_on_bool=true,data_x_str_str=\"5\",data_y_bool_str=\"false\" 7\n"
+        );
+    }
+
+    #[test]
+    fn a_key_never_changes_type_across_events() {
+        // The same key as number, string and bool lands in three different fields.
+        let mut names = Vec::new();
+        for v in [json!(1.5), json!("1.5"), json!(true)] {
+            let line = encode_with(&SchemaConfig::default(), &bus("e", json!({ "k": v })));
+            let field = line
+                .split([' ', ','])
+                .find(|p| p.starts_with("data_k"))
+                .unwrap()
+                .split('=')
+                .next()
+                .unwrap()
+                .to_string();
+            names.push(field);
+        }
+        assert_eq!(names, ["data_k", "data_k_str", "data_k_bool"]);
+    }
+
+    #[test]
+    fn static_tags_merge_in_order_and_override() {
+        let cfg = SchemaConfig {
+            tags: BTreeMap::from([
+                ("a".to_string(), "1".to_string()),
+                ("origin".to_string(), "site".to_string()),
+                ("service".to_string(), "forced".to_string()),
+                ("zz".to_string(), "2".to_string()),
+            ]),
+            ..SchemaConfig::default()
+        };
+        let ev = bus(
+            "call_service",
+            json!({"domain": "light", "service": "turn_on"}),
+        );
+        let line = encode_with(&cfg, &ev);
+        assert!(
+            line.starts_with(
+                "ha_events,a=1,domain=light,event_type=call_service,origin=site,service=forced,zz=2 "
+            ),
+            "{line}"
+        );
+        // No service in the data: the static tag still appears, in order.
+        let line = encode_with(&cfg, &bus("call_service", json!({"domain": "light"})));
+        assert!(
+            line.starts_with(
+                "ha_events,a=1,domain=light,event_type=call_service,origin=site,service=forced,zz=2 "
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn oversize_data_is_left_out_with_a_marker() {
+        let big = "x".repeat(MAX_STRING_FIELD + 10);
+        let line = encode_with(
+            &SchemaConfig::default(),
+            &bus("e", json!({"big": big, "small": 1})),
+        );
+        assert!(!line.contains("data=\""), "{}", &line[..200]);
+        assert!(!line.contains("data_big"));
+        assert!(line.contains("data_small=1.0"));
+        assert!(line.contains(",oversize_data=true 7\n"));
+    }
+
+    #[test]
+    fn empty_data_still_gives_a_point() {
+        let mut ev = bus("homeassistant_start", json!({}));
+        ev.context = Context::default();
+        assert_eq!(
+            encode_with(&SchemaConfig::default(), &ev),
+            "ha_events,event_type=homeassistant_start,origin=REMOTE data=\"{}\" 7\n"
+        );
+    }
+}
