@@ -17,24 +17,55 @@
 
 use crate::sink::schema::pyrepr::write_float_repr;
 
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any byte of the 8-byte word `x` equals `c` (the classic SWAR zero-byte test).
+#[inline(always)]
+fn word_has(x: u64, c: u8) -> bool {
+    let v = x ^ (LO * u64::from(c));
+    (v.wrapping_sub(LO) & !v & HI) != 0
+}
+
+/// Index of the first byte of `bytes` that is in `specials`, or `bytes.len()`; eight bytes at a time.
+#[inline(always)]
+fn first_special<const N: usize>(bytes: &[u8], specials: [u8; N]) -> usize {
+    let mut i = 0;
+    let mut word = [0u8; 8];
+    while i + 8 <= bytes.len() {
+        word.copy_from_slice(&bytes[i..i + 8]);
+        let x = u64::from_le_bytes(word);
+        if specials.iter().any(|&c| word_has(x, c)) {
+            break;
+        }
+        i += 8;
+    }
+    while i < bytes.len() {
+        if specials.contains(&bytes[i]) {
+            return i;
+        }
+        i += 1;
+    }
+    bytes.len()
+}
+
 /// Appends `name` escaped for a measurement, tag key, tag value or field key.
 pub fn push_escaped_name(out: &mut String, name: &str) {
     let bytes = name.as_bytes();
-    let mut copied = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &str = match b {
+    let mut i = 0;
+    loop {
+        let j = i + first_special(&bytes[i..], [b'\\', b' ', b',', b'=', b'\n']);
+        out.push_str(&name[i..j]);
+        let Some(&b) = bytes.get(j) else { break };
+        out.push_str(match b {
             b'\\' => "\\\\",
             b' ' => "\\ ",
             b',' => "\\,",
             b'=' => "\\=",
-            b'\n' => "\\n",
-            _ => continue,
-        };
-        out.push_str(&name[copied..i]);
-        out.push_str(esc);
-        copied = i + 1;
+            _ => "\\n",
+        });
+        i = j + 1;
     }
-    out.push_str(&name[copied..]);
     if bytes.last() == Some(&b'\\') {
         out.push(' ');
     }
@@ -43,19 +74,19 @@ pub fn push_escaped_name(out: &mut String, name: &str) {
 /// Appends `value` as a quoted string field value.
 pub fn push_quoted_string(out: &mut String, value: &str) {
     out.push('"');
-    let mut copied = 0;
-    for (i, &b) in value.as_bytes().iter().enumerate() {
-        let esc: &str = match b {
+    let bytes = value.as_bytes();
+    let mut i = 0;
+    loop {
+        let j = i + first_special(&bytes[i..], [b'\\', b'"', b'\n']);
+        out.push_str(&value[i..j]);
+        let Some(&b) = bytes.get(j) else { break };
+        out.push_str(match b {
             b'\\' => "\\\\",
             b'"' => "\\\"",
-            b'\n' => "\\n",
-            _ => continue,
-        };
-        out.push_str(&value[copied..i]);
-        out.push_str(esc);
-        copied = i + 1;
+            _ => "\\n",
+        });
+        i = j + 1;
     }
-    out.push_str(&value[copied..]);
     out.push('"');
 }
 

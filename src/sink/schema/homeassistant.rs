@@ -379,7 +379,8 @@ impl StateEncoder {
             }
             let start = text.len();
             text.push_str(key);
-            if find_field(fields, text, key).is_some() {
+            let renamed = find_field(fields, text, key).is_some();
+            if renamed {
                 text.push('_');
             }
             let end = text.len();
@@ -389,23 +390,36 @@ impl StateEncoder {
                 start,
                 end: end + 4,
             };
-            match value_as_float(value, num) {
-                Some(f) => set_field(fields, text, k, Val::Float(f)),
+            // Python sets `fields[key]` and then deletes it when it is not finite;
+            // a value already there is either finite or a string, so only the new one needs the check.
+            let number = match value_as_float(value, num) {
+                Some(f) => Some(f),
                 None => {
                     let vs = text.len();
                     write_py_str(text, value);
                     let v = Span::of(text, vs);
                     set_field(fields, text, k_str, Val::Str(v));
-                    if let Some(f) = digit_tail(v.get(text), num) {
+                    digit_tail(v.get(text), num)
+                }
+            };
+            match number {
+                Some(f) if f.is_finite() => {
+                    if renamed {
                         set_field(fields, text, k, Val::Float(f));
+                    } else {
+                        // `key` was not a field and `key_str` is a different name: no scan needed.
+                        fields.push(Field {
+                            key: k,
+                            val: Val::Float(f),
+                        });
                     }
                 }
-            }
-            if let Some(i) = find_field(fields, text, k.get(text))
-                && let Val::Float(f) = fields[i].val
-                && !f.is_finite()
-            {
-                fields.swap_remove(i);
+                Some(_) => {
+                    if let Some(i) = find_field(fields, text, k.get(text)) {
+                        fields.swap_remove(i);
+                    }
+                }
+                None => {}
             }
         }
         for (k, v) in &self.static_tags {

@@ -185,6 +185,9 @@ pub(crate) fn value_as_float(value: &Value, scratch: &mut Vec<u8>) -> Option<f64
 /// HA's `RE_DIGIT_TAIL` twin: the float of `text` with all but digits and `.` removed, when
 /// `^[^\.]*\d+\.?\d+[^\.]*$` matches (two adjacent digits, or one `.` between digits, and at most one `.`).
 pub(crate) fn digit_tail(text: &str, scratch: &mut Vec<u8>) -> Option<f64> {
+    if text.is_ascii() {
+        return digit_tail_ascii(text.as_bytes(), scratch);
+    }
     let mut dots = 0u32;
     let mut adjacent = false;
     let mut dot_between = false;
@@ -229,6 +232,33 @@ pub(crate) fn digit_tail(text: &str, scratch: &mut Vec<u8>) -> Option<f64> {
     parse_clean(scratch)
 }
 
+/// [`digit_tail`] in one pass over bytes; text with non-ASCII goes to the Unicode-aware loop.
+fn digit_tail_ascii(b: &[u8], scratch: &mut Vec<u8>) -> Option<f64> {
+    let mut dots = 0u32;
+    let mut dot_between = false;
+    let mut adjacent = false;
+    let mut prev_digit = false;
+    for (i, &c) in b.iter().enumerate() {
+        let digit = c.is_ascii_digit();
+        if digit {
+            adjacent |= prev_digit;
+        } else if c == b'.' {
+            dots += 1;
+            if dots > 1 {
+                return None;
+            }
+            dot_between = prev_digit && b.get(i + 1).is_some_and(u8::is_ascii_digit);
+        }
+        prev_digit = digit;
+    }
+    if !(if dots == 0 { adjacent } else { dot_between }) {
+        return None;
+    }
+    scratch.clear();
+    scratch.extend(b.iter().filter(|c| c.is_ascii_digit() || **c == b'.'));
+    parse_clean(scratch)
+}
+
 /// Python `repr(float)`: shortest round-trip digits, `1e+16`, `1.5e-05`, `20.0`, `nan`, `inf`.
 pub(crate) fn write_float_repr(out: &mut String, v: f64) {
     if v.is_nan() {
@@ -241,6 +271,13 @@ pub(crate) fn write_float_repr(out: &mut String, v: f64) {
     }
     if v == 0.0 {
         out.push_str(if v.is_sign_negative() { "-0.0" } else { "0.0" });
+        return;
+    }
+    if v.fract() == 0.0 && v.abs() < 1e16 {
+        // Whole numbers below 1e16 are exact in i64 and Python writes them as `<int>.0`.
+        let mut ib = itoa::Buffer::new();
+        out.push_str(ib.format(v as i64));
+        out.push_str(".0");
         return;
     }
     let mut buf = ryu::Buffer::new();
@@ -528,6 +565,55 @@ mod tests {
         ];
         for (v, want) in cases {
             assert_eq!(repr(*v), *want, "repr({v:e})");
+        }
+    }
+
+    /// Python's layout rebuilt from Rust's own shortest digits (`{:e}`), as an independent oracle.
+    fn python_layout_from_std(v: f64) -> String {
+        let sci = format!("{:e}", v.abs());
+        let (mantissa, exp) = sci.split_once('e').unwrap();
+        let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+        let digits = digits.trim_end_matches('0');
+        let digits = if digits.is_empty() { "0" } else { digits };
+        let decpt: i32 = exp.parse::<i32>().unwrap() + 1;
+        let sign = if v.is_sign_negative() { "-" } else { "" };
+        if decpt <= -4 || decpt > 16 {
+            let (first, rest) = digits.split_at(1);
+            let dot = if rest.is_empty() {
+                String::new()
+            } else {
+                format!(".{rest}")
+            };
+            let e = decpt - 1;
+            format!(
+                "{sign}{first}{dot}e{}{:02}",
+                if e < 0 { '-' } else { '+' },
+                e.abs()
+            )
+        } else if decpt <= 0 {
+            format!("{sign}0.{}{digits}", "0".repeat((-decpt) as usize))
+        } else if decpt as usize >= digits.len() {
+            format!(
+                "{sign}{digits}{}.0",
+                "0".repeat(decpt as usize - digits.len())
+            )
+        } else {
+            let (a, b) = digits.split_at(decpt as usize);
+            format!("{sign}{a}.{b}")
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn repr_round_trips_and_matches_the_layout_rule(
+            v in proptest::num::f64::NORMAL | proptest::num::f64::SUBNORMAL,
+            whole in -1e17f64..1e17,
+        ) {
+            for x in [v, whole.trunc()] {
+                let s = repr(x);
+                proptest::prop_assert_eq!(s.parse::<f64>().ok(), Some(x));
+                proptest::prop_assert_eq!(&s, &python_layout_from_std(x));
+            }
         }
     }
 
