@@ -557,8 +557,8 @@ mod tests {
             (-1.5e-300, "-1.5e-300"),
             (5e-324, "5e-324"),
             (123456789.125, "123456789.125"),
-            // A tie between two shortest spellings: Python rounds half to even.
-            (1538329791820701.25, "1538329791820701.2"),
+            // Exactly ...701.25, a tie between two shortest spellings: Python rounds half to even.
+            (1_538_329_791_820_701.2, "1538329791820701.2"),
             (0.0, "0.0"),
             (-0.0, "-0.0"),
             (f64::NAN, "nan"),
