@@ -29,7 +29,11 @@
 //! the whole line. We write the same point without `value` and with the state
 //! text as the `state` string field (in HA's schema `state` is always a
 //! string, so this never conflicts). For key collisions the point still counts
-//! a `value` field, so attribute renames stay what HA does.
+//! a `value` field, so an attribute named `value` is still written as `value_`;
+//! one named `state` becomes `state_` on such a point (HA had no `state` field there).
+//!
+//! Attribute values reach us as JSON, not as HA's Python objects: datetimes and
+//! enums arrive as strings and are written as such (see [`super::pyrepr`]).
 
 use std::collections::BTreeMap;
 
