@@ -33,7 +33,7 @@
 //! one named `state` becomes `state_` on such a point (HA had no `state` field there).
 //!
 //! Attribute values reach us as JSON, not as HA's Python objects: datetimes and
-//! enums arrive as strings and are written as such (see [`super::pyrepr`]).
+//! enums arrive as strings and are written as such (see the `pyrepr` module).
 
 use std::collections::BTreeMap;
 

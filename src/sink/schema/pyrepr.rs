@@ -87,6 +87,13 @@ pub(crate) fn py_float(text: &str, scratch: &mut Vec<u8>) -> Option<f64> {
         scratch.drain(..start);
         return parse_ascii_with_underscores(scratch);
     };
+    // Most non-numeric text fails on its first character; skip the rest of the work then.
+    if !matches!(
+        bytes.first(),
+        Some(b'0'..=b'9' | b'+' | b'-' | b'.' | b'i' | b'I' | b'n' | b'N')
+    ) {
+        return None;
+    }
     if !bytes.contains(&b'_') {
         return parse_clean(bytes);
     }
@@ -259,6 +266,40 @@ fn digit_tail_ascii(b: &[u8], scratch: &mut Vec<u8>) -> Option<f64> {
     parse_clean(scratch)
 }
 
+/// Writes `v` when it is a decimal with at most four fractional digits (`21.5`, `0.912`).
+///
+/// The smallest `k` for which `round(v·10^k) / 10^k == v` gives the shortest spelling:
+/// both the division and parsing the text are correctly rounded from the same exact
+/// fraction, and below 1e9 two `k`-digit decimals can never meet in one float.
+fn write_short_decimal(out: &mut String, v: f64) -> bool {
+    const POW: [f64; 5] = [1.0, 10.0, 100.0, 1000.0, 10000.0];
+    const IPOW: [u64; 5] = [1, 10, 100, 1000, 10000];
+    let a = v.abs();
+    if !(1e-4..1e9).contains(&a) {
+        return false;
+    }
+    for k in 1..POW.len() {
+        let m = (a * POW[k]).round();
+        if m / POW[k] == a {
+            let m = m as u64;
+            let (int, frac) = (m / IPOW[k], m % IPOW[k]);
+            if v < 0.0 {
+                out.push('-');
+            }
+            let mut ib = itoa::Buffer::new();
+            out.push_str(ib.format(int));
+            out.push('.');
+            let frac_text = ib.format(frac);
+            for _ in frac_text.len()..k {
+                out.push('0');
+            }
+            out.push_str(frac_text);
+            return true;
+        }
+    }
+    false
+}
+
 /// Python `repr(float)`: shortest round-trip digits, `1e+16`, `1.5e-05`, `20.0`, `nan`, `inf`.
 pub(crate) fn write_float_repr(out: &mut String, v: f64) {
     if v.is_nan() {
@@ -278,6 +319,9 @@ pub(crate) fn write_float_repr(out: &mut String, v: f64) {
         let mut ib = itoa::Buffer::new();
         out.push_str(ib.format(v as i64));
         out.push_str(".0");
+        return;
+    }
+    if write_short_decimal(out, v) {
         return;
     }
     let mut buf = ryu::Buffer::new();
@@ -615,6 +659,19 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn short_decimals_match_the_general_path(m in -99_999_999_999i64..99_999_999_999, k in 0u32..6) {
+            let x = m as f64 / 10f64.powi(k as i32);
+            if x != 0.0 {
+                let ours = repr(x);
+                let (digits, point) = digits_and_point(&ours);
+                let (std_digits, std_point) = digits_and_point(&format!("{x:e}"));
+                proptest::prop_assert_eq!(ours.parse::<f64>().ok(), Some(x));
+                proptest::prop_assert_eq!((digits.len(), point), (std_digits.len(), std_point));
+                proptest::prop_assert_eq!(&ours, &python_layout(x < 0.0, &digits, point));
+            }
+        }
+
         /// Shortest digits (as many as Rust's own `{:e}`; ties may round differently, Python
         /// and ryu both round half to even), the same magnitude, and Python's layout.
         #[test]
