@@ -74,13 +74,27 @@ enum Val {
 #[derive(Debug, Clone, Copy)]
 struct Field {
     key: Span,
+    /// [`prefix`] of the key: most comparisons end here.
+    pre: u64,
     val: Val,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Tag {
     key: Span,
+    pre: u64,
     val: Span,
+}
+
+/// The first eight bytes of a key, zero-padded, as a big-endian number.
+///
+/// `prefix(a) < prefix(b)` implies `a < b` byte-wise, and equal prefixes fall
+/// back to comparing the keys, so sorting and lookups stay exact.
+fn prefix(key: &str) -> u64 {
+    let mut word = [0u8; 8];
+    let n = key.len().min(8);
+    word[..n].copy_from_slice(&key.as_bytes()[..n]);
+    u64::from_be_bytes(word)
 }
 
 /// The measurement chosen for a point.
@@ -298,6 +312,7 @@ impl StateEncoder {
             let val = push_span(text, &state.state);
             fields.push(Field {
                 key,
+                pre: prefix("state"),
                 val: Val::Str(val),
             });
         }
@@ -305,6 +320,7 @@ impl StateEncoder {
             let key = push_span(text, "value");
             fields.push(Field {
                 key,
+                pre: prefix("value"),
                 val: Val::Float(v),
             });
         }
@@ -357,10 +373,18 @@ impl StateEncoder {
         // Step 3: tags.
         let key = push_span(text, "domain");
         let val = push_span(text, id.domain());
-        tags.push(Tag { key, val });
+        tags.push(Tag {
+            key,
+            pre: prefix("domain"),
+            val,
+        });
         let key = push_span(text, "entity_id");
         let val = push_span(text, id.object_id());
-        tags.push(Tag { key, val });
+        tags.push(Tag {
+            key,
+            pre: prefix("entity_id"),
+            val,
+        });
 
         // Step 4: attributes.
         for (key, value) in attrs {
@@ -414,6 +438,7 @@ impl StateEncoder {
                         // `key` was not a field and `key_str` is a different name: no scan needed.
                         fields.push(Field {
                             key: k,
+                            pre: prefix(k.get(text)),
                             val: Val::Float(f),
                         });
                     }
@@ -434,8 +459,12 @@ impl StateEncoder {
 
         // Step 5: write, sorted.
         let text: &str = text;
-        tags.sort_unstable_by(|a, b| a.key.get(text).cmp(b.key.get(text)));
-        fields.sort_unstable_by(|a, b| a.key.get(text).cmp(b.key.get(text)));
+        tags.sort_unstable_by(|a, b| {
+            (a.pre.cmp(&b.pre)).then_with(|| a.key.get(text).cmp(b.key.get(text)))
+        });
+        fields.sort_unstable_by(|a, b| {
+            (a.pre.cmp(&b.pre)).then_with(|| a.key.get(text).cmp(b.key.get(text)))
+        });
         let measurement = match measurement {
             Measurement::Borrowed(m) => m,
             Measurement::Text(span) => span.get(text),
@@ -467,23 +496,35 @@ fn push_span(text: &mut String, s: &str) -> Span {
 }
 
 fn find_field(fields: &[Field], text: &str, key: &str) -> Option<usize> {
-    fields.iter().position(|f| f.key.get(text) == key)
+    let pre = prefix(key);
+    fields
+        .iter()
+        .position(|f| f.pre == pre && f.key.get(text) == key)
 }
 
 /// Python `fields[key] = val`: replaces in place or adds.
 fn set_field(fields: &mut Vec<Field>, text: &str, key: Span, val: Val) {
-    match find_field(fields, text, key.get(text)) {
+    let k = key.get(text);
+    match find_field(fields, text, k) {
         Some(i) => fields[i].val = val,
-        None => fields.push(Field { key, val }),
+        None => fields.push(Field {
+            key,
+            pre: prefix(k),
+            val,
+        }),
     }
 }
 
 /// Python `tags[key] = val`: replaces in place or adds.
 fn set_tag(tags: &mut Vec<Tag>, text: &str, key: Span, val: Span) {
     let k = key.get(text);
-    match tags.iter().position(|t| t.key.get(text) == k) {
+    let pre = prefix(k);
+    match tags
+        .iter()
+        .position(|t| t.pre == pre && t.key.get(text) == k)
+    {
         Some(i) => tags[i].val = val,
-        None => tags.push(Tag { key, val }),
+        None => tags.push(Tag { key, pre, val }),
     }
 }
 
