@@ -1,1 +1,153 @@
 //! Schema modes: how an event becomes line-protocol points.
+//!
+//! [`Encoder`] is built once from [`SchemaConfig`] (globs compiled, lists
+//! prepared) and then turns each [`Event`] into zero or more complete lines,
+//! appended to a caller's buffer. `state_changed` events follow HA's own
+//! `influxdb` integration ([`homeassistant`]); every other event goes to one
+//! measurement ([`events`]). Encoding never fails: odd input gives a point or
+//! a counted [`SkipReason`].
+
+pub mod events;
+pub mod homeassistant;
+pub(crate) mod pyrepr;
+mod pytables;
+
+use crate::config::SchemaConfig;
+use crate::event::{Event, EventKind};
+
+/// What [`Encoder::encode`] did with one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoded {
+    /// This many lines were appended.
+    Points(usize),
+    /// No line was written, for this reason.
+    Skipped(SkipReason),
+}
+
+/// Why an event gives no point: a bounded label set for the discarded-events metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// New state `unknown`, `unavailable` or empty: HA writes nothing for these.
+    UnknownState,
+    /// `new_state` is null: the entity was removed.
+    EntityRemoved,
+    /// An event other than `state_changed` while `write_other_events` is off.
+    OtherEventsDisabled,
+    /// Every field of the point was empty or invalid, so there was nothing to write.
+    NoFields,
+}
+
+impl SkipReason {
+    /// The metric label for this reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::UnknownState => "unknown_state",
+            SkipReason::EntityRemoved => "entity_removed",
+            SkipReason::OtherEventsDisabled => "other_events_disabled",
+            SkipReason::NoFields => "no_fields",
+        }
+    }
+}
+
+/// A schema configuration that cannot be used, found when the encoder is built.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// A `component_config_glob` key that does not compile.
+    #[error("schema.component_config_glob: invalid glob {glob:?}: {source}")]
+    Glob {
+        /// The glob as written in the config.
+        glob: String,
+        /// Why it failed.
+        #[source]
+        source: regex::Error,
+    },
+    /// `events_measurement` is empty while other events are written.
+    #[error("schema.events_measurement must not be empty when schema.write_other_events is true")]
+    EmptyEventsMeasurement,
+}
+
+/// Reused per-event buffers, so encoding allocates nothing once warm.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    /// Keys and string values of the point being built, addressed by ranges.
+    pub(crate) text: String,
+    /// Number parsing space.
+    pub(crate) num: Vec<u8>,
+    /// Compact JSON of an event's data.
+    pub(crate) json: Vec<u8>,
+}
+
+/// Turns events into line protocol by the configured schema; one per encoding task.
+#[derive(Debug)]
+pub struct Encoder {
+    states: homeassistant::StateEncoder,
+    events: Option<events::EventEncoder>,
+    scratch: Scratch,
+}
+
+impl Encoder {
+    /// Compiles globs etc. once.
+    pub fn new(cfg: &SchemaConfig) -> Result<Encoder, SchemaError> {
+        let events = if cfg.write_other_events {
+            Some(events::EventEncoder::new(cfg)?)
+        } else {
+            None
+        };
+        Ok(Encoder {
+            states: homeassistant::StateEncoder::new(cfg)?,
+            events,
+            scratch: Scratch::default(),
+        })
+    }
+
+    /// Appends zero or more complete lines, each ending in '\n', to `out`.
+    pub fn encode(&mut self, event: &Event, out: &mut String) -> Encoded {
+        match &event.kind {
+            EventKind::StateChanged(sc) => {
+                self.states
+                    .encode(sc, event.time_fired, &mut self.scratch, out)
+            }
+            EventKind::Bus(bus) => match &mut self.events {
+                Some(enc) => enc.encode(event, bus, &mut self.scratch, out),
+                None => Encoded::Skipped(SkipReason::OtherEventsDisabled),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skip_reasons_have_distinct_labels() {
+        let all = [
+            SkipReason::UnknownState,
+            SkipReason::EntityRemoved,
+            SkipReason::OtherEventsDisabled,
+            SkipReason::NoFields,
+        ];
+        let mut labels: Vec<_> = all.iter().map(|r| r.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), all.len());
+    }
+
+    #[test]
+    fn bad_config_is_refused_at_build_time() {
+        let cfg = SchemaConfig {
+            events_measurement: String::new(),
+            ..SchemaConfig::default()
+        };
+        assert!(matches!(
+            Encoder::new(&cfg),
+            Err(SchemaError::EmptyEventsMeasurement)
+        ));
+        let cfg = SchemaConfig {
+            events_measurement: String::new(),
+            write_other_events: false,
+            ..SchemaConfig::default()
+        };
+        assert!(Encoder::new(&cfg).is_ok());
+    }
+}
