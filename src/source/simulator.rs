@@ -324,8 +324,20 @@ async fn serve(
 
     let result = async {
         loop {
+            // Biased: queued events are written before the next command is read,
+            // so a reply never overtakes events that were queued before it (as
+            // with HA's single writer queue).
             tokio::select! {
+                biased;
                 _ = shared.shutdown.cancelled() => return Ok(()),
+                out = rx.recv() => match out {
+                    Some(Outgoing::Events(events)) => {
+                        write_events(&mut sink, &events, conn.coalesce).await?;
+                    }
+                    Some(Outgoing::Raw(msg)) => sink.send(msg).await?,
+                    // Dropped by `disconnect_all`: no close handshake, like a crashed server.
+                    Some(Outgoing::Drop) | None => return Ok(()),
+                },
                 incoming = stream.next() => match incoming {
                     Some(Ok(Message::Text(text))) => {
                         for reply in handle_commands(&text, &mut conn, shared) {
@@ -336,14 +348,6 @@ async fn serve(
                     Some(Ok(Message::Close(_))) | None => return Ok(()),
                     Some(Ok(_)) => {}
                     Some(Err(error)) => return Err(error),
-                },
-                out = rx.recv() => match out {
-                    Some(Outgoing::Events(events)) => {
-                        write_events(&mut sink, &events, conn.coalesce).await?;
-                    }
-                    Some(Outgoing::Raw(msg)) => sink.send(msg).await?,
-                    // Dropped by `disconnect_all`: no close handshake, like a crashed server.
-                    Some(Outgoing::Drop) | None => return Ok(()),
                 },
             }
         }
