@@ -110,7 +110,7 @@ impl Simulator {
     }
 }
 
-/// A running simulator; dropping it without [`SimulatorHandle::shutdown`] leaves its tasks running until the runtime ends.
+/// A running simulator; dropping it stops it too, [`SimulatorHandle::shutdown`] also waits for its tasks.
 pub struct SimulatorHandle {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -180,6 +180,12 @@ impl SimulatorHandle {
         self.shared.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
+    }
+}
+
+impl Drop for SimulatorHandle {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
     }
 }
 
