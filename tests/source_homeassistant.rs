@@ -476,38 +476,3 @@ async fn bad_input_is_counted_set_aside_and_the_stream_goes_on() {
     assert_eq!(kinds, expected);
     sim.shutdown().await;
 }
-
-/// Rough decode throughput on the simulator's corpus; run with
-/// `cargo test --release --test source_homeassistant -- --ignored --nocapture`.
-#[test]
-#[ignore = "benchmark: run in release by hand"]
-fn decode_throughput() {
-    let frames = ha_ingestor::source::simulator::corpus(500, 100_000, 1);
-    let bytes: usize = frames.iter().map(String::len).sum();
-    let arrays: Vec<String> = frames
-        .chunks(256)
-        .map(|c| format!("[{}]", c.join(",")))
-        .collect();
-    let src = source();
-    let mut out = Vec::with_capacity(512);
-    for (label, input) in [("single frames", &frames), ("arrays of 256", &arrays)] {
-        let mut best = f64::MAX;
-        for _ in 0..5 {
-            let start = std::time::Instant::now();
-            let mut events = 0usize;
-            for frame in input {
-                decode_frame(frame, &src, &mut out);
-                events += out.iter().filter(|r| r.is_ok()).count();
-                out.clear();
-            }
-            assert_eq!(events, frames.len());
-            best = best.min(start.elapsed().as_secs_f64());
-        }
-        println!(
-            "{label}: {:.0} events/s, {:.0} MB/s (mean frame {} bytes)",
-            frames.len() as f64 / best,
-            bytes as f64 / best / 1e6,
-            bytes / frames.len()
-        );
-    }
-}
