@@ -476,3 +476,125 @@ async fn bad_input_is_counted_set_aside_and_the_stream_goes_on() {
     assert_eq!(kinds, expected);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn metrics_follow_the_stream() {
+    // #[tokio::test] runs on one thread, so a thread-local recorder sees the client task.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let sim = simulator(Some(100), 2000.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Running::start(
+        client_config(&sim.url(), TOKEN),
+        DeadLetters::new(dir.path()),
+    );
+    run.receive_until(100).await;
+    sim.inject_raw(Message::text("not json"));
+    assert!(wait_for(|| run.stats.totals().decode_errors == 1).await);
+    let text = handle.render();
+    let received = run.stop().await;
+    let calls = received
+        .iter()
+        .filter(|e| e.event_type() == "call_service")
+        .count();
+    let value = |needle: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{needle} missing from:\n{text}"))
+    };
+    assert_eq!(
+        value(
+            r#"ha_ingestor_source_received_events_total{source="homeassistant",event_type="state_changed"}"#
+        ),
+        (100 - calls) as f64
+    );
+    assert_eq!(
+        value(
+            r#"ha_ingestor_source_received_events_total{source="homeassistant",event_type="call_service"}"#
+        ),
+        calls as f64
+    );
+    assert_eq!(
+        value(
+            r#"ha_ingestor_source_errors_total{source="homeassistant",error_type="malformed_json"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(r#"ha_ingestor_source_connects_total{source="homeassistant"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"ha_ingestor_source_connected{source="homeassistant"}"#),
+        1.0
+    );
+    assert!(
+        value(r#"ha_ingestor_source_received_bytes_total{source="homeassistant"}"#) > 100.0 * 500.0
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_subscription_is_an_error_with_home_assistants_code() {
+    let sim = simulator(None, 10.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = client_config(&sim.url(), TOKEN);
+    cfg.event_types = vec!["state_reported".to_string()];
+    let run = Running::start(cfg, DeadLetters::new(dir.path()));
+    let stats = run.stats.clone();
+    assert!(
+        wait_for(|| {
+            stats
+                .readiness()
+                .sources
+                .get("homeassistant")
+                .and_then(|s| s.last_error.clone())
+                .is_some_and(|e| {
+                    e.contains("home_assistant_error") && e.contains("subscribe_events")
+                })
+        })
+        .await,
+        "{:?}",
+        stats.readiness()
+    );
+    assert!(!stats.readiness().ready);
+    run.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_client_stops_when_the_pipeline_closes_its_channel() {
+    let sim = simulator(None, 500.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Running::start(
+        client_config(&sim.url(), TOKEN),
+        DeadLetters::new(dir.path()),
+    );
+    run.receive_until(5).await;
+    let Running { rx, task, .. } = run;
+    drop(rx);
+    within("client returns once nobody listens", task)
+        .await
+        .expect("no panic");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn probe_times_out_on_a_peer_that_never_upgrades() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(socket);
+    });
+    let mut cfg = client_config(&format!("ws://{addr}"), TOKEN);
+    cfg.connect_timeout = Duration::from_millis(300);
+    let error = client::probe(&cfg).await.unwrap_err();
+    assert!(matches!(error, ClientError::Timeout(_)), "{error:?}");
+    hold.abort();
+}
