@@ -598,3 +598,67 @@ async fn probe_times_out_on_a_peer_that_never_upgrades() {
     assert!(matches!(error, ClientError::Timeout(_)), "{error:?}");
     hold.abort();
 }
+
+/// An old core that knows neither `supported_features` nor `last_reported`.
+#[tokio::test]
+async fn an_old_core_without_coalescing_still_streams() {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(socket).await.unwrap();
+        ws.send(Message::text(
+            r#"{"type":"auth_required","ha_version":"2021.12.0"}"#,
+        ))
+        .await
+        .unwrap();
+        let auth = ws.next().await.unwrap().unwrap();
+        assert!(auth.to_text().unwrap().contains(TOKEN));
+        ws.send(Message::text(
+            r#"{"type":"auth_ok","ha_version":"2021.12.0"}"#,
+        ))
+        .await
+        .unwrap();
+        let mut ids = Vec::new();
+        while ids.len() < 2 {
+            let msg = ws.next().await.unwrap().unwrap();
+            let v: serde_json::Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+            ids.push((
+                v["id"].as_u64().unwrap(),
+                v["type"].as_str().unwrap().to_string(),
+            ));
+        }
+        assert_eq!(
+            ids,
+            [
+                (1, "supported_features".to_string()),
+                (2, "subscribe_events".to_string())
+            ]
+        );
+        ws.send(Message::text(r#"{"id":1,"type":"result","success":false,"error":{"code":"unknown_command","message":"Unknown command."}}"#)).await.unwrap();
+        ws.send(Message::text(
+            r#"{"id":2,"type":"result","success":true,"result":null}"#,
+        ))
+        .await
+        .unwrap();
+        let text = std::fs::read_to_string(fixture("ha-ws-frames.jsonl")).unwrap();
+        for line in text.lines().skip(3).take(10) {
+            ws.send(Message::text(line.replace("\"id\":1}", "\"id\":2}")))
+                .await
+                .unwrap();
+        }
+        // Keep the connection open until the client is done.
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Running::start(
+        client_config(&format!("http://{addr}"), TOKEN),
+        DeadLetters::new(dir.path()),
+    );
+    run.receive_until(10).await;
+    assert!(run.stats.readiness().ready);
+    assert_eq!(run.stats.totals().decode_errors, 0);
+    run.stop().await;
+    server.abort();
+}

@@ -593,7 +593,11 @@ async fn session(
                         continue;
                     };
                     let (_, command) = pending.remove(at);
-                    if !success {
+                    if !success && command == "supported_features" {
+                        // Cores older than 2022.x do not know the command: go on without arrays.
+                        let error = error.unwrap_or_default();
+                        tracing::info!(message = "Home Assistant does not support message coalescing; continuing without it.", source = %source, code = %error.code);
+                    } else if !success {
                         let error = error.unwrap_or_default();
                         return Err(ClientError::Command {
                             command,
