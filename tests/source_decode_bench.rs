@@ -24,7 +24,28 @@ fn source() -> SourceId {
 #[test]
 #[ignore = "benchmark: run in release by hand"]
 fn decode_throughput() {
-    let frames = ha_ingestor::source::simulator::corpus(500, 100_000, 1);
+    let recorded = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/ha-ws-frames.jsonl"
+    ))
+    .unwrap();
+    let recorded: Vec<String> = recorded.lines().skip(3).map(str::to_string).collect();
+    for (label, input) in [
+        (
+            "simulator corpus",
+            ha_ingestor::source::simulator::corpus(500, 100_000, 1),
+        ),
+        (
+            "recorded HA frames",
+            recorded.iter().cycle().take(100_000).cloned().collect(),
+        ),
+    ] {
+        println!("{label}:");
+        run_decode(input);
+    }
+}
+
+fn run_decode(frames: Vec<String>) {
     let bytes: usize = frames.iter().map(String::len).sum();
     let arrays: Vec<String> = frames
         .chunks(256)
@@ -46,10 +67,45 @@ fn decode_throughput() {
             best = best.min(start.elapsed().as_secs_f64());
         }
         println!(
-            "{label}: {:.0} events/s, {:.0} MB/s (mean frame {} bytes)",
+            "  {label}: {:.0} events/s, {:.0} MB/s (mean frame {} bytes)",
             frames.len() as f64 / best,
             bytes as f64 / best / 1e6,
             bytes / frames.len()
         );
     }
+}
+
+/// HA's timestamps (about ten per `state_changed`): the fast path against chrono.
+#[test]
+#[ignore = "benchmark: run in release by hand"]
+fn timestamp_parse_throughput() {
+    let texts: Vec<String> = (0..100_000i64)
+        .map(|i| {
+            ha_ingestor::event::Timestamp::from_nanos(1_767_225_600_000_000_000 + i * 7_919_000)
+                .to_rfc3339()
+        })
+        .collect();
+    let time = |f: &dyn Fn(&str) -> i64| {
+        let start = std::time::Instant::now();
+        let mut sum = 0i64;
+        for _ in 0..10 {
+            for t in &texts {
+                sum = sum.wrapping_add(f(t));
+            }
+        }
+        (
+            start.elapsed().as_secs_f64() * 1e9 / (texts.len() * 10) as f64,
+            sum,
+        )
+    };
+    let (fast, a) =
+        time(&|t| ha_ingestor::event::Timestamp::parse_rfc3339(t).map_or(0, |t| t.as_nanos()));
+    let (slow, b) = time(&|t| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .ok()
+            .and_then(|d| d.timestamp_nanos_opt())
+            .unwrap_or(0)
+    });
+    assert_eq!(a, b);
+    println!("Timestamp::parse_rfc3339: {fast:.1} ns/timestamp; chrono: {slow:.1} ns/timestamp");
 }
