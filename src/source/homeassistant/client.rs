@@ -34,7 +34,7 @@ use super::decode::{DecodeError, ServerMessage, decode_binary_frame, decode_fram
 use super::protocol::{ClientMessage, Features};
 use crate::config::HomeAssistantConfig;
 use crate::dead_letter::DeadLetter;
-use crate::event::SourceId;
+use crate::event::{STATE_CHANGED, SourceId};
 use crate::monitor::Stats;
 use crate::monitor::metrics::{
     SOURCE_CONNECTED, SOURCE_CONNECTS, SOURCE_ERRORS, SOURCE_RECEIVED_BYTES, SOURCE_RECEIVED_EVENTS,
@@ -230,6 +230,7 @@ struct Meters {
     bytes: metrics::Counter,
     connects: metrics::Counter,
     connected: metrics::Gauge,
+    state_changed: metrics::Counter,
     by_type: HashMap<String, metrics::Counter>,
 }
 
@@ -240,11 +241,16 @@ impl Meters {
             bytes: metrics::counter!(SOURCE_RECEIVED_BYTES, "source" => source.to_string()),
             connects: metrics::counter!(SOURCE_CONNECTS, "source" => source.to_string()),
             connected: metrics::gauge!(SOURCE_CONNECTED, "source" => source.to_string()),
+            state_changed: metrics::counter!(SOURCE_RECEIVED_EVENTS, "source" => source.to_string(), "event_type" => STATE_CHANGED),
             by_type: HashMap::new(),
         }
     }
 
     fn event(&mut self, event_type: &str) {
+        if event_type == STATE_CHANGED {
+            self.state_changed.increment(1);
+            return;
+        }
         if let Some(counter) = self.by_type.get(event_type) {
             counter.increment(1);
             return;

@@ -642,6 +642,13 @@ mod tests {
         assert_eq!(err.kind(), "invalid_field");
         assert_eq!(err.element(), Some(bad.as_str()));
         assert!(matches!(out[2], Ok(ServerMessage::Event { .. })));
+        let surrogate = SC.replace(r#""state":"21.5""#, r#""state":"\udc80""#);
+        let out = decode(&format!("[{SC},{surrogate},{SC}]"));
+        let kinds: Vec<_> = out
+            .iter()
+            .map(|r| r.as_ref().err().map(DecodeError::kind))
+            .collect();
+        assert_eq!(kinds, [None, Some("invalid_utf8"), None]);
         let good = decode(&format!(" [{SC},{SC}]"));
         assert_eq!(good.iter().filter(|r| r.is_ok()).count(), 2);
         let broken = decode(&format!("[{SC},{{"));
