@@ -421,6 +421,13 @@ async fn connect(
         Err(_) => Err(ClientError::Timeout(format!("connecting to {url}"))),
         Ok(Err(error)) => Err(match error {
             tungstenite::Error::Tls(e) => ClientError::Tls(format!("{url}: {e}")),
+            // rustls handshake failures (unknown issuer, bad name) arrive wrapped in io::Error.
+            tungstenite::Error::Io(e)
+                if e.get_ref()
+                    .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) =>
+            {
+                ClientError::Tls(format!("{url}: {e}"))
+            }
             tungstenite::Error::Http(response) => {
                 ClientError::Connect(format!("{url}: HTTP status {}", response.status()))
             }
