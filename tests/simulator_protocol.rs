@@ -254,3 +254,25 @@ async fn coalescing_sends_array_frames_and_only_subscribers_get_events() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_disconnected_like_ha_does() {
+    let sim = start(20_000.0, None).await;
+    let (mut ws, _) = connect(&sim, TOKEN).await;
+    send(&mut ws, json!({"id": 1, "type": "subscribe_events"})).await;
+    // Read nothing: socket buffers fill, then 4096 pending messages end the connection.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while sim.clients() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sim.clients(), 0, "the slow client was dropped");
+    let mut frames = 0u64;
+    while next_json(&mut ws).await.is_some() {
+        frames += 1;
+    }
+    assert!(
+        frames < sim.emitted_count() + 2,
+        "the connection ended before everything was sent"
+    );
+    sim.shutdown().await;
+}

@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -45,6 +45,8 @@ const MAX_COALESCED: usize = 256;
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events kept for [`SimulatorHandle::emitted`] when `max_events` does not bound them.
 const UNBOUNDED_RETAIN: usize = 100_000;
+/// HA's `MAX_PENDING_MSG`: a client this far behind is disconnected.
+const MAX_PENDING: usize = 4096;
 /// Most events generated in one tick, so a stalled timer cannot cause a huge burst.
 const MAX_BURST: u64 = 10_000;
 
@@ -130,6 +132,9 @@ impl SimulatorHandle {
 
     /// Every event sent to at least one subscribed client, in order (source `simulator`).
     ///
+    /// "Sent" means queued to the connection's writer: a client disconnected for
+    /// falling 4096 messages behind (as HA does) loses what was still queued.
+    ///
     /// With `max_events` unset only the latest 100 000 are kept, so a long demo
     /// does not grow without bound; [`SimulatorHandle::emitted_count`] stays exact.
     pub fn emitted(&self) -> Vec<Event> {
@@ -168,7 +173,7 @@ impl SimulatorHandle {
         }
     }
 
-    /// Drops every connection without a close handshake (reconnect tests).
+    /// Drops every connection without a close handshake, after writing what was already queued (reconnect tests).
     pub fn disconnect_all(&self) {
         for client in lock(&self.shared.clients).drain(..) {
             let _ = client.tx.send(Outgoing::Drop);
@@ -232,6 +237,10 @@ struct ClientSlot {
     tx: mpsc::UnboundedSender<Outgoing>,
     /// (subscription id, event type or all).
     subs: Vec<(u64, Option<String>)>,
+    /// Events queued for this client and not yet written to its socket.
+    pending: Arc<AtomicUsize>,
+    /// Ends the connection at once, dropping what is queued (a client that fell behind).
+    kill: CancellationToken,
 }
 
 enum Outgoing {
@@ -317,6 +326,8 @@ async fn serve(
     .await?;
 
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let pending = Arc::new(AtomicUsize::new(0));
+    let kill = CancellationToken::new();
     let mut conn = Conn {
         id: shared.next_conn.fetch_add(1, Ordering::AcqRel),
         last_id: 0,
@@ -326,6 +337,8 @@ async fn serve(
         conn: conn.id,
         tx,
         subs: Vec::new(),
+        pending: pending.clone(),
+        kill: kill.clone(),
     });
 
     let result = async {
@@ -336,12 +349,18 @@ async fn serve(
             tokio::select! {
                 biased;
                 _ = shared.shutdown.cancelled() => return Ok(()),
+                _ = kill.cancelled() => return Ok(()),
                 out = rx.recv() => match out {
                     Some(Outgoing::Events(events)) => {
-                        write_events(&mut sink, &events, conn.coalesce).await?;
+                        tokio::select! {
+                            _ = kill.cancelled() => return Ok(()),
+                            written = write_events(&mut sink, &events, conn.coalesce) => written?,
+                        }
+                        pending.fetch_sub(events.len(), Ordering::AcqRel);
                     }
                     Some(Outgoing::Raw(msg)) => sink.send(msg).await?,
-                    // Dropped by `disconnect_all`: no close handshake, like a crashed server.
+                    // Dropped by `disconnect_all` after what was queued before it: no
+                    // close handshake, like a crashed server.
                     Some(Outgoing::Drop) | None => return Ok(()),
                 },
                 incoming = stream.next() => match incoming {
@@ -572,12 +591,28 @@ fn emit_batch(shared: &Shared, due: u64) {
             sent.push(event);
         }
     }
-    clients.retain(|slot| !slot.tx.is_closed());
+    let mut keep = Vec::with_capacity(clients.len());
     for (slot, queue) in clients.iter().zip(per_client) {
+        let behind = slot.pending.load(Ordering::Acquire) + queue.len();
+        if behind > MAX_PENDING {
+            // As HA: "Client unable to keep up with pending messages", then disconnect.
+            tracing::warn!(
+                message =
+                    "Simulator client unable to keep up with pending messages; disconnecting it.",
+                pending = behind
+            );
+            slot.kill.cancel();
+            keep.push(false);
+            continue;
+        }
         if !queue.is_empty() {
+            slot.pending.fetch_add(queue.len(), Ordering::AcqRel);
             let _ = slot.tx.send(Outgoing::Events(queue));
         }
+        keep.push(!slot.tx.is_closed());
     }
+    let mut keep = keep.into_iter();
+    clients.retain(|_| keep.next().unwrap_or(false));
     drop(clients);
     drop(world);
     let n = sent.len() as u64;
