@@ -137,6 +137,14 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
         }
     };
     let url = cfg.websocket_url();
+    let link = Link {
+        cfg: &cfg,
+        url: &url,
+        token: &token,
+        connector: &connector,
+        source: &source,
+        ctx: &ctx,
+    };
     let mut meters = Meters::new(&source);
     let mut backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
     let mut failures_in_streak: u64 = 0;
@@ -145,7 +153,7 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
         let mut report = SessionReport::default();
         let outcome = tokio::select! {
             _ = ctx.shutdown.cancelled() => None,
-            r = session(&cfg, &url, &token, &connector, &source, &ctx, &mut meters, &mut report) => Some(r),
+            r = session(&link, &mut meters, &mut report) => Some(r),
         };
         if report.subscribed_at.is_some() {
             meters.connected.set(0.0);
@@ -505,18 +513,30 @@ fn describe(msg: &ServerMessage) -> String {
     }
 }
 
+/// Everything a session needs that outlives it.
+struct Link<'a> {
+    cfg: &'a HomeAssistantConfig,
+    url: &'a str,
+    token: &'a str,
+    connector: &'a Connector,
+    source: &'a SourceId,
+    ctx: &'a SourceContext,
+}
+
 /// One connection: returns `Ok(())` only when the pipeline channel closed.
-#[allow(clippy::too_many_arguments)]
 async fn session(
-    cfg: &HomeAssistantConfig,
-    url: &str,
-    token: &str,
-    connector: &Connector,
-    source: &SourceId,
-    ctx: &SourceContext,
+    link: &Link<'_>,
     meters: &mut Meters,
     report: &mut SessionReport,
 ) -> Result<(), ClientError> {
+    let Link {
+        cfg,
+        url,
+        token,
+        connector,
+        source,
+        ctx,
+    } = *link;
     let mut ws = connect(cfg, url, connector).await?;
     let ha_version = tokio::time::timeout(cfg.connect_timeout, authenticate(&mut ws, token))
         .await
