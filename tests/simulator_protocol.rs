@@ -276,3 +276,19 @@ async fn a_client_that_does_not_read_is_disconnected_like_ha_does() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_completes_with_a_client_that_does_not_read() {
+    let sim = start(5_000.0, None).await;
+    let (mut ws, _) = connect(&sim, TOKEN).await;
+    send(&mut ws, json!({"id": 1, "type": "subscribe_events"})).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sim.emitted_count() < 1_000 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(sim.emitted_count() >= 1_000);
+    tokio::time::timeout(WAIT, sim.shutdown())
+        .await
+        .expect("shutdown does not wait for a blocked write");
+    drop(ws);
+}

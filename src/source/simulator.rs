@@ -341,21 +341,16 @@ async fn serve(
         kill: kill.clone(),
     });
 
-    let result = async {
+    let traffic = async {
         loop {
             // Biased: queued events are written before the next command is read,
             // so a reply never overtakes events that were queued before it (as
             // with HA's single writer queue).
             tokio::select! {
                 biased;
-                _ = shared.shutdown.cancelled() => return Ok(()),
-                _ = kill.cancelled() => return Ok(()),
                 out = rx.recv() => match out {
                     Some(Outgoing::Events(events)) => {
-                        tokio::select! {
-                            _ = kill.cancelled() => return Ok(()),
-                            written = write_events(&mut sink, &events, conn.coalesce) => written?,
-                        }
+                        write_events(&mut sink, &events, conn.coalesce).await?;
                         pending.fetch_sub(events.len(), Ordering::AcqRel);
                     }
                     Some(Outgoing::Raw(msg)) => sink.send(msg).await?,
@@ -376,8 +371,14 @@ async fn serve(
                 },
             }
         }
-    }
-    .await;
+    };
+    // Shutdown and a kill end the connection even while a write is blocked on a
+    // client that does not read.
+    let result = tokio::select! {
+        _ = shared.shutdown.cancelled() => Ok(()),
+        _ = kill.cancelled() => Ok(()),
+        r = traffic => r,
+    };
     lock(&shared.clients).retain(|c| c.conn != conn.id);
     result
 }
