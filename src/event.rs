@@ -49,6 +49,9 @@ impl Timestamp {
 
     /// Reads HA's `2026-01-01T10:00:00.123456+00:00` (any RFC 3339 offset accepted).
     pub fn parse_rfc3339(text: &str) -> Result<Self, TimestampError> {
+        if let Some(nanos) = parse_ha_utc(text.as_bytes()) {
+            return Ok(Timestamp(nanos));
+        }
         let parsed = chrono::DateTime::parse_from_rfc3339(text).map_err(|_| TimestampError {
             value: text.chars().take(64).collect(),
         })?;
@@ -77,6 +80,55 @@ impl Timestamp {
         let dt = chrono::DateTime::from_timestamp_nanos(self.0);
         dt.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
     }
+}
+
+/// Fast path for HA's exact `YYYY-MM-DDTHH:MM:SS.ffffff+00:00` (every timestamp
+/// HA sends): about ten of them per `state_changed`, so this is hot. Anything
+/// else (other offsets, precisions, leap seconds, out-of-range years) returns
+/// `None` and goes through chrono.
+fn parse_ha_utc(b: &[u8]) -> Option<i64> {
+    if b.len() != 32
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'.'
+        || &b[26..] != b"+00:00"
+    {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<i64> {
+        b[from..to].iter().try_fold(0i64, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+        })
+    };
+    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    let micros = num(20, 26)?;
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let month_days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if day < 1 || day > month_days || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    // Days since 1970-01-01 of a proleptic Gregorian date (years counted from March).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let month_from_march = (month + 9) % 12;
+    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
+    seconds
+        .checked_mul(1_000_000_000)?
+        .checked_add(micros * 1_000)
 }
 
 impl fmt::Display for Timestamp {
@@ -342,6 +394,55 @@ mod tests {
         assert_eq!(e.as_nanos(), 1_795_725_884_332_595_000);
         assert!(Timestamp::from_epoch_seconds(f64::NAN).is_none());
         assert!(Timestamp::parse_rfc3339("yesterday").is_err());
+    }
+
+    fn chrono_nanos(text: &str) -> Option<i64> {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .and_then(|d| d.timestamp_nanos_opt())
+    }
+
+    #[test]
+    fn ha_fast_path_agrees_with_chrono() {
+        for text in [
+            "1970-01-01T00:00:00.000000+00:00",
+            "1969-12-31T23:59:59.999999+00:00",
+            "2024-02-29T12:00:00.000001+00:00",
+            "2000-02-29T00:00:00.500000+00:00",
+            "2262-04-11T23:47:16.854775+00:00",
+            "1677-09-21T00:12:43.145225+00:00",
+        ] {
+            let fast = parse_ha_utc(text.as_bytes());
+            assert!(fast.is_none() || fast == chrono_nanos(text), "{text}");
+            let full = Timestamp::parse_rfc3339(text).ok().map(Timestamp::as_nanos);
+            assert_eq!(full, chrono_nanos(text), "{text}");
+        }
+        assert!(parse_ha_utc(b"2026-11-26T20:44:47.219127+00:00").is_some());
+        for bad in [
+            "2023-02-29T12:00:00.000000+00:00",
+            "1900-02-29T12:00:00.000000+00:00",
+            "2026-13-01T12:00:00.000000+00:00",
+            "2026-01-01T24:00:00.000000+00:00",
+            "2026-01-01T23:59:60.000000+00:00",
+            "2026-01-01T23:59:59.00000a+00:00",
+            "2026-01-01T23:59:59.000000+01:00",
+            "2263-01-01T00:00:00.000000+00:00",
+        ] {
+            assert_eq!(parse_ha_utc(bad.as_bytes()), None, "{bad}");
+        }
+        assert!(Timestamp::parse_rfc3339("2023-02-29T12:00:00.000000+00:00").is_err());
+        assert!(Timestamp::parse_rfc3339("2263-01-01T00:00:00.000000+00:00").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ha_fast_path_matches_chrono_everywhere(nanos in -9_000_000_000_000_000_000i64..9_000_000_000_000_000_000i64) {
+            let micros_only = nanos - nanos.rem_euclid(1_000);
+            let text = Timestamp(micros_only).to_rfc3339();
+            proptest::prop_assert_eq!(text.len(), 32);
+            proptest::prop_assert_eq!(parse_ha_utc(text.as_bytes()), Some(micros_only));
+            proptest::prop_assert_eq!(chrono_nanos(&text), Some(micros_only));
+        }
     }
 
     #[test]

@@ -1,0 +1,294 @@
+//! The simulator speaks Home Assistant's WebSocket protocol: checked with a raw
+//! WebSocket client over 127.0.0.1, independent of the ingestor's own client.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use ha_ingestor::source::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const TOKEN: &str = "sim-token";
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn start(rate: f64, max_events: Option<u64>) -> SimulatorHandle {
+    let cfg = SimulatorConfig {
+        entities: 20,
+        rate,
+        token: TOKEN.into(),
+        seed: 3,
+        max_events,
+        ha_version: "2026.11.1".into(),
+    };
+    Simulator::start(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// The next text frame as JSON, or `None` when the server closed.
+async fn next_json(ws: &mut Ws) -> Option<Value> {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame within the deadline");
+        match msg {
+            Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+async fn connect(sim: &SimulatorHandle, token: &str) -> (Ws, Value) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(sim.url()).await.unwrap();
+    let required = next_json(&mut ws).await.unwrap();
+    assert_eq!(
+        required,
+        json!({"type": "auth_required", "ha_version": "2026.11.1"})
+    );
+    send(&mut ws, json!({"type": "auth", "access_token": token})).await;
+    let reply = next_json(&mut ws).await.unwrap();
+    (ws, reply)
+}
+
+/// Reads until the reply to command `id` (skipping events).
+async fn reply_to(ws: &mut Ws, id: u64) -> Value {
+    loop {
+        let v = next_json(ws).await.expect("connection open");
+        let items = match v {
+            Value::Array(items) => items,
+            one => vec![one],
+        };
+        if let Some(found) = items
+            .into_iter()
+            .find(|m| m["id"] == id && m["type"] != "event")
+        {
+            return found;
+        }
+    }
+}
+
+#[tokio::test]
+async fn auth_is_refused_for_a_wrong_token_or_a_malformed_message() {
+    let sim = start(10.0, None).await;
+    let (mut ws, reply) = connect(&sim, "nope").await;
+    assert_eq!(
+        reply,
+        json!({"type": "auth_invalid", "message": "Invalid access token or password"})
+    );
+    assert!(
+        next_json(&mut ws).await.is_none(),
+        "closed after auth_invalid"
+    );
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(sim.url()).await.unwrap();
+    next_json(&mut ws).await.unwrap();
+    send(&mut ws, json!({"type": "auth", "token": TOKEN})).await;
+    let reply = next_json(&mut ws).await.unwrap();
+    assert_eq!(reply["type"], "auth_invalid");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Auth message incorrectly formatted")
+    );
+    assert!(next_json(&mut ws).await.is_none());
+    assert_eq!((sim.auth_attempts(), sim.auth_failures()), (2, 2));
+
+    let (_ws, reply) = connect(&sim, TOKEN).await;
+    assert_eq!(reply, json!({"type": "auth_ok", "ha_version": "2026.11.1"}));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn commands_are_answered_as_home_assistant_does() {
+    let sim = start(200.0, None).await;
+    let (mut ws, reply) = connect(&sim, TOKEN).await;
+    assert_eq!(reply["type"], "auth_ok");
+
+    send(&mut ws, json!({"id": 1, "type": "ping"})).await;
+    assert_eq!(reply_to(&mut ws, 1).await, json!({"id": 1, "type": "pong"}));
+
+    send(&mut ws, json!({"id": 2, "type": "get_config"})).await;
+    let config = reply_to(&mut ws, 2).await;
+    assert_eq!(config["success"], true);
+    assert_eq!(config["result"]["state"], "RUNNING");
+    assert_eq!(config["result"]["version"], "2026.11.1");
+    assert_eq!(config["result"]["unit_system"]["temperature"], "°C");
+
+    send(&mut ws, json!({"id": 3, "type": "no_such_command"})).await;
+    assert_eq!(
+        reply_to(&mut ws, 3).await,
+        json!({"type": "result", "id": 3, "success": false, "error": {"code": "unknown_command", "message": "Unknown command."}})
+    );
+
+    send(&mut ws, json!({"id": 3, "type": "ping"})).await;
+    let reuse = reply_to(&mut ws, 3).await;
+    assert_eq!(reuse["error"]["code"], "id_reuse");
+
+    send(
+        &mut ws,
+        json!({"id": 4, "type": "subscribe_events", "event_type": "state_reported"}),
+    )
+    .await;
+    assert_eq!(
+        reply_to(&mut ws, 4).await["error"]["code"],
+        "home_assistant_error"
+    );
+
+    send(
+        &mut ws,
+        json!({"id": 5, "type": "subscribe_events", "event_type": "state_changed"}),
+    )
+    .await;
+    let sub = reply_to(&mut ws, 5).await;
+    assert_eq!(
+        sub,
+        json!({"type": "result", "id": 5, "success": true, "result": null})
+    );
+
+    // Events of subscription 5, one object per frame (no coalescing asked), id last.
+    let mut seen = 0;
+    while seen < 30 {
+        let v = next_json(&mut ws).await.unwrap();
+        assert!(v.is_object(), "no arrays without supported_features: {v}");
+        assert_eq!(v["type"], "event");
+        assert_eq!(v["id"], 5);
+        assert_eq!(v["event"]["event_type"], "state_changed");
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["type", "event", "id"]);
+        let new = &v["event"]["data"]["new_state"];
+        assert_eq!(v["event"]["time_fired"], new["last_updated"]);
+        assert_eq!(new["last_reported"], new["last_updated"]);
+        assert_eq!(v["event"]["origin"], "LOCAL");
+        seen += 1;
+    }
+
+    send(&mut ws, json!({"id": 6, "type": "get_states"})).await;
+    let states = reply_to(&mut ws, 6).await;
+    let list = states["result"].as_array().unwrap();
+    assert!(!list.is_empty() && list.len() <= 20);
+    assert!(
+        list.iter()
+            .all(|s| s["entity_id"].is_string() && s["last_reported"].is_string())
+    );
+
+    send(
+        &mut ws,
+        json!({"id": 7, "type": "unsubscribe_events", "subscription": 99}),
+    )
+    .await;
+    assert_eq!(reply_to(&mut ws, 7).await["error"]["code"], "not_found");
+    send(
+        &mut ws,
+        json!({"id": 8, "type": "unsubscribe_events", "subscription": 5}),
+    )
+    .await;
+    assert_eq!(reply_to(&mut ws, 8).await["success"], true);
+    // Events queued before the unsubscribe may still arrive before pong 9; after
+    // it nothing more is sent, so pong 10 is the very next message.
+    send(&mut ws, json!({"id": 9, "type": "ping"})).await;
+    assert_eq!(reply_to(&mut ws, 9).await["type"], "pong");
+    send(&mut ws, json!({"id": 10, "type": "ping"})).await;
+    assert_eq!(
+        next_json(&mut ws).await.unwrap(),
+        json!({"id": 10, "type": "pong"})
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn coalescing_sends_array_frames_and_only_subscribers_get_events() {
+    let sim = start(2000.0, Some(400)).await;
+    let (mut idle, _) = connect(&sim, TOKEN).await;
+    let (mut ws, _) = connect(&sim, TOKEN).await;
+    send(
+        &mut ws,
+        json!({"id": 1, "type": "supported_features", "features": {"coalesce_messages": 1}}),
+    )
+    .await;
+    assert_eq!(reply_to(&mut ws, 1).await["result"], Value::Null);
+    send(&mut ws, json!({"id": 2, "type": "subscribe_events"})).await;
+    assert_eq!(reply_to(&mut ws, 2).await["success"], true);
+
+    let mut events = Vec::new();
+    let mut largest = 0;
+    while events.len() < 400 {
+        let v = next_json(&mut ws).await.unwrap();
+        let items = v
+            .as_array()
+            .expect("array frames once coalescing is on")
+            .clone();
+        largest = largest.max(items.len());
+        assert!(items.len() <= 256);
+        events.extend(items);
+    }
+    assert!(largest > 1, "several events per frame at 2000/s");
+    assert!(sim.finished());
+    assert_eq!(sim.emitted_count(), 400);
+    let types: std::collections::HashSet<&str> = events
+        .iter()
+        .map(|e| e["event"]["event_type"].as_str().unwrap())
+        .collect();
+    assert!(types.contains("state_changed") && types.contains("call_service"));
+    let mut last = String::new();
+    for e in &events {
+        let t = e["event"]["time_fired"].as_str().unwrap().to_string();
+        assert!(t > last, "time_fired strictly increases: {t} after {last}");
+        last = t;
+    }
+
+    // The connection that never subscribed got no events: its pong comes first.
+    send(&mut idle, json!({"id": 1, "type": "ping"})).await;
+    assert_eq!(
+        next_json(&mut idle).await.unwrap(),
+        json!({"id": 1, "type": "pong"})
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_disconnected_like_ha_does() {
+    let sim = start(20_000.0, None).await;
+    let (mut ws, _) = connect(&sim, TOKEN).await;
+    send(&mut ws, json!({"id": 1, "type": "subscribe_events"})).await;
+    // Read nothing: socket buffers fill, then 4096 pending messages end the connection.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while sim.clients() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sim.clients(), 0, "the slow client was dropped");
+    let mut frames = 0u64;
+    while next_json(&mut ws).await.is_some() {
+        frames += 1;
+    }
+    assert!(
+        frames < sim.emitted_count() + 2,
+        "the connection ended before everything was sent"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_completes_with_a_client_that_does_not_read() {
+    let sim = start(5_000.0, None).await;
+    let (mut ws, _) = connect(&sim, TOKEN).await;
+    send(&mut ws, json!({"id": 1, "type": "subscribe_events"})).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sim.emitted_count() < 1_000 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(sim.emitted_count() >= 1_000);
+    tokio::time::timeout(WAIT, sim.shutdown())
+        .await
+        .expect("shutdown does not wait for a blocked write");
+    drop(ws);
+}

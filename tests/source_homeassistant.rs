@@ -1,0 +1,664 @@
+//! The Home Assistant WebSocket source: recorded frames, and the client against
+//! the simulator over real sockets on 127.0.0.1.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ha_ingestor::config::HomeAssistantConfig;
+use ha_ingestor::dead_letter::DeadLetters;
+use ha_ingestor::event::{Event, EventKind, SourceId, Timestamp};
+use ha_ingestor::monitor::Stats;
+use ha_ingestor::source::SourceContext;
+use ha_ingestor::source::homeassistant::client::{self, ClientError};
+use ha_ingestor::source::homeassistant::decode::{ServerMessage, decode_frame};
+use ha_ingestor::source::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "test-token";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn source() -> SourceId {
+    SourceId::from("homeassistant")
+}
+
+/// Polls `cond` until it holds or the deadline passes; returns whether it held.
+async fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(WAIT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out: {what}"),
+    }
+}
+
+/// Events as the simulator records them carry source `simulator`; compare without it.
+fn normalise(mut e: Event) -> Event {
+    e.source = SourceId::from("simulator");
+    e
+}
+
+async fn simulator(max_events: Option<u64>, rate: f64) -> SimulatorHandle {
+    let cfg = SimulatorConfig {
+        entities: 40,
+        rate,
+        token: TOKEN.to_string(),
+        seed: 42,
+        max_events,
+        ..SimulatorConfig::default()
+    };
+    Simulator::start(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts")
+}
+
+fn client_config(url: &str, token: &str) -> HomeAssistantConfig {
+    let mut cfg = HomeAssistantConfig::new(url, token);
+    cfg.reconnect_min = Duration::from_millis(10);
+    cfg.reconnect_max = Duration::from_millis(200);
+    cfg.connect_timeout = Duration::from_secs(5);
+    cfg
+}
+
+struct Running {
+    rx: mpsc::Receiver<Event>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+    received: Vec<Event>,
+}
+
+impl Running {
+    fn start(cfg: HomeAssistantConfig, dead_letters: DeadLetters) -> Running {
+        let (tx, rx) = mpsc::channel(50_000);
+        let stats = Arc::new(Stats::default());
+        let shutdown = CancellationToken::new();
+        let ctx = SourceContext {
+            tx,
+            stats: stats.clone(),
+            dead_letters: Arc::new(dead_letters),
+            shutdown: shutdown.clone(),
+        };
+        let task = tokio::spawn(client::run(cfg, source(), ctx));
+        Running {
+            rx,
+            stats,
+            shutdown,
+            task,
+            received: Vec::new(),
+        }
+    }
+
+    /// Receives until `n` events in total have arrived.
+    async fn receive_until(&mut self, n: usize) {
+        while self.received.len() < n {
+            let event = within(
+                &format!("event {} of {n}", self.received.len() + 1),
+                self.rx.recv(),
+            )
+            .await
+            .expect("client task keeps the channel open");
+            assert_eq!(&*event.source, "homeassistant");
+            self.received.push(normalise(event));
+        }
+    }
+
+    async fn stop(self) -> Vec<Event> {
+        self.shutdown.cancel();
+        within("client task stops", self.task)
+            .await
+            .expect("no panic");
+        self.received
+    }
+}
+
+#[test]
+fn every_recorded_frame_decodes() {
+    let text = std::fs::read_to_string(fixture("ha-ws-frames.jsonl")).unwrap();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        decode_frame(line, &source(), &mut out);
+    }
+    assert_eq!(out.len(), 400);
+    let mut state_changed = Vec::new();
+    let mut call_service = Vec::new();
+    let mut control = 0;
+    for (i, item) in out.into_iter().enumerate() {
+        match item {
+            Ok(ServerMessage::Event { id: 1, event }) => match event.kind {
+                EventKind::StateChanged(_) => state_changed.push(event),
+                EventKind::Bus(ref bus) if bus.event_type == "call_service" => {
+                    call_service.push(event)
+                }
+                EventKind::Bus(bus) => panic!("unexpected event type {}", bus.event_type),
+            },
+            Ok(ServerMessage::AuthRequired { ha_version })
+            | Ok(ServerMessage::AuthOk { ha_version }) => {
+                assert_eq!(ha_version, "2024.3.3");
+                control += 1;
+            }
+            Ok(ServerMessage::Result {
+                id: 1,
+                success: true,
+                result: None,
+                error: None,
+            }) => control += 1,
+            other => panic!("frame {i}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        (state_changed.len(), call_service.len(), control),
+        (327, 70, 3)
+    );
+
+    let first = state_changed[0].state_changed().unwrap();
+    assert_eq!(first.entity_id.as_str(), "sensor.accept_temp_0");
+    assert_eq!(first.entity_id.domain(), "sensor");
+    assert!(first.old_state.is_none());
+    let new = first.new_state.as_ref().unwrap();
+    assert_eq!(new.state, "20.00");
+    assert_eq!(
+        new.attributes["friendly_name"],
+        "Accept \"temp\" 0, with commas=equals"
+    );
+    assert_eq!(new.attributes["unit_of_measurement"], "°C");
+    assert_eq!(new.attributes["accept_seq"], 0);
+    assert_eq!(
+        new.last_reported, None,
+        "2024.3 frames have no last_reported"
+    );
+    assert_eq!(
+        state_changed[0].time_fired,
+        Timestamp::parse_rfc3339("2026-11-26T20:44:47.219127+00:00").unwrap()
+    );
+    assert_eq!(
+        state_changed[0].context.user_id.as_deref(),
+        Some("2863ffcc95c5495785bb107450175b9a")
+    );
+
+    let numstr = state_changed[1]
+        .state_changed()
+        .unwrap()
+        .new_state
+        .as_ref()
+        .unwrap();
+    assert_eq!(numstr.state, "12.5 °C");
+    assert_eq!(
+        numstr.attributes["friendly_name"],
+        "Accept numstr 1 \\ back\\slash"
+    );
+
+    let special = state_changed[2]
+        .state_changed()
+        .unwrap()
+        .new_state
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        special.attributes["friendly_name"],
+        "Accept special 2\nsecond line"
+    );
+
+    let EventKind::Bus(call) = &call_service[0].kind else {
+        unreachable!()
+    };
+    assert_eq!(call.data["domain"], "input_number");
+    assert_eq!(call.data["service"], "set_value");
+    assert_eq!(call.data["service_data"]["value"], -208.1);
+
+    let with_old = state_changed
+        .iter()
+        .filter_map(|e| e.state_changed())
+        .find(|sc| sc.old_state.is_some())
+        .expect("some change has an old state");
+    assert_eq!(
+        with_old.old_state.as_ref().unwrap().entity_id,
+        with_old.entity_id
+    );
+}
+
+#[test]
+fn coalesced_array_frames_decode_element_by_element() {
+    let text = std::fs::read_to_string(fixture("ha-ws-frames.jsonl")).unwrap();
+    let events: Vec<&str> = text.lines().skip(3).take(50).collect();
+    let mut out = Vec::new();
+    decode_frame(&format!("[{}]", events.join(",")), &source(), &mut out);
+    assert_eq!(out.len(), 50);
+    assert!(
+        out.iter()
+            .all(|r| matches!(r, Ok(ServerMessage::Event { .. })))
+    );
+
+    let bad = events[1].replacen("\"time_fired\":\"", "\"time_fired\":5,\"x\":\"", 1);
+    let frame = format!("[{},{},{}]", events[0], bad, events[2]);
+    out.clear();
+    decode_frame(&frame, &source(), &mut out);
+    assert_eq!(out.len(), 3);
+    assert!(matches!(out[0], Ok(ServerMessage::Event { .. })));
+    let err = out[1].as_ref().unwrap_err();
+    assert_eq!(err.kind(), "invalid_field");
+    assert_eq!(err.element(), Some(bad.as_str()));
+    assert!(matches!(out[2], Ok(ServerMessage::Event { .. })));
+}
+
+#[tokio::test]
+async fn events_flow_and_equal_what_the_simulator_sent() {
+    let sim = simulator(Some(300), 3000.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Running::start(
+        client_config(&sim.url(), TOKEN),
+        DeadLetters::new(dir.path()),
+    );
+    run.receive_until(300).await;
+    assert!(wait_for(|| sim.finished()).await);
+    let stats = run.stats.clone();
+    let received = run.stop().await;
+    let emitted = sim.emitted();
+    assert_eq!(emitted.len(), 300);
+    assert_eq!(received, emitted);
+    assert_eq!(stats.totals().received, 300);
+    assert_eq!(stats.totals().decode_errors, 0);
+    assert!(received.iter().any(|e| e.event_type() == "call_service"));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn only_the_configured_event_types_are_subscribed() {
+    let sim = simulator(Some(100), 3000.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = client_config(&sim.url(), TOKEN);
+    cfg.event_types = vec!["call_service".to_string()];
+    let mut run = Running::start(cfg, DeadLetters::new(dir.path()));
+    run.receive_until(100).await;
+    assert!(wait_for(|| sim.finished()).await);
+    let received = run.stop().await;
+    assert!(received.iter().all(|e| e.event_type() == "call_service"));
+    assert_eq!(received, sim.emitted());
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn probe_tells_a_refused_token_from_an_unreachable_peer() {
+    let sim = simulator(None, 10.0).await;
+    let info = client::probe(&client_config(&sim.url(), TOKEN))
+        .await
+        .expect("probe");
+    assert_eq!(info.ha_version, SimulatorConfig::default().ha_version);
+    assert_eq!(info.url, sim.url());
+
+    let refused = client::probe(&client_config(&sim.url(), "wrong"))
+        .await
+        .unwrap_err();
+    assert!(refused.is_auth(), "{refused:?}");
+    assert!(
+        matches!(refused, ClientError::AuthInvalid { ref message } if message.contains("Invalid access token"))
+    );
+    assert!(
+        !refused.to_string().contains("wrong"),
+        "the token never appears in errors"
+    );
+
+    let addr = sim.addr();
+    sim.shutdown().await;
+    let unreachable = client::probe(&client_config(&format!("ws://{addr}"), TOKEN))
+        .await
+        .unwrap_err();
+    assert!(!unreachable.is_auth());
+    assert!(
+        matches!(unreachable, ClientError::Connect(_)),
+        "{unreachable:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_token_is_retried_slowly() {
+    let sim = simulator(None, 10.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = client_config(&sim.url(), "wrong-token");
+    cfg.reconnect_min = Duration::from_millis(1);
+    cfg.reconnect_max = Duration::from_millis(400);
+    let run = Running::start(cfg, DeadLetters::new(dir.path()));
+    assert!(wait_for(|| sim.auth_failures() >= 1).await);
+    let stats = run.stats.clone();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let attempts = sim.auth_attempts();
+    // reconnect_min (1 ms) would allow hundreds; a refusal waits reconnect_max (400 ms).
+    assert!(
+        (2..=4).contains(&attempts),
+        "{attempts} auth attempts in ~1 s"
+    );
+    let readiness = stats.readiness();
+    assert!(!readiness.ready);
+    let health = &readiness.sources["homeassistant"];
+    assert!(!health.connected);
+    assert!(
+        health
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("refused the access token")
+    );
+    run.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn reconnects_after_the_server_drops_every_connection() {
+    let sim = simulator(Some(1_000_000), 1000.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Running::start(
+        client_config(&sim.url(), TOKEN),
+        DeadLetters::new(dir.path()),
+    );
+    run.receive_until(50).await;
+    assert!(run.stats.readiness().ready);
+    sim.disconnect_all();
+    assert!(wait_for(|| sim.clients() == 1 && sim.emitted_count() > 200).await);
+    run.receive_until(200).await;
+    assert!(run.stats.readiness().ready, "connected again");
+    let received = run.stop().await;
+    let emitted = sim.emitted();
+    // Nothing is generated while nobody is subscribed, and frames queued before the
+    // drop are flushed first, so the client saw exactly the simulator's sequence.
+    assert_eq!(received[..], emitted[..received.len()]);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_counted_set_aside_and_the_stream_goes_on() {
+    let sim = simulator(Some(1_000_000), 500.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = client_config(&sim.url(), TOKEN);
+    cfg.max_message_bytes = 64 * 1024;
+    let mut run = Running::start(cfg, DeadLetters::new(dir.path()));
+    run.receive_until(20).await;
+
+    let good = r#"{"type":"event","event":{"event_type":"state_changed","data":{"entity_id":"sensor.x","old_state":null,"new_state":{"entity_id":"sensor.x","state":"1","attributes":{},"last_changed":"2026-01-01T00:00:00.000001+00:00","last_updated":"2026-01-01T00:00:00.000001+00:00","context":null}},"origin":"LOCAL","time_fired":"2026-01-01T00:00:00.000001+00:00","context":{"id":"01JGH2K7Q3N8V5T1R9X4C6B2MZ","parent_id":null,"user_id":null}},"id":1}"#;
+    let bad_frames: Vec<(Message, &str)> = vec![
+        (
+            Message::text("{\"type\":\"event\",\"event\":{"),
+            "malformed_json",
+        ),
+        (
+            Message::text(good.replace(
+                "\"time_fired\":\"2026-01-01T00:00:00.000001+00:00\"",
+                "\"time_fired\":5",
+            )),
+            "invalid_field",
+        ),
+        (
+            Message::text(good.replace("\"state\":\"1\"", "\"state\":12")),
+            "invalid_field",
+        ),
+        (
+            Message::text(good.replace("sensor.x", "sensor_x")),
+            "invalid_field",
+        ),
+        (
+            Message::text(good.replace("\"state\":\"1\"", "\"state\":\"\\udc80\"")),
+            "invalid_utf8",
+        ),
+        (
+            Message::binary(vec![b'{', 0xff, 0xfe, b'}']),
+            "invalid_utf8",
+        ),
+        (
+            Message::text(format!(
+                "{{\"type\":\"event\",\"pad\":\"{}\"}}",
+                "x".repeat(100 * 1024)
+            )),
+            "too_large",
+        ),
+        (
+            Message::text(format!(
+                "[{{\"type\":\"pong\",\"id\":99}},{}]",
+                good.replace("\"state\":\"1\"", "\"state\":[]")
+            )),
+            "invalid_field",
+        ),
+    ];
+    for (frame, _) in &bad_frames {
+        sim.inject_raw(frame.clone());
+    }
+    let n = bad_frames.len() as u64;
+    assert!(wait_for(|| run.stats.totals().decode_errors >= n).await);
+    let before = run.received.len();
+    run.receive_until(before + 100).await;
+    let stats = run.stats.clone();
+    let received = run.stop().await;
+    assert_eq!(stats.totals().decode_errors, n);
+    assert_eq!(stats.totals().dead_lettered, n);
+    assert_eq!(
+        received[..],
+        sim.emitted()[..received.len()],
+        "no good event lost"
+    );
+
+    let mut kinds = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines() {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(record["stage"], "source");
+            assert_eq!(record["source"], "homeassistant");
+            assert!(!record["reason"].as_str().unwrap().is_empty());
+            kinds.push(record["kind"].as_str().unwrap().to_string());
+            if record["kind"] == "invalid_field" && line.contains("\\\"state\\\":[]") {
+                assert!(
+                    !line.contains("pong"),
+                    "only the bad element is set aside: {line}"
+                );
+            }
+        }
+    }
+    let mut expected: Vec<String> = bad_frames.iter().map(|(_, k)| k.to_string()).collect();
+    expected.sort();
+    kinds.sort();
+    assert_eq!(kinds, expected);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_follow_the_stream() {
+    // #[tokio::test] runs on one thread, so a thread-local recorder sees the client task.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let sim = simulator(Some(100), 2000.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Running::start(
+        client_config(&sim.url(), TOKEN),
+        DeadLetters::new(dir.path()),
+    );
+    run.receive_until(100).await;
+    sim.inject_raw(Message::text("not json"));
+    assert!(wait_for(|| run.stats.totals().decode_errors == 1).await);
+    let text = handle.render();
+    let received = run.stop().await;
+    let calls = received
+        .iter()
+        .filter(|e| e.event_type() == "call_service")
+        .count();
+    let value = |needle: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{needle} missing from:\n{text}"))
+    };
+    assert_eq!(
+        value(
+            r#"ha_ingestor_source_received_events_total{source="homeassistant",event_type="state_changed"}"#
+        ),
+        (100 - calls) as f64
+    );
+    assert_eq!(
+        value(
+            r#"ha_ingestor_source_received_events_total{source="homeassistant",event_type="call_service"}"#
+        ),
+        calls as f64
+    );
+    assert_eq!(
+        value(
+            r#"ha_ingestor_source_errors_total{source="homeassistant",error_type="malformed_json"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(r#"ha_ingestor_source_connects_total{source="homeassistant"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"ha_ingestor_source_connected{source="homeassistant"}"#),
+        1.0
+    );
+    assert!(
+        value(r#"ha_ingestor_source_received_bytes_total{source="homeassistant"}"#) > 100.0 * 500.0
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_subscription_is_an_error_with_home_assistants_code() {
+    let sim = simulator(None, 10.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = client_config(&sim.url(), TOKEN);
+    cfg.event_types = vec!["state_reported".to_string()];
+    let run = Running::start(cfg, DeadLetters::new(dir.path()));
+    let stats = run.stats.clone();
+    assert!(
+        wait_for(|| {
+            stats
+                .readiness()
+                .sources
+                .get("homeassistant")
+                .and_then(|s| s.last_error.clone())
+                .is_some_and(|e| {
+                    e.contains("home_assistant_error") && e.contains("subscribe_events")
+                })
+        })
+        .await,
+        "{:?}",
+        stats.readiness()
+    );
+    assert!(!stats.readiness().ready);
+    run.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_client_stops_when_the_pipeline_closes_its_channel() {
+    let sim = simulator(None, 500.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Running::start(
+        client_config(&sim.url(), TOKEN),
+        DeadLetters::new(dir.path()),
+    );
+    run.receive_until(5).await;
+    let Running { rx, task, .. } = run;
+    drop(rx);
+    within("client returns once nobody listens", task)
+        .await
+        .expect("no panic");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn probe_times_out_on_a_peer_that_never_upgrades() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(socket);
+    });
+    let mut cfg = client_config(&format!("ws://{addr}"), TOKEN);
+    cfg.connect_timeout = Duration::from_millis(300);
+    let error = client::probe(&cfg).await.unwrap_err();
+    assert!(matches!(error, ClientError::Timeout(_)), "{error:?}");
+    hold.abort();
+}
+
+/// An old core that knows neither `supported_features` nor `last_reported`.
+#[tokio::test]
+async fn an_old_core_without_coalescing_still_streams() {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(socket).await.unwrap();
+        ws.send(Message::text(
+            r#"{"type":"auth_required","ha_version":"2021.12.0"}"#,
+        ))
+        .await
+        .unwrap();
+        let auth = ws.next().await.unwrap().unwrap();
+        assert!(auth.to_text().unwrap().contains(TOKEN));
+        ws.send(Message::text(
+            r#"{"type":"auth_ok","ha_version":"2021.12.0"}"#,
+        ))
+        .await
+        .unwrap();
+        let mut ids = Vec::new();
+        while ids.len() < 2 {
+            let msg = ws.next().await.unwrap().unwrap();
+            let v: serde_json::Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+            ids.push((
+                v["id"].as_u64().unwrap(),
+                v["type"].as_str().unwrap().to_string(),
+            ));
+        }
+        assert_eq!(
+            ids,
+            [
+                (1, "supported_features".to_string()),
+                (2, "subscribe_events".to_string())
+            ]
+        );
+        ws.send(Message::text(r#"{"id":1,"type":"result","success":false,"error":{"code":"unknown_command","message":"Unknown command."}}"#)).await.unwrap();
+        ws.send(Message::text(
+            r#"{"id":2,"type":"result","success":true,"result":null}"#,
+        ))
+        .await
+        .unwrap();
+        let text = std::fs::read_to_string(fixture("ha-ws-frames.jsonl")).unwrap();
+        for line in text.lines().skip(3).take(10) {
+            ws.send(Message::text(line.replace("\"id\":1}", "\"id\":2}")))
+                .await
+                .unwrap();
+        }
+        // Keep the connection open until the client is done.
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Running::start(
+        client_config(&format!("http://{addr}"), TOKEN),
+        DeadLetters::new(dir.path()),
+    );
+    run.receive_until(10).await;
+    assert!(run.stats.readiness().ready);
+    assert_eq!(run.stats.totals().decode_errors, 0);
+    run.stop().await;
+    server.abort();
+}
