@@ -584,7 +584,10 @@ impl Config {
             if !matches!(parsed.scheme(), "ws" | "wss") {
                 return Err(invalid(
                     "homeassistant.url",
-                    format!("scheme must be ws, wss, http or https, not {}", parsed.scheme()),
+                    format!(
+                        "scheme must be ws, wss, http or https, not {}",
+                        parsed.scheme()
+                    ),
                 ));
             }
             match ha.token.as_deref() {
@@ -614,15 +617,24 @@ impl Config {
         }
         if let Some(influx) = &self.influxdb {
             let parsed = url::Url::parse(&influx.url).map_err(|e| {
-                invalid("influxdb.url", format!("{:?} is not a URL: {e}", influx.url))
+                invalid(
+                    "influxdb.url",
+                    format!("{:?} is not a URL: {e}", influx.url),
+                )
             })?;
             if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(invalid("influxdb.url", "scheme must be http or https".into()));
+                return Err(invalid(
+                    "influxdb.url",
+                    "scheme must be http or https".into(),
+                ));
             }
             match influx.api {
                 InfluxApi::V1 => {
                     if influx.database.as_deref().unwrap_or("").is_empty() {
-                        return Err(invalid("influxdb.database", "required with api = \"v1\"".into()));
+                        return Err(invalid(
+                            "influxdb.database",
+                            "required with api = \"v1\"".into(),
+                        ));
                     }
                     if influx.username.is_some() != influx.password.is_some() {
                         return Err(invalid(
@@ -659,7 +671,10 @@ impl Config {
                 return Err(invalid("influxdb.batch_size", "must be 1 to 100000".into()));
             }
             if influx.flush_interval.is_zero() {
-                return Err(invalid("influxdb.flush_interval", "must be above zero".into()));
+                return Err(invalid(
+                    "influxdb.flush_interval",
+                    "must be above zero".into(),
+                ));
             }
             if influx.retry_min.is_zero() || influx.retry_min > influx.retry_max {
                 return Err(invalid(
@@ -669,8 +684,14 @@ impl Config {
             }
         }
         for (name, list) in [
-            ("filter.include.entity_globs", &self.filter.include.entity_globs),
-            ("filter.exclude.entity_globs", &self.filter.exclude.entity_globs),
+            (
+                "filter.include.entity_globs",
+                &self.filter.include.entity_globs,
+            ),
+            (
+                "filter.exclude.entity_globs",
+                &self.filter.exclude.entity_globs,
+            ),
         ] {
             for glob in list {
                 globset::Glob::new(glob)
@@ -679,11 +700,17 @@ impl Config {
         }
         for glob in self.schema.component_config_glob.keys() {
             globset::Glob::new(glob).map_err(|e| {
-                invalid("schema.component_config_glob", format!("bad glob {glob:?}: {e}"))
+                invalid(
+                    "schema.component_config_glob",
+                    format!("bad glob {glob:?}: {e}"),
+                )
             })?;
         }
         if self.schema.events_measurement.is_empty() {
-            return Err(invalid("schema.events_measurement", "must not be empty".into()));
+            return Err(invalid(
+                "schema.events_measurement",
+                "must not be empty".into(),
+            ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
@@ -722,7 +749,8 @@ fn apply_env_override(table: &mut toml::Table, var: &str, value: &str) -> Result
     if keys.iter().any(|k| k.is_empty()) {
         return Err(ConfigError::Env {
             var: var.to_string(),
-            message: "expected HA_INGESTOR_<SECTION>__<KEY> with double underscores between levels".into(),
+            message: "expected HA_INGESTOR_<SECTION>__<KEY> with double underscores between levels"
+                .into(),
         });
     }
     let parsed = parse_env_value(value);
@@ -749,7 +777,9 @@ fn apply_env_override(table: &mut toml::Table, var: &str, value: &str) -> Result
 fn parse_env_value(value: &str) -> toml::Value {
     let doc = format!("v = {value}");
     match toml::from_str::<toml::Table>(&doc) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(value.to_string())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(value.to_string())),
         Err(_) => toml::Value::String(value.to_string()),
     }
 }
@@ -776,9 +806,12 @@ mod tests {
 
     #[test]
     fn unknown_key_names_line_and_key() {
-        let err = load("data_dir = \"x\"\n[influxdb]\nurl = \"http://h:8086\"\ndatabse = \"ha\"\n", &[])
-            .unwrap_err()
-            .to_string();
+        let err = load(
+            "data_dir = \"x\"\n[influxdb]\nurl = \"http://h:8086\"\ndatabse = \"ha\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("test.toml"), "{err}");
         assert!(err.contains("line 4"), "{err}");
         assert!(err.contains("databse"), "{err}");
@@ -817,9 +850,12 @@ mod tests {
 
     #[test]
     fn incomplete_credentials_are_refused() {
-        let err = load("[influxdb]\nurl = \"http://h:8086\"\napi = \"v2\"\norg = \"o\"\n", &[])
-            .unwrap_err()
-            .to_string();
+        let err = load(
+            "[influxdb]\nurl = \"http://h:8086\"\napi = \"v2\"\norg = \"o\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("influxdb.bucket"), "{err}");
         let err = load("[homeassistant]\nurl = \"ws://h:8123\"\n", &[])
             .unwrap_err()
@@ -832,13 +868,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("tok"), "secret-token\n").unwrap();
         let cfg = dir.path().join("c.toml");
-        std::fs::write(&cfg, "[homeassistant]\nurl = \"ws://h:8123\"\ntoken_file = \"tok\"\n").unwrap();
-        let c = Config::from_toml_with_env(
-            &std::fs::read_to_string(&cfg).unwrap(),
+        std::fs::write(
             &cfg,
-            &[],
+            "[homeassistant]\nurl = \"ws://h:8123\"\ntoken_file = \"tok\"\n",
         )
         .unwrap();
-        assert_eq!(c.homeassistant.unwrap().token.as_deref(), Some("secret-token"));
+        let c =
+            Config::from_toml_with_env(&std::fs::read_to_string(&cfg).unwrap(), &cfg, &[]).unwrap();
+        assert_eq!(
+            c.homeassistant.unwrap().token.as_deref(),
+            Some("secret-token")
+        );
     }
 }

@@ -106,7 +106,12 @@ impl DeadLetters {
                 dir = ?self.dir,
             );
         } else {
-            tracing::debug!(message = "Input set aside as a dead letter.", stage = item.stage, kind = item.kind, reason = item.reason);
+            tracing::debug!(
+                message = "Input set aside as a dead letter.",
+                stage = item.stage,
+                kind = item.kind,
+                reason = item.reason
+            );
         }
         let Some(dir) = &self.dir else { return };
         let now = Timestamp::now().to_rfc3339();
@@ -185,7 +190,10 @@ mod tests {
         let files: Vec<_> = std::fs::read_dir(dir.path().join("dl")).unwrap().collect();
         assert_eq!(files.len(), 1);
         let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["input"], "{not json");
         assert_eq!(lines[0]["kind"], "malformed_json");

@@ -3,10 +3,20 @@
 //! The data path, one stage per module: [`source`] → [`pipeline`] → [`sink`]
 //! (schema encoder, then a writer), observed by [`monitor`].
 
+pub mod alloc_counter;
+pub mod app;
+pub mod bench;
+pub mod check;
 pub mod config;
 pub mod dead_letter;
+pub mod demo;
 pub mod event;
 pub mod monitor;
 pub mod pipeline;
 pub mod sink;
 pub mod source;
+
+/// Makes `ring` the process-wide rustls provider, so every TLS client agrees; later calls are no-ops.
+pub fn ensure_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,1 +1,149 @@
-//! The monitor listener: `/health`, `/ready`, `/metrics`.
+//! The monitor listener: `/health` (alive), `/ready` (connected and writing), `/metrics` (Prometheus).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+use super::Stats;
+use super::metrics as names;
+
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once; later calls return the same handle.
+pub fn prometheus() -> Option<PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| {
+            STARTED.get_or_init(Instant::now);
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(names::SINK_BATCH_DURATION.to_string()),
+                    &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::SINK_BATCH_POINTS.to_string()),
+                        &[1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0],
+                    )
+                });
+            let builder = match builder {
+                Ok(b) => b,
+                Err(error) => {
+                    tracing::error!(message = "Cannot configure the metrics histograms.", %error);
+                    return None;
+                }
+            };
+            match builder.install_recorder() {
+                Ok(handle) => {
+                    metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"))
+                        .set(1.0);
+                    Some(handle)
+                }
+                Err(error) => {
+                    tracing::warn!(message = "Metrics recorder not installed; /metrics will be empty.", %error);
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+#[derive(Clone)]
+struct AppState {
+    stats: Arc<Stats>,
+    prometheus: Option<PrometheusHandle>,
+}
+
+/// The routes, separate from the listener so tests can call them in-process.
+pub fn router(stats: Arc<Stats>) -> Router {
+    let state = AppState {
+        stats,
+        prometheus: prometheus(),
+    };
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .with_state(state)
+}
+
+async fn health() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        "{\"status\":\"ok\"}",
+    )
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let readiness = state.stats.readiness();
+    let code = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(readiness)).into_response()
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let Some(handle) = &state.prometheus else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder unavailable\n",
+        )
+            .into_response();
+    };
+    if let Some(started) = STARTED.get() {
+        metrics::gauge!(names::UPTIME).set(started.elapsed().as_secs_f64());
+    }
+    handle.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response()
+}
+
+/// Why the listener could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("monitor: cannot listen on {addr}: {source}")]
+pub struct ListenError {
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// The bind error.
+    pub source: std::io::Error,
+}
+
+/// Binds now (so a taken port fails start-up) and returns the bound address and the serving future.
+pub async fn serve(
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, impl Future<Output = ()>), ListenError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ListenError { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ListenError { addr, source })?;
+    let app = router(stats);
+    let fut = async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(error) = result {
+            tracing::error!(message = "Monitor listener failed.", %error);
+        }
+    };
+    Ok((bound, fut))
+}

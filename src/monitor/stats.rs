@@ -219,7 +219,11 @@ mod tests {
         s.sink_result("influxdb", Err("connection refused".into()));
         let r = s.readiness();
         assert!(!r.ready);
-        assert!(r.reasons[0].contains("connection refused"), "{:?}", r.reasons);
+        assert!(
+            r.reasons[0].contains("connection refused"),
+            "{:?}",
+            r.reasons
+        );
         s.sink_result("influxdb", Ok(()));
         assert!(s.readiness().ready);
     }

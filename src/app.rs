@@ -1,0 +1,270 @@
+//! Wiring of the stages, start-up checks and the shutdown protocol.
+//!
+//! Topology: source task(s) → bounded `Event` channel → pipeline task →
+//! bounded `Chunk` channel → sink task (InfluxDB writer or file sink); the
+//! monitor listener observes through [`Stats`] and the metrics registry.
+//!
+//! Shutdown runs in data-flow order so nothing in flight is lost: sources stop
+//! first; the pipeline drains its channel and ends when the last sender is
+//! gone; only then is the sink told to flush (within a deadline); the monitor
+//! goes last.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::dead_letter::DeadLetters;
+use crate::event::SourceId;
+use crate::monitor::{Stats, Totals};
+use crate::pipeline::{Pipeline, PipelineError};
+use crate::sink::file::FileSink;
+use crate::sink::influxdb::{InfluxWriter, WriteError};
+use crate::sink::{Chunk, SinkContext};
+use crate::source::SourceContext;
+use crate::source::homeassistant::client;
+
+/// Capacity of the source → pipeline channel (events).
+pub const EVENT_CHANNEL: usize = 8192;
+/// Capacity of the pipeline → sink channel (chunks of up to 1024 events).
+pub const CHUNK_CHANNEL: usize = 64;
+/// Longest wait for the sink's final flush at shutdown.
+pub const FLUSH_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Nothing to read from.
+    #[error("no source configured: add a [homeassistant] section (see examples/minimal.toml)")]
+    NoSource,
+    /// The data directory could not be prepared.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Another process owns the data directory.
+    #[error("data directory {0} is in use by another ha-ingestor process (lock file .lock)")]
+    Locked(PathBuf),
+    /// Filter or schema did not compile.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// The InfluxDB client could not be built.
+    #[error("influxdb: {0}")]
+    Influx(#[from] WriteError),
+    /// The file sink could not be opened.
+    #[error("file sink {path}: {source}")]
+    FileSink {
+        /// The folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The monitor listener could not bind.
+    #[error(transparent)]
+    Monitor(#[from] crate::monitor::http::ListenError),
+}
+
+/// A running topology; stop it with [`Running::stop`].
+pub struct Running {
+    stats: Arc<Stats>,
+    dead_letters: Arc<DeadLetters>,
+    monitor_addr: Option<SocketAddr>,
+    sources_token: CancellationToken,
+    sink_token: CancellationToken,
+    monitor_token: CancellationToken,
+    sources: Vec<JoinHandle<()>>,
+    pipeline: JoinHandle<()>,
+    sink: JoinHandle<()>,
+    monitor: Option<JoinHandle<()>>,
+    _lock: File,
+}
+
+/// Takes the data directory's lock so two processes never share a buffer or cursor.
+fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
+    std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let path = dir.join(".lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StartError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(source)) => Err(StartError::DataDir { path, source }),
+    }
+}
+
+/// Builds every stage from the config (failing early on anything invalid) and starts them.
+pub async fn start(cfg: &Config) -> Result<Running, StartError> {
+    let Some(ha) = cfg.homeassistant.clone() else {
+        return Err(StartError::NoSource);
+    };
+    let lock = lock_data_dir(&cfg.data_dir)?;
+    let stats = Arc::new(Stats::default());
+    let dead_letters = Arc::new(DeadLetters::new(cfg.dead_letter_dir()));
+    let pipeline = Pipeline::new(&cfg.filter, &cfg.schema)?;
+
+    let monitor_token = CancellationToken::new();
+    let (monitor_addr, monitor) = if cfg.monitor.enabled {
+        let (addr, fut) =
+            crate::monitor::http::serve(cfg.monitor.listen, stats.clone(), monitor_token.clone())
+                .await?;
+        tracing::info!(message = "Monitor listening.", %addr, endpoints = "/health /ready /metrics");
+        (Some(addr), Some(tokio::spawn(fut)))
+    } else {
+        (None, None)
+    };
+
+    let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL);
+    let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
+
+    let sink_token = CancellationToken::new();
+    let sink_ctx = SinkContext {
+        stats: stats.clone(),
+        dead_letters: dead_letters.clone(),
+        shutdown: sink_token.clone(),
+    };
+    let sink = match &cfg.influxdb {
+        Some(influx) => {
+            let writer = InfluxWriter::new(influx)?;
+            tracing::info!(message = "Writing to InfluxDB.", url = %influx.url, api = ?influx.api);
+            tokio::spawn(writer.run(chunk_rx, sink_ctx))
+        }
+        None => {
+            let dir = cfg.points_dir();
+            let file_sink = FileSink::new(dir.clone()).map_err(|source| StartError::FileSink {
+                path: dir.clone(),
+                source,
+            })?;
+            tracing::info!(message = "No InfluxDB configured; writing line protocol files.", dir = %dir.display());
+            tokio::spawn(file_sink.run(chunk_rx, sink_ctx))
+        }
+    };
+
+    let pipeline = tokio::spawn(pipeline.run(event_rx, chunk_tx, stats.clone()));
+
+    let sources_token = CancellationToken::new();
+    let source_id: SourceId = Arc::from("homeassistant");
+    let ctx = SourceContext {
+        tx: event_tx,
+        stats: stats.clone(),
+        dead_letters: dead_letters.clone(),
+        shutdown: sources_token.clone(),
+    };
+    let sources = vec![tokio::spawn(client::run(ha, source_id, ctx))];
+
+    Ok(Running {
+        stats,
+        dead_letters,
+        monitor_addr,
+        sources_token,
+        sink_token,
+        monitor_token,
+        sources,
+        pipeline,
+        sink,
+        monitor,
+        _lock: lock,
+    })
+}
+
+impl Running {
+    /// Totals and health, shared with every stage.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// The dead-letter store.
+    pub fn dead_letters(&self) -> Arc<DeadLetters> {
+        self.dead_letters.clone()
+    }
+
+    /// Where the monitor listens, when enabled (useful with port 0).
+    pub fn monitor_addr(&self) -> Option<SocketAddr> {
+        self.monitor_addr
+    }
+
+    /// Stops in data-flow order and returns the final totals.
+    pub async fn stop(self) -> Totals {
+        self.sources_token.cancel();
+        for source in self.sources {
+            if let Err(error) = source.await {
+                tracing::error!(message = "A source task failed.", %error);
+            }
+        }
+        if let Err(error) = self.pipeline.await {
+            tracing::error!(message = "The pipeline task failed.", %error);
+        }
+        self.sink_token.cancel();
+        let sink_abort = self.sink.abort_handle();
+        match tokio::time::timeout(FLUSH_DEADLINE, self.sink).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(message = "The sink task failed.", %error),
+            Err(_) => {
+                sink_abort.abort();
+                tracing::error!(
+                    message = "The sink did not flush in time; undelivered points are lost.",
+                    deadline_s = FLUSH_DEADLINE.as_secs()
+                );
+            }
+        }
+        self.monitor_token.cancel();
+        if let Some(monitor) = self.monitor {
+            let _ = monitor.await;
+        }
+        let totals = self.stats.totals();
+        tracing::info!(
+            message = "Stopped.",
+            received = totals.received,
+            written = totals.written,
+            dropped = totals.dropped,
+            dead_lettered = totals.dead_lettered
+        );
+        totals
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM, whichever comes first.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(message = "Cannot listen for Ctrl-C.", %error);
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(message = "Cannot listen for SIGTERM.", %error);
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,109 @@
+//! `ha-ingestor check`: validate the config and test every connection without starting anything.
+//!
+//! Exit codes: 0 all good, 2 the configuration is invalid, 3 a peer is
+//! unreachable or refused the credentials.
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::pipeline::Pipeline;
+use crate::sink::influxdb::InfluxWriter;
+use crate::source::homeassistant::client;
+
+/// Exit code: everything checked out.
+pub const OK: i32 = 0;
+/// Exit code: the configuration is invalid.
+pub const INVALID_CONFIG: i32 = 2;
+/// Exit code: a peer is unreachable or refused the credentials.
+pub const PEER_FAILED: i32 = 3;
+
+/// Runs every check, printing one line per check to stdout, and returns the exit code.
+pub async fn run(path: &Path) -> i32 {
+    let cfg = match Config::load(path) {
+        Ok(cfg) => cfg,
+        Err(error) => {
+            println!("config: INVALID: {error}");
+            return INVALID_CONFIG;
+        }
+    };
+    println!("config: ok ({})", path.display());
+    if let Err(error) = Pipeline::new(&cfg.filter, &cfg.schema) {
+        println!("pipeline: INVALID: {error}");
+        return INVALID_CONFIG;
+    }
+    println!("pipeline: ok (filter and schema compiled)");
+    crate::ensure_crypto_provider();
+
+    let mut code = OK;
+    match &cfg.homeassistant {
+        Some(ha) => match client::probe(ha).await {
+            Ok(info) => println!(
+                "homeassistant: ok (Home Assistant {} at {})",
+                info.ha_version, info.url
+            ),
+            Err(error) if error.is_auth() => {
+                println!(
+                    "homeassistant: FAILED: Home Assistant refused the access token at {}: {error}",
+                    ha.websocket_url()
+                );
+                code = PEER_FAILED;
+            }
+            Err(error) => {
+                println!(
+                    "homeassistant: FAILED: cannot reach Home Assistant at {}: {error}",
+                    ha.websocket_url()
+                );
+                code = PEER_FAILED;
+            }
+        },
+        None => println!("homeassistant: not configured (no source: `run` will refuse to start)"),
+    }
+
+    match &cfg.influxdb {
+        Some(influx) => match InfluxWriter::new(influx) {
+            Ok(writer) => match writer.check().await {
+                Ok(version) => println!("influxdb: ok (InfluxDB {version} at {})", influx.url),
+                Err(error) if error.is_auth() => {
+                    println!(
+                        "influxdb: FAILED: InfluxDB at {} refused the credentials: {error}",
+                        influx.url
+                    );
+                    code = PEER_FAILED;
+                }
+                Err(error) => {
+                    println!("influxdb: FAILED: {} : {error}", influx.url);
+                    code = PEER_FAILED;
+                }
+            },
+            Err(error) => {
+                println!("influxdb: INVALID: {error}");
+                return INVALID_CONFIG;
+            }
+        },
+        None => {
+            let dir = cfg.points_dir();
+            match std::fs::create_dir_all(&dir) {
+                Ok(()) => println!(
+                    "sink: ok (no [influxdb]; line protocol files in {})",
+                    dir.display()
+                ),
+                Err(error) => {
+                    println!("sink: FAILED: cannot create {}: {error}", dir.display());
+                    code = PEER_FAILED;
+                }
+            }
+        }
+    }
+
+    if cfg.monitor.enabled {
+        match std::net::TcpListener::bind(cfg.monitor.listen) {
+            Ok(_) => println!("monitor: ok ({} is free)", cfg.monitor.listen),
+            // Not fatal: the running service itself may hold the port.
+            Err(error) => println!(
+                "monitor: warning: cannot bind {}: {error}",
+                cfg.monitor.listen
+            ),
+        }
+    }
+    code
+}
