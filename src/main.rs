@@ -116,7 +116,7 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
-fn load_config(path: &PathBuf) -> Result<Config, ExitCode> {
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|error| {
         eprintln!("ha-ingestor: {error}");
         ExitCode::from(check::INVALID_CONFIG as u8)

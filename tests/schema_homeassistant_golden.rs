@@ -256,7 +256,11 @@ fn state_event(entity_id: &str, state: &str, attributes: Value) -> Event {
     let new_state = State {
         entity_id: EntityId::new(entity_id).expect("test entity id"),
         state: state.to_string(),
-        attributes: attributes.as_object().cloned().unwrap_or_default(),
+        attributes: attributes
+            .as_object()
+            .cloned()
+            .map(Into::into)
+            .unwrap_or_default(),
         last_changed: ts,
         last_reported: None,
         // Deliberately not time_fired: the point must carry time_fired.

@@ -231,7 +231,13 @@ fn every_recorded_frame_decodes() {
         .find(|sc| sc.old_state.is_some())
         .expect("some change has an old state");
     assert_eq!(
-        with_old.old_state.as_ref().unwrap().entity_id,
+        with_old
+            .old_state
+            .as_ref()
+            .unwrap()
+            .get()
+            .unwrap()
+            .entity_id,
         with_old.entity_id
     );
 }

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::event::{
-    Attributes, BusEvent, Context, EntityId, Event, EventKind, Origin, SourceId, State,
+    Attributes, BusEvent, Context, EntityId, Event, EventKind, LazyState, Origin, SourceId, State,
     StateChanged, Timestamp,
 };
 use crate::source::homeassistant::protocol::{
@@ -907,7 +907,7 @@ impl Generator {
             context,
             kind: EventKind::StateChanged(Box::new(StateChanged {
                 entity_id: entity.id.clone(),
-                old_state: old,
+                old_state: old.map(LazyState::from),
                 new_state: Some(new),
             })),
         }
@@ -1203,6 +1203,7 @@ mod tests {
                         "old_state null only first"
                     ),
                     Some(old) => {
+                        let old = old.get().unwrap();
                         assert!(seen_first.contains(&sc.entity_id));
                         if old.state == new.state {
                             assert_eq!(old.last_changed, new.last_changed);
