@@ -63,6 +63,37 @@ pub fn builtin_frames() -> Vec<String> {
     crate::source::simulator::corpus(CORPUS_ENTITIES, CORPUS_EVENTS, 1)
 }
 
+/// Groups event frames into HA's coalesced array frames of up to `size` messages
+/// (`supported_features: coalesce_messages`), as a busy HA sends them; other frames pass unchanged.
+pub fn coalesce(frames: &[String], size: usize) -> Vec<String> {
+    if size <= 1 {
+        return frames.to_vec();
+    }
+    let mut out = Vec::new();
+    let mut group: Vec<&str> = Vec::with_capacity(size);
+    let flush = |group: &mut Vec<&str>, out: &mut Vec<String>| {
+        if !group.is_empty() {
+            out.push(format!("[{}]", group.join(",")));
+            group.clear();
+        }
+    };
+    for frame in frames {
+        if frame.starts_with("{\"type\":\"event\"")
+            || frame.contains("\"type\":\"event\",\"event\"")
+        {
+            group.push(frame);
+            if group.len() == size {
+                flush(&mut group, &mut out);
+            }
+        } else {
+            flush(&mut group, &mut out);
+            out.push(frame.clone());
+        }
+    }
+    flush(&mut group, &mut out);
+    out
+}
+
 /// Runs the hot path over `frames` for at least `min_seconds` (and at least one pass).
 pub fn run(frames: &[String], input: &str, min_seconds: f64) -> Result<BenchReport, PipelineError> {
     let source: SourceId = Arc::from("bench");

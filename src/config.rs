@@ -754,7 +754,12 @@ fn apply_env_override(table: &mut toml::Table, var: &str, value: &str) -> Result
         });
     }
     let parsed = parse_env_value(value);
-    let (last, parents) = keys.split_last().expect("split on a non-empty path");
+    let Some((last, parents)) = keys.split_last() else {
+        return Err(ConfigError::Env {
+            var: var.to_string(),
+            message: "names no key".into(),
+        });
+    };
     let mut cursor = table;
     for key in parents {
         let entry = cursor

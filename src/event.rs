@@ -312,11 +312,142 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
+/// Text kept inline up to `N` bytes (heap beyond): ids that recur in every event then cost no allocation.
+#[derive(Clone)]
+enum InlineStr<const N: usize> {
+    Inline { len: u8, bytes: [u8; N] },
+    Heap(Box<str>),
+}
+
+impl<const N: usize> InlineStr<N> {
+    fn new(text: &str) -> Self {
+        if text.len() <= N && N <= u8::MAX as usize {
+            let mut bytes = [0u8; N];
+            bytes[..text.len()].copy_from_slice(text.as_bytes());
+            InlineStr::Inline {
+                len: text.len() as u8,
+                bytes,
+            }
+        } else {
+            InlineStr::Heap(text.into())
+        }
+    }
+
+    #[inline]
+    fn as_str(&self) -> &str {
+        match self {
+            // SAFETY: `bytes[..len]` is a copy of a whole `&str` made in `new`, so it is valid UTF-8.
+            InlineStr::Inline { len, bytes } => unsafe {
+                std::str::from_utf8_unchecked(&bytes[..*len as usize])
+            },
+            InlineStr::Heap(text) => text,
+        }
+    }
+}
+
+/// A context id (HA's are 26-character ULIDs, user ids 32 hex digits), stored without an allocation.
+#[derive(Clone)]
+pub struct ContextId(InlineStr<32>);
+
+impl ContextId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl std::ops::Deref for ContextId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl From<&str> for ContextId {
+    fn from(text: &str) -> Self {
+        ContextId(InlineStr::new(text))
+    }
+}
+
+impl From<String> for ContextId {
+    fn from(text: String) -> Self {
+        ContextId(InlineStr::new(&text))
+    }
+}
+
+impl PartialEq for ContextId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for ContextId {}
+
+impl fmt::Debug for ContextId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for ContextId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ContextId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ContextId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+        impl Visitor<'_> for IdVisitor {
+            type Value = ContextId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a context id string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ContextId, E> {
+                Ok(ContextId::from(v))
+            }
+        }
+        deserializer.deserialize_str(IdVisitor)
+    }
+}
+
 /// A validated `domain.object_id`; the split is kept so tags need no re-parsing.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone)]
 pub struct EntityId {
-    full: Box<str>,
+    full: InlineStr<40>,
     dot: usize,
+}
+
+impl PartialEq for EntityId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for EntityId {}
+
+impl std::hash::Hash for EntityId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for EntityId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for EntityId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
 }
 
 /// Why an entity id from outside was refused.
@@ -329,7 +460,7 @@ impl EntityId {
     pub fn new(full: &str) -> Result<Self, EntityIdError> {
         match full.find('.') {
             Some(dot) if dot > 0 && dot + 1 < full.len() => Ok(EntityId {
-                full: full.into(),
+                full: InlineStr::new(full),
                 dot,
             }),
             _ => Err(EntityIdError(full.chars().take(128).collect())),
@@ -338,35 +469,35 @@ impl EntityId {
 
     /// The whole id, `sensor.kitchen_temperature`.
     pub fn as_str(&self) -> &str {
-        &self.full
+        self.full.as_str()
     }
 
     /// The part before the first dot, `sensor`.
     pub fn domain(&self) -> &str {
-        &self.full[..self.dot]
+        &self.as_str()[..self.dot]
     }
 
     /// The part after the first dot, `kitchen_temperature`: HA's `entity_id` tag.
     pub fn object_id(&self) -> &str {
-        &self.full[self.dot + 1..]
+        &self.as_str()[self.dot + 1..]
     }
 }
 
 impl fmt::Debug for EntityId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.full, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl fmt::Display for EntityId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.full)
+        f.write_str(self.as_str())
     }
 }
 
 impl Serialize for EntityId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.full)
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -391,13 +522,13 @@ impl<'de> Deserialize<'de> for EntityId {
 pub struct Context {
     /// ULID of this context.
     #[serde(default)]
-    pub id: Option<String>,
+    pub id: Option<ContextId>,
     /// The context that caused this one, if any.
     #[serde(default)]
-    pub parent_id: Option<String>,
+    pub parent_id: Option<ContextId>,
     /// The HA user behind the change, if any.
     #[serde(default)]
-    pub user_id: Option<String>,
+    pub user_id: Option<ContextId>,
 }
 
 /// One entity's state as HA serialises it in events, `get_states` and history.
@@ -700,6 +831,23 @@ mod tests {
             "7",
         );
         assert!(serde_json::from_str::<StateChanged>(&scalar).is_err());
+    }
+
+    #[test]
+    fn ids_inline_and_on_the_heap_compare_by_text() {
+        let long = "sensor.a_very_long_entity_identifier_beyond_forty_bytes";
+        let a = EntityId::new(long).unwrap();
+        assert_eq!(a.as_str(), long);
+        assert_eq!(a.object_id(), &long[7..]);
+        let short = EntityId::new("light.x").unwrap();
+        assert!(short < a);
+        assert_eq!(short, EntityId::new("light.x").unwrap());
+        let c: ContextId = "01M8CSN1QKYHSK65MWAB50M2V6".into();
+        let d: ContextId = serde_json::from_str("\"01M8CSN1QKYHSK65MWAB50M2V6\"").unwrap();
+        assert_eq!(c, d);
+        let big: ContextId = "x".repeat(100).into();
+        assert_eq!(big.len(), 100);
+        assert_eq!(serde_json::to_string(&big).unwrap().len(), 102);
     }
 
     #[test]

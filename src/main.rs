@@ -97,6 +97,9 @@ enum BenchCommand {
         /// Minimum measuring time in seconds.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+        /// Group events into HA's coalesced array frames of this many messages (1 = one per frame).
+        #[arg(long, default_value_t = 1)]
+        coalesce: usize,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -225,6 +228,7 @@ fn main() -> ExitCode {
                 BenchCommand::Pipeline {
                     input,
                     seconds,
+                    coalesce,
                     json,
                 },
         } => {
@@ -237,6 +241,14 @@ fn main() -> ExitCode {
                         path.display().to_string(),
                     ),
                     None => (bench::builtin_frames(), "built-in corpus".to_string()),
+                };
+                let (frames, name) = if coalesce > 1 {
+                    (
+                        bench::coalesce(&frames, coalesce),
+                        format!("{name}, arrays of {coalesce}"),
+                    )
+                } else {
+                    (frames, name)
                 };
                 let r = bench::run(&frames, &name, seconds)?;
                 if json {

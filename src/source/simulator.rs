@@ -822,9 +822,9 @@ impl Generator {
 
     fn context(&mut self, ts: Timestamp, user: bool) -> Context {
         Context {
-            id: Some(ulid(ts, &mut self.rng)),
+            id: Some(ulid(ts, &mut self.rng).into()),
             parent_id: None,
-            user_id: user.then(|| "2863ffcc95c5495785bb107450175b9a".to_string()),
+            user_id: user.then(|| "2863ffcc95c5495785bb107450175b9a".into()),
         }
     }
 
