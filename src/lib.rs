@@ -15,6 +15,7 @@ pub mod monitor;
 pub mod pipeline;
 pub mod sink;
 pub mod source;
+pub mod tls;
 
 /// Makes `ring` the process-wide rustls provider, so every TLS client agrees; later calls are no-ops.
 pub fn ensure_crypto_provider() {

@@ -22,7 +22,6 @@
 //! always writes one); a line without one (possible in a replayed file) would
 //! be stored again at a new time.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use flate2::Compression;
@@ -889,95 +888,10 @@ async fn json_reply(reply: reqwest::Response) -> Result<serde_json::Value, Write
 }
 
 fn tls_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, WriteError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| WriteError::Config(format!("TLS: {e}")))?;
-    let mut config = if tls.insecure_skip_verify {
-        tracing::warn!(
-            message = "TLS certificate verification for InfluxDB is disabled (influxdb.tls.insecure_skip_verify); use only for testing."
-        );
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-            .with_no_client_auth()
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(path) = &tls.ca_file {
-            let file = std::fs::File::open(path).map_err(|e| {
-                WriteError::Config(format!("influxdb.tls.ca_file {}: {e}", path.display()))
-            })?;
-            let mut added = 0;
-            for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(file)) {
-                let cert = cert.map_err(|e| {
-                    WriteError::Config(format!("influxdb.tls.ca_file {}: {e}", path.display()))
-                })?;
-                roots.add(cert).map_err(|e| {
-                    WriteError::Config(format!("influxdb.tls.ca_file {}: {e}", path.display()))
-                })?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err(WriteError::Config(format!(
-                    "influxdb.tls.ca_file {}: no PEM certificate found",
-                    path.display()
-                )));
-            }
-        }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    };
+    let mut config = crate::tls::client_config(tls, "influxdb")
+        .map_err(|e| WriteError::Config(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
-}
-
-/// Accepts any server certificate (still checks handshake signatures); only with `insecure_skip_verify`.
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// What to do with a batch after a non-2xx reply.

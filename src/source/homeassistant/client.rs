@@ -319,95 +319,9 @@ fn build_connector(cfg: &HomeAssistantConfig) -> Result<Connector, ClientError> 
     if !cfg.websocket_url().starts_with("wss://") {
         return Ok(Connector::Plain);
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+    let config = crate::tls::client_config(&cfg.tls, "homeassistant")
         .map_err(|e| ClientError::Tls(e.to_string()))?;
-    let config = if cfg.tls.insecure_skip_verify {
-        tracing::warn!(
-            message = "TLS certificate verification is disabled for Home Assistant (tls.insecure_skip_verify); use only for testing."
-        );
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoCertificateVerification(provider)))
-            .with_no_client_auth()
-    } else {
-        let mut roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        if let Some(path) = &cfg.tls.ca_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                ClientError::Tls(format!("cannot read CA file {}: {e}", path.display()))
-            })?;
-            let mut added = 0;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.map_err(|e| {
-                    ClientError::Tls(format!("invalid PEM in CA file {}: {e}", path.display()))
-                })?;
-                roots.add(cert).map_err(|e| {
-                    ClientError::Tls(format!("unusable certificate in {}: {e}", path.display()))
-                })?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err(ClientError::Tls(format!(
-                    "no certificate found in CA file {}",
-                    path.display()
-                )));
-            }
-        }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    };
     Ok(Connector::Rustls(Arc::new(config)))
-}
-
-/// Accepts any certificate but still checks handshake signatures; only behind `insecure_skip_verify`.
-#[derive(Debug)]
-struct NoCertificateVerification(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoCertificateVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 async fn connect(

@@ -1,0 +1,148 @@
+//! One TLS client setup for every outgoing connection (Home Assistant, InfluxDB).
+//!
+//! rustls on the `ring` provider (no C toolchain, one provider for all
+//! crates), webpki roots plus an optional extra CA file, and a verifier that
+//! skips certificate checks only when `insecure_skip_verify` is set.
+
+use std::sync::Arc;
+
+use crate::config::TlsConfig;
+
+/// Why a TLS client could not be set up; the message names the setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct TlsError {
+    /// The config key at fault (`influxdb.tls.ca_file`).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Builds a client config; `section` (`homeassistant`, `influxdb`) prefixes keys in errors and warnings.
+pub fn client_config(tls: &TlsConfig, section: &str) -> Result<rustls::ClientConfig, TlsError> {
+    let error = |key: &str, message: String| TlsError {
+        key: format!("{section}.tls.{key}"),
+        message,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| error("provider", e.to_string()))?;
+    if tls.insecure_skip_verify {
+        tracing::warn!(
+            message = "TLS certificate verification is disabled; use only for testing.",
+            setting = format!("{section}.tls.insecure_skip_verify"),
+        );
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoCertificateVerification(provider)))
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = &tls.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| error("ca_file", format!("cannot read {}: {e}", path.display())))?;
+        let mut added = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert
+                .map_err(|e| error("ca_file", format!("invalid PEM in {}: {e}", path.display())))?;
+            roots.add(cert).map_err(|e| {
+                error(
+                    "ca_file",
+                    format!("unusable certificate in {}: {e}", path.display()),
+                )
+            })?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(error(
+                "ca_file",
+                format!("no PEM certificate found in {}", path.display()),
+            ));
+        }
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// Accepts any certificate but still checks handshake signatures; only behind `insecure_skip_verify`.
+#[derive(Debug)]
+struct NoCertificateVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoCertificateVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_ca_file_names_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = client_config(
+            &TlsConfig {
+                ca_file: Some(empty),
+                insecure_skip_verify: false,
+            },
+            "influxdb",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "influxdb.tls.ca_file");
+        assert!(err.message.contains("no PEM certificate"), "{err}");
+        let missing = client_config(
+            &TlsConfig {
+                ca_file: Some(dir.path().join("missing.pem")),
+                insecure_skip_verify: false,
+            },
+            "homeassistant",
+        )
+        .unwrap_err();
+        assert_eq!(missing.key, "homeassistant.tls.ca_file");
+        assert!(client_config(&TlsConfig::default(), "influxdb").is_ok());
+    }
+}
