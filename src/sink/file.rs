@@ -93,18 +93,7 @@ impl FileSink {
             self.append(&chunk, &ctx.stats);
         }
         self.flush(&ctx.stats);
-        rx.close();
-        let mut left = 0u64;
-        while let Ok(chunk) = rx.try_recv() {
-            left += chunk.points as u64;
-        }
-        if left > 0 {
-            tracing::error!(
-                message = "Points still queued for the file sink when the shutdown deadline passed were not written.",
-                points = left,
-            );
-            Stats::add(&ctx.stats.dropped, left);
-        }
+        super::account_unwritten(&mut rx, &ctx.stats, "file");
     }
 
     fn append(&mut self, chunk: &Chunk, stats: &Stats) {

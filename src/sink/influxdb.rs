@@ -436,18 +436,7 @@ impl InfluxWriter {
             self.add(&mut batch, &chunk, &mut delivery).await;
         }
         delivery.flush(&mut batch).await;
-        rx.close();
-        let mut left = 0u64;
-        while let Ok(chunk) = rx.try_recv() {
-            left += chunk.points as u64;
-        }
-        if left > 0 {
-            tracing::error!(
-                message = "Points still queued for InfluxDB when the shutdown deadline passed were not written.",
-                points = left,
-            );
-            Stats::add(&ctx.stats.dropped, left);
-        }
+        super::account_unwritten(&mut rx, &ctx.stats, "influxdb");
     }
 
     /// Appends a chunk, cutting batches at `batch_size` lines or [`MAX_BATCH_BYTES`].

@@ -8,6 +8,7 @@ pub mod schema;
 
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::dead_letter::DeadLetters;
@@ -31,4 +32,21 @@ pub struct SinkContext {
     pub dead_letters: Arc<DeadLetters>,
     /// Cancelled when the process stops; the sink then drains its channel and flushes.
     pub shutdown: CancellationToken,
+}
+
+/// At the end of a sink's shutdown deadline: closes its input, counts what is still queued as dropped and says so.
+pub fn account_unwritten(rx: &mut mpsc::Receiver<Chunk>, stats: &Stats, sink: &'static str) {
+    rx.close();
+    let mut left = 0u64;
+    while let Ok(chunk) = rx.try_recv() {
+        left += chunk.points as u64;
+    }
+    if left > 0 {
+        tracing::error!(
+            message = "Points still queued when the shutdown deadline passed were not written.",
+            sink,
+            points = left,
+        );
+        Stats::add(&stats.dropped, left);
+    }
 }
