@@ -15,8 +15,7 @@ use serde::Serialize;
 
 use crate::event::Timestamp;
 
-/// Metric counting every set-aside item by stage and kind.
-pub const DEAD_LETTERS_METRIC: &str = "ha_ingestor_dead_letters_total";
+use crate::monitor::metrics::DEAD_LETTERS as DEAD_LETTERS_METRIC;
 
 /// One rejected item, borrowed from the caller for the time of the write.
 #[derive(Debug, Clone, Copy)]

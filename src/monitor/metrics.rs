@@ -31,6 +31,8 @@ pub const SINK_RETRIES: &str = "ha_ingestor_sink_retries_total";
 pub const SINK_BATCH_DURATION: &str = "ha_ingestor_sink_batch_duration_seconds";
 /// Histogram `{sink}`: points per write request.
 pub const SINK_BATCH_POINTS: &str = "ha_ingestor_sink_batch_points";
+/// Counter `{stage, kind}`: items set aside in the dead-letter files.
+pub const DEAD_LETTERS: &str = "ha_ingestor_dead_letters_total";
 /// Gauge `{queue}`: items waiting in a stage's input channel.
 pub const QUEUE_DEPTH: &str = "ha_ingestor_queue_depth";
 /// Gauge `{version}`: always 1, carries the build version.
