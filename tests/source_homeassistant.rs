@@ -674,3 +674,126 @@ async fn an_old_core_without_coalescing_still_streams() {
     run.stop().await;
     server.abort();
 }
+
+/// The value of the first sample line starting with `needle` in Prometheus text, if any.
+fn metric(text: &str, needle: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(needle))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn a_server_that_stops_answering_pings_is_declared_dead_and_reconnected() {
+    // #[tokio::test] runs on one thread, so a thread-local recorder sees the client task.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let timeouts =
+        r#"ha_ingestor_source_reconnects_total{source="homeassistant",reason="ping_timeout"}"#;
+    let connects = r#"ha_ingestor_source_connects_total{source="homeassistant"}"#;
+
+    let sim = simulator(None, 50.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = client_config(&sim.url(), TOKEN);
+    cfg.ping_interval = Duration::from_millis(50);
+    cfg.pong_timeout = Duration::from_millis(300);
+    let mut run = Running::start(cfg, DeadLetters::new(dir.path()));
+    run.receive_until(5).await;
+
+    // Answered pings keep the connection: several round trips, no timeout.
+    assert!(wait_for(|| sim.pings() >= 5).await, "the client pings");
+    assert_eq!(metric(&handle.render(), timeouts), None);
+    assert_eq!(metric(&handle.render(), connects), Some(1.0));
+
+    // A server that keeps the socket open but stops answering is given up on.
+    sim.set_answer_pings(false);
+    assert!(
+        wait_for(|| metric(&handle.render(), timeouts).is_some()).await,
+        "the dead connection is detected"
+    );
+    let last_error = run.stats.readiness().sources["homeassistant"]
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    assert!(last_error.contains("no pong"), "{last_error}");
+
+    // And re-established once the server answers again.
+    sim.set_answer_pings(true);
+    assert!(
+        wait_for(|| metric(&handle.render(), connects).unwrap_or(0.0) >= 2.0
+            && run.stats.readiness().ready)
+        .await,
+        "reconnected"
+    );
+    let before = run.received.len();
+    run.receive_until(before + 5).await;
+    assert_eq!(
+        metric(
+            &handle.render(),
+            r#"ha_ingestor_source_errors_total{source="homeassistant",error_type="ping_timeout"}"#
+        )
+        .map(|v| v >= 1.0),
+        Some(true)
+    );
+    run.stop().await;
+    sim.shutdown().await;
+}
+
+/// Runs a client with `event_types`, restarts the simulator, and checks the restart is no error.
+async fn restart_is_recognised(event_types: Vec<String>) -> Vec<Event> {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let restarts =
+        r#"ha_ingestor_source_reconnects_total{source="homeassistant",reason="ha_restart"}"#;
+    let connects = r#"ha_ingestor_source_connects_total{source="homeassistant"}"#;
+
+    let sim = simulator(None, 200.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = client_config(&sim.url(), TOKEN);
+    cfg.event_types = event_types;
+    let mut run = Running::start(cfg, DeadLetters::new(dir.path()));
+    run.receive_until(5).await;
+    sim.restart();
+    assert!(
+        wait_for(|| metric(&handle.render(), restarts) == Some(1.0)).await,
+        "{}",
+        handle.render()
+    );
+    assert!(
+        wait_for(|| metric(&handle.render(), connects) == Some(2.0) && run.stats.readiness().ready)
+            .await,
+        "reconnected after the restart"
+    );
+    let before = run.received.len();
+    run.receive_until(before + 5).await;
+    let text = handle.render();
+    assert!(
+        !text.contains("ha_ingestor_source_errors_total"),
+        "a restart is not an error:\n{text}"
+    );
+    assert_eq!(run.stats.totals().decode_errors, 0);
+    let received = run.stop().await;
+    sim.shutdown().await;
+    received
+}
+
+#[tokio::test]
+async fn a_home_assistant_restart_is_recognised_and_not_an_error() {
+    let received = restart_is_recognised(Vec::new()).await;
+    let stops = received
+        .iter()
+        .filter(|e| e.event_type() == "homeassistant_stop")
+        .count();
+    assert_eq!(stops, 1, "subscribed to everything: the event is forwarded");
+}
+
+#[tokio::test]
+async fn a_restart_is_recognised_even_when_only_state_changes_are_subscribed() {
+    let received = restart_is_recognised(vec!["state_changed".to_string()]).await;
+    assert!(
+        received.iter().all(|e| e.event_type() == "state_changed"),
+        "the private homeassistant_stop subscription forwards nothing"
+    );
+}

@@ -11,6 +11,10 @@
 //! Frames look like current HA's: `{"type":"event","event":{…},"id":N}` with the
 //! id last, `last_reported` in states, and JSON arrays of up to 256 messages
 //! once a connection has asked for `coalesce_messages`.
+//!
+//! Test controls on [`SimulatorHandle`]: drop every connection, inject raw
+//! frames, stop answering `ping` ([`SimulatorHandle::set_answer_pings`]) and
+//! restart as HA does ([`SimulatorHandle::restart`]: `homeassistant_stop`, then close).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -25,7 +29,9 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -98,6 +104,8 @@ impl Simulator {
             auth_attempts: AtomicU64::new(0),
             next_conn: AtomicU64::new(1),
             subscribed: Notify::new(),
+            answer_pings: AtomicBool::new(true),
+            pings: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
             cfg,
         });
@@ -180,6 +188,63 @@ impl SimulatorHandle {
         }
     }
 
+    /// Whether `ping` is answered with `pong` (default true); false simulates a hung server whose socket stays open.
+    pub fn set_answer_pings(&self, answer: bool) {
+        self.shared.answer_pings.store(answer, Ordering::Release);
+    }
+
+    /// How many `ping` commands were received (answered or not), to see a client's heartbeat.
+    pub fn pings(&self) -> u64 {
+        self.shared.pings.load(Ordering::Acquire)
+    }
+
+    /// Does what HA does when it restarts: fires `homeassistant_stop` to every subscription that matches, then closes every connection.
+    ///
+    /// The event goes out after what was already queued, and is recorded in
+    /// [`SimulatorHandle::emitted`] when at least one subscription received it.
+    pub fn restart(&self) {
+        let event = {
+            let mut world = lock(&self.shared.world);
+            let ts = world.next_time(Timestamp::now());
+            let context = world.context(ts, false);
+            Event {
+                source: world.source.clone(),
+                time_fired: ts,
+                origin: Origin::Local,
+                context,
+                kind: EventKind::Bus(BusEvent {
+                    event_type: "homeassistant_stop".to_string(),
+                    data: serde_json::Map::new(),
+                }),
+            }
+        };
+        let body: Arc<str> = Arc::from(event_body(&event));
+        let mut sent = false;
+        for client in lock(&self.shared.clients).drain(..) {
+            let queue: Vec<(u64, Arc<str>)> = client
+                .subs
+                .iter()
+                .filter(|(_, wanted)| wanted.as_deref().is_none_or(|w| w == "homeassistant_stop"))
+                .map(|(sub, _)| (*sub, body.clone()))
+                .collect();
+            if !queue.is_empty() {
+                sent = true;
+                client.pending.fetch_add(queue.len(), Ordering::AcqRel);
+                let _ = client.tx.send(Outgoing::Events(queue));
+            }
+            let close = CloseFrame {
+                code: CloseCode::Away,
+                reason: "".into(),
+            };
+            let _ = client.tx.send(Outgoing::Raw(Message::Close(Some(close))));
+            let _ = client.tx.send(Outgoing::Drop);
+        }
+        if sent {
+            lock(&self.shared.emitted).push_back(event);
+            self.shared.emitted_count.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     /// Stops accepting, generating and serving, and waits for every task.
     pub async fn shutdown(self) {
         self.shared.shutdown.cancel();
@@ -228,6 +293,10 @@ struct Shared {
     auth_attempts: AtomicU64,
     next_conn: AtomicU64,
     subscribed: Notify,
+    /// When false, `ping` gets no `pong` (a hung server behind an open socket).
+    answer_pings: AtomicBool,
+    /// `ping` commands received, answered or not.
+    pings: AtomicU64,
     shutdown: CancellationToken,
 }
 
@@ -360,7 +429,7 @@ async fn serve(
                 },
                 incoming = stream.next() => match incoming {
                     Some(Ok(Message::Text(text))) => {
-                        for reply in handle_commands(&text, &mut conn, shared) {
+                        for reply in handle_commands(&text, &mut conn, shared).into_iter().flatten() {
                             sink.feed(Message::text(reply)).await?;
                         }
                         sink.flush().await?;
@@ -413,11 +482,13 @@ where
 }
 
 /// Answers one client frame (an object, or an array of commands as HA accepts).
-fn handle_commands(text: &str, conn: &mut Conn, shared: &Shared) -> Vec<String> {
+fn handle_commands(text: &str, conn: &mut Conn, shared: &Shared) -> Vec<Option<String>> {
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(_) => {
-            return vec![ServerReply::failure(0, ERR_INVALID_FORMAT, MSG_INVALID_FORMAT).to_json()];
+            return vec![Some(
+                ServerReply::failure(0, ERR_INVALID_FORMAT, MSG_INVALID_FORMAT).to_json(),
+            )];
         }
     };
     match value {
@@ -429,15 +500,16 @@ fn handle_commands(text: &str, conn: &mut Conn, shared: &Shared) -> Vec<String> 
     }
 }
 
-fn handle_command(msg: &Value, conn: &mut Conn, shared: &Shared) -> String {
+/// The reply to one command; `None` when none is sent (an unanswered `ping`).
+fn handle_command(msg: &Value, conn: &mut Conn, shared: &Shared) -> Option<String> {
     let id = msg.get("id").and_then(Value::as_u64).filter(|id| *id > 0);
     let kind = msg.get("type").and_then(Value::as_str);
     let (Some(id), Some(kind)) = (id, kind) else {
         let id = id.unwrap_or(0);
-        return ServerReply::failure(id, ERR_INVALID_FORMAT, MSG_INVALID_FORMAT).to_json();
+        return Some(ServerReply::failure(id, ERR_INVALID_FORMAT, MSG_INVALID_FORMAT).to_json());
     };
     if id <= conn.last_id {
-        return ServerReply::failure(id, ERR_ID_REUSE, MSG_ID_REUSE).to_json();
+        return Some(ServerReply::failure(id, ERR_ID_REUSE, MSG_ID_REUSE).to_json());
     }
     conn.last_id = id;
     let reply = match kind {
@@ -487,10 +559,16 @@ fn handle_command(msg: &Value, conn: &mut Conn, shared: &Shared) -> String {
             ServerReply::success(id, serde_json::to_value(states).unwrap_or(Value::Null))
         }
         "get_config" => ServerReply::success(id, config_result(&shared.cfg.ha_version)),
-        "ping" => ServerReply::Pong { id },
+        "ping" => {
+            shared.pings.fetch_add(1, Ordering::AcqRel);
+            if !shared.answer_pings.load(Ordering::Acquire) {
+                return None;
+            }
+            ServerReply::Pong { id }
+        }
         _ => ServerReply::failure(id, ERR_UNKNOWN_COMMAND, MSG_UNKNOWN_COMMAND),
     };
-    reply.to_json()
+    Some(reply.to_json())
 }
 
 /// A plausible subset of HA's `Config.as_dict()`.
@@ -806,12 +884,17 @@ impl Generator {
             .collect()
     }
 
-    /// The next event at `now` (moved forward a microsecond if needed, so times strictly increase).
-    fn next_event(&mut self, now: Timestamp) -> Event {
+    /// `now` in whole microseconds, moved forward a microsecond if needed, so times strictly increase.
+    fn next_time(&mut self, now: Timestamp) -> Timestamp {
         let micros = now.as_nanos() / 1_000;
         let micros = micros.max(self.last_ts + 1);
         self.last_ts = micros;
-        let ts = Timestamp::from_nanos(micros * 1_000);
+        Timestamp::from_nanos(micros * 1_000)
+    }
+
+    /// The next event at `now` (see [`Generator::next_time`]).
+    fn next_event(&mut self, now: Timestamp) -> Event {
+        let ts = self.next_time(now);
         if self.rng.random_range(0..20) == 0 {
             self.call_service(ts)
         } else {

@@ -17,6 +17,16 @@
 //!   60 s. A refused token always waits `reconnect_max`: HA counts failed logins
 //!   toward IP bans, so it must never be retried in a hot loop.
 //! - **Dead-letter input** is cut to 1 MiB, so a huge bad frame cannot fill the disk.
+//! - **Heartbeat.** An application-level `ping` every `ping_interval`; no `pong`
+//!   within `pong_timeout` declares the connection dead (`PingTimeout`), which is
+//!   counted (`reconnects_total{reason="ping_timeout"}`), logged at WARN and
+//!   re-established. The read loop is biased toward the socket, so a pong that
+//!   already arrived is read before the deadline is judged.
+//! - **HA restarts.** `homeassistant_stop` followed by the socket closing is a
+//!   restart, not a failure: logged at INFO, counted as `reason="ha_restart"`, not
+//!   in `errors_total`; refused connections until HA is back log at DEBUG. When
+//!   the user subscribes to a list of event types without `homeassistant_stop`,
+//!   a private subscription to it is added whose events are not forwarded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,7 +47,8 @@ use crate::dead_letter::DeadLetter;
 use crate::event::{STATE_CHANGED, SourceId};
 use crate::monitor::Stats;
 use crate::monitor::metrics::{
-    SOURCE_CONNECTED, SOURCE_CONNECTS, SOURCE_ERRORS, SOURCE_RECEIVED_BYTES, SOURCE_RECEIVED_EVENTS,
+    SOURCE_CONNECTED, SOURCE_CONNECTS, SOURCE_ERRORS, SOURCE_RECEIVED_BYTES,
+    SOURCE_RECEIVED_EVENTS, SOURCE_RECONNECTS,
 };
 use crate::source::SourceContext;
 
@@ -47,6 +58,10 @@ const STABLE_AFTER: Duration = Duration::from_secs(60);
 const DEAD_LETTER_INPUT_MAX: usize = 1 << 20;
 /// Distinct `event_type` label values per source; further types count as `other`.
 const MAX_EVENT_TYPE_LABELS: usize = 256;
+/// The event HA fires as it shuts down (a restart too); the socket closing after it is no failure.
+pub const HOMEASSISTANT_STOP: &str = "homeassistant_stop";
+/// The `reason` label of a connection lost to a Home Assistant restart.
+const REASON_HA_RESTART: &str = "ha_restart";
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -93,6 +108,12 @@ pub enum ClientError {
     /// The connection ended.
     #[error("connection lost: {0}")]
     Closed(String),
+    /// A `ping` got no `pong` in time: the connection is dead even if the socket looks open.
+    #[error("no pong within {waited:?} of a ping: connection declared dead")]
+    PingTimeout {
+        /// The configured `pong_timeout`.
+        waited: Duration,
+    },
     /// No token was configured (config loading should have refused this).
     #[error("no access token configured for Home Assistant")]
     NoToken,
@@ -114,6 +135,7 @@ impl ClientError {
             ClientError::Tls(_) => "tls",
             ClientError::Command { .. } => "command",
             ClientError::Closed(_) => "closed",
+            ClientError::PingTimeout { .. } => "ping_timeout",
             ClientError::NoToken => "config",
         }
     }
@@ -149,6 +171,8 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
     let mut backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
     let mut failures_in_streak: u64 = 0;
     let mut auth_refusals_in_streak: u64 = 0;
+    // Set by a restart of HA; connection failures until it is back are expected, not noise.
+    let mut restarting = false;
     loop {
         let mut report = SessionReport::default();
         let outcome = tokio::select! {
@@ -173,15 +197,36 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
         if let Some(at) = report.subscribed_at {
             failures_in_streak = 0;
             auth_refusals_in_streak = 0;
+            restarting = false;
             if at.elapsed() >= STABLE_AFTER {
                 backoff.reset();
             }
         }
-        metrics::counter!(SOURCE_ERRORS, "source" => source.to_string(), "error_type" => error.kind())
-            .increment(1);
-        ctx.stats
-            .source_state(&source, false, Some(error.to_string()));
-        let delay = if error.is_auth() {
+        let ha_restart = report.ha_stopping && matches!(error, ClientError::Closed(_));
+        if report.subscribed_at.is_some() {
+            let reason = if ha_restart {
+                REASON_HA_RESTART
+            } else {
+                error.kind()
+            };
+            metrics::counter!(SOURCE_RECONNECTS, "source" => source.to_string(), "reason" => reason)
+                .increment(1);
+        }
+        let delay = if ha_restart {
+            restarting = true;
+            ctx.stats.source_state(
+                &source,
+                false,
+                Some("Home Assistant is restarting".to_string()),
+            );
+            let delay = backoff.next_delay();
+            tracing::info!(message = "Home Assistant is restarting; reconnecting.", source = %source, url = %url, retry_in = ?delay);
+            delay
+        } else if error.is_auth() {
+            metrics::counter!(SOURCE_ERRORS, "source" => source.to_string(), "error_type" => error.kind())
+                .increment(1);
+            ctx.stats
+                .source_state(&source, false, Some(error.to_string()));
             auth_refusals_in_streak += 1;
             if auth_refusals_in_streak == 1 {
                 tracing::error!(
@@ -194,9 +239,16 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
             }
             cfg.reconnect_max
         } else {
+            metrics::counter!(SOURCE_ERRORS, "source" => source.to_string(), "error_type" => error.kind())
+                .increment(1);
+            ctx.stats
+                .source_state(&source, false, Some(error.to_string()));
             failures_in_streak += 1;
             let delay = backoff.next_delay();
-            if failures_in_streak == 1 || failures_in_streak.is_multiple_of(10) {
+            if restarting {
+                // HA is still coming back up: refused connections are expected.
+                tracing::debug!(message = "Home Assistant not back yet; reconnecting.", source = %source, %error, attempt = failures_in_streak, retry_in = ?delay);
+            } else if failures_in_streak == 1 || failures_in_streak.is_multiple_of(10) {
                 tracing::warn!(message = "Home Assistant connection failed; reconnecting.", source = %source, url = %url, %error, attempt = failures_in_streak, retry_in = ?delay);
             } else {
                 tracing::debug!(message = "Home Assistant connection failed; reconnecting.", source = %source, %error, attempt = failures_in_streak, retry_in = ?delay);
@@ -230,6 +282,8 @@ pub async fn probe(cfg: &HomeAssistantConfig) -> Result<ProbeInfo, ClientError> 
 #[derive(Default)]
 struct SessionReport {
     subscribed_at: Option<Instant>,
+    /// `homeassistant_stop` was received: HA is shutting down or restarting.
+    ha_stopping: bool,
 }
 
 /// Metric handles, resolved once so the hot path does no label allocation.
@@ -457,24 +511,44 @@ async fn session(
         .map_err(|_| ClientError::Timeout("waiting for authentication".into()))??;
 
     // Ids strictly increase per connection; every command's result is checked.
+    let mut next_id: u64 = 1;
     let mut pending: Vec<(u64, &'static str)> = Vec::new();
     let mut commands = vec![ClientMessage::SupportedFeatures {
-        id: 1,
+        id: next_id,
         features: Features {
             coalesce_messages: Some(1),
         },
     }];
-    pending.push((1, "supported_features"));
+    pending.push((next_id, "supported_features"));
+    next_id += 1;
     let types: Vec<Option<String>> = if cfg.event_types.is_empty() {
         vec![None]
     } else {
         cfg.event_types.iter().cloned().map(Some).collect()
     };
-    for (i, event_type) in types.into_iter().enumerate() {
-        let id = 2 + i as u64;
-        commands.push(ClientMessage::SubscribeEvents { id, event_type });
-        pending.push((id, "subscribe_events"));
+    for event_type in types {
+        commands.push(ClientMessage::SubscribeEvents {
+            id: next_id,
+            event_type,
+        });
+        pending.push((next_id, "subscribe_events"));
+        next_id += 1;
     }
+    // A restart must be told apart from a failure even when the user did not
+    // subscribe to `homeassistant_stop`: a private subscription whose events are
+    // only noted, never forwarded.
+    let stop_watch = (!cfg.event_types.is_empty()
+        && !cfg.event_types.iter().any(|t| t == HOMEASSISTANT_STOP))
+    .then(|| {
+        let id = next_id;
+        commands.push(ClientMessage::SubscribeEvents {
+            id,
+            event_type: Some(HOMEASSISTANT_STOP.to_string()),
+        });
+        pending.push((id, "subscribe_events"));
+        next_id += 1;
+        id
+    });
     for command in &commands {
         ws.feed(Message::text(command.to_json()))
             .await
@@ -486,12 +560,43 @@ async fn session(
 
     let results_deadline = tokio::time::sleep(cfg.connect_timeout);
     tokio::pin!(results_deadline);
+    let mut ping_tick =
+        tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
+    ping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // (ping id, when its pong is overdue)
+    let mut awaiting_pong: Option<(u64, Instant)> = None;
     let mut decoded = Vec::new();
     loop {
-        let frame = tokio::select! {
-            frame = ws.next() => frame,
-            _ = &mut results_deadline, if !pending.is_empty() => {
-                return Err(ClientError::Timeout("waiting for subscription results".into()));
+        let pong_due = awaiting_pong.map(|(_, due)| due);
+        // Biased toward the socket: frames already received (a late pong among
+        // them) are read before a deadline is judged.
+        let wake = tokio::select! {
+            biased;
+            frame = ws.next() => Wake::Frame(frame),
+            _ = &mut results_deadline, if report.subscribed_at.is_none() => Wake::SetupOverdue,
+            _ = tokio::time::sleep_until(pong_due.unwrap_or_else(Instant::now)), if pong_due.is_some() => Wake::PongOverdue,
+            _ = ping_tick.tick(), if awaiting_pong.is_none() => Wake::Ping,
+        };
+        let frame = match wake {
+            Wake::Frame(frame) => frame,
+            Wake::SetupOverdue => {
+                return Err(ClientError::Timeout(
+                    "waiting for subscription results".into(),
+                ));
+            }
+            Wake::PongOverdue => {
+                return Err(ClientError::PingTimeout {
+                    waited: cfg.pong_timeout,
+                });
+            }
+            Wake::Ping => {
+                let id = next_id;
+                next_id += 1;
+                ws.send(Message::text(ClientMessage::Ping { id }.to_json()))
+                    .await
+                    .map_err(|e| ClientError::Closed(e.to_string()))?;
+                awaiting_pong = Some((id, Instant::now() + cfg.pong_timeout));
+                continue;
             }
         };
         let message = match frame {
@@ -526,11 +631,23 @@ async fn session(
         }
         for item in decoded.drain(..) {
             match item {
-                Ok(ServerMessage::Event { event, .. }) => {
+                Ok(ServerMessage::Event { event, id }) => {
+                    if event.event_type() == HOMEASSISTANT_STOP && !report.ha_stopping {
+                        report.ha_stopping = true;
+                        tracing::info!(message = "Home Assistant is stopping.", source = %source);
+                    }
+                    if Some(id) == stop_watch {
+                        continue;
+                    }
                     meters.event(event.event_type());
                     Stats::add(&ctx.stats.received, 1);
                     if ctx.tx.send(event).await.is_err() {
                         return Ok(());
+                    }
+                }
+                Ok(ServerMessage::Pong { id }) => {
+                    if awaiting_pong.is_some_and(|(ping, _)| ping == id) {
+                        awaiting_pong = None;
                     }
                 }
                 Ok(ServerMessage::Result {
@@ -552,7 +669,7 @@ async fn session(
                             message: error.message,
                         });
                     }
-                    if pending.is_empty() {
+                    if pending.is_empty() && report.subscribed_at.is_none() {
                         report.subscribed_at = Some(Instant::now());
                         meters.connected.set(1.0);
                         meters.connects.increment(1);
@@ -573,6 +690,18 @@ async fn session(
             }
         }
     }
+}
+
+/// What woke the read loop.
+enum Wake {
+    /// The socket yielded a frame, an error or its end.
+    Frame(Option<Result<Message, tungstenite::Error>>),
+    /// The subscription results did not all arrive within `connect_timeout`.
+    SetupOverdue,
+    /// The outstanding ping got no pong within `pong_timeout`.
+    PongOverdue,
+    /// Time to send the next ping.
+    Ping,
 }
 
 /// Counts undecodable input and sets it aside; the stream goes on.
