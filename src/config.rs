@@ -140,6 +140,9 @@ pub struct HomeAssistantConfig {
     /// A `ping` unanswered this long declares the connection dead; it is re-established.
     #[serde(default = "default_pong_timeout", with = "humantime_serde")]
     pub pong_timeout: Duration,
+    /// On the first connection of the process, write every entity's current state (`get_states`) as a point.
+    #[serde(default = "default_true")]
+    pub initial_snapshot: bool,
     /// TLS for `wss://`.
     #[serde(default)]
     pub tls: TlsConfig,
@@ -178,6 +181,7 @@ impl HomeAssistantConfig {
             max_message_bytes: default_max_message_bytes(),
             ping_interval: default_ping_interval(),
             pong_timeout: default_pong_timeout(),
+            initial_snapshot: true,
             tls: TlsConfig::default(),
         }
     }
