@@ -76,6 +76,9 @@ fn client_config(url: &str, token: &str) -> HomeAssistantConfig {
     cfg.reconnect_min = Duration::from_millis(10);
     cfg.reconnect_max = Duration::from_millis(200);
     cfg.connect_timeout = Duration::from_secs(5);
+    // These tests compare the live stream with what the simulator emitted; the
+    // snapshot has tests of its own.
+    cfg.initial_snapshot = false;
     cfg
 }
 
@@ -796,4 +799,90 @@ async fn a_restart_is_recognised_even_when_only_state_changes_are_subscribed() {
         received.iter().all(|e| e.event_type() == "state_changed"),
         "the private homeassistant_stop subscription forwards nothing"
     );
+}
+
+#[tokio::test]
+async fn the_first_connection_hands_on_every_current_state_once() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let snapshot_metric = r#"ha_ingestor_source_snapshot_states_total{source="homeassistant"}"#;
+
+    // A first client makes the simulator change states, then leaves them as they are.
+    let sim = simulator(Some(300), 3000.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut driver = Running::start(
+        client_config(&sim.url(), TOKEN),
+        DeadLetters::new(dir.path()),
+    );
+    driver.receive_until(300).await;
+    driver.stop().await;
+    let mut current: std::collections::BTreeMap<String, ha_ingestor::event::State> =
+        std::collections::BTreeMap::new();
+    for event in sim.emitted() {
+        if let Some(sc) = event.state_changed() {
+            current.insert(
+                sc.entity_id.to_string(),
+                sc.new_state.clone().expect("the simulator never removes"),
+            );
+        }
+    }
+    assert!(current.len() > 10);
+
+    let mut cfg = client_config(&sim.url(), TOKEN);
+    cfg.initial_snapshot = true;
+    cfg.ping_interval = Duration::from_millis(20);
+    let (tx, mut rx) = mpsc::channel(10_000);
+    let stats = Arc::new(Stats::default());
+    let shutdown = CancellationToken::new();
+    let ctx = SourceContext {
+        tx,
+        stats: stats.clone(),
+        dead_letters: Arc::new(DeadLetters::new(dir.path())),
+        shutdown: shutdown.clone(),
+    };
+    let task = tokio::spawn(client::run(cfg, source(), ctx));
+    let mut snapshot = std::collections::BTreeMap::new();
+    while snapshot.len() < current.len() {
+        let event = within("snapshot state", rx.recv()).await.unwrap();
+        assert_eq!(&*event.source, "homeassistant/snapshot");
+        let sc = event.state_changed().expect("a state change");
+        assert!(sc.old_state.is_none());
+        let new = sc.new_state.clone().unwrap();
+        assert_eq!(event.time_fired, new.last_updated, "HA's own time");
+        assert_eq!(Some(&event.context), new.context.as_ref());
+        assert!(
+            snapshot.insert(sc.entity_id.to_string(), new).is_none(),
+            "each entity once"
+        );
+    }
+    assert_eq!(snapshot, current, "exactly the simulator's current states");
+    assert_eq!(
+        stats.totals().received,
+        0,
+        "snapshot states are not bus events"
+    );
+    assert_eq!(
+        metric(&handle.render(), snapshot_metric),
+        Some(current.len() as f64)
+    );
+
+    // A reconnect does not repeat the snapshot: ready implies get_states was
+    // already sent, and two pings later the simulator has read everything before them.
+    sim.disconnect_all();
+    assert!(
+        wait_for(|| metric(
+            &handle.render(),
+            r#"ha_ingestor_source_connects_total{source="homeassistant"}"#
+        ) == Some(3.0)
+            && stats.readiness().ready)
+        .await
+    );
+    let pings = sim.pings();
+    assert!(wait_for(|| sim.pings() >= pings + 2).await);
+    assert_eq!(sim.commands_received("get_states"), 1);
+    assert!(rx.try_recv().is_err(), "nothing more was handed on");
+    shutdown.cancel();
+    within("client stops", task).await.unwrap();
+    sim.shutdown().await;
 }

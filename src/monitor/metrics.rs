@@ -15,6 +15,8 @@ pub const SOURCE_CONNECTED: &str = "ha_ingestor_source_connected";
 pub const SOURCE_CONNECTS: &str = "ha_ingestor_source_connects_total";
 /// Counter `{source, reason}`: established connections that were lost (`ping_timeout`, `closed`, `ha_restart`, …) and re-established.
 pub const SOURCE_RECONNECTS: &str = "ha_ingestor_source_reconnects_total";
+/// Counter `{source}`: current states of the initial snapshot handed on (not counted as received events).
+pub const SOURCE_SNAPSHOT_STATES: &str = "ha_ingestor_source_snapshot_states_total";
 /// Counter `{reason}`: events the pipeline removed (`filtered`).
 pub const PIPELINE_DISCARDED: &str = "ha_ingestor_pipeline_discarded_events_total";
 /// Counter: points produced by the encoder.

@@ -16,7 +16,7 @@
 //! frames, stop answering `ping` ([`SimulatorHandle::set_answer_pings`]) and
 //! restart as HA does ([`SimulatorHandle::restart`]: `homeassistant_stop`, then close).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -106,6 +106,7 @@ impl Simulator {
             subscribed: Notify::new(),
             answer_pings: AtomicBool::new(true),
             pings: AtomicU64::new(0),
+            commands: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             cfg,
         });
@@ -196,6 +197,11 @@ impl SimulatorHandle {
     /// How many `ping` commands were received (answered or not), to see a client's heartbeat.
     pub fn pings(&self) -> u64 {
         self.shared.pings.load(Ordering::Acquire)
+    }
+
+    /// How many well-formed commands of type `kind` (`get_states`, `subscribe_events`, …) were received over all connections.
+    pub fn commands_received(&self, kind: &str) -> u64 {
+        lock(&self.shared.commands).get(kind).copied().unwrap_or(0)
     }
 
     /// Does what HA does when it restarts: fires `homeassistant_stop` to every subscription that matches, then closes every connection.
@@ -297,6 +303,8 @@ struct Shared {
     answer_pings: AtomicBool,
     /// `ping` commands received, answered or not.
     pings: AtomicU64,
+    /// Well-formed commands received, by type.
+    commands: Mutex<HashMap<String, u64>>,
     shutdown: CancellationToken,
 }
 
@@ -512,6 +520,7 @@ fn handle_command(msg: &Value, conn: &mut Conn, shared: &Shared) -> Option<Strin
         return Some(ServerReply::failure(id, ERR_ID_REUSE, MSG_ID_REUSE).to_json());
     }
     conn.last_id = id;
+    *lock(&shared.commands).entry(kind.to_string()).or_insert(0) += 1;
     let reply = match kind {
         "supported_features" => {
             conn.coalesce = msg

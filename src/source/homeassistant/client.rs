@@ -27,6 +27,12 @@
 //!   in `errors_total`; refused connections until HA is back log at DEBUG. When
 //!   the user subscribes to a list of event types without `homeassistant_stop`,
 //!   a private subscription to it is added whose events are not forwarded.
+//! - **Initial snapshot.** On the first connection of the process that gets it
+//!   through (`initial_snapshot`), `get_states` is read once subscribed and every
+//!   state is handed on as a `state_changed` event with no old state, at its own
+//!   `last_updated`. The Event model has no provenance field; such events carry
+//!   the source id `<source>/snapshot` (nothing downstream keys on the source id).
+//!   They are not bus events, so `Stats::received` does not count them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +40,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
+use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -44,11 +51,11 @@ use super::decode::{DecodeError, ServerMessage, decode_binary_frame, decode_fram
 use super::protocol::{ClientMessage, Features};
 use crate::config::HomeAssistantConfig;
 use crate::dead_letter::DeadLetter;
-use crate::event::{STATE_CHANGED, SourceId};
+use crate::event::{Event, EventKind, Origin, STATE_CHANGED, SourceId, State, StateChanged};
 use crate::monitor::Stats;
 use crate::monitor::metrics::{
     SOURCE_CONNECTED, SOURCE_CONNECTS, SOURCE_ERRORS, SOURCE_RECEIVED_BYTES,
-    SOURCE_RECEIVED_EVENTS, SOURCE_RECONNECTS,
+    SOURCE_RECEIVED_EVENTS, SOURCE_RECONNECTS, SOURCE_SNAPSHOT_STATES,
 };
 use crate::source::SourceContext;
 
@@ -173,12 +180,20 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
     let mut auth_refusals_in_streak: u64 = 0;
     // Set by a restart of HA; connection failures until it is back are expected, not noise.
     let mut restarting = false;
+    // The snapshot is taken once per process, on the first connection that gets it through.
+    let mut snapshot_wanted = cfg.initial_snapshot;
     loop {
         let mut report = SessionReport::default();
+        let plan = Plan {
+            snapshot: snapshot_wanted,
+        };
         let outcome = tokio::select! {
             _ = ctx.shutdown.cancelled() => None,
-            r = session(&link, &mut meters, &mut report) => Some(r),
+            r = session(&link, &plan, &mut meters, &mut report) => Some(r),
         };
+        if report.snapshot_done {
+            snapshot_wanted = false;
+        }
         if report.subscribed_at.is_some() {
             meters.connected.set(0.0);
         }
@@ -284,11 +299,22 @@ struct SessionReport {
     subscribed_at: Option<Instant>,
     /// `homeassistant_stop` was received: HA is shutting down or restarting.
     ha_stopping: bool,
+    /// Every state of the initial snapshot was handed on.
+    snapshot_done: bool,
+}
+
+/// What a session does besides streaming, decided by the task across sessions.
+struct Plan {
+    /// Read `get_states` once subscribed and hand every state on.
+    snapshot: bool,
 }
 
 /// Metric handles, resolved once so the hot path does no label allocation.
 struct Meters {
     source: String,
+    /// The source id snapshot events carry: `<source>/snapshot`.
+    snapshot_source: SourceId,
+    snapshot: metrics::Counter,
     bytes: metrics::Counter,
     connects: metrics::Counter,
     connected: metrics::Gauge,
@@ -300,6 +326,8 @@ impl Meters {
     fn new(source: &str) -> Self {
         Meters {
             source: source.to_string(),
+            snapshot_source: SourceId::from(format!("{source}/snapshot")),
+            snapshot: metrics::counter!(SOURCE_SNAPSHOT_STATES, "source" => source.to_string()),
             bytes: metrics::counter!(SOURCE_RECEIVED_BYTES, "source" => source.to_string()),
             connects: metrics::counter!(SOURCE_CONNECTS, "source" => source.to_string()),
             connected: metrics::gauge!(SOURCE_CONNECTED, "source" => source.to_string()),
@@ -494,6 +522,7 @@ struct Link<'a> {
 /// One connection: returns `Ok(())` only when the pipeline channel closed.
 async fn session(
     link: &Link<'_>,
+    plan: &Plan,
     meters: &mut Meters,
     report: &mut SessionReport,
 ) -> Result<(), ClientError> {
@@ -651,7 +680,10 @@ async fn session(
                     }
                 }
                 Ok(ServerMessage::Result {
-                    id, success, error, ..
+                    id,
+                    success,
+                    error,
+                    result,
                 }) => {
                     let Some(at) = pending.iter().position(|(p, _)| *p == id) else {
                         continue;
@@ -669,8 +701,30 @@ async fn session(
                             message: error.message,
                         });
                     }
+                    if command == "get_states" {
+                        let states = states_from_result(result, ctx, source);
+                        let count = states.len();
+                        for state in states {
+                            let event = snapshot_event(state, &meters.snapshot_source);
+                            if ctx.tx.send(event).await.is_err() {
+                                return Ok(());
+                            }
+                            meters.snapshot.increment(1);
+                        }
+                        report.snapshot_done = true;
+                        tracing::info!(message = "Initial snapshot handed on.", source = %source, states = count);
+                    }
                     if pending.is_empty() && report.subscribed_at.is_none() {
                         report.subscribed_at = Some(Instant::now());
+                        // Asked before the source is reported ready, so "ready" implies "asked".
+                        if plan.snapshot {
+                            let id = next_id;
+                            next_id += 1;
+                            ws.send(Message::text(ClientMessage::GetStates { id }.to_json()))
+                                .await
+                                .map_err(|e| ClientError::Closed(e.to_string()))?;
+                            pending.push((id, "get_states"));
+                        }
                         meters.connected.set(1.0);
                         meters.connects.increment(1);
                         ctx.stats.source_state(source, true, None);
@@ -689,6 +743,57 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// Reads the states of a `get_states` result one by one; a state that does not decode is set aside, the others are kept.
+fn states_from_result(
+    result: Option<serde_json::Value>,
+    ctx: &SourceContext,
+    source: &SourceId,
+) -> Vec<State> {
+    let items = match result {
+        Some(serde_json::Value::Array(items)) => items,
+        other => {
+            let input = other.map(|v| v.to_string()).unwrap_or_default();
+            record_bad_input(
+                ctx,
+                source,
+                "invalid_field",
+                "get_states result is not an array",
+                input.as_bytes(),
+            );
+            return Vec::new();
+        }
+    };
+    let mut states = Vec::with_capacity(items.len());
+    for item in items {
+        match State::deserialize(&item) {
+            Ok(state) => states.push(state),
+            Err(error) => record_bad_input(
+                ctx,
+                source,
+                "invalid_field",
+                &format!("get_states: {error}"),
+                item.to_string().as_bytes(),
+            ),
+        }
+    }
+    states
+}
+
+/// A current state as a `state_changed` event at HA's own `last_updated`, so re-writing it is idempotent.
+fn snapshot_event(state: State, source: &SourceId) -> Event {
+    Event {
+        source: source.clone(),
+        time_fired: state.last_updated,
+        origin: Origin::Local,
+        context: state.context.clone().unwrap_or_default(),
+        kind: EventKind::StateChanged(Box::new(StateChanged {
+            entity_id: state.entity_id.clone(),
+            old_state: None,
+            new_state: Some(state),
+        })),
     }
 }
 
