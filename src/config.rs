@@ -143,11 +143,20 @@ pub struct HomeAssistantConfig {
     /// On the first connection of the process, write every entity's current state (`get_states`) as a point.
     #[serde(default = "default_true")]
     pub initial_snapshot: bool,
+    /// After a reconnect or restart, fill the gap since the last event from HA's history.
+    #[serde(default = "default_true")]
+    pub backfill: bool,
+    /// Entities per `history/history_during_period` request, so no single reply is huge.
+    #[serde(default = "default_backfill_chunk")]
+    pub backfill_chunk: usize,
     /// TLS for `wss://`.
     #[serde(default)]
     pub tls: TlsConfig,
 }
 
+fn default_backfill_chunk() -> usize {
+    50
+}
 fn default_ping_interval() -> Duration {
     Duration::from_secs(30)
 }
@@ -182,6 +191,8 @@ impl HomeAssistantConfig {
             ping_interval: default_ping_interval(),
             pong_timeout: default_pong_timeout(),
             initial_snapshot: true,
+            backfill: true,
+            backfill_chunk: default_backfill_chunk(),
             tls: TlsConfig::default(),
         }
     }
@@ -630,6 +641,12 @@ impl Config {
                 return Err(invalid(
                     "homeassistant.max_message_bytes",
                     "must be at least 65536".into(),
+                ));
+            }
+            if ha.backfill_chunk == 0 {
+                return Err(invalid(
+                    "homeassistant.backfill_chunk",
+                    "must be at least 1".into(),
                 ));
             }
             if ha.ping_interval.is_zero() {
