@@ -100,6 +100,7 @@ impl Running {
             stats: stats.clone(),
             dead_letters: Arc::new(dead_letters),
             shutdown: shutdown.clone(),
+            cursor_dir: None,
         };
         let task = tokio::spawn(client::run(cfg, source(), ctx));
         Running {
@@ -831,7 +832,6 @@ async fn the_first_connection_hands_on_every_current_state_once() {
 
     let mut cfg = client_config(&sim.url(), TOKEN);
     cfg.initial_snapshot = true;
-    cfg.ping_interval = Duration::from_millis(20);
     let (tx, mut rx) = mpsc::channel(10_000);
     let stats = Arc::new(Stats::default());
     let shutdown = CancellationToken::new();
@@ -840,6 +840,7 @@ async fn the_first_connection_hands_on_every_current_state_once() {
         stats: stats.clone(),
         dead_letters: Arc::new(DeadLetters::new(dir.path())),
         shutdown: shutdown.clone(),
+        cursor_dir: None,
     };
     let task = tokio::spawn(client::run(cfg, source(), ctx));
     let mut snapshot = std::collections::BTreeMap::new();
@@ -867,8 +868,9 @@ async fn the_first_connection_hands_on_every_current_state_once() {
         Some(current.len() as f64)
     );
 
-    // A reconnect does not repeat the snapshot: ready implies get_states was
-    // already sent, and two pings later the simulator has read everything before them.
+    // A reconnect does not repeat the snapshot. It reads get_states again, for the
+    // entity ids of the gap backfill, and asks for the history only once that
+    // answer was handled: then no further snapshot state was handed on.
     sim.disconnect_all();
     assert!(
         wait_for(|| metric(
@@ -878,11 +880,246 @@ async fn the_first_connection_hands_on_every_current_state_once() {
             && stats.readiness().ready)
         .await
     );
-    let pings = sim.pings();
-    assert!(wait_for(|| sim.pings() >= pings + 2).await);
-    assert_eq!(sim.commands_received("get_states"), 1);
-    assert!(rx.try_recv().is_err(), "nothing more was handed on");
+    assert!(wait_for(|| sim.commands_received("history/history_during_period") == 1).await);
+    assert_eq!(sim.commands_received("get_states"), 2);
+    assert_eq!(
+        metric(&handle.render(), snapshot_metric),
+        Some(current.len() as f64)
+    );
+    while let Ok(event) = rx.try_recv() {
+        assert_ne!(&*event.source, "homeassistant/snapshot");
+    }
     shutdown.cancel();
     within("client stops", task).await.unwrap();
+    sim.shutdown().await;
+}
+
+/// A client whose every event (live, snapshot, backfill) is kept with its source, for the backfill tests.
+struct Keeper {
+    rx: mpsc::Receiver<Event>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+    got: Vec<Event>,
+}
+
+impl Keeper {
+    fn start(cfg: HomeAssistantConfig, data: &Path) -> Keeper {
+        let (tx, rx) = mpsc::channel(100_000);
+        let stats = Arc::new(Stats::default());
+        let shutdown = CancellationToken::new();
+        let ctx = SourceContext {
+            tx,
+            stats: stats.clone(),
+            dead_letters: Arc::new(DeadLetters::new(data.join("dead-letter"))),
+            shutdown: shutdown.clone(),
+            cursor_dir: Some(data.join("cursor")),
+        };
+        let task = tokio::spawn(client::run(cfg, source(), ctx));
+        Keeper {
+            rx,
+            stats,
+            shutdown,
+            task,
+            got: Vec::new(),
+        }
+    }
+
+    /// Receives until `done` holds for what was received, or fails at the deadline.
+    async fn receive_while(&mut self, what: &str, mut more: impl FnMut(&[Event]) -> bool) {
+        while more(&self.got) {
+            let event = within(what, self.rx.recv())
+                .await
+                .expect("the client keeps the channel open");
+            self.got.push(event);
+        }
+    }
+
+    /// Stops the client and returns everything it handed on, including what was still in the channel.
+    async fn stop(mut self) -> Vec<Event> {
+        self.shutdown.cancel();
+        within("client task stops", self.task)
+            .await
+            .expect("no panic");
+        while let Ok(event) = self.rx.try_recv() {
+            self.got.push(event);
+        }
+        self.got
+    }
+}
+
+/// (entity id, last_updated) of every state change in `events`, with its state.
+fn state_keys(events: &[Event]) -> Vec<((String, Timestamp), ha_ingestor::event::State)> {
+    events
+        .iter()
+        .filter_map(|e| e.state_changed())
+        .filter_map(|sc| sc.new_state.clone())
+        .map(|s| ((s.entity_id.to_string(), s.last_updated), s))
+        .collect()
+}
+
+/// Every change the simulator made arrived exactly once, with HA's state and attributes.
+fn assert_exactly_once(received: &[Event], made: &[ha_ingestor::event::State]) {
+    let mut by_key: std::collections::HashMap<(String, Timestamp), Vec<ha_ingestor::event::State>> =
+        std::collections::HashMap::new();
+    for (key, state) in state_keys(received) {
+        by_key.entry(key).or_default().push(state);
+    }
+    let duplicates: Vec<_> = by_key
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        duplicates.is_empty(),
+        "received more than once: {duplicates:?}"
+    );
+    assert_eq!(by_key.len(), made.len(), "nothing more, nothing less");
+    for state in made {
+        let key = (state.entity_id.to_string(), state.last_updated);
+        let got = by_key
+            .get(&key)
+            .unwrap_or_else(|| panic!("never received: {key:?}"));
+        assert_eq!(got[0].state, state.state, "{key:?}");
+        assert_eq!(got[0].attributes, state.attributes, "{key:?}");
+        assert_eq!(got[0].last_changed, state.last_changed, "{key:?}");
+    }
+}
+
+/// Whether every change in `made` is among `received`.
+fn covers(received: &[Event], made: &[ha_ingestor::event::State]) -> bool {
+    let keys: std::collections::HashSet<(String, Timestamp)> =
+        state_keys(received).into_iter().map(|(k, _)| k).collect();
+    made.iter()
+        .all(|s| keys.contains(&(s.entity_id.to_string(), s.last_updated)))
+}
+
+#[tokio::test]
+async fn a_gap_while_home_assistant_is_away_is_backfilled_exactly_once() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let sim = simulator(None, 300.0).await;
+    sim.keep_running_while_disconnected(true);
+    let data = tempfile::tempdir().unwrap();
+    let mut client = Keeper::start(client_config(&sim.url(), TOKEN), data.path());
+    client
+        .receive_while("first live events", |got| got.len() < 50)
+        .await;
+
+    // HA goes away for about two seconds and keeps changing states meanwhile.
+    sim.refuse_connections(true);
+    sim.disconnect_all();
+    assert!(wait_for(|| !client.stats.readiness().ready).await);
+    let before = sim.state_changes().len();
+    assert!(
+        wait_for(|| sim.state_changes().len() >= before + 600).await,
+        "the simulator keeps changing states with nobody connected"
+    );
+    sim.refuse_connections(false);
+    assert!(wait_for(|| client.stats.readiness().ready).await, "back");
+    let seen = client.got.len();
+    client
+        .receive_while("live events after the gap", |got| got.len() < seen + 600)
+        .await;
+    sim.stop_generating();
+    let made = sim.state_changes();
+    client
+        .receive_while("every change made", |got| !covers(got, &made))
+        .await;
+    let received = client.stop().await;
+    assert_exactly_once(&received, &made);
+
+    let backfilled = received
+        .iter()
+        .filter(|e| &*e.source == "homeassistant/backfill")
+        .count();
+    assert!(
+        backfilled >= 500,
+        "the gap came from the history: {backfilled}"
+    );
+    let text = handle.render();
+    assert_eq!(
+        metric(
+            &text,
+            r#"ha_ingestor_source_backfilled_points_total{source="homeassistant"}"#
+        ),
+        Some(backfilled as f64)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"ha_ingestor_source_gap_seconds_count{source="homeassistant"}"#
+        ),
+        Some(1.0)
+    );
+    let gap = metric(
+        &text,
+        r#"ha_ingestor_source_gap_seconds_sum{source="homeassistant"}"#,
+    )
+    .unwrap_or(0.0);
+    assert!(gap >= 1.0, "the gap lasted about two seconds: {gap}");
+    // Subscribed to every event type: the others in the gap are reported lost.
+    assert_eq!(
+        metric(
+            &text,
+            r#"ha_ingestor_source_unrecoverable_gap_seconds_count{source="homeassistant"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sim.commands_received("history/history_during_period"),
+        1,
+        "40 entities fit in one chunk of 50"
+    );
+
+    // The cursor was saved at shutdown: HA's time of the last event handed on.
+    let last = received.iter().map(|e| e.time_fired).max().unwrap();
+    let cursor = std::fs::read_to_string(data.path().join("cursor/homeassistant.json")).unwrap();
+    assert_eq!(
+        cursor,
+        format!("{{\"last_event\":\"{}\"}}", last.to_rfc3339())
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restart_of_the_ingestor_resumes_from_the_saved_cursor() {
+    let sim = simulator(None, 300.0).await;
+    sim.keep_running_while_disconnected(true);
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = client_config(&sim.url(), TOKEN);
+    cfg.backfill_chunk = 7;
+    let mut first = Keeper::start(cfg.clone(), data.path());
+    first
+        .receive_while("first run", |got| got.len() < 100)
+        .await;
+    let first_run = first.stop().await;
+
+    // While the ingestor is down, HA goes on.
+    let before = sim.state_changes().len();
+    assert!(wait_for(|| sim.state_changes().len() >= before + 300).await);
+
+    let mut second = Keeper::start(cfg, data.path());
+    second
+        .receive_while("second run", |got| {
+            got.iter().filter(|e| &*e.source == "homeassistant").count() < 300
+        })
+        .await;
+    sim.stop_generating();
+    let made = sim.state_changes();
+    let mut all = first_run;
+    second
+        .receive_while("every change made", |got| {
+            !covers(&[all.as_slice(), got].concat(), &made)
+        })
+        .await;
+    all.extend(second.stop().await);
+    assert_exactly_once(&all, &made);
+    assert!(
+        sim.commands_received("history/history_during_period") >= 6,
+        "40 entities in chunks of 7"
+    );
     sim.shutdown().await;
 }

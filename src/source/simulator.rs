@@ -3,8 +3,9 @@
 //! It serves HA's WebSocket API on `/api/websocket` (any path is accepted):
 //! `auth_required` → `auth` → `auth_ok`/`auth_invalid`, then the commands the
 //! ingestor uses (`supported_features`, `subscribe_events`, `unsubscribe_events`,
-//! `get_states`, `get_config`, `ping`) with HA's error codes (`id_reuse`,
-//! `unknown_command`, `not_found`, `invalid_format`). A generator changes the
+//! `get_states`, `get_config`, `ping`, `history/history_during_period`) with
+//! HA's error codes (`id_reuse`, `unknown_command`, `not_found`,
+//! `invalid_format`, `invalid_start_time`, …). A generator changes the
 //! states of N entities at R events/s with deterministic content for a seed;
 //! the values include everything that breaks naive encoders.
 //!
@@ -14,7 +15,11 @@
 //!
 //! Test controls on [`SimulatorHandle`]: drop every connection, inject raw
 //! frames, stop answering `ping` ([`SimulatorHandle::set_answer_pings`]) and
-//! restart as HA does ([`SimulatorHandle::restart`]: `homeassistant_stop`, then close).
+//! restart as HA does ([`SimulatorHandle::restart`]: `homeassistant_stop`, then close),
+//! refuse connections for a while, keep changing states while nobody is
+//! connected, and stop generating. Every change made is kept (the latest 100 000)
+//! as HA's recorder would, and `history/history_during_period` is answered from
+//! that record in HA's compressed shape.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -107,6 +112,9 @@ impl Simulator {
             answer_pings: AtomicBool::new(true),
             pings: AtomicU64::new(0),
             commands: Mutex::new(HashMap::new()),
+            unattended: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
+            recorder: Mutex::new(VecDeque::new()),
             shutdown: CancellationToken::new(),
             cfg,
         });
@@ -202,6 +210,31 @@ impl SimulatorHandle {
     /// How many well-formed commands of type `kind` (`get_states`, `subscribe_events`, …) were received over all connections.
     pub fn commands_received(&self, kind: &str) -> u64 {
         lock(&self.shared.commands).get(kind).copied().unwrap_or(0)
+    }
+
+    /// Whether states keep changing while no client is subscribed (default false: nothing is generated then).
+    ///
+    /// Changes made with nobody connected are not in [`SimulatorHandle::emitted`]
+    /// (nobody received them) but are in [`SimulatorHandle::state_changes`] and
+    /// in the answers to `history/history_during_period`, as in HA.
+    pub fn keep_running_while_disconnected(&self, keep: bool) {
+        self.shared.unattended.store(keep, Ordering::Release);
+        self.shared.subscribed.notify_one();
+    }
+
+    /// While true, every new connection is closed before the WebSocket upgrade, as if HA were down.
+    pub fn refuse_connections(&self, refuse: bool) {
+        self.shared.refusing.store(refuse, Ordering::Release);
+    }
+
+    /// Stops changing states for good ([`SimulatorHandle::finished`] becomes true).
+    pub fn stop_generating(&self) {
+        self.shared.finished.store(true, Ordering::Release);
+    }
+
+    /// Every new state the generator made, sent to a client or not, oldest first (the latest 100 000).
+    pub fn state_changes(&self) -> Vec<State> {
+        lock(&self.shared.recorder).iter().cloned().collect()
     }
 
     /// Does what HA does when it restarts: fires `homeassistant_stop` to every subscription that matches, then closes every connection.
@@ -305,6 +338,12 @@ struct Shared {
     pings: AtomicU64,
     /// Well-formed commands received, by type.
     commands: Mutex<HashMap<String, u64>>,
+    /// Keep changing states while no client is subscribed (HA does not wait for us).
+    unattended: AtomicBool,
+    /// Close every new connection at once (HA down).
+    refusing: AtomicBool,
+    /// Every state change made, sent or not, oldest first: HA's recorder, for the history API.
+    recorder: Mutex<VecDeque<State>>,
     shutdown: CancellationToken,
 }
 
@@ -333,6 +372,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
             _ = shared.shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    if shared.refusing.load(Ordering::Acquire) {
+                        drop(stream);
+                        continue;
+                    }
                     let shared = shared.clone();
                     tracker.spawn(async move {
                         if let Err(error) = serve(stream, &shared).await {
@@ -437,7 +480,20 @@ async fn serve(
                 },
                 incoming = stream.next() => match incoming {
                     Some(Ok(Message::Text(text))) => {
-                        for reply in handle_commands(&text, &mut conn, shared).into_iter().flatten() {
+                        let replies = handle_commands(&text, &mut conn, shared);
+                        // Events queued while the replies were computed go out first, so a
+                        // history answer never overtakes a live event it contains.
+                        while let Ok(out) = rx.try_recv() {
+                            match out {
+                                Outgoing::Events(events) => {
+                                    write_events(&mut sink, &events, conn.coalesce).await?;
+                                    pending.fetch_sub(events.len(), Ordering::AcqRel);
+                                }
+                                Outgoing::Raw(msg) => sink.send(msg).await?,
+                                Outgoing::Drop => return Ok(()),
+                            }
+                        }
+                        for reply in replies.into_iter().flatten() {
                             sink.feed(Message::text(reply)).await?;
                         }
                         sink.flush().await?;
@@ -568,6 +624,7 @@ fn handle_command(msg: &Value, conn: &mut Conn, shared: &Shared) -> Option<Strin
             ServerReply::success(id, serde_json::to_value(states).unwrap_or(Value::Null))
         }
         "get_config" => ServerReply::success(id, config_result(&shared.cfg.ha_version)),
+        "history/history_during_period" => history_during_period(id, msg, shared),
         "ping" => {
             shared.pings.fetch_add(1, Ordering::AcqRel);
             if !shared.answer_pings.load(Ordering::Acquire) {
@@ -578,6 +635,82 @@ fn handle_command(msg: &Value, conn: &mut Conn, shared: &Shared) -> Option<Strin
         _ => ServerReply::failure(id, ERR_UNKNOWN_COMMAND, MSG_UNKNOWN_COMMAND),
     };
     Some(reply.to_json())
+}
+
+/// Answers `history/history_during_period` from the recorder, in HA's compressed shape.
+///
+/// Per entity asked for (in the order asked) that has rows: the state in force
+/// at `start_time` with its time clamped to `start_time` (when
+/// `include_start_time_state`, HA's default), then every change after
+/// `start_time` up to `end_time` (default now) as `{"s","a","lu"[,"lc"]}`, `lc`
+/// only when it differs from `lu`. The lossy options (`significant_changes_only`,
+/// `minimal_response`, `no_attributes`) are not simulated: the answer is always
+/// the lossless one.
+fn history_during_period(id: u64, msg: &Value, shared: &Shared) -> ServerReply {
+    let time = |key: &str| {
+        msg.get(key)
+            .and_then(Value::as_str)
+            .map(Timestamp::parse_rfc3339)
+    };
+    let start = match time("start_time") {
+        Some(Ok(t)) => t,
+        _ => return ServerReply::failure(id, "invalid_start_time", "Invalid start_time"),
+    };
+    let end = match time("end_time") {
+        None => Timestamp::from_nanos(i64::MAX),
+        Some(Ok(t)) => t,
+        Some(Err(_)) => return ServerReply::failure(id, "invalid_end_time", "Invalid end_time"),
+    };
+    let Some(ids) = msg.get("entity_ids").and_then(Value::as_array) else {
+        return ServerReply::failure(id, ERR_INVALID_FORMAT, MSG_INVALID_FORMAT);
+    };
+    let mut wanted = Vec::with_capacity(ids.len());
+    for entity in ids {
+        match entity.as_str().map(EntityId::new) {
+            Some(Ok(entity)) => wanted.push(entity),
+            _ => return ServerReply::failure(id, "invalid_entity_ids", "Invalid entity_ids"),
+        }
+    }
+    let include_start = msg
+        .get("include_start_time_state")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let seconds = |t: Timestamp| (t.as_nanos() / 1_000) as f64 / 1e6;
+    let row = |s: &State, lu: Timestamp, lc: Timestamp| {
+        let mut row = serde_json::Map::new();
+        row.insert("s".into(), json!(s.state));
+        row.insert(
+            "a".into(),
+            serde_json::to_value(&s.attributes).unwrap_or(Value::Null),
+        );
+        row.insert("lu".into(), json!(seconds(lu)));
+        if lc != lu {
+            row.insert("lc".into(), json!(seconds(lc)));
+        }
+        Value::Object(row)
+    };
+    // The world lock first (as `emit_batch` takes it): every recorded change is then already queued to the clients.
+    let _world = lock(&shared.world);
+    let recorder = lock(&shared.recorder);
+    let mut result = serde_json::Map::new();
+    for entity in wanted {
+        let mut rows = Vec::new();
+        let mut at_start: Option<&State> = None;
+        for state in recorder.iter().filter(|s| s.entity_id == entity) {
+            if state.last_updated <= start {
+                at_start = Some(state);
+            } else if state.last_updated <= end {
+                rows.push(row(state, state.last_updated, state.last_changed));
+            }
+        }
+        if include_start && let Some(state) = at_start {
+            rows.insert(0, row(state, start, start));
+        }
+        if !rows.is_empty() {
+            result.insert(entity.to_string(), Value::Array(rows));
+        }
+    }
+    ServerReply::success(id, Value::Object(result))
 }
 
 /// A plausible subset of HA's `Config.as_dict()`.
@@ -634,7 +767,7 @@ async fn generate(shared: Arc<Shared>) {
             return;
         }
         let any_subscribed = lock(&shared.clients).iter().any(|c| !c.subs.is_empty());
-        if !any_subscribed {
+        if !any_subscribed && !shared.unattended.load(Ordering::Acquire) {
             base = None;
             tokio::select! {
                 _ = shared.shutdown.cancelled() => return,
@@ -665,6 +798,15 @@ fn emit_batch(shared: &Shared, due: u64) {
             break;
         }
         let event = world.next_event(Timestamp::now());
+        if let Some(new) = event.state_changed().and_then(|sc| sc.new_state.as_ref()) {
+            // Recorded while the world is locked, so a history answer never has a
+            // change that is not yet queued to the connected clients.
+            let mut recorder = lock(&shared.recorder);
+            recorder.push_back(new.clone());
+            if recorder.len() > UNBOUNDED_RETAIN {
+                recorder.pop_front();
+            }
+        }
         let event_type = event.event_type();
         let mut body: Option<Arc<str>> = None;
         for (slot, queue) in clients.iter().zip(per_client.iter_mut()) {

@@ -33,8 +33,20 @@
 //!   `last_updated`. The Event model has no provenance field; such events carry
 //!   the source id `<source>/snapshot` (nothing downstream keys on the source id).
 //!   They are not bus events, so `Stats::received` does not count them.
+//! - **Gap backfill.** The time of the last event handed on is the resume cursor
+//!   (`cursor.rs`, saved in `<data_dir>/cursor/`). Every connection made while a
+//!   cursor exists (after a reconnect, or at start-up from the file) reads
+//!   `get_states` for the entity ids and asks `history/history_during_period` from
+//!   the cursor, `backfill_chunk` entities per request, one request at a time, in
+//!   the lossless form. Rows at or before the cursor and rows this connection
+//!   already handed on (live or snapshot, by `(entity_id, last_updated)`) are
+//!   skipped; the rest go on as `state_changed` events with source
+//!   `<source>/backfill`. Until the gap is filled the persisted cursor stays at its
+//!   start, so a crash mid-backfill resumes from there. A refused history request
+//!   gives the gap up (logged, counted as unrecoverable). Events other than state
+//!   changes in a gap are counted and logged with the time span.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,16 +58,22 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
 
+use super::cursor::{self, Cursor};
 use super::decode::{DecodeError, ServerMessage, decode_binary_frame, decode_frame};
+use super::history;
 use super::protocol::{ClientMessage, Features};
 use crate::config::HomeAssistantConfig;
 use crate::dead_letter::DeadLetter;
-use crate::event::{Event, EventKind, Origin, STATE_CHANGED, SourceId, State, StateChanged};
+use crate::event::{
+    EntityId, Event, EventKind, Origin, STATE_CHANGED, SourceId, State, StateChanged, Timestamp,
+};
 use crate::monitor::Stats;
 use crate::monitor::metrics::{
-    SOURCE_CONNECTED, SOURCE_CONNECTS, SOURCE_ERRORS, SOURCE_RECEIVED_BYTES,
-    SOURCE_RECEIVED_EVENTS, SOURCE_RECONNECTS, SOURCE_SNAPSHOT_STATES,
+    SOURCE_BACKFILLED_POINTS, SOURCE_CONNECTED, SOURCE_CONNECTS, SOURCE_ERRORS, SOURCE_GAP_SECONDS,
+    SOURCE_RECEIVED_BYTES, SOURCE_RECEIVED_EVENTS, SOURCE_RECONNECTS, SOURCE_SNAPSHOT_STATES,
+    SOURCE_UNRECOVERABLE_GAP_SECONDS,
 };
 use crate::source::SourceContext;
 
@@ -165,6 +183,27 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
             return;
         }
     };
+    let cursor_path = ctx
+        .cursor_dir
+        .as_ref()
+        .map(|dir| cursor::path_for(dir, &source));
+    let start = match cursor_path.as_deref().map(cursor::load) {
+        Some(Ok(start)) => start,
+        Some(Err(error)) => {
+            tracing::warn!(message = "Cannot read the resume cursor; starting without a backfill.", source = %source, %error);
+            None
+        }
+        None => None,
+    };
+    let cursor = Arc::new(Cursor::new(start));
+    let writer_stop = CancellationToken::new();
+    let writer = cursor_path.map(|path| {
+        tokio::spawn(cursor::keep_saved(
+            cursor.clone(),
+            path,
+            writer_stop.clone(),
+        ))
+    });
     let url = cfg.websocket_url();
     let link = Link {
         cfg: &cfg,
@@ -173,8 +212,29 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
         connector: &connector,
         source: &source,
         ctx: &ctx,
+        cursor: &cursor,
     };
-    let mut meters = Meters::new(&source);
+    supervise(&link).await;
+    // The last position is saved once more on the way out.
+    writer_stop.cancel();
+    if let Some(writer) = writer
+        && let Err(error) = writer.await
+    {
+        tracing::error!(message = "The cursor writer failed.", source = %source, %error);
+    }
+}
+
+/// Connects, streams and reconnects until shutdown or until the pipeline closes its channel.
+async fn supervise(link: &Link<'_>) {
+    let Link {
+        cfg,
+        url,
+        source,
+        ctx,
+        cursor,
+        ..
+    } = *link;
+    let mut meters = Meters::new(source);
     let mut backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
     let mut failures_in_streak: u64 = 0;
     let mut auth_refusals_in_streak: u64 = 0;
@@ -184,12 +244,19 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
     let mut snapshot_wanted = cfg.initial_snapshot;
     loop {
         let mut report = SessionReport::default();
+        // Every connection after one that handed something on, and the first when a
+        // cursor was saved by an earlier run, fills the gap since the cursor.
+        let backfill_from = cursor.resume_from().filter(|_| cfg.backfill);
+        if let Some(from) = backfill_from {
+            cursor.hold(from);
+        }
         let plan = Plan {
             snapshot: snapshot_wanted,
+            backfill_from,
         };
         let outcome = tokio::select! {
             _ = ctx.shutdown.cancelled() => None,
-            r = session(&link, &plan, &mut meters, &mut report) => Some(r),
+            r = session(link, &plan, &mut meters, &mut report) => Some(r),
         };
         if report.snapshot_done {
             snapshot_wanted = false;
@@ -199,12 +266,12 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
         }
         let error = match outcome {
             None => {
-                ctx.stats.source_state(&source, false, None);
+                ctx.stats.source_state(source, false, None);
                 return;
             }
             // The pipeline closed its channel: nothing left to deliver to.
             Some(Ok(())) => {
-                ctx.stats.source_state(&source, false, None);
+                ctx.stats.source_state(source, false, None);
                 return;
             }
             Some(Err(error)) => error,
@@ -230,7 +297,7 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
         let delay = if ha_restart {
             restarting = true;
             ctx.stats.source_state(
-                &source,
+                source,
                 false,
                 Some("Home Assistant is restarting".to_string()),
             );
@@ -241,7 +308,7 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
             metrics::counter!(SOURCE_ERRORS, "source" => source.to_string(), "error_type" => error.kind())
                 .increment(1);
             ctx.stats
-                .source_state(&source, false, Some(error.to_string()));
+                .source_state(source, false, Some(error.to_string()));
             auth_refusals_in_streak += 1;
             if auth_refusals_in_streak == 1 {
                 tracing::error!(
@@ -257,7 +324,7 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
             metrics::counter!(SOURCE_ERRORS, "source" => source.to_string(), "error_type" => error.kind())
                 .increment(1);
             ctx.stats
-                .source_state(&source, false, Some(error.to_string()));
+                .source_state(source, false, Some(error.to_string()));
             failures_in_streak += 1;
             let delay = backoff.next_delay();
             if restarting {
@@ -272,7 +339,7 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
         };
         tokio::select! {
             _ = ctx.shutdown.cancelled() => {
-                ctx.stats.source_state(&source, false, None);
+                ctx.stats.source_state(source, false, None);
                 return;
             }
             _ = tokio::time::sleep(delay) => {}
@@ -303,15 +370,58 @@ struct SessionReport {
     snapshot_done: bool,
 }
 
+/// A gap being filled from HA's history on this connection.
+struct Gap {
+    /// The cursor: rows at or before it were handed on already.
+    from: Timestamp,
+    /// Entity ids still to ask for, a chunk per request; `None` until `get_states` answered.
+    chunks: Option<std::collections::VecDeque<Vec<String>>>,
+    /// (entity, last_updated) of every state already handed on by this connection (live or snapshot).
+    seen: HashSet<(EntityId, Timestamp)>,
+    /// The `time_fired` of the first live event on this connection: the gap's end.
+    first_live: Option<Timestamp>,
+    /// Rows handed on so far.
+    backfilled: u64,
+    /// HA refused a history request: the gap was reported lost as a whole.
+    failed: bool,
+}
+
+impl Gap {
+    fn new(from: Timestamp) -> Self {
+        Gap {
+            from,
+            chunks: None,
+            seen: HashSet::new(),
+            first_live: None,
+            backfilled: 0,
+            failed: false,
+        }
+    }
+
+    /// Notes a state handed on live or by the snapshot, so the history does not repeat it.
+    fn note(&mut self, event: &Event) {
+        if let Some(new) = event.state_changed().and_then(|sc| sc.new_state.as_ref()) {
+            self.seen.insert((new.entity_id.clone(), new.last_updated));
+        }
+    }
+}
+
 /// What a session does besides streaming, decided by the task across sessions.
 struct Plan {
     /// Read `get_states` once subscribed and hand every state on.
     snapshot: bool,
+    /// Fill the gap since this time from HA's history once subscribed.
+    backfill_from: Option<Timestamp>,
 }
 
 /// Metric handles, resolved once so the hot path does no label allocation.
 struct Meters {
     source: String,
+    /// The source id backfilled events carry: `<source>/backfill`.
+    backfill_source: SourceId,
+    backfilled: metrics::Counter,
+    gap_seconds: metrics::Histogram,
+    lost_gap_seconds: metrics::Histogram,
     /// The source id snapshot events carry: `<source>/snapshot`.
     snapshot_source: SourceId,
     snapshot: metrics::Counter,
@@ -326,6 +436,10 @@ impl Meters {
     fn new(source: &str) -> Self {
         Meters {
             source: source.to_string(),
+            backfill_source: SourceId::from(format!("{source}/backfill")),
+            backfilled: metrics::counter!(SOURCE_BACKFILLED_POINTS, "source" => source.to_string()),
+            gap_seconds: metrics::histogram!(SOURCE_GAP_SECONDS, "source" => source.to_string()),
+            lost_gap_seconds: metrics::histogram!(SOURCE_UNRECOVERABLE_GAP_SECONDS, "source" => source.to_string()),
             snapshot_source: SourceId::from(format!("{source}/snapshot")),
             snapshot: metrics::counter!(SOURCE_SNAPSHOT_STATES, "source" => source.to_string()),
             bytes: metrics::counter!(SOURCE_RECEIVED_BYTES, "source" => source.to_string()),
@@ -517,6 +631,7 @@ struct Link<'a> {
     connector: &'a Connector,
     source: &'a SourceId,
     ctx: &'a SourceContext,
+    cursor: &'a Cursor,
 }
 
 /// One connection: returns `Ok(())` only when the pipeline channel closed.
@@ -533,7 +648,9 @@ async fn session(
         connector,
         source,
         ctx,
+        cursor,
     } = *link;
+    let mut gap = plan.backfill_from.map(Gap::new);
     let mut ws = connect(cfg, url, connector).await?;
     let ha_version = tokio::time::timeout(cfg.connect_timeout, authenticate(&mut ws, token))
         .await
@@ -670,9 +787,15 @@ async fn session(
                     }
                     meters.event(event.event_type());
                     Stats::add(&ctx.stats.received, 1);
+                    let time = event.time_fired;
+                    if let Some(gap) = gap.as_mut() {
+                        gap.first_live.get_or_insert(time);
+                        gap.note(&event);
+                    }
                     if ctx.tx.send(event).await.is_err() {
                         return Ok(());
                     }
+                    cursor.advance(time);
                 }
                 Ok(ServerMessage::Pong { id }) => {
                     if awaiting_pong.is_some_and(|(ping, _)| ping == id) {
@@ -689,6 +812,64 @@ async fn session(
                         continue;
                     };
                     let (_, command) = pending.remove(at);
+                    if command == "history/history_during_period" {
+                        let Some(g) = gap.as_mut() else { continue };
+                        if success {
+                            let rows = history::rows_after(
+                                result.unwrap_or_default(),
+                                g.from,
+                                &meters.backfill_source,
+                            );
+                            for error in rows.errors {
+                                record_bad_input(
+                                    ctx,
+                                    source,
+                                    "invalid_field",
+                                    &error.to_string(),
+                                    b"",
+                                );
+                            }
+                            for event in rows.events {
+                                let Some(new) =
+                                    event.state_changed().and_then(|sc| sc.new_state.as_ref())
+                                else {
+                                    continue;
+                                };
+                                if g.seen.contains(&(new.entity_id.clone(), new.last_updated)) {
+                                    continue;
+                                }
+                                let time = event.time_fired;
+                                if ctx.tx.send(event).await.is_err() {
+                                    return Ok(());
+                                }
+                                cursor.advance(time);
+                                g.backfilled += 1;
+                                meters.backfilled.increment(1);
+                            }
+                        } else {
+                            let error = error.unwrap_or_default();
+                            metrics::counter!(SOURCE_ERRORS, "source" => source.to_string(), "error_type" => "backfill").increment(1);
+                            tracing::warn!(message = "Home Assistant refused the history request; the gap cannot be backfilled.", source = %source, code = %error.code, reason = %error.message);
+                            g.chunks = Some(Default::default());
+                            g.failed = true;
+                            let (from, to) = (g.from, g.first_live.unwrap_or_else(Timestamp::now));
+                            report_lost_gap(
+                                meters,
+                                source,
+                                from,
+                                to,
+                                "state changes and other events",
+                            );
+                        }
+                        if let Some(id) = next_history_request(&mut ws, &mut next_id, g).await? {
+                            pending.push((id, "history/history_during_period"));
+                        } else {
+                            finish_gap(g, cfg, meters, source);
+                            cursor.release();
+                            gap = None;
+                        }
+                        continue;
+                    }
                     if !success && command == "supported_features" {
                         // Cores older than 2022.x do not know the command: go on without arrays.
                         let error = error.unwrap_or_default();
@@ -704,20 +885,43 @@ async fn session(
                     if command == "get_states" {
                         let states = states_from_result(result, ctx, source);
                         let count = states.len();
-                        for state in states {
-                            let event = snapshot_event(state, &meters.snapshot_source);
-                            if ctx.tx.send(event).await.is_err() {
-                                return Ok(());
+                        let entity_ids: Vec<String> =
+                            states.iter().map(|s| s.entity_id.to_string()).collect();
+                        if plan.snapshot {
+                            for state in states {
+                                let event = snapshot_event(state, &meters.snapshot_source);
+                                let time = event.time_fired;
+                                if let Some(gap) = gap.as_mut() {
+                                    gap.note(&event);
+                                }
+                                if ctx.tx.send(event).await.is_err() {
+                                    return Ok(());
+                                }
+                                cursor.advance(time);
+                                meters.snapshot.increment(1);
                             }
-                            meters.snapshot.increment(1);
+                            report.snapshot_done = true;
+                            tracing::info!(message = "Initial snapshot handed on.", source = %source, states = count);
                         }
-                        report.snapshot_done = true;
-                        tracing::info!(message = "Initial snapshot handed on.", source = %source, states = count);
+                        if let Some(g) = gap.as_mut() {
+                            let chunk = cfg.backfill_chunk.max(1);
+                            g.chunks =
+                                Some(entity_ids.chunks(chunk).map(<[String]>::to_vec).collect());
+                            if let Some(id) = next_history_request(&mut ws, &mut next_id, g).await?
+                            {
+                                pending.push((id, "history/history_during_period"));
+                            } else {
+                                finish_gap(g, cfg, meters, source);
+                                cursor.release();
+                                gap = None;
+                            }
+                        }
+                        continue;
                     }
                     if pending.is_empty() && report.subscribed_at.is_none() {
                         report.subscribed_at = Some(Instant::now());
                         // Asked before the source is reported ready, so "ready" implies "asked".
-                        if plan.snapshot {
+                        if plan.snapshot || gap.is_some() {
                             let id = next_id;
                             next_id += 1;
                             ws.send(Message::text(ClientMessage::GetStates { id }.to_json()))
@@ -795,6 +999,70 @@ fn snapshot_event(state: State, source: &SourceId) -> Event {
             new_state: Some(state),
         })),
     }
+}
+
+/// Sends the history request for the next chunk of entities; `None` when no chunk is left.
+async fn next_history_request(
+    ws: &mut Ws,
+    next_id: &mut u64,
+    gap: &mut Gap,
+) -> Result<Option<u64>, ClientError> {
+    let Some(entity_ids) = gap.chunks.as_mut().and_then(|c| c.pop_front()) else {
+        return Ok(None);
+    };
+    let id = *next_id;
+    *next_id += 1;
+    // The lossless form: every change, every attribute (HA's defaults drop some).
+    let request = ClientMessage::HistoryDuringPeriod {
+        id,
+        start_time: gap.from.to_rfc3339(),
+        end_time: None,
+        entity_ids,
+        include_start_time_state: true,
+        significant_changes_only: false,
+        minimal_response: false,
+        no_attributes: false,
+    };
+    ws.send(Message::text(request.to_json()))
+        .await
+        .map_err(|e| ClientError::Closed(e.to_string()))?;
+    Ok(Some(id))
+}
+
+/// Reports a filled gap; events other than state changes in it are lost and said so.
+fn finish_gap(gap: &Gap, cfg: &HomeAssistantConfig, meters: &Meters, source: &SourceId) {
+    if gap.failed {
+        return;
+    }
+    let to = gap.first_live.unwrap_or_else(Timestamp::now);
+    let seconds = seconds_between(gap.from, to);
+    meters.gap_seconds.record(seconds);
+    tracing::info!(message = "Gap backfilled from Home Assistant's history.", source = %source, from = %gap.from, to = %to, gap_s = seconds, states = gap.backfilled);
+    let other_events = cfg.event_types.is_empty()
+        || cfg
+            .event_types
+            .iter()
+            .any(|t| t != crate::event::STATE_CHANGED);
+    if other_events {
+        report_lost_gap(
+            meters,
+            source,
+            gap.from,
+            to,
+            "events other than state changes",
+        );
+    }
+}
+
+/// Counts and logs a span of time whose events (of the kind named) cannot be recovered.
+fn report_lost_gap(meters: &Meters, source: &SourceId, from: Timestamp, to: Timestamp, what: &str) {
+    let seconds = seconds_between(from, to);
+    meters.lost_gap_seconds.record(seconds);
+    tracing::warn!(message = "Events in a gap cannot be recovered from Home Assistant's history.", source = %source, lost = what, from = %from, to = %to, gap_s = seconds);
+}
+
+fn seconds_between(from: Timestamp, to: Timestamp) -> f64 {
+    (to.as_nanos().saturating_sub(from.as_nanos())).max(0) as f64 / 1e9
 }
 
 /// What woke the read loop.
