@@ -1123,3 +1123,67 @@ async fn a_restart_of_the_ingestor_resumes_from_the_saved_cursor() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn without_history_the_gap_is_reported_lost_and_streaming_goes_on() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let lost = r#"ha_ingestor_source_unrecoverable_gap_seconds_count{source="homeassistant"}"#;
+
+    let sim = simulator(None, 300.0).await;
+    sim.set_history_available(false);
+    let data = tempfile::tempdir().unwrap();
+    let mut client = Keeper::start(client_config(&sim.url(), TOKEN), data.path());
+    client
+        .receive_while("first events", |got| got.len() < 20)
+        .await;
+    sim.disconnect_all();
+    assert!(
+        wait_for(|| metric(&handle.render(), lost) == Some(1.0)).await,
+        "{}",
+        handle.render()
+    );
+    let text = handle.render();
+    assert_eq!(
+        metric(
+            &text,
+            r#"ha_ingestor_source_errors_total{source="homeassistant",error_type="backfill"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"ha_ingestor_source_gap_seconds_count{source="homeassistant"}"#
+        ),
+        Some(0.0),
+        "nothing was backfilled"
+    );
+    // The connection stays up and the cursor moves on past the lost gap.
+    let seen = client.got.len();
+    client
+        .receive_while("live events after the gap", |got| got.len() < seen + 100)
+        .await;
+    let latest = client.got.iter().map(|e| e.time_fired).max().unwrap();
+    let path = data.path().join("cursor/homeassistant.json");
+    let saved = || -> Option<Timestamp> {
+        let text = std::fs::read_to_string(&path).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        Timestamp::parse_rfc3339(v["last_event"].as_str()?).ok()
+    };
+    assert!(
+        wait_for(|| saved().is_some_and(|t| t >= latest)).await,
+        "the saved cursor follows the stream again"
+    );
+    assert_eq!(
+        metric(
+            &handle.render(),
+            r#"ha_ingestor_source_connects_total{source="homeassistant"}"#
+        ),
+        Some(2.0),
+        "a refused history does not cost the connection"
+    );
+    client.stop().await;
+    sim.shutdown().await;
+}

@@ -114,6 +114,7 @@ impl Simulator {
             commands: Mutex::new(HashMap::new()),
             unattended: AtomicBool::new(false),
             refusing: AtomicBool::new(false),
+            history: AtomicBool::new(true),
             recorder: Mutex::new(VecDeque::new()),
             shutdown: CancellationToken::new(),
             cfg,
@@ -225,6 +226,11 @@ impl SimulatorHandle {
     /// While true, every new connection is closed before the WebSocket upgrade, as if HA were down.
     pub fn refuse_connections(&self, refuse: bool) {
         self.shared.refusing.store(refuse, Ordering::Release);
+    }
+
+    /// Whether `history/history_during_period` is known (default true); false answers `unknown_command`, as an HA without the `history` integration.
+    pub fn set_history_available(&self, available: bool) {
+        self.shared.history.store(available, Ordering::Release);
     }
 
     /// Stops changing states for good ([`SimulatorHandle::finished`] becomes true).
@@ -342,6 +348,8 @@ struct Shared {
     unattended: AtomicBool,
     /// Close every new connection at once (HA down).
     refusing: AtomicBool,
+    /// Whether the `history` integration is loaded (else its commands are unknown).
+    history: AtomicBool,
     /// Every state change made, sent or not, oldest first: HA's recorder, for the history API.
     recorder: Mutex<VecDeque<State>>,
     shutdown: CancellationToken,
@@ -624,7 +632,9 @@ fn handle_command(msg: &Value, conn: &mut Conn, shared: &Shared) -> Option<Strin
             ServerReply::success(id, serde_json::to_value(states).unwrap_or(Value::Null))
         }
         "get_config" => ServerReply::success(id, config_result(&shared.cfg.ha_version)),
-        "history/history_during_period" => history_during_period(id, msg, shared),
+        "history/history_during_period" if shared.history.load(Ordering::Acquire) => {
+            history_during_period(id, msg, shared)
+        }
         "ping" => {
             shared.pings.fetch_add(1, Ordering::AcqRel);
             if !shared.answer_pings.load(Ordering::Acquire) {

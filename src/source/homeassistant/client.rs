@@ -63,7 +63,7 @@ use tokio_util::sync::CancellationToken;
 use super::cursor::{self, Cursor};
 use super::decode::{DecodeError, ServerMessage, decode_binary_frame, decode_frame};
 use super::history;
-use super::protocol::{ClientMessage, Features};
+use super::protocol::{ClientMessage, ErrorInfo, Features};
 use crate::config::HomeAssistantConfig;
 use crate::dead_letter::DeadLetter;
 use crate::event::{
@@ -85,6 +85,8 @@ const DEAD_LETTER_INPUT_MAX: usize = 1 << 20;
 const MAX_EVENT_TYPE_LABELS: usize = 256;
 /// The event HA fires as it shuts down (a restart too); the socket closing after it is no failure.
 pub const HOMEASSISTANT_STOP: &str = "homeassistant_stop";
+/// The command that reads a gap from HA's recorder.
+const HISTORY: &str = "history/history_during_period";
 /// The `reason` label of a connection lost to a Home Assistant restart.
 const REASON_HA_RESTART: &str = "ha_restart";
 
@@ -812,7 +814,7 @@ async fn session(
                         continue;
                     };
                     let (_, command) = pending.remove(at);
-                    if command == "history/history_during_period" {
+                    if command == HISTORY {
                         let Some(g) = gap.as_mut() else { continue };
                         if success {
                             let rows = history::rows_after(
@@ -820,54 +822,14 @@ async fn session(
                                 g.from,
                                 &meters.backfill_source,
                             );
-                            for error in rows.errors {
-                                record_bad_input(
-                                    ctx,
-                                    source,
-                                    "invalid_field",
-                                    &error.to_string(),
-                                    b"",
-                                );
-                            }
-                            for event in rows.events {
-                                let Some(new) =
-                                    event.state_changed().and_then(|sc| sc.new_state.as_ref())
-                                else {
-                                    continue;
-                                };
-                                if g.seen.contains(&(new.entity_id.clone(), new.last_updated)) {
-                                    continue;
-                                }
-                                let time = event.time_fired;
-                                if ctx.tx.send(event).await.is_err() {
-                                    return Ok(());
-                                }
-                                cursor.advance(time);
-                                g.backfilled += 1;
-                                meters.backfilled.increment(1);
+                            if !hand_on_backfill(rows, g, link, meters).await {
+                                return Ok(());
                             }
                         } else {
-                            let error = error.unwrap_or_default();
-                            metrics::counter!(SOURCE_ERRORS, "source" => source.to_string(), "error_type" => "backfill").increment(1);
-                            tracing::warn!(message = "Home Assistant refused the history request; the gap cannot be backfilled.", source = %source, code = %error.code, reason = %error.message);
-                            g.chunks = Some(Default::default());
-                            g.failed = true;
-                            let (from, to) = (g.from, g.first_live.unwrap_or_else(Timestamp::now));
-                            report_lost_gap(
-                                meters,
-                                source,
-                                from,
-                                to,
-                                "state changes and other events",
-                            );
+                            give_up_gap(g, error.unwrap_or_default(), meters, source);
                         }
-                        if let Some(id) = next_history_request(&mut ws, &mut next_id, g).await? {
-                            pending.push((id, "history/history_during_period"));
-                        } else {
-                            finish_gap(g, cfg, meters, source);
-                            cursor.release();
-                            gap = None;
-                        }
+                        continue_gap(&mut ws, &mut next_id, &mut pending, &mut gap, link, meters)
+                            .await?;
                         continue;
                     }
                     if !success && command == "supported_features" {
@@ -884,38 +846,20 @@ async fn session(
                     }
                     if command == "get_states" {
                         let states = states_from_result(result, ctx, source);
-                        let count = states.len();
-                        let entity_ids: Vec<String> =
-                            states.iter().map(|s| s.entity_id.to_string()).collect();
+                        if let Some(g) = gap.as_mut() {
+                            let ids: Vec<String> =
+                                states.iter().map(|s| s.entity_id.to_string()).collect();
+                            let chunk = cfg.backfill_chunk.max(1);
+                            g.chunks = Some(ids.chunks(chunk).map(<[String]>::to_vec).collect());
+                        }
                         if plan.snapshot {
-                            for state in states {
-                                let event = snapshot_event(state, &meters.snapshot_source);
-                                let time = event.time_fired;
-                                if let Some(gap) = gap.as_mut() {
-                                    gap.note(&event);
-                                }
-                                if ctx.tx.send(event).await.is_err() {
-                                    return Ok(());
-                                }
-                                cursor.advance(time);
-                                meters.snapshot.increment(1);
+                            if !hand_on_snapshot(states, gap.as_mut(), link, meters).await {
+                                return Ok(());
                             }
                             report.snapshot_done = true;
-                            tracing::info!(message = "Initial snapshot handed on.", source = %source, states = count);
                         }
-                        if let Some(g) = gap.as_mut() {
-                            let chunk = cfg.backfill_chunk.max(1);
-                            g.chunks =
-                                Some(entity_ids.chunks(chunk).map(<[String]>::to_vec).collect());
-                            if let Some(id) = next_history_request(&mut ws, &mut next_id, g).await?
-                            {
-                                pending.push((id, "history/history_during_period"));
-                            } else {
-                                finish_gap(g, cfg, meters, source);
-                                cursor.release();
-                                gap = None;
-                            }
-                        }
+                        continue_gap(&mut ws, &mut next_id, &mut pending, &mut gap, link, meters)
+                            .await?;
                         continue;
                     }
                     if pending.is_empty() && report.subscribed_at.is_none() {
@@ -999,6 +943,106 @@ fn snapshot_event(state: State, source: &SourceId) -> Event {
             new_state: Some(state),
         })),
     }
+}
+
+/// Hands every current state on as a snapshot event; false when the pipeline closed its channel.
+async fn hand_on_snapshot(
+    states: Vec<State>,
+    mut gap: Option<&mut Gap>,
+    link: &Link<'_>,
+    meters: &Meters,
+) -> bool {
+    let count = states.len();
+    for state in states {
+        let event = snapshot_event(state, &meters.snapshot_source);
+        let time = event.time_fired;
+        if let Some(gap) = gap.as_deref_mut() {
+            gap.note(&event);
+        }
+        if link.ctx.tx.send(event).await.is_err() {
+            return false;
+        }
+        link.cursor.advance(time);
+        meters.snapshot.increment(1);
+    }
+    tracing::info!(message = "Initial snapshot handed on.", source = %link.source, states = count);
+    true
+}
+
+/// Hands on the rows of one history reply that this connection has not delivered; false when the pipeline closed its channel.
+async fn hand_on_backfill(
+    rows: history::Backfill,
+    gap: &mut Gap,
+    link: &Link<'_>,
+    meters: &Meters,
+) -> bool {
+    for error in rows.errors {
+        record_bad_input(
+            link.ctx,
+            link.source,
+            "invalid_field",
+            &error.to_string(),
+            b"",
+        );
+    }
+    for event in rows.events {
+        let Some(new) = event.state_changed().and_then(|sc| sc.new_state.as_ref()) else {
+            continue;
+        };
+        if gap
+            .seen
+            .contains(&(new.entity_id.clone(), new.last_updated))
+        {
+            continue;
+        }
+        let time = event.time_fired;
+        if link.ctx.tx.send(event).await.is_err() {
+            return false;
+        }
+        link.cursor.advance(time);
+        gap.backfilled += 1;
+        meters.backfilled.increment(1);
+    }
+    true
+}
+
+/// HA refused a history request: the gap is given up as a whole, counted and logged.
+fn give_up_gap(gap: &mut Gap, error: ErrorInfo, meters: &Meters, source: &SourceId) {
+    metrics::counter!(SOURCE_ERRORS, "source" => source.to_string(), "error_type" => "backfill")
+        .increment(1);
+    tracing::warn!(message = "Home Assistant refused the history request; the gap cannot be backfilled.", source = %source, code = %error.code, reason = %error.message);
+    gap.chunks = Some(Default::default());
+    gap.failed = true;
+    let to = gap.first_live.unwrap_or_else(Timestamp::now);
+    report_lost_gap(
+        meters,
+        source,
+        gap.from,
+        to,
+        "state changes and other events",
+    );
+}
+
+/// Asks for the next chunk of the gap, or, when none is left, reports the gap filled and releases the cursor.
+async fn continue_gap(
+    ws: &mut Ws,
+    next_id: &mut u64,
+    pending: &mut Vec<(u64, &'static str)>,
+    gap: &mut Option<Gap>,
+    link: &Link<'_>,
+    meters: &Meters,
+) -> Result<(), ClientError> {
+    let Some(g) = gap.as_mut() else {
+        return Ok(());
+    };
+    if let Some(id) = next_history_request(ws, next_id, g).await? {
+        pending.push((id, HISTORY));
+    } else {
+        finish_gap(g, link.cfg, meters, link.source);
+        link.cursor.release();
+        *gap = None;
+    }
+    Ok(())
 }
 
 /// Sends the history request for the next chunk of entities; `None` when no chunk is left.
