@@ -32,7 +32,9 @@
 //!   state is handed on as a `state_changed` event with no old state, at its own
 //!   `last_updated`. The Event model has no provenance field; such events carry
 //!   the source id `<source>/snapshot` (nothing downstream keys on the source id).
-//!   They are not bus events, so `Stats::received` does not count them.
+//!   They are not bus events, so `Stats::received` does not count them. States
+//!   the live stream already delivered, and (resuming from a saved cursor)
+//!   states at or before the cursor, are not repeated.
 //! - **Gap backfill.** The time of the last event handed on is the resume cursor
 //!   (`cursor.rs`, saved in `<data_dir>/cursor/`). Every connection made while a
 //!   cursor exists (after a reconnect, or at start-up from the file) reads
@@ -378,8 +380,6 @@ struct Gap {
     from: Timestamp,
     /// Entity ids still to ask for, a chunk per request; `None` until `get_states` answered.
     chunks: Option<std::collections::VecDeque<Vec<String>>>,
-    /// (entity, last_updated) of every state already handed on by this connection (live or snapshot).
-    seen: HashSet<(EntityId, Timestamp)>,
     /// The `time_fired` of the first live event on this connection: the gap's end.
     first_live: Option<Timestamp>,
     /// Rows handed on so far.
@@ -393,18 +393,31 @@ impl Gap {
         Gap {
             from,
             chunks: None,
-            seen: HashSet::new(),
             first_live: None,
             backfilled: 0,
             failed: false,
         }
     }
+}
 
-    /// Notes a state handed on live or by the snapshot, so the history does not repeat it.
+/// `(entity_id, last_updated)` of the states this connection handed on while a
+/// snapshot or a backfill is pending, so that neither repeats one the live
+/// stream (or the snapshot) already delivered.
+#[derive(Default)]
+struct Delivered(HashSet<(EntityId, Timestamp)>);
+
+impl Delivered {
+    /// Notes the new state of a state change.
     fn note(&mut self, event: &Event) {
         if let Some(new) = event.state_changed().and_then(|sc| sc.new_state.as_ref()) {
-            self.seen.insert((new.entity_id.clone(), new.last_updated));
+            self.0.insert((new.entity_id.clone(), new.last_updated));
         }
+    }
+
+    /// Whether `state` was handed on already.
+    fn contains(&self, state: &State) -> bool {
+        self.0
+            .contains(&(state.entity_id.clone(), state.last_updated))
     }
 }
 
@@ -653,6 +666,7 @@ async fn session(
         cursor,
     } = *link;
     let mut gap = plan.backfill_from.map(Gap::new);
+    let mut delivered = (plan.snapshot || gap.is_some()).then(Delivered::default);
     let mut ws = connect(cfg, url, connector).await?;
     let ha_version = tokio::time::timeout(cfg.connect_timeout, authenticate(&mut ws, token))
         .await
@@ -792,7 +806,9 @@ async fn session(
                     let time = event.time_fired;
                     if let Some(gap) = gap.as_mut() {
                         gap.first_live.get_or_insert(time);
-                        gap.note(&event);
+                    }
+                    if let Some(delivered) = delivered.as_mut() {
+                        delivered.note(&event);
                     }
                     if ctx.tx.send(event).await.is_err() {
                         return Ok(());
@@ -822,7 +838,8 @@ async fn session(
                                 g.from,
                                 &meters.backfill_source,
                             );
-                            if !hand_on_backfill(rows, g, link, meters).await {
+                            let done = delivered.get_or_insert_default();
+                            if !hand_on_backfill(rows, g, done, link, meters).await {
                                 return Ok(());
                             }
                         } else {
@@ -830,6 +847,9 @@ async fn session(
                         }
                         continue_gap(&mut ws, &mut next_id, &mut pending, &mut gap, link, meters)
                             .await?;
+                        if gap.is_none() {
+                            delivered = None;
+                        }
                         continue;
                     }
                     if !success && command == "supported_features" {
@@ -853,13 +873,18 @@ async fn session(
                             g.chunks = Some(ids.chunks(chunk).map(<[String]>::to_vec).collect());
                         }
                         if plan.snapshot {
-                            if !hand_on_snapshot(states, gap.as_mut(), link, meters).await {
+                            let after = gap.as_ref().map(|g| g.from);
+                            let done = delivered.get_or_insert_default();
+                            if !hand_on_snapshot(states, after, done, link, meters).await {
                                 return Ok(());
                             }
                             report.snapshot_done = true;
                         }
                         continue_gap(&mut ws, &mut next_id, &mut pending, &mut gap, link, meters)
                             .await?;
+                        if gap.is_none() {
+                            delivered = None;
+                        }
                         continue;
                     }
                     if pending.is_empty() && report.subscribed_at.is_none() {
@@ -946,19 +971,26 @@ fn snapshot_event(state: State, source: &SourceId) -> Event {
 }
 
 /// Hands every current state on as a snapshot event; false when the pipeline closed its channel.
+///
+/// States the live stream of this connection already delivered are skipped,
+/// and so, with a cursor (a restart that resumes), are states last updated at
+/// or before it: the earlier run handed them on.
 async fn hand_on_snapshot(
     states: Vec<State>,
-    mut gap: Option<&mut Gap>,
+    after: Option<Timestamp>,
+    delivered: &mut Delivered,
     link: &Link<'_>,
     meters: &Meters,
 ) -> bool {
-    let count = states.len();
+    let mut count = 0;
     for state in states {
+        if after.is_some_and(|from| state.last_updated <= from) || delivered.contains(&state) {
+            continue;
+        }
+        count += 1;
         let event = snapshot_event(state, &meters.snapshot_source);
         let time = event.time_fired;
-        if let Some(gap) = gap.as_deref_mut() {
-            gap.note(&event);
-        }
+        delivered.note(&event);
         if link.ctx.tx.send(event).await.is_err() {
             return false;
         }
@@ -973,6 +1005,7 @@ async fn hand_on_snapshot(
 async fn hand_on_backfill(
     rows: history::Backfill,
     gap: &mut Gap,
+    delivered: &Delivered,
     link: &Link<'_>,
     meters: &Meters,
 ) -> bool {
@@ -989,10 +1022,7 @@ async fn hand_on_backfill(
         let Some(new) = event.state_changed().and_then(|sc| sc.new_state.as_ref()) else {
             continue;
         };
-        if gap
-            .seen
-            .contains(&(new.entity_id.clone(), new.last_updated))
-        {
+        if delivered.contains(new) {
             continue;
         }
         let time = event.time_fired;
