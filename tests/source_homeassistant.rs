@@ -1104,7 +1104,6 @@ async fn a_restart_of_the_ingestor_resumes_from_the_saved_cursor() {
 
     // The restarted process also takes the initial snapshot: only states newer
     // than the cursor are handed on by it, so nothing arrives twice.
-    let mut cfg = cfg;
     cfg.initial_snapshot = true;
     let mut second = Keeper::start(cfg, data.path());
     second
