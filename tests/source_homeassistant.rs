@@ -679,6 +679,55 @@ async fn an_old_core_without_coalescing_still_streams() {
     server.abort();
 }
 
+/// Log lines written on this thread while the returned guard lives (tests run on one thread).
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(logs.clone())
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Lines of the client at `level` (`INFO`, `WARN`, …).
+    fn at(&self, level: &str) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.contains(&format!(" {level} ")) && l.contains("homeassistant::client"))
+            .collect()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
 /// The value of the first sample line starting with `needle` in Prometheus text, if any.
 fn metric(text: &str, needle: &str) -> Option<f64> {
     text.lines()
@@ -693,6 +742,7 @@ async fn a_server_that_stops_answering_pings_is_declared_dead_and_reconnected() 
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     let _guard = metrics::set_default_local_recorder(&recorder);
+    let (logs, _log_guard) = Logs::capture();
     let timeouts =
         r#"ha_ingestor_source_reconnects_total{source="homeassistant",reason="ping_timeout"}"#;
     let connects = r#"ha_ingestor_source_connects_total{source="homeassistant"}"#;
@@ -721,6 +771,11 @@ async fn a_server_that_stops_answering_pings_is_declared_dead_and_reconnected() 
         .clone()
         .unwrap_or_default();
     assert!(last_error.contains("no pong"), "{last_error}");
+    let warnings = logs.at("WARN");
+    assert!(
+        warnings.iter().any(|l| l.contains("no pong")),
+        "a WARN gives the reason: {warnings:?}"
+    );
 
     // And re-established once the server answers again.
     sim.set_answer_pings(true);
@@ -749,6 +804,7 @@ async fn restart_is_recognised(event_types: Vec<String>) -> Vec<Event> {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     let _guard = metrics::set_default_local_recorder(&recorder);
+    let (logs, _log_guard) = Logs::capture();
     let restarts =
         r#"ha_ingestor_source_reconnects_total{source="homeassistant",reason="ha_restart"}"#;
     let connects = r#"ha_ingestor_source_connects_total{source="homeassistant"}"#;
@@ -778,6 +834,15 @@ async fn restart_is_recognised(event_types: Vec<String>) -> Vec<Event> {
         "a restart is not an error:\n{text}"
     );
     assert_eq!(run.stats.totals().decode_errors, 0);
+    assert!(
+        logs.at("INFO")
+            .iter()
+            .any(|l| l.contains("Home Assistant is restarting")),
+        "{:?}",
+        logs.lines()
+    );
+    let noise: Vec<String> = [logs.at("WARN"), logs.at("ERROR")].concat();
+    assert!(noise.is_empty(), "a restart is no warning: {noise:?}");
     let received = run.stop().await;
     sim.shutdown().await;
     received

@@ -257,6 +257,7 @@ async fn supervise(link: &Link<'_>) {
         let plan = Plan {
             snapshot: snapshot_wanted,
             backfill_from,
+            after_restart: restarting,
         };
         let outcome = tokio::select! {
             _ = ctx.shutdown.cancelled() => None,
@@ -386,11 +387,14 @@ struct Gap {
     backfilled: u64,
     /// HA refused a history request: the gap was reported lost as a whole.
     failed: bool,
+    /// The gap is a restart of HA: what cannot be recovered is logged at INFO, not WARN.
+    expected: bool,
 }
 
 impl Gap {
-    fn new(from: Timestamp) -> Self {
+    fn new(from: Timestamp, expected: bool) -> Self {
         Gap {
+            expected,
             from,
             chunks: None,
             first_live: None,
@@ -427,6 +431,8 @@ struct Plan {
     snapshot: bool,
     /// Fill the gap since this time from HA's history once subscribed.
     backfill_from: Option<Timestamp>,
+    /// The previous connection ended with a restart of HA: its gap is expected, not a warning.
+    after_restart: bool,
 }
 
 /// Metric handles, resolved once so the hot path does no label allocation.
@@ -665,7 +671,9 @@ async fn session(
         ctx,
         cursor,
     } = *link;
-    let mut gap = plan.backfill_from.map(Gap::new);
+    let mut gap = plan
+        .backfill_from
+        .map(|from| Gap::new(from, plan.after_restart));
     let mut delivered = (plan.snapshot || gap.is_some()).then(Delivered::default);
     let mut ws = connect(cfg, url, connector).await?;
     let ha_version = tokio::time::timeout(cfg.connect_timeout, authenticate(&mut ws, token))
@@ -1044,13 +1052,7 @@ fn give_up_gap(gap: &mut Gap, error: ErrorInfo, meters: &Meters, source: &Source
     gap.chunks = Some(Default::default());
     gap.failed = true;
     let to = gap.first_live.unwrap_or_else(Timestamp::now);
-    report_lost_gap(
-        meters,
-        source,
-        gap.from,
-        to,
-        "state changes and other events",
-    );
+    report_lost_gap(meters, source, gap, to, "state changes and other events");
 }
 
 /// Asks for the next chunk of the gap, or, when none is left, reports the gap filled and releases the cursor.
@@ -1118,21 +1120,22 @@ fn finish_gap(gap: &Gap, cfg: &HomeAssistantConfig, meters: &Meters, source: &So
             .iter()
             .any(|t| t != crate::event::STATE_CHANGED);
     if other_events {
-        report_lost_gap(
-            meters,
-            source,
-            gap.from,
-            to,
-            "events other than state changes",
-        );
+        report_lost_gap(meters, source, gap, to, "events other than state changes");
     }
 }
 
 /// Counts and logs a span of time whose events (of the kind named) cannot be recovered.
-fn report_lost_gap(meters: &Meters, source: &SourceId, from: Timestamp, to: Timestamp, what: &str) {
+///
+/// At INFO after a restart of HA (expected), else at WARN.
+fn report_lost_gap(meters: &Meters, source: &SourceId, gap: &Gap, to: Timestamp, what: &str) {
+    let from = gap.from;
     let seconds = seconds_between(from, to);
     meters.lost_gap_seconds.record(seconds);
-    tracing::warn!(message = "Events in a gap cannot be recovered from Home Assistant's history.", source = %source, lost = what, from = %from, to = %to, gap_s = seconds);
+    if gap.expected {
+        tracing::info!(message = "Events in a gap cannot be recovered from Home Assistant's history.", source = %source, lost = what, from = %from, to = %to, gap_s = seconds, cause = "Home Assistant restarted");
+    } else {
+        tracing::warn!(message = "Events in a gap cannot be recovered from Home Assistant's history.", source = %source, lost = what, from = %from, to = %to, gap_s = seconds);
+    }
 }
 
 fn seconds_between(from: Timestamp, to: Timestamp) -> f64 {
