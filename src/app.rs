@@ -167,6 +167,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         stats: stats.clone(),
         dead_letters: dead_letters.clone(),
         shutdown: sources_token.clone(),
+        cursor_dir: Some(cfg.data_dir.join("cursor")),
     };
     let sources = vec![tokio::spawn(client::run(ha, source_id, ctx))];
 

@@ -134,11 +134,35 @@ pub struct HomeAssistantConfig {
     /// Largest WebSocket message accepted (`get_states` on big installs is tens of MiB).
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// How often an application-level `ping` is sent to detect a dead connection.
+    #[serde(default = "default_ping_interval", with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A `ping` unanswered this long declares the connection dead; it is re-established.
+    #[serde(default = "default_pong_timeout", with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// On the first connection of the process, write every entity's current state (`get_states`) as a point.
+    #[serde(default = "default_true")]
+    pub initial_snapshot: bool,
+    /// After a reconnect or restart, fill the gap since the last event from HA's history.
+    #[serde(default = "default_true")]
+    pub backfill: bool,
+    /// Entities per `history/history_during_period` request, so no single reply is huge.
+    #[serde(default = "default_backfill_chunk")]
+    pub backfill_chunk: usize,
     /// TLS for `wss://`.
     #[serde(default)]
     pub tls: TlsConfig,
 }
 
+fn default_backfill_chunk() -> usize {
+    50
+}
+fn default_ping_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_pong_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_reconnect_min() -> Duration {
     Duration::from_secs(1)
 }
@@ -164,6 +188,11 @@ impl HomeAssistantConfig {
             reconnect_max: default_reconnect_max(),
             connect_timeout: default_connect_timeout(),
             max_message_bytes: default_max_message_bytes(),
+            ping_interval: default_ping_interval(),
+            pong_timeout: default_pong_timeout(),
+            initial_snapshot: true,
+            backfill: true,
+            backfill_chunk: default_backfill_chunk(),
             tls: TlsConfig::default(),
         }
     }
@@ -612,6 +641,24 @@ impl Config {
                 return Err(invalid(
                     "homeassistant.max_message_bytes",
                     "must be at least 65536".into(),
+                ));
+            }
+            if ha.backfill_chunk == 0 {
+                return Err(invalid(
+                    "homeassistant.backfill_chunk",
+                    "must be at least 1".into(),
+                ));
+            }
+            if ha.ping_interval.is_zero() {
+                return Err(invalid(
+                    "homeassistant.ping_interval",
+                    "must be above zero".into(),
+                ));
+            }
+            if ha.pong_timeout.is_zero() {
+                return Err(invalid(
+                    "homeassistant.pong_timeout",
+                    "must be above zero".into(),
                 ));
             }
         }

@@ -115,9 +115,13 @@ async fn every_state_change_reaches_influxdb_with_identical_values() {
     let data = tempfile::tempdir().unwrap();
     let mut influx_cfg = InfluxConfig::v1(influx.url(), "e2e");
     influx_cfg.flush_interval = Duration::from_millis(200);
+    // This test counts exactly what the simulator emitted; the initial snapshot
+    // (states already written, at the same times) has tests of its own.
+    let mut ha = HomeAssistantConfig::new(sim.url(), token);
+    ha.initial_snapshot = false;
     let cfg = Config {
         data_dir: data.path().to_path_buf(),
-        homeassistant: Some(HomeAssistantConfig::new(sim.url(), token)),
+        homeassistant: Some(ha),
         influxdb: Some(influx_cfg),
         monitor: MonitorConfig {
             enabled: true,

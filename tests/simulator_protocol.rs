@@ -292,3 +292,101 @@ async fn shutdown_completes_with_a_client_that_does_not_read() {
         .expect("shutdown does not wait for a blocked write");
     drop(ws);
 }
+
+/// The key names of a JSON object, in order.
+fn keys(v: &Value) -> Vec<&str> {
+    v.as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn history_is_answered_from_the_record_in_home_assistants_shape() {
+    let sim = start(1000.0, None).await;
+    let (mut ws, ok) = connect(&sim, TOKEN).await;
+    assert_eq!(ok["type"], "auth_ok");
+    send(&mut ws, json!({"id": 1, "type": "subscribe_events"})).await;
+    assert_eq!(reply_to(&mut ws, 1).await["success"], true);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sim.state_changes().len() < 200 {
+        assert!(tokio::time::Instant::now() < deadline, "no changes made");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sim.stop_generating();
+    let made = sim.state_changes();
+    let start_time = made[100].last_updated;
+
+    send(&mut ws, json!({"id": 2, "type": "get_states"})).await;
+    let states = reply_to(&mut ws, 2).await;
+    let ids: Vec<Value> = states["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["entity_id"].clone())
+        .collect();
+    // Exactly the request the fixture recorded from a real HA, but for the ids and time.
+    let recorded: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/ha-history-response.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut request = recorded["request"].clone();
+    request["id"] = json!(3);
+    request["start_time"] = json!(start_time.to_rfc3339());
+    request.as_object_mut().unwrap().remove("end_time");
+    request["entity_ids"] = Value::Array(ids);
+    send(&mut ws, request).await;
+    let reply = reply_to(&mut ws, 3).await;
+
+    // The envelope and the row shapes are those of HA's reply.
+    let mut envelope = keys(&reply);
+    envelope.sort_unstable();
+    let mut expected = keys(&recorded["response"]);
+    expected.sort_unstable();
+    assert_eq!(envelope, expected);
+    assert_eq!(reply["success"], true);
+    let row_shapes = [vec!["s", "a", "lu"], vec!["s", "a", "lu", "lc"]];
+    for rows in recorded["response"]["result"].as_object().unwrap().values() {
+        for row in rows.as_array().unwrap() {
+            assert!(row_shapes.contains(&keys(row)), "fixture row {row}");
+        }
+    }
+    let start_s = start_time.as_nanos() as f64 / 1e9;
+    let mut got = std::collections::BTreeSet::new();
+    for (entity, rows) in reply["result"].as_object().unwrap() {
+        for (i, row) in rows.as_array().unwrap().iter().enumerate() {
+            assert!(row_shapes.contains(&keys(row)), "simulator row {row}");
+            assert!(row["a"].is_object() && row["s"].is_string() && row["lu"].is_f64());
+            let lu = ha_ingestor::event::Timestamp::from_epoch_seconds(row["lu"].as_f64().unwrap())
+                .unwrap();
+            if lu == start_time {
+                assert_eq!(i, 0, "only the first row is the state at the start");
+                continue;
+            }
+            assert!(row["lu"].as_f64().unwrap() > start_s);
+            got.insert((entity.clone(), lu));
+        }
+    }
+    let wanted: std::collections::BTreeSet<_> = made
+        .iter()
+        .filter(|s| s.last_updated > start_time)
+        .map(|s| (s.entity_id.to_string(), s.last_updated))
+        .collect();
+    assert_eq!(got, wanted, "every change after the start, nothing else");
+
+    // HA's errors for a bad time and a missing entity list.
+    send(&mut ws, json!({"id": 4, "type": "history/history_during_period", "start_time": "soon", "entity_ids": []})).await;
+    assert_eq!(
+        reply_to(&mut ws, 4).await["error"]["code"],
+        "invalid_start_time"
+    );
+    send(&mut ws, json!({"id": 5, "type": "history/history_during_period", "start_time": start_time.to_rfc3339()})).await;
+    assert_eq!(
+        reply_to(&mut ws, 5).await["error"]["code"],
+        "invalid_format"
+    );
+    sim.shutdown().await;
+}

@@ -76,6 +76,9 @@ fn client_config(url: &str, token: &str) -> HomeAssistantConfig {
     cfg.reconnect_min = Duration::from_millis(10);
     cfg.reconnect_max = Duration::from_millis(200);
     cfg.connect_timeout = Duration::from_secs(5);
+    // These tests compare the live stream with what the simulator emitted; the
+    // snapshot has tests of its own.
+    cfg.initial_snapshot = false;
     cfg
 }
 
@@ -97,6 +100,7 @@ impl Running {
             stats: stats.clone(),
             dead_letters: Arc::new(dead_letters),
             shutdown: shutdown.clone(),
+            cursor_dir: None,
         };
         let task = tokio::spawn(client::run(cfg, source(), ctx));
         Running {
@@ -673,4 +677,590 @@ async fn an_old_core_without_coalescing_still_streams() {
     assert_eq!(run.stats.totals().decode_errors, 0);
     run.stop().await;
     server.abort();
+}
+
+/// Log lines written on this thread while the returned guard lives (tests run on one thread).
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(logs.clone())
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Lines of the client at `level` (`INFO`, `WARN`, …).
+    fn at(&self, level: &str) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.contains(&format!(" {level} ")) && l.contains("homeassistant::client"))
+            .collect()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+/// The value of the first sample line starting with `needle` in Prometheus text, if any.
+fn metric(text: &str, needle: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(needle))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn a_server_that_stops_answering_pings_is_declared_dead_and_reconnected() {
+    // #[tokio::test] runs on one thread, so a thread-local recorder sees the client task.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let (logs, _log_guard) = Logs::capture();
+    let timeouts =
+        r#"ha_ingestor_source_reconnects_total{source="homeassistant",reason="ping_timeout"}"#;
+    let connects = r#"ha_ingestor_source_connects_total{source="homeassistant"}"#;
+
+    let sim = simulator(None, 50.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = client_config(&sim.url(), TOKEN);
+    cfg.ping_interval = Duration::from_millis(50);
+    // Generous against a loaded machine: a slow answer must not count as a dead server.
+    cfg.pong_timeout = Duration::from_secs(1);
+    let mut run = Running::start(cfg, DeadLetters::new(dir.path()));
+    run.receive_until(5).await;
+
+    // Answered pings keep the connection: several round trips, no timeout.
+    assert!(wait_for(|| sim.pings() >= 5).await, "the client pings");
+    assert_eq!(metric(&handle.render(), timeouts), None);
+    assert_eq!(metric(&handle.render(), connects), Some(1.0));
+
+    // A server that keeps the socket open but stops answering is given up on.
+    sim.set_answer_pings(false);
+    assert!(
+        wait_for(|| metric(&handle.render(), timeouts).is_some()).await,
+        "the dead connection is detected"
+    );
+    let last_error = run.stats.readiness().sources["homeassistant"]
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    assert!(last_error.contains("no pong"), "{last_error}");
+    let warnings = logs.at("WARN");
+    assert!(
+        warnings.iter().any(|l| l.contains("no pong")),
+        "a WARN gives the reason: {warnings:?}"
+    );
+
+    // And re-established once the server answers again.
+    sim.set_answer_pings(true);
+    assert!(
+        wait_for(|| metric(&handle.render(), connects).unwrap_or(0.0) >= 2.0
+            && run.stats.readiness().ready)
+        .await,
+        "reconnected"
+    );
+    let before = run.received.len();
+    run.receive_until(before + 5).await;
+    assert_eq!(
+        metric(
+            &handle.render(),
+            r#"ha_ingestor_source_errors_total{source="homeassistant",error_type="ping_timeout"}"#
+        )
+        .map(|v| v >= 1.0),
+        Some(true)
+    );
+    run.stop().await;
+    sim.shutdown().await;
+}
+
+/// Runs a client with `event_types`, restarts the simulator, and checks the restart is no error.
+async fn restart_is_recognised(event_types: Vec<String>) -> Vec<Event> {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let (logs, _log_guard) = Logs::capture();
+    let restarts =
+        r#"ha_ingestor_source_reconnects_total{source="homeassistant",reason="ha_restart"}"#;
+    let connects = r#"ha_ingestor_source_connects_total{source="homeassistant"}"#;
+
+    let sim = simulator(None, 200.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = client_config(&sim.url(), TOKEN);
+    cfg.event_types = event_types;
+    let mut run = Running::start(cfg, DeadLetters::new(dir.path()));
+    run.receive_until(5).await;
+    sim.restart();
+    assert!(
+        wait_for(|| metric(&handle.render(), restarts) == Some(1.0)).await,
+        "{}",
+        handle.render()
+    );
+    assert!(
+        wait_for(|| metric(&handle.render(), connects) == Some(2.0) && run.stats.readiness().ready)
+            .await,
+        "reconnected after the restart"
+    );
+    let before = run.received.len();
+    run.receive_until(before + 5).await;
+    let text = handle.render();
+    assert!(
+        !text.contains("ha_ingestor_source_errors_total"),
+        "a restart is not an error:\n{text}"
+    );
+    assert_eq!(run.stats.totals().decode_errors, 0);
+    assert!(
+        logs.at("INFO")
+            .iter()
+            .any(|l| l.contains("Home Assistant is restarting")),
+        "{:?}",
+        logs.lines()
+    );
+    let noise: Vec<String> = [logs.at("WARN"), logs.at("ERROR")].concat();
+    assert!(noise.is_empty(), "a restart is no warning: {noise:?}");
+    let received = run.stop().await;
+    sim.shutdown().await;
+    received
+}
+
+#[tokio::test]
+async fn a_home_assistant_restart_is_recognised_and_not_an_error() {
+    let received = restart_is_recognised(Vec::new()).await;
+    let stops = received
+        .iter()
+        .filter(|e| e.event_type() == "homeassistant_stop")
+        .count();
+    assert_eq!(stops, 1, "subscribed to everything: the event is forwarded");
+}
+
+#[tokio::test]
+async fn a_restart_is_recognised_even_when_only_state_changes_are_subscribed() {
+    let received = restart_is_recognised(vec!["state_changed".to_string()]).await;
+    assert!(
+        received.iter().all(|e| e.event_type() == "state_changed"),
+        "the private homeassistant_stop subscription forwards nothing"
+    );
+}
+
+#[tokio::test]
+async fn the_first_connection_hands_on_every_current_state_once() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let snapshot_metric = r#"ha_ingestor_source_snapshot_states_total{source="homeassistant"}"#;
+
+    // A first client makes the simulator change states, then leaves them as they are.
+    let sim = simulator(Some(300), 3000.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut driver = Running::start(
+        client_config(&sim.url(), TOKEN),
+        DeadLetters::new(dir.path()),
+    );
+    driver.receive_until(300).await;
+    driver.stop().await;
+    let mut current: std::collections::BTreeMap<String, ha_ingestor::event::State> =
+        std::collections::BTreeMap::new();
+    for event in sim.emitted() {
+        if let Some(sc) = event.state_changed() {
+            current.insert(
+                sc.entity_id.to_string(),
+                sc.new_state.clone().expect("the simulator never removes"),
+            );
+        }
+    }
+    assert!(current.len() > 10);
+
+    let mut cfg = client_config(&sim.url(), TOKEN);
+    cfg.initial_snapshot = true;
+    let (tx, mut rx) = mpsc::channel(10_000);
+    let stats = Arc::new(Stats::default());
+    let shutdown = CancellationToken::new();
+    let ctx = SourceContext {
+        tx,
+        stats: stats.clone(),
+        dead_letters: Arc::new(DeadLetters::new(dir.path())),
+        shutdown: shutdown.clone(),
+        cursor_dir: None,
+    };
+    let task = tokio::spawn(client::run(cfg, source(), ctx));
+    let mut snapshot = std::collections::BTreeMap::new();
+    while snapshot.len() < current.len() {
+        let event = within("snapshot state", rx.recv()).await.unwrap();
+        assert_eq!(&*event.source, "homeassistant/snapshot");
+        let sc = event.state_changed().expect("a state change");
+        assert!(sc.old_state.is_none());
+        let new = sc.new_state.clone().unwrap();
+        assert_eq!(event.time_fired, new.last_updated, "HA's own time");
+        assert_eq!(Some(&event.context), new.context.as_ref());
+        assert!(
+            snapshot.insert(sc.entity_id.to_string(), new).is_none(),
+            "each entity once"
+        );
+    }
+    assert_eq!(snapshot, current, "exactly the simulator's current states");
+    assert_eq!(
+        stats.totals().received,
+        0,
+        "snapshot states are not bus events"
+    );
+    assert_eq!(
+        metric(&handle.render(), snapshot_metric),
+        Some(current.len() as f64)
+    );
+
+    // A reconnect does not repeat the snapshot. It reads get_states again, for the
+    // entity ids of the gap backfill, and asks for the history only once that
+    // answer was handled: then no further snapshot state was handed on.
+    sim.disconnect_all();
+    assert!(
+        wait_for(|| metric(
+            &handle.render(),
+            r#"ha_ingestor_source_connects_total{source="homeassistant"}"#
+        ) == Some(3.0)
+            && stats.readiness().ready)
+        .await
+    );
+    assert!(wait_for(|| sim.commands_received("history/history_during_period") == 1).await);
+    assert_eq!(sim.commands_received("get_states"), 2);
+    assert_eq!(
+        metric(&handle.render(), snapshot_metric),
+        Some(current.len() as f64)
+    );
+    while let Ok(event) = rx.try_recv() {
+        assert_ne!(&*event.source, "homeassistant/snapshot");
+    }
+    shutdown.cancel();
+    within("client stops", task).await.unwrap();
+    sim.shutdown().await;
+}
+
+/// A client whose every event (live, snapshot, backfill) is kept with its source, for the backfill tests.
+struct Keeper {
+    rx: mpsc::Receiver<Event>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+    got: Vec<Event>,
+}
+
+impl Keeper {
+    fn start(cfg: HomeAssistantConfig, data: &Path) -> Keeper {
+        let (tx, rx) = mpsc::channel(100_000);
+        let stats = Arc::new(Stats::default());
+        let shutdown = CancellationToken::new();
+        let ctx = SourceContext {
+            tx,
+            stats: stats.clone(),
+            dead_letters: Arc::new(DeadLetters::new(data.join("dead-letter"))),
+            shutdown: shutdown.clone(),
+            cursor_dir: Some(data.join("cursor")),
+        };
+        let task = tokio::spawn(client::run(cfg, source(), ctx));
+        Keeper {
+            rx,
+            stats,
+            shutdown,
+            task,
+            got: Vec::new(),
+        }
+    }
+
+    /// Receives until `done` holds for what was received, or fails at the deadline.
+    async fn receive_while(&mut self, what: &str, mut more: impl FnMut(&[Event]) -> bool) {
+        while more(&self.got) {
+            let event = within(what, self.rx.recv())
+                .await
+                .expect("the client keeps the channel open");
+            self.got.push(event);
+        }
+    }
+
+    /// Stops the client and returns everything it handed on, including what was still in the channel.
+    async fn stop(mut self) -> Vec<Event> {
+        self.shutdown.cancel();
+        within("client task stops", self.task)
+            .await
+            .expect("no panic");
+        while let Ok(event) = self.rx.try_recv() {
+            self.got.push(event);
+        }
+        self.got
+    }
+}
+
+/// (entity id, last_updated) of every state change in `events`, with its state.
+fn state_keys(events: &[Event]) -> Vec<((String, Timestamp), ha_ingestor::event::State)> {
+    events
+        .iter()
+        .filter_map(|e| e.state_changed())
+        .filter_map(|sc| sc.new_state.clone())
+        .map(|s| ((s.entity_id.to_string(), s.last_updated), s))
+        .collect()
+}
+
+/// Every change the simulator made arrived exactly once, with HA's state and attributes.
+fn assert_exactly_once(received: &[Event], made: &[ha_ingestor::event::State]) {
+    let mut by_key: std::collections::HashMap<(String, Timestamp), Vec<ha_ingestor::event::State>> =
+        std::collections::HashMap::new();
+    for (key, state) in state_keys(received) {
+        by_key.entry(key).or_default().push(state);
+    }
+    let duplicates: Vec<_> = by_key
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        duplicates.is_empty(),
+        "received more than once: {duplicates:?}"
+    );
+    assert_eq!(by_key.len(), made.len(), "nothing more, nothing less");
+    for state in made {
+        let key = (state.entity_id.to_string(), state.last_updated);
+        let got = by_key
+            .get(&key)
+            .unwrap_or_else(|| panic!("never received: {key:?}"));
+        assert_eq!(got[0].state, state.state, "{key:?}");
+        assert_eq!(got[0].attributes, state.attributes, "{key:?}");
+        assert_eq!(got[0].last_changed, state.last_changed, "{key:?}");
+    }
+}
+
+/// Whether every change in `made` is among `received`.
+fn covers(received: &[Event], made: &[ha_ingestor::event::State]) -> bool {
+    let keys: std::collections::HashSet<(String, Timestamp)> =
+        state_keys(received).into_iter().map(|(k, _)| k).collect();
+    made.iter()
+        .all(|s| keys.contains(&(s.entity_id.to_string(), s.last_updated)))
+}
+
+#[tokio::test]
+async fn a_gap_while_home_assistant_is_away_is_backfilled_exactly_once() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let sim = simulator(None, 300.0).await;
+    sim.keep_running_while_disconnected(true);
+    let data = tempfile::tempdir().unwrap();
+    let mut client = Keeper::start(client_config(&sim.url(), TOKEN), data.path());
+    client
+        .receive_while("first live events", |got| got.len() < 50)
+        .await;
+
+    // HA goes away for about two seconds and keeps changing states meanwhile.
+    sim.refuse_connections(true);
+    sim.disconnect_all();
+    assert!(wait_for(|| !client.stats.readiness().ready).await);
+    let before = sim.state_changes().len();
+    assert!(
+        wait_for(|| sim.state_changes().len() >= before + 600).await,
+        "the simulator keeps changing states with nobody connected"
+    );
+    sim.refuse_connections(false);
+    assert!(wait_for(|| client.stats.readiness().ready).await, "back");
+    let seen = client.got.len();
+    client
+        .receive_while("live events after the gap", |got| got.len() < seen + 600)
+        .await;
+    sim.stop_generating();
+    let made = sim.state_changes();
+    client
+        .receive_while("every change made", |got| !covers(got, &made))
+        .await;
+    let received = client.stop().await;
+    assert_exactly_once(&received, &made);
+
+    let backfilled = received
+        .iter()
+        .filter(|e| &*e.source == "homeassistant/backfill")
+        .count();
+    assert!(
+        backfilled >= 500,
+        "the gap came from the history: {backfilled}"
+    );
+    let text = handle.render();
+    assert_eq!(
+        metric(
+            &text,
+            r#"ha_ingestor_source_backfilled_points_total{source="homeassistant"}"#
+        ),
+        Some(backfilled as f64)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"ha_ingestor_source_gap_seconds_count{source="homeassistant"}"#
+        ),
+        Some(1.0)
+    );
+    let gap = metric(
+        &text,
+        r#"ha_ingestor_source_gap_seconds_sum{source="homeassistant"}"#,
+    )
+    .unwrap_or(0.0);
+    assert!(gap >= 1.0, "the gap lasted about two seconds: {gap}");
+    // Subscribed to every event type: the others in the gap are reported lost.
+    assert_eq!(
+        metric(
+            &text,
+            r#"ha_ingestor_source_unrecoverable_gap_seconds_count{source="homeassistant"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sim.commands_received("history/history_during_period"),
+        1,
+        "40 entities fit in one chunk of 50"
+    );
+
+    // The cursor was saved at shutdown: HA's time of the last event handed on.
+    let last = received.iter().map(|e| e.time_fired).max().unwrap();
+    let cursor = std::fs::read_to_string(data.path().join("cursor/homeassistant.json")).unwrap();
+    assert_eq!(
+        cursor,
+        format!("{{\"last_event\":\"{}\"}}", last.to_rfc3339())
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restart_of_the_ingestor_resumes_from_the_saved_cursor() {
+    let sim = simulator(None, 300.0).await;
+    sim.keep_running_while_disconnected(true);
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = client_config(&sim.url(), TOKEN);
+    cfg.backfill_chunk = 7;
+    let mut first = Keeper::start(cfg.clone(), data.path());
+    first
+        .receive_while("first run", |got| got.len() < 100)
+        .await;
+    let first_run = first.stop().await;
+
+    // While the ingestor is down, HA goes on (few changes: most of the 40
+    // entities keep the state the first run already handed on).
+    let before = sim.state_changes().len();
+    assert!(wait_for(|| sim.state_changes().len() >= before + 15).await);
+
+    // The restarted process also takes the initial snapshot: only states newer
+    // than the cursor are handed on by it, so nothing arrives twice.
+    cfg.initial_snapshot = true;
+    let mut second = Keeper::start(cfg, data.path());
+    second
+        .receive_while("second run", |got| {
+            got.iter().filter(|e| &*e.source == "homeassistant").count() < 300
+        })
+        .await;
+    sim.stop_generating();
+    let made = sim.state_changes();
+    let mut all = first_run;
+    second
+        .receive_while("every change made", |got| {
+            !covers(&[all.as_slice(), got].concat(), &made)
+        })
+        .await;
+    let second_run = second.stop().await;
+    assert!(
+        second_run
+            .iter()
+            .any(|e| &*e.source == "homeassistant/snapshot"),
+        "states changed while the ingestor was down come with the snapshot"
+    );
+    all.extend(second_run);
+    assert_exactly_once(&all, &made);
+    assert!(
+        sim.commands_received("history/history_during_period") >= 6,
+        "40 entities in chunks of 7"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_history_the_gap_is_reported_lost_and_streaming_goes_on() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let lost = r#"ha_ingestor_source_unrecoverable_gap_seconds_count{source="homeassistant"}"#;
+
+    let sim = simulator(None, 300.0).await;
+    sim.set_history_available(false);
+    let data = tempfile::tempdir().unwrap();
+    let mut client = Keeper::start(client_config(&sim.url(), TOKEN), data.path());
+    client
+        .receive_while("first events", |got| got.len() < 20)
+        .await;
+    sim.disconnect_all();
+    assert!(
+        wait_for(|| metric(&handle.render(), lost) == Some(1.0)).await,
+        "{}",
+        handle.render()
+    );
+    let text = handle.render();
+    assert_eq!(
+        metric(
+            &text,
+            r#"ha_ingestor_source_errors_total{source="homeassistant",error_type="backfill"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"ha_ingestor_source_gap_seconds_count{source="homeassistant"}"#
+        ),
+        Some(0.0),
+        "nothing was backfilled"
+    );
+    // The connection stays up and the cursor moves on past the lost gap.
+    let seen = client.got.len();
+    client
+        .receive_while("live events after the gap", |got| got.len() < seen + 100)
+        .await;
+    let latest = client.got.iter().map(|e| e.time_fired).max().unwrap();
+    let path = data.path().join("cursor/homeassistant.json");
+    let saved = || -> Option<Timestamp> {
+        let text = std::fs::read_to_string(&path).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        Timestamp::parse_rfc3339(v["last_event"].as_str()?).ok()
+    };
+    assert!(
+        wait_for(|| saved().is_some_and(|t| t >= latest)).await,
+        "the saved cursor follows the stream again"
+    );
+    assert_eq!(
+        metric(
+            &handle.render(),
+            r#"ha_ingestor_source_connects_total{source="homeassistant"}"#
+        ),
+        Some(2.0),
+        "a refused history does not cost the connection"
+    );
+    client.stop().await;
+    sim.shutdown().await;
 }

@@ -13,6 +13,16 @@ pub const SOURCE_ERRORS: &str = "ha_ingestor_source_errors_total";
 pub const SOURCE_CONNECTED: &str = "ha_ingestor_source_connected";
 /// Counter `{source}`: successful connections (the first and every reconnect).
 pub const SOURCE_CONNECTS: &str = "ha_ingestor_source_connects_total";
+/// Counter `{source, reason}`: established connections that were lost (`ping_timeout`, `closed`, `ha_restart`, …) and re-established.
+pub const SOURCE_RECONNECTS: &str = "ha_ingestor_source_reconnects_total";
+/// Counter `{source}`: current states of the initial snapshot handed on (not counted as received events).
+pub const SOURCE_SNAPSHOT_STATES: &str = "ha_ingestor_source_snapshot_states_total";
+/// Counter `{source}`: state changes recovered from HA's history after a gap.
+pub const SOURCE_BACKFILLED_POINTS: &str = "ha_ingestor_source_backfilled_points_total";
+/// Histogram `{source}`: seconds of each gap (cursor to first live event) that was backfilled.
+pub const SOURCE_GAP_SECONDS: &str = "ha_ingestor_source_gap_seconds";
+/// Histogram `{source}`: seconds of each gap whose events other than state changes (or all events, when the history was refused) are lost.
+pub const SOURCE_UNRECOVERABLE_GAP_SECONDS: &str = "ha_ingestor_source_unrecoverable_gap_seconds";
 /// Counter `{reason}`: events the pipeline removed (`filtered`).
 pub const PIPELINE_DISCARDED: &str = "ha_ingestor_pipeline_discarded_events_total";
 /// Counter: points produced by the encoder.

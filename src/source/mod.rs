@@ -3,6 +3,7 @@
 pub mod homeassistant;
 pub mod simulator;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -23,4 +24,6 @@ pub struct SourceContext {
     pub dead_letters: Arc<DeadLetters>,
     /// Cancelled when the process stops.
     pub shutdown: CancellationToken,
+    /// Where resume cursors are kept (`<data_dir>/cursor`); `None` keeps them in memory only.
+    pub cursor_dir: Option<PathBuf>,
 }

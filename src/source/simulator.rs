@@ -3,16 +3,25 @@
 //! It serves HA's WebSocket API on `/api/websocket` (any path is accepted):
 //! `auth_required` → `auth` → `auth_ok`/`auth_invalid`, then the commands the
 //! ingestor uses (`supported_features`, `subscribe_events`, `unsubscribe_events`,
-//! `get_states`, `get_config`, `ping`) with HA's error codes (`id_reuse`,
-//! `unknown_command`, `not_found`, `invalid_format`). A generator changes the
+//! `get_states`, `get_config`, `ping`, `history/history_during_period`) with
+//! HA's error codes (`id_reuse`, `unknown_command`, `not_found`,
+//! `invalid_format`, `invalid_start_time`, …). A generator changes the
 //! states of N entities at R events/s with deterministic content for a seed;
 //! the values include everything that breaks naive encoders.
 //!
 //! Frames look like current HA's: `{"type":"event","event":{…},"id":N}` with the
 //! id last, `last_reported` in states, and JSON arrays of up to 256 messages
 //! once a connection has asked for `coalesce_messages`.
+//!
+//! Test controls on [`SimulatorHandle`]: drop every connection, inject raw
+//! frames, stop answering `ping` ([`SimulatorHandle::set_answer_pings`]) and
+//! restart as HA does ([`SimulatorHandle::restart`]: `homeassistant_stop`, then close),
+//! refuse connections for a while, keep changing states while nobody is
+//! connected, and stop generating. Every change made is kept (the latest 100 000)
+//! as HA's recorder would, and `history/history_during_period` is answered from
+//! that record in HA's compressed shape.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,7 +34,9 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -98,6 +109,13 @@ impl Simulator {
             auth_attempts: AtomicU64::new(0),
             next_conn: AtomicU64::new(1),
             subscribed: Notify::new(),
+            answer_pings: AtomicBool::new(true),
+            pings: AtomicU64::new(0),
+            commands: Mutex::new(HashMap::new()),
+            unattended: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
+            history: AtomicBool::new(true),
+            recorder: Mutex::new(VecDeque::new()),
             shutdown: CancellationToken::new(),
             cfg,
         });
@@ -180,6 +198,98 @@ impl SimulatorHandle {
         }
     }
 
+    /// Whether `ping` is answered with `pong` (default true); false simulates a hung server whose socket stays open.
+    pub fn set_answer_pings(&self, answer: bool) {
+        self.shared.answer_pings.store(answer, Ordering::Release);
+    }
+
+    /// How many `ping` commands were received (answered or not), to see a client's heartbeat.
+    pub fn pings(&self) -> u64 {
+        self.shared.pings.load(Ordering::Acquire)
+    }
+
+    /// How many well-formed commands of type `kind` (`get_states`, `subscribe_events`, …) were received over all connections.
+    pub fn commands_received(&self, kind: &str) -> u64 {
+        lock(&self.shared.commands).get(kind).copied().unwrap_or(0)
+    }
+
+    /// Whether states keep changing while no client is subscribed (default false: nothing is generated then).
+    ///
+    /// Changes made with nobody connected are not in [`SimulatorHandle::emitted`]
+    /// (nobody received them) but are in [`SimulatorHandle::state_changes`] and
+    /// in the answers to `history/history_during_period`, as in HA.
+    pub fn keep_running_while_disconnected(&self, keep: bool) {
+        self.shared.unattended.store(keep, Ordering::Release);
+        self.shared.subscribed.notify_one();
+    }
+
+    /// While true, every new connection is closed before the WebSocket upgrade, as if HA were down.
+    pub fn refuse_connections(&self, refuse: bool) {
+        self.shared.refusing.store(refuse, Ordering::Release);
+    }
+
+    /// Whether `history/history_during_period` is known (default true); false answers `unknown_command`, as an HA without the `history` integration.
+    pub fn set_history_available(&self, available: bool) {
+        self.shared.history.store(available, Ordering::Release);
+    }
+
+    /// Stops changing states for good ([`SimulatorHandle::finished`] becomes true).
+    pub fn stop_generating(&self) {
+        self.shared.finished.store(true, Ordering::Release);
+    }
+
+    /// Every new state the generator made, sent to a client or not, oldest first (the latest 100 000).
+    pub fn state_changes(&self) -> Vec<State> {
+        lock(&self.shared.recorder).iter().cloned().collect()
+    }
+
+    /// Does what HA does when it restarts: fires `homeassistant_stop` to every subscription that matches, then closes every connection.
+    ///
+    /// The event goes out after what was already queued, and is recorded in
+    /// [`SimulatorHandle::emitted`] when at least one subscription received it.
+    pub fn restart(&self) {
+        let event = {
+            let mut world = lock(&self.shared.world);
+            let ts = world.next_time(Timestamp::now());
+            let context = world.context(ts, false);
+            Event {
+                source: world.source.clone(),
+                time_fired: ts,
+                origin: Origin::Local,
+                context,
+                kind: EventKind::Bus(BusEvent {
+                    event_type: "homeassistant_stop".to_string(),
+                    data: serde_json::Map::new(),
+                }),
+            }
+        };
+        let body: Arc<str> = Arc::from(event_body(&event));
+        let mut sent = false;
+        for client in lock(&self.shared.clients).drain(..) {
+            let queue: Vec<(u64, Arc<str>)> = client
+                .subs
+                .iter()
+                .filter(|(_, wanted)| wanted.as_deref().is_none_or(|w| w == "homeassistant_stop"))
+                .map(|(sub, _)| (*sub, body.clone()))
+                .collect();
+            if !queue.is_empty() {
+                sent = true;
+                client.pending.fetch_add(queue.len(), Ordering::AcqRel);
+                let _ = client.tx.send(Outgoing::Events(queue));
+            }
+            let close = CloseFrame {
+                code: CloseCode::Away,
+                reason: "".into(),
+            };
+            let _ = client.tx.send(Outgoing::Raw(Message::Close(Some(close))));
+            let _ = client.tx.send(Outgoing::Drop);
+        }
+        if sent {
+            lock(&self.shared.emitted).push_back(event);
+            self.shared.emitted_count.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     /// Stops accepting, generating and serving, and waits for every task.
     pub async fn shutdown(self) {
         self.shared.shutdown.cancel();
@@ -228,6 +338,20 @@ struct Shared {
     auth_attempts: AtomicU64,
     next_conn: AtomicU64,
     subscribed: Notify,
+    /// When false, `ping` gets no `pong` (a hung server behind an open socket).
+    answer_pings: AtomicBool,
+    /// `ping` commands received, answered or not.
+    pings: AtomicU64,
+    /// Well-formed commands received, by type.
+    commands: Mutex<HashMap<String, u64>>,
+    /// Keep changing states while no client is subscribed (HA does not wait for us).
+    unattended: AtomicBool,
+    /// Close every new connection at once (HA down).
+    refusing: AtomicBool,
+    /// Whether the `history` integration is loaded (else its commands are unknown).
+    history: AtomicBool,
+    /// Every state change made, sent or not, oldest first: HA's recorder, for the history API.
+    recorder: Mutex<VecDeque<State>>,
     shutdown: CancellationToken,
 }
 
@@ -256,6 +380,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
             _ = shared.shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    if shared.refusing.load(Ordering::Acquire) {
+                        drop(stream);
+                        continue;
+                    }
                     let shared = shared.clone();
                     tracker.spawn(async move {
                         if let Err(error) = serve(stream, &shared).await {
@@ -360,7 +488,20 @@ async fn serve(
                 },
                 incoming = stream.next() => match incoming {
                     Some(Ok(Message::Text(text))) => {
-                        for reply in handle_commands(&text, &mut conn, shared) {
+                        let replies = handle_commands(&text, &mut conn, shared);
+                        // Events queued while the replies were computed go out first, so a
+                        // history answer never overtakes a live event it contains.
+                        while let Ok(out) = rx.try_recv() {
+                            match out {
+                                Outgoing::Events(events) => {
+                                    write_events(&mut sink, &events, conn.coalesce).await?;
+                                    pending.fetch_sub(events.len(), Ordering::AcqRel);
+                                }
+                                Outgoing::Raw(msg) => sink.send(msg).await?,
+                                Outgoing::Drop => return Ok(()),
+                            }
+                        }
+                        for reply in replies.into_iter().flatten() {
                             sink.feed(Message::text(reply)).await?;
                         }
                         sink.flush().await?;
@@ -413,11 +554,13 @@ where
 }
 
 /// Answers one client frame (an object, or an array of commands as HA accepts).
-fn handle_commands(text: &str, conn: &mut Conn, shared: &Shared) -> Vec<String> {
+fn handle_commands(text: &str, conn: &mut Conn, shared: &Shared) -> Vec<Option<String>> {
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(_) => {
-            return vec![ServerReply::failure(0, ERR_INVALID_FORMAT, MSG_INVALID_FORMAT).to_json()];
+            return vec![Some(
+                ServerReply::failure(0, ERR_INVALID_FORMAT, MSG_INVALID_FORMAT).to_json(),
+            )];
         }
     };
     match value {
@@ -429,17 +572,19 @@ fn handle_commands(text: &str, conn: &mut Conn, shared: &Shared) -> Vec<String> 
     }
 }
 
-fn handle_command(msg: &Value, conn: &mut Conn, shared: &Shared) -> String {
+/// The reply to one command; `None` when none is sent (an unanswered `ping`).
+fn handle_command(msg: &Value, conn: &mut Conn, shared: &Shared) -> Option<String> {
     let id = msg.get("id").and_then(Value::as_u64).filter(|id| *id > 0);
     let kind = msg.get("type").and_then(Value::as_str);
     let (Some(id), Some(kind)) = (id, kind) else {
         let id = id.unwrap_or(0);
-        return ServerReply::failure(id, ERR_INVALID_FORMAT, MSG_INVALID_FORMAT).to_json();
+        return Some(ServerReply::failure(id, ERR_INVALID_FORMAT, MSG_INVALID_FORMAT).to_json());
     };
     if id <= conn.last_id {
-        return ServerReply::failure(id, ERR_ID_REUSE, MSG_ID_REUSE).to_json();
+        return Some(ServerReply::failure(id, ERR_ID_REUSE, MSG_ID_REUSE).to_json());
     }
     conn.last_id = id;
+    *lock(&shared.commands).entry(kind.to_string()).or_insert(0) += 1;
     let reply = match kind {
         "supported_features" => {
             conn.coalesce = msg
@@ -487,10 +632,95 @@ fn handle_command(msg: &Value, conn: &mut Conn, shared: &Shared) -> String {
             ServerReply::success(id, serde_json::to_value(states).unwrap_or(Value::Null))
         }
         "get_config" => ServerReply::success(id, config_result(&shared.cfg.ha_version)),
-        "ping" => ServerReply::Pong { id },
+        "history/history_during_period" if shared.history.load(Ordering::Acquire) => {
+            history_during_period(id, msg, shared)
+        }
+        "ping" => {
+            shared.pings.fetch_add(1, Ordering::AcqRel);
+            if !shared.answer_pings.load(Ordering::Acquire) {
+                return None;
+            }
+            ServerReply::Pong { id }
+        }
         _ => ServerReply::failure(id, ERR_UNKNOWN_COMMAND, MSG_UNKNOWN_COMMAND),
     };
-    reply.to_json()
+    Some(reply.to_json())
+}
+
+/// Answers `history/history_during_period` from the recorder, in HA's compressed shape.
+///
+/// Per entity asked for (in the order asked) that has rows: the state in force
+/// at `start_time` with its time clamped to `start_time` (when
+/// `include_start_time_state`, HA's default), then every change after
+/// `start_time` up to `end_time` (default now) as `{"s","a","lu"[,"lc"]}`, `lc`
+/// only when it differs from `lu`. The lossy options (`significant_changes_only`,
+/// `minimal_response`, `no_attributes`) are not simulated: the answer is always
+/// the lossless one.
+fn history_during_period(id: u64, msg: &Value, shared: &Shared) -> ServerReply {
+    let time = |key: &str| {
+        msg.get(key)
+            .and_then(Value::as_str)
+            .map(Timestamp::parse_rfc3339)
+    };
+    let start = match time("start_time") {
+        Some(Ok(t)) => t,
+        _ => return ServerReply::failure(id, "invalid_start_time", "Invalid start_time"),
+    };
+    let end = match time("end_time") {
+        None => Timestamp::from_nanos(i64::MAX),
+        Some(Ok(t)) => t,
+        Some(Err(_)) => return ServerReply::failure(id, "invalid_end_time", "Invalid end_time"),
+    };
+    let Some(ids) = msg.get("entity_ids").and_then(Value::as_array) else {
+        return ServerReply::failure(id, ERR_INVALID_FORMAT, MSG_INVALID_FORMAT);
+    };
+    let mut wanted = Vec::with_capacity(ids.len());
+    for entity in ids {
+        match entity.as_str().map(EntityId::new) {
+            Some(Ok(entity)) => wanted.push(entity),
+            _ => return ServerReply::failure(id, "invalid_entity_ids", "Invalid entity_ids"),
+        }
+    }
+    let include_start = msg
+        .get("include_start_time_state")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let seconds = |t: Timestamp| (t.as_nanos() / 1_000) as f64 / 1e6;
+    let row = |s: &State, lu: Timestamp, lc: Timestamp| {
+        let mut row = serde_json::Map::new();
+        row.insert("s".into(), json!(s.state));
+        row.insert(
+            "a".into(),
+            serde_json::to_value(&s.attributes).unwrap_or(Value::Null),
+        );
+        row.insert("lu".into(), json!(seconds(lu)));
+        if lc != lu {
+            row.insert("lc".into(), json!(seconds(lc)));
+        }
+        Value::Object(row)
+    };
+    // The world lock first (as `emit_batch` takes it): every recorded change is then already queued to the clients.
+    let _world = lock(&shared.world);
+    let recorder = lock(&shared.recorder);
+    let mut result = serde_json::Map::new();
+    for entity in wanted {
+        let mut rows = Vec::new();
+        let mut at_start: Option<&State> = None;
+        for state in recorder.iter().filter(|s| s.entity_id == entity) {
+            if state.last_updated <= start {
+                at_start = Some(state);
+            } else if state.last_updated <= end {
+                rows.push(row(state, state.last_updated, state.last_changed));
+            }
+        }
+        if include_start && let Some(state) = at_start {
+            rows.insert(0, row(state, start, start));
+        }
+        if !rows.is_empty() {
+            result.insert(entity.to_string(), Value::Array(rows));
+        }
+    }
+    ServerReply::success(id, Value::Object(result))
 }
 
 /// A plausible subset of HA's `Config.as_dict()`.
@@ -547,7 +777,7 @@ async fn generate(shared: Arc<Shared>) {
             return;
         }
         let any_subscribed = lock(&shared.clients).iter().any(|c| !c.subs.is_empty());
-        if !any_subscribed {
+        if !any_subscribed && !shared.unattended.load(Ordering::Acquire) {
             base = None;
             tokio::select! {
                 _ = shared.shutdown.cancelled() => return,
@@ -578,6 +808,15 @@ fn emit_batch(shared: &Shared, due: u64) {
             break;
         }
         let event = world.next_event(Timestamp::now());
+        if let Some(new) = event.state_changed().and_then(|sc| sc.new_state.as_ref()) {
+            // Recorded while the world is locked, so a history answer never has a
+            // change that is not yet queued to the connected clients.
+            let mut recorder = lock(&shared.recorder);
+            recorder.push_back(new.clone());
+            if recorder.len() > UNBOUNDED_RETAIN {
+                recorder.pop_front();
+            }
+        }
         let event_type = event.event_type();
         let mut body: Option<Arc<str>> = None;
         for (slot, queue) in clients.iter().zip(per_client.iter_mut()) {
@@ -806,12 +1045,17 @@ impl Generator {
             .collect()
     }
 
-    /// The next event at `now` (moved forward a microsecond if needed, so times strictly increase).
-    fn next_event(&mut self, now: Timestamp) -> Event {
+    /// `now` in whole microseconds, moved forward a microsecond if needed, so times strictly increase.
+    fn next_time(&mut self, now: Timestamp) -> Timestamp {
         let micros = now.as_nanos() / 1_000;
         let micros = micros.max(self.last_ts + 1);
         self.last_ts = micros;
-        let ts = Timestamp::from_nanos(micros * 1_000);
+        Timestamp::from_nanos(micros * 1_000)
+    }
+
+    /// The next event at `now` (see [`Generator::next_time`]).
+    fn next_event(&mut self, now: Timestamp) -> Event {
+        let ts = self.next_time(now);
         if self.rng.random_range(0..20) == 0 {
             self.call_service(ts)
         } else {

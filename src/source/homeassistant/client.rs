@@ -17,27 +17,65 @@
 //!   60 s. A refused token always waits `reconnect_max`: HA counts failed logins
 //!   toward IP bans, so it must never be retried in a hot loop.
 //! - **Dead-letter input** is cut to 1 MiB, so a huge bad frame cannot fill the disk.
+//! - **Heartbeat.** An application-level `ping` every `ping_interval`; no `pong`
+//!   within `pong_timeout` declares the connection dead (`PingTimeout`), which is
+//!   counted (`reconnects_total{reason="ping_timeout"}`), logged at WARN and
+//!   re-established. The read loop is biased toward the socket, so a pong that
+//!   already arrived is read before the deadline is judged.
+//! - **HA restarts.** `homeassistant_stop` followed by the socket closing is a
+//!   restart, not a failure: logged at INFO, counted as `reason="ha_restart"`, not
+//!   in `errors_total`; refused connections until HA is back log at DEBUG. When
+//!   the user subscribes to a list of event types without `homeassistant_stop`,
+//!   a private subscription to it is added whose events are not forwarded.
+//! - **Initial snapshot.** On the first connection of the process that gets it
+//!   through (`initial_snapshot`), `get_states` is read once subscribed and every
+//!   state is handed on as a `state_changed` event with no old state, at its own
+//!   `last_updated`. The Event model has no provenance field; such events carry
+//!   the source id `<source>/snapshot` (nothing downstream keys on the source id).
+//!   They are not bus events, so `Stats::received` does not count them. States
+//!   the live stream already delivered, and (resuming from a saved cursor)
+//!   states at or before the cursor, are not repeated.
+//! - **Gap backfill.** The time of the last event handed on is the resume cursor
+//!   (`cursor.rs`, saved in `<data_dir>/cursor/`). Every connection made while a
+//!   cursor exists (after a reconnect, or at start-up from the file) reads
+//!   `get_states` for the entity ids and asks `history/history_during_period` from
+//!   the cursor, `backfill_chunk` entities per request, one request at a time, in
+//!   the lossless form. Rows at or before the cursor and rows this connection
+//!   already handed on (live or snapshot, by `(entity_id, last_updated)`) are
+//!   skipped; the rest go on as `state_changed` events with source
+//!   `<source>/backfill`. Until the gap is filled the persisted cursor stays at its
+//!   start, so a crash mid-backfill resumes from there. A refused history request
+//!   gives the gap up (logged, counted as unrecoverable). Events other than state
+//!   changes in a gap are counted and logged with the time span.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
+use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
 
+use super::cursor::{self, Cursor};
 use super::decode::{DecodeError, ServerMessage, decode_binary_frame, decode_frame};
-use super::protocol::{ClientMessage, Features};
+use super::history;
+use super::protocol::{ClientMessage, ErrorInfo, Features};
 use crate::config::HomeAssistantConfig;
 use crate::dead_letter::DeadLetter;
-use crate::event::{STATE_CHANGED, SourceId};
+use crate::event::{
+    EntityId, Event, EventKind, Origin, STATE_CHANGED, SourceId, State, StateChanged, Timestamp,
+};
 use crate::monitor::Stats;
 use crate::monitor::metrics::{
-    SOURCE_CONNECTED, SOURCE_CONNECTS, SOURCE_ERRORS, SOURCE_RECEIVED_BYTES, SOURCE_RECEIVED_EVENTS,
+    SOURCE_BACKFILLED_POINTS, SOURCE_CONNECTED, SOURCE_CONNECTS, SOURCE_ERRORS, SOURCE_GAP_SECONDS,
+    SOURCE_RECEIVED_BYTES, SOURCE_RECEIVED_EVENTS, SOURCE_RECONNECTS, SOURCE_SNAPSHOT_STATES,
+    SOURCE_UNRECOVERABLE_GAP_SECONDS,
 };
 use crate::source::SourceContext;
 
@@ -47,6 +85,12 @@ const STABLE_AFTER: Duration = Duration::from_secs(60);
 const DEAD_LETTER_INPUT_MAX: usize = 1 << 20;
 /// Distinct `event_type` label values per source; further types count as `other`.
 const MAX_EVENT_TYPE_LABELS: usize = 256;
+/// The event HA fires as it shuts down (a restart too); the socket closing after it is no failure.
+pub const HOMEASSISTANT_STOP: &str = "homeassistant_stop";
+/// The command that reads a gap from HA's recorder.
+const HISTORY: &str = "history/history_during_period";
+/// The `reason` label of a connection lost to a Home Assistant restart.
+const REASON_HA_RESTART: &str = "ha_restart";
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -93,6 +137,12 @@ pub enum ClientError {
     /// The connection ended.
     #[error("connection lost: {0}")]
     Closed(String),
+    /// A `ping` got no `pong` in time: the connection is dead even if the socket looks open.
+    #[error("no pong within {waited:?} of a ping: connection declared dead")]
+    PingTimeout {
+        /// The configured `pong_timeout`.
+        waited: Duration,
+    },
     /// No token was configured (config loading should have refused this).
     #[error("no access token configured for Home Assistant")]
     NoToken,
@@ -114,6 +164,7 @@ impl ClientError {
             ClientError::Tls(_) => "tls",
             ClientError::Command { .. } => "command",
             ClientError::Closed(_) => "closed",
+            ClientError::PingTimeout { .. } => "ping_timeout",
             ClientError::NoToken => "config",
         }
     }
@@ -136,6 +187,27 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
             return;
         }
     };
+    let cursor_path = ctx
+        .cursor_dir
+        .as_ref()
+        .map(|dir| cursor::path_for(dir, &source));
+    let start = match cursor_path.as_deref().map(cursor::load) {
+        Some(Ok(start)) => start,
+        Some(Err(error)) => {
+            tracing::warn!(message = "Cannot read the resume cursor; starting without a backfill.", source = %source, %error);
+            None
+        }
+        None => None,
+    };
+    let cursor = Arc::new(Cursor::new(start));
+    let writer_stop = CancellationToken::new();
+    let writer = cursor_path.map(|path| {
+        tokio::spawn(cursor::keep_saved(
+            cursor.clone(),
+            path,
+            writer_stop.clone(),
+        ))
+    });
     let url = cfg.websocket_url();
     let link = Link {
         cfg: &cfg,
@@ -144,28 +216,67 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
         connector: &connector,
         source: &source,
         ctx: &ctx,
+        cursor: &cursor,
     };
-    let mut meters = Meters::new(&source);
+    supervise(&link).await;
+    // The last position is saved once more on the way out.
+    writer_stop.cancel();
+    if let Some(writer) = writer
+        && let Err(error) = writer.await
+    {
+        tracing::error!(message = "The cursor writer failed.", source = %source, %error);
+    }
+}
+
+/// Connects, streams and reconnects until shutdown or until the pipeline closes its channel.
+async fn supervise(link: &Link<'_>) {
+    let Link {
+        cfg,
+        url,
+        source,
+        ctx,
+        cursor,
+        ..
+    } = *link;
+    let mut meters = Meters::new(source);
     let mut backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
     let mut failures_in_streak: u64 = 0;
     let mut auth_refusals_in_streak: u64 = 0;
+    // Set by a restart of HA; connection failures until it is back are expected, not noise.
+    let mut restarting = false;
+    // The snapshot is taken once per process, on the first connection that gets it through.
+    let mut snapshot_wanted = cfg.initial_snapshot;
     loop {
         let mut report = SessionReport::default();
+        // Every connection after one that handed something on, and the first when a
+        // cursor was saved by an earlier run, fills the gap since the cursor.
+        let backfill_from = cursor.resume_from().filter(|_| cfg.backfill);
+        if let Some(from) = backfill_from {
+            cursor.hold(from);
+        }
+        let plan = Plan {
+            snapshot: snapshot_wanted,
+            backfill_from,
+            after_restart: restarting,
+        };
         let outcome = tokio::select! {
             _ = ctx.shutdown.cancelled() => None,
-            r = session(&link, &mut meters, &mut report) => Some(r),
+            r = session(link, &plan, &mut meters, &mut report) => Some(r),
         };
+        if report.snapshot_done {
+            snapshot_wanted = false;
+        }
         if report.subscribed_at.is_some() {
             meters.connected.set(0.0);
         }
         let error = match outcome {
             None => {
-                ctx.stats.source_state(&source, false, None);
+                ctx.stats.source_state(source, false, None);
                 return;
             }
             // The pipeline closed its channel: nothing left to deliver to.
             Some(Ok(())) => {
-                ctx.stats.source_state(&source, false, None);
+                ctx.stats.source_state(source, false, None);
                 return;
             }
             Some(Err(error)) => error,
@@ -173,15 +284,36 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
         if let Some(at) = report.subscribed_at {
             failures_in_streak = 0;
             auth_refusals_in_streak = 0;
+            restarting = false;
             if at.elapsed() >= STABLE_AFTER {
                 backoff.reset();
             }
         }
-        metrics::counter!(SOURCE_ERRORS, "source" => source.to_string(), "error_type" => error.kind())
-            .increment(1);
-        ctx.stats
-            .source_state(&source, false, Some(error.to_string()));
-        let delay = if error.is_auth() {
+        let ha_restart = report.ha_stopping && matches!(error, ClientError::Closed(_));
+        if report.subscribed_at.is_some() {
+            let reason = if ha_restart {
+                REASON_HA_RESTART
+            } else {
+                error.kind()
+            };
+            metrics::counter!(SOURCE_RECONNECTS, "source" => source.to_string(), "reason" => reason)
+                .increment(1);
+        }
+        let delay = if ha_restart {
+            restarting = true;
+            ctx.stats.source_state(
+                source,
+                false,
+                Some("Home Assistant is restarting".to_string()),
+            );
+            let delay = backoff.next_delay();
+            tracing::info!(message = "Home Assistant is restarting; reconnecting.", source = %source, url = %url, retry_in = ?delay);
+            delay
+        } else if error.is_auth() {
+            metrics::counter!(SOURCE_ERRORS, "source" => source.to_string(), "error_type" => error.kind())
+                .increment(1);
+            ctx.stats
+                .source_state(source, false, Some(error.to_string()));
             auth_refusals_in_streak += 1;
             if auth_refusals_in_streak == 1 {
                 tracing::error!(
@@ -194,9 +326,16 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
             }
             cfg.reconnect_max
         } else {
+            metrics::counter!(SOURCE_ERRORS, "source" => source.to_string(), "error_type" => error.kind())
+                .increment(1);
+            ctx.stats
+                .source_state(source, false, Some(error.to_string()));
             failures_in_streak += 1;
             let delay = backoff.next_delay();
-            if failures_in_streak == 1 || failures_in_streak.is_multiple_of(10) {
+            if restarting {
+                // HA is still coming back up: refused connections are expected.
+                tracing::debug!(message = "Home Assistant not back yet; reconnecting.", source = %source, %error, attempt = failures_in_streak, retry_in = ?delay);
+            } else if failures_in_streak == 1 || failures_in_streak.is_multiple_of(10) {
                 tracing::warn!(message = "Home Assistant connection failed; reconnecting.", source = %source, url = %url, %error, attempt = failures_in_streak, retry_in = ?delay);
             } else {
                 tracing::debug!(message = "Home Assistant connection failed; reconnecting.", source = %source, %error, attempt = failures_in_streak, retry_in = ?delay);
@@ -205,7 +344,7 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
         };
         tokio::select! {
             _ = ctx.shutdown.cancelled() => {
-                ctx.stats.source_state(&source, false, None);
+                ctx.stats.source_state(source, false, None);
                 return;
             }
             _ = tokio::time::sleep(delay) => {}
@@ -230,11 +369,83 @@ pub async fn probe(cfg: &HomeAssistantConfig) -> Result<ProbeInfo, ClientError> 
 #[derive(Default)]
 struct SessionReport {
     subscribed_at: Option<Instant>,
+    /// `homeassistant_stop` was received: HA is shutting down or restarting.
+    ha_stopping: bool,
+    /// Every state of the initial snapshot was handed on.
+    snapshot_done: bool,
+}
+
+/// A gap being filled from HA's history on this connection.
+struct Gap {
+    /// The cursor: rows at or before it were handed on already.
+    from: Timestamp,
+    /// Entity ids still to ask for, a chunk per request; `None` until `get_states` answered.
+    chunks: Option<std::collections::VecDeque<Vec<String>>>,
+    /// The `time_fired` of the first live event on this connection: the gap's end.
+    first_live: Option<Timestamp>,
+    /// Rows handed on so far.
+    backfilled: u64,
+    /// HA refused a history request: the gap was reported lost as a whole.
+    failed: bool,
+    /// The gap is a restart of HA: what cannot be recovered is logged at INFO, not WARN.
+    expected: bool,
+}
+
+impl Gap {
+    fn new(from: Timestamp, expected: bool) -> Self {
+        Gap {
+            expected,
+            from,
+            chunks: None,
+            first_live: None,
+            backfilled: 0,
+            failed: false,
+        }
+    }
+}
+
+/// `(entity_id, last_updated)` of the states this connection handed on while a
+/// snapshot or a backfill is pending, so that neither repeats one the live
+/// stream (or the snapshot) already delivered.
+#[derive(Default)]
+struct Delivered(HashSet<(EntityId, Timestamp)>);
+
+impl Delivered {
+    /// Notes the new state of a state change.
+    fn note(&mut self, event: &Event) {
+        if let Some(new) = event.state_changed().and_then(|sc| sc.new_state.as_ref()) {
+            self.0.insert((new.entity_id.clone(), new.last_updated));
+        }
+    }
+
+    /// Whether `state` was handed on already.
+    fn contains(&self, state: &State) -> bool {
+        self.0
+            .contains(&(state.entity_id.clone(), state.last_updated))
+    }
+}
+
+/// What a session does besides streaming, decided by the task across sessions.
+struct Plan {
+    /// Read `get_states` once subscribed and hand every state on.
+    snapshot: bool,
+    /// Fill the gap since this time from HA's history once subscribed.
+    backfill_from: Option<Timestamp>,
+    /// The previous connection ended with a restart of HA: its gap is expected, not a warning.
+    after_restart: bool,
 }
 
 /// Metric handles, resolved once so the hot path does no label allocation.
 struct Meters {
     source: String,
+    /// The source id backfilled events carry: `<source>/backfill`.
+    backfill_source: SourceId,
+    backfilled: metrics::Counter,
+    gap_seconds: metrics::Histogram,
+    lost_gap_seconds: metrics::Histogram,
+    /// The source id snapshot events carry: `<source>/snapshot`.
+    snapshot_source: SourceId,
+    snapshot: metrics::Counter,
     bytes: metrics::Counter,
     connects: metrics::Counter,
     connected: metrics::Gauge,
@@ -246,6 +457,12 @@ impl Meters {
     fn new(source: &str) -> Self {
         Meters {
             source: source.to_string(),
+            backfill_source: SourceId::from(format!("{source}/backfill")),
+            backfilled: metrics::counter!(SOURCE_BACKFILLED_POINTS, "source" => source.to_string()),
+            gap_seconds: metrics::histogram!(SOURCE_GAP_SECONDS, "source" => source.to_string()),
+            lost_gap_seconds: metrics::histogram!(SOURCE_UNRECOVERABLE_GAP_SECONDS, "source" => source.to_string()),
+            snapshot_source: SourceId::from(format!("{source}/snapshot")),
+            snapshot: metrics::counter!(SOURCE_SNAPSHOT_STATES, "source" => source.to_string()),
             bytes: metrics::counter!(SOURCE_RECEIVED_BYTES, "source" => source.to_string()),
             connects: metrics::counter!(SOURCE_CONNECTS, "source" => source.to_string()),
             connected: metrics::gauge!(SOURCE_CONNECTED, "source" => source.to_string()),
@@ -435,11 +652,13 @@ struct Link<'a> {
     connector: &'a Connector,
     source: &'a SourceId,
     ctx: &'a SourceContext,
+    cursor: &'a Cursor,
 }
 
 /// One connection: returns `Ok(())` only when the pipeline channel closed.
 async fn session(
     link: &Link<'_>,
+    plan: &Plan,
     meters: &mut Meters,
     report: &mut SessionReport,
 ) -> Result<(), ClientError> {
@@ -450,31 +669,56 @@ async fn session(
         connector,
         source,
         ctx,
+        cursor,
     } = *link;
+    let mut gap = plan
+        .backfill_from
+        .map(|from| Gap::new(from, plan.after_restart));
+    let mut delivered = (plan.snapshot || gap.is_some()).then(Delivered::default);
     let mut ws = connect(cfg, url, connector).await?;
     let ha_version = tokio::time::timeout(cfg.connect_timeout, authenticate(&mut ws, token))
         .await
         .map_err(|_| ClientError::Timeout("waiting for authentication".into()))??;
 
     // Ids strictly increase per connection; every command's result is checked.
+    let mut next_id: u64 = 1;
     let mut pending: Vec<(u64, &'static str)> = Vec::new();
     let mut commands = vec![ClientMessage::SupportedFeatures {
-        id: 1,
+        id: next_id,
         features: Features {
             coalesce_messages: Some(1),
         },
     }];
-    pending.push((1, "supported_features"));
+    pending.push((next_id, "supported_features"));
+    next_id += 1;
     let types: Vec<Option<String>> = if cfg.event_types.is_empty() {
         vec![None]
     } else {
         cfg.event_types.iter().cloned().map(Some).collect()
     };
-    for (i, event_type) in types.into_iter().enumerate() {
-        let id = 2 + i as u64;
-        commands.push(ClientMessage::SubscribeEvents { id, event_type });
-        pending.push((id, "subscribe_events"));
+    for event_type in types {
+        commands.push(ClientMessage::SubscribeEvents {
+            id: next_id,
+            event_type,
+        });
+        pending.push((next_id, "subscribe_events"));
+        next_id += 1;
     }
+    // A restart must be told apart from a failure even when the user did not
+    // subscribe to `homeassistant_stop`: a private subscription whose events are
+    // only noted, never forwarded.
+    let stop_watch = (!cfg.event_types.is_empty()
+        && !cfg.event_types.iter().any(|t| t == HOMEASSISTANT_STOP))
+    .then(|| {
+        let id = next_id;
+        commands.push(ClientMessage::SubscribeEvents {
+            id,
+            event_type: Some(HOMEASSISTANT_STOP.to_string()),
+        });
+        pending.push((id, "subscribe_events"));
+        next_id += 1;
+        id
+    });
     for command in &commands {
         ws.feed(Message::text(command.to_json()))
             .await
@@ -486,12 +730,43 @@ async fn session(
 
     let results_deadline = tokio::time::sleep(cfg.connect_timeout);
     tokio::pin!(results_deadline);
+    let mut ping_tick =
+        tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
+    ping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // (ping id, when its pong is overdue)
+    let mut awaiting_pong: Option<(u64, Instant)> = None;
     let mut decoded = Vec::new();
     loop {
-        let frame = tokio::select! {
-            frame = ws.next() => frame,
-            _ = &mut results_deadline, if !pending.is_empty() => {
-                return Err(ClientError::Timeout("waiting for subscription results".into()));
+        let pong_due = awaiting_pong.map(|(_, due)| due);
+        // Biased toward the socket: frames already received (a late pong among
+        // them) are read before a deadline is judged.
+        let wake = tokio::select! {
+            biased;
+            frame = ws.next() => Wake::Frame(frame),
+            _ = &mut results_deadline, if report.subscribed_at.is_none() => Wake::SetupOverdue,
+            _ = tokio::time::sleep_until(pong_due.unwrap_or_else(Instant::now)), if pong_due.is_some() => Wake::PongOverdue,
+            _ = ping_tick.tick(), if awaiting_pong.is_none() => Wake::Ping,
+        };
+        let frame = match wake {
+            Wake::Frame(frame) => frame,
+            Wake::SetupOverdue => {
+                return Err(ClientError::Timeout(
+                    "waiting for subscription results".into(),
+                ));
+            }
+            Wake::PongOverdue => {
+                return Err(ClientError::PingTimeout {
+                    waited: cfg.pong_timeout,
+                });
+            }
+            Wake::Ping => {
+                let id = next_id;
+                next_id += 1;
+                ws.send(Message::text(ClientMessage::Ping { id }.to_json()))
+                    .await
+                    .map_err(|e| ClientError::Closed(e.to_string()))?;
+                awaiting_pong = Some((id, Instant::now() + cfg.pong_timeout));
+                continue;
             }
         };
         let message = match frame {
@@ -526,20 +801,65 @@ async fn session(
         }
         for item in decoded.drain(..) {
             match item {
-                Ok(ServerMessage::Event { event, .. }) => {
+                Ok(ServerMessage::Event { event, id }) => {
+                    if event.event_type() == HOMEASSISTANT_STOP && !report.ha_stopping {
+                        report.ha_stopping = true;
+                        tracing::info!(message = "Home Assistant is stopping.", source = %source);
+                    }
+                    if Some(id) == stop_watch {
+                        continue;
+                    }
                     meters.event(event.event_type());
                     Stats::add(&ctx.stats.received, 1);
+                    let time = event.time_fired;
+                    if let Some(gap) = gap.as_mut() {
+                        gap.first_live.get_or_insert(time);
+                    }
+                    if let Some(delivered) = delivered.as_mut() {
+                        delivered.note(&event);
+                    }
                     if ctx.tx.send(event).await.is_err() {
                         return Ok(());
                     }
+                    cursor.advance(time);
+                }
+                Ok(ServerMessage::Pong { id }) => {
+                    if awaiting_pong.is_some_and(|(ping, _)| ping == id) {
+                        awaiting_pong = None;
+                    }
                 }
                 Ok(ServerMessage::Result {
-                    id, success, error, ..
+                    id,
+                    success,
+                    error,
+                    result,
                 }) => {
                     let Some(at) = pending.iter().position(|(p, _)| *p == id) else {
                         continue;
                     };
                     let (_, command) = pending.remove(at);
+                    if command == HISTORY {
+                        let Some(g) = gap.as_mut() else { continue };
+                        if success {
+                            let rows = history::rows_after(
+                                result.unwrap_or_default(),
+                                g.from,
+                                &meters.backfill_source,
+                            );
+                            let done = delivered.get_or_insert_default();
+                            if !hand_on_backfill(rows, g, done, link, meters).await {
+                                return Ok(());
+                            }
+                        } else {
+                            give_up_gap(g, error.unwrap_or_default(), meters, source);
+                        }
+                        continue_gap(&mut ws, &mut next_id, &mut pending, &mut gap, link, meters)
+                            .await?;
+                        if gap.is_none() {
+                            delivered = None;
+                        }
+                        continue;
+                    }
                     if !success && command == "supported_features" {
                         // Cores older than 2022.x do not know the command: go on without arrays.
                         let error = error.unwrap_or_default();
@@ -552,8 +872,40 @@ async fn session(
                             message: error.message,
                         });
                     }
-                    if pending.is_empty() {
+                    if command == "get_states" {
+                        let states = states_from_result(result, ctx, source);
+                        if let Some(g) = gap.as_mut() {
+                            let ids: Vec<String> =
+                                states.iter().map(|s| s.entity_id.to_string()).collect();
+                            let chunk = cfg.backfill_chunk.max(1);
+                            g.chunks = Some(ids.chunks(chunk).map(<[String]>::to_vec).collect());
+                        }
+                        if plan.snapshot {
+                            let after = gap.as_ref().map(|g| g.from);
+                            let done = delivered.get_or_insert_default();
+                            if !hand_on_snapshot(states, after, done, link, meters).await {
+                                return Ok(());
+                            }
+                            report.snapshot_done = true;
+                        }
+                        continue_gap(&mut ws, &mut next_id, &mut pending, &mut gap, link, meters)
+                            .await?;
+                        if gap.is_none() {
+                            delivered = None;
+                        }
+                        continue;
+                    }
+                    if pending.is_empty() && report.subscribed_at.is_none() {
                         report.subscribed_at = Some(Instant::now());
+                        // Asked before the source is reported ready, so "ready" implies "asked".
+                        if plan.snapshot || gap.is_some() {
+                            let id = next_id;
+                            next_id += 1;
+                            ws.send(Message::text(ClientMessage::GetStates { id }.to_json()))
+                                .await
+                                .map_err(|e| ClientError::Closed(e.to_string()))?;
+                            pending.push((id, "get_states"));
+                        }
                         meters.connected.set(1.0);
                         meters.connects.increment(1);
                         ctx.stats.source_state(source, true, None);
@@ -573,6 +925,233 @@ async fn session(
             }
         }
     }
+}
+
+/// Reads the states of a `get_states` result one by one; a state that does not decode is set aside, the others are kept.
+fn states_from_result(
+    result: Option<serde_json::Value>,
+    ctx: &SourceContext,
+    source: &SourceId,
+) -> Vec<State> {
+    let items = match result {
+        Some(serde_json::Value::Array(items)) => items,
+        other => {
+            let input = other.map(|v| v.to_string()).unwrap_or_default();
+            record_bad_input(
+                ctx,
+                source,
+                "invalid_field",
+                "get_states result is not an array",
+                input.as_bytes(),
+            );
+            return Vec::new();
+        }
+    };
+    let mut states = Vec::with_capacity(items.len());
+    for item in items {
+        match State::deserialize(&item) {
+            Ok(state) => states.push(state),
+            Err(error) => record_bad_input(
+                ctx,
+                source,
+                "invalid_field",
+                &format!("get_states: {error}"),
+                item.to_string().as_bytes(),
+            ),
+        }
+    }
+    states
+}
+
+/// A current state as a `state_changed` event at HA's own `last_updated`, so re-writing it is idempotent.
+fn snapshot_event(state: State, source: &SourceId) -> Event {
+    Event {
+        source: source.clone(),
+        time_fired: state.last_updated,
+        origin: Origin::Local,
+        context: state.context.clone().unwrap_or_default(),
+        kind: EventKind::StateChanged(Box::new(StateChanged {
+            entity_id: state.entity_id.clone(),
+            old_state: None,
+            new_state: Some(state),
+        })),
+    }
+}
+
+/// Hands every current state on as a snapshot event; false when the pipeline closed its channel.
+///
+/// States the live stream of this connection already delivered are skipped,
+/// and so, with a cursor (a restart that resumes), are states last updated at
+/// or before it: the earlier run handed them on.
+async fn hand_on_snapshot(
+    states: Vec<State>,
+    after: Option<Timestamp>,
+    delivered: &mut Delivered,
+    link: &Link<'_>,
+    meters: &Meters,
+) -> bool {
+    let mut count = 0;
+    for state in states {
+        if after.is_some_and(|from| state.last_updated <= from) || delivered.contains(&state) {
+            continue;
+        }
+        count += 1;
+        let event = snapshot_event(state, &meters.snapshot_source);
+        let time = event.time_fired;
+        delivered.note(&event);
+        if link.ctx.tx.send(event).await.is_err() {
+            return false;
+        }
+        link.cursor.advance(time);
+        meters.snapshot.increment(1);
+    }
+    tracing::info!(message = "Initial snapshot handed on.", source = %link.source, states = count);
+    true
+}
+
+/// Hands on the rows of one history reply that this connection has not delivered; false when the pipeline closed its channel.
+async fn hand_on_backfill(
+    rows: history::Backfill,
+    gap: &mut Gap,
+    delivered: &Delivered,
+    link: &Link<'_>,
+    meters: &Meters,
+) -> bool {
+    for error in rows.errors {
+        record_bad_input(
+            link.ctx,
+            link.source,
+            "invalid_field",
+            &error.to_string(),
+            b"",
+        );
+    }
+    for event in rows.events {
+        let Some(new) = event.state_changed().and_then(|sc| sc.new_state.as_ref()) else {
+            continue;
+        };
+        if delivered.contains(new) {
+            continue;
+        }
+        let time = event.time_fired;
+        if link.ctx.tx.send(event).await.is_err() {
+            return false;
+        }
+        link.cursor.advance(time);
+        gap.backfilled += 1;
+        meters.backfilled.increment(1);
+    }
+    true
+}
+
+/// HA refused a history request: the gap is given up as a whole, counted and logged.
+fn give_up_gap(gap: &mut Gap, error: ErrorInfo, meters: &Meters, source: &SourceId) {
+    metrics::counter!(SOURCE_ERRORS, "source" => source.to_string(), "error_type" => "backfill")
+        .increment(1);
+    tracing::warn!(message = "Home Assistant refused the history request; the gap cannot be backfilled.", source = %source, code = %error.code, reason = %error.message);
+    gap.chunks = Some(Default::default());
+    gap.failed = true;
+    let to = gap.first_live.unwrap_or_else(Timestamp::now);
+    report_lost_gap(meters, source, gap, to, "state changes and other events");
+}
+
+/// Asks for the next chunk of the gap, or, when none is left, reports the gap filled and releases the cursor.
+async fn continue_gap(
+    ws: &mut Ws,
+    next_id: &mut u64,
+    pending: &mut Vec<(u64, &'static str)>,
+    gap: &mut Option<Gap>,
+    link: &Link<'_>,
+    meters: &Meters,
+) -> Result<(), ClientError> {
+    let Some(g) = gap.as_mut() else {
+        return Ok(());
+    };
+    if let Some(id) = next_history_request(ws, next_id, g).await? {
+        pending.push((id, HISTORY));
+    } else {
+        finish_gap(g, link.cfg, meters, link.source);
+        link.cursor.release();
+        *gap = None;
+    }
+    Ok(())
+}
+
+/// Sends the history request for the next chunk of entities; `None` when no chunk is left.
+async fn next_history_request(
+    ws: &mut Ws,
+    next_id: &mut u64,
+    gap: &mut Gap,
+) -> Result<Option<u64>, ClientError> {
+    let Some(entity_ids) = gap.chunks.as_mut().and_then(|c| c.pop_front()) else {
+        return Ok(None);
+    };
+    let id = *next_id;
+    *next_id += 1;
+    // The lossless form: every change, every attribute (HA's defaults drop some).
+    let request = ClientMessage::HistoryDuringPeriod {
+        id,
+        start_time: gap.from.to_rfc3339(),
+        end_time: None,
+        entity_ids,
+        include_start_time_state: true,
+        significant_changes_only: false,
+        minimal_response: false,
+        no_attributes: false,
+    };
+    ws.send(Message::text(request.to_json()))
+        .await
+        .map_err(|e| ClientError::Closed(e.to_string()))?;
+    Ok(Some(id))
+}
+
+/// Reports a filled gap; events other than state changes in it are lost and said so.
+fn finish_gap(gap: &Gap, cfg: &HomeAssistantConfig, meters: &Meters, source: &SourceId) {
+    if gap.failed {
+        return;
+    }
+    let to = gap.first_live.unwrap_or_else(Timestamp::now);
+    let seconds = seconds_between(gap.from, to);
+    meters.gap_seconds.record(seconds);
+    tracing::info!(message = "Gap backfilled from Home Assistant's history.", source = %source, from = %gap.from, to = %to, gap_s = seconds, states = gap.backfilled);
+    let other_events = cfg.event_types.is_empty()
+        || cfg
+            .event_types
+            .iter()
+            .any(|t| t != crate::event::STATE_CHANGED);
+    if other_events {
+        report_lost_gap(meters, source, gap, to, "events other than state changes");
+    }
+}
+
+/// Counts and logs a span of time whose events (of the kind named) cannot be recovered.
+///
+/// At INFO after a restart of HA (expected), else at WARN.
+fn report_lost_gap(meters: &Meters, source: &SourceId, gap: &Gap, to: Timestamp, what: &str) {
+    let from = gap.from;
+    let seconds = seconds_between(from, to);
+    meters.lost_gap_seconds.record(seconds);
+    if gap.expected {
+        tracing::info!(message = "Events in a gap cannot be recovered from Home Assistant's history.", source = %source, lost = what, from = %from, to = %to, gap_s = seconds, cause = "Home Assistant restarted");
+    } else {
+        tracing::warn!(message = "Events in a gap cannot be recovered from Home Assistant's history.", source = %source, lost = what, from = %from, to = %to, gap_s = seconds);
+    }
+}
+
+fn seconds_between(from: Timestamp, to: Timestamp) -> f64 {
+    (to.as_nanos().saturating_sub(from.as_nanos())).max(0) as f64 / 1e9
+}
+
+/// What woke the read loop.
+enum Wake {
+    /// The socket yielded a frame, an error or its end.
+    Frame(Option<Result<Message, tungstenite::Error>>),
+    /// The subscription results did not all arrive within `connect_timeout`.
+    SetupOverdue,
+    /// The outstanding ping got no pong within `pong_timeout`.
+    PongOverdue,
+    /// Time to send the next ping.
+    Ping,
 }
 
 /// Counts undecodable input and sets it aside; the stream goes on.

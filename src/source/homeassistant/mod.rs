@@ -1,5 +1,7 @@
-//! Home Assistant's WebSocket API: protocol types, frame decoding and the client.
+//! Home Assistant's WebSocket API: protocol types, frame decoding, the client, and gap backfill (cursor, history).
 
 pub mod client;
+pub mod cursor;
 pub mod decode;
+pub mod history;
 pub mod protocol;

@@ -82,6 +82,35 @@ pub enum ClientMessage {
         /// Command id.
         id: u64,
     },
+    /// Asks the recorder for every state change of `entity_ids` since `start_time` (gap backfill).
+    #[serde(rename = "history/history_during_period")]
+    HistoryDuringPeriod {
+        /// Command id.
+        id: u64,
+        /// Start of the period, RFC 3339.
+        start_time: String,
+        /// End of the period; absent means now.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        end_time: Option<String>,
+        /// The entities asked for (required by current cores).
+        entity_ids: Vec<String>,
+        /// Add each entity's state in force at `start_time` as its first row.
+        #[serde(default = "default_true")]
+        include_start_time_state: bool,
+        /// `true` drops attribute-only changes outside HA's significant domains: lossy.
+        #[serde(default = "default_true")]
+        significant_changes_only: bool,
+        /// `true` keeps only the first row whole: lossy.
+        #[serde(default)]
+        minimal_response: bool,
+        /// `true` leaves out attributes: lossy.
+        #[serde(default)]
+        no_attributes: bool,
+    },
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl ClientMessage {
@@ -202,6 +231,39 @@ mod tests {
                 access_token: "abc".into()
             }
         );
+    }
+
+    #[test]
+    fn a_history_request_names_its_command_as_ha_does() {
+        let request = ClientMessage::HistoryDuringPeriod {
+            id: 7,
+            start_time: "2026-01-01T10:00:00.000000+00:00".into(),
+            end_time: None,
+            entity_ids: vec!["sensor.a".into()],
+            include_start_time_state: true,
+            significant_changes_only: false,
+            minimal_response: false,
+            no_attributes: false,
+        };
+        assert_eq!(
+            request.to_json(),
+            r#"{"type":"history/history_during_period","id":7,"start_time":"2026-01-01T10:00:00.000000+00:00","entity_ids":["sensor.a"],"include_start_time_state":true,"significant_changes_only":false,"minimal_response":false,"no_attributes":false}"#
+        );
+        // HA's defaults apply to what a client leaves out.
+        let parsed: ClientMessage = serde_json::from_str(
+            r#"{"type":"history/history_during_period","id":2,"start_time":"x","entity_ids":[]}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            parsed,
+            ClientMessage::HistoryDuringPeriod {
+                include_start_time_state: true,
+                significant_changes_only: true,
+                minimal_response: false,
+                no_attributes: false,
+                ..
+            }
+        ));
     }
 
     #[test]
