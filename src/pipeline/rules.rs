@@ -533,7 +533,9 @@ fn state_holds<'a>(
     }
     if let Some(want) = test.attributes_only_changed {
         let only_attributes = match (new, old()) {
-            (Some(n), Some(o)) => n.state == o.state && n.attributes != o.attributes,
+            (Some(n), Some(o)) => {
+                n.state == o.state && !same_attributes(&n.attributes, &o.attributes)
+            }
             _ => false,
         };
         if only_attributes != want {
@@ -541,6 +543,11 @@ fn state_holds<'a>(
         }
     }
     true
+}
+
+/// Same keys and values in any order, as HA compares attribute dicts.
+fn same_attributes(a: &crate::event::Attributes, b: &crate::event::Attributes) -> bool {
+    a.len() == b.len() && a.iter().all(|(k, v)| b.get(k) == Some(v))
 }
 
 /// Equality of HA's JSON with a configured value; numbers compare by value (`1` equals `1.0`).
