@@ -341,3 +341,22 @@ proptest! {
         prop_assert_eq!(cached.counts(), reference.counts());
     }
 }
+
+/// Every example config's filter chain and schema compile, as `check` would build them.
+#[test]
+fn every_example_builds_a_pipeline() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(root().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cfg: Config = toml::from_str(&text).unwrap();
+        if let Err(e) = Pipeline::new(&cfg.filter, &cfg.schema) {
+            panic!("{}: {e}", path.display());
+        }
+        n += 1;
+    }
+    assert!(n >= 3);
+}
