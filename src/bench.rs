@@ -249,22 +249,21 @@ pub struct RulesReport {
     pub chain_share: f64,
 }
 
-/// Repeats `pass` until `min_seconds` have gone by; returns passes and seconds.
-fn timed(min_seconds: f64, mut pass: impl FnMut()) -> (u64, f64) {
-    pass();
-    let started = Instant::now();
-    let mut passes = 0u64;
-    loop {
-        pass();
-        passes += 1;
-        let seconds = started.elapsed().as_secs_f64();
-        if seconds >= min_seconds {
-            return (passes, seconds);
-        }
-    }
+/// Seconds spent in each stage over all passes.
+#[derive(Default)]
+struct StageTimes {
+    passes: u64,
+    decode: f64,
+    chain: f64,
+    encode: f64,
 }
 
-/// Measures the filter chain over the events of `frames`, each stage for at least `min_seconds`.
+/// Measures the filter chain over the events of `frames` for at least `min_seconds` per mode.
+///
+/// Every pass decodes the frames afresh (timed as decode), then decides
+/// every event (timed as chain), then encodes the kept ones (timed as
+/// encode): an old state a rule reads is decoded lazily inside the chain, as
+/// in the pipeline, and not once for all passes.
 pub fn rules(
     frames: &[String],
     input: &str,
@@ -273,68 +272,85 @@ pub fn rules(
     schema: &SchemaConfig,
 ) -> Result<RulesReport, PipelineError> {
     let source: SourceId = Arc::from("homeassistant");
+    let mut chain = RuleChain::new(filter)?;
+    let mut encoder = Encoder::new(schema)?;
     let mut messages = Vec::with_capacity(64);
     let mut events = Vec::new();
-    for frame in frames {
-        decode_frame(frame, &source, &mut messages);
-        for message in messages.drain(..) {
-            if let Ok(ServerMessage::Event { event, .. }) = message {
-                events.push(event);
+    let mut keep = Vec::new();
+    let mut out = String::with_capacity(1 << 20);
+    let mut kept = 0u64;
+
+    let mut run = |cached: bool, timed: bool, times: &mut StageTimes| {
+        let t = Instant::now();
+        events.clear();
+        for frame in frames {
+            decode_frame(frame, &source, &mut messages);
+            for message in messages.drain(..) {
+                if let Ok(ServerMessage::Event { event, .. }) = message {
+                    events.push(event);
+                }
             }
         }
-    }
+        let t_decode = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        keep.clear();
+        for event in &events {
+            let d = if cached {
+                chain.decide(event)
+            } else {
+                chain.decide_uncached(event)
+            };
+            keep.push(d.keep);
+        }
+        let t_chain = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for (event, k) in events.iter().zip(&keep) {
+            if *k {
+                std::hint::black_box(encoder.encode(event, &mut out));
+            }
+        }
+        out.clear();
+        let t_encode = t.elapsed().as_secs_f64();
+        if timed {
+            times.passes += 1;
+            times.decode += t_decode;
+            times.chain += t_chain;
+            times.encode += t_encode;
+        }
+        kept = keep.iter().filter(|k| **k).count() as u64;
+    };
+
+    let mut measure = |cached: bool| {
+        let mut times = StageTimes::default();
+        run(cached, false, &mut times);
+        let started = Instant::now();
+        while times.passes == 0 || started.elapsed().as_secs_f64() < min_seconds {
+            run(cached, true, &mut times);
+        }
+        times
+    };
+    let with_cache = measure(true);
+    let without_cache = measure(false);
     let n = events.len() as u64;
-    let per_event = |passes: u64, seconds: f64| {
+    let ns = |seconds: f64, passes: u64| {
         if n == 0 || passes == 0 {
             0.0
         } else {
             seconds * 1e9 / (passes * n) as f64
         }
     };
-
-    let (passes, seconds) = timed(min_seconds, || {
-        for frame in frames {
-            decode_frame(frame, &source, &mut messages);
-            messages.clear();
-        }
-    });
-    let decode_ns = per_event(passes, seconds);
-
-    let mut chain = RuleChain::new(filter)?;
-    let kept: Vec<bool> = events.iter().map(|e| chain.decide(e).keep).collect();
-    let (passes, seconds) = timed(min_seconds, || {
-        for event in &events {
-            std::hint::black_box(chain.decide(event));
-        }
-    });
-    let chain_ns = per_event(passes, seconds);
-    let (passes, seconds) = timed(min_seconds, || {
-        for event in &events {
-            std::hint::black_box(chain.decide_uncached(event));
-        }
-    });
-    let uncached_ns = per_event(passes, seconds);
-
-    let mut encoder = Encoder::new(schema)?;
-    let mut out = String::with_capacity(1 << 20);
-    let (passes, seconds) = timed(min_seconds, || {
-        for (event, keep) in events.iter().zip(&kept) {
-            if *keep {
-                std::hint::black_box(encoder.encode(event, &mut out));
-            }
-        }
-        out.clear();
-    });
-    let encode_ns = per_event(passes, seconds);
     let rate = |ns: f64| if ns > 0.0 { 1e9 / ns } else { 0.0 };
+    let decode_ns = ns(with_cache.decode, with_cache.passes);
+    let chain_ns = ns(with_cache.chain, with_cache.passes);
+    let encode_ns = ns(with_cache.encode, with_cache.passes);
     let total = decode_ns + chain_ns + encode_ns;
     Ok(RulesReport {
         input: input.to_string(),
         rules: filter.rules.len(),
         events: n,
-        kept: kept.iter().filter(|k| **k).count() as u64,
+        kept,
         decisions_per_sec: rate(chain_ns),
-        uncached_decisions_per_sec: rate(uncached_ns),
+        uncached_decisions_per_sec: rate(ns(without_cache.chain, without_cache.passes)),
         decode_ns_per_event: decode_ns,
         chain_ns_per_event: chain_ns,
         encode_ns_per_event: encode_ns,

@@ -48,11 +48,45 @@ pub enum ExpressionError {
     },
 }
 
+/// Map methods (Jinja's and Python's): `attributes.get(…)` needs the whole map, not a key named `get`.
+const MAP_METHODS: [&str; 6] = ["get", "items", "keys", "values", "copy", "__contains__"];
+
+/// The fields of `old_state` in the context.
+const OLD_STATE_FIELDS: [&str; 4] = ["state", "attributes", "last_changed", "last_updated"];
+
+/// Which keys of a map variable an expression reads: `None` means the whole map.
+type Keys = Option<Vec<String>>;
+
 /// A compiled expression that decides true or false for one event.
 pub struct EventExpression {
     compiled: minijinja::Expression<'static, 'static>,
     /// Bit `i` set: the expression reads `VARIABLES[i]`.
     used: u8,
+    /// The attribute keys read as `attributes.key`; `None` when it reads the map otherwise.
+    attribute_keys: Keys,
+    /// The `old_state` fields read as `old_state.field`; `None` when it reads the map otherwise.
+    old_state_fields: Keys,
+}
+
+/// The keys read from map variable `var`, from minijinja's dotted paths (`attributes.unit`).
+fn keys_read(var: &str, paths: &[String]) -> Keys {
+    let mut keys = Vec::new();
+    for path in paths {
+        if path == var {
+            // Read whole (`attributes[name]`, `'x' in attributes`, `attributes | length`).
+            return None;
+        }
+        if let Some(rest) = path.strip_prefix(var).and_then(|r| r.strip_prefix('.')) {
+            let key = rest.split('.').next().unwrap_or(rest);
+            if MAP_METHODS.contains(&key) {
+                return None;
+            }
+            if !keys.iter().any(|k| k == key) {
+                keys.push(key.to_string());
+            }
+        }
+    }
+    Some(keys)
 }
 
 impl std::fmt::Debug for EventExpression {
@@ -78,7 +112,14 @@ impl EventExpression {
                 None => return Err(ExpressionError::UnknownVariable { name }),
             }
         }
-        Ok(EventExpression { compiled, used })
+        let mut paths: Vec<String> = compiled.undeclared_variables(true).into_iter().collect();
+        paths.sort();
+        Ok(EventExpression {
+            compiled,
+            used,
+            attribute_keys: keys_read("attributes", &paths),
+            old_state_fields: keys_read("old_state", &paths),
+        })
     }
 
     /// Evaluates the expression for `event`: its truthiness, or Jinja's run-time error.
@@ -97,11 +138,15 @@ impl EventExpression {
                 1 => entity.map_or(Value::from(()), |e| Value::from(e.domain())),
                 2 => entity.map_or(Value::from(()), |e| Value::from(e.object_id())),
                 3 => new_state.map_or(Value::from(()), |s| Value::from(s.state.as_str())),
-                4 => new_state.map_or(Value::from(()), |s| attributes_value(&s.attributes)),
+                4 => new_state.map_or(Value::from(()), |s| {
+                    attributes_value(&s.attributes, self.attribute_keys.as_deref())
+                }),
                 5 => sc
                     .and_then(|sc| sc.old_state.as_ref())
                     .and_then(|old| old.state())
-                    .map_or(Value::from(()), state_value),
+                    .map_or(Value::from(()), |old| {
+                        state_value(old, self.old_state_fields.as_deref())
+                    }),
                 6 => Value::from(event.event_type()),
                 _ => Value::from(event.time_fired.to_rfc3339()),
             };
@@ -112,18 +157,30 @@ impl EventExpression {
     }
 }
 
-/// `old_state` in the context: its `state`, `attributes` and times.
-fn state_value(state: &State) -> Value {
-    Value::from_pairs([
-        ("state", Value::from(state.state.as_str())),
-        ("attributes", attributes_value(&state.attributes)),
-        ("last_changed", Value::from(state.last_changed.to_rfc3339())),
-        ("last_updated", Value::from(state.last_updated.to_rfc3339())),
-    ])
+/// `old_state` in the context: its `state`, `attributes` and times (only the `fields` read, when known).
+fn state_value(state: &State, fields: Option<&[String]>) -> Value {
+    let wanted = |name: &str| fields.is_none_or(|f| f.iter().any(|k| k == name));
+    let pairs = OLD_STATE_FIELDS.iter().filter(|f| wanted(f)).map(|&f| {
+        let value = match f {
+            "state" => Value::from(state.state.as_str()),
+            "attributes" => attributes_value(&state.attributes, None),
+            "last_changed" => Value::from(state.last_changed.to_rfc3339()),
+            _ => Value::from(state.last_updated.to_rfc3339()),
+        };
+        (f, value)
+    });
+    Value::from_pairs(pairs)
 }
 
-fn attributes_value(attributes: &Attributes) -> Value {
-    Value::from_pairs(attributes.iter().map(|(k, v)| (k.as_str(), json_value(v))))
+/// The attributes as a Jinja map: only the `keys` read, when known (long texts are then never copied).
+fn attributes_value(attributes: &Attributes, keys: Option<&[String]>) -> Value {
+    match keys {
+        None => Value::from_pairs(attributes.iter().map(|(k, v)| (k.as_str(), json_value(v)))),
+        Some(keys) => Value::from_pairs(
+            keys.iter()
+                .filter_map(|k| attributes.get(k).map(|v| (k.as_str(), json_value(v)))),
+        ),
+    }
 }
 
 /// HA's JSON as a Jinja value: objects become maps, numbers keep their kind.
@@ -219,6 +276,38 @@ mod tests {
             .eval(&state_event("sensor.a", "abc", serde_json::json!({}), None))
             .unwrap_err();
         assert!(err.to_string().contains("float"), "{err}");
+    }
+
+    #[test]
+    fn only_the_keys_read_are_built_and_whole_reads_get_the_whole_map() {
+        let attrs = serde_json::json!({"unit_of_measurement": "W", "get": 1, "x": 2});
+        let e = state_event("sensor.p", "5", attrs.clone(), Some("4"));
+        let cases = [
+            ("attributes.unit_of_measurement == 'W'", true),
+            ("attributes['x'] == 2", true),
+            ("attributes.get('x') == 2", true),
+            ("'x' in attributes", true),
+            ("attributes | length == 3", true),
+            ("attributes.missing is undefined", true),
+            (
+                "old_state.state == '4' and old_state.attributes.x == 2",
+                true,
+            ),
+            ("old_state.last_changed.startswith('2026')", true),
+            ("old_state is none", false),
+            ("old_state | length == 4", true),
+        ];
+        for (src, want) in cases {
+            let compiled = EventExpression::compile(src).unwrap();
+            assert_eq!(compiled.eval(&e).unwrap(), want, "{src}");
+        }
+        let partial = EventExpression::compile("attributes.unit_of_measurement == 'W'").unwrap();
+        assert_eq!(
+            partial.attribute_keys.as_deref(),
+            Some(&["unit_of_measurement".to_string()][..])
+        );
+        let whole = EventExpression::compile("attributes.get('x')").unwrap();
+        assert!(whole.attribute_keys.is_none());
     }
 
     #[test]
