@@ -360,3 +360,97 @@ fn every_example_builds_a_pipeline() {
     }
     assert!(n >= 3);
 }
+
+fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ha-ingestor"))
+}
+
+fn json_output(args: &[&str]) -> serde_json::Value {
+    let out = bin().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `bench rules` and `bench pipeline --config` run the example chain over the recorded frames.
+#[test]
+fn bench_rules_and_pipeline_with_a_config() {
+    let frames = root().join("tests/fixtures/ha-ws-frames.jsonl");
+    let config = root().join("examples/bench-rules.toml");
+    let (frames, config) = (frames.to_str().unwrap(), config.to_str().unwrap());
+    let r = json_output(&[
+        "bench",
+        "rules",
+        "--config",
+        config,
+        "--input",
+        frames,
+        "--seconds",
+        "0.05",
+        "--json",
+    ]);
+    assert_eq!(r["rules"], 20);
+    assert_eq!(r["events"], 397);
+    assert_eq!(r["kept"], 291, "{r}");
+    assert!(r["decisions_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    let share = r["chain_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share < 1.0, "{r}");
+    let r = json_output(&[
+        "bench",
+        "rules",
+        "--config",
+        config,
+        "--input",
+        frames,
+        "--seconds",
+        "0.05",
+        "--rules",
+        "static",
+        "--json",
+    ]);
+    assert_eq!(r["rules"], 10);
+    assert_eq!(r["kept"], 303, "{r}");
+    let r = json_output(&[
+        "bench",
+        "pipeline",
+        "--config",
+        config,
+        "--input",
+        frames,
+        "--seconds",
+        "0.05",
+        "--json",
+    ]);
+    assert!(
+        r["input"].as_str().unwrap().contains("bench-rules.toml"),
+        "{r}"
+    );
+    assert_eq!(r["decode_errors"], 0);
+}
+
+/// `check` reports a bad rule with its name and key and exits 2.
+#[test]
+fn check_names_the_bad_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[[filter.rules]]\nname = \"power\"\naction = \"include\"\nmatch = { entity = { regex = [\"sensor.(\"] } }\n",
+    )
+    .unwrap();
+    let out = bin()
+        .arg("check")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("filter rule \"power\": match.entity.regex"),
+        "{stdout}"
+    );
+}

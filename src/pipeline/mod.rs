@@ -62,11 +62,6 @@ impl Pipeline {
         })
     }
 
-    /// The filter chain (its per-rule counts, its cache), for the stage task, `bench` and tests.
-    pub fn chain(&mut self) -> &mut RuleChain {
-        &mut self.chain
-    }
-
     /// Filters and encodes one event, appending its lines to `out`: the hot path.
     #[inline]
     pub fn process(&mut self, event: &Event, out: &mut String) -> Outcome {
