@@ -252,13 +252,6 @@ impl RuleChain {
             self.key.push('\0');
             self.key.push_str(&event.source);
         }
-        if !self.cache.contains_key(self.key.as_str()) {
-            if self.cache.len() >= self.cache_limit {
-                self.cache.clear();
-            }
-            let plan = self.plan(event);
-            self.cache.insert(self.key.as_str().into(), plan);
-        }
         let RuleChain {
             rules,
             cache,
@@ -268,43 +261,24 @@ impl RuleChain {
             default_keep,
             ..
         } = self;
-        let Some(plan) = cache.get(key.as_str()) else {
-            return Decision {
-                keep: *default_keep,
-                by: DecidedBy::Default,
-            };
-        };
-        match plan {
-            Plan::Gate => Decision {
-                keep: false,
-                by: DecidedBy::Gate,
-            },
-            Plan::Chain {
-                candidates,
-                terminal,
-            } => {
-                for &i in candidates.iter() {
-                    let i = i as usize;
-                    if let Some(d) = run_dynamic(rules, counts, error_logged, i, event) {
-                        return d;
-                    }
-                }
-                match terminal {
-                    Some(i) => {
-                        let i = *i as usize;
-                        counts[i].matches += 1;
-                        Decision {
-                            keep: rules[i].keep,
-                            by: DecidedBy::Rule(i),
-                        }
-                    }
-                    None => Decision {
-                        keep: *default_keep,
-                        by: DecidedBy::Default,
-                    },
-                }
-            }
+        if let Some(plan) = cache.get(key.as_str()) {
+            return follow(plan, rules, counts, error_logged, *default_keep, event);
         }
+        // A miss: evaluate the static parts once, decide, then keep the plan.
+        let plan = self.plan(event);
+        let decision = follow(
+            &plan,
+            &self.rules,
+            &mut self.counts,
+            &mut self.error_logged,
+            self.default_keep,
+            event,
+        );
+        if self.cache.len() >= self.cache_limit {
+            self.cache.clear();
+        }
+        self.cache.insert(self.key.as_str().into(), plan);
+        decision
     }
 
     /// The decision evaluated from scratch, every rule in full: the reference the cache must agree with.
@@ -356,6 +330,48 @@ impl RuleChain {
             candidates: candidates.into_boxed_slice(),
             terminal,
         }
+    }
+}
+
+/// Runs a cached plan: the candidates' dynamic parts in order, then its terminal rule or the default.
+fn follow(
+    plan: &Plan,
+    rules: &[Rule],
+    counts: &mut [RuleCounts],
+    error_logged: &mut [bool],
+    default_keep: bool,
+    event: &Event,
+) -> Decision {
+    let (candidates, terminal) = match plan {
+        Plan::Gate => {
+            return Decision {
+                keep: false,
+                by: DecidedBy::Gate,
+            };
+        }
+        Plan::Chain {
+            candidates,
+            terminal,
+        } => (candidates, terminal),
+    };
+    for &i in candidates.iter() {
+        if let Some(d) = run_dynamic(rules, counts, error_logged, i as usize, event) {
+            return d;
+        }
+    }
+    match terminal {
+        Some(i) => {
+            let i = *i as usize;
+            counts[i].matches += 1;
+            Decision {
+                keep: rules[i].keep,
+                by: DecidedBy::Rule(i),
+            }
+        }
+        None => Decision {
+            keep: default_keep,
+            by: DecidedBy::Default,
+        },
     }
 }
 
