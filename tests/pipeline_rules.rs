@@ -454,3 +454,42 @@ fn check_names_the_bad_rule() {
         "{stdout}"
     );
 }
+
+/// Rules can come from the environment like every other key (a TOML array of tables).
+#[test]
+fn rules_from_an_environment_override() {
+    let env = vec![
+        (
+            "HA_INGESTOR_FILTER__RULES".to_string(),
+            r#"[{ name = "no lights", action = "exclude", match = { domain = ["light"] } }]"#
+                .to_string(),
+        ),
+        (
+            "HA_INGESTOR_FILTER__DEFAULT".to_string(),
+            "exclude".to_string(),
+        ),
+    ];
+    let cfg = Config::from_toml_with_env("", Path::new("t.toml"), &env).unwrap();
+    let mut chain = RuleChain::new(&cfg.filter).unwrap();
+    let light = state_event("light.a", "on", vec![], None);
+    let d = chain.decide(&light);
+    assert!(!d.keep);
+    assert_eq!(d.by, DecidedBy::Rule(0));
+    assert_eq!(
+        chain
+            .decide(&state_event("switch.a", "on", vec![], None))
+            .by,
+        DecidedBy::Default
+    );
+    let bad = vec![(
+        "HA_INGESTOR_FILTER__RULES".to_string(),
+        r#"[{ name = "typo", action = "exclude", match = { domian = ["light"] } }]"#.to_string(),
+    )];
+    let err = Config::from_toml_with_env("", Path::new("t.toml"), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("HA_INGESTOR_FILTER__RULES") && err.contains("\"typo\""),
+        "{err}"
+    );
+}

@@ -12,7 +12,7 @@
 //! fixed for one entity, event type and source) and a *dynamic* part
 //! (attribute, state, expression: read per event). The static parts of every
 //! rule, and the gate, are evaluated once per (event type, entity id[, source])
-//! and kept in a bounded cache as a [`Plan`]: the rules whose static part holds,
+//! and kept in a bounded cache as a plan: the rules whose static part holds,
 //! in order, up to the first fully static one. Per event only the dynamic
 //! parts of those candidates run.
 
@@ -29,7 +29,7 @@ use crate::config::{
 };
 use crate::event::{Event, State};
 
-/// Cached plans kept at most; the cache is emptied when it is full (entity ids are config-bounded in practice).
+/// Cached plans kept at most (one per entity and event type: far above a large HA install); emptied when full.
 pub const CACHE_LIMIT: usize = 100_000;
 
 /// Why the rule chain could not be built; names the rule and the key.
@@ -200,11 +200,6 @@ impl RuleChain {
         })
     }
 
-    /// Whether there are rules at all (without them the gate alone decides).
-    pub fn has_rules(&self) -> bool {
-        !self.rules.is_empty()
-    }
-
     /// The rules' names, in chain order (the `rule` metric label).
     pub fn rule_names(&self) -> impl ExactSizeIterator<Item = &str> {
         self.rules.iter().map(|r| r.name.as_str())
@@ -242,14 +237,23 @@ impl RuleChain {
             // The gate alone: a few set look-ups, cheaper than the cache.
             return self.decide_uncached(event);
         }
+        // Length-prefixed parts: no event type, entity id or source from outside can
+        // make two different events share a key.
+        let mut digits = itoa::Buffer::new();
         self.key.clear();
-        self.key.push_str(event.event_type());
-        self.key.push('\0');
-        if let Some(id) = event.entity_id() {
-            self.key.push_str(id.as_str());
+        let event_type = event.event_type();
+        self.key.push_str(digits.format(event_type.len()));
+        self.key.push(':');
+        self.key.push_str(event_type);
+        match event.entity_id() {
+            Some(id) => {
+                self.key.push_str(digits.format(id.as_str().len()));
+                self.key.push(':');
+                self.key.push_str(id.as_str());
+            }
+            None => self.key.push('-'),
         }
         if self.key_has_source {
-            self.key.push('\0');
             self.key.push_str(&event.source);
         }
         let RuleChain {
@@ -1219,6 +1223,28 @@ mod tests {
             "a cached plan for one source is not reused for another"
         );
         assert_eq!(c.cache_len(), 2);
+    }
+
+    #[test]
+    fn crafted_event_types_do_not_share_a_cache_key_with_state_changes() {
+        let mut c = chain(
+            r#"
+            [[rules]]
+            name = "no lights"
+            action = "exclude"
+            match = { domain = ["light"] }
+            "#,
+        );
+        let light = sensor("light.a", "on", json!({}));
+        for crafted in [
+            "state_changed\0light.a",
+            "state_changed13:light.a",
+            "state_changed",
+        ] {
+            let bus = bus_event(crafted);
+            assert_eq!(decide(&mut c, &bus).by, DecidedBy::Default, "{crafted:?}");
+            assert_eq!(decide(&mut c, &light).by, DecidedBy::Rule(0), "{crafted:?}");
+        }
     }
 
     #[test]
