@@ -1,4 +1,5 @@
-//! `ha-ingestor bench pipeline`: the hot path (decode → filter → encode) on one core.
+//! `ha-ingestor bench pipeline`: the hot path (decode → filter → encode) on one core;
+//! `ha-ingestor bench rules`: the filter chain alone, and its share of that path.
 //!
 //! Frames are decoded, filtered and encoded in a loop on the calling thread
 //! for at least the given time; the report gives events per second and, when
@@ -13,7 +14,9 @@ use serde::Serialize;
 
 use crate::config::{FilterConfig, SchemaConfig};
 use crate::event::{EventKind, SourceId};
+use crate::pipeline::rules::RuleChain;
 use crate::pipeline::{Outcome, Pipeline, PipelineError};
+use crate::sink::schema::Encoder;
 use crate::source::homeassistant::decode::{ServerMessage, decode_frame};
 
 /// Entities in the built-in corpus.
@@ -94,10 +97,27 @@ pub fn coalesce(frames: &[String], size: usize) -> Vec<String> {
     out
 }
 
-/// Runs the hot path over `frames` for at least `min_seconds` (and at least one pass).
+/// Runs the hot path with the default config (keep everything, HA schema).
 pub fn run(frames: &[String], input: &str, min_seconds: f64) -> Result<BenchReport, PipelineError> {
+    run_with(
+        frames,
+        input,
+        min_seconds,
+        &FilterConfig::default(),
+        &SchemaConfig::default(),
+    )
+}
+
+/// Runs the hot path over `frames` for at least `min_seconds` (and at least one pass) with the given `[filter]` and `[schema]`.
+pub fn run_with(
+    frames: &[String],
+    input: &str,
+    min_seconds: f64,
+    filter: &FilterConfig,
+    schema: &SchemaConfig,
+) -> Result<BenchReport, PipelineError> {
     let source: SourceId = Arc::from("bench");
-    let mut pipeline = Pipeline::new(&FilterConfig::default(), &SchemaConfig::default())?;
+    let mut pipeline = Pipeline::new(filter, schema)?;
     let mut messages = Vec::with_capacity(64);
     let mut out = String::with_capacity(1 << 20);
     let counting = crate::alloc_counter::is_active();
@@ -171,5 +191,169 @@ pub fn run(frames: &[String], input: &str, min_seconds: f64) -> Result<BenchRepo
         allocs_per_event: counting.then(|| per_event(allocs_after - allocs_before)),
         bytes_allocated_per_event: counting.then(|| per_event(bytes_after - bytes_before)),
         decode_errors,
+    })
+}
+
+/// Which rules of a config `bench rules` keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RuleSelection {
+    /// Every rule.
+    #[default]
+    All,
+    /// Every rule but those with an expression.
+    NoExpressions,
+    /// Only rules decided by event type, domain, entity and source (all from the cache).
+    Static,
+}
+
+impl RuleSelection {
+    /// The filter config with only the selected rules.
+    pub fn apply(self, filter: &FilterConfig) -> FilterConfig {
+        let mut filter = filter.clone();
+        filter.rules.retain(|rule| {
+            let m = &rule.matches;
+            match self {
+                RuleSelection::All => true,
+                RuleSelection::NoExpressions => m.expression.is_none(),
+                RuleSelection::Static => {
+                    m.expression.is_none() && m.state.is_none() && m.attribute.is_empty()
+                }
+            }
+        });
+        filter
+    }
+}
+
+/// What `bench rules` measured: the chain alone, and decode / chain / encode per event.
+#[derive(Debug, Clone, Serialize)]
+pub struct RulesReport {
+    /// Where the frames came from.
+    pub input: String,
+    /// Rules in the chain.
+    pub rules: usize,
+    /// Events in one pass.
+    pub events: u64,
+    /// Of which kept by the chain.
+    pub kept: u64,
+    /// Decisions per second with the decision cache (the hot path).
+    pub decisions_per_sec: f64,
+    /// Decisions per second evaluating every rule in full (no cache).
+    pub uncached_decisions_per_sec: f64,
+    /// Nanoseconds per event to decode its frame.
+    pub decode_ns_per_event: f64,
+    /// Nanoseconds per event in the chain (cached).
+    pub chain_ns_per_event: f64,
+    /// Nanoseconds per event to encode (kept events only, averaged over all events).
+    pub encode_ns_per_event: f64,
+    /// The chain's share of decode + chain + encode.
+    pub chain_share: f64,
+}
+
+/// Seconds spent in each stage over all passes.
+#[derive(Default)]
+struct StageTimes {
+    passes: u64,
+    decode: f64,
+    chain: f64,
+    encode: f64,
+}
+
+/// Measures the filter chain over the events of `frames` for at least `min_seconds` per mode.
+///
+/// Every pass decodes the frames afresh (timed as decode), then decides
+/// every event (timed as chain), then encodes the kept ones (timed as
+/// encode): an old state a rule reads is decoded lazily inside the chain, as
+/// in the pipeline, and not once for all passes.
+pub fn rules(
+    frames: &[String],
+    input: &str,
+    min_seconds: f64,
+    filter: &FilterConfig,
+    schema: &SchemaConfig,
+) -> Result<RulesReport, PipelineError> {
+    let source: SourceId = Arc::from("homeassistant");
+    let mut chain = RuleChain::new(filter)?;
+    let mut encoder = Encoder::new(schema)?;
+    let mut messages = Vec::with_capacity(64);
+    let mut events = Vec::new();
+    let mut keep = Vec::new();
+    let mut out = String::with_capacity(1 << 20);
+    let mut kept = 0u64;
+
+    let mut run = |cached: bool, timed: bool, times: &mut StageTimes| {
+        let t = Instant::now();
+        events.clear();
+        for frame in frames {
+            decode_frame(frame, &source, &mut messages);
+            for message in messages.drain(..) {
+                if let Ok(ServerMessage::Event { event, .. }) = message {
+                    events.push(event);
+                }
+            }
+        }
+        let t_decode = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        keep.clear();
+        for event in &events {
+            let d = if cached {
+                chain.decide(event)
+            } else {
+                chain.decide_uncached(event)
+            };
+            keep.push(d.keep);
+        }
+        let t_chain = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for (event, k) in events.iter().zip(&keep) {
+            if *k {
+                std::hint::black_box(encoder.encode(event, &mut out));
+            }
+        }
+        out.clear();
+        let t_encode = t.elapsed().as_secs_f64();
+        if timed {
+            times.passes += 1;
+            times.decode += t_decode;
+            times.chain += t_chain;
+            times.encode += t_encode;
+        }
+        kept = keep.iter().filter(|k| **k).count() as u64;
+    };
+
+    let mut measure = |cached: bool| {
+        let mut times = StageTimes::default();
+        run(cached, false, &mut times);
+        let started = Instant::now();
+        while times.passes == 0 || started.elapsed().as_secs_f64() < min_seconds {
+            run(cached, true, &mut times);
+        }
+        times
+    };
+    let with_cache = measure(true);
+    let without_cache = measure(false);
+    let n = events.len() as u64;
+    let ns = |seconds: f64, passes: u64| {
+        if n == 0 || passes == 0 {
+            0.0
+        } else {
+            seconds * 1e9 / (passes * n) as f64
+        }
+    };
+    let rate = |ns: f64| if ns > 0.0 { 1e9 / ns } else { 0.0 };
+    let decode_ns = ns(with_cache.decode, with_cache.passes);
+    let chain_ns = ns(with_cache.chain, with_cache.passes);
+    let encode_ns = ns(with_cache.encode, with_cache.passes);
+    let total = decode_ns + chain_ns + encode_ns;
+    Ok(RulesReport {
+        input: input.to_string(),
+        rules: filter.rules.len(),
+        events: n,
+        kept,
+        decisions_per_sec: rate(chain_ns),
+        uncached_decisions_per_sec: rate(ns(without_cache.chain, without_cache.passes)),
+        decode_ns_per_event: decode_ns,
+        chain_ns_per_event: chain_ns,
+        encode_ns_per_event: encode_ns,
+        chain_share: if total > 0.0 { chain_ns / total } else { 0.0 },
     })
 }

@@ -233,16 +233,211 @@ pub struct EntityFilterConfig {
     pub event_types: Vec<String>,
 }
 
-/// Include/exclude with Home Assistant's own semantics (the richer rule chain comes later).
+/// Which events are kept: HA's include/exclude lists as a gate, then an ordered rule chain.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
-    /// What to keep.
+    /// What to keep (HA semantics; evaluated before the rules).
     #[serde(default)]
     pub include: EntityFilterConfig,
-    /// What to drop.
+    /// What to drop (HA semantics; evaluated before the rules).
     #[serde(default)]
     pub exclude: EntityFilterConfig,
+    /// The decision when no rule matches.
+    #[serde(default)]
+    pub default: FilterAction,
+    /// Ordered rules; the first whose match holds decides.
+    #[serde(default)]
+    pub rules: Vec<FilterRuleConfig>,
+}
+
+/// What a rule (or the default) does with an event.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterAction {
+    /// Keep the event.
+    #[default]
+    Include,
+    /// Drop the event.
+    Exclude,
+}
+
+/// What a rule does when its expression fails at run time for one event.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// The rule does not match; the event goes on down the chain (kept unless something later drops it).
+    #[default]
+    Skip,
+    /// Keep the event now.
+    Keep,
+    /// Drop the event now.
+    Drop,
+}
+
+/// One named rule of the chain: `{ name, action, match, on_error }`.
+///
+/// Deserialised through a table so that an unknown or mistyped key is
+/// reported with the rule's name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(try_from = "toml::Table")]
+pub struct FilterRuleConfig {
+    /// Unique name: used in messages and as the `rule` metric label.
+    pub name: String,
+    /// `include` or `exclude`.
+    pub action: FilterAction,
+    /// Conditions, all of which must hold (an empty match holds for every event).
+    #[serde(rename = "match", default)]
+    pub matches: RuleMatchConfig,
+    /// What a failing expression does.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+/// The typed fields of a rule, read after its name is known.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFields {
+    name: String,
+    action: FilterAction,
+    #[serde(rename = "match", default)]
+    matches: RuleMatchConfig,
+    #[serde(default)]
+    on_error: OnError,
+}
+
+impl TryFrom<toml::Table> for FilterRuleConfig {
+    type Error = String;
+
+    fn try_from(table: toml::Table) -> Result<Self, String> {
+        let name = match table.get("name") {
+            Some(toml::Value::String(name)) => name.clone(),
+            _ => return Err("filter.rules: every rule needs a name (a string)".to_string()),
+        };
+        let fields = RuleFields::deserialize(toml::Value::Table(table))
+            .map_err(|e| format!("filter rule {name:?}: {}", e.to_string().trim()))?;
+        Ok(FilterRuleConfig {
+            name: fields.name,
+            action: fields.action,
+            matches: fields.matches,
+            on_error: fields.on_error,
+        })
+    }
+}
+
+/// The conditions of a rule; every one given must hold.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleMatchConfig {
+    /// Event types, exact or glob (`call_*`); any may match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_type: Vec<String>,
+    /// Entity domains; any may match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domain: Vec<String>,
+    /// Globs and regexes over the entity id; any may match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity: Option<EntityMatchConfig>,
+    /// Source ids (`homeassistant`, `simulator`, `mqtt:<name>`); any may match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source: Vec<String>,
+    /// Attribute tests; all must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attribute: Vec<AttributeMatchConfig>,
+    /// A test of the state value and of how it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateMatchConfig>,
+    /// A Jinja expression (minijinja) that must be true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
+}
+
+/// Entity ids by glob or regex: one compiled set each.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EntityMatchConfig {
+    /// Globs over the entity id (`sensor.*_linkquality`); an id without wildcards matches exactly.
+    #[serde(default)]
+    pub glob: Vec<String>,
+    /// Regexes searched in the entity id (anchor with `^…$` for a whole match).
+    #[serde(default)]
+    pub regex: Vec<String>,
+}
+
+/// Which state of a change an attribute test reads.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StateSide {
+    /// The new state.
+    #[default]
+    New,
+    /// The state before the change.
+    Old,
+}
+
+/// Tests on one attribute; all given must hold.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeMatchConfig {
+    /// The attribute's key.
+    pub name: String,
+    /// Present (`true`) or absent (`false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exists: Option<bool>,
+    /// Equal to this value (numbers compare numerically).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<serde_json::Value>,
+    /// Equal to one of these values.
+    #[serde(default, rename = "in", skip_serializing_if = "Option::is_none")]
+    pub one_of: Option<Vec<serde_json::Value>>,
+    /// Numeric value above this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gt: Option<f64>,
+    /// Numeric value at least this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gte: Option<f64>,
+    /// Numeric value below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lt: Option<f64>,
+    /// Numeric value at most this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lte: Option<f64>,
+    /// A regex searched in the value (strings, or the JSON text of numbers and booleans).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// Read the new state (default) or the old one.
+    #[serde(default)]
+    pub on: StateSide,
+}
+
+/// Tests on the state value; all given must hold.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StateMatchConfig {
+    /// The state string equals this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<String>,
+    /// The state string is one of these.
+    #[serde(default, rename = "in", skip_serializing_if = "Option::is_none")]
+    pub one_of: Option<Vec<String>>,
+    /// The state as a number is above this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gt: Option<f64>,
+    /// The state as a number is at least this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gte: Option<f64>,
+    /// The state as a number is below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lt: Option<f64>,
+    /// The state as a number is at most this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lte: Option<f64>,
+    /// `true`: the state string differs from the old state's (or there is no old state); `false`: it is the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<bool>,
+    /// `true`: same state string as before, different attributes; `false`: anything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes_only_changed: Option<bool>,
 }
 
 /// The schema modes; `optimized` arrives with the schema work.
@@ -743,6 +938,18 @@ impl Config {
             for glob in list {
                 globset::Glob::new(glob)
                     .map_err(|e| invalid(name, format!("bad glob {glob:?}: {e}")))?;
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for rule in &self.filter.rules {
+            if rule.name.trim().is_empty() {
+                return Err(invalid("filter.rules.name", "must not be empty".into()));
+            }
+            if !names.insert(rule.name.as_str()) {
+                return Err(invalid(
+                    "filter.rules.name",
+                    format!("two rules are named {:?}", rule.name),
+                ));
             }
         }
         for glob in self.schema.component_config_glob.keys() {

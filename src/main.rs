@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use ha_ingestor::alloc_counter::CountingAllocator;
 use ha_ingestor::config::{Config, LogFormat};
 use ha_ingestor::{app, bench, check, demo};
@@ -100,10 +100,42 @@ enum BenchCommand {
         /// Group events into HA's coalesced array frames of this many messages (1 = one per frame).
         #[arg(long, default_value_t = 1)]
         coalesce: usize,
+        /// Use this config file's `[filter]` and `[schema]` (default: keep everything, HA schema).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Measure the filter chain alone (cached and uncached) and its share of decode + chain + encode.
+    Rules {
+        /// The config whose `[filter]` and `[schema]` are measured.
+        #[arg(long)]
+        config: PathBuf,
+        /// Recorded frames, one JSON frame per line (default: a built-in realistic corpus).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Which of the config's rules to keep: all, no-expressions, static.
+        #[arg(long, value_enum, default_value_t = RuleSet::All)]
+        rules: RuleSet,
+        /// Minimum measuring time per stage in seconds.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `bench rules --rules`: which rules of the config are measured.
+#[derive(Clone, Copy, ValueEnum)]
+enum RuleSet {
+    /// Every rule.
+    All,
+    /// Every rule without an expression.
+    NoExpressions,
+    /// Only rules decided from the cache (event type, domain, entity, source).
+    Static,
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -229,18 +261,23 @@ fn main() -> ExitCode {
                     input,
                     seconds,
                     coalesce,
+                    config,
                     json,
                 },
         } => {
             init_logging(flag_format.unwrap_or_default(), "warn");
             let result = (|| {
-                let (frames, name) = match &input {
-                    Some(path) => (
-                        bench::load_frames(path)
-                            .with_context(|| format!("reading {}", path.display()))?,
-                        path.display().to_string(),
-                    ),
-                    None => (bench::builtin_frames(), "built-in corpus".to_string()),
+                let (frames, name) = bench_frames(input.as_deref())?;
+                let (filter, schema, name) = match &config {
+                    Some(path) => {
+                        let cfg = Config::load(path)?;
+                        (
+                            cfg.filter,
+                            cfg.schema,
+                            format!("{name}, config {}", path.display()),
+                        )
+                    }
+                    None => (Default::default(), Default::default(), name),
                 };
                 let (frames, name) = if coalesce > 1 {
                     (
@@ -250,7 +287,7 @@ fn main() -> ExitCode {
                 } else {
                     (frames, name)
                 };
-                let r = bench::run(&frames, &name, seconds)?;
+                let r = bench::run_with(&frames, &name, seconds, &filter, &schema)?;
                 if json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
@@ -279,7 +316,62 @@ fn main() -> ExitCode {
             })();
             report(result)
         }
+        Command::Bench {
+            what:
+                BenchCommand::Rules {
+                    config,
+                    input,
+                    rules,
+                    seconds,
+                    json,
+                },
+        } => {
+            init_logging(flag_format.unwrap_or_default(), "warn");
+            let result = (|| {
+                let (frames, name) = bench_frames(input.as_deref())?;
+                let cfg = Config::load(&config)?;
+                let selection = match rules {
+                    RuleSet::All => bench::RuleSelection::All,
+                    RuleSet::NoExpressions => bench::RuleSelection::NoExpressions,
+                    RuleSet::Static => bench::RuleSelection::Static,
+                };
+                let filter = selection.apply(&cfg.filter);
+                let r = bench::rules(&frames, &name, seconds, &filter, &cfg.schema)?;
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!("bench rules: {} ({} rules)", r.input, r.rules);
+                    println!("  events             {} ({} kept)", r.events, r.kept);
+                    println!(
+                        "  decisions/s        {:.0} (decision cache)",
+                        r.decisions_per_sec
+                    );
+                    println!(
+                        "  decisions/s        {:.0} (every rule in full, no cache)",
+                        r.uncached_decisions_per_sec
+                    );
+                    println!(
+                        "  ns/event           decode {:.0}, chain {:.0}, encode {:.0}",
+                        r.decode_ns_per_event, r.chain_ns_per_event, r.encode_ns_per_event
+                    );
+                    println!("  chain share        {:.1} %", r.chain_share * 100.0);
+                }
+                anyhow::Ok(())
+            })();
+            report(result)
+        }
     }
+}
+
+/// The frames to measure: a recording, or the built-in corpus.
+fn bench_frames(input: Option<&std::path::Path>) -> anyhow::Result<(Vec<String>, String)> {
+    Ok(match input {
+        Some(path) => (
+            bench::load_frames(path).with_context(|| format!("reading {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (bench::builtin_frames(), "built-in corpus".to_string()),
+    })
 }
 
 async fn replay(cfg: Config, from: Option<PathBuf>, files: Vec<PathBuf>) -> anyhow::Result<()> {

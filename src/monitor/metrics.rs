@@ -25,6 +25,10 @@ pub const SOURCE_GAP_SECONDS: &str = "ha_ingestor_source_gap_seconds";
 pub const SOURCE_UNRECOVERABLE_GAP_SECONDS: &str = "ha_ingestor_source_unrecoverable_gap_seconds";
 /// Counter `{reason}`: events the pipeline removed (`filtered`).
 pub const PIPELINE_DISCARDED: &str = "ha_ingestor_pipeline_discarded_events_total";
+/// Counter `{rule}`: events a filter rule decided (it was the first match); rule names come from the config.
+pub const FILTER_RULE_MATCHES: &str = "ha_ingestor_filter_rule_matches_total";
+/// Counter `{rule}`: run-time failures of a filter rule's expression.
+pub const FILTER_RULE_ERRORS: &str = "ha_ingestor_filter_rule_errors_total";
 /// Counter: points produced by the encoder.
 pub const ENCODER_POINTS: &str = "ha_ingestor_encoder_points_total";
 /// Counter `{reason}`: events that give no point by the schema's rules.

@@ -182,6 +182,7 @@ mod tests {
         let f = EntityFilter::new(&FilterConfig {
             include: side(&["light"], &["sensor.kept"], &["switch.*_plug"]),
             exclude: EntityFilterConfig::default(),
+            ..FilterConfig::default()
         })
         .unwrap();
         assert!(keep(&f, "light.bed"));
@@ -196,6 +197,7 @@ mod tests {
         let f = EntityFilter::new(&FilterConfig {
             include: EntityFilterConfig::default(),
             exclude: side(&["automation"], &["sensor.noisy"], &["sensor.*_rssi"]),
+            ..FilterConfig::default()
         })
         .unwrap();
         assert!(!keep(&f, "automation.x"));
@@ -213,6 +215,7 @@ mod tests {
                 &["sensor.noisy", "binary_sensor.door_x"],
                 &["sensor.*_rssi"],
             ),
+            ..FilterConfig::default()
         })
         .unwrap();
         assert!(keep(&f, "light.kept"), "include-entity wins");
@@ -238,6 +241,7 @@ mod tests {
         let f = EntityFilter::new(&FilterConfig {
             include: side(&[], &["sensor.important"], &[]),
             exclude: side(&["sensor"], &["light.off"], &[]),
+            ..FilterConfig::default()
         })
         .unwrap();
         assert!(keep(&f, "sensor.important"));
@@ -251,6 +255,7 @@ mod tests {
         let f = EntityFilter::new(&FilterConfig {
             include: side(&[], &["sensor.a"], &[]),
             exclude: side(&[], &["sensor.b"], &[]),
+            ..FilterConfig::default()
         })
         .unwrap();
         assert!(keep(&f, "sensor.a"));
@@ -263,6 +268,7 @@ mod tests {
         let err = EntityFilter::new(&FilterConfig {
             include: side(&[], &[], &["sensor.[oops"]),
             exclude: EntityFilterConfig::default(),
+            ..FilterConfig::default()
         })
         .err()
         .unwrap()

@@ -1,11 +1,14 @@
 //! Between sources and sinks: keeps what the user wants and encodes it.
 //!
 //! The stage is cheap CPU work and runs inline in one task: it takes events in
-//! batches from its bounded input channel, decides with the [`filter`], encodes
+//! batches from its bounded input channel, decides with the [`rules`] chain
+//! (HA's include/exclude [`filter`] first, then the ordered rules), encodes
 //! what is kept into one [`Chunk`] per batch and hands that to the sink.
-//! Counters are added once per batch, not per event.
+//! Counters, per-rule ones included, are added once per batch, not per event.
 
+pub mod expression;
 pub mod filter;
+pub mod rules;
 
 use std::sync::Arc;
 
@@ -17,7 +20,7 @@ use crate::monitor::Stats;
 use crate::monitor::metrics as names;
 use crate::sink::Chunk;
 use crate::sink::schema::{Encoded, Encoder, SchemaError, SkipReason};
-use filter::{EntityFilter, FilterError};
+use rules::{RuleChain, RuleError};
 
 /// Events taken from the channel per round; bounds a chunk's size.
 const BATCH: usize = 1024;
@@ -25,9 +28,9 @@ const BATCH: usize = 1024;
 /// Why the pipeline could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    /// The filter did not compile.
+    /// The filter gate or a rule did not compile.
     #[error(transparent)]
-    Filter(#[from] FilterError),
+    Filter(#[from] RuleError),
     /// The schema did not compile.
     #[error("schema: {0}")]
     Schema(#[from] SchemaError),
@@ -44,17 +47,17 @@ pub enum Outcome {
     Skipped(SkipReason),
 }
 
-/// The compiled filter and encoder.
+/// The compiled filter chain and encoder.
 pub struct Pipeline {
-    filter: EntityFilter,
+    chain: RuleChain,
     encoder: Encoder,
 }
 
 impl Pipeline {
-    /// Compiles the filter and the schema once.
+    /// Compiles the filter chain and the schema once.
     pub fn new(filter: &FilterConfig, schema: &SchemaConfig) -> Result<Pipeline, PipelineError> {
         Ok(Pipeline {
-            filter: EntityFilter::new(filter)?,
+            chain: RuleChain::new(filter)?,
             encoder: Encoder::new(schema)?,
         })
     }
@@ -62,7 +65,7 @@ impl Pipeline {
     /// Filters and encodes one event, appending its lines to `out`: the hot path.
     #[inline]
     pub fn process(&mut self, event: &Event, out: &mut String) -> Outcome {
-        if !self.filter.keep(event) {
+        if !self.chain.decide(event).keep {
             return Outcome::Filtered;
         }
         match self.encoder.encode(event, out) {
@@ -80,6 +83,17 @@ impl Pipeline {
     ) {
         let mut events = Vec::with_capacity(BATCH);
         let mut skipped: Vec<(SkipReason, u64)> = Vec::new();
+        // Handles made once: rule names are bounded by the config.
+        let rule_counters: Vec<(metrics::Counter, metrics::Counter)> = self
+            .chain
+            .rule_names()
+            .map(|name| {
+                (
+                    metrics::counter!(names::FILTER_RULE_MATCHES, "rule" => name.to_string()),
+                    metrics::counter!(names::FILTER_RULE_ERRORS, "rule" => name.to_string()),
+                )
+            })
+            .collect();
         loop {
             if rx.recv_many(&mut events, BATCH).await == 0 {
                 break;
@@ -108,6 +122,12 @@ impl Pipeline {
                 metrics::counter!(names::PIPELINE_DISCARDED, "reason" => "filtered")
                     .increment(filtered);
             }
+            self.chain.drain_counts(|i, counts| {
+                if let Some((matches, errors)) = rule_counters.get(i) {
+                    matches.increment(counts.matches);
+                    errors.increment(counts.errors);
+                }
+            });
             for (reason, n) in &skipped {
                 Stats::add(&stats.skipped, *n);
                 metrics::counter!(names::ENCODER_SKIPPED, "reason" => reason.as_str())

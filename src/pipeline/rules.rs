@@ -1,0 +1,1323 @@
+//! The ordered filter rule chain, behind HA's include/exclude gate, with a decision cache.
+//!
+//! Order of evaluation for one event:
+//!
+//! 1. the gate: `[filter.include]` / `[filter.exclude]` with Home Assistant's
+//!    exact semantics ([`EntityFilter`]); what it drops is dropped;
+//! 2. the rules of `[[filter.rules]]` in order: the first whose match holds
+//!    decides (`include` keeps, `exclude` drops);
+//! 3. `filter.default` when no rule matched.
+//!
+//! A rule's match has a *static* part (event type, domain, entity, source:
+//! fixed for one entity, event type and source) and a *dynamic* part
+//! (attribute, state, expression: read per event). The static parts of every
+//! rule, and the gate, are evaluated once per (event type, entity id[, source])
+//! and kept in a bounded cache as a plan: the rules whose static part holds,
+//! in order, up to the first fully static one. Per event only the dynamic
+//! parts of those candidates run.
+
+use std::collections::HashMap;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use regex::{Regex, RegexSet};
+
+use super::expression::EventExpression;
+use super::filter::{EntityFilter, FilterError};
+use crate::config::{
+    AttributeMatchConfig, FilterAction, FilterConfig, FilterRuleConfig, OnError, StateMatchConfig,
+    StateSide,
+};
+use crate::event::{Event, State};
+
+/// Cached plans kept at most (one per entity and event type: far above a large HA install); emptied when full.
+pub const CACHE_LIMIT: usize = 100_000;
+
+/// Why the rule chain could not be built; names the rule and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    /// The include/exclude gate did not compile.
+    #[error(transparent)]
+    Gate(#[from] FilterError),
+    /// A rule's match is invalid.
+    #[error("filter rule {rule:?}: match.{key}: {message}")]
+    Invalid {
+        /// The rule's name.
+        rule: String,
+        /// The key at fault (`entity.regex`, `attribute.gt`, `expression` …).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// What decided an event's fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecidedBy {
+    /// The HA include/exclude gate dropped it.
+    Gate,
+    /// The rule at this index matched.
+    Rule(usize),
+    /// The rule at this index failed to evaluate and its `on_error` decided.
+    RuleError(usize),
+    /// No rule matched; `filter.default` applied.
+    Default,
+}
+
+/// The chain's verdict for one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the event is kept.
+    pub keep: bool,
+    /// Why.
+    pub by: DecidedBy,
+}
+
+/// Per-rule counts since they were last drained, added to metrics once per batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuleCounts {
+    /// Events this rule decided (it was the first match).
+    pub matches: u64,
+    /// Run-time evaluation failures (expressions).
+    pub errors: u64,
+}
+
+/// Numeric bounds; every one given must hold.
+#[derive(Debug, Default, Clone, Copy)]
+struct Range {
+    gt: Option<f64>,
+    gte: Option<f64>,
+    lt: Option<f64>,
+    lte: Option<f64>,
+}
+
+impl Range {
+    fn is_set(&self) -> bool {
+        self.gt.is_some() || self.gte.is_some() || self.lt.is_some() || self.lte.is_some()
+    }
+
+    fn holds(&self, x: f64) -> bool {
+        self.gt.is_none_or(|b| x > b)
+            && self.gte.is_none_or(|b| x >= b)
+            && self.lt.is_none_or(|b| x < b)
+            && self.lte.is_none_or(|b| x <= b)
+    }
+}
+
+struct AttributeTest {
+    name: String,
+    side: StateSide,
+    exists: Option<bool>,
+    equals: Option<serde_json::Value>,
+    one_of: Option<Vec<serde_json::Value>>,
+    range: Range,
+    regex: Option<Regex>,
+}
+
+struct StateTest {
+    equals: Option<String>,
+    one_of: Option<Vec<String>>,
+    range: Range,
+    changed: Option<bool>,
+    attributes_only_changed: Option<bool>,
+}
+
+/// The parts of a match fixed by (event type, entity id, source).
+#[derive(Default)]
+struct StaticMatch {
+    event_types: Option<GlobSet>,
+    domains: Vec<String>,
+    entity: Option<(GlobSet, RegexSet)>,
+    sources: Vec<String>,
+}
+
+/// The parts read per event.
+#[derive(Default)]
+struct DynamicMatch {
+    attributes: Vec<AttributeTest>,
+    state: Option<StateTest>,
+    expression: Option<EventExpression>,
+}
+
+enum Eval {
+    Match,
+    NoMatch,
+    Error(String),
+}
+
+struct Rule {
+    name: String,
+    keep: bool,
+    on_error: OnError,
+    fixed: StaticMatch,
+    dynamic: DynamicMatch,
+    is_static: bool,
+}
+
+/// What the static parts decided for one (event type, entity, source).
+#[derive(Debug, Clone)]
+enum Plan {
+    /// The gate drops it.
+    Gate,
+    /// Run the dynamic parts of `candidates` in order, then `terminal` (a fully static rule) or the default.
+    Chain {
+        candidates: Box<[u32]>,
+        terminal: Option<u32>,
+    },
+}
+
+/// The compiled chain: gate, rules, default and the decision cache.
+pub struct RuleChain {
+    gate: EntityFilter,
+    rules: Vec<Rule>,
+    default_keep: bool,
+    key_has_source: bool,
+    cache: HashMap<Box<str>, Plan>,
+    cache_limit: usize,
+    key: String,
+    counts: Vec<RuleCounts>,
+    error_logged: Vec<bool>,
+}
+
+impl RuleChain {
+    /// Compiles the gate and every rule once; the error names the rule and the key.
+    pub fn new(cfg: &FilterConfig) -> Result<RuleChain, RuleError> {
+        let rules = cfg
+            .rules
+            .iter()
+            .map(compile_rule)
+            .collect::<Result<Vec<_>, _>>()?;
+        let key_has_source = rules.iter().any(|r| !r.fixed.sources.is_empty());
+        Ok(RuleChain {
+            gate: EntityFilter::new(cfg)?,
+            counts: vec![RuleCounts::default(); rules.len()],
+            error_logged: vec![false; rules.len()],
+            rules,
+            default_keep: cfg.default == FilterAction::Include,
+            key_has_source,
+            cache: HashMap::new(),
+            cache_limit: CACHE_LIMIT,
+            key: String::with_capacity(96),
+        })
+    }
+
+    /// The rules' names, in chain order (the `rule` metric label).
+    pub fn rule_names(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.rules.iter().map(|r| r.name.as_str())
+    }
+
+    /// Caps the decision cache (tests use a tiny one to exercise eviction).
+    pub fn set_cache_limit(&mut self, limit: usize) {
+        self.cache_limit = limit.max(1);
+        self.cache.clear();
+    }
+
+    /// Plans currently cached.
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Counts per rule (chain order) since the last [`RuleChain::drain_counts`].
+    pub fn counts(&self) -> &[RuleCounts] {
+        &self.counts
+    }
+
+    /// Hands each rule's non-zero counts to `f` (index, counts) and resets them.
+    pub fn drain_counts(&mut self, mut f: impl FnMut(usize, RuleCounts)) {
+        for (i, c) in self.counts.iter_mut().enumerate() {
+            if *c != RuleCounts::default() {
+                f(i, *c);
+                *c = RuleCounts::default();
+            }
+        }
+    }
+
+    /// The decision for one event, using the cache for the static parts: the hot path.
+    pub fn decide(&mut self, event: &Event) -> Decision {
+        if self.rules.is_empty() {
+            // The gate alone: a few set look-ups, cheaper than the cache.
+            return self.decide_uncached(event);
+        }
+        // Length-prefixed parts: no event type, entity id or source from outside can
+        // make two different events share a key.
+        let mut digits = itoa::Buffer::new();
+        self.key.clear();
+        let event_type = event.event_type();
+        self.key.push_str(digits.format(event_type.len()));
+        self.key.push(':');
+        self.key.push_str(event_type);
+        match event.entity_id() {
+            Some(id) => {
+                self.key.push_str(digits.format(id.as_str().len()));
+                self.key.push(':');
+                self.key.push_str(id.as_str());
+            }
+            None => self.key.push('-'),
+        }
+        if self.key_has_source {
+            self.key.push_str(&event.source);
+        }
+        let RuleChain {
+            rules,
+            cache,
+            key,
+            counts,
+            error_logged,
+            default_keep,
+            ..
+        } = self;
+        if let Some(plan) = cache.get(key.as_str()) {
+            return follow(plan, rules, counts, error_logged, *default_keep, event);
+        }
+        // A miss: evaluate the static parts once, decide, then keep the plan.
+        let plan = self.plan(event);
+        let decision = follow(
+            &plan,
+            &self.rules,
+            &mut self.counts,
+            &mut self.error_logged,
+            self.default_keep,
+            event,
+        );
+        if self.cache.len() >= self.cache_limit {
+            self.cache.clear();
+        }
+        self.cache.insert(self.key.as_str().into(), plan);
+        decision
+    }
+
+    /// The decision evaluated from scratch, every rule in full: the reference the cache must agree with.
+    pub fn decide_uncached(&mut self, event: &Event) -> Decision {
+        if !self.gate.keep(event) {
+            return Decision {
+                keep: false,
+                by: DecidedBy::Gate,
+            };
+        }
+        for i in 0..self.rules.len() {
+            if !static_holds(&self.rules[i].fixed, event) {
+                continue;
+            }
+            if let Some(d) = run_dynamic(
+                &self.rules,
+                &mut self.counts,
+                &mut self.error_logged,
+                i,
+                event,
+            ) {
+                return d;
+            }
+        }
+        Decision {
+            keep: self.default_keep,
+            by: DecidedBy::Default,
+        }
+    }
+
+    /// Evaluates the gate and the static parts for the event's (type, entity, source).
+    fn plan(&self, event: &Event) -> Plan {
+        if !self.gate.keep(event) {
+            return Plan::Gate;
+        }
+        let mut candidates = Vec::new();
+        let mut terminal = None;
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !static_holds(&rule.fixed, event) {
+                continue;
+            }
+            if rule.is_static {
+                terminal = Some(i as u32);
+                break;
+            }
+            candidates.push(i as u32);
+        }
+        Plan::Chain {
+            candidates: candidates.into_boxed_slice(),
+            terminal,
+        }
+    }
+}
+
+/// Runs a cached plan: the candidates' dynamic parts in order, then its terminal rule or the default.
+fn follow(
+    plan: &Plan,
+    rules: &[Rule],
+    counts: &mut [RuleCounts],
+    error_logged: &mut [bool],
+    default_keep: bool,
+    event: &Event,
+) -> Decision {
+    let (candidates, terminal) = match plan {
+        Plan::Gate => {
+            return Decision {
+                keep: false,
+                by: DecidedBy::Gate,
+            };
+        }
+        Plan::Chain {
+            candidates,
+            terminal,
+        } => (candidates, terminal),
+    };
+    for &i in candidates.iter() {
+        if let Some(d) = run_dynamic(rules, counts, error_logged, i as usize, event) {
+            return d;
+        }
+    }
+    match terminal {
+        Some(i) => {
+            let i = *i as usize;
+            counts[i].matches += 1;
+            Decision {
+                keep: rules[i].keep,
+                by: DecidedBy::Rule(i),
+            }
+        }
+        None => Decision {
+            keep: default_keep,
+            by: DecidedBy::Default,
+        },
+    }
+}
+
+/// Runs rule `i`'s dynamic part (its static part already holds): `Some` when it decides.
+fn run_dynamic(
+    rules: &[Rule],
+    counts: &mut [RuleCounts],
+    error_logged: &mut [bool],
+    i: usize,
+    event: &Event,
+) -> Option<Decision> {
+    let rule = &rules[i];
+    match dynamic_holds(&rule.dynamic, event) {
+        Eval::Match => {
+            counts[i].matches += 1;
+            Some(Decision {
+                keep: rule.keep,
+                by: DecidedBy::Rule(i),
+            })
+        }
+        Eval::NoMatch => None,
+        Eval::Error(error) => {
+            counts[i].errors += 1;
+            if !error_logged[i] {
+                error_logged[i] = true;
+                tracing::warn!(
+                    message = "A filter expression failed; counted in ha_ingestor_filter_rule_errors_total, logged once per rule.",
+                    rule = %rule.name,
+                    %error,
+                    on_error = ?rule.on_error,
+                );
+            }
+            match rule.on_error {
+                OnError::Skip => None,
+                OnError::Keep => Some(Decision {
+                    keep: true,
+                    by: DecidedBy::RuleError(i),
+                }),
+                OnError::Drop => Some(Decision {
+                    keep: false,
+                    by: DecidedBy::RuleError(i),
+                }),
+            }
+        }
+    }
+}
+
+fn static_holds(m: &StaticMatch, event: &Event) -> bool {
+    if let Some(types) = &m.event_types
+        && !types.is_match(event.event_type())
+    {
+        return false;
+    }
+    if !m.sources.is_empty() && !m.sources.iter().any(|s| **s == *event.source) {
+        return false;
+    }
+    if m.domains.is_empty() && m.entity.is_none() {
+        return true;
+    }
+    let Some(id) = event.entity_id() else {
+        return false;
+    };
+    if !m.domains.is_empty() && !m.domains.iter().any(|d| d == id.domain()) {
+        return false;
+    }
+    if let Some((globs, regexes)) = &m.entity
+        && !globs.is_match(id.as_str())
+        && !regexes.is_match(id.as_str())
+    {
+        return false;
+    }
+    true
+}
+
+fn dynamic_holds(m: &DynamicMatch, event: &Event) -> Eval {
+    let sc = event.state_changed();
+    if !m.attributes.is_empty() || m.state.is_some() {
+        let Some(sc) = sc else {
+            return Eval::NoMatch;
+        };
+        let new = sc.new_state.as_ref();
+        let old = || sc.old_state.as_ref().and_then(|o| o.state());
+        for test in &m.attributes {
+            let state = match test.side {
+                StateSide::New => new,
+                StateSide::Old => old(),
+            };
+            if !attribute_holds(test, state) {
+                return Eval::NoMatch;
+            }
+        }
+        if let Some(test) = &m.state
+            && !state_holds(test, new, old)
+        {
+            return Eval::NoMatch;
+        }
+    }
+    if let Some(expression) = &m.expression {
+        return match expression.eval(event) {
+            Ok(true) => Eval::Match,
+            Ok(false) => Eval::NoMatch,
+            Err(e) => Eval::Error(e.to_string()),
+        };
+    }
+    Eval::Match
+}
+
+fn attribute_holds(test: &AttributeTest, state: Option<&State>) -> bool {
+    let value = state.and_then(|s| s.attributes.get(&test.name));
+    if let Some(want) = test.exists
+        && value.is_some() != want
+    {
+        return false;
+    }
+    if let Some(want) = &test.equals
+        && !value.is_some_and(|v| json_eq(v, want))
+    {
+        return false;
+    }
+    if let Some(list) = &test.one_of
+        && !value.is_some_and(|v| list.iter().any(|w| json_eq(v, w)))
+    {
+        return false;
+    }
+    if test.range.is_set()
+        && !value
+            .and_then(json_number)
+            .is_some_and(|x| test.range.holds(x))
+    {
+        return false;
+    }
+    if let Some(re) = &test.regex {
+        let matched = match value {
+            Some(serde_json::Value::String(s)) => re.is_match(s),
+            Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                re.is_match(&v.to_string())
+            }
+            _ => false,
+        };
+        if !matched {
+            return false;
+        }
+    }
+    true
+}
+
+fn state_holds<'a>(
+    test: &StateTest,
+    new: Option<&State>,
+    old: impl Fn() -> Option<&'a State>,
+) -> bool {
+    let value = new.map(|s| s.state.as_str());
+    if let Some(want) = &test.equals
+        && value != Some(want.as_str())
+    {
+        return false;
+    }
+    if let Some(list) = &test.one_of
+        && !value.is_some_and(|v| list.iter().any(|w| w == v))
+    {
+        return false;
+    }
+    if test.range.is_set()
+        && !value
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .is_some_and(|x| test.range.holds(x))
+    {
+        return false;
+    }
+    if let Some(want) = test.changed {
+        let before = old().map(|s| s.state.as_str());
+        if (value != before) != want {
+            return false;
+        }
+    }
+    if let Some(want) = test.attributes_only_changed {
+        let only_attributes = match (new, old()) {
+            (Some(n), Some(o)) => {
+                n.state == o.state && !same_attributes(&n.attributes, &o.attributes)
+            }
+            _ => false,
+        };
+        if only_attributes != want {
+            return false;
+        }
+    }
+    true
+}
+
+/// Same keys and values in any order, as HA compares attribute dicts.
+fn same_attributes(a: &crate::event::Attributes, b: &crate::event::Attributes) -> bool {
+    a.len() == b.len() && a.iter().all(|(k, v)| b.get(k) == Some(v))
+}
+
+/// Equality of HA's JSON with a configured value; numbers compare by value (`1` equals `1.0`).
+fn json_eq(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    match (a, b) {
+        (serde_json::Value::Number(x), serde_json::Value::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+/// A number, or a string holding one (some integrations send numbers as text).
+fn json_number(v: &serde_json::Value) -> Option<f64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn compile_rule(cfg: &FilterRuleConfig) -> Result<Rule, RuleError> {
+    let invalid = |key: &str, message: String| RuleError::Invalid {
+        rule: cfg.name.clone(),
+        key: key.to_string(),
+        message,
+    };
+    let m = &cfg.matches;
+    let globs = |key: &str, list: &[String]| -> Result<GlobSet, RuleError> {
+        let mut builder = GlobSetBuilder::new();
+        for glob in list {
+            builder
+                .add(Glob::new(glob).map_err(|e| invalid(key, format!("bad glob {glob:?}: {e}")))?);
+        }
+        builder
+            .build()
+            .map_err(|e| invalid(key, format!("globs do not compile: {e}")))
+    };
+    let mut fixed = StaticMatch::default();
+    if !m.event_type.is_empty() {
+        fixed.event_types = Some(globs("event_type", &m.event_type)?);
+    }
+    fixed.domains = m.domain.clone();
+    fixed.sources = m.source.clone();
+    if let Some(entity) = &m.entity {
+        if entity.glob.is_empty() && entity.regex.is_empty() {
+            return Err(invalid("entity", "give glob or regex (or both)".into()));
+        }
+        let set = globs("entity.glob", &entity.glob)?;
+        for re in &entity.regex {
+            Regex::new(re)
+                .map_err(|e| invalid("entity.regex", format!("bad regex {re:?}: {e}")))?;
+        }
+        let regexes = RegexSet::new(&entity.regex)
+            .map_err(|e| invalid("entity.regex", format!("regexes do not compile: {e}")))?;
+        fixed.entity = Some((set, regexes));
+    }
+    let mut dynamic = DynamicMatch::default();
+    for a in &m.attribute {
+        dynamic.attributes.push(compile_attribute(a, &invalid)?);
+    }
+    if let Some(s) = &m.state {
+        dynamic.state = Some(compile_state(s, &invalid)?);
+    }
+    if let Some(source) = &m.expression {
+        dynamic.expression = Some(
+            EventExpression::compile(source).map_err(|e| invalid("expression", e.to_string()))?,
+        );
+    }
+    let is_static =
+        dynamic.attributes.is_empty() && dynamic.state.is_none() && dynamic.expression.is_none();
+    Ok(Rule {
+        name: cfg.name.clone(),
+        keep: cfg.action == FilterAction::Include,
+        on_error: cfg.on_error,
+        fixed,
+        dynamic,
+        is_static,
+    })
+}
+
+fn compile_attribute(
+    a: &AttributeMatchConfig,
+    invalid: &impl Fn(&str, String) -> RuleError,
+) -> Result<AttributeTest, RuleError> {
+    if a.name.is_empty() {
+        return Err(invalid("attribute.name", "must not be empty".into()));
+    }
+    let range = Range {
+        gt: a.gt,
+        gte: a.gte,
+        lt: a.lt,
+        lte: a.lte,
+    };
+    let regex = match &a.regex {
+        Some(re) => Some(
+            Regex::new(re)
+                .map_err(|e| invalid("attribute.regex", format!("bad regex {re:?}: {e}")))?,
+        ),
+        None => None,
+    };
+    if a.exists.is_none()
+        && a.equals.is_none()
+        && a.one_of.is_none()
+        && !range.is_set()
+        && regex.is_none()
+    {
+        return Err(invalid(
+            "attribute",
+            format!(
+                "attribute {:?} has no test: give exists, equals, in, gt, gte, lt, lte or regex",
+                a.name
+            ),
+        ));
+    }
+    Ok(AttributeTest {
+        name: a.name.clone(),
+        side: a.on,
+        exists: a.exists,
+        equals: a.equals.clone(),
+        one_of: a.one_of.clone(),
+        range,
+        regex,
+    })
+}
+
+fn compile_state(
+    s: &StateMatchConfig,
+    invalid: &impl Fn(&str, String) -> RuleError,
+) -> Result<StateTest, RuleError> {
+    let range = Range {
+        gt: s.gt,
+        gte: s.gte,
+        lt: s.lt,
+        lte: s.lte,
+    };
+    if s.equals.is_none()
+        && s.one_of.is_none()
+        && !range.is_set()
+        && s.changed.is_none()
+        && s.attributes_only_changed.is_none()
+    {
+        return Err(invalid(
+            "state",
+            "no test: give equals, in, gt, gte, lt, lte, changed or attributes_only_changed".into(),
+        ));
+    }
+    Ok(StateTest {
+        equals: s.equals.clone(),
+        one_of: s.one_of.clone(),
+        range,
+        changed: s.changed,
+        attributes_only_changed: s.attributes_only_changed,
+    })
+}
+
+/// Events for unit tests of this module and of the expressions.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::sync::Arc;
+
+    use crate::event::{
+        Attributes, BusEvent, Context, EntityId, Event, EventKind, LazyState, Origin, State,
+        StateChanged, Timestamp,
+    };
+
+    fn state(entity: &str, value: &str, attributes: serde_json::Value) -> State {
+        let attributes: Attributes = match attributes {
+            serde_json::Value::Object(map) => map.into(),
+            _ => Attributes::new(),
+        };
+        State {
+            entity_id: EntityId::new(entity).unwrap(),
+            state: value.to_string(),
+            attributes,
+            last_changed: Timestamp::from_nanos(1_790_000_000_000_000_000),
+            last_reported: None,
+            last_updated: Timestamp::from_nanos(1_790_000_000_000_000_000),
+            context: None,
+        }
+    }
+
+    /// A `state_changed` for `entity`; `old` gives the old state's value (same attributes).
+    pub fn state_event(
+        entity: &str,
+        value: &str,
+        attributes: serde_json::Value,
+        old: Option<&str>,
+    ) -> Event {
+        let old_state = old.map(|o| LazyState::from(state(entity, o, attributes.clone())));
+        Event {
+            source: Arc::from("homeassistant"),
+            time_fired: Timestamp::from_nanos(1_795_725_887_219_127_000),
+            origin: Origin::Local,
+            context: Context::default(),
+            kind: EventKind::StateChanged(Box::new(StateChanged {
+                entity_id: EntityId::new(entity).unwrap(),
+                old_state,
+                new_state: Some(state(entity, value, attributes)),
+            })),
+        }
+    }
+
+    /// A bus event of `event_type` with empty data.
+    pub fn bus_event(event_type: &str) -> Event {
+        Event {
+            source: Arc::from("homeassistant"),
+            time_fired: Timestamp::from_nanos(1_795_725_887_219_127_000),
+            origin: Origin::Local,
+            context: Context::default(),
+            kind: EventKind::Bus(BusEvent {
+                event_type: event_type.to_string(),
+                data: serde_json::Map::new(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{bus_event, state_event};
+    use super::*;
+    use serde_json::json;
+
+    /// A chain from the `[filter]` section given as TOML.
+    fn chain(toml_text: &str) -> RuleChain {
+        let cfg: FilterConfig = toml::from_str(toml_text).unwrap();
+        RuleChain::new(&cfg).unwrap()
+    }
+
+    fn build_err(toml_text: &str) -> String {
+        let cfg: FilterConfig = toml::from_str(toml_text).unwrap();
+        match RuleChain::new(&cfg) {
+            Ok(_) => panic!("expected an error for {toml_text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Decides with and without the cache and checks they agree.
+    fn decide(c: &mut RuleChain, e: &Event) -> Decision {
+        let cached = c.decide(e);
+        assert_eq!(cached, c.decide_uncached(e));
+        cached
+    }
+
+    fn kept(c: &mut RuleChain, e: &Event) -> bool {
+        decide(c, e).keep
+    }
+
+    fn sensor(id: &str, value: &str, attributes: serde_json::Value) -> Event {
+        state_event(id, value, attributes, None)
+    }
+
+    #[test]
+    fn first_match_wins_then_default() {
+        let mut c = chain(
+            r#"
+            default = "exclude"
+            [[rules]]
+            name = "drop linkquality"
+            action = "exclude"
+            match = { entity = { glob = ["sensor.*_linkquality"] } }
+            [[rules]]
+            name = "sensors"
+            action = "include"
+            match = { domain = ["sensor"] }
+            "#,
+        );
+        let lq = sensor("sensor.plug_linkquality", "80", json!({}));
+        assert_eq!(
+            decide(&mut c, &lq),
+            Decision {
+                keep: false,
+                by: DecidedBy::Rule(0)
+            }
+        );
+        assert_eq!(
+            decide(&mut c, &sensor("sensor.t", "1", json!({}))).by,
+            DecidedBy::Rule(1)
+        );
+        assert_eq!(
+            decide(&mut c, &sensor("light.a", "on", json!({}))),
+            Decision {
+                keep: false,
+                by: DecidedBy::Default
+            }
+        );
+        assert_eq!(
+            c.counts(),
+            [
+                RuleCounts {
+                    matches: 2,
+                    errors: 0
+                },
+                RuleCounts {
+                    matches: 2,
+                    errors: 0
+                }
+            ],
+            "decide and decide_uncached both count"
+        );
+    }
+
+    #[test]
+    fn gate_runs_before_the_rules() {
+        let mut c = chain(
+            r#"
+            [exclude]
+            domains = ["automation"]
+            [[rules]]
+            name = "keep all automations"
+            action = "include"
+            match = { domain = ["automation"] }
+            [[rules]]
+            name = "drop lights"
+            action = "exclude"
+            match = { domain = ["light"] }
+            "#,
+        );
+        assert_eq!(
+            decide(&mut c, &sensor("automation.a", "on", json!({}))).by,
+            DecidedBy::Gate
+        );
+        assert!(!kept(&mut c, &sensor("light.a", "on", json!({}))));
+        assert!(kept(&mut c, &sensor("switch.a", "on", json!({}))));
+    }
+
+    #[test]
+    fn event_type_exact_and_glob_and_source() {
+        let mut c = chain(
+            r#"
+            [[rules]]
+            name = "no service calls from the simulator"
+            action = "exclude"
+            match = { event_type = ["call_*", "automation_triggered"], source = ["simulator"] }
+            "#,
+        );
+        let mut call = bus_event("call_service");
+        assert!(kept(&mut c, &call), "source homeassistant");
+        call.source = "simulator".into();
+        assert!(!kept(&mut c, &call));
+        let mut auto = bus_event("automation_triggered");
+        auto.source = "simulator".into();
+        assert!(!kept(&mut c, &auto));
+        let mut other = bus_event("script_started");
+        other.source = "simulator".into();
+        assert!(kept(&mut c, &other));
+    }
+
+    #[test]
+    fn entity_globs_and_regexes_and_domain_need_an_entity() {
+        let mut c = chain(
+            r#"
+            default = "exclude"
+            [[rules]]
+            name = "power"
+            action = "include"
+            match = { entity = { glob = ["sensor.*_power"], regex = ['^switch\.plug_\d+$'] } }
+            [[rules]]
+            name = "domain"
+            action = "include"
+            match = { domain = ["light"] }
+            "#,
+        );
+        assert!(kept(&mut c, &sensor("sensor.tv_power", "3", json!({}))));
+        assert!(kept(&mut c, &sensor("switch.plug_12", "on", json!({}))));
+        assert!(!kept(&mut c, &sensor("switch.plug_x", "on", json!({}))));
+        assert!(kept(&mut c, &sensor("light.a", "on", json!({}))));
+        assert!(
+            !kept(&mut c, &bus_event("call_service")),
+            "a bus event has no entity"
+        );
+    }
+
+    #[test]
+    fn attribute_tests() {
+        let mut c = chain(
+            r#"
+            default = "exclude"
+            [[rules]]
+            name = "unit"
+            action = "include"
+            match = { attribute = [{ name = "unit_of_measurement", exists = true }, { name = "device_class", in = ["power", "energy"] }] }
+            [[rules]]
+            name = "bright"
+            action = "include"
+            match = { attribute = [{ name = "brightness", gte = 100, lt = 200.5 }] }
+            [[rules]]
+            name = "model"
+            action = "include"
+            match = { attribute = [{ name = "model", regex = "^TRADFRI" }, { name = "count", equals = 3 }] }
+            "#,
+        );
+        assert!(kept(
+            &mut c,
+            &sensor(
+                "sensor.p",
+                "1",
+                json!({"unit_of_measurement": "W", "device_class": "power"})
+            )
+        ));
+        assert!(!kept(
+            &mut c,
+            &sensor(
+                "sensor.p",
+                "1",
+                json!({"unit_of_measurement": "W", "device_class": "humidity"})
+            )
+        ));
+        assert!(!kept(
+            &mut c,
+            &sensor("sensor.p", "1", json!({"device_class": "power"}))
+        ));
+        assert!(kept(
+            &mut c,
+            &sensor("light.a", "on", json!({"brightness": 100}))
+        ));
+        assert!(
+            kept(
+                &mut c,
+                &sensor("light.a", "on", json!({"brightness": "150"}))
+            ),
+            "numeric text"
+        );
+        assert!(!kept(
+            &mut c,
+            &sensor("light.a", "on", json!({"brightness": 200.5}))
+        ));
+        assert!(!kept(
+            &mut c,
+            &sensor("light.a", "on", json!({"brightness": "dim"}))
+        ));
+        assert!(
+            kept(
+                &mut c,
+                &sensor(
+                    "light.b",
+                    "on",
+                    json!({"model": "TRADFRI bulb", "count": 3.0})
+                )
+            ),
+            "3 equals 3.0"
+        );
+        assert!(
+            !kept(
+                &mut c,
+                &sensor(
+                    "light.b",
+                    "on",
+                    json!({"model": "TRADFRI bulb", "count": "3"})
+                )
+            ),
+            "text is not a number for equals"
+        );
+        assert!(!kept(
+            &mut c,
+            &sensor("light.b", "on", json!({"model": "Hue", "count": 3}))
+        ));
+    }
+
+    #[test]
+    fn attribute_absent_and_on_the_old_state() {
+        let mut c = chain(
+            r#"
+            default = "exclude"
+            [[rules]]
+            name = "no unit"
+            action = "include"
+            match = { attribute = [{ name = "unit_of_measurement", exists = false }] }
+            [[rules]]
+            name = "was heating"
+            action = "include"
+            match = { attribute = [{ name = "hvac_action", equals = "heating", on = "old" }, { name = "hvac_action", equals = "idle" }] }
+            "#,
+        );
+        assert!(kept(&mut c, &sensor("sensor.x", "1", json!({}))));
+        let mut e = state_event(
+            "climate.a",
+            "heat",
+            json!({"unit_of_measurement": "°C", "hvac_action": "idle"}),
+            Some("heat"),
+        );
+        assert!(!kept(&mut c, &e), "old state has the same attributes: idle");
+        if let crate::event::EventKind::StateChanged(sc) = &mut e.kind {
+            let old = state_event(
+                "climate.a",
+                "heat",
+                json!({"unit_of_measurement": "°C", "hvac_action": "heating"}),
+                None,
+            );
+            let old_state = old.state_changed().and_then(|s| s.new_state.clone());
+            sc.old_state = old_state.map(crate::event::LazyState::from);
+        }
+        assert_eq!(decide(&mut c, &e).by, DecidedBy::Rule(1));
+    }
+
+    #[test]
+    fn state_tests() {
+        let mut c = chain(
+            r#"
+            default = "exclude"
+            [[rules]]
+            name = "power above zero"
+            action = "include"
+            match = { domain = ["sensor"], state = { gt = 0 } }
+            [[rules]]
+            name = "doors"
+            action = "include"
+            match = { domain = ["binary_sensor"], state = { in = ["on", "off"] } }
+            [[rules]]
+            name = "home"
+            action = "include"
+            match = { domain = ["person"], state = { equals = "home", lte = 5 } }
+            "#,
+        );
+        assert!(kept(&mut c, &sensor("sensor.p", "12.5", json!({}))));
+        assert!(!kept(&mut c, &sensor("sensor.p", "0", json!({}))));
+        assert!(!kept(&mut c, &sensor("sensor.p", "unavailable", json!({}))));
+        assert!(kept(&mut c, &sensor("binary_sensor.d", "off", json!({}))));
+        assert!(!kept(
+            &mut c,
+            &sensor("binary_sensor.d", "unknown", json!({}))
+        ));
+        assert!(
+            !kept(&mut c, &sensor("person.a", "home", json!({}))),
+            "home is not a number"
+        );
+    }
+
+    #[test]
+    fn state_changed_and_attributes_only_changed() {
+        let mut c = chain(
+            r#"
+            [[rules]]
+            name = "attribute-only updates"
+            action = "exclude"
+            match = { state = { attributes_only_changed = true } }
+            [[rules]]
+            name = "same state"
+            action = "exclude"
+            match = { state = { changed = false } }
+            "#,
+        );
+        let changed = state_event("sensor.a", "2", json!({"x": 1}), Some("1"));
+        let first = state_event("sensor.a", "2", json!({"x": 1}), None);
+        let same = state_event("sensor.a", "2", json!({"x": 1}), Some("2"));
+        assert!(kept(&mut c, &changed));
+        assert!(kept(&mut c, &first), "no old state counts as a change");
+        assert_eq!(
+            decide(&mut c, &same).by,
+            DecidedBy::Rule(1),
+            "same state, same attributes"
+        );
+        let mut attrs = state_event("sensor.a", "2", json!({"x": 2}), None);
+        if let crate::event::EventKind::StateChanged(sc) = &mut attrs.kind {
+            let before = state_event("sensor.a", "2", json!({"x": 1}), None);
+            sc.old_state = before
+                .state_changed()
+                .and_then(|s| s.new_state.clone())
+                .map(Into::into);
+        }
+        assert_eq!(decide(&mut c, &attrs).by, DecidedBy::Rule(0));
+    }
+
+    #[test]
+    fn expression_and_its_errors() {
+        let mut c = chain(
+            r#"
+            default = "exclude"
+            [[rules]]
+            name = "hot"
+            action = "include"
+            match = { domain = ["sensor"], expression = "state | float > 30" }
+            [[rules]]
+            name = "strict"
+            action = "exclude"
+            on_error = "keep"
+            match = { domain = ["climate"], expression = "state | float > 30" }
+            [[rules]]
+            name = "catch-all"
+            action = "include"
+            match = { domain = ["sensor", "light"] }
+            "#,
+        );
+        assert_eq!(
+            decide(&mut c, &sensor("sensor.t", "31", json!({}))).by,
+            DecidedBy::Rule(0)
+        );
+        // float fails on text: on_error = skip, so the chain goes on to the catch-all.
+        assert_eq!(
+            decide(&mut c, &sensor("sensor.t", "n/a", json!({}))).by,
+            DecidedBy::Rule(2)
+        );
+        assert_eq!(
+            decide(&mut c, &sensor("climate.t", "n/a", json!({}))),
+            Decision {
+                keep: true,
+                by: DecidedBy::RuleError(1)
+            }
+        );
+        assert!(!kept(&mut c, &sensor("climate.t", "35", json!({}))));
+        // Each decide ran twice (cached and uncached).
+        assert_eq!(
+            c.counts()[0],
+            RuleCounts {
+                matches: 2,
+                errors: 2
+            }
+        );
+        assert_eq!(
+            c.counts()[1],
+            RuleCounts {
+                matches: 2,
+                errors: 2
+            }
+        );
+        let mut seen = Vec::new();
+        c.drain_counts(|i, n| seen.push((i, n)));
+        assert_eq!(seen.len(), 3);
+        assert!(c.counts().iter().all(|n| *n == RuleCounts::default()));
+    }
+
+    #[test]
+    fn cache_is_bounded_and_keys_include_the_source_only_when_needed() {
+        let mut c = chain(
+            r#"
+            [[rules]]
+            name = "x"
+            action = "exclude"
+            match = { domain = ["light"] }
+            "#,
+        );
+        c.set_cache_limit(3);
+        for i in 0..10 {
+            assert!(
+                !c.decide(&sensor(&format!("light.l{i}"), "on", json!({})))
+                    .keep
+            );
+            assert!(c.cache_len() <= 3);
+        }
+        let mut c = chain(
+            r#"
+            [[rules]]
+            name = "sim"
+            action = "exclude"
+            match = { source = ["simulator"], domain = ["light"] }
+            "#,
+        );
+        let ha = sensor("light.a", "on", json!({}));
+        let mut sim = ha.clone();
+        sim.source = "simulator".into();
+        assert!(c.decide(&ha).keep);
+        assert!(
+            !c.decide(&sim).keep,
+            "a cached plan for one source is not reused for another"
+        );
+        assert_eq!(c.cache_len(), 2);
+    }
+
+    #[test]
+    fn crafted_event_types_do_not_share_a_cache_key_with_state_changes() {
+        let mut c = chain(
+            r#"
+            [[rules]]
+            name = "no lights"
+            action = "exclude"
+            match = { domain = ["light"] }
+            "#,
+        );
+        let light = sensor("light.a", "on", json!({}));
+        for crafted in [
+            "state_changed\0light.a",
+            "state_changed13:light.a",
+            "state_changed",
+        ] {
+            let bus = bus_event(crafted);
+            assert_eq!(decide(&mut c, &bus).by, DecidedBy::Default, "{crafted:?}");
+            assert_eq!(decide(&mut c, &light).by, DecidedBy::Rule(0), "{crafted:?}");
+        }
+    }
+
+    #[test]
+    fn no_rules_means_the_gate_alone() {
+        let mut c = chain("[exclude]\ndomains = [\"light\"]\n");
+        assert!(!c.decide(&sensor("light.a", "on", json!({}))).keep);
+        assert!(c.decide(&sensor("sensor.a", "on", json!({}))).keep);
+        assert_eq!(c.cache_len(), 0);
+    }
+
+    #[test]
+    fn invalid_rules_name_the_rule_and_the_key() {
+        let cases = [
+            (
+                r#"match = { entity = { regex = ["(unclosed"] } }"#,
+                "match.entity.regex",
+            ),
+            (
+                r#"match = { entity = { glob = ["sensor.[x"] } }"#,
+                "match.entity.glob",
+            ),
+            (r#"match = { entity = {} }"#, "match.entity"),
+            (
+                r#"match = { event_type = ["call_[x"] }"#,
+                "match.event_type",
+            ),
+            (
+                r#"match = { attribute = [{ name = "a", regex = "(" }] }"#,
+                "match.attribute.regex",
+            ),
+            (
+                r#"match = { attribute = [{ name = "a" }] }"#,
+                "match.attribute",
+            ),
+            (r#"match = { state = {} }"#, "match.state"),
+            (r#"match = { expression = "state >" }"#, "match.expression"),
+            (
+                r#"match = { expression = "sate == 1" }"#,
+                "match.expression",
+            ),
+        ];
+        for (body, key) in cases {
+            let text = format!("[[rules]]\nname = \"bad one\"\naction = \"exclude\"\n{body}\n");
+            let err = build_err(&text);
+            assert!(err.contains("\"bad one\""), "{err}");
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_name_the_rule() {
+        for (body, key) in [
+            ("actoin = \"exclude\"", "actoin"),
+            (
+                "action = \"exclude\"\nmatch = { domian = [\"x\"] }",
+                "domian",
+            ),
+            (
+                "action = \"exclude\"\nmatch = { state = { chnaged = true } }",
+                "chnaged",
+            ),
+            ("action = \"drop\"", "drop"),
+        ] {
+            let text = format!("[[rules]]\nname = \"typo rule\"\n{body}\n");
+            let err = toml::from_str::<FilterConfig>(&text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("\"typo rule\""), "{err}");
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        let err = toml::from_str::<FilterConfig>("[[rules]]\naction = \"exclude\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs a name"), "{err}");
+    }
+}
