@@ -33,6 +33,7 @@ fn chunk(lines: &[String]) -> Chunk {
     Chunk {
         lines: lines.iter().map(|l| format!("{l}\n")).collect(),
         points: lines.len(),
+        seq: None,
     }
 }
 

@@ -61,6 +61,7 @@ impl Harness {
             .send(Chunk {
                 lines: text,
                 points: lines.len(),
+                seq: None,
             })
             .await
             .unwrap();

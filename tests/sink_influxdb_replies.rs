@@ -43,6 +43,7 @@ fn lines(n: usize) -> Chunk {
             .map(|i| format!("m value={i} {}\n", 1_700_000_000_000_000_000u64 + i as u64))
             .collect(),
         points: n,
+        seq: None,
     }
 }
 
@@ -409,6 +410,7 @@ async fn v2_partial_writes_and_malformed_lines_set_aside_only_the_bad_lines() {
         tx.send(Chunk {
             lines: text.to_string(),
             points: 7,
+            seq: None,
         })
         .await
         .unwrap();

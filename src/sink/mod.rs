@@ -1,5 +1,6 @@
 //! From events to stored points: schema modes, line protocol, and the sinks.
 
+pub mod buffer;
 pub mod file;
 pub mod influxdb;
 pub mod line_protocol;
@@ -21,6 +22,8 @@ pub struct Chunk {
     pub lines: String,
     /// How many lines (points) `lines` holds.
     pub points: usize,
+    /// The chunk's sequence number in the durable buffer; the sink acknowledges it once delivered. `None` when unbuffered.
+    pub seq: Option<u64>,
 }
 
 /// What a sink task needs from the application besides its input channel.
