@@ -26,6 +26,7 @@ fn context(dir: &std::path::Path) -> SinkContext {
         stats: Arc::new(Stats::default()),
         dead_letters: Arc::new(DeadLetters::new(dir.join("dead-letter"))),
         shutdown: CancellationToken::new(),
+        acks: None,
     }
 }
 

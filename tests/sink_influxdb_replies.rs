@@ -34,6 +34,7 @@ fn context() -> SinkContext {
         stats: Arc::new(Stats::default()),
         dead_letters: Arc::new(DeadLetters::in_memory()),
         shutdown: CancellationToken::new(),
+        acks: None,
     }
 }
 
@@ -399,6 +400,7 @@ async fn v2_partial_writes_and_malformed_lines_set_aside_only_the_bad_lines() {
             stats: Arc::new(Stats::default()),
             dead_letters: Arc::new(DeadLetters::new(dir.path())),
             shutdown: CancellationToken::new(),
+            acks: None,
         };
         let (tx, rx) = mpsc::channel(4);
         let task = tokio::spawn(

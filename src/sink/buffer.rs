@@ -807,5 +807,7 @@ fn flusher(weak: Weak<Inner>, tick: Duration) {
     }
 }
 
+pub mod tasks;
+
 #[cfg(test)]
 mod tests;
