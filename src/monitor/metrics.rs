@@ -57,3 +57,5 @@ pub const BUFFER_DROPPED_POINTS: &str = "ha_ingestor_buffer_dropped_points_total
 pub const BUFFER_CORRUPT_RECORDS: &str = "ha_ingestor_buffer_corrupt_records_total";
 /// Counter: appends that had to wait for space (`when_full = "block"`).
 pub const BUFFER_FULL_WAITS: &str = "ha_ingestor_buffer_full_waits_total";
+/// Gauge: sequence number of the last buffer record made durable (fsynced).
+pub const BUFFER_DURABLE_SEQUENCE: &str = "ha_ingestor_buffer_durable_sequence";

@@ -49,7 +49,7 @@ use redb::{
 use crate::config::{BufferConfig, WhenFull};
 use crate::monitor::metrics::{
     BUFFER_ACKED, BUFFER_APPENDS, BUFFER_BYTES, BUFFER_CORRUPT_RECORDS, BUFFER_DROPPED_POINTS,
-    BUFFER_FULL_WAITS, BUFFER_OLDEST_AGE, BUFFER_POINTS, BUFFER_RECORDS,
+    BUFFER_DURABLE_SEQUENCE, BUFFER_FULL_WAITS, BUFFER_OLDEST_AGE, BUFFER_POINTS, BUFFER_RECORDS,
 };
 use crate::sink::Chunk;
 
@@ -576,6 +576,7 @@ impl Buffer {
         inner.last_seq.store(seq, Ordering::Release);
         if inner.immediate {
             inner.durable_seq.store(seq, Ordering::Release);
+            metrics::gauge!(BUFFER_DURABLE_SEQUENCE).set(seq as f64);
         }
         inner.appended.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(BUFFER_APPENDS).increment(1);
@@ -719,7 +720,9 @@ impl Buffer {
             return Err(store("sync")(e));
         }
         inner.durable_seq.fetch_max(target, Ordering::AcqRel);
-        Ok(inner.durable_seq.load(Ordering::Acquire))
+        let durable = inner.durable_seq.load(Ordering::Acquire);
+        metrics::gauge!(BUFFER_DURABLE_SEQUENCE).set(durable as f64);
+        Ok(durable)
     }
 
     /// Highest sequence number known to be on disk durably (0: none); upstream acknowledgement waits for it.
@@ -774,6 +777,7 @@ impl Buffer {
     }
 
     fn publish_gauges(&self, st: &State) {
+        metrics::gauge!(BUFFER_DURABLE_SEQUENCE).set(self.durable_seq() as f64);
         metrics::gauge!(BUFFER_BYTES).set(st.bytes as f64);
         metrics::gauge!(BUFFER_RECORDS).set(st.records as f64);
         metrics::gauge!(BUFFER_POINTS).set(st.points as f64);
