@@ -31,7 +31,7 @@ use crate::dead_letter::DeadLetters;
 use crate::event::SourceId;
 use crate::monitor::{Stats, Totals};
 use crate::pipeline::{Pipeline, PipelineError};
-use crate::sink::buffer::{Buffer, BufferError, tasks};
+use crate::sink::buffer::{Buffer, BufferError, BufferStats, tasks};
 use crate::sink::file::FileSink;
 use crate::sink::influxdb::{InfluxWriter, WriteError};
 use crate::sink::{Acks, Chunk, SinkContext};
@@ -182,22 +182,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         shutdown: sink_token.clone(),
         acks,
     };
-    let sink = match &cfg.influxdb {
-        Some(influx) => {
-            let writer = InfluxWriter::new(influx)?;
-            tracing::info!(message = "Writing to InfluxDB.", url = %influx.url, api = ?influx.api);
-            tokio::spawn(writer.run(sink_rx, sink_ctx))
-        }
-        None => {
-            let dir = cfg.points_dir();
-            let file_sink = FileSink::new(dir.clone()).map_err(|source| StartError::FileSink {
-                path: dir.clone(),
-                source,
-            })?;
-            tracing::info!(message = "No InfluxDB configured; writing line protocol files.", dir = %dir.display());
-            tokio::spawn(file_sink.run(sink_rx, sink_ctx))
-        }
-    };
+    let sink = spawn_sink(cfg, sink_rx, sink_ctx)?;
 
     let buffered = match (buffer, buffered_rx) {
         (Some((buffer, delivered, sink_tx)), Some(rx)) => {
@@ -247,6 +232,115 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         sink,
         monitor,
         _lock: lock,
+    })
+}
+
+/// Builds the configured sink (InfluxDB writer, else the file sink) and starts its task.
+fn spawn_sink(
+    cfg: &Config,
+    rx: mpsc::Receiver<Chunk>,
+    ctx: SinkContext,
+) -> Result<JoinHandle<()>, StartError> {
+    Ok(match &cfg.influxdb {
+        Some(influx) => {
+            let writer = InfluxWriter::new(influx)?;
+            tracing::info!(message = "Writing to InfluxDB.", url = %influx.url, api = ?influx.api);
+            tokio::spawn(writer.run(rx, ctx))
+        }
+        None => {
+            let dir = cfg.points_dir();
+            let file_sink = FileSink::new(dir.clone()).map_err(|source| StartError::FileSink {
+                path: dir.clone(),
+                source,
+            })?;
+            tracing::info!(message = "No InfluxDB configured; writing line protocol files.", dir = %dir.display());
+            tokio::spawn(file_sink.run(rx, ctx))
+        }
+    })
+}
+
+/// What the durable buffer holds, for `ha-ingestor buffer inspect` (takes the data directory's lock).
+pub async fn inspect_buffer(cfg: &Config) -> Result<BufferStats, StartError> {
+    let _lock = lock_data_dir(&cfg.data_dir)?;
+    let buffer = open_buffer(cfg).await?;
+    tokio::task::spawn_blocking(move || buffer.stats())
+        .await
+        .map_err(|e| StartError::BufferTask(e.to_string()))?
+        .map_err(StartError::from)
+}
+
+/// What `ha-ingestor buffer drain` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Points the sink stored.
+    pub written: u64,
+    /// Points set aside as dead letters.
+    pub dead_lettered: u64,
+    /// Records still in the buffer afterwards (interrupted, or not delivered in time).
+    pub records_left: u64,
+    /// Points in those records.
+    pub points_left: u64,
+}
+
+/// Delivers everything in the durable buffer to the configured sink, then returns (`ha-ingestor buffer drain`).
+///
+/// Waits for the sink as long as it takes (InfluxDB down means retrying);
+/// `interrupt` resolving (Ctrl-C) ends it with the usual shutdown deadline,
+/// leaving what was not delivered in the buffer.
+pub async fn drain_buffer(
+    cfg: &Config,
+    interrupt: impl std::future::Future<Output = ()>,
+) -> Result<DrainReport, StartError> {
+    let _lock = lock_data_dir(&cfg.data_dir)?;
+    let buffer = open_buffer(cfg).await?;
+    let stats = Arc::new(Stats::default());
+    let (acks, delivered) = Acks::channel();
+    let (tx, rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
+    let sink_token = CancellationToken::new();
+    let ctx = SinkContext {
+        stats: stats.clone(),
+        dead_letters: Arc::new(DeadLetters::new(cfg.dead_letter_dir())),
+        shutdown: sink_token.clone(),
+        acks: Some(acks),
+    };
+    let mut sink = spawn_sink(cfg, rx, ctx)?;
+    let acknowledger = tokio::spawn(tasks::acknowledge(buffer.clone(), delivered));
+    let stop = CancellationToken::new();
+    // Everything on disk now; the feeder ends once it read all of it (or at the deadline after `stop`).
+    stop.cancel();
+    let feeder = tokio::spawn(tasks::feed(buffer.clone(), tx, stop, Duration::MAX));
+    tokio::pin!(interrupt);
+    let interrupted = tokio::select! {
+        _ = &mut sink => false,
+        _ = &mut interrupt => true,
+    };
+    if interrupted {
+        tracing::info!(
+            message = "Interrupted: flushing what the sink holds; the rest stays in the buffer."
+        );
+        feeder.abort();
+        sink_token.cancel();
+        if tokio::time::timeout(FLUSH_DEADLINE, &mut sink)
+            .await
+            .is_err()
+        {
+            sink.abort();
+        }
+    }
+    let _ = feeder.await;
+    let _ = acknowledger.await;
+    let left = tokio::task::spawn_blocking(move || {
+        buffer.close()?;
+        buffer.stats()
+    })
+    .await
+    .map_err(|e| StartError::BufferTask(e.to_string()))??;
+    let totals = stats.totals();
+    Ok(DrainReport {
+        written: totals.written,
+        dead_lettered: totals.dead_lettered,
+        records_left: left.records,
+        points_left: left.points,
     })
 }
 

@@ -80,10 +80,31 @@ enum Command {
         /// Specific files instead of a folder.
         files: Vec<PathBuf>,
     },
+    /// Show or empty the durable buffer (run them while the service is stopped).
+    Buffer {
+        #[command(subcommand)]
+        what: BufferCommand,
+    },
     /// Measure the hot path.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BufferCommand {
+    /// Records, points, bytes and the oldest record's age.
+    Inspect {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "HA_INGESTOR_CONFIG")]
+        config: PathBuf,
+    },
+    /// Deliver everything in the buffer to the configured sink, then exit (Ctrl-C stops early).
+    Drain {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "HA_INGESTOR_CONFIG")]
+        config: PathBuf,
     },
 }
 
@@ -221,6 +242,52 @@ fn main() -> ExitCode {
             };
             init_logging(flag_format.unwrap_or(cfg.log.format), &cfg.log.level);
             let result = runtime.block_on(replay(cfg, from, files));
+            report(result)
+        }
+        Command::Buffer { what } => {
+            let (BufferCommand::Inspect { config } | BufferCommand::Drain { config }) = &what;
+            let cfg = match load_config(config) {
+                Ok(cfg) => cfg,
+                Err(code) => return code,
+            };
+            init_logging(flag_format.unwrap_or(cfg.log.format), &cfg.log.level);
+            let dir = cfg.buffer_dir();
+            let result = runtime.block_on(async {
+                match what {
+                    BufferCommand::Inspect { .. } => {
+                        let s = app::inspect_buffer(&cfg).await?;
+                        println!(
+                            "buffer {}: {} records, {} points, {} bytes",
+                            dir.display(),
+                            s.records,
+                            s.points,
+                            s.bytes
+                        );
+                        if let (Some(seq), Some(age)) = (s.oldest_seq, s.oldest_age) {
+                            println!(
+                                "oldest: sequence {seq}, appended {} ago",
+                                humantime::format_duration(Duration::from_secs(age.as_secs()))
+                            );
+                        }
+                        if s.corrupt_skipped > 0 {
+                            println!("corrupt records skipped and removed: {}", s.corrupt_skipped);
+                        }
+                    }
+                    BufferCommand::Drain { .. } => {
+                        let r = app::drain_buffer(&cfg, app::shutdown_signal()).await?;
+                        println!(
+                            "drained: {} points written, {} set aside (see {}); {} records ({} points) left",
+                            r.written,
+                            r.dead_lettered,
+                            cfg.dead_letter_dir().display(),
+                            r.records_left,
+                            r.points_left
+                        );
+                        anyhow::ensure!(r.records_left == 0, "the buffer is not empty");
+                    }
+                }
+                anyhow::Ok(())
+            });
             report(result)
         }
         Command::Bench {

@@ -75,7 +75,7 @@ async fn read(buffer: &Buffer, after: Option<u64>) -> Result<Vec<(u64, Chunk)>, 
 /// The feeder: sends every record, oldest first, to the sink's channel and waits for new ones.
 ///
 /// When `stop` is cancelled it sends what is already in the buffer, until
-/// `drain_deadline` after the cancellation, then returns (dropping `tx`, which
+/// `drain_deadline` after the cancellation (`Duration::MAX`: no limit), then returns (dropping `tx`, which
 /// tells the sink its input ended). Records it could not send stay on disk.
 pub async fn feed(
     buffer: Buffer,
@@ -85,11 +85,12 @@ pub async fn feed(
 ) {
     let mut appended = buffer.subscribe();
     let mut cursor: Option<u64> = None;
-    let mut deadline: Option<Instant> = None;
+    // `Some` once stopping: drain until empty, by the deadline (`None` when it is too far to represent).
+    let mut draining: Option<Option<Instant>> = None;
     loop {
         appended.borrow_and_update();
-        if deadline.is_none() && stop.is_cancelled() {
-            deadline = Some(Instant::now() + drain_deadline);
+        if draining.is_none() && stop.is_cancelled() {
+            draining = Some(Instant::now().checked_add(drain_deadline));
         }
         let records = match read(&buffer, cursor).await {
             Ok(records) => records,
@@ -102,7 +103,7 @@ pub async fn feed(
             }
         };
         if records.is_empty() {
-            if deadline.is_some() {
+            if draining.is_some() {
                 return;
             }
             tokio::select! {
@@ -112,11 +113,12 @@ pub async fn feed(
             continue;
         }
         for (seq, chunk) in records {
-            let sent = match deadline {
-                Some(at) => matches!(
+            let sent = match draining {
+                Some(Some(at)) => matches!(
                     tokio::time::timeout_at(at, tx.send(chunk)).await,
                     Ok(Ok(()))
                 ),
+                Some(None) => tx.send(chunk).await.is_ok(),
                 None => tokio::select! {
                     r = tx.send(chunk) => r.is_ok(),
                     _ = stop.cancelled() => {
