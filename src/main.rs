@@ -125,6 +125,24 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Append to and read from the durable buffer; prints points/s and MB/s.
+    Buffer {
+        /// Folder for the temporary buffer file (removed afterwards).
+        #[arg(long, default_value = "./bench-buffer")]
+        dir: PathBuf,
+        /// Points per appended chunk (the pipeline appends up to 1024).
+        #[arg(long, default_value_t = 1000)]
+        points_per_chunk: usize,
+        /// The fsync interval (default as in [buffer]; 0s = every append durable).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        fsync_interval: Duration,
+        /// Measuring time per phase in seconds.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -288,6 +306,52 @@ fn main() -> ExitCode {
                 }
                 anyhow::Ok(())
             });
+            report(result)
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Buffer {
+                    dir,
+                    points_per_chunk,
+                    fsync_interval,
+                    seconds,
+                    json,
+                },
+        } => {
+            init_logging(flag_format.unwrap_or_default(), "warn");
+            let cfg = ha_ingestor::config::BufferConfig {
+                fsync_interval,
+                ..Default::default()
+            };
+            let result = (|| {
+                let r =
+                    ha_ingestor::sink::buffer::bench::run(&dir, &cfg, points_per_chunk, seconds)?;
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "bench buffer: {} points per chunk, {:.0} bytes per point, fsync every {}",
+                        r.points_per_chunk, r.bytes_per_point, r.fsync_interval
+                    );
+                    println!(
+                        "  append (1 thread)        {:>12.0} points/s {:>8.1} MB/s",
+                        r.append_points_per_sec, r.append_mb_per_sec
+                    );
+                    println!(
+                        "  read + acknowledge       {:>12.0} points/s {:>8.1} MB/s",
+                        r.read_ack_points_per_sec, r.read_ack_mb_per_sec
+                    );
+                    println!(
+                        "  async → appender thread  {:>12.0} chunks/s",
+                        r.async_thread_chunks_per_sec
+                    );
+                    println!(
+                        "  async → spawn_blocking   {:>12.0} chunks/s",
+                        r.async_spawn_blocking_chunks_per_sec
+                    );
+                }
+                anyhow::Ok(())
+            })();
             report(result)
         }
         Command::Bench {

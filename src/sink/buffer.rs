@@ -811,6 +811,7 @@ fn flusher(weak: Weak<Inner>, tick: Duration) {
     }
 }
 
+pub mod bench;
 pub mod tasks;
 
 #[cfg(test)]
