@@ -725,6 +725,11 @@ impl Buffer {
         Ok(durable)
     }
 
+    /// Points removed undelivered by `when_full = "drop_oldest"` since open (a cheap counter read).
+    pub fn dropped_points(&self) -> u64 {
+        self.inner.dropped_points.load(Ordering::Relaxed)
+    }
+
     /// Highest sequence number known to be on disk durably (0: none); upstream acknowledgement waits for it.
     pub fn durable_seq(&self) -> u64 {
         self.inner.durable_seq.load(Ordering::Acquire)

@@ -26,7 +26,8 @@ const READ_RETRY: Duration = Duration::from_secs(1);
 /// Starts the appender thread: every chunk from `rx` is appended; ends when every sender is gone.
 ///
 /// A chunk that cannot be appended (a disk error, or the buffer closed) is
-/// counted in `stats.dropped` and logged (the first of a streak at ERROR).
+/// counted in `stats.dropped` and logged (the first of a streak at ERROR); so
+/// are the points `when_full = "drop_oldest"` removes to make room.
 pub fn spawn_appender(
     buffer: Buffer,
     mut rx: mpsc::Receiver<Chunk>,
@@ -36,8 +37,15 @@ pub fn spawn_appender(
         .name("buffer-appender".into())
         .spawn(move || {
             let mut failing = false;
+            let mut dropped_seen = buffer.dropped_points();
             while let Some(chunk) = rx.blocking_recv() {
-                match buffer.append(&chunk) {
+                let result = buffer.append(&chunk);
+                let dropped = buffer.dropped_points();
+                if dropped > dropped_seen {
+                    Stats::add(&stats.dropped, dropped - dropped_seen);
+                    dropped_seen = dropped;
+                }
+                match result {
                     Ok(_) if failing => {
                         failing = false;
                         tracing::info!(message = "Appending to the buffer works again.");
