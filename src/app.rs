@@ -386,17 +386,40 @@ impl Running {
                 tracing::error!(message = "A source task failed.", %error);
             }
         }
-        if let Err(error) = self.pipeline.await {
-            tracing::error!(message = "The pipeline task failed.", %error);
-        }
-        let buffered = self.buffered;
-        let buffer = match buffered {
+        let pipeline = self.pipeline;
+        let pipeline_done = |result: Result<(), tokio::task::JoinError>| {
+            if let Err(error) = result {
+                tracing::error!(message = "The pipeline task failed.", %error);
+            }
+        };
+        let buffer = match self.buffered {
+            None => {
+                pipeline_done(pipeline.await);
+                None
+            }
             Some(b) => {
-                // The pipeline is gone, so the appender's input ends: wait for it to write the rest.
-                if tokio::task::spawn_blocking(move || b.appender.join())
-                    .await
-                    .map_or(true, |r| r.is_err())
-                {
+                // The pipeline drains into the appender, which writes the rest to disk and ends
+                // when the pipeline is gone.
+                let appender = b.appender;
+                let drained = async move {
+                    pipeline_done(pipeline.await);
+                    tokio::task::spawn_blocking(move || appender.join()).await
+                };
+                tokio::pin!(drained);
+                let result = match tokio::time::timeout(BUFFER_DRAIN_DEADLINE, &mut drained).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        // A full buffer (`when_full = "block"`) that nothing empties: stop appending.
+                        tracing::error!(
+                            message = "The buffer is full and the sink delivers nothing; points not yet in the buffer are lost.",
+                            deadline_s = BUFFER_DRAIN_DEADLINE.as_secs(),
+                        );
+                        let buffer = b.buffer.clone();
+                        let _ = tokio::task::spawn_blocking(move || buffer.close()).await;
+                        drained.await
+                    }
+                };
+                if result.map_or(true, |r| r.is_err()) {
                     tracing::error!(message = "The buffer appender failed.");
                 }
                 b.feeder_token.cancel();
@@ -405,7 +428,6 @@ impl Running {
                 }
                 Some((b.buffer, b.acknowledger))
             }
-            None => None,
         };
         self.sink_token.cancel();
         let sink_abort = self.sink.abort_handle();

@@ -264,3 +264,53 @@ async fn sigkill_mid_stream_loses_nothing_that_was_durable() {
     sim.shutdown().await;
     quiet.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_blocking_buffer_with_influxdb_unreachable_still_stops_and_accounts_every_point() {
+    ha_ingestor::ensure_crypto_provider();
+    let token = "full-token";
+    let sim = simulator(token, 2000.0, 3000, 13).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    // Nothing listens on a port just freed: every write fails to connect.
+    let mut influx_cfg = InfluxConfig::v1(format!("http://127.0.0.1:{}", free_port()), "nowhere");
+    influx_cfg.retry_min = Duration::from_millis(50);
+    influx_cfg.retry_max = Duration::from_millis(200);
+    let cfg = Config {
+        data_dir: data.path().to_path_buf(),
+        homeassistant: Some(HomeAssistantConfig::new(sim.url(), token)),
+        influxdb: Some(influx_cfg),
+        buffer: BufferConfig {
+            enabled: true,
+            max_bytes: 20_000,
+            when_full: ha_ingestor::config::WhenFull::Block,
+            fsync_interval: Duration::from_millis(100),
+        },
+        monitor: MonitorConfig {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        },
+        ..Config::default()
+    };
+    let running = app::start(&cfg).await.expect("starts");
+    let stats = running.stats();
+    wait_for("every event received", Duration::from_secs(30), || async {
+        (sim.finished() && stats.totals().received == sim.emitted_count()).then_some(())
+    })
+    .await;
+    let totals = tokio::time::timeout(Duration::from_secs(60), running.stop())
+        .await
+        .expect("stop returns although the buffer is full and blocks");
+    let (seqs, in_buffer) = buffer_contents(data.path());
+    assert!(!seqs.is_empty());
+    assert_eq!(totals.written, 0);
+    assert!(
+        totals.dropped > 0,
+        "points that never fit the full buffer are counted: {totals:?}"
+    );
+    assert_eq!(
+        totals.encoded,
+        in_buffer + totals.dropped,
+        "every point is either in the buffer or counted as dropped"
+    );
+    sim.shutdown().await;
+}
