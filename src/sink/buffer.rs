@@ -570,9 +570,9 @@ impl Buffer {
         let dropped = result.map_err(store("append"))?;
         self.committed();
         st.next_seq = seq + 1;
-        st.records = st.records - dropped.records + 1;
-        st.points = st.points - dropped.points + chunk.points as u64;
-        st.bytes = st.bytes - dropped.bytes + size;
+        st.records = st.records.saturating_sub(dropped.records) + 1;
+        st.points = st.points.saturating_sub(dropped.points) + chunk.points as u64;
+        st.bytes = st.bytes.saturating_sub(dropped.bytes) + size;
         inner.last_seq.store(seq, Ordering::Release);
         if inner.immediate {
             inner.durable_seq.store(seq, Ordering::Release);
