@@ -338,6 +338,11 @@ fn main() -> ExitCode {
                         r.append_points_per_sec, r.append_mb_per_sec
                     );
                     println!(
+                        "  open (verify {:>5.0} MB)  {:>21.1} MB/s",
+                        r.open_verify_bytes as f64 / 1e6,
+                        r.open_verify_mb_per_sec
+                    );
+                    println!(
                         "  read + acknowledge       {:>12.0} points/s {:>8.1} MB/s",
                         r.read_ack_points_per_sec, r.read_ack_mb_per_sec
                     );

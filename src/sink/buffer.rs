@@ -38,7 +38,7 @@
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{
@@ -150,9 +150,32 @@ pub struct BufferStats {
 }
 
 /// The durable queue; cheap to clone (one shared store), `Send + Sync`.
+///
+/// When the last clone is dropped the flusher thread is stopped and joined and
+/// the file is closed before `drop` returns, so it can be opened again at once.
 #[derive(Clone)]
 pub struct Buffer {
+    // Declared first so it is released before the flusher's join lets the store close.
     inner: Arc<Inner>,
+    _flusher: Arc<FlusherGuard>,
+}
+
+/// Stops and joins the flusher thread when the last [`Buffer`] clone goes.
+struct FlusherGuard {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for FlusherGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            if thread.join().is_err() {
+                tracing::error!(message = "The buffer flusher thread panicked.");
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Buffer {
@@ -187,7 +210,6 @@ struct Inner {
     dropped_points: AtomicU64,
     full_waits: AtomicU64,
     corrupt_skipped: AtomicU64,
-    flusher: Mutex<Option<std::thread::Thread>>,
 }
 
 struct State {
@@ -199,14 +221,6 @@ struct State {
     scratch: Vec<u8>,
     last_drop_log: Option<Instant>,
     drops_unlogged: (u64, u64),
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(thread) = lock(&self.flusher).take() {
-            thread.unpark();
-        }
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -459,25 +473,31 @@ impl Buffer {
             dropped_points: AtomicU64::new(0),
             full_waits: AtomicU64::new(0),
             corrupt_skipped: AtomicU64::new(loaded.corrupt.len() as u64),
-            flusher: Mutex::new(None),
         });
         let tick = if cfg.fsync_interval.is_zero() {
             Duration::from_secs(1)
         } else {
             cfg.fsync_interval
         };
-        let weak = Arc::downgrade(&inner);
-        match std::thread::Builder::new()
-            .name("buffer-flusher".into())
-            .spawn(move || flusher(weak, tick))
-        {
-            Ok(handle) => *lock(&inner.flusher) = Some(handle.thread().clone()),
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (inner, stop) = (inner.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("buffer-flusher".into())
+                .spawn(move || flusher(&inner, &stop, tick))
+        };
+        let thread = match thread {
+            Ok(handle) => Some(handle),
             // Without the thread appends stay visible but become durable only on sync/close.
             Err(error) => {
-                tracing::error!(message = "Cannot start the buffer flusher thread.", %error)
+                tracing::error!(message = "Cannot start the buffer flusher thread.", %error);
+                None
             }
-        }
-        let buffer = Buffer { inner };
+        };
+        let buffer = Buffer {
+            inner,
+            _flusher: Arc::new(FlusherGuard { stop, thread }),
+        };
         buffer.publish_gauges(&lock(&buffer.inner.state));
         let report = OpenReport {
             records: loaded.records,
@@ -704,25 +724,7 @@ impl Buffer {
 
     /// Makes every commit so far durable now; returns the durable sequence number.
     pub fn sync(&self) -> Result<u64, BufferError> {
-        let inner = &*self.inner;
-        let target = inner.last_seq.load(Ordering::Acquire);
-        if !inner.dirty.swap(false, Ordering::AcqRel) {
-            return Ok(inner.durable_seq.load(Ordering::Acquire));
-        }
-        let result = (|| -> Result<(), redb::Error> {
-            let mut txn = inner.db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            txn.commit()?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            inner.dirty.store(true, Ordering::Release);
-            return Err(store("sync")(e));
-        }
-        inner.durable_seq.fetch_max(target, Ordering::AcqRel);
-        let durable = inner.durable_seq.load(Ordering::Acquire);
-        metrics::gauge!(BUFFER_DURABLE_SEQUENCE).set(durable as f64);
-        Ok(durable)
+        self.inner.sync()
     }
 
     /// Points removed undelivered by `when_full = "drop_oldest"` since open (a cheap counter read).
@@ -747,7 +749,7 @@ impl Buffer {
             let st = lock(&inner.state);
             (st.records, st.points, st.bytes)
         };
-        let (oldest_seq, oldest_age) = self.oldest()?;
+        let (oldest_seq, oldest_age) = self.inner.oldest()?;
         Ok(BufferStats {
             records,
             points,
@@ -761,17 +763,6 @@ impl Buffer {
             full_waits: inner.full_waits.load(Ordering::Relaxed),
             corrupt_skipped: inner.corrupt_skipped.load(Ordering::Relaxed),
         })
-    }
-
-    fn oldest(&self) -> Result<(Option<u64>, Option<Duration>), BufferError> {
-        let txn = self.inner.db.begin_read().map_err(store("stats"))?;
-        let records = txn.open_table(RECORDS).map_err(store("stats"))?;
-        let Some((k, v)) = records.first().map_err(store("stats"))? else {
-            return Ok((None, None));
-        };
-        let age =
-            header(v.value()).map(|h| Duration::from_millis(now_ms().saturating_sub(h.at_ms)));
-        Ok((Some(k.value()), age))
     }
 
     /// Stops blocked and future appends (they return [`BufferError::Closed`]) and makes everything durable.
@@ -789,16 +780,51 @@ impl Buffer {
     }
 }
 
+impl Inner {
+    /// Makes every commit so far durable now; returns the durable sequence number.
+    fn sync(&self) -> Result<u64, BufferError> {
+        let inner = self;
+        let target = inner.last_seq.load(Ordering::Acquire);
+        if !inner.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(inner.durable_seq.load(Ordering::Acquire));
+        }
+        let result = (|| -> Result<(), redb::Error> {
+            let mut txn = inner.db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            txn.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            inner.dirty.store(true, Ordering::Release);
+            return Err(store("sync")(e));
+        }
+        inner.durable_seq.fetch_max(target, Ordering::AcqRel);
+        let durable = inner.durable_seq.load(Ordering::Acquire);
+        metrics::gauge!(BUFFER_DURABLE_SEQUENCE).set(durable as f64);
+        Ok(durable)
+    }
+
+    fn oldest(&self) -> Result<(Option<u64>, Option<Duration>), BufferError> {
+        let txn = self.db.begin_read().map_err(store("stats"))?;
+        let records = txn.open_table(RECORDS).map_err(store("stats"))?;
+        let Some((k, v)) = records.first().map_err(store("stats"))? else {
+            return Ok((None, None));
+        };
+        let age =
+            header(v.value()).map(|h| Duration::from_millis(now_ms().saturating_sub(h.at_ms)));
+        Ok((Some(k.value()), age))
+    }
+}
+
 /// Makes non-durable commits durable every `tick` and refreshes the oldest-age gauge; ends when the buffer is gone.
-fn flusher(weak: Weak<Inner>, tick: Duration) {
+fn flusher(inner: &Inner, stop: &AtomicBool, tick: Duration) {
     let mut failing = false;
     loop {
         std::thread::park_timeout(tick);
-        let Some(inner) = weak.upgrade() else {
+        if stop.load(Ordering::Acquire) {
             return;
-        };
-        let buffer = Buffer { inner };
-        match buffer.sync() {
+        }
+        match inner.sync() {
             Ok(_) if failing => {
                 failing = false;
                 tracing::info!(message = "The buffer is made durable again.");
@@ -810,7 +836,7 @@ fn flusher(weak: Weak<Inner>, tick: Duration) {
             }
             Err(_) => {}
         }
-        if let Ok((_, age)) = buffer.oldest() {
+        if let Ok((_, age)) = inner.oldest() {
             metrics::gauge!(BUFFER_OLDEST_AGE).set(age.map_or(0.0, |a| a.as_secs_f64()));
         }
     }

@@ -25,6 +25,10 @@ pub struct BufferBenchReport {
     pub append_points_per_sec: f64,
     /// Appends from one thread: MB (10^6 bytes) of line protocol per second.
     pub append_mb_per_sec: f64,
+    /// Opening the buffer holding everything appended (every record verified): MB of records per second.
+    pub open_verify_mb_per_sec: f64,
+    /// Bytes of records verified by that open.
+    pub open_verify_bytes: u64,
     /// Reading and acknowledging everything appended: points per second.
     pub read_ack_points_per_sec: f64,
     /// Reading and acknowledging: MB of line protocol per second.
@@ -70,7 +74,7 @@ pub fn run(
     };
     let _ = std::fs::remove_dir_all(dir);
 
-    let (append_pps, read_pps) = {
+    let (append_pps, open_mbps, open_bytes, read_pps) = {
         let (buffer, _) = Buffer::open(dir, &cfg)?;
         let started = Instant::now();
         let mut chunks = 0u64;
@@ -80,6 +84,12 @@ pub fn run(
         }
         let append_pps =
             (chunks * points_per_chunk as u64) as f64 / started.elapsed().as_secs_f64();
+        buffer.close()?;
+        drop(buffer);
+
+        let started = Instant::now();
+        let (buffer, report) = Buffer::open(dir, &cfg)?;
+        let open_mbps = report.bytes as f64 / 1e6 / started.elapsed().as_secs_f64();
 
         let started = Instant::now();
         let mut read_points = 0u64;
@@ -96,7 +106,7 @@ pub fn run(
         }
         let read_pps = read_points as f64 / started.elapsed().as_secs_f64();
         buffer.close()?;
-        (append_pps, read_pps)
+        (append_pps, open_mbps, report.bytes, read_pps)
     };
     let _ = std::fs::remove_dir_all(dir);
 
@@ -164,6 +174,8 @@ pub fn run(
         fsync_interval: humantime::format_duration(cfg.fsync_interval).to_string(),
         append_points_per_sec: append_pps,
         append_mb_per_sec: mb(append_pps),
+        open_verify_mb_per_sec: open_mbps,
+        open_verify_bytes: open_bytes,
         read_ack_points_per_sec: read_pps,
         read_ack_mb_per_sec: mb(read_pps),
         async_thread_chunks_per_sec: thread_cps,
