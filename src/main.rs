@@ -338,6 +338,11 @@ fn main() -> ExitCode {
                         r.append_points_per_sec, r.append_mb_per_sec
                     );
                     println!(
+                        "  file size                {:>12.0} MB after appends, {:.0} MB after acks",
+                        r.file_bytes_after_append as f64 / 1e6,
+                        r.file_bytes_after_ack as f64 / 1e6
+                    );
+                    println!(
                         "  open (verify {:>5.0} MB)  {:>21.1} MB/s",
                         r.open_verify_bytes as f64 / 1e6,
                         r.open_verify_mb_per_sec

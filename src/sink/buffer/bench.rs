@@ -25,6 +25,10 @@ pub struct BufferBenchReport {
     pub append_points_per_sec: f64,
     /// Appends from one thread: MB (10^6 bytes) of line protocol per second.
     pub append_mb_per_sec: f64,
+    /// Size of the buffer file after the append phase (records plus the store's pages and free space).
+    pub file_bytes_after_append: u64,
+    /// Size of the buffer file after everything was read and acknowledged.
+    pub file_bytes_after_ack: u64,
     /// Opening the buffer holding everything appended (every record verified): MB of records per second.
     pub open_verify_mb_per_sec: f64,
     /// Bytes of records verified by that open.
@@ -74,7 +78,12 @@ pub fn run(
     };
     let _ = std::fs::remove_dir_all(dir);
 
-    let (append_pps, open_mbps, open_bytes, read_pps) = {
+    let file_len = || {
+        std::fs::metadata(dir.join(super::FILE_NAME))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    let (append_pps, open_mbps, open_bytes, read_pps, after_append, after_ack) = {
         let (buffer, _) = Buffer::open(dir, &cfg)?;
         let started = Instant::now();
         let mut chunks = 0u64;
@@ -86,6 +95,7 @@ pub fn run(
             (chunks * points_per_chunk as u64) as f64 / started.elapsed().as_secs_f64();
         buffer.close()?;
         drop(buffer);
+        let after_append = file_len();
 
         let started = Instant::now();
         let (buffer, report) = Buffer::open(dir, &cfg)?;
@@ -106,7 +116,15 @@ pub fn run(
         }
         let read_pps = read_points as f64 / started.elapsed().as_secs_f64();
         buffer.close()?;
-        (append_pps, open_mbps, report.bytes, read_pps)
+        drop(buffer);
+        (
+            append_pps,
+            open_mbps,
+            report.bytes,
+            read_pps,
+            after_append,
+            file_len(),
+        )
     };
     let _ = std::fs::remove_dir_all(dir);
 
@@ -174,6 +192,8 @@ pub fn run(
         fsync_interval: humantime::format_duration(cfg.fsync_interval).to_string(),
         append_points_per_sec: append_pps,
         append_mb_per_sec: mb(append_pps),
+        file_bytes_after_append: after_append,
+        file_bytes_after_ack: after_ack,
         open_verify_mb_per_sec: open_mbps,
         open_verify_bytes: open_bytes,
         read_ack_points_per_sec: read_pps,
