@@ -1,13 +1,20 @@
 //! Wiring of the stages, start-up checks and the shutdown protocol.
 //!
 //! Topology: source task(s) → bounded `Event` channel → pipeline task →
-//! bounded `Chunk` channel → sink task (InfluxDB writer or file sink); the
-//! monitor listener observes through [`Stats`] and the metrics registry.
+//! bounded `Chunk` channel → durable buffer (appender thread → disk → feeder
+//! task) → bounded `Chunk` channel → sink task (InfluxDB writer or file sink),
+//! whose delivery reports go back to the buffer's acknowledger, which removes
+//! delivered records. With `[buffer] enabled = false` the pipeline's channel
+//! goes straight to the sink. The monitor listener observes through [`Stats`]
+//! and the metrics registry.
 //!
 //! Shutdown runs in data-flow order so nothing in flight is lost: sources stop
 //! first; the pipeline drains its channel and ends when the last sender is
-//! gone; only then is the sink told to flush (within a deadline); the monitor
-//! goes last.
+//! gone; the appender writes what it still holds to disk; the feeder sends what
+//! is on disk to the sink (for at most [`BUFFER_DRAIN_DEADLINE`]); only then is
+//! the sink told to flush (within a deadline); the buffer is made durable; the
+//! monitor goes last. What the sink could not deliver stays in the buffer for
+//! the next start.
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -24,9 +31,10 @@ use crate::dead_letter::DeadLetters;
 use crate::event::SourceId;
 use crate::monitor::{Stats, Totals};
 use crate::pipeline::{Pipeline, PipelineError};
+use crate::sink::buffer::{Buffer, BufferError, BufferStats, tasks};
 use crate::sink::file::FileSink;
 use crate::sink::influxdb::{InfluxWriter, WriteError};
-use crate::sink::{Chunk, SinkContext};
+use crate::sink::{Acks, Chunk, SinkContext};
 use crate::source::SourceContext;
 use crate::source::homeassistant::client;
 
@@ -36,6 +44,8 @@ pub const EVENT_CHANNEL: usize = 8192;
 pub const CHUNK_CHANNEL: usize = 64;
 /// Longest wait for the sink's final flush at shutdown.
 pub const FLUSH_DEADLINE: Duration = Duration::from_secs(20);
+/// At shutdown, how long the buffer keeps feeding the sink what is on disk; the rest waits for the next start.
+pub const BUFFER_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +81,21 @@ pub enum StartError {
     /// The monitor listener could not bind.
     #[error(transparent)]
     Monitor(#[from] crate::monitor::http::ListenError),
+    /// The durable buffer could not be opened.
+    #[error(transparent)]
+    Buffer(#[from] BufferError),
+    /// A thread or blocking task of the buffer could not start.
+    #[error("buffer: {0}")]
+    BufferTask(String),
+}
+
+/// The durable buffer's part of a running topology.
+struct Buffered {
+    buffer: Buffer,
+    appender: std::thread::JoinHandle<()>,
+    feeder_token: CancellationToken,
+    feeder: JoinHandle<()>,
+    acknowledger: JoinHandle<()>,
 }
 
 /// A running topology; stop it with [`Running::stop`].
@@ -83,6 +108,7 @@ pub struct Running {
     monitor_token: CancellationToken,
     sources: Vec<JoinHandle<()>>,
     pipeline: JoinHandle<()>,
+    buffered: Option<Buffered>,
     sink: JoinHandle<()>,
     monitor: Option<JoinHandle<()>>,
     _lock: File,
@@ -135,27 +161,50 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL);
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
 
+    let (buffer, acks, sink_rx, buffered_rx) = if cfg.buffer.enabled {
+        let buffer = open_buffer(cfg).await?;
+        let (acks, delivered) = Acks::channel();
+        let (sink_tx, sink_rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
+        (
+            Some((buffer, delivered, sink_tx)),
+            Some(acks),
+            sink_rx,
+            Some(chunk_rx),
+        )
+    } else {
+        (None, None, chunk_rx, None)
+    };
+
     let sink_token = CancellationToken::new();
     let sink_ctx = SinkContext {
         stats: stats.clone(),
         dead_letters: dead_letters.clone(),
         shutdown: sink_token.clone(),
+        acks,
     };
-    let sink = match &cfg.influxdb {
-        Some(influx) => {
-            let writer = InfluxWriter::new(influx)?;
-            tracing::info!(message = "Writing to InfluxDB.", url = %influx.url, api = ?influx.api);
-            tokio::spawn(writer.run(chunk_rx, sink_ctx))
+    let sink = spawn_sink(cfg, sink_rx, sink_ctx)?;
+
+    let buffered = match (buffer, buffered_rx) {
+        (Some((buffer, delivered, sink_tx)), Some(rx)) => {
+            let appender = tasks::spawn_appender(buffer.clone(), rx, stats.clone())
+                .map_err(|e| StartError::BufferTask(e.to_string()))?;
+            let feeder_token = CancellationToken::new();
+            let feeder = tokio::spawn(tasks::feed(
+                buffer.clone(),
+                sink_tx,
+                feeder_token.clone(),
+                BUFFER_DRAIN_DEADLINE,
+            ));
+            let acknowledger = tokio::spawn(tasks::acknowledge(buffer.clone(), delivered));
+            Some(Buffered {
+                buffer,
+                appender,
+                feeder_token,
+                feeder,
+                acknowledger,
+            })
         }
-        None => {
-            let dir = cfg.points_dir();
-            let file_sink = FileSink::new(dir.clone()).map_err(|source| StartError::FileSink {
-                path: dir.clone(),
-                source,
-            })?;
-            tracing::info!(message = "No InfluxDB configured; writing line protocol files.", dir = %dir.display());
-            tokio::spawn(file_sink.run(chunk_rx, sink_ctx))
-        }
+        _ => None,
     };
 
     let pipeline = tokio::spawn(pipeline.run(event_rx, chunk_tx, stats.clone()));
@@ -180,10 +229,138 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         monitor_token,
         sources,
         pipeline,
+        buffered,
         sink,
         monitor,
         _lock: lock,
     })
+}
+
+/// Builds the configured sink (InfluxDB writer, else the file sink) and starts its task.
+fn spawn_sink(
+    cfg: &Config,
+    rx: mpsc::Receiver<Chunk>,
+    ctx: SinkContext,
+) -> Result<JoinHandle<()>, StartError> {
+    Ok(match &cfg.influxdb {
+        Some(influx) => {
+            let writer = InfluxWriter::new(influx)?;
+            tracing::info!(message = "Writing to InfluxDB.", url = %influx.url, api = ?influx.api);
+            tokio::spawn(writer.run(rx, ctx))
+        }
+        None => {
+            let dir = cfg.points_dir();
+            let file_sink = FileSink::new(dir.clone()).map_err(|source| StartError::FileSink {
+                path: dir.clone(),
+                source,
+            })?;
+            tracing::info!(message = "No InfluxDB configured; writing line protocol files.", dir = %dir.display());
+            tokio::spawn(file_sink.run(rx, ctx))
+        }
+    })
+}
+
+/// What the durable buffer holds, for `ha-ingestor buffer inspect` (takes the data directory's lock).
+pub async fn inspect_buffer(cfg: &Config) -> Result<BufferStats, StartError> {
+    let _lock = lock_data_dir(&cfg.data_dir)?;
+    let buffer = open_buffer(cfg).await?;
+    tokio::task::spawn_blocking(move || buffer.stats())
+        .await
+        .map_err(|e| StartError::BufferTask(e.to_string()))?
+        .map_err(StartError::from)
+}
+
+/// What `ha-ingestor buffer drain` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Points the sink stored.
+    pub written: u64,
+    /// Points set aside as dead letters.
+    pub dead_lettered: u64,
+    /// Records still in the buffer afterwards (interrupted, or not delivered in time).
+    pub records_left: u64,
+    /// Points in those records.
+    pub points_left: u64,
+}
+
+/// Delivers everything in the durable buffer to the configured sink, then returns (`ha-ingestor buffer drain`).
+///
+/// Waits for the sink as long as it takes (InfluxDB down means retrying);
+/// `interrupt` resolving (Ctrl-C) ends it with the usual shutdown deadline,
+/// leaving what was not delivered in the buffer.
+pub async fn drain_buffer(
+    cfg: &Config,
+    interrupt: impl std::future::Future<Output = ()>,
+) -> Result<DrainReport, StartError> {
+    let _lock = lock_data_dir(&cfg.data_dir)?;
+    let buffer = open_buffer(cfg).await?;
+    let stats = Arc::new(Stats::default());
+    let (acks, delivered) = Acks::channel();
+    let (tx, rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
+    let sink_token = CancellationToken::new();
+    let ctx = SinkContext {
+        stats: stats.clone(),
+        dead_letters: Arc::new(DeadLetters::new(cfg.dead_letter_dir())),
+        shutdown: sink_token.clone(),
+        acks: Some(acks),
+    };
+    let mut sink = spawn_sink(cfg, rx, ctx)?;
+    let acknowledger = tokio::spawn(tasks::acknowledge(buffer.clone(), delivered));
+    let stop = CancellationToken::new();
+    // Everything on disk now; the feeder ends once it read all of it (or at the deadline after `stop`).
+    stop.cancel();
+    let feeder = tokio::spawn(tasks::feed(buffer.clone(), tx, stop, Duration::MAX));
+    tokio::pin!(interrupt);
+    let interrupted = tokio::select! {
+        _ = &mut sink => false,
+        _ = &mut interrupt => true,
+    };
+    if interrupted {
+        tracing::info!(
+            message = "Interrupted: flushing what the sink holds; the rest stays in the buffer."
+        );
+        feeder.abort();
+        sink_token.cancel();
+        if tokio::time::timeout(FLUSH_DEADLINE, &mut sink)
+            .await
+            .is_err()
+        {
+            sink.abort();
+        }
+    }
+    let _ = feeder.await;
+    let _ = acknowledger.await;
+    let left = tokio::task::spawn_blocking(move || {
+        buffer.close()?;
+        buffer.stats()
+    })
+    .await
+    .map_err(|e| StartError::BufferTask(e.to_string()))??;
+    let totals = stats.totals();
+    Ok(DrainReport {
+        written: totals.written,
+        dead_lettered: totals.dead_lettered,
+        records_left: left.records,
+        points_left: left.points,
+    })
+}
+
+/// Opens `<data_dir>/buffer` off the runtime and says what it found.
+async fn open_buffer(cfg: &Config) -> Result<Buffer, StartError> {
+    let dir = cfg.buffer_dir();
+    let buffer_cfg = cfg.buffer.clone();
+    let (buffer, report) = tokio::task::spawn_blocking(move || Buffer::open(&dir, &buffer_cfg))
+        .await
+        .map_err(|e| StartError::BufferTask(e.to_string()))??;
+    if report.records > 0 {
+        tracing::info!(
+            message = "Points left in the buffer by the previous run are delivered first.",
+            records = report.records,
+            points = report.points,
+            bytes = report.bytes,
+        );
+    }
+    Ok(buffer)
 }
 
 impl Running {
@@ -210,9 +387,49 @@ impl Running {
                 tracing::error!(message = "A source task failed.", %error);
             }
         }
-        if let Err(error) = self.pipeline.await {
-            tracing::error!(message = "The pipeline task failed.", %error);
-        }
+        let pipeline = self.pipeline;
+        let pipeline_done = |result: Result<(), tokio::task::JoinError>| {
+            if let Err(error) = result {
+                tracing::error!(message = "The pipeline task failed.", %error);
+            }
+        };
+        let buffer = match self.buffered {
+            None => {
+                pipeline_done(pipeline.await);
+                None
+            }
+            Some(b) => {
+                // The pipeline drains into the appender, which writes the rest to disk and ends
+                // when the pipeline is gone.
+                let appender = b.appender;
+                let drained = async move {
+                    pipeline_done(pipeline.await);
+                    tokio::task::spawn_blocking(move || appender.join()).await
+                };
+                tokio::pin!(drained);
+                let result = match tokio::time::timeout(BUFFER_DRAIN_DEADLINE, &mut drained).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        // A full buffer (`when_full = "block"`) that nothing empties: stop appending.
+                        tracing::error!(
+                            message = "The buffer is full and the sink delivers nothing; points not yet in the buffer are lost.",
+                            deadline_s = BUFFER_DRAIN_DEADLINE.as_secs(),
+                        );
+                        let buffer = b.buffer.clone();
+                        let _ = tokio::task::spawn_blocking(move || buffer.close()).await;
+                        drained.await
+                    }
+                };
+                if result.map_or(true, |r| r.is_err()) {
+                    tracing::error!(message = "The buffer appender failed.");
+                }
+                b.feeder_token.cancel();
+                if let Err(error) = b.feeder.await {
+                    tracing::error!(message = "The buffer feeder failed.", %error);
+                }
+                Some((b.buffer, b.acknowledger))
+            }
+        };
         self.sink_token.cancel();
         let sink_abort = self.sink.abort_handle();
         match tokio::time::timeout(FLUSH_DEADLINE, self.sink).await {
@@ -224,6 +441,24 @@ impl Running {
                     message = "The sink did not flush in time; undelivered points are lost.",
                     deadline_s = FLUSH_DEADLINE.as_secs()
                 );
+            }
+        }
+        if let Some((buffer, acknowledger)) = buffer {
+            // The sink is gone, so are its delivery reports: the acknowledger ends after the last one.
+            if let Err(error) = acknowledger.await {
+                tracing::error!(message = "The buffer acknowledger failed.", %error);
+            }
+            match tokio::task::spawn_blocking(move || (buffer.close(), buffer.stats())).await {
+                Ok((Err(error), _)) => {
+                    tracing::error!(message = "Cannot make the buffer durable at shutdown.", %error)
+                }
+                Ok((Ok(_), Ok(stats))) if stats.records > 0 => tracing::info!(
+                    message = "Points stay in the buffer for the next start.",
+                    records = stats.records,
+                    points = stats.points,
+                ),
+                Ok(_) => {}
+                Err(error) => tracing::error!(message = "The buffer close task failed.", %error),
             }
         }
         self.monitor_token.cancel();

@@ -83,6 +83,9 @@ pub struct Config {
     /// The embedded file sink used when no InfluxDB is configured.
     #[serde(default)]
     pub file_sink: FileSinkConfig,
+    /// The durable disk buffer between the encoder and the sink.
+    #[serde(default)]
+    pub buffer: BufferConfig,
     /// The monitor HTTP listener (`/health`, `/ready`, `/metrics`).
     #[serde(default)]
     pub monitor: MonitorConfig,
@@ -663,6 +666,53 @@ pub struct FileSinkConfig {
     pub dir: Option<PathBuf>,
 }
 
+/// What an append does when the disk buffer holds `max_bytes`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Wait until the sink's acknowledgements free space (the pipeline slows down).
+    #[default]
+    Block,
+    /// Remove the oldest undelivered records to make room (their points are counted as dropped).
+    DropOldest,
+}
+
+/// The durable disk buffer: chunks wait here, on disk, until the sink delivered them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// Keep points on disk until delivered; off means points in memory are lost on a crash.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Largest total size of the buffered records (encoded line protocol plus a 20-byte header each).
+    #[serde(default = "default_buffer_max_bytes")]
+    pub max_bytes: u64,
+    /// `block` or `drop_oldest`, when `max_bytes` is reached.
+    #[serde(default)]
+    pub when_full: WhenFull,
+    /// How often appended records are made durable (fsync); `0s` makes every append durable.
+    #[serde(default = "default_buffer_fsync_interval", with = "humantime_serde")]
+    pub fsync_interval: Duration,
+}
+
+fn default_buffer_max_bytes() -> u64 {
+    1 << 30
+}
+fn default_buffer_fsync_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            enabled: true,
+            max_bytes: default_buffer_max_bytes(),
+            when_full: WhenFull::Block,
+            fsync_interval: default_buffer_fsync_interval(),
+        }
+    }
+}
+
 /// The monitor HTTP listener.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -960,6 +1010,12 @@ impl Config {
                 )
             })?;
         }
+        if self.buffer.max_bytes < 1 << 20 {
+            return Err(invalid(
+                "buffer.max_bytes",
+                "must be at least 1048576 (1 MiB)".into(),
+            ));
+        }
         if self.schema.events_measurement.is_empty() {
             return Err(invalid(
                 "schema.events_measurement",
@@ -977,6 +1033,11 @@ impl Config {
             .dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("points"))
+    }
+
+    /// Where the durable buffer keeps its file: `<data_dir>/buffer`.
+    pub fn buffer_dir(&self) -> PathBuf {
+        self.data_dir.join("buffer")
     }
 
     /// Where rejected input is set aside.

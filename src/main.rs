@@ -80,10 +80,31 @@ enum Command {
         /// Specific files instead of a folder.
         files: Vec<PathBuf>,
     },
+    /// Show or empty the durable buffer (run them while the service is stopped).
+    Buffer {
+        #[command(subcommand)]
+        what: BufferCommand,
+    },
     /// Measure the hot path.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BufferCommand {
+    /// Records, points, bytes and the oldest record's age.
+    Inspect {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "HA_INGESTOR_CONFIG")]
+        config: PathBuf,
+    },
+    /// Deliver everything in the buffer to the configured sink, then exit (Ctrl-C stops early).
+    Drain {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "HA_INGESTOR_CONFIG")]
+        config: PathBuf,
     },
 }
 
@@ -120,6 +141,24 @@ enum BenchCommand {
         rules: RuleSet,
         /// Minimum measuring time per stage in seconds.
         #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Append to and read from the durable buffer; prints points/s and MB/s.
+    Buffer {
+        /// Folder for the temporary buffer file (removed afterwards).
+        #[arg(long, default_value = "./bench-buffer")]
+        dir: PathBuf,
+        /// Points per appended chunk (the pipeline appends up to 1024).
+        #[arg(long, default_value_t = 1000)]
+        points_per_chunk: usize,
+        /// The fsync interval (default as in [buffer]; 0s = every append durable).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        fsync_interval: Duration,
+        /// Measuring time per phase in seconds.
+        #[arg(long, default_value_t = 3.0)]
         seconds: f64,
         /// Print one JSON object instead of text.
         #[arg(long)]
@@ -253,6 +292,108 @@ fn main() -> ExitCode {
             };
             init_logging(flag_format.unwrap_or(cfg.log.format), &cfg.log.level);
             let result = runtime.block_on(replay(cfg, from, files));
+            report(result)
+        }
+        Command::Buffer { what } => {
+            let (BufferCommand::Inspect { config } | BufferCommand::Drain { config }) = &what;
+            let cfg = match load_config(config) {
+                Ok(cfg) => cfg,
+                Err(code) => return code,
+            };
+            init_logging(flag_format.unwrap_or(cfg.log.format), &cfg.log.level);
+            let dir = cfg.buffer_dir();
+            let result = runtime.block_on(async {
+                match what {
+                    BufferCommand::Inspect { .. } => {
+                        let s = app::inspect_buffer(&cfg).await?;
+                        println!(
+                            "buffer {}: {} records, {} points, {} bytes",
+                            dir.display(),
+                            s.records,
+                            s.points,
+                            s.bytes
+                        );
+                        if let (Some(seq), Some(age)) = (s.oldest_seq, s.oldest_age) {
+                            println!(
+                                "oldest: sequence {seq}, appended {} ago",
+                                humantime::format_duration(Duration::from_secs(age.as_secs()))
+                            );
+                        }
+                        if s.corrupt_skipped > 0 {
+                            println!("corrupt records skipped and removed: {}", s.corrupt_skipped);
+                        }
+                    }
+                    BufferCommand::Drain { .. } => {
+                        let r = app::drain_buffer(&cfg, app::shutdown_signal()).await?;
+                        println!(
+                            "drained: {} points written, {} set aside (see {}); {} records ({} points) left",
+                            r.written,
+                            r.dead_lettered,
+                            cfg.dead_letter_dir().display(),
+                            r.records_left,
+                            r.points_left
+                        );
+                        anyhow::ensure!(r.records_left == 0, "the buffer is not empty");
+                    }
+                }
+                anyhow::Ok(())
+            });
+            report(result)
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Buffer {
+                    dir,
+                    points_per_chunk,
+                    fsync_interval,
+                    seconds,
+                    json,
+                },
+        } => {
+            init_logging(flag_format.unwrap_or_default(), "warn");
+            let cfg = ha_ingestor::config::BufferConfig {
+                fsync_interval,
+                ..Default::default()
+            };
+            let result = (|| {
+                let r =
+                    ha_ingestor::sink::buffer::bench::run(&dir, &cfg, points_per_chunk, seconds)?;
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "bench buffer: {} points per chunk, {:.0} bytes per point, fsync every {}",
+                        r.points_per_chunk, r.bytes_per_point, r.fsync_interval
+                    );
+                    println!(
+                        "  append (1 thread)        {:>12.0} points/s {:>8.1} MB/s",
+                        r.append_points_per_sec, r.append_mb_per_sec
+                    );
+                    println!(
+                        "  file size                {:>12.0} MB after appends, {:.0} MB after acks",
+                        r.file_bytes_after_append as f64 / 1e6,
+                        r.file_bytes_after_ack as f64 / 1e6
+                    );
+                    println!(
+                        "  open (verify {:>5.0} MB)  {:>21.1} MB/s",
+                        r.open_verify_bytes as f64 / 1e6,
+                        r.open_verify_mb_per_sec
+                    );
+                    println!(
+                        "  read + acknowledge       {:>12.0} points/s {:>8.1} MB/s",
+                        r.read_ack_points_per_sec, r.read_ack_mb_per_sec
+                    );
+                    println!(
+                        "  async → appender thread  {:>12.0} chunks/s",
+                        r.async_thread_chunks_per_sec
+                    );
+                    println!(
+                        "  async → spawn_blocking   {:>12.0} chunks/s",
+                        r.async_spawn_blocking_chunks_per_sec
+                    );
+                }
+                anyhow::Ok(())
+            })();
             report(result)
         }
         Command::Bench {

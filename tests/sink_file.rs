@@ -26,6 +26,7 @@ fn context(dir: &std::path::Path) -> SinkContext {
         stats: Arc::new(Stats::default()),
         dead_letters: Arc::new(DeadLetters::new(dir.join("dead-letter"))),
         shutdown: CancellationToken::new(),
+        acks: None,
     }
 }
 
@@ -33,6 +34,7 @@ fn chunk(lines: &[String]) -> Chunk {
     Chunk {
         lines: lines.iter().map(|l| format!("{l}\n")).collect(),
         points: lines.len(),
+        seq: None,
     }
 }
 

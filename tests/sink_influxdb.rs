@@ -39,6 +39,7 @@ impl Harness {
             stats: Arc::new(Stats::default()),
             dead_letters: Arc::new(DeadLetters::new(dl_dir.path().join("dead-letter"))),
             shutdown: CancellationToken::new(),
+            acks: None,
         };
         let (tx, rx) = mpsc::channel(16);
         let writer = InfluxWriter::new(cfg).unwrap();
@@ -61,6 +62,7 @@ impl Harness {
             .send(Chunk {
                 lines: text,
                 points: lines.len(),
+                seq: None,
             })
             .await
             .unwrap();

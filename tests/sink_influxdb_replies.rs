@@ -34,6 +34,7 @@ fn context() -> SinkContext {
         stats: Arc::new(Stats::default()),
         dead_letters: Arc::new(DeadLetters::in_memory()),
         shutdown: CancellationToken::new(),
+        acks: None,
     }
 }
 
@@ -43,6 +44,7 @@ fn lines(n: usize) -> Chunk {
             .map(|i| format!("m value={i} {}\n", 1_700_000_000_000_000_000u64 + i as u64))
             .collect(),
         points: n,
+        seq: None,
     }
 }
 
@@ -398,6 +400,7 @@ async fn v2_partial_writes_and_malformed_lines_set_aside_only_the_bad_lines() {
             stats: Arc::new(Stats::default()),
             dead_letters: Arc::new(DeadLetters::new(dir.path())),
             shutdown: CancellationToken::new(),
+            acks: None,
         };
         let (tx, rx) = mpsc::channel(4);
         let task = tokio::spawn(
@@ -409,6 +412,7 @@ async fn v2_partial_writes_and_malformed_lines_set_aside_only_the_bad_lines() {
         tx.send(Chunk {
             lines: text.to_string(),
             points: 7,
+            seq: None,
         })
         .await
         .unwrap();

@@ -53,3 +53,23 @@ pub const QUEUE_DEPTH: &str = "ha_ingestor_queue_depth";
 pub const BUILD_INFO: &str = "ha_ingestor_build_info";
 /// Gauge: seconds since the process started.
 pub const UPTIME: &str = "ha_ingestor_uptime_seconds";
+/// Gauge: bytes of records in the durable buffer.
+pub const BUFFER_BYTES: &str = "ha_ingestor_buffer_bytes";
+/// Gauge: records (chunks) in the durable buffer.
+pub const BUFFER_RECORDS: &str = "ha_ingestor_buffer_records";
+/// Gauge: points in the durable buffer.
+pub const BUFFER_POINTS: &str = "ha_ingestor_buffer_points";
+/// Gauge: seconds since the oldest record in the durable buffer was appended (0 when empty).
+pub const BUFFER_OLDEST_AGE: &str = "ha_ingestor_buffer_oldest_age_seconds";
+/// Counter: records appended to the durable buffer.
+pub const BUFFER_APPENDS: &str = "ha_ingestor_buffer_appends_total";
+/// Counter: records removed from the durable buffer after delivery.
+pub const BUFFER_ACKED: &str = "ha_ingestor_buffer_acked_records_total";
+/// Counter `{reason}`: points removed from the durable buffer undelivered (`buffer_full` with `when_full = "drop_oldest"`).
+pub const BUFFER_DROPPED_POINTS: &str = "ha_ingestor_buffer_dropped_points_total";
+/// Counter: corrupt records skipped when the durable buffer was opened.
+pub const BUFFER_CORRUPT_RECORDS: &str = "ha_ingestor_buffer_corrupt_records_total";
+/// Counter: appends that had to wait for space (`when_full = "block"`).
+pub const BUFFER_FULL_WAITS: &str = "ha_ingestor_buffer_full_waits_total";
+/// Gauge: sequence number of the last buffer record made durable (fsynced).
+pub const BUFFER_DURABLE_SEQUENCE: &str = "ha_ingestor_buffer_durable_sequence";

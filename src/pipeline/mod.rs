@@ -102,6 +102,7 @@ impl Pipeline {
             let mut chunk = Chunk {
                 lines: String::with_capacity(events.len() * 256),
                 points: 0,
+                seq: None,
             };
             let mut filtered = 0u64;
             skipped.clear();

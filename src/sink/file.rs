@@ -50,6 +50,10 @@ pub struct FileSink {
     current: Option<Current>,
     unflushed_points: u64,
     unflushed_bytes: u64,
+    /// The last buffer record whose lines are all in the unflushed output.
+    unflushed_seq: Option<u64>,
+    /// Told about buffer records once they are flushed to the file.
+    acks: Option<crate::sink::Acks>,
     /// In a streak of failures: log the first at ERROR, the rest at DEBUG.
     failing: bool,
 }
@@ -69,12 +73,15 @@ impl FileSink {
             current: None,
             unflushed_points: 0,
             unflushed_bytes: 0,
+            unflushed_seq: None,
+            acks: None,
             failing: false,
         })
     }
 
     /// The sink task: appends every chunk, flushes every second, and on shutdown drains the channel (until its senders are gone, at most 10 s) and flushes.
     pub async fn run(mut self, mut rx: Receiver<Chunk>, ctx: SinkContext) {
+        self.acks = ctx.acks.clone();
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -98,6 +105,9 @@ impl FileSink {
 
     fn append(&mut self, chunk: &Chunk, stats: &Stats) {
         if chunk.lines.is_empty() {
+            if chunk.seq.is_some() {
+                self.unflushed_seq = chunk.seq;
+            }
             return;
         }
         let hour = (self.clock)().format("%Y-%m-%dT%H").to_string();
@@ -123,6 +133,9 @@ impl FileSink {
             Ok(()) => {
                 self.unflushed_points += chunk.points as u64;
                 self.unflushed_bytes += chunk.lines.len() as u64;
+                if chunk.seq.is_some() {
+                    self.unflushed_seq = chunk.seq;
+                }
             }
             Err(error) => {
                 let lost = self.unflushed_points + chunk.points as u64;
@@ -164,13 +177,21 @@ impl FileSink {
         if self.unflushed_points == 0 && current.out.buffer().is_empty() {
             return;
         }
-        match current.out.flush() {
+        let mut result = current.out.flush();
+        if result.is_ok() && self.acks.is_some() {
+            // The buffer forgets these records once acknowledged: make the file durable first.
+            result = current.out.get_ref().sync_data();
+        }
+        match result {
             Ok(()) => {
                 Stats::add(&stats.written, self.unflushed_points);
                 metrics::counter!(SINK_SENT_POINTS, "sink" => SINK)
                     .increment(self.unflushed_points);
                 metrics::counter!(SINK_SENT_BYTES, "sink" => SINK).increment(self.unflushed_bytes);
                 stats.sink_result(SINK, Ok(()));
+                if let (Some(acks), Some(seq)) = (&self.acks, self.unflushed_seq) {
+                    acks.delivered(seq);
+                }
                 if self.failing {
                     tracing::info!(message = "The file sink writes again.", dir = %self.dir.display());
                     self.failing = false;
@@ -185,6 +206,7 @@ impl FileSink {
         }
         self.unflushed_points = 0;
         self.unflushed_bytes = 0;
+        self.unflushed_seq = None;
     }
 
     fn failed(&mut self, stats: &Stats, points: u64, error: &std::io::Error, op: &'static str) {

@@ -405,6 +405,7 @@ impl InfluxWriter {
             writer: &self,
             dead_letters: &ctx.dead_letters,
             stats: Some(&ctx.stats),
+            acks: ctx.acks.as_ref(),
             shutdown: Some(&ctx.shutdown),
             deadline: None,
             hold_is_fatal: false,
@@ -442,6 +443,7 @@ impl InfluxWriter {
     /// Appends a chunk, cutting batches at `batch_size` lines or [`MAX_BATCH_BYTES`].
     async fn add(&self, batch: &mut Batch, chunk: &Chunk, delivery: &mut Delivery<'_>) {
         if chunk.lines.is_empty() {
+            batch.seq = chunk.seq.or(batch.seq);
             return;
         }
         if batch.points + chunk.points <= self.batch_size
@@ -458,6 +460,8 @@ impl InfluxWriter {
                 batch.push(line, 1);
             }
         }
+        // The chunk's last line is in this batch: delivering it delivers the whole record.
+        batch.seq = chunk.seq.or(batch.seq);
         if batch.points >= self.batch_size || batch.lines.len() >= MAX_BATCH_BYTES {
             delivery.flush(batch).await;
         }
@@ -483,6 +487,8 @@ struct Batch {
     lines: String,
     points: usize,
     since: Option<Instant>,
+    /// The last buffer record whose lines all are in this batch (or in earlier ones).
+    seq: Option<u64>,
 }
 
 impl Batch {
@@ -514,6 +520,8 @@ pub(crate) struct Delivery<'a> {
     pub writer: &'a InfluxWriter,
     pub dead_letters: &'a DeadLetters,
     pub stats: Option<&'a Stats>,
+    /// Told about buffer records once their batch is delivered.
+    pub acks: Option<&'a crate::sink::Acks>,
     pub shutdown: Option<&'a CancellationToken>,
     /// Once set, waits end at this instant and what is left is given up.
     pub deadline: Option<Instant>,
@@ -532,6 +540,7 @@ impl<'a> Delivery<'a> {
             writer,
             dead_letters,
             stats: None,
+            acks: None,
             shutdown: None,
             deadline: None,
             hold_is_fatal: true,
@@ -547,7 +556,17 @@ impl<'a> Delivery<'a> {
             return;
         }
         match self.deliver(&batch.lines).await {
+            Ok(outcome) if outcome.undelivered > 0 && self.acks.is_some() => {
+                // Not acknowledged: the records stay in the durable buffer for the next start.
+                tracing::warn!(
+                    message = "InfluxDB did not accept these points before the shutdown deadline; they stay in the buffer and are delivered at the next start.",
+                    points = outcome.undelivered,
+                );
+            }
             Ok(outcome) => {
+                if let (Some(acks), Some(seq)) = (self.acks, batch.seq) {
+                    acks.delivered(seq);
+                }
                 if outcome.undelivered > 0 {
                     tracing::error!(
                         message = "InfluxDB did not accept these points before the shutdown deadline; they were not written.",
@@ -569,6 +588,7 @@ impl<'a> Delivery<'a> {
         batch.lines.clear();
         batch.points = 0;
         batch.since = None;
+        batch.seq = None;
     }
 
     /// Delivers whole lines, retrying, splitting and setting aside as the replies require.

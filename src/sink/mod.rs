@@ -1,5 +1,6 @@
 //! From events to stored points: schema modes, line protocol, and the sinks.
 
+pub mod buffer;
 pub mod file;
 pub mod influxdb;
 pub mod line_protocol;
@@ -21,6 +22,8 @@ pub struct Chunk {
     pub lines: String,
     /// How many lines (points) `lines` holds.
     pub points: usize,
+    /// The chunk's sequence number in the durable buffer; the sink acknowledges it once delivered. `None` when unbuffered.
+    pub seq: Option<u64>,
 }
 
 /// What a sink task needs from the application besides its input channel.
@@ -32,14 +35,55 @@ pub struct SinkContext {
     pub dead_letters: Arc<DeadLetters>,
     /// Cancelled when the process stops; the sink then drains its channel and flushes.
     pub shutdown: CancellationToken,
+    /// Where the sink reports delivered buffer records; `None` without the durable buffer.
+    pub acks: Option<Acks>,
+}
+
+/// The sink's delivery reports to the durable buffer: "every record up to this sequence is delivered".
+///
+/// Sinks deliver in order, so one number says it all; the buffer's acknowledging
+/// task reads the latest value and removes the records (several reports made
+/// while it works are coalesced).
+#[derive(Debug, Clone)]
+pub struct Acks(tokio::sync::watch::Sender<u64>);
+
+impl Acks {
+    /// A reporter and the receiver the buffer's acknowledging task reads.
+    pub fn channel() -> (Acks, tokio::sync::watch::Receiver<u64>) {
+        let (tx, rx) = tokio::sync::watch::channel(0);
+        (Acks(tx), rx)
+    }
+
+    /// Records up to and including `seq` are delivered (or set aside as dead letters).
+    pub fn delivered(&self, seq: u64) {
+        self.0.send_if_modified(|v| {
+            if seq > *v {
+                *v = seq;
+                true
+            } else {
+                false
+            }
+        });
+    }
 }
 
 /// At the end of a sink's shutdown deadline: closes its input, counts what is still queued as dropped and says so.
 pub fn account_unwritten(rx: &mut mpsc::Receiver<Chunk>, stats: &Stats, sink: &'static str) {
     rx.close();
     let mut left = 0u64;
+    let mut kept = 0u64;
     while let Ok(chunk) = rx.try_recv() {
-        left += chunk.points as u64;
+        match chunk.seq {
+            Some(_) => kept += chunk.points as u64,
+            None => left += chunk.points as u64,
+        }
+    }
+    if kept > 0 {
+        tracing::warn!(
+            message = "Points not delivered before the shutdown deadline stay in the buffer; they are delivered at the next start.",
+            sink,
+            points = kept,
+        );
     }
     if left > 0 {
         tracing::error!(

@@ -1,0 +1,169 @@
+//! The three tasks that put the buffer on the data path: the appender (pipeline
+//! chunks → disk), the feeder (disk → sink, in order, from the oldest
+//! undelivered record) and the acknowledger (sink deliveries → records removed).
+//!
+//! The appender is a dedicated thread: appends are short blocking commits, and
+//! with `when_full = "block"` one may wait for minutes, which must not hold a
+//! runtime worker. The feeder and acknowledger are tasks that run their reads
+//! and deletes on `spawn_blocking`, once per batch of records.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Buffer, BufferError};
+use crate::monitor::Stats;
+use crate::sink::Chunk;
+
+/// Records read from disk per round trip of the feeder.
+pub const READ_BATCH: usize = 16;
+/// Pause after a failed read before the feeder tries again.
+const READ_RETRY: Duration = Duration::from_secs(1);
+
+/// Starts the appender thread: every chunk from `rx` is appended; ends when every sender is gone.
+///
+/// A chunk that cannot be appended (a disk error, or the buffer closed) is
+/// counted in `stats.dropped` and logged (the first of a streak at ERROR); so
+/// are the points `when_full = "drop_oldest"` removes to make room.
+pub fn spawn_appender(
+    buffer: Buffer,
+    mut rx: mpsc::Receiver<Chunk>,
+    stats: Arc<Stats>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("buffer-appender".into())
+        .spawn(move || {
+            let mut failing = false;
+            let mut dropped_seen = buffer.dropped_points();
+            while let Some(chunk) = rx.blocking_recv() {
+                let result = buffer.append(&chunk);
+                let dropped = buffer.dropped_points();
+                if dropped > dropped_seen {
+                    Stats::add(&stats.dropped, dropped - dropped_seen);
+                    dropped_seen = dropped;
+                }
+                match result {
+                    Ok(_) if failing => {
+                        failing = false;
+                        tracing::info!(message = "Appending to the buffer works again.");
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        Stats::add(&stats.dropped, chunk.points as u64);
+                        if failing {
+                            tracing::debug!(message = "Cannot append to the buffer; points lost.", %error, points = chunk.points);
+                        } else {
+                            failing = true;
+                            tracing::error!(
+                                message = "Cannot append to the buffer; points lost (further failures are logged at debug level until it recovers).",
+                                %error,
+                                points = chunk.points,
+                            );
+                        }
+                    }
+                }
+            }
+        })
+}
+
+async fn read(buffer: &Buffer, after: Option<u64>) -> Result<Vec<(u64, Chunk)>, BufferError> {
+    let buffer = buffer.clone();
+    match tokio::task::spawn_blocking(move || buffer.read_after(after, READ_BATCH)).await {
+        Ok(result) => result,
+        Err(join) => Err(BufferError::Store {
+            op: "read",
+            source: redb::Error::Corrupted(format!("the read task failed: {join}")),
+        }),
+    }
+}
+
+/// The feeder: sends every record, oldest first, to the sink's channel and waits for new ones.
+///
+/// When `stop` is cancelled it sends what is already in the buffer, until
+/// `drain_deadline` after the cancellation (`Duration::MAX`: no limit), then returns (dropping `tx`, which
+/// tells the sink its input ended). Records it could not send stay on disk.
+pub async fn feed(
+    buffer: Buffer,
+    tx: mpsc::Sender<Chunk>,
+    stop: CancellationToken,
+    drain_deadline: Duration,
+) {
+    let mut appended = buffer.subscribe();
+    let mut cursor: Option<u64> = None;
+    // `Some` once stopping: drain until empty, by the deadline (`None` when it is too far to represent).
+    let mut draining: Option<Option<Instant>> = None;
+    loop {
+        appended.borrow_and_update();
+        if draining.is_none() && stop.is_cancelled() {
+            draining = Some(Instant::now().checked_add(drain_deadline));
+        }
+        let records = match read(&buffer, cursor).await {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::error!(message = "Cannot read the buffer; retrying.", %error);
+                tokio::select! {
+                    _ = tokio::time::sleep(READ_RETRY) => continue,
+                    _ = stop.cancelled() => return,
+                }
+            }
+        };
+        if records.is_empty() {
+            if draining.is_some() {
+                return;
+            }
+            tokio::select! {
+                changed = appended.changed() => if changed.is_err() { return },
+                _ = stop.cancelled() => {}
+            }
+            continue;
+        }
+        for (seq, chunk) in records {
+            let sent = match draining {
+                Some(Some(at)) => matches!(
+                    tokio::time::timeout_at(at, tx.send(chunk)).await,
+                    Ok(Ok(()))
+                ),
+                Some(None) => tx.send(chunk).await.is_ok(),
+                None => tokio::select! {
+                    r = tx.send(chunk) => r.is_ok(),
+                    _ = stop.cancelled() => {
+                        // Re-read from this record in drain mode.
+                        break;
+                    }
+                },
+            };
+            if !sent {
+                return;
+            }
+            cursor = Some(seq);
+        }
+    }
+}
+
+/// The acknowledger: removes delivered records as the sink reports them; ends when every reporter is gone.
+pub async fn acknowledge(buffer: Buffer, mut delivered: watch::Receiver<u64>) {
+    let mut done = 0u64;
+    loop {
+        let open = delivered.changed().await.is_ok();
+        let seq = *delivered.borrow_and_update();
+        if seq > done {
+            let b = buffer.clone();
+            match tokio::task::spawn_blocking(move || b.ack_through(seq)).await {
+                Ok(Ok(())) => done = seq,
+                Ok(Err(error)) => {
+                    // The records stay and are delivered again after a restart; harmless duplicates.
+                    tracing::error!(message = "Cannot remove delivered records from the buffer.", %error, seq);
+                }
+                Err(error) => {
+                    tracing::error!(message = "The buffer acknowledgement task failed.", %error)
+                }
+            }
+        }
+        if !open {
+            return;
+        }
+    }
+}

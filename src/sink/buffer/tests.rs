@@ -1,0 +1,530 @@
+//! Tests of the durable buffer, including a crash model: a storage backend
+//! that keeps only what was synced when the "machine" dies.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn cfg(fsync_interval: Duration) -> BufferConfig {
+    BufferConfig {
+        fsync_interval,
+        ..BufferConfig::default()
+    }
+}
+
+fn chunk(tag: &str, points: usize) -> Chunk {
+    Chunk {
+        lines: (0..points)
+            .map(|i| {
+                format!(
+                    "m,tag={tag} value={i} {}\n",
+                    1_700_000_000_000_000_000u64 + i as u64
+                )
+            })
+            .collect(),
+        points,
+        seq: None,
+    }
+}
+
+fn all(buffer: &Buffer) -> Vec<(u64, Chunk)> {
+    buffer.read_after(None, usize::MAX).expect("read")
+}
+
+/// Polls `f` until it holds or 10 s pass.
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A disk image: `current` is what the process sees, `synced` what survives a crash.
+#[derive(Debug, Default)]
+struct Disk {
+    current: Vec<u8>,
+    synced: Vec<u8>,
+    dead: bool,
+}
+
+/// A storage backend whose unsynced writes are lost by [`CrashDisk::crash`].
+#[derive(Debug, Clone, Default)]
+struct CrashDisk(Arc<Mutex<Disk>>);
+
+impl CrashDisk {
+    /// The machine dies: this backend refuses every later write; returns the disk as it reboots.
+    fn crash(&self) -> CrashDisk {
+        let mut disk = self.0.lock().expect("disk");
+        disk.dead = true;
+        CrashDisk(Arc::new(Mutex::new(Disk {
+            current: disk.synced.clone(),
+            synced: disk.synced.clone(),
+            dead: false,
+        })))
+    }
+}
+
+fn dead() -> std::io::Error {
+    std::io::Error::other("the machine crashed")
+}
+
+impl redb::StorageBackend for CrashDisk {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        Ok(self.0.lock().map_err(|_| dead())?.current.len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        let disk = self.0.lock().map_err(|_| dead())?;
+        let start = offset as usize;
+        let src = disk
+            .current
+            .get(start..start + out.len())
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "past end"))?;
+        out.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        let mut disk = self.0.lock().map_err(|_| dead())?;
+        if disk.dead {
+            return Err(dead());
+        }
+        disk.current.resize(len as usize, 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        let mut disk = self.0.lock().map_err(|_| dead())?;
+        if disk.dead {
+            return Err(dead());
+        }
+        let Disk {
+            current, synced, ..
+        } = &mut *disk;
+        synced.clone_from(current);
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        let mut disk = self.0.lock().map_err(|_| dead())?;
+        if disk.dead {
+            return Err(dead());
+        }
+        let start = offset as usize;
+        if disk.current.len() < start + data.len() {
+            disk.current.resize(start + data.len(), 0);
+        }
+        disk.current[start..start + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+#[test]
+fn appends_read_in_order_and_acks_remove() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (buffer, report) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("open");
+    assert_eq!(report, OpenReport::default());
+    let seqs: Vec<u64> = ["a", "b", "c"]
+        .iter()
+        .map(|t| buffer.append(&chunk(t, 2)).expect("append"))
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    let got = all(&buffer);
+    assert_eq!(got.len(), 3);
+    for ((seq, c), tag) in got.iter().zip(["a", "b", "c"]) {
+        let mut want = chunk(tag, 2);
+        want.seq = Some(*seq);
+        assert_eq!(c, &want);
+    }
+    let next = buffer.read_after(Some(1), 1).expect("read");
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].0, 2);
+
+    buffer.ack_through(2).expect("ack");
+    let stats = buffer.stats().expect("stats");
+    assert_eq!(
+        (stats.records, stats.points, stats.oldest_seq, stats.acked),
+        (1, 2, Some(3), 2)
+    );
+    assert_eq!(
+        stats.bytes,
+        (HEADER_BYTES + chunk("c", 2).lines.len()) as u64
+    );
+    assert!(stats.oldest_age.is_some());
+    drop(buffer);
+
+    let (buffer, report) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("reopen");
+    assert_eq!((report.records, report.points), (1, 2));
+    assert_eq!(all(&buffer)[0].0, 3);
+    assert_eq!(buffer.append(&chunk("d", 1)).expect("append"), 4);
+}
+
+#[test]
+fn sequence_numbers_never_repeat_after_everything_was_acked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("open");
+    let seq = buffer.append(&chunk("a", 1)).expect("append");
+    buffer.ack_through(seq).expect("ack");
+    assert_eq!(buffer.stats().expect("stats").records, 0);
+    drop(buffer);
+    let (buffer, report) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("reopen");
+    assert_eq!(report.records, 0);
+    assert_eq!(buffer.append(&chunk("b", 1)).expect("append"), seq + 1);
+}
+
+#[test]
+fn a_corrupt_record_is_skipped_counted_and_the_rest_survive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("open");
+    buffer.append(&chunk("first", 3)).expect("append");
+    let bad = buffer.append(&chunk("CORRUPTME", 3)).expect("append");
+    buffer.append(&chunk("last", 3)).expect("append");
+    drop(buffer);
+
+    let path = dir.path().join(FILE_NAME);
+    let mut bytes = std::fs::read(&path).expect("read file");
+    let needle = b"CORRUPTME";
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the record's text is in the file");
+    bytes[at] ^= 0x20;
+    std::fs::write(&path, &bytes).expect("write file");
+
+    let (buffer, report) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("reopen");
+    assert_eq!(report.corrupt, vec![bad]);
+    assert_eq!(report.moved_aside, None);
+    assert_eq!((report.records, report.points), (2, 6));
+    assert_eq!(buffer.stats().expect("stats").corrupt_skipped, 1);
+    let tags: Vec<bool> = all(&buffer)
+        .iter()
+        .map(|(_, c)| c.lines.contains("first") || c.lines.contains("last"))
+        .collect();
+    assert_eq!(tags, vec![true, true]);
+}
+
+#[test]
+fn a_garbage_file_is_moved_aside_and_the_buffer_starts_empty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let garbage: Vec<u8> = (0..100_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    std::fs::write(dir.path().join(FILE_NAME), &garbage).expect("write");
+    let (buffer, report) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("open");
+    let aside = report.moved_aside.expect("moved aside");
+    assert!(
+        aside
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("buffer.redb.corrupt-"))
+    );
+    assert_eq!(std::fs::read(&aside).expect("aside file"), garbage);
+    assert_eq!(report.records, 0);
+    assert_eq!(buffer.append(&chunk("a", 1)).expect("append"), 1);
+}
+
+#[test]
+fn a_truncated_file_never_stops_the_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("open");
+    for i in 0..50 {
+        buffer.append(&chunk(&format!("t{i}"), 20)).expect("append");
+    }
+    drop(buffer);
+    let path = dir.path().join(FILE_NAME);
+    let len = std::fs::metadata(&path).expect("meta").len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open file");
+    file.set_len(len / 3).expect("truncate");
+    drop(file);
+    let (buffer, report) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("open");
+    // A file cut to a third has lost its B-tree pages: set aside whole, the buffer starts empty.
+    let aside = report.moved_aside.expect("moved aside");
+    assert_eq!(std::fs::metadata(&aside).expect("aside").len(), len / 3);
+    assert_eq!(report.records, 0);
+    let seq = buffer.append(&chunk("after", 1)).expect("append");
+    assert!(all(&buffer).iter().any(|(s, _)| *s == seq));
+}
+
+#[test]
+fn block_waits_for_an_ack_and_close_releases_a_waiter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let one = (HEADER_BYTES + chunk("a", 10).lines.len()) as u64;
+    let config = BufferConfig {
+        max_bytes: one * 3,
+        when_full: WhenFull::Block,
+        fsync_interval: Duration::ZERO,
+        enabled: true,
+    };
+    let (buffer, _) = Buffer::open(dir.path(), &config).expect("open");
+    for tag in ["a", "b", "c"] {
+        buffer.append(&chunk(tag, 10)).expect("append");
+    }
+    let waiter = {
+        let buffer = buffer.clone();
+        std::thread::spawn(move || buffer.append(&chunk("d", 10)))
+    };
+    wait_for("the append to wait", || {
+        buffer.stats().expect("stats").full_waits == 1
+    });
+    assert_eq!(buffer.stats().expect("stats").records, 3);
+    buffer.ack_through(1).expect("ack");
+    let seq = waiter.join().expect("join").expect("append after ack");
+    assert_eq!(seq, 4);
+    let stats = buffer.stats().expect("stats");
+    assert_eq!((stats.records, stats.dropped_points), (3, 0));
+
+    let waiter = {
+        let buffer = buffer.clone();
+        std::thread::spawn(move || buffer.append(&chunk("e", 10)))
+    };
+    wait_for("the second append to wait", || {
+        buffer.stats().expect("stats").full_waits == 2
+    });
+    buffer.close().expect("close");
+    assert!(matches!(
+        waiter.join().expect("join"),
+        Err(BufferError::Closed)
+    ));
+    assert_eq!(buffer.stats().expect("stats").records, 3);
+}
+
+#[test]
+fn drop_oldest_removes_and_counts_the_oldest_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let one = (HEADER_BYTES + chunk("a", 10).lines.len()) as u64;
+    let config = BufferConfig {
+        max_bytes: one * 3,
+        when_full: WhenFull::DropOldest,
+        fsync_interval: Duration::ZERO,
+        enabled: true,
+    };
+    let (buffer, _) = Buffer::open(dir.path(), &config).expect("open");
+    for tag in ["a", "b", "c", "d", "e"] {
+        buffer.append(&chunk(tag, 10)).expect("append");
+    }
+    let stats = buffer.stats().expect("stats");
+    assert_eq!(
+        (
+            stats.records,
+            stats.points,
+            stats.dropped_points,
+            stats.full_waits
+        ),
+        (3, 30, 20, 0)
+    );
+    assert!(stats.bytes <= config.max_bytes);
+    let seqs: Vec<u64> = all(&buffer).iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, vec![3, 4, 5]);
+}
+
+#[test]
+fn a_record_larger_than_the_buffer_is_accepted_when_empty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = BufferConfig {
+        max_bytes: 10,
+        fsync_interval: Duration::ZERO,
+        ..BufferConfig::default()
+    };
+    let (buffer, _) = Buffer::open(dir.path(), &config).expect("open");
+    assert_eq!(buffer.append(&chunk("big", 5)).expect("append"), 1);
+}
+
+#[test]
+fn interval_mode_loses_only_what_was_not_yet_durable() {
+    let disk = CrashDisk::default();
+    let config = cfg(Duration::from_secs(3600));
+    let (buffer, _) = Buffer::open_with_backend(disk.clone(), &config).expect("open");
+    let base = buffer.durable_seq();
+    let a = buffer.append(&chunk("a", 1)).expect("append");
+    let b = buffer.append(&chunk("b", 1)).expect("append");
+    assert_eq!(buffer.durable_seq(), base);
+    assert_eq!(buffer.sync().expect("sync"), b);
+    assert_eq!(buffer.durable_seq(), b);
+    let c = buffer.append(&chunk("c", 1)).expect("append");
+    assert_eq!(all(&buffer).len(), 3, "visible before it is durable");
+    let disk = disk.crash();
+    drop(buffer);
+
+    let (buffer, report) = Buffer::open_with_backend(disk.clone(), &config).expect("reopen");
+    let seqs: Vec<u64> = all(&buffer).iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        seqs,
+        vec![a, b],
+        "durable records survive, {c} was not durable"
+    );
+    assert_eq!(report.records, 2);
+    // An ack that was not made durable comes back: the record is delivered again.
+    buffer.ack_through(a).expect("ack");
+    let disk = disk.crash();
+    drop(buffer);
+    let (buffer, _) = Buffer::open_with_backend(disk, &config).expect("reopen");
+    assert_eq!(all(&buffer).len(), 2);
+}
+
+#[test]
+fn the_flusher_makes_appends_durable_within_the_interval() {
+    let disk = CrashDisk::default();
+    let config = cfg(Duration::from_millis(20));
+    let (buffer, _) = Buffer::open_with_backend(disk.clone(), &config).expect("open");
+    let seq = buffer.append(&chunk("a", 4)).expect("append");
+    wait_for("the flusher", || buffer.durable_seq() >= seq);
+    let disk = disk.crash();
+    drop(buffer);
+    let (buffer, _) = Buffer::open_with_backend(disk, &config).expect("reopen");
+    let got = all(&buffer);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1.points, 4);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append {
+        points: usize,
+        tag: u16,
+    },
+    /// Acknowledge through the n-th waiting record (modulo their count).
+    Ack(usize),
+    /// The machine dies: only synced data survives.
+    Crash,
+    /// A clean close and open.
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (1usize..6, any::<u16>()).prop_map(|(points, tag)| Op::Append { points, tag }),
+        3 => (0usize..8).prop_map(Op::Ack),
+        1 => Just(Op::Crash),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// With every commit durable, any sequence of appends, acks, crashes and
+    /// reopens yields every un-acked record exactly once, in order, and
+    /// sequence numbers only grow.
+    #[test]
+    fn unacked_records_survive_exactly_once_in_order(ops in proptest::collection::vec(op(), 1..40)) {
+        let config = cfg(Duration::ZERO);
+        let mut disk = CrashDisk::default();
+        let (mut buffer, _) = Buffer::open_with_backend(disk.clone(), &config).expect("open");
+        let mut model: VecDeque<(u64, Chunk)> = VecDeque::new();
+        let mut highest = 0u64;
+        for op in ops {
+            match op {
+                Op::Append { points, tag } => {
+                    let c = chunk(&tag.to_string(), points);
+                    let seq = buffer.append(&c).expect("append");
+                    prop_assert!(seq > highest, "sequence {} after {}", seq, highest);
+                    highest = seq;
+                    prop_assert_eq!(buffer.durable_seq(), seq);
+                    model.push_back((seq, Chunk { seq: Some(seq), ..c }));
+                }
+                Op::Ack(n) => {
+                    if !model.is_empty() {
+                        let i = n % model.len();
+                        buffer.ack_through(model[i].0).expect("ack");
+                        model.drain(..=i);
+                    }
+                }
+                Op::Crash => {
+                    let rebooted = disk.crash();
+                    drop(buffer);
+                    disk = rebooted;
+                    buffer = Buffer::open_with_backend(disk.clone(), &config).expect("reopen").0;
+                }
+                Op::Reopen => {
+                    drop(buffer);
+                    buffer = Buffer::open_with_backend(disk.clone(), &config).expect("reopen").0;
+                }
+            }
+            let got = all(&buffer);
+            prop_assert_eq!(&got, &model.iter().cloned().collect::<Vec<_>>());
+            let stats = buffer.stats().expect("stats");
+            prop_assert_eq!(stats.records, model.len() as u64);
+            prop_assert_eq!(stats.points, model.iter().map(|(_, c)| c.points as u64).sum::<u64>());
+            prop_assert_eq!(stats.oldest_seq, model.front().map(|(s, _)| *s));
+        }
+    }
+}
+
+#[test]
+fn the_appender_counts_points_drop_oldest_removed_as_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let one = (HEADER_BYTES + chunk("a", 10).lines.len()) as u64;
+    let config = BufferConfig {
+        max_bytes: one * 2,
+        when_full: WhenFull::DropOldest,
+        fsync_interval: Duration::ZERO,
+        enabled: true,
+    };
+    let (buffer, _) = Buffer::open(dir.path(), &config).expect("open");
+    let stats = Arc::new(crate::monitor::Stats::default());
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let appender =
+        tasks::spawn_appender(buffer.clone(), rx, stats.clone()).expect("appender starts");
+    for tag in ["a", "b", "c", "d", "e"] {
+        tx.blocking_send(chunk(tag, 10)).expect("send");
+    }
+    drop(tx);
+    appender.join().expect("appender ends");
+    assert_eq!(stats.totals().dropped, 30);
+    assert_eq!(buffer.stats().expect("stats").records, 2);
+}
+
+#[tokio::test]
+async fn the_feeder_sends_in_order_and_wakes_on_appends_and_acks_remove() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("open");
+    for tag in ["a", "b", "c"] {
+        buffer.append(&chunk(tag, 1)).expect("append");
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let feeder = tokio::spawn(tasks::feed(
+        buffer.clone(),
+        tx,
+        stop.clone(),
+        Duration::from_secs(5),
+    ));
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        let c = rx.recv().await.expect("a chunk");
+        seqs.push(c.seq.expect("carries its sequence"));
+    }
+    assert_eq!(seqs, vec![1, 2, 3]);
+    let b = buffer.clone();
+    tokio::task::spawn_blocking(move || b.append(&chunk("d", 1)))
+        .await
+        .expect("join")
+        .expect("append");
+    let d = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the feeder woke up")
+        .expect("a chunk");
+    assert_eq!(d.seq, Some(4));
+
+    let (acks, delivered) = crate::sink::Acks::channel();
+    let acknowledger = tokio::spawn(tasks::acknowledge(buffer.clone(), delivered));
+    acks.delivered(3);
+    acks.delivered(2); // older reports change nothing
+    drop(acks);
+    acknowledger.await.expect("acknowledger ends");
+    let stats = buffer.stats().expect("stats");
+    assert_eq!((stats.records, stats.oldest_seq), (1, Some(4)));
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), feeder)
+        .await
+        .expect("the feeder ends once drained")
+        .expect("join");
+    assert!(rx.recv().await.is_none(), "nothing sent twice");
+}

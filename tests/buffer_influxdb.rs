@@ -1,0 +1,316 @@
+//! The durable buffer against a real `influxd`: an outage under load, and a
+//! `kill -9` of the `ha-ingestor run` process while InfluxDB is down.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ha_ingestor::app;
+use ha_ingestor::config::{BufferConfig, Config, HomeAssistantConfig, InfluxConfig, MonitorConfig};
+use ha_ingestor::event::{Event, EventKind};
+use ha_ingestor::sink::buffer::Buffer;
+use ha_ingestor::source::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
+use support::{Influxd, wait_for};
+
+/// Points HA's rules give for these events: state changes to a real state, and every other bus event.
+fn expected_points(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| match &e.kind {
+            EventKind::StateChanged(sc) => sc
+                .new_state
+                .as_ref()
+                .is_some_and(|s| !matches!(s.state.as_str(), "unknown" | "unavailable" | "")),
+            EventKind::Bus(_) => true,
+        })
+        .count()
+}
+
+/// Points stored in the database (rows, so a point written twice counts once).
+async fn stored_points(influx: &Influxd) -> usize {
+    let count = influx.query("SELECT count(*) FROM /.*/").await;
+    let mut stored = 0u64;
+    for series in count["results"][0]["series"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        for row in series["values"].as_array().cloned().unwrap_or_default() {
+            // count(*) gives one column per field; the largest is the number of points.
+            stored += row.as_array().map_or(0, |r| {
+                r[1..]
+                    .iter()
+                    .filter_map(serde_json::Value::as_u64)
+                    .max()
+                    .unwrap_or(0)
+            });
+        }
+    }
+    stored as usize
+}
+
+async fn simulator(token: &str, rate: f64, max_events: u64, seed: u64) -> SimulatorHandle {
+    Simulator::start(
+        SimulatorConfig {
+            entities: 50,
+            rate,
+            token: token.into(),
+            seed,
+            max_events: Some(max_events),
+            ..SimulatorConfig::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .expect("simulator starts")
+}
+
+fn buffer_contents(data: &Path) -> (Vec<u64>, u64) {
+    let (buffer, report) =
+        Buffer::open(&data.join("buffer"), &BufferConfig::default()).expect("buffer opens");
+    assert!(report.corrupt.is_empty(), "corrupt records: {report:?}");
+    assert_eq!(report.moved_aside, None);
+    let seqs = buffer
+        .read_after(None, usize::MAX)
+        .expect("read")
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    (seqs, report.points)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_influxdb_outage_under_load_loses_and_duplicates_nothing() {
+    ha_ingestor::ensure_crypto_provider();
+    let mut influx = Influxd::start("outage").await;
+    let token = "outage-token";
+    let sim = simulator(token, 1000.0, 4000, 11).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut influx_cfg = InfluxConfig::v1(influx.url(), "outage");
+    influx_cfg.flush_interval = Duration::from_millis(100);
+    influx_cfg.retry_min = Duration::from_millis(50);
+    influx_cfg.retry_max = Duration::from_millis(200);
+    let cfg = Config {
+        data_dir: data.path().to_path_buf(),
+        homeassistant: Some(HomeAssistantConfig::new(sim.url(), token)),
+        influxdb: Some(influx_cfg),
+        buffer: BufferConfig {
+            fsync_interval: Duration::from_millis(100),
+            ..BufferConfig::default()
+        },
+        monitor: MonitorConfig {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        },
+        ..Config::default()
+    };
+    let running = app::start(&cfg).await.expect("starts");
+    let stats = running.stats();
+    wait_for(
+        "the first points written",
+        Duration::from_secs(30),
+        || async { (stats.totals().written > 0).then_some(()) },
+    )
+    .await;
+
+    influx.stop();
+    wait_for("every event received", Duration::from_secs(30), || async {
+        (sim.finished() && stats.totals().received == sim.emitted_count()).then_some(())
+    })
+    .await;
+    let during = stats.totals();
+    assert!(
+        during.written < during.encoded,
+        "the outage left nothing waiting: {during:?}"
+    );
+
+    influx.restart().await;
+    wait_for("every point written", Duration::from_secs(60), || async {
+        let t = stats.totals();
+        (t.written == t.encoded).then_some(())
+    })
+    .await;
+    let totals = running.stop().await;
+    let expected = expected_points(&sim.emitted());
+    assert_eq!(totals.dropped, 0);
+    assert_eq!(totals.dead_lettered, 0);
+    assert_eq!(
+        totals.written as usize, expected,
+        "every point accepted exactly once"
+    );
+    assert_eq!(stored_points(&influx).await, expected);
+    let (left, _) = buffer_contents(data.path());
+    assert!(
+        left.is_empty(),
+        "delivered records were not removed: {left:?}"
+    );
+    sim.shutdown().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn write_config(path: &Path, data: &Path, ha_url: &str, influx_url: &str, monitor_port: u16) {
+    std::fs::write(
+        path,
+        format!(
+            "data_dir = {data:?}\n\
+             [homeassistant]\nurl = \"{ha_url}\"\ntoken_file = \"token\"\n\
+             [influxdb]\nurl = \"{influx_url}\"\ndatabase = \"killed\"\nflush_interval = \"100ms\"\nretry_min = \"50ms\"\nretry_max = \"200ms\"\n\
+             [buffer]\nfsync_interval = \"50ms\"\n\
+             [monitor]\nlisten = \"127.0.0.1:{monitor_port}\"\n"
+        ),
+    )
+    .expect("write config");
+}
+
+fn spawn_run(config: &Path, log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_ha-ingestor"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("ha-ingestor starts")
+}
+
+/// A gauge or counter from the monitor's `/metrics`, when present.
+async fn metric(port: u16, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_loses_nothing_that_was_durable() {
+    ha_ingestor::ensure_crypto_provider();
+    let mut influx = Influxd::start("killed").await;
+    influx.stop();
+    let token = "kill-token";
+    let sim = simulator(token, 500.0, 5000, 5).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::write(dir.path().join("token"), format!("{token}\n")).expect("token");
+    let config = dir.path().join("run.toml");
+    let port = free_port();
+    write_config(&config, &data, &sim.url(), &influx.url(), port);
+
+    let mut child = spawn_run(&config, &dir.path().join("first.log"));
+    let durable = wait_for("records made durable", Duration::from_secs(30), || async {
+        metric(port, "ha_ingestor_buffer_durable_sequence")
+            .await
+            .filter(|d| *d >= 5.0)
+    })
+    .await as u64;
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    assert!(!sim.finished(), "the kill did not come mid-stream");
+
+    // Every record made durable before the kill is on disk, intact, none delivered.
+    let (seqs, points) = buffer_contents(&data);
+    assert!(
+        seqs.len() as u64 >= durable
+            && seqs[..durable as usize] == (1..=durable).collect::<Vec<_>>()[..],
+        "durable records 1..={durable} missing: {seqs:?}"
+    );
+    assert!(points > 0);
+
+    // InfluxDB back, the process restarted with a source that sends nothing new:
+    // exactly the buffered points arrive.
+    influx.restart().await;
+    // influxd was killed right after creating the database, before that was on its disk.
+    influx.create_database("killed").await;
+    let quiet = simulator(token, 1.0, 0, 6).await;
+    write_config(&config, &data, &quiet.url(), &influx.url(), port);
+    let mut child = spawn_run(&config, &dir.path().join("second.log"));
+    wait_for(
+        "the buffered points in InfluxDB",
+        Duration::from_secs(30),
+        || async { (stored_points(&influx).await as u64 >= points).then_some(()) },
+    )
+    .await;
+    wait_for("the buffer emptied", Duration::from_secs(30), || async {
+        metric(port, "ha_ingestor_buffer_records")
+            .await
+            .filter(|r| *r == 0.0)
+    })
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(exit.success(), "run exited with {exit}");
+    assert_eq!(stored_points(&influx).await as u64, points);
+    let (left, _) = buffer_contents(&data);
+    assert!(left.is_empty(), "records left after delivery: {left:?}");
+    sim.shutdown().await;
+    quiet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_blocking_buffer_with_influxdb_unreachable_still_stops_and_accounts_every_point() {
+    ha_ingestor::ensure_crypto_provider();
+    let token = "full-token";
+    let sim = simulator(token, 2000.0, 3000, 13).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    // Nothing listens on a port just freed: every write fails to connect.
+    let mut influx_cfg = InfluxConfig::v1(format!("http://127.0.0.1:{}", free_port()), "nowhere");
+    influx_cfg.retry_min = Duration::from_millis(50);
+    influx_cfg.retry_max = Duration::from_millis(200);
+    let cfg = Config {
+        data_dir: data.path().to_path_buf(),
+        homeassistant: Some(HomeAssistantConfig::new(sim.url(), token)),
+        influxdb: Some(influx_cfg),
+        buffer: BufferConfig {
+            enabled: true,
+            max_bytes: 20_000,
+            when_full: ha_ingestor::config::WhenFull::Block,
+            fsync_interval: Duration::from_millis(100),
+        },
+        monitor: MonitorConfig {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        },
+        ..Config::default()
+    };
+    let running = app::start(&cfg).await.expect("starts");
+    let stats = running.stats();
+    wait_for("every event received", Duration::from_secs(30), || async {
+        (sim.finished() && stats.totals().received == sim.emitted_count()).then_some(())
+    })
+    .await;
+    let totals = tokio::time::timeout(Duration::from_secs(60), running.stop())
+        .await
+        .expect("stop returns although the buffer is full and blocks");
+    let (seqs, in_buffer) = buffer_contents(data.path());
+    assert!(!seqs.is_empty());
+    assert_eq!(totals.written, 0);
+    assert!(
+        totals.dropped > 0,
+        "points that never fit the full buffer are counted: {totals:?}"
+    );
+    assert_eq!(
+        totals.encoded,
+        in_buffer + totals.dropped,
+        "every point is either in the buffer or counted as dropped"
+    );
+    sim.shutdown().await;
+}
