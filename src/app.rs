@@ -158,54 +158,27 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         (None, None)
     };
 
+    // Built before anything is spawned, so a bad sink setting fails start-up cleanly.
+    let sink = build_sink(cfg)?;
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL);
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
-
-    let (buffer, acks, sink_rx, buffered_rx) = if cfg.buffer.enabled {
+    let (sink_rx, acks, buffered) = if cfg.buffer.enabled {
         let buffer = open_buffer(cfg).await?;
-        let (acks, delivered) = Acks::channel();
-        let (sink_tx, sink_rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
-        (
-            Some((buffer, delivered, sink_tx)),
-            Some(acks),
-            sink_rx,
-            Some(chunk_rx),
-        )
+        let (sink_rx, acks, buffered) = start_buffer(buffer, chunk_rx, &stats)?;
+        (sink_rx, Some(acks), Some(buffered))
     } else {
-        (None, None, chunk_rx, None)
+        (chunk_rx, None, None)
     };
-
     let sink_token = CancellationToken::new();
-    let sink_ctx = SinkContext {
-        stats: stats.clone(),
-        dead_letters: dead_letters.clone(),
-        shutdown: sink_token.clone(),
-        acks,
-    };
-    let sink = spawn_sink(cfg, sink_rx, sink_ctx)?;
-
-    let buffered = match (buffer, buffered_rx) {
-        (Some((buffer, delivered, sink_tx)), Some(rx)) => {
-            let appender = tasks::spawn_appender(buffer.clone(), rx, stats.clone())
-                .map_err(|e| StartError::BufferTask(e.to_string()))?;
-            let feeder_token = CancellationToken::new();
-            let feeder = tokio::spawn(tasks::feed(
-                buffer.clone(),
-                sink_tx,
-                feeder_token.clone(),
-                BUFFER_DRAIN_DEADLINE,
-            ));
-            let acknowledger = tokio::spawn(tasks::acknowledge(buffer.clone(), delivered));
-            Some(Buffered {
-                buffer,
-                appender,
-                feeder_token,
-                feeder,
-                acknowledger,
-            })
-        }
-        _ => None,
-    };
+    let sink = sink.spawn(
+        sink_rx,
+        SinkContext {
+            stats: stats.clone(),
+            dead_letters: dead_letters.clone(),
+            shutdown: sink_token.clone(),
+            acks,
+        },
+    );
 
     let pipeline = tokio::spawn(pipeline.run(event_rx, chunk_tx, stats.clone()));
 
@@ -236,17 +209,19 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     })
 }
 
-/// Builds the configured sink (InfluxDB writer, else the file sink) and starts its task.
-fn spawn_sink(
-    cfg: &Config,
-    rx: mpsc::Receiver<Chunk>,
-    ctx: SinkContext,
-) -> Result<JoinHandle<()>, StartError> {
+/// The sink the config asks for: the InfluxDB writer, else the file sink.
+enum Sink {
+    Influx(InfluxWriter),
+    File(FileSink),
+}
+
+/// Builds the configured sink without starting it, so its errors come before any task runs.
+fn build_sink(cfg: &Config) -> Result<Sink, StartError> {
     Ok(match &cfg.influxdb {
         Some(influx) => {
             let writer = InfluxWriter::new(influx)?;
             tracing::info!(message = "Writing to InfluxDB.", url = %influx.url, api = ?influx.api);
-            tokio::spawn(writer.run(rx, ctx))
+            Sink::Influx(writer)
         }
         None => {
             let dir = cfg.points_dir();
@@ -255,9 +230,51 @@ fn spawn_sink(
                 source,
             })?;
             tracing::info!(message = "No InfluxDB configured; writing line protocol files.", dir = %dir.display());
-            tokio::spawn(file_sink.run(rx, ctx))
+            Sink::File(file_sink)
         }
     })
+}
+
+impl Sink {
+    fn spawn(self, rx: mpsc::Receiver<Chunk>, ctx: SinkContext) -> JoinHandle<()> {
+        match self {
+            Sink::Influx(writer) => tokio::spawn(writer.run(rx, ctx)),
+            Sink::File(file_sink) => tokio::spawn(file_sink.run(rx, ctx)),
+        }
+    }
+}
+
+/// Puts the buffer between the pipeline's channel and the sink: the appender writes
+/// `from_pipeline` to disk, the feeder sends records to the returned receiver, and the
+/// acknowledger removes what the sink reports through the returned [`Acks`].
+fn start_buffer(
+    buffer: Buffer,
+    from_pipeline: mpsc::Receiver<Chunk>,
+    stats: &Arc<Stats>,
+) -> Result<(mpsc::Receiver<Chunk>, Acks, Buffered), StartError> {
+    let (acks, delivered) = Acks::channel();
+    let (sink_tx, sink_rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
+    let appender = tasks::spawn_appender(buffer.clone(), from_pipeline, stats.clone())
+        .map_err(|e| StartError::BufferTask(e.to_string()))?;
+    let feeder_token = CancellationToken::new();
+    let feeder = tokio::spawn(tasks::feed(
+        buffer.clone(),
+        sink_tx,
+        feeder_token.clone(),
+        BUFFER_DRAIN_DEADLINE,
+    ));
+    let acknowledger = tokio::spawn(tasks::acknowledge(buffer.clone(), delivered));
+    Ok((
+        sink_rx,
+        acks,
+        Buffered {
+            buffer,
+            appender,
+            feeder_token,
+            feeder,
+            acknowledger,
+        },
+    ))
 }
 
 /// What the durable buffer holds, for `ha-ingestor buffer inspect` (takes the data directory's lock).
@@ -293,6 +310,7 @@ pub async fn drain_buffer(
     interrupt: impl std::future::Future<Output = ()>,
 ) -> Result<DrainReport, StartError> {
     let _lock = lock_data_dir(&cfg.data_dir)?;
+    let sink = build_sink(cfg)?;
     let buffer = open_buffer(cfg).await?;
     let stats = Arc::new(Stats::default());
     let (acks, delivered) = Acks::channel();
@@ -304,7 +322,7 @@ pub async fn drain_buffer(
         shutdown: sink_token.clone(),
         acks: Some(acks),
     };
-    let mut sink = spawn_sink(cfg, rx, ctx)?;
+    let mut sink = sink.spawn(rx, ctx);
     let acknowledger = tokio::spawn(tasks::acknowledge(buffer.clone(), delivered));
     let stop = CancellationToken::new();
     // Everything on disk now; the feeder ends once it read all of it (or at the deadline after `stop`).
