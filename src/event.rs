@@ -375,67 +375,72 @@ impl From<String> for ContextId {
     }
 }
 
-impl PartialEq for ContextId {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for ContextId {}
-
-impl fmt::Debug for ContextId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl fmt::Display for ContextId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for ContextId {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for ContextId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct IdVisitor;
-        impl Visitor<'_> for IdVisitor {
-            type Value = ContextId;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a context id string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<ContextId, E> {
-                Ok(ContextId::from(v))
+/// Ids compare, hash, print and (de)serialise as their text; `$parse` checks text from outside.
+macro_rules! text_id_impls {
+    ($ty:ty, $expecting:literal, $parse:expr) => {
+        impl PartialEq for $ty {
+            fn eq(&self, other: &Self) -> bool {
+                self.as_str() == other.as_str()
             }
         }
-        deserializer.deserialize_str(IdVisitor)
-    }
+
+        impl Eq for $ty {}
+
+        impl std::hash::Hash for $ty {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.as_str().hash(state);
+            }
+        }
+
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(self.as_str(), f)
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct TextVisitor;
+                impl Visitor<'_> for TextVisitor {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$ty, E> {
+                        $parse(v).map_err(E::custom)
+                    }
+                }
+                deserializer.deserialize_str(TextVisitor)
+            }
+        }
+    };
 }
+
+text_id_impls!(ContextId, "a context id string", |v: &str| -> Result<
+    ContextId,
+    std::convert::Infallible,
+> {
+    Ok(ContextId::from(v))
+});
+text_id_impls!(EntityId, "an entity id string", EntityId::new);
 
 /// A validated `domain.object_id`; the split is kept so tags need no re-parsing.
 #[derive(Clone)]
 pub struct EntityId {
     full: InlineStr<40>,
     dot: usize,
-}
-
-impl PartialEq for EntityId {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for EntityId {}
-
-impl std::hash::Hash for EntityId {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
-    }
 }
 
 impl PartialOrd for EntityId {
@@ -480,40 +485,6 @@ impl EntityId {
     /// The part after the first dot, `kitchen_temperature`: HA's `entity_id` tag.
     pub fn object_id(&self) -> &str {
         &self.as_str()[self.dot + 1..]
-    }
-}
-
-impl fmt::Debug for EntityId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl fmt::Display for EntityId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for EntityId {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for EntityId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct IdVisitor;
-        impl Visitor<'_> for IdVisitor {
-            type Value = EntityId;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an entity id string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<EntityId, E> {
-                EntityId::new(v).map_err(E::custom)
-            }
-        }
-        deserializer.deserialize_str(IdVisitor)
     }
 }
 
