@@ -10,47 +10,9 @@ use std::time::Duration;
 
 use ha_ingestor::app;
 use ha_ingestor::config::{BufferConfig, Config, HomeAssistantConfig, InfluxConfig, MonitorConfig};
-use ha_ingestor::event::{Event, EventKind};
 use ha_ingestor::sink::buffer::Buffer;
 use ha_ingestor::source::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
-use support::{Influxd, wait_for};
-
-/// Points HA's rules give for these events: state changes to a real state, and every other bus event.
-fn expected_points(events: &[Event]) -> usize {
-    events
-        .iter()
-        .filter(|e| match &e.kind {
-            EventKind::StateChanged(sc) => sc
-                .new_state
-                .as_ref()
-                .is_some_and(|s| !matches!(s.state.as_str(), "unknown" | "unavailable" | "")),
-            EventKind::Bus(_) => true,
-        })
-        .count()
-}
-
-/// Points stored in the database (rows, so a point written twice counts once).
-async fn stored_points(influx: &Influxd) -> usize {
-    let count = influx.query("SELECT count(*) FROM /.*/").await;
-    let mut stored = 0u64;
-    for series in count["results"][0]["series"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
-        for row in series["values"].as_array().cloned().unwrap_or_default() {
-            // count(*) gives one column per field; the largest is the number of points.
-            stored += row.as_array().map_or(0, |r| {
-                r[1..]
-                    .iter()
-                    .filter_map(serde_json::Value::as_u64)
-                    .max()
-                    .unwrap_or(0)
-            });
-        }
-    }
-    stored as usize
-}
+use support::{Influxd, expected_points, wait_for};
 
 async fn simulator(token: &str, rate: f64, max_events: u64, seed: u64) -> SimulatorHandle {
     Simulator::start(
@@ -141,7 +103,7 @@ async fn an_influxdb_outage_under_load_loses_and_duplicates_nothing() {
         totals.written as usize, expected,
         "every point accepted exactly once"
     );
-    assert_eq!(stored_points(&influx).await, expected);
+    assert_eq!(influx.point_count().await, expected);
     let (left, _) = buffer_contents(data.path());
     assert!(
         left.is_empty(),
@@ -239,7 +201,7 @@ async fn sigkill_mid_stream_loses_nothing_that_was_durable() {
     wait_for(
         "the buffered points in InfluxDB",
         Duration::from_secs(30),
-        || async { (stored_points(&influx).await as u64 >= points).then_some(()) },
+        || async { (influx.point_count().await as u64 >= points).then_some(()) },
     )
     .await;
     wait_for("the buffer emptied", Duration::from_secs(30), || async {
@@ -258,7 +220,7 @@ async fn sigkill_mid_stream_loses_nothing_that_was_durable() {
         .expect("join")
         .expect("wait");
     assert!(exit.success(), "run exited with {exit}");
-    assert_eq!(stored_points(&influx).await as u64, points);
+    assert_eq!(influx.point_count().await as u64, points);
     let (left, _) = buffer_contents(&data);
     assert!(left.is_empty(), "records left after delivery: {left:?}");
     sim.shutdown().await;

@@ -7,9 +7,8 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ha_ingestor::event::EventKind;
 use ha_ingestor::source::simulator::{Simulator, SimulatorConfig};
-use support::{Influxd, wait_for};
+use support::{Influxd, expected_points, wait_for};
 
 fn point_lines(dir: &std::path::Path) -> Vec<String> {
     let mut lines = Vec::new();
@@ -72,17 +71,7 @@ async fn run_writes_files_logs_json_stops_on_sigterm_and_replays() {
         || async { sim.finished().then_some(()) },
     )
     .await;
-    let emitted = sim.emitted();
-    let expected = emitted
-        .iter()
-        .filter(|e| match &e.kind {
-            EventKind::StateChanged(sc) => sc
-                .new_state
-                .as_ref()
-                .is_some_and(|s| !matches!(s.state.as_str(), "unknown" | "unavailable" | "")),
-            EventKind::Bus(_) => true,
-        })
-        .count();
+    let expected = expected_points(&sim.emitted());
     let points = data.join("points");
     wait_for(
         "every point in the files",
@@ -166,19 +155,7 @@ async fn run_writes_files_logs_json_stops_on_sigterm_and_replays() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains(&format!("{expected} points")), "{stdout}");
-    let count = influx.query("SELECT count(*) FROM /.*/").await;
-    let mut stored = 0u64;
-    for series in count["results"][0]["series"].as_array().unwrap() {
-        for row in series["values"].as_array().unwrap() {
-            // count(*) gives one column per field; the largest is the number of points.
-            stored += row.as_array().unwrap()[1..]
-                .iter()
-                .filter_map(serde_json::Value::as_u64)
-                .max()
-                .unwrap_or(0);
-        }
-    }
-    assert_eq!(stored as usize, expected);
+    assert_eq!(influx.point_count().await, expected);
     sim.shutdown().await;
 }
 

@@ -18,6 +18,7 @@ use ha_ingestor::event::{Event, EventKind};
 use ha_ingestor::source::simulator::{Simulator, SimulatorConfig};
 use serde_json::Value;
 use support::influxd::Influxd;
+use support::wait_for;
 
 /// Polls `cond` until it holds or the deadline passes; returns whether it held.
 async fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -135,14 +136,15 @@ async fn every_state_change_reaches_influxdb_with_identical_values() {
     // /ready turns 200 once HA is connected and writes succeed.
     let ready_url = format!("http://{}/ready", running.monitor_addr().unwrap());
     let client = reqwest::Client::new();
-    let mut ready = false;
-    let end = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < end && !ready {
-        ready = matches!(client.get(&ready_url).send().await, Ok(r) if r.status() == 200)
-            && stats.totals().written > 0;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "/ready never answered 200 with points written");
+    wait_for(
+        "/ready to answer 200 with points written",
+        Duration::from_secs(30),
+        || async {
+            let ready = matches!(client.get(&ready_url).send().await, Ok(r) if r.status() == 200);
+            (ready && stats.totals().written > 0).then_some(())
+        },
+    )
+    .await;
 
     let all_in = wait_until(Duration::from_secs(60), || {
         let t = stats.totals();

@@ -66,6 +66,20 @@ async fn deliver(cfg: &InfluxConfig, chunk: Chunk) -> SinkContext {
     ctx
 }
 
+/// Mounts on `server`: the first `times` writes get `first`, every later one 204.
+async fn fail_first(server: &MockServer, first: ResponseTemplate, times: u64) {
+    Mock::given(method("POST"))
+        .respond_with(first)
+        .up_to_n_times(times)
+        .with_priority(1)
+        .mount(server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(server)
+        .await;
+}
+
 fn body_lines(req: &Request) -> Vec<String> {
     let text = if req
         .headers
@@ -141,16 +155,12 @@ async fn v1_credentials_travel_as_basic_auth_never_in_the_url() {
 #[tokio::test]
 async fn retry_after_on_503_is_honoured() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(503).insert_header("Retry-After", "1"))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&server)
-        .await;
+    fail_first(
+        &server,
+        ResponseTemplate::new(503).insert_header("Retry-After", "1"),
+        1,
+    )
+    .await;
     let started = std::time::Instant::now();
     let ctx = deliver(&v1(&server.uri()), lines(4)).await;
     // retry_max is 50 ms: only Retry-After can explain a second's wait.
@@ -168,16 +178,12 @@ async fn retry_after_on_503_is_honoured() {
 async fn throttling_and_server_errors_are_retried_until_accepted() {
     for (first, times) in [(429u16, 1u64), (500, 2), (502, 1), (408, 1)] {
         let server = MockServer::start().await;
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(first).set_body_string(r#"{"error":"busy"}"#))
-            .up_to_n_times(times)
-            .with_priority(1)
-            .mount(&server)
-            .await;
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(204))
-            .mount(&server)
-            .await;
+        fail_first(
+            &server,
+            ResponseTemplate::new(first).set_body_string(r#"{"error":"busy"}"#),
+            times,
+        )
+        .await;
         let ctx = deliver(&v1(&server.uri()), lines(5)).await;
         let reqs = server.received_requests().await.unwrap();
         assert_eq!(reqs.len() as u64, times + 1, "status {first}");
@@ -230,18 +236,12 @@ async fn too_large_batches_are_split_in_halves() {
 #[tokio::test]
 async fn refused_credentials_hold_the_batch_and_mark_the_sink_not_ready() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(401).set_body_string(r#"{"error":"authorization failed"}"#),
-        )
-        .up_to_n_times(3)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&server)
-        .await;
+    fail_first(
+        &server,
+        ResponseTemplate::new(401).set_body_string(r#"{"error":"authorization failed"}"#),
+        3,
+    )
+    .await;
     let ctx = context();
     let (tx, rx) = mpsc::channel(4);
     let task = tokio::spawn(

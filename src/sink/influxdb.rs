@@ -622,30 +622,32 @@ impl<'a> Delivery<'a> {
             };
             metrics::counter!(SINK_ERRORS, "sink" => SINK, "error_type" => failure.error.kind())
                 .increment(1);
-            let verdict = match &failure.error {
-                WriteError::Status { code, body } => classify(*code, &server_message(body)),
-                WriteError::Transport { .. } | WriteError::Timeout(_) => Verdict::Retry,
-                _ => Verdict::Hold,
+            // The server's message, read once: classified here, quoted in dead letters below.
+            let (verdict, message) = match &failure.error {
+                WriteError::Status { code, body } => {
+                    let message = server_message(body);
+                    (classify(*code, &message), message)
+                }
+                WriteError::Transport { .. } | WriteError::Timeout(_) => {
+                    (Verdict::Retry, String::new())
+                }
+                _ => (Verdict::Hold, String::new()),
             };
             match verdict {
                 Verdict::Delivered => unreachable_delivered(&mut outcome, &lines),
                 Verdict::Split => {
                     attempt = 0;
-                    if lines.len() == 1 {
-                        self.dead_letter(lines[0], "line_too_large", &failure.error.to_string());
-                        outcome.dead_lettered += 1;
-                    } else {
-                        let (a, b) = lines.split_at(lines.len() / 2);
-                        work.push(b.to_vec());
-                        work.push(a.to_vec());
-                    }
+                    let reason = failure.error.to_string();
+                    self.set_aside_or_halve(
+                        &lines,
+                        "line_too_large",
+                        &reason,
+                        &mut work,
+                        &mut outcome,
+                    );
                 }
                 Verdict::Rejected { partial, dropped } => {
                     attempt = 0;
-                    let message = match &failure.error {
-                        WriteError::Status { body, .. } => server_message(body),
-                        other => other.to_string(),
-                    };
                     self.rejected(&lines, &message, partial, dropped, &mut work, &mut outcome);
                 }
                 Verdict::Retry => {
@@ -726,32 +728,40 @@ impl<'a> Delivery<'a> {
                     // Only the named lines were refused; the server wrote the others.
                     self.delivered(rest.len() as u64, 0);
                     outcome.written += rest.len() as u64;
+                    return;
                 }
                 Some(n) if n >= rest.len() && all_named => {
                     for line in &rest {
                         self.dead_letter(line, kind, message);
                     }
                     outcome.dead_lettered += rest.len() as u64;
+                    return;
                 }
-                _ if rest.len() == 1 => {
-                    self.dead_letter(rest[0], kind, message);
-                    outcome.dead_lettered += 1;
-                }
-                _ => {
-                    // Unknown which lines were dropped: resend halves (idempotent) to find them.
-                    let (a, b) = rest.split_at(rest.len() / 2);
-                    work.push(b.to_vec());
-                    work.push(a.to_vec());
-                }
+                // Unknown which lines were dropped: resend halves (idempotent) to find them.
+                _ => {}
             }
         } else if rest.len() < lines.len() {
             // Nothing was written: resend what the server did not name.
             work.push(rest);
-        } else if rest.len() == 1 {
-            self.dead_letter(rest[0], kind, message);
+            return;
+        }
+        self.set_aside_or_halve(&rest, kind, message, work, outcome);
+    }
+
+    /// A single line is set aside with `kind` and `reason`; more are queued again as two halves.
+    fn set_aside_or_halve<'l>(
+        &self,
+        lines: &[&'l str],
+        kind: &'static str,
+        reason: &str,
+        work: &mut Vec<Vec<&'l str>>,
+        outcome: &mut Outcome,
+    ) {
+        if let [line] = lines {
+            self.dead_letter(line, kind, reason);
             outcome.dead_lettered += 1;
         } else {
-            let (a, b) = rest.split_at(rest.len() / 2);
+            let (a, b) = lines.split_at(lines.len() / 2);
             work.push(b.to_vec());
             work.push(a.to_vec());
         }

@@ -445,6 +445,25 @@ bind-address = "127.0.0.1:{rpc_port}"
             .collect()
     }
 
+    /// Points stored in the start database, over every measurement (rows, so a point written twice counts once).
+    pub async fn point_count(&self) -> usize {
+        let count = self.query("SELECT count(*) FROM /.*/").await;
+        let mut stored = 0u64;
+        for series in count["results"][0]["series"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            for row in series["values"].as_array().cloned().unwrap_or_default() {
+                // count(*) gives one column per field; the largest is the number of points.
+                stored += row.as_array().map_or(0, |r| {
+                    r[1..].iter().filter_map(Value::as_u64).max().unwrap_or(0)
+                });
+            }
+        }
+        stored as usize
+    }
+
     /// Polls `rows(measurement)` until it has at least `n` rows, panicking after `timeout`.
     pub async fn wait_rows(
         &self,

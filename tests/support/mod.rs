@@ -11,6 +11,23 @@ pub use influxd::Influxd;
 use std::future::Future;
 use std::time::Duration;
 
+use ha_ingestor::event::{Event, EventKind};
+
+/// Points Home Assistant's own rules give for `events`: state changes to a real
+/// state (not unknown, unavailable or empty), and every other bus event.
+pub fn expected_points(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| match &e.kind {
+            EventKind::StateChanged(sc) => sc
+                .new_state
+                .as_ref()
+                .is_some_and(|s| !matches!(s.state.as_str(), "unknown" | "unavailable" | "")),
+            EventKind::Bus(_) => true,
+        })
+        .count()
+}
+
 /// Polls `probe` every 50 ms until it returns `Some`, panicking with `what` after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
 where
