@@ -82,6 +82,32 @@ fn client_config(url: &str, token: &str) -> HomeAssistantConfig {
     cfg
 }
 
+/// Starts `client::run` on `cfg` with a channel of `capacity` events: its channel, totals, stop token and task.
+fn spawn_client(
+    cfg: HomeAssistantConfig,
+    capacity: usize,
+    dead_letters: DeadLetters,
+    cursor_dir: Option<PathBuf>,
+) -> (
+    mpsc::Receiver<Event>,
+    Arc<Stats>,
+    CancellationToken,
+    JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let stats = Arc::new(Stats::default());
+    let shutdown = CancellationToken::new();
+    let ctx = SourceContext {
+        tx,
+        stats: stats.clone(),
+        dead_letters: Arc::new(dead_letters),
+        shutdown: shutdown.clone(),
+        cursor_dir,
+    };
+    let task = tokio::spawn(client::run(cfg, source(), ctx));
+    (rx, stats, shutdown, task)
+}
+
 struct Running {
     rx: mpsc::Receiver<Event>,
     stats: Arc<Stats>,
@@ -92,17 +118,7 @@ struct Running {
 
 impl Running {
     fn start(cfg: HomeAssistantConfig, dead_letters: DeadLetters) -> Running {
-        let (tx, rx) = mpsc::channel(50_000);
-        let stats = Arc::new(Stats::default());
-        let shutdown = CancellationToken::new();
-        let ctx = SourceContext {
-            tx,
-            stats: stats.clone(),
-            dead_letters: Arc::new(dead_letters),
-            shutdown: shutdown.clone(),
-            cursor_dir: None,
-        };
-        let task = tokio::spawn(client::run(cfg, source(), ctx));
+        let (rx, stats, shutdown, task) = spawn_client(cfg, 50_000, dead_letters, None);
         Running {
             rx,
             stats,
@@ -516,11 +532,7 @@ async fn metrics_follow_the_stream() {
         .filter(|e| e.event_type() == "call_service")
         .count();
     let value = |needle: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(needle))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{needle} missing from:\n{text}"))
+        metric(&text, needle).unwrap_or_else(|| panic!("{needle} missing from:\n{text}"))
     };
     assert_eq!(
         value(
@@ -898,17 +910,8 @@ async fn the_first_connection_hands_on_every_current_state_once() {
 
     let mut cfg = client_config(&sim.url(), TOKEN);
     cfg.initial_snapshot = true;
-    let (tx, mut rx) = mpsc::channel(10_000);
-    let stats = Arc::new(Stats::default());
-    let shutdown = CancellationToken::new();
-    let ctx = SourceContext {
-        tx,
-        stats: stats.clone(),
-        dead_letters: Arc::new(DeadLetters::new(dir.path())),
-        shutdown: shutdown.clone(),
-        cursor_dir: None,
-    };
-    let task = tokio::spawn(client::run(cfg, source(), ctx));
+    let (mut rx, stats, shutdown, task) =
+        spawn_client(cfg, 10_000, DeadLetters::new(dir.path()), None);
     let mut snapshot = std::collections::BTreeMap::new();
     while snapshot.len() < current.len() {
         let event = within("snapshot state", rx.recv()).await.unwrap();
@@ -971,17 +974,12 @@ struct Keeper {
 
 impl Keeper {
     fn start(cfg: HomeAssistantConfig, data: &Path) -> Keeper {
-        let (tx, rx) = mpsc::channel(100_000);
-        let stats = Arc::new(Stats::default());
-        let shutdown = CancellationToken::new();
-        let ctx = SourceContext {
-            tx,
-            stats: stats.clone(),
-            dead_letters: Arc::new(DeadLetters::new(data.join("dead-letter"))),
-            shutdown: shutdown.clone(),
-            cursor_dir: Some(data.join("cursor")),
-        };
-        let task = tokio::spawn(client::run(cfg, source(), ctx));
+        let (rx, stats, shutdown, task) = spawn_client(
+            cfg,
+            100_000,
+            DeadLetters::new(data.join("dead-letter")),
+            Some(data.join("cursor")),
+        );
         Keeper {
             rx,
             stats,

@@ -477,14 +477,12 @@ async fn serve(
             tokio::select! {
                 biased;
                 out = rx.recv() => match out {
-                    Some(Outgoing::Events(events)) => {
-                        write_events(&mut sink, &events, conn.coalesce).await?;
-                        pending.fetch_sub(events.len(), Ordering::AcqRel);
+                    Some(out) => {
+                        if !write_outgoing(&mut sink, out, conn.coalesce, &pending).await? {
+                            return Ok(());
+                        }
                     }
-                    Some(Outgoing::Raw(msg)) => sink.send(msg).await?,
-                    // Dropped by `disconnect_all` after what was queued before it: no
-                    // close handshake, like a crashed server.
-                    Some(Outgoing::Drop) | None => return Ok(()),
+                    None => return Ok(()),
                 },
                 incoming = stream.next() => match incoming {
                     Some(Ok(Message::Text(text))) => {
@@ -492,13 +490,8 @@ async fn serve(
                         // Events queued while the replies were computed go out first, so a
                         // history answer never overtakes a live event it contains.
                         while let Ok(out) = rx.try_recv() {
-                            match out {
-                                Outgoing::Events(events) => {
-                                    write_events(&mut sink, &events, conn.coalesce).await?;
-                                    pending.fetch_sub(events.len(), Ordering::AcqRel);
-                                }
-                                Outgoing::Raw(msg) => sink.send(msg).await?,
-                                Outgoing::Drop => return Ok(()),
+                            if !write_outgoing(&mut sink, out, conn.coalesce, &pending).await? {
+                                return Ok(());
                             }
                         }
                         for reply in replies.into_iter().flatten() {
@@ -522,6 +515,30 @@ async fn serve(
     };
     lock(&shared.clients).retain(|c| c.conn != conn.id);
     result
+}
+
+/// Writes one queued item; `false` for [`Outgoing::Drop`], which ends the connection.
+///
+/// `Drop` is queued by `disconnect_all` after what was queued before it: no
+/// close handshake, like a crashed server.
+async fn write_outgoing<S>(
+    sink: &mut S,
+    out: Outgoing,
+    coalesce: bool,
+    pending: &AtomicUsize,
+) -> Result<bool, S::Error>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    match out {
+        Outgoing::Events(events) => {
+            write_events(sink, &events, coalesce).await?;
+            pending.fetch_sub(events.len(), Ordering::AcqRel);
+        }
+        Outgoing::Raw(msg) => sink.send(msg).await?,
+        Outgoing::Drop => return Ok(false),
+    }
+    Ok(true)
 }
 
 async fn write_events<S>(

@@ -270,12 +270,8 @@ async fn supervise(link: &Link<'_>) {
             meters.connected.set(0.0);
         }
         let error = match outcome {
-            None => {
-                ctx.stats.source_state(source, false, None);
-                return;
-            }
-            // The pipeline closed its channel: nothing left to deliver to.
-            Some(Ok(())) => {
+            // Shut down, or the pipeline closed its channel: nothing left to deliver to.
+            None | Some(Ok(())) => {
                 ctx.stats.source_state(source, false, None);
                 return;
             }
@@ -299,6 +295,13 @@ async fn supervise(link: &Link<'_>) {
             metrics::counter!(SOURCE_RECONNECTS, "source" => source.to_string(), "reason" => reason)
                 .increment(1);
         }
+        // A restart of HA is no error; every other end of a connection is.
+        if !ha_restart {
+            metrics::counter!(SOURCE_ERRORS, "source" => source.to_string(), "error_type" => error.kind())
+                .increment(1);
+            ctx.stats
+                .source_state(source, false, Some(error.to_string()));
+        }
         let delay = if ha_restart {
             restarting = true;
             ctx.stats.source_state(
@@ -310,10 +313,6 @@ async fn supervise(link: &Link<'_>) {
             tracing::info!(message = "Home Assistant is restarting; reconnecting.", source = %source, url = %url, retry_in = ?delay);
             delay
         } else if error.is_auth() {
-            metrics::counter!(SOURCE_ERRORS, "source" => source.to_string(), "error_type" => error.kind())
-                .increment(1);
-            ctx.stats
-                .source_state(source, false, Some(error.to_string()));
             auth_refusals_in_streak += 1;
             if auth_refusals_in_streak == 1 {
                 tracing::error!(
@@ -326,10 +325,6 @@ async fn supervise(link: &Link<'_>) {
             }
             cfg.reconnect_max
         } else {
-            metrics::counter!(SOURCE_ERRORS, "source" => source.to_string(), "error_type" => error.kind())
-                .increment(1);
-            ctx.stats
-                .source_state(source, false, Some(error.to_string()));
             failures_in_streak += 1;
             let delay = backoff.next_delay();
             if restarting {

@@ -448,6 +448,24 @@ impl<'de> Deserialize<'de> for IsoTime {
     }
 }
 
+/// An event's `data`, read as the shape its `event_type` calls for.
+struct DataSeed<'a>(&'a EventTypeName);
+
+impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
+    type Value = EventKind;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<EventKind, D::Error> {
+        Ok(match self.0 {
+            EventTypeName::StateChanged => {
+                EventKind::StateChanged(Box::new(StateChanged::deserialize(deserializer)?))
+            }
+            EventTypeName::Other(name) => EventKind::Bus(BusEvent {
+                event_type: name.clone(),
+                data: serde_json::Map::deserialize(deserializer)?,
+            }),
+        })
+    }
+}
+
 struct EventSeed<'s> {
     source: &'s SourceId,
 }
@@ -477,17 +495,7 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
             match key {
                 EventField::EventType => event_type = Some(map.next_value()?),
                 EventField::Data => match &event_type {
-                    Some(EventTypeName::StateChanged) => {
-                        let sc: StateChanged = map.next_value()?;
-                        kind = Some(EventKind::StateChanged(Box::new(sc)));
-                    }
-                    Some(EventTypeName::Other(name)) => {
-                        let data: serde_json::Map<String, serde_json::Value> = map.next_value()?;
-                        kind = Some(EventKind::Bus(BusEvent {
-                            event_type: name.clone(),
-                            data,
-                        }));
-                    }
+                    Some(name) => kind = Some(map.next_value_seed(DataSeed(name))?),
                     None => raw_data = Some(map.next_value()?),
                 },
                 EventField::Origin => origin = Some(map.next_value()?),
@@ -504,18 +512,10 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
         let kind = match (kind, raw_data) {
             (Some(kind), _) => kind,
             (None, raw) => {
-                let text = raw.map_or("{}", RawValue::get);
-                match event_type {
-                    EventTypeName::StateChanged => {
-                        let sc: StateChanged =
-                            serde_json::from_str(text).map_err(de::Error::custom)?;
-                        EventKind::StateChanged(Box::new(sc))
-                    }
-                    EventTypeName::Other(name) => EventKind::Bus(BusEvent {
-                        event_type: name,
-                        data: serde_json::from_str(text).map_err(de::Error::custom)?,
-                    }),
-                }
+                let mut de = serde_json::Deserializer::from_str(raw.map_or("{}", RawValue::get));
+                DataSeed(&event_type)
+                    .deserialize(&mut de)
+                    .map_err(de::Error::custom)?
             }
         };
         Ok(Event {
@@ -573,6 +573,18 @@ mod tests {
             panic!()
         };
         assert_eq!(bus.data["service"], "turn_on");
+        let data_first = SC
+            .replace(r#"{"event_type":"state_changed","data":"#, r#"{"data":"#)
+            .replace(r#""origin":"#, r#""event_type":"state_changed","origin":"#);
+        assert!(data_first.starts_with(r#"{"type":"event","event":{"data":"#));
+        let out = decode(&data_first);
+        let Ok(ServerMessage::Event { event, .. }) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            event.state_changed().unwrap().entity_id.as_str(),
+            "sensor.t"
+        );
     }
 
     #[test]
