@@ -166,7 +166,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
         received: totals.received,
         written: totals.written,
         dropped: totals.dropped + lost_events + lost_points,
-        dead_lettered: totals.dead_lettered,
+        dead_lettered: totals.dead_lettered + totals.decode_errors,
         filtered: totals.filtered,
         skipped: totals.skipped,
         encoded: totals.encoded,

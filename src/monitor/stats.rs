@@ -25,9 +25,9 @@ pub struct Stats {
     pub written: AtomicU64,
     /// Points or events lost without a dead letter (must stay 0).
     pub dropped: AtomicU64,
-    /// Items set aside in the dead-letter file.
+    /// Points the sink set aside in the dead-letter file (so encoded = written + dead_lettered + dropped).
     pub dead_lettered: AtomicU64,
-    /// Frames or messages that could not be decoded.
+    /// Frames or messages that could not be decoded; each is set aside in the dead-letter file too.
     pub decode_errors: AtomicU64,
     health: Mutex<Health>,
 }
@@ -90,9 +90,9 @@ pub struct Totals {
     pub written: u64,
     /// Lost without a dead letter.
     pub dropped: u64,
-    /// Set aside.
+    /// Points the sink set aside.
     pub dead_lettered: u64,
-    /// Undecodable input.
+    /// Undecodable input, set aside by the sources.
     pub decode_errors: u64,
 }
 

@@ -1157,8 +1157,8 @@ fn record_bad_input(
     reason: &str,
     input: &[u8],
 ) {
+    // Every decode error is also a dead letter: `decode_errors` is the source side of that count.
     Stats::add(&ctx.stats.decode_errors, 1);
-    Stats::add(&ctx.stats.dead_lettered, 1);
     metrics::counter!(SOURCE_ERRORS, "source" => source.to_string(), "error_type" => kind)
         .increment(1);
     ctx.dead_letters.record(DeadLetter {
