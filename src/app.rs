@@ -220,7 +220,7 @@ fn build_sink(cfg: &Config) -> Result<Sink, StartError> {
     Ok(match &cfg.influxdb {
         Some(influx) => {
             let writer = InfluxWriter::new(influx)?;
-            tracing::info!(message = "Writing to InfluxDB.", url = %influx.url, api = ?influx.api);
+            tracing::info!(message = "Writing to InfluxDB.", url = %crate::config::redact_url(&influx.url), api = ?influx.api);
             Sink::Influx(writer)
         }
         None => {

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::config::Config;
+use crate::config::{Config, redact_url};
 use crate::pipeline::Pipeline;
 use crate::sink::influxdb::InfluxWriter;
 use crate::source::homeassistant::client;
@@ -61,17 +61,21 @@ pub async fn run(path: &Path) -> i32 {
 
     match &cfg.influxdb {
         Some(influx) => match InfluxWriter::new(influx) {
+            // Shown without any `user:password@` or query string.
             Ok(writer) => match writer.check().await {
-                Ok(version) => println!("influxdb: ok (InfluxDB {version} at {})", influx.url),
+                Ok(version) => println!(
+                    "influxdb: ok (InfluxDB {version} at {})",
+                    redact_url(&influx.url)
+                ),
                 Err(error) if error.is_auth() => {
                     println!(
                         "influxdb: FAILED: InfluxDB at {} refused the credentials: {error}",
-                        influx.url
+                        redact_url(&influx.url)
                     );
                     code = PEER_FAILED;
                 }
                 Err(error) => {
-                    println!("influxdb: FAILED: {} : {error}", influx.url);
+                    println!("influxdb: FAILED: {error}");
                     code = PEER_FAILED;
                 }
             },

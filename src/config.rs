@@ -110,8 +110,8 @@ pub struct TlsConfig {
     pub insecure_skip_verify: bool,
 }
 
-/// Connection to Home Assistant's WebSocket API.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Connection to Home Assistant's WebSocket API (`Debug` hides the token).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HomeAssistantConfig {
     /// `ws://host:8123/api/websocket` or `wss://…`; `http(s)://host:8123` is accepted and completed.
@@ -556,8 +556,8 @@ pub enum InfluxApi {
     V2,
 }
 
-/// The InfluxDB sink.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// The InfluxDB sink (`Debug` hides the password and token).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct InfluxConfig {
     /// Base URL, `http://localhost:8086`.
@@ -1046,6 +1046,75 @@ impl Config {
     }
 }
 
+/// A URL fit for logs and errors: no `user:password@`, no query string (v1 may carry `p=`).
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            // Both setters only fail for URLs that cannot have credentials at all.
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.set_query(None);
+            parsed.to_string()
+        }
+        Err(_) => "<unparsable URL>".to_string(),
+    }
+}
+
+/// How a secret appears in `Debug` output: whether it is set, never its value.
+fn secret(value: &Option<String>) -> &'static str {
+    if value.is_some() {
+        "<redacted>"
+    } else {
+        "<unset>"
+    }
+}
+
+impl std::fmt::Debug for HomeAssistantConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HomeAssistantConfig")
+            .field("url", &redact_url(&self.url))
+            .field("token", &secret(&self.token))
+            .field("token_file", &self.token_file)
+            .field("event_types", &self.event_types)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("ping_interval", &self.ping_interval)
+            .field("pong_timeout", &self.pong_timeout)
+            .field("initial_snapshot", &self.initial_snapshot)
+            .field("backfill", &self.backfill)
+            .field("backfill_chunk", &self.backfill_chunk)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for InfluxConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InfluxConfig")
+            .field("url", &redact_url(&self.url))
+            .field("api", &self.api)
+            .field("database", &self.database)
+            .field("retention_policy", &self.retention_policy)
+            .field("username", &self.username)
+            .field("password", &secret(&self.password))
+            .field("password_file", &self.password_file)
+            .field("org", &self.org)
+            .field("bucket", &self.bucket)
+            .field("token", &secret(&self.token))
+            .field("token_file", &self.token_file)
+            .field("batch_size", &self.batch_size)
+            .field("flush_interval", &self.flush_interval)
+            .field("gzip", &self.gzip)
+            .field("timeout", &self.timeout)
+            .field("retry_min", &self.retry_min)
+            .field("retry_max", &self.retry_max)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
 fn read_secret(key: &'static str, base: &Path, file: &Path) -> Result<String, ConfigError> {
     let path = if file.is_absolute() {
         file.to_path_buf()
@@ -1181,6 +1250,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("homeassistant.token"), "{err}");
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_and_urls() {
+        let c = load(
+            "[homeassistant]\nurl = \"ws://h:8123\"\ntoken = \"tok-123\"\n[influxdb]\nurl = \"http://me:pw-456@h:8086/?p=pw-456\"\ndatabase = \"ha\"\nusername = \"me\"\npassword = \"pw-456\"\n",
+            &[],
+        )
+        .unwrap();
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("tok-123") && !debug.contains("pw-456"),
+            "{debug}"
+        );
+        assert!(debug.contains("<redacted>"), "{debug}");
+        assert_eq!(redact_url("http://me:pw@h:8086/x?p=pw"), "http://h:8086/x");
     }
 
     #[test]

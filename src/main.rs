@@ -536,7 +536,7 @@ async fn replay(cfg: Config, from: Option<PathBuf>, files: Vec<PathBuf>) -> anyh
         "replay: {} files, {} points sent to {}, {} set aside (see {})",
         report.files,
         report.points,
-        influx.url,
+        ha_ingestor::config::redact_url(&influx.url),
         report.dead_lettered,
         cfg.dead_letter_dir().display()
     );

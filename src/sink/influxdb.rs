@@ -264,8 +264,12 @@ impl InfluxWriter {
         if e.is_timeout() {
             WriteError::Timeout(self.timeout)
         } else {
-            let url = url.split('?').next().unwrap_or(url).to_string();
-            WriteError::Transport { url, source: e }
+            // reqwest's own message would repeat the URL, credentials included.
+            let url = crate::config::redact_url(url);
+            WriteError::Transport {
+                url,
+                source: e.without_url(),
+            }
         }
     }
 
