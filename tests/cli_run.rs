@@ -125,8 +125,6 @@ async fn run_writes_files_logs_json_stops_on_sigterm_and_replays() {
     assert!(logs.iter().any(|l| l["message"] == "Started."), "{stderr}");
     assert!(logs.iter().any(|l| l["message"] == "Stopped."), "{stderr}");
     assert!(!stderr.contains(token), "the token leaked into the logs");
-    // A second process may not share the data directory while the first runs; after it stopped it may.
-    assert!(data.join(".lock").exists());
 
     // The files replay into InfluxDB, every point once.
     let influx = Influxd::start("replayed").await;
