@@ -23,7 +23,7 @@ use std::collections::HashSet;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::config::{EntityFilterConfig, FilterConfig};
-use crate::event::{Event, STATE_CHANGED};
+use crate::event::Event;
 
 /// Why a filter could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -109,9 +109,10 @@ impl EntityFilter {
         if !self.include.event_types.is_empty() && !self.include.event_types.contains(event_type) {
             return false;
         }
+        // Only a state change has an entity id.
         match event.entity_id() {
-            Some(id) if event_type == STATE_CHANGED => self.keep_entity(id.as_str(), id.domain()),
-            _ => true,
+            Some(id) => self.keep_entity(id.as_str(), id.domain()),
+            None => true,
         }
     }
 
