@@ -194,15 +194,15 @@ pub fn run_with(
     })
 }
 
-/// Which rules of a config `bench rules` keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which rules of a config `bench rules` keeps (its `--rules` values: all, no-expressions, static).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum RuleSelection {
     /// Every rule.
     #[default]
     All,
-    /// Every rule but those with an expression.
+    /// Every rule without an expression.
     NoExpressions,
-    /// Only rules decided by event type, domain, entity and source (all from the cache).
+    /// Only rules decided from the cache (event type, domain, entity, source).
     Static,
 }
 
