@@ -24,6 +24,10 @@ pub const CORPUS_ENTITIES: usize = 200;
 /// Events in the built-in corpus.
 pub const CORPUS_EVENTS: usize = 20_000;
 
+/// The source id the decoded events carry: the HA source's (as `app` wires it), so a
+/// rule matching on `source` decides in both benches as it does in the service.
+const SOURCE: &str = "homeassistant";
+
 /// The measured figures, as `--json` prints them.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -116,7 +120,7 @@ pub fn run_with(
     filter: &FilterConfig,
     schema: &SchemaConfig,
 ) -> Result<BenchReport, PipelineError> {
-    let source: SourceId = Arc::from("bench");
+    let source: SourceId = Arc::from(SOURCE);
     let mut pipeline = Pipeline::new(filter, schema)?;
     let mut messages = Vec::with_capacity(64);
     let mut out = String::with_capacity(1 << 20);
@@ -271,7 +275,7 @@ pub fn rules(
     filter: &FilterConfig,
     schema: &SchemaConfig,
 ) -> Result<RulesReport, PipelineError> {
-    let source: SourceId = Arc::from("homeassistant");
+    let source: SourceId = Arc::from(SOURCE);
     let mut chain = RuleChain::new(filter)?;
     let mut encoder = Encoder::new(schema)?;
     let mut messages = Vec::with_capacity(64);
