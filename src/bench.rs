@@ -24,6 +24,10 @@ pub const CORPUS_ENTITIES: usize = 200;
 /// Events in the built-in corpus.
 pub const CORPUS_EVENTS: usize = 20_000;
 
+/// The source id the decoded events carry: the HA source's (as `app` wires it), so a
+/// rule matching on `source` decides in both benches as it does in the service.
+const SOURCE: &str = "homeassistant";
+
 /// The measured figures, as `--json` prints them.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -116,7 +120,7 @@ pub fn run_with(
     filter: &FilterConfig,
     schema: &SchemaConfig,
 ) -> Result<BenchReport, PipelineError> {
-    let source: SourceId = Arc::from("bench");
+    let source: SourceId = Arc::from(SOURCE);
     let mut pipeline = Pipeline::new(filter, schema)?;
     let mut messages = Vec::with_capacity(64);
     let mut out = String::with_capacity(1 << 20);
@@ -194,15 +198,15 @@ pub fn run_with(
     })
 }
 
-/// Which rules of a config `bench rules` keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which rules of a config `bench rules` keeps (its `--rules` values: all, no-expressions, static).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum RuleSelection {
     /// Every rule.
     #[default]
     All,
-    /// Every rule but those with an expression.
+    /// Every rule without an expression.
     NoExpressions,
-    /// Only rules decided by event type, domain, entity and source (all from the cache).
+    /// Only rules decided from the cache (event type, domain, entity, source).
     Static,
 }
 
@@ -271,7 +275,7 @@ pub fn rules(
     filter: &FilterConfig,
     schema: &SchemaConfig,
 ) -> Result<RulesReport, PipelineError> {
-    let source: SourceId = Arc::from("homeassistant");
+    let source: SourceId = Arc::from(SOURCE);
     let mut chain = RuleChain::new(filter)?;
     let mut encoder = Encoder::new(schema)?;
     let mut messages = Vec::with_capacity(64);

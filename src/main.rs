@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use ha_ingestor::alloc_counter::CountingAllocator;
 use ha_ingestor::config::{Config, LogFormat};
 use ha_ingestor::{app, bench, check, demo};
@@ -137,8 +137,8 @@ enum BenchCommand {
         #[arg(long)]
         input: Option<PathBuf>,
         /// Which of the config's rules to keep: all, no-expressions, static.
-        #[arg(long, value_enum, default_value_t = RuleSet::All)]
-        rules: RuleSet,
+        #[arg(long, value_enum, default_value_t = bench::RuleSelection::All)]
+        rules: bench::RuleSelection,
         /// Minimum measuring time per stage in seconds.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
@@ -164,17 +164,6 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// `bench rules --rules`: which rules of the config are measured.
-#[derive(Clone, Copy, ValueEnum)]
-enum RuleSet {
-    /// Every rule.
-    All,
-    /// Every rule without an expression.
-    NoExpressions,
-    /// Only rules decided from the cache (event type, domain, entity, source).
-    Static,
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -471,12 +460,7 @@ fn main() -> ExitCode {
             let result = (|| {
                 let (frames, name) = bench_frames(input.as_deref())?;
                 let cfg = Config::load(&config)?;
-                let selection = match rules {
-                    RuleSet::All => bench::RuleSelection::All,
-                    RuleSet::NoExpressions => bench::RuleSelection::NoExpressions,
-                    RuleSet::Static => bench::RuleSelection::Static,
-                };
-                let filter = selection.apply(&cfg.filter);
+                let filter = rules.apply(&cfg.filter);
                 let r = bench::rules(&frames, &name, seconds, &filter, &cfg.schema)?;
                 if json {
                     println!("{}", serde_json::to_string(&r)?);

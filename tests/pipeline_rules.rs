@@ -429,6 +429,14 @@ fn bench_rules_and_pipeline_with_a_config() {
         "{r}"
     );
     assert_eq!(r["decode_errors"], 0);
+    // Whole passes over the 397 events: 289 points each with the config's chain, 387 without it.
+    let (events, points) = (r["events"].as_u64().unwrap(), r["points"].as_u64().unwrap());
+    assert_eq!(events % 397, 0, "{r}");
+    assert_eq!(
+        points,
+        events / 397 * 289,
+        "the config's filter applies: {r}"
+    );
 }
 
 /// `check` reports a bad rule with its name and key and exits 2.

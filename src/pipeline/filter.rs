@@ -23,7 +23,7 @@ use std::collections::HashSet;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::config::{EntityFilterConfig, FilterConfig};
-use crate::event::{Event, STATE_CHANGED};
+use crate::event::Event;
 
 /// Why a filter could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -40,40 +40,48 @@ pub enum FilterError {
     },
 }
 
+/// Compiles `globs` into one set: the gate's and the rules' globs are built alike.
+///
+/// The error's [`globset::Error::glob`] names the glob at fault; it is `None`
+/// only when the set as a whole does not build.
+pub(crate) fn glob_set(globs: &[String]) -> Result<GlobSet, globset::Error> {
+    let mut builder = GlobSetBuilder::new();
+    for glob in globs {
+        builder.add(Glob::new(glob)?);
+    }
+    builder.build()
+}
+
 struct Side {
     domains: HashSet<String>,
     entities: HashSet<String>,
     globs: GlobSet,
-    has_globs: bool,
     event_types: HashSet<String>,
 }
 
 impl Side {
     fn build(side: &'static str, cfg: &EntityFilterConfig) -> Result<Side, FilterError> {
-        let mut builder = GlobSetBuilder::new();
-        for glob in &cfg.entity_globs {
-            builder.add(Glob::new(glob).map_err(|source| FilterError::Glob {
-                side,
-                glob: glob.clone(),
-                source,
-            })?);
-        }
-        let globs = builder.build().map_err(|source| FilterError::Glob {
+        let globs = glob_set(&cfg.entity_globs).map_err(|source| FilterError::Glob {
             side,
-            glob: cfg.entity_globs.join(", "),
+            glob: source
+                .glob()
+                .map_or_else(|| cfg.entity_globs.join(", "), str::to_string),
             source,
         })?;
         Ok(Side {
             domains: cfg.domains.iter().cloned().collect(),
             entities: cfg.entities.iter().cloned().collect(),
             globs,
-            has_globs: !cfg.entity_globs.is_empty(),
             event_types: cfg.event_types.iter().cloned().collect(),
         })
     }
 
+    fn has_globs(&self) -> bool {
+        !self.globs.is_empty()
+    }
+
     fn has_entity_rules(&self) -> bool {
-        !self.domains.is_empty() || !self.entities.is_empty() || self.has_globs
+        !self.domains.is_empty() || !self.entities.is_empty() || self.has_globs()
     }
 }
 
@@ -101,9 +109,10 @@ impl EntityFilter {
         if !self.include.event_types.is_empty() && !self.include.event_types.contains(event_type) {
             return false;
         }
+        // Only a state change has an entity id.
         match event.entity_id() {
-            Some(id) if event_type == STATE_CHANGED => self.keep_entity(id.as_str(), id.domain()),
-            _ => true,
+            Some(id) => self.keep_entity(id.as_str(), id.domain()),
+            None => true,
         }
     }
 
@@ -116,8 +125,8 @@ impl EntityFilter {
         if !have_include && !have_exclude {
             return true;
         }
-        let include_glob = || inc.has_globs && inc.globs.is_match(entity_id);
-        let exclude_glob = || exc.has_globs && exc.globs.is_match(entity_id);
+        let include_glob = || inc.has_globs() && inc.globs.is_match(entity_id);
+        let exclude_glob = || exc.has_globs() && exc.globs.is_match(entity_id);
         if have_include && !have_exclude {
             return inc.entities.contains(entity_id)
                 || inc.domains.contains(domain)
@@ -128,7 +137,7 @@ impl EntityFilter {
                 || exc.domains.contains(domain)
                 || exclude_glob());
         }
-        if !inc.domains.is_empty() || inc.has_globs {
+        if !inc.domains.is_empty() || inc.has_globs() {
             if inc.entities.contains(entity_id) {
                 return true;
             }
@@ -143,7 +152,7 @@ impl EntityFilter {
             }
             return inc.domains.contains(domain);
         }
-        if !exc.domains.is_empty() || exc.has_globs {
+        if !exc.domains.is_empty() || exc.has_globs() {
             if exc.domains.contains(domain) || exclude_glob() {
                 return inc.entities.contains(entity_id);
             }

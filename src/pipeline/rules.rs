@@ -18,11 +18,11 @@
 
 use std::collections::HashMap;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::GlobSet;
 use regex::{Regex, RegexSet};
 
 use super::expression::EventExpression;
-use super::filter::{EntityFilter, FilterError};
+use super::filter::{EntityFilter, FilterError, glob_set};
 use crate::config::{
     AttributeMatchConfig, FilterAction, FilterConfig, FilterRuleConfig, OnError, StateMatchConfig,
     StateSide,
@@ -595,14 +595,10 @@ fn compile_rule(cfg: &FilterRuleConfig) -> Result<Rule, RuleError> {
     };
     let m = &cfg.matches;
     let globs = |key: &str, list: &[String]| -> Result<GlobSet, RuleError> {
-        let mut builder = GlobSetBuilder::new();
-        for glob in list {
-            builder
-                .add(Glob::new(glob).map_err(|e| invalid(key, format!("bad glob {glob:?}: {e}")))?);
-        }
-        builder
-            .build()
-            .map_err(|e| invalid(key, format!("globs do not compile: {e}")))
+        glob_set(list).map_err(|e| match e.glob() {
+            Some(glob) => invalid(key, format!("bad glob {glob:?}: {e}")),
+            None => invalid(key, format!("globs do not compile: {e}")),
+        })
     };
     let mut fixed = StaticMatch::default();
     if !m.event_type.is_empty() {
