@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::dead_letter::DeadLetters;
 use crate::event::SourceId;
+use crate::handoff::Handoff;
 use crate::monitor::{Stats, Totals};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::sink::buffer::{Buffer, BufferError, BufferStats, tasks};
@@ -160,14 +161,15 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
 
     // Built before anything is spawned, so a bad sink setting fails start-up cleanly.
     let sink = build_sink(cfg)?;
+    let handoff = Handoff::new();
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL);
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
     let (sink_rx, acks, buffered) = if cfg.buffer.enabled {
         let buffer = open_buffer(cfg).await?;
-        let (sink_rx, acks, buffered) = start_buffer(buffer, chunk_rx, &stats)?;
+        let (sink_rx, acks, buffered) = start_buffer(buffer, chunk_rx, &stats, &handoff)?;
         (sink_rx, Some(acks), Some(buffered))
     } else {
-        (chunk_rx, None, None)
+        (release_on_handover(chunk_rx, handoff.clone()), None, None)
     };
     let sink_token = CancellationToken::new();
     let sink = sink.spawn(
@@ -190,6 +192,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         dead_letters: dead_letters.clone(),
         shutdown: sources_token.clone(),
         cursor_dir: Some(cfg.data_dir.join("cursor")),
+        handoff,
     };
     let sources = vec![tokio::spawn(client::run(ha, source_id, ctx))];
 
@@ -251,12 +254,26 @@ fn start_buffer(
     buffer: Buffer,
     from_pipeline: mpsc::Receiver<Chunk>,
     stats: &Arc<Stats>,
+    handoff: &Arc<Handoff>,
 ) -> Result<(mpsc::Receiver<Chunk>, Acks, Buffered), StartError> {
     let (acks, delivered) = Acks::channel();
     let (sink_tx, sink_rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
-    let appender = tasks::spawn_appender(buffer.clone(), from_pipeline, stats.clone())
-        .map_err(|e| StartError::BufferTask(e.to_string()))?;
+    let pending = Arc::new(tasks::PendingMarks::default());
+    let appender = tasks::spawn_appender(
+        buffer.clone(),
+        from_pipeline,
+        stats.clone(),
+        pending.clone(),
+    )
+    .map_err(|e| StartError::BufferTask(e.to_string()))?;
     let feeder_token = CancellationToken::new();
+    // Ends with the feeder: by then the sources have stopped and want no more releases.
+    tokio::spawn(tasks::release(
+        buffer.clone(),
+        pending,
+        handoff.clone(),
+        feeder_token.clone(),
+    ));
     let feeder = tokio::spawn(tasks::feed(
         buffer.clone(),
         sink_tx,
@@ -275,6 +292,26 @@ fn start_buffer(
             acknowledger,
         },
     ))
+}
+
+/// Without the durable buffer: passes chunks with points on to the sink and releases
+/// every chunk's upstream marks as the sink takes it (the strongest promise there is
+/// without a disk copy; documented under `[buffer] enabled`).
+fn release_on_handover(
+    mut from_pipeline: mpsc::Receiver<Chunk>,
+    handoff: Arc<Handoff>,
+) -> mpsc::Receiver<Chunk> {
+    let (tx, rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
+    tokio::spawn(async move {
+        while let Some(mut chunk) = from_pipeline.recv().await {
+            let marks = std::mem::take(&mut chunk.marks);
+            if chunk.points > 0 && tx.send(chunk).await.is_err() {
+                break;
+            }
+            handoff.release(&marks);
+        }
+    });
+    rx
 }
 
 /// What the durable buffer holds, for `ha-ingestor buffer inspect` (takes the data directory's lock).

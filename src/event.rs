@@ -659,6 +659,17 @@ pub struct Event {
     pub context: Context,
     /// The payload.
     pub kind: EventKind,
+    /// Delivery details that are not Home Assistant's (upstream mark, MQTT retained flag).
+    pub meta: EventMeta,
+}
+
+/// What travels with an event besides HA's own fields; `Default` for events that need none of it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventMeta {
+    /// Released once the event's points are safe, so the source may acknowledge upstream.
+    pub mark: crate::handoff::Mark,
+    /// Came from a retained MQTT message (a broker's stored last value, not a fresh one).
+    pub retained: bool,
 }
 
 /// The type string of a state change, shared to avoid re-spelling it.

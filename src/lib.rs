@@ -11,6 +11,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod demo;
 pub mod event;
+pub mod handoff;
 pub mod monitor;
 pub mod pipeline;
 pub mod sink;

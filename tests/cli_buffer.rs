@@ -40,6 +40,7 @@ fn inspect_shows_and_drain_delivers_the_buffer() {
                     lines: text.to_string(),
                     points: text.lines().count(),
                     seq: None,
+                    marks: Default::default(),
                 })
                 .expect("append");
         }

@@ -185,6 +185,7 @@ fn state_event(
     old: Option<(&str, Vec<(String, serde_json::Value)>)>,
 ) -> Event {
     Event {
+        meta: Default::default(),
         source: Arc::from("homeassistant"),
         time_fired: Timestamp::from_nanos(1_795_725_887_219_127_000),
         origin: Origin::Local,
@@ -273,6 +274,7 @@ fn event_strategy() -> impl Strategy<Value = Event> {
                 state_event(entity, value, attributes, old)
             } else {
                 Event {
+                    meta: Default::default(),
                     source: Arc::from("homeassistant"),
                     time_fired: Timestamp::from_nanos(1_795_725_887_219_127_000),
                     origin: Origin::Local,

@@ -39,6 +39,7 @@ fn event_from_json(v: &Value) -> Event {
         })
     };
     Event {
+        meta: Default::default(),
         source: Arc::from("fixture"),
         time_fired,
         origin,
@@ -268,6 +269,7 @@ fn state_event(entity_id: &str, state: &str, attributes: Value) -> Event {
         context: None,
     };
     Event {
+        meta: Default::default(),
         source: Arc::from("test"),
         time_fired: ts,
         origin: Origin::Local,

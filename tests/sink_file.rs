@@ -35,6 +35,7 @@ fn chunk(lines: &[String]) -> Chunk {
         lines: lines.iter().map(|l| format!("{l}\n")).collect(),
         points: lines.len(),
         seq: None,
+        marks: Default::default(),
     }
 }
 

@@ -63,6 +63,7 @@ impl Harness {
                 lines: text,
                 points: lines.len(),
                 seq: None,
+                marks: Default::default(),
             })
             .await
             .unwrap();

@@ -45,6 +45,7 @@ fn lines(n: usize) -> Chunk {
             .collect(),
         points: n,
         seq: None,
+        marks: Default::default(),
     }
 }
 
@@ -413,6 +414,7 @@ async fn v2_partial_writes_and_malformed_lines_set_aside_only_the_bad_lines() {
             lines: text.to_string(),
             points: 7,
             seq: None,
+            marks: Default::default(),
         })
         .await
         .unwrap();

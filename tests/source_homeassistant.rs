@@ -103,6 +103,7 @@ fn spawn_client(
         dead_letters: Arc::new(dead_letters),
         shutdown: shutdown.clone(),
         cursor_dir,
+        handoff: ha_ingestor::handoff::Handoff::new(),
     };
     let task = tokio::spawn(client::run(cfg, source(), ctx));
     (rx, stats, shutdown, task)

@@ -103,10 +103,12 @@ impl Pipeline {
                 lines: String::with_capacity(events.len() * 256),
                 points: 0,
                 seq: None,
+                marks: Default::default(),
             };
             let mut filtered = 0u64;
             skipped.clear();
             for event in events.drain(..) {
+                chunk.marks.note(event.meta.mark);
                 match self.process(&event, &mut chunk.lines) {
                     Outcome::Points(n) => chunk.points += n,
                     Outcome::Filtered => filtered += 1,
@@ -134,9 +136,10 @@ impl Pipeline {
                 metrics::counter!(names::ENCODER_SKIPPED, "reason" => reason.as_str())
                     .increment(*n);
             }
-            if chunk.points == 0 {
+            if chunk.points == 0 && chunk.marks.is_empty() {
                 continue;
             }
+            // A chunk with no points but marks still travels, so the marks of filtered events are released in order.
             let points = chunk.points as u64;
             Stats::add(&stats.encoded, points);
             metrics::counter!(names::ENCODER_POINTS).increment(points);

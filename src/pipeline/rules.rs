@@ -753,6 +753,7 @@ pub(crate) mod test_support {
     ) -> Event {
         let old_state = old.map(|o| LazyState::from(state(entity, o, attributes.clone())));
         Event {
+            meta: Default::default(),
             source: Arc::from("homeassistant"),
             time_fired: Timestamp::from_nanos(1_795_725_887_219_127_000),
             origin: Origin::Local,
@@ -768,6 +769,7 @@ pub(crate) mod test_support {
     /// A bus event of `event_type` with empty data.
     pub fn bus_event(event_type: &str) -> Event {
         Event {
+            meta: Default::default(),
             source: Arc::from("homeassistant"),
             time_fired: Timestamp::from_nanos(1_795_725_887_219_127_000),
             origin: Origin::Local,

@@ -205,6 +205,8 @@ struct Inner {
     dirty: AtomicBool,
     /// Tells async readers the last appended sequence number.
     appended_tx: tokio::sync::watch::Sender<u64>,
+    /// Tells waiters the durable sequence number (upstream acknowledgement).
+    durable_tx: tokio::sync::watch::Sender<u64>,
     appended: AtomicU64,
     acked: AtomicU64,
     dropped_points: AtomicU64,
@@ -447,6 +449,7 @@ impl Buffer {
         metrics::counter!(BUFFER_CORRUPT_RECORDS).increment(loaded.corrupt.len() as u64);
         let last = loaded.next_seq - 1;
         let (appended_tx, _) = tokio::sync::watch::channel(last);
+        let (durable_tx, _) = tokio::sync::watch::channel(last);
         let inner = Arc::new(Inner {
             db,
             max_bytes: cfg.max_bytes,
@@ -468,6 +471,7 @@ impl Buffer {
             durable_seq: AtomicU64::new(last),
             dirty: AtomicBool::new(false),
             appended_tx,
+            durable_tx,
             appended: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             dropped_points: AtomicU64::new(0),
@@ -596,6 +600,7 @@ impl Buffer {
         inner.last_seq.store(seq, Ordering::Release);
         if inner.immediate {
             inner.durable_seq.store(seq, Ordering::Release);
+            inner.durable_tx.send_replace(seq);
             metrics::gauge!(BUFFER_DURABLE_SEQUENCE).set(seq as f64);
         }
         inner.appended.fetch_add(1, Ordering::Relaxed);
@@ -667,6 +672,7 @@ impl Buffer {
                         lines: lines.to_string(),
                         points: h.points as usize,
                         seq: Some(seq),
+                        marks: Default::default(),
                     },
                 )),
                 None => {
@@ -737,6 +743,16 @@ impl Buffer {
         self.inner.durable_seq.load(Ordering::Acquire)
     }
 
+    /// A receiver of the durable sequence number, for what waits until records are safe on disk.
+    pub fn subscribe_durable(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.durable_tx.subscribe()
+    }
+
+    /// The last appended sequence number (durable or not; 0: none since the file was created).
+    pub fn last_seq(&self) -> u64 {
+        self.inner.last_seq.load(Ordering::Acquire)
+    }
+
     /// A receiver of the last appended sequence number, for readers that wait for new records.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.appended_tx.subscribe()
@@ -800,6 +816,11 @@ impl Inner {
         }
         inner.durable_seq.fetch_max(target, Ordering::AcqRel);
         let durable = inner.durable_seq.load(Ordering::Acquire);
+        inner.durable_tx.send_if_modified(|v| {
+            let moved = durable > *v;
+            *v = (*v).max(durable);
+            moved
+        });
         metrics::gauge!(BUFFER_DURABLE_SEQUENCE).set(durable as f64);
         Ok(durable)
     }

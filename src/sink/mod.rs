@@ -24,6 +24,8 @@ pub struct Chunk {
     pub points: usize,
     /// The chunk's sequence number in the durable buffer; the sink acknowledges it once delivered. `None` when unbuffered.
     pub seq: Option<u64>,
+    /// The highest upstream mark per source among the events behind these lines (filtered ones included); released once the chunk is safe. Not stored in the buffer.
+    pub marks: crate::handoff::Marks,
 }
 
 /// What a sink task needs from the application besides its input channel.

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dead_letter::DeadLetters;
 use crate::event::Event;
+use crate::handoff::Handoff;
 use crate::monitor::Stats;
 
 /// What a source task needs from the application.
@@ -26,4 +27,6 @@ pub struct SourceContext {
     pub shutdown: CancellationToken,
     /// Where resume cursors are kept (`<data_dir>/cursor`); `None` keeps them in memory only.
     pub cursor_dir: Option<PathBuf>,
+    /// Where a source that acknowledges upstream registers to learn when its events are safe.
+    pub handoff: Arc<Handoff>,
 }

@@ -253,6 +253,7 @@ impl SimulatorHandle {
             let ts = world.next_time(Timestamp::now());
             let context = world.context(ts, false);
             Event {
+                meta: Default::default(),
                 source: world.source.clone(),
                 time_fired: ts,
                 origin: Origin::Local,
@@ -1116,6 +1117,7 @@ impl Generator {
         data.insert("service_data".into(), Value::Object(service_data));
         let context = self.context(ts, true);
         Event {
+            meta: Default::default(),
             source: self.source.clone(),
             time_fired: ts,
             origin: Origin::Local,
@@ -1162,6 +1164,7 @@ impl Generator {
         };
         entity.current = Some(new.clone());
         Event {
+            meta: Default::default(),
             source: self.source.clone(),
             time_fired: ts,
             origin: Origin::Local,

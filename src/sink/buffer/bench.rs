@@ -58,6 +58,7 @@ pub fn sample_chunk(points: usize, n: u64) -> Chunk {
         lines,
         points,
         seq: None,
+        marks: Default::default(),
     }
 }
 
@@ -140,12 +141,11 @@ pub fn run(
         let (buffer, _) = Buffer::open(dir, &cfg)?;
         let stats = std::sync::Arc::new(crate::monitor::Stats::default());
         let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(64);
-        let appender = super::tasks::spawn_appender(buffer.clone(), rx, stats).map_err(|e| {
-            BufferError::Dir {
+        let appender = super::tasks::spawn_appender(buffer.clone(), rx, stats, Default::default())
+            .map_err(|e| BufferError::Dir {
                 path: dir.to_path_buf(),
                 source: e,
-            }
-        })?;
+            })?;
         let started = Instant::now();
         let sent = runtime.block_on(async {
             let mut sent = 0u64;

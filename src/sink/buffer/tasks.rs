@@ -1,13 +1,15 @@
-//! The three tasks that put the buffer on the data path: the appender (pipeline
+//! The tasks that put the buffer on the data path: the appender (pipeline
 //! chunks → disk), the feeder (disk → sink, in order, from the oldest
-//! undelivered record) and the acknowledger (sink deliveries → records removed).
+//! undelivered record), the acknowledger (sink deliveries → records removed)
+//! and the releaser (durable records → upstream marks released to sources).
 //!
 //! The appender is a dedicated thread: appends are short blocking commits, and
 //! with `when_full = "block"` one may wait for minutes, which must not hold a
 //! runtime worker. The feeder and acknowledger are tasks that run their reads
 //! and deletes on `spawn_blocking`, once per batch of records.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -15,8 +17,41 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Buffer, BufferError};
+use crate::handoff::{Handoff, Marks};
 use crate::monitor::Stats;
 use crate::sink::Chunk;
+
+/// Upstream marks waiting for their record to be durable: `(record seq, marks)`, in order.
+#[derive(Debug, Default)]
+pub struct PendingMarks {
+    queue: Mutex<VecDeque<(u64, Marks)>>,
+    added: tokio::sync::Notify,
+}
+
+impl PendingMarks {
+    fn push(&self, seq: u64, marks: Marks) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        match q.back_mut() {
+            // Coalesce marks waiting on the same record (chunks without points).
+            Some((last, m)) if *last == seq => m.merge(&marks),
+            _ => q.push_back((seq, marks)),
+        }
+        drop(q);
+        self.added.notify_one();
+    }
+
+    /// Removes and merges every entry whose record is at or below `durable`.
+    fn take_through(&self, durable: u64) -> Marks {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Marks::default();
+        while q.front().is_some_and(|(seq, _)| *seq <= durable) {
+            if let Some((_, m)) = q.pop_front() {
+                out.merge(&m);
+            }
+        }
+        out
+    }
+}
 
 /// Records read from disk per round trip of the feeder.
 pub const READ_BATCH: usize = 16;
@@ -28,18 +63,32 @@ const READ_RETRY: Duration = Duration::from_secs(1);
 /// A chunk that cannot be appended (a disk error, or the buffer closed) is
 /// counted in `stats.dropped` and logged (the first of a streak at ERROR); so
 /// are the points `when_full = "drop_oldest"` removes to make room.
+///
+/// A chunk's upstream marks go to `pending` with its record's sequence number; a
+/// chunk with no points (all its events filtered) is not stored, and its marks wait
+/// on the last record appended before it.
 pub fn spawn_appender(
     buffer: Buffer,
     mut rx: mpsc::Receiver<Chunk>,
     stats: Arc<Stats>,
+    pending: Arc<PendingMarks>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("buffer-appender".into())
         .spawn(move || {
             let mut failing = false;
             let mut dropped_seen = buffer.dropped_points();
-            while let Some(chunk) = rx.blocking_recv() {
+            while let Some(mut chunk) = rx.blocking_recv() {
+                if chunk.points == 0 {
+                    pending.push(buffer.last_seq(), std::mem::take(&mut chunk.marks));
+                    continue;
+                }
                 let result = buffer.append(&chunk);
+                if let Ok(seq) = result
+                    && !chunk.marks.is_empty()
+                {
+                    pending.push(seq, std::mem::take(&mut chunk.marks));
+                }
                 let dropped = buffer.dropped_points();
                 if dropped > dropped_seen {
                     Stats::add(&stats.dropped, dropped - dropped_seen);
@@ -139,6 +188,28 @@ pub async fn feed(
                 return;
             }
             cursor = Some(seq);
+        }
+    }
+}
+
+/// The releaser: as records become durable, releases the upstream marks waiting on them; ends with `stop`.
+pub async fn release(
+    buffer: Buffer,
+    pending: Arc<PendingMarks>,
+    handoff: Arc<Handoff>,
+    stop: CancellationToken,
+) {
+    let mut durable = buffer.subscribe_durable();
+    loop {
+        let seq = *durable.borrow_and_update();
+        handoff.release(&pending.take_through(seq));
+        tokio::select! {
+            changed = durable.changed() => if changed.is_err() { return },
+            _ = pending.added.notified() => {}
+            _ = stop.cancelled() => {
+                handoff.release(&pending.take_through(buffer.durable_seq()));
+                return;
+            }
         }
     }
 }

@@ -28,6 +28,7 @@ fn chunk(tag: &str, points: usize) -> Chunk {
             .collect(),
         points,
         seq: None,
+        marks: Default::default(),
     }
 }
 
@@ -469,8 +470,8 @@ fn the_appender_counts_points_drop_oldest_removed_as_dropped() {
     let (buffer, _) = Buffer::open(dir.path(), &config).expect("open");
     let stats = Arc::new(crate::monitor::Stats::default());
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let appender =
-        tasks::spawn_appender(buffer.clone(), rx, stats.clone()).expect("appender starts");
+    let appender = tasks::spawn_appender(buffer.clone(), rx, stats.clone(), Default::default())
+        .expect("appender starts");
     for tag in ["a", "b", "c", "d", "e"] {
         tx.blocking_send(chunk(tag, 10)).expect("send");
     }
@@ -527,4 +528,66 @@ async fn the_feeder_sends_in_order_and_wakes_on_appends_and_acks_remove() {
         .expect("the feeder ends once drained")
         .expect("join");
     assert!(rx.recv().await.is_none(), "nothing sent twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_marks_are_released_only_once_their_record_is_durable() {
+    use crate::handoff::Handoff;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Nothing becomes durable by itself during the test: only the explicit sync does.
+    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::from_secs(3600))).expect("open");
+    let handoff = Handoff::new();
+    let mut tracker = handoff.register("mqtt:test");
+    let pending = Arc::new(tasks::PendingMarks::default());
+    let stats = Arc::new(crate::monitor::Stats::default());
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let appender =
+        tasks::spawn_appender(buffer.clone(), rx, stats, pending.clone()).expect("appender starts");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let releaser = tokio::spawn(tasks::release(
+        buffer.clone(),
+        pending,
+        handoff.clone(),
+        stop.clone(),
+    ));
+
+    let mut with_points = chunk("a", 3);
+    with_points.marks.note(tracker.mark());
+    // A chunk whose events were all filtered: no record, its mark waits on the one before.
+    let mut filtered = Chunk::default();
+    filtered.marks.note(tracker.mark());
+    tx.send(with_points).await.expect("send");
+    tx.send(filtered).await.expect("send");
+    let mut appended = buffer.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), appended.wait_for(|seq| *seq >= 1))
+        .await
+        .expect("appended in time")
+        .expect("buffer open");
+    // Appended but not durable: nothing released (give the releaser a chance to run first).
+    tokio::task::yield_now().await;
+    assert_eq!(tracker.safe(), 0, "released before the record was durable");
+    assert_eq!(
+        buffer.stats().expect("stats").records,
+        1,
+        "the empty chunk is not stored"
+    );
+
+    let b = buffer.clone();
+    tokio::task::spawn_blocking(move || b.sync())
+        .await
+        .expect("join")
+        .expect("sync");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), tracker.wait_safe(2))
+            .await
+            .expect("released within the deadline"),
+        "both marks released after the sync"
+    );
+    drop(tx);
+    tokio::task::spawn_blocking(move || appender.join())
+        .await
+        .expect("join")
+        .expect("appender ends");
+    stop.cancel();
+    releaser.await.expect("releaser ends");
 }

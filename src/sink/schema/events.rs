@@ -230,6 +230,7 @@ mod tests {
 
     fn bus(event_type: &str, data: Value) -> Event {
         Event {
+            meta: Default::default(),
             source: Arc::from("test"),
             time_fired: Timestamp::from_nanos(7),
             origin: Origin::Remote,

@@ -961,6 +961,7 @@ fn states_from_result(
 /// A current state as a `state_changed` event at HA's own `last_updated`, so re-writing it is idempotent.
 fn snapshot_event(state: State, source: &SourceId) -> Event {
     Event {
+        meta: Default::default(),
         source: source.clone(),
         time_fired: state.last_updated,
         origin: Origin::Local,

@@ -519,6 +519,7 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
             }
         };
         Ok(Event {
+            meta: Default::default(),
             source: self.source.clone(),
             time_fired: time_fired.ok_or_else(|| de::Error::missing_field("time_fired"))?,
             origin: origin.unwrap_or_default(),

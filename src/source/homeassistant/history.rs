@@ -80,6 +80,7 @@ pub fn rows_after(result: Value, after: Timestamp, source: &SourceId) -> Backfil
             };
             if state.last_updated > after {
                 out.events.push(Event {
+                    meta: Default::default(),
                     source: source.clone(),
                     time_fired: state.last_updated,
                     origin: Origin::Local,
