@@ -97,6 +97,8 @@ struct Buffered {
     feeder_token: CancellationToken,
     feeder: JoinHandle<()>,
     acknowledger: JoinHandle<()>,
+    release_token: CancellationToken,
+    releaser: JoinHandle<()>,
 }
 
 /// A running topology; stop it with [`Running::stop`].
@@ -105,6 +107,9 @@ pub struct Running {
     dead_letters: Arc<DeadLetters>,
     monitor_addr: Option<SocketAddr>,
     sources_token: CancellationToken,
+    /// Cancelled once all that sources handed on is safe; their background tasks then finish.
+    settled_token: CancellationToken,
+    background: tokio_util::task::TaskTracker,
     sink_token: CancellationToken,
     monitor_token: CancellationToken,
     sources: Vec<JoinHandle<()>>,
@@ -185,6 +190,8 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let pipeline = tokio::spawn(pipeline.run(event_rx, chunk_tx, stats.clone()));
 
     let sources_token = CancellationToken::new();
+    let settled_token = CancellationToken::new();
+    let background = tokio_util::task::TaskTracker::new();
     let source_id: SourceId = Arc::from("homeassistant");
     let ctx = SourceContext {
         tx: event_tx,
@@ -193,6 +200,8 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         shutdown: sources_token.clone(),
         cursor_dir: Some(cfg.data_dir.join("cursor")),
         handoff,
+        settled: settled_token.clone(),
+        background: background.clone(),
     };
     let sources = vec![tokio::spawn(client::run(ha, source_id, ctx))];
 
@@ -201,6 +210,8 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         dead_letters,
         monitor_addr,
         sources_token,
+        settled_token,
+        background,
         sink_token,
         monitor_token,
         sources,
@@ -267,12 +278,12 @@ fn start_buffer(
     )
     .map_err(|e| StartError::BufferTask(e.to_string()))?;
     let feeder_token = CancellationToken::new();
-    // Ends with the feeder: by then the sources have stopped and want no more releases.
-    tokio::spawn(tasks::release(
+    let release_token = CancellationToken::new();
+    let releaser = tokio::spawn(tasks::release(
         buffer.clone(),
         pending,
         handoff.clone(),
-        feeder_token.clone(),
+        release_token.clone(),
     ));
     let feeder = tokio::spawn(tasks::feed(
         buffer.clone(),
@@ -290,6 +301,8 @@ fn start_buffer(
             feeder_token,
             feeder,
             acknowledger,
+            release_token,
+            releaser,
         },
     ))
 }
@@ -482,7 +495,7 @@ impl Running {
                 if let Err(error) = b.feeder.await {
                     tracing::error!(message = "The buffer feeder failed.", %error);
                 }
-                Some((b.buffer, b.acknowledger))
+                Some((b.buffer, b.acknowledger, b.release_token, b.releaser))
             }
         };
         self.sink_token.cancel();
@@ -498,7 +511,7 @@ impl Running {
                 );
             }
         }
-        if let Some((buffer, acknowledger)) = buffer {
+        if let Some((buffer, acknowledger, release_token, releaser)) = buffer {
             // The sink is gone, so are its delivery reports: the acknowledger ends after the last one.
             if let Err(error) = acknowledger.await {
                 tracing::error!(message = "The buffer acknowledger failed.", %error);
@@ -515,7 +528,16 @@ impl Running {
                 Ok(_) => {}
                 Err(error) => tracing::error!(message = "The buffer close task failed.", %error),
             }
+            // Everything appended is durable now: the releaser's last round releases every mark.
+            release_token.cancel();
+            if let Err(error) = releaser.await {
+                tracing::error!(message = "The buffer releaser failed.", %error);
+            }
         }
+        // Sources persist their final positions (resume cursors) now that all they handed on is safe.
+        self.settled_token.cancel();
+        self.background.close();
+        self.background.wait().await;
         self.monitor_token.cancel();
         if let Some(monitor) = self.monitor {
             let _ = monitor.await;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use ha_ingestor::config::HomeAssistantConfig;
 use ha_ingestor::dead_letter::DeadLetters;
 use ha_ingestor::event::{Event, EventKind, SourceId, Timestamp};
+use ha_ingestor::handoff::{Handoff, Marks};
 use ha_ingestor::monitor::Stats;
 use ha_ingestor::source::SourceContext;
 use ha_ingestor::source::homeassistant::client::{self, ClientError};
@@ -54,6 +55,9 @@ async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
 /// Events as the simulator records them carry source `simulator`; compare without it.
 fn normalise(mut e: Event) -> Event {
     e.source = SourceId::from("simulator");
+    // The client stamps its own delivery marks; they are not part of what HA sent.
+    assert!(!e.meta.mark.is_none(), "every live event carries a mark");
+    e.meta = Default::default();
     e
 }
 
@@ -83,11 +87,15 @@ fn client_config(url: &str, token: &str) -> HomeAssistantConfig {
 }
 
 /// Starts `client::run` on `cfg` with a channel of `capacity` events: its channel, totals, stop token and task.
+///
+/// With `settle`, the task ends only once that token is cancelled (the events the
+/// caller took are then safe and the cursor's final save may happen); without, at once.
 fn spawn_client(
     cfg: HomeAssistantConfig,
     capacity: usize,
     dead_letters: DeadLetters,
     cursor_dir: Option<PathBuf>,
+    settle: Option<(Arc<Handoff>, CancellationToken)>,
 ) -> (
     mpsc::Receiver<Event>,
     Arc<Stats>,
@@ -97,16 +105,31 @@ fn spawn_client(
     let (tx, rx) = mpsc::channel(capacity);
     let stats = Arc::new(Stats::default());
     let shutdown = CancellationToken::new();
+    let (handoff, settled) = settle.unwrap_or_else(|| (Handoff::new(), CancellationToken::new()));
+    let background = tokio_util::task::TaskTracker::new();
     let ctx = SourceContext {
         tx,
         stats: stats.clone(),
         dead_letters: Arc::new(dead_letters),
         shutdown: shutdown.clone(),
         cursor_dir,
-        handoff: ha_ingestor::handoff::Handoff::new(),
+        handoff,
+        settled: settled.clone(),
+        background: background.clone(),
     };
-    let task = tokio::spawn(client::run(cfg, source(), ctx));
+    let task = tokio::spawn(async move {
+        client::run(cfg, source(), ctx).await;
+        background.close();
+        background.wait().await;
+    });
     (rx, stats, shutdown, task)
+}
+
+/// Tells the source that `event` is safe, as the durable buffer would once it is on disk.
+fn release(handoff: &Handoff, event: &Event) {
+    let mut marks = Marks::default();
+    marks.note(event.meta.mark);
+    handoff.release(&marks);
 }
 
 struct Running {
@@ -119,7 +142,7 @@ struct Running {
 
 impl Running {
     fn start(cfg: HomeAssistantConfig, dead_letters: DeadLetters) -> Running {
-        let (rx, stats, shutdown, task) = spawn_client(cfg, 50_000, dead_letters, None);
+        let (rx, stats, shutdown, task) = spawn_client(cfg, 50_000, dead_letters, None, None);
         Running {
             rx,
             stats,
@@ -913,7 +936,7 @@ async fn the_first_connection_hands_on_every_current_state_once() {
     let mut cfg = client_config(&sim.url(), TOKEN);
     cfg.initial_snapshot = true;
     let (mut rx, stats, shutdown, task) =
-        spawn_client(cfg, 10_000, DeadLetters::new(dir.path()), None);
+        spawn_client(cfg, 10_000, DeadLetters::new(dir.path()), None, None);
     let mut snapshot = std::collections::BTreeMap::new();
     while snapshot.len() < current.len() {
         let event = within("snapshot state", rx.recv()).await.unwrap();
@@ -971,24 +994,37 @@ struct Keeper {
     stats: Arc<Stats>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
+    handoff: Arc<Handoff>,
+    settled: CancellationToken,
     got: Vec<Event>,
 }
 
 impl Keeper {
     fn start(cfg: HomeAssistantConfig, data: &Path) -> Keeper {
+        let handoff = Handoff::new();
+        let settled = CancellationToken::new();
         let (rx, stats, shutdown, task) = spawn_client(
             cfg,
             100_000,
             DeadLetters::new(data.join("dead-letter")),
             Some(data.join("cursor")),
+            Some((handoff.clone(), settled.clone())),
         );
         Keeper {
             rx,
             stats,
             shutdown,
             task,
+            handoff,
+            settled,
             got: Vec::new(),
         }
+    }
+
+    /// Keeps one event and tells the source it is safe, as the durable buffer would.
+    fn keep(&mut self, event: Event) {
+        release(&self.handoff, &event);
+        self.got.push(event);
     }
 
     /// Receives until `done` holds for what was received, or fails at the deadline.
@@ -997,19 +1033,24 @@ impl Keeper {
             let event = within(what, self.rx.recv())
                 .await
                 .expect("the client keeps the channel open");
-            self.got.push(event);
+            self.keep(event);
         }
     }
 
     /// Stops the client and returns everything it handed on, including what was still in the channel.
+    ///
+    /// As the application does: the source stops, what it handed on is drained and made
+    /// safe, and only then does the cursor get its final save.
     async fn stop(mut self) -> Vec<Event> {
         self.shutdown.cancel();
+        // The channel ends when the source task has returned (its sender is gone).
+        while let Some(event) = within("the source stops", self.rx.recv()).await {
+            self.keep(event);
+        }
+        self.settled.cancel();
         within("client task stops", self.task)
             .await
             .expect("no panic");
-        while let Ok(event) = self.rx.try_recv() {
-            self.got.push(event);
-        }
         self.got
     }
 }

@@ -29,4 +29,9 @@ pub struct SourceContext {
     pub cursor_dir: Option<PathBuf>,
     /// Where a source that acknowledges upstream registers to learn when its events are safe.
     pub handoff: Arc<Handoff>,
+    /// Cancelled once everything the sources handed on is safe (after the buffer's final sync):
+    /// a source's background tasks then persist their final positions and end.
+    pub settled: CancellationToken,
+    /// A source's tasks that outlive it until `settled` (cursor writers); the application waits for them.
+    pub background: tokio_util::task::TaskTracker,
 }

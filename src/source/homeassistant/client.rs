@@ -60,7 +60,6 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
-use tokio_util::sync::CancellationToken;
 
 use super::cursor::{self, Cursor};
 use super::decode::{DecodeError, ServerMessage, decode_binary_frame, decode_frame};
@@ -199,15 +198,15 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
         }
         None => None,
     };
-    let cursor = Arc::new(Cursor::new(start));
-    let writer_stop = CancellationToken::new();
-    let writer = cursor_path.map(|path| {
-        tokio::spawn(cursor::keep_saved(
+    let cursor = Arc::new(Cursor::new(start, Some(ctx.handoff.register(&source))));
+    // The writer outlives this task: its last save comes once everything handed on is safe.
+    if let Some(path) = cursor_path {
+        ctx.background.spawn(cursor::keep_saved(
             cursor.clone(),
             path,
-            writer_stop.clone(),
-        ))
-    });
+            ctx.settled.clone(),
+        ));
+    }
     let url = cfg.websocket_url();
     let link = Link {
         cfg: &cfg,
@@ -219,13 +218,6 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
         cursor: &cursor,
     };
     supervise(&link).await;
-    // The last position is saved once more on the way out.
-    writer_stop.cancel();
-    if let Some(writer) = writer
-        && let Err(error) = writer.await
-    {
-        tracing::error!(message = "The cursor writer failed.", source = %source, %error);
-    }
 }
 
 /// Connects, streams and reconnects until shutdown or until the pipeline closes its channel.
@@ -796,7 +788,7 @@ async fn session(
         }
         for item in decoded.drain(..) {
             match item {
-                Ok(ServerMessage::Event { event, id }) => {
+                Ok(ServerMessage::Event { mut event, id }) => {
                     if event.event_type() == HOMEASSISTANT_STOP && !report.ha_stopping {
                         report.ha_stopping = true;
                         tracing::info!(message = "Home Assistant is stopping.", source = %source);
@@ -813,10 +805,11 @@ async fn session(
                     if let Some(delivered) = delivered.as_mut() {
                         delivered.note(&event);
                     }
+                    let mark = cursor.stamp(&mut event);
                     if ctx.tx.send(event).await.is_err() {
                         return Ok(());
                     }
-                    cursor.advance(time);
+                    cursor.advance(time, mark);
                 }
                 Ok(ServerMessage::Pong { id }) => {
                     if awaiting_pong.is_some_and(|(ping, _)| ping == id) {
@@ -992,13 +985,14 @@ async fn hand_on_snapshot(
             continue;
         }
         count += 1;
-        let event = snapshot_event(state, &meters.snapshot_source);
+        let mut event = snapshot_event(state, &meters.snapshot_source);
         let time = event.time_fired;
         delivered.note(&event);
+        let mark = link.cursor.stamp(&mut event);
         if link.ctx.tx.send(event).await.is_err() {
             return false;
         }
-        link.cursor.advance(time);
+        link.cursor.advance(time, mark);
         meters.snapshot.increment(1);
     }
     tracing::info!(message = "Initial snapshot handed on.", source = %link.source, states = count);
@@ -1022,7 +1016,7 @@ async fn hand_on_backfill(
             b"",
         );
     }
-    for event in rows.events {
+    for mut event in rows.events {
         let Some(new) = event.state_changed().and_then(|sc| sc.new_state.as_ref()) else {
             continue;
         };
@@ -1030,10 +1024,11 @@ async fn hand_on_backfill(
             continue;
         }
         let time = event.time_fired;
+        let mark = link.cursor.stamp(&mut event);
         if link.ctx.tx.send(event).await.is_err() {
             return false;
         }
-        link.cursor.advance(time);
+        link.cursor.advance(time, mark);
         gap.backfilled += 1;
         meters.backfilled.increment(1);
     }

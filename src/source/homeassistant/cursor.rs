@@ -1,7 +1,12 @@
 //! The resume cursor: HA's time of the last event handed on, kept in the data directory.
 //!
 //! After a reconnect or a restart of the process, the gap from the cursor to
-//! the first live event is filled from HA's history. The file
+//! the first live event is filled from HA's history. Two positions are kept:
+//! the latest time *handed on* (what an in-process reconnect resumes from: the
+//! events before it are on their way) and the latest time whose events are all
+//! *safe* — released by the durable buffer through the [`Handoff`](crate::handoff)
+//! marks the cursor stamps on every event. Only the safe position is persisted,
+//! so a crash never skips an event that was handed on but not yet on disk. The file
 //! (`<data_dir>/cursor/<source>.json`, `{"last_event": "<RFC 3339>"}`) is
 //! replaced atomically: written to a temporary file, synced, renamed over the
 //! old one, and the folder synced, so a crash leaves the old or the new cursor,
@@ -9,16 +14,18 @@
 //! crash therefore loses at most a second of cursor, which only means those
 //! rows are backfilled again (idempotent in InfluxDB).
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::event::Timestamp;
+use crate::event::{Event, Timestamp};
+use crate::handoff::Tracker;
 
 /// How often the cursor file is rewritten at most.
 pub const WRITE_EVERY: Duration = Duration::from_secs(1);
@@ -108,27 +115,99 @@ pub fn save(path: &Path, last_event: Timestamp) -> Result<(), CursorError> {
     Ok(())
 }
 
-/// The cursor as the client task keeps it: shared atomics the read loop updates without locking or allocating.
+/// The cursor as the client task keeps it, shared with the task that persists it.
 #[derive(Debug)]
 pub struct Cursor {
     /// The latest `time_fired` handed on (live, snapshot or backfill).
     last: AtomicI64,
     /// While a gap is being backfilled: its start, which is what must be persisted until the gap is filled.
     hold: AtomicI64,
+    /// The latest time whose events (and every earlier one handed on) are safe.
+    safe: AtomicI64,
+    /// Marks handed out and the handed-on time reached at each, waiting to be released.
+    marks: Mutex<Marking>,
+}
+
+/// The mark side of the cursor, behind one lock taken once per event.
+#[derive(Debug)]
+struct Marking {
+    /// `None`: nobody releases marks (no acknowledging stage); the handed-on time is then taken as safe.
+    tracker: Option<Tracker>,
+    /// `(mark seq, handed-on time at that mark)`, in order; bounded by what the buffer has not yet made durable.
+    pending: VecDeque<(u64, i64)>,
 }
 
 impl Cursor {
     /// A cursor starting at `start` (from the file), or empty.
-    pub fn new(start: Option<Timestamp>) -> Self {
+    pub fn new(start: Option<Timestamp>, tracker: Option<Tracker>) -> Self {
+        let start = start.map_or(NONE, Timestamp::as_nanos);
         Cursor {
-            last: AtomicI64::new(start.map_or(NONE, Timestamp::as_nanos)),
+            last: AtomicI64::new(start),
             hold: AtomicI64::new(NONE),
+            safe: AtomicI64::new(start),
+            marks: Mutex::new(Marking {
+                tracker,
+                pending: VecDeque::new(),
+            }),
         }
     }
 
-    /// Notes that an event of time `t` was handed on.
-    pub fn advance(&self, t: Timestamp) {
-        self.last.fetch_max(t.as_nanos(), Ordering::AcqRel);
+    /// Stamps the event with the next mark; call [`Cursor::advance`] with it once the event is handed on.
+    pub fn stamp(&self, event: &mut Event) -> crate::handoff::Mark {
+        let mut m = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        let mark = m
+            .tracker
+            .as_mut()
+            .map_or(crate::handoff::Mark::NONE, Tracker::mark);
+        event.meta.mark = mark;
+        mark
+    }
+
+    /// Notes that an event of time `t`, stamped with `mark`, was handed on.
+    pub fn advance(&self, t: Timestamp, mark: crate::handoff::Mark) {
+        let last = self
+            .last
+            .fetch_max(t.as_nanos(), Ordering::AcqRel)
+            .max(t.as_nanos());
+        let mut m = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        if m.tracker.is_none() || mark.is_none() {
+            self.safe.fetch_max(last, Ordering::AcqRel);
+            return;
+        }
+        match m.pending.back_mut() {
+            // Same time reached again: the later mark stands for it.
+            Some(back) if back.1 == last => back.0 = mark.seq(),
+            _ => m.pending.push_back((mark.seq(), last)),
+        }
+    }
+
+    /// Moves the safe position up to the marks released so far; returns it.
+    pub fn settle(&self) -> Option<Timestamp> {
+        let mut m = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(released) = m.tracker.as_ref().map(Tracker::safe) {
+            let mut reached = NONE;
+            while m.pending.front().is_some_and(|(seq, _)| *seq <= released) {
+                if let Some((_, at)) = m.pending.pop_front() {
+                    reached = reached.max(at);
+                }
+            }
+            if reached != NONE {
+                self.safe.fetch_max(reached, Ordering::AcqRel);
+            }
+        }
+        drop(m);
+        let safe = self.safe.load(Ordering::Acquire);
+        (safe != NONE).then_some(Timestamp::from_nanos(safe))
+    }
+
+    /// What is written to the cursor file: the safe position, or the held gap start when earlier.
+    pub fn persistable(&self) -> Option<Timestamp> {
+        let safe = self.settle();
+        let held = self.hold.load(Ordering::Acquire);
+        match (held != NONE).then_some(Timestamp::from_nanos(held)) {
+            Some(h) => Some(safe.map_or(h, |s| s.min(h))),
+            None => safe,
+        }
     }
 
     /// Pins the persisted value at `from` until [`Cursor::release`]: a crash mid-backfill resumes from the gap's start.
@@ -165,7 +244,7 @@ pub async fn keep_saved(cursor: Arc<Cursor>, path: PathBuf, stop: CancellationTo
             _ = stop.cancelled() => true,
             _ = tick.tick() => false,
         };
-        let now = cursor.resume_from();
+        let now = cursor.persistable();
         if let Some(t) = now.filter(|_| now != saved) {
             let target = path.clone();
             let written = tokio::task::spawn_blocking(move || save(&target, t)).await;
@@ -194,6 +273,7 @@ pub async fn keep_saved(cursor: Arc<Cursor>, path: PathBuf, stop: CancellationTo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handoff::{Handoff, Mark, Marks};
 
     #[test]
     fn saves_atomically_and_reads_back() {
@@ -222,13 +302,13 @@ mod tests {
 
     #[test]
     fn a_hold_pins_the_resume_point_until_released() {
-        let c = Cursor::new(None);
+        let c = Cursor::new(None, None);
         assert_eq!(c.resume_from(), None);
-        c.advance(Timestamp::from_nanos(10));
-        c.advance(Timestamp::from_nanos(5));
+        c.advance(Timestamp::from_nanos(10), Mark::NONE);
+        c.advance(Timestamp::from_nanos(5), Mark::NONE);
         assert_eq!(c.resume_from(), Some(Timestamp::from_nanos(10)));
         c.hold(Timestamp::from_nanos(10));
-        c.advance(Timestamp::from_nanos(50));
+        c.advance(Timestamp::from_nanos(50), Mark::NONE);
         assert_eq!(c.resume_from(), Some(Timestamp::from_nanos(10)));
         c.release();
         assert_eq!(c.resume_from(), Some(Timestamp::from_nanos(50)));
@@ -238,18 +318,67 @@ mod tests {
     async fn the_writer_saves_changes_and_once_more_at_stop() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.json");
-        let cursor = Arc::new(Cursor::new(None));
+        let cursor = Arc::new(Cursor::new(None, None));
         let stop = CancellationToken::new();
         let task = tokio::spawn(keep_saved(cursor.clone(), path.clone(), stop.clone()));
-        cursor.advance(Timestamp::from_nanos(1_000));
+        cursor.advance(Timestamp::from_nanos(1_000), Mark::NONE);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while load(&path).unwrap() != Some(Timestamp::from_nanos(1_000)) {
             assert!(tokio::time::Instant::now() < deadline, "never saved");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        cursor.advance(Timestamp::from_nanos(2_000));
+        cursor.advance(Timestamp::from_nanos(2_000), Mark::NONE);
         stop.cancel();
         task.await.unwrap();
         assert_eq!(load(&path).unwrap(), Some(Timestamp::from_nanos(2_000)));
+    }
+
+    fn event() -> Event {
+        Event {
+            source: Arc::from("test"),
+            time_fired: Timestamp::from_nanos(0),
+            origin: Default::default(),
+            context: Default::default(),
+            kind: crate::event::EventKind::Bus(crate::event::BusEvent {
+                event_type: "x".into(),
+                data: Default::default(),
+            }),
+            meta: Default::default(),
+        }
+    }
+
+    #[test]
+    fn only_released_marks_move_the_persisted_position() {
+        let handoff = Handoff::new();
+        let c = Cursor::new(Some(Timestamp::from_nanos(1)), Some(handoff.register("ha")));
+        let mut stamped = Vec::new();
+        for t in [10, 20, 20, 30] {
+            let mut e = event();
+            let mark = c.stamp(&mut e);
+            assert_eq!(e.meta.mark, mark);
+            c.advance(Timestamp::from_nanos(t), mark);
+            stamped.push(mark);
+        }
+        // Handed on up to 30, nothing released: a reconnect resumes from 30, a restart from 1.
+        assert_eq!(c.resume_from(), Some(Timestamp::from_nanos(30)));
+        assert_eq!(c.persistable(), Some(Timestamp::from_nanos(1)));
+        let release = |m: Mark| {
+            let mut marks = Marks::default();
+            marks.note(m);
+            handoff.release(&marks);
+        };
+        release(stamped[1]);
+        // The second event at 20 is not safe yet, but 20 is reached only with it.
+        assert_eq!(c.persistable(), Some(Timestamp::from_nanos(10)));
+        release(stamped[2]);
+        assert_eq!(c.persistable(), Some(Timestamp::from_nanos(20)));
+        // A held gap start below the safe position wins; above it, the safe position does.
+        c.hold(Timestamp::from_nanos(15));
+        assert_eq!(c.persistable(), Some(Timestamp::from_nanos(15)));
+        c.hold(Timestamp::from_nanos(30));
+        assert_eq!(c.persistable(), Some(Timestamp::from_nanos(20)));
+        release(stamped[3]);
+        c.release();
+        assert_eq!(c.persistable(), Some(Timestamp::from_nanos(30)));
     }
 }
