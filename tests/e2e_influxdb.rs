@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use ha_ingestor::config::{Config, HomeAssistantConfig, InfluxConfig, MonitorConf
 use ha_ingestor::event::{Event, EventKind};
 use ha_ingestor::source::simulator::{Simulator, SimulatorConfig};
 use serde_json::Value;
+use support::ha_schema::{all_rows, assert_state_point, ha_float, stored};
 use support::influxd::Influxd;
 use support::wait_for;
 
@@ -30,68 +30,6 @@ async fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     cond()
-}
-
-/// How a string field reads back: HA's client writes a newline as the two characters `\n`,
-/// which InfluxDB keeps as they are.
-fn stored(s: &str) -> Value {
-    Value::String(s.replace('\n', "\\n"))
-}
-
-/// Python's `float()` for the states the simulator produces: plain decimal numbers, signs, exponents, nan/inf.
-fn ha_float(s: &str) -> Option<f64> {
-    let t = s.trim();
-    if t.is_empty() || t.contains('_') {
-        return None;
-    }
-    t.parse::<f64>().ok()
-}
-
-fn state_as_number(s: &str) -> Option<f64> {
-    match s {
-        "on" | "locked" | "above_horizon" | "open" | "home" => Some(1.0),
-        "off" | "unlocked" | "unknown" | "below_horizon" | "closed" | "not_home" => Some(0.0),
-        _ => None,
-    }
-}
-
-/// (measurement, entity_id tag, time ns) → column → value, for every row in the database.
-async fn all_rows(influx: &Influxd) -> HashMap<(String, String, i64), HashMap<String, Value>> {
-    let mut rows = HashMap::new();
-    let result = influx.query("SELECT * FROM /.*/").await;
-    let series = result["results"][0]["series"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    for s in series {
-        let name = s["name"].as_str().unwrap_or_default().to_string();
-        let columns: Vec<String> = s["columns"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c.as_str().unwrap().to_string())
-            .collect();
-        for values in s["values"].as_array().unwrap() {
-            let mut row = HashMap::new();
-            for (c, v) in columns.iter().zip(values.as_array().unwrap()) {
-                if !v.is_null() {
-                    row.insert(c.clone(), v.clone());
-                }
-            }
-            let time = row["time"].as_i64().expect("epoch=ns time");
-            let entity = row
-                .get("entity_id")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let key = (name.clone(), entity, time);
-            assert!(
-                rows.insert(key.clone(), row).is_none(),
-                "duplicate row {key:?}"
-            );
-        }
-    }
-    rows
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,43 +137,19 @@ async fn every_state_change_reaches_influxdb_with_identical_values() {
             continue;
         }
         expected_points += 1;
-        let measurement = match new.attributes.get("unit_of_measurement") {
-            Some(Value::String(u)) if !u.is_empty() => u.clone(),
-            _ => sc.entity_id.as_str().to_string(),
-        };
+        if assert_state_point(&rows, new) {
+            hard_values += 1;
+        }
         let key = (
-            measurement.clone(),
+            String::new(),
             sc.entity_id.object_id().to_string(),
             event.time_fired.as_nanos(),
         );
         let row = rows
-            .get(&key)
-            .unwrap_or_else(|| panic!("missing point {key:?} for state {:?}", new.state));
-        assert_eq!(
-            row["domain"],
-            Value::String(sc.entity_id.domain().to_string()),
-            "{key:?}"
-        );
-        match ha_float(&new.state) {
-            Some(v) if v.is_finite() => {
-                assert_eq!(row["value"].as_f64(), Some(v), "value of {key:?}");
-                assert!(!row.contains_key("state"), "{key:?} has a state field");
-            }
-            Some(_) => {
-                // Non-finite: InfluxDB cannot store it as a float; the state string is kept instead.
-                assert_eq!(row["state"], stored(&new.state), "{key:?}");
-            }
-            None => {
-                assert_eq!(row["state"], stored(&new.state), "state of {key:?}");
-                if new.state.contains([' ', ',', '=', '"', '\\']) || !new.state.is_ascii() {
-                    hard_values += 1;
-                }
-                match state_as_number(&new.state) {
-                    Some(v) => assert_eq!(row["value"].as_f64(), Some(v), "{key:?}"),
-                    None => assert!(!row.contains_key("value"), "{key:?} has a value field"),
-                }
-            }
-        }
+            .iter()
+            .find(|((_, e, t), _)| *e == key.1 && *t == key.2)
+            .map(|(_, r)| r)
+            .expect("checked above");
         for (attr, value) in &new.attributes {
             match value {
                 Value::String(s) if attr != "unit_of_measurement" && ha_float(s).is_none() => {

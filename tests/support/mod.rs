@@ -4,6 +4,7 @@
 //! different part of this module, hence the `dead_code` allowance.
 #![allow(dead_code, unused_imports)]
 
+pub mod ha_schema;
 pub mod influxd;
 
 pub use influxd::Influxd;
