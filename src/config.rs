@@ -152,6 +152,9 @@ pub struct HomeAssistantConfig {
     /// Entities per `history/history_during_period` request, so no single reply is huge.
     #[serde(default = "default_backfill_chunk")]
     pub backfill_chunk: usize,
+    /// Longest time span per history request: a long gap is asked for window by window, so no single reply is huge.
+    #[serde(default = "default_backfill_window", with = "humantime_serde")]
+    pub backfill_window: Duration,
     /// TLS for `wss://`.
     #[serde(default)]
     pub tls: TlsConfig,
@@ -159,6 +162,9 @@ pub struct HomeAssistantConfig {
 
 fn default_backfill_chunk() -> usize {
     50
+}
+fn default_backfill_window() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_ping_interval() -> Duration {
     Duration::from_secs(30)
@@ -196,6 +202,7 @@ impl HomeAssistantConfig {
             initial_snapshot: true,
             backfill: true,
             backfill_chunk: default_backfill_chunk(),
+            backfill_window: default_backfill_window(),
             tls: TlsConfig::default(),
         }
     }
@@ -894,6 +901,12 @@ impl Config {
                     "must be at least 1".into(),
                 ));
             }
+            if ha.backfill_window.is_zero() {
+                return Err(invalid(
+                    "homeassistant.backfill_window",
+                    "must be above zero".into(),
+                ));
+            }
             if ha.ping_interval.is_zero() {
                 return Err(invalid(
                     "homeassistant.ping_interval",
@@ -1085,6 +1098,7 @@ impl std::fmt::Debug for HomeAssistantConfig {
             .field("initial_snapshot", &self.initial_snapshot)
             .field("backfill", &self.backfill)
             .field("backfill_chunk", &self.backfill_chunk)
+            .field("backfill_window", &self.backfill_window)
             .field("tls", &self.tls)
             .finish()
     }

@@ -440,6 +440,42 @@ async fn reconnects_after_the_server_drops_every_connection() {
 }
 
 #[tokio::test]
+async fn a_4_mib_frame_arrives_whole() {
+    // HA sends frames this large (a `get_states` of a big installation, an entity
+    // with a huge attribute); the default limit (64 MiB) takes them.
+    let sim = simulator(Some(1_000_000), 50.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Running::start(
+        client_config(&sim.url(), TOKEN),
+        DeadLetters::new(dir.path()),
+    );
+    run.receive_until(5).await;
+    let blob = "é".repeat(2 * 1024 * 1024);
+    let frame = format!(
+        r#"{{"type":"event","event":{{"event_type":"state_changed","data":{{"entity_id":"sensor.big","old_state":null,"new_state":{{"entity_id":"sensor.big","state":"1","attributes":{{"blob":"{blob}"}},"last_changed":"2026-01-01T00:00:00.000001+00:00","last_updated":"2026-01-01T00:00:00.000001+00:00","context":null}}}},"origin":"LOCAL","time_fired":"2026-01-01T00:00:00.000001+00:00","context":{{"id":"01JGH2K7Q3N8V5T1R9X4C6B2MZ","parent_id":null,"user_id":null}}}},"id":1}}"#
+    );
+    assert!(frame.len() > 4 * 1024 * 1024);
+    sim.inject_raw(Message::text(frame));
+    let found = within("the big event", async {
+        loop {
+            let event = run.rx.recv().await.expect("channel open");
+            if event.entity_id().map(|e| e.as_str()) == Some("sensor.big") {
+                return event;
+            }
+        }
+    })
+    .await;
+    let state = found
+        .state_changed()
+        .and_then(|sc| sc.new_state.as_ref())
+        .expect("a new state");
+    assert_eq!(state.attributes["blob"].as_str(), Some(blob.as_str()));
+    assert_eq!(run.stats.totals().decode_errors, 0);
+    run.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn bad_input_is_counted_set_aside_and_the_stream_goes_on() {
     let sim = simulator(Some(1_000_000), 500.0).await;
     let dir = tempfile::tempdir().unwrap();
@@ -1099,6 +1135,53 @@ fn covers(received: &[Event], made: &[ha_ingestor::event::State]) -> bool {
         state_keys(received).into_iter().map(|(k, _)| k).collect();
     made.iter()
         .all(|s| keys.contains(&(s.entity_id.to_string(), s.last_updated)))
+}
+
+#[tokio::test]
+async fn a_long_gap_is_asked_for_window_by_window_and_arrives_exactly_once() {
+    let sim = simulator(None, 300.0).await;
+    sim.keep_running_while_disconnected(true);
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = client_config(&sim.url(), TOKEN);
+    // A gap of about two seconds in windows of 200 ms, two entity chunks each.
+    cfg.backfill_window = Duration::from_millis(200);
+    cfg.backfill_chunk = 20;
+    let mut client = Keeper::start(cfg, data.path());
+    client
+        .receive_while("first live events", |got| got.len() < 50)
+        .await;
+    sim.refuse_connections(true);
+    sim.disconnect_all();
+    assert!(wait_for(|| !client.stats.readiness().ready).await);
+    let before = sim.state_changes().len();
+    assert!(wait_for(|| sim.state_changes().len() >= before + 600).await);
+    sim.refuse_connections(false);
+    assert!(wait_for(|| client.stats.readiness().ready).await, "back");
+    let seen = client.got.len();
+    client
+        .receive_while("live events after the gap", |got| got.len() < seen + 300)
+        .await;
+    sim.stop_generating();
+    let made = sim.state_changes();
+    client
+        .receive_while("every change made", |got| !covers(got, &made))
+        .await;
+    let received = client.stop().await;
+    assert_exactly_once(&received, &made);
+    let requests = sim.commands_received("history/history_during_period");
+    assert!(
+        requests >= 2 * 8,
+        "a two-second gap in 200 ms windows of two chunks: {requests} requests"
+    );
+    let backfilled = received
+        .iter()
+        .filter(|e| &*e.source == "homeassistant/backfill")
+        .count();
+    assert!(
+        backfilled >= 500,
+        "the gap came from the history: {backfilled}"
+    );
+    sim.shutdown().await;
 }
 
 #[tokio::test]

@@ -23,6 +23,10 @@ pub const SOURCE_BACKFILLED_POINTS: &str = "ha_ingestor_source_backfilled_points
 pub const SOURCE_GAP_SECONDS: &str = "ha_ingestor_source_gap_seconds";
 /// Histogram `{source}`: seconds of each gap whose events other than state changes (or all events, when the history was refused) are lost.
 pub const SOURCE_UNRECOVERABLE_GAP_SECONDS: &str = "ha_ingestor_source_unrecoverable_gap_seconds";
+/// Histogram `{source}`: seconds from HA's `time_fired` to the frame's arrival, per live event (clock skew included).
+pub const SOURCE_LAG_SECONDS: &str = "ha_ingestor_source_lag_seconds";
+/// Gauge `{source}`: HA's `time_fired` of the last live event, as Unix seconds (`time() - it` is the last event's age).
+pub const SOURCE_LAST_EVENT_TIMESTAMP: &str = "ha_ingestor_source_last_event_timestamp_seconds";
 /// Counter `{reason}`: events the pipeline removed (`filtered`).
 pub const PIPELINE_DISCARDED: &str = "ha_ingestor_pipeline_discarded_events_total";
 /// Counter `{rule}`: events a filter rule decided (it was the first match); rule names come from the config.

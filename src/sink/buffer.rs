@@ -743,6 +743,11 @@ impl Buffer {
         self.inner.durable_seq.load(Ordering::Acquire)
     }
 
+    /// The configured size limit (bytes of records).
+    pub fn max_bytes(&self) -> u64 {
+        self.inner.max_bytes
+    }
+
     /// A receiver of the durable sequence number, for what waits until records are safe on disk.
     pub fn subscribe_durable(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.durable_tx.subscribe()

@@ -78,7 +78,10 @@ pub fn spawn_appender(
         .spawn(move || {
             let mut failing = false;
             let mut dropped_seen = buffer.dropped_points();
-            while let Some(mut chunk) = rx.blocking_recv() {
+            // A joined record stays small against the buffer, so `when_full` keeps its granularity.
+            let limit = COALESCE_BYTES.min(usize::try_from(buffer.max_bytes() / 16).unwrap_or(usize::MAX));
+            while let Some(first) = rx.blocking_recv() {
+                let mut chunk = coalesce(first, &mut rx, limit);
                 if chunk.points == 0 {
                     pending.push(buffer.last_seq(), std::mem::take(&mut chunk.marks));
                     continue;
@@ -116,6 +119,25 @@ pub fn spawn_appender(
                 }
             }
         })
+}
+
+/// Largest record the appender builds from queued chunks.
+const COALESCE_BYTES: usize = 1 << 20;
+
+/// Joins the chunks already waiting behind `first` (up to `limit` bytes) into one record.
+///
+/// One commit per record is the appender's cost; at a few events per chunk (a
+/// quiet pipeline hands on each frame's events at once) a commit per chunk would
+/// make the disk, not the stream, set the pace — and a reader that waits is a
+/// reader Home Assistant drops. Joining keeps order, points and marks.
+fn coalesce(mut first: Chunk, rx: &mut mpsc::Receiver<Chunk>, limit: usize) -> Chunk {
+    while first.lines.len() < limit {
+        let Ok(next) = rx.try_recv() else { break };
+        first.lines.push_str(&next.lines);
+        first.points += next.points;
+        first.marks.merge(&next.marks);
+    }
+    first
 }
 
 async fn read(buffer: &Buffer, after: Option<u64>) -> Result<Vec<(u64, Chunk)>, BufferError> {

@@ -591,3 +591,25 @@ async fn upstream_marks_are_released_only_once_their_record_is_durable() {
     stop.cancel();
     releaser.await.expect("releaser ends");
 }
+
+#[test]
+fn the_appender_joins_queued_chunks_into_one_record_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("open");
+    let stats = Arc::new(crate::monitor::Stats::default());
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    // Queued before the appender runs: it finds all three waiting.
+    let parts = [chunk("a", 2), chunk("b", 3), chunk("c", 1)];
+    for c in &parts {
+        tx.blocking_send(c.clone()).expect("send");
+    }
+    drop(tx);
+    let appender = tasks::spawn_appender(buffer.clone(), rx, stats, Default::default())
+        .expect("appender starts");
+    appender.join().expect("appender ends");
+    let records = buffer.read_after(None, usize::MAX).expect("read");
+    assert_eq!(records.len(), 1, "one commit for what was waiting");
+    let joined: String = parts.iter().map(|c| c.lines.as_str()).collect();
+    assert_eq!(records[0].1.lines, joined);
+    assert_eq!(records[0].1.points, 6);
+}

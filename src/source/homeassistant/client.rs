@@ -73,8 +73,8 @@ use crate::event::{
 use crate::monitor::Stats;
 use crate::monitor::metrics::{
     SOURCE_BACKFILLED_POINTS, SOURCE_CONNECTED, SOURCE_CONNECTS, SOURCE_ERRORS, SOURCE_GAP_SECONDS,
-    SOURCE_RECEIVED_BYTES, SOURCE_RECEIVED_EVENTS, SOURCE_RECONNECTS, SOURCE_SNAPSHOT_STATES,
-    SOURCE_UNRECOVERABLE_GAP_SECONDS,
+    SOURCE_LAG_SECONDS, SOURCE_LAST_EVENT_TIMESTAMP, SOURCE_RECEIVED_BYTES, SOURCE_RECEIVED_EVENTS,
+    SOURCE_RECONNECTS, SOURCE_SNAPSHOT_STATES, SOURCE_UNRECOVERABLE_GAP_SECONDS,
 };
 use crate::source::SourceContext;
 
@@ -366,8 +366,12 @@ struct SessionReport {
 struct Gap {
     /// The cursor: rows at or before it were handed on already.
     from: Timestamp,
-    /// Entity ids still to ask for, a chunk per request; `None` until `get_states` answered.
-    chunks: Option<std::collections::VecDeque<Vec<String>>>,
+    /// History requests still to make (a chunk of entities × a time window); `None` until `get_states` answered.
+    chunks: Option<std::collections::VecDeque<HistoryWindow>>,
+    /// The reply being waited for keeps rows after this time (the request's start) …
+    in_flight_after: Timestamp,
+    /// … and up to this one (its window's end; `None`: no end).
+    in_flight_until: Option<Timestamp>,
     /// The `time_fired` of the first live event on this connection: the gap's end.
     first_live: Option<Timestamp>,
     /// Rows handed on so far.
@@ -378,12 +382,50 @@ struct Gap {
     expected: bool,
 }
 
+/// One history request of a gap: these entities, from `start` to `end` (`None`: now).
+#[derive(Debug, Clone, PartialEq)]
+struct HistoryWindow {
+    entity_ids: Vec<String>,
+    start: Timestamp,
+    end: Option<Timestamp>,
+}
+
+/// Splits a gap from `from` to `now` into requests: every chunk of entities, window by window.
+fn history_windows(
+    ids: &[String],
+    chunk: usize,
+    from: Timestamp,
+    now: Timestamp,
+    window: Duration,
+) -> std::collections::VecDeque<HistoryWindow> {
+    let step = i64::try_from(window.as_nanos()).unwrap_or(i64::MAX).max(1);
+    let mut out = std::collections::VecDeque::new();
+    let mut start = from;
+    loop {
+        let end = start.as_nanos().saturating_add(step);
+        let last = end >= now.as_nanos();
+        for entity_ids in ids.chunks(chunk.max(1)) {
+            out.push_back(HistoryWindow {
+                entity_ids: entity_ids.to_vec(),
+                start,
+                end: (!last).then_some(Timestamp::from_nanos(end)),
+            });
+        }
+        if last {
+            return out;
+        }
+        start = Timestamp::from_nanos(end);
+    }
+}
+
 impl Gap {
     fn new(from: Timestamp, expected: bool) -> Self {
         Gap {
             expected,
             from,
             chunks: None,
+            in_flight_after: from,
+            in_flight_until: None,
             first_live: None,
             backfilled: 0,
             failed: false,
@@ -438,6 +480,8 @@ struct Meters {
     connected: metrics::Gauge,
     state_changed: metrics::Counter,
     by_type: HashMap<String, metrics::Counter>,
+    lag: metrics::Histogram,
+    last_event: metrics::Gauge,
 }
 
 impl Meters {
@@ -455,7 +499,15 @@ impl Meters {
             connected: metrics::gauge!(SOURCE_CONNECTED, "source" => source.to_string()),
             state_changed: metrics::counter!(SOURCE_RECEIVED_EVENTS, "source" => source.to_string(), "event_type" => STATE_CHANGED),
             by_type: HashMap::new(),
+            lag: metrics::histogram!(SOURCE_LAG_SECONDS, "source" => source.to_string()),
+            last_event: metrics::gauge!(SOURCE_LAST_EVENT_TIMESTAMP, "source" => source.to_string()),
         }
+    }
+
+    /// Lag of one live event behind HA's clock (the two clocks may differ a little; a negative lag counts as 0).
+    fn lag(&self, time_fired: Timestamp, now: Timestamp) {
+        let lag = (now.as_nanos() - time_fired.as_nanos()).max(0) as f64 / 1e9;
+        self.lag.record(lag);
     }
 
     fn event(&mut self, event_type: &str) {
@@ -786,6 +838,8 @@ async fn session(
             Message::Text(text) => decode_frame(text, source, &mut decoded),
             _ => decode_binary_frame(bytes, source, &mut decoded),
         }
+        // One clock read per frame: a coalesced frame's events arrived together.
+        let arrived = Timestamp::now();
         for item in decoded.drain(..) {
             match item {
                 Ok(ServerMessage::Event { mut event, id }) => {
@@ -799,6 +853,8 @@ async fn session(
                     meters.event(event.event_type());
                     Stats::add(&ctx.stats.received, 1);
                     let time = event.time_fired;
+                    meters.lag(time, arrived);
+                    meters.last_event.set(time.as_nanos() as f64 / 1e9);
                     if let Some(gap) = gap.as_mut() {
                         gap.first_live.get_or_insert(time);
                     }
@@ -829,11 +885,16 @@ async fn session(
                     if command == HISTORY {
                         let Some(g) = gap.as_mut() else { continue };
                         if success {
-                            let rows = history::rows_after(
+                            let mut rows = history::rows_after(
                                 result.unwrap_or_default(),
-                                g.from,
+                                g.in_flight_after,
                                 &meters.backfill_source,
                             );
+                            // The request ran a microsecond past the window (whatever HA's end bound):
+                            // a row there belongs to the next window.
+                            if let Some(until) = g.in_flight_until {
+                                rows.events.retain(|e| e.time_fired <= until);
+                            }
                             let done = delivered.get_or_insert_default();
                             if !hand_on_backfill(rows, g, done, link, meters).await {
                                 return Ok(());
@@ -865,8 +926,13 @@ async fn session(
                         if let Some(g) = gap.as_mut() {
                             let ids: Vec<String> =
                                 states.iter().map(|s| s.entity_id.to_string()).collect();
-                            let chunk = cfg.backfill_chunk.max(1);
-                            g.chunks = Some(ids.chunks(chunk).map(<[String]>::to_vec).collect());
+                            g.chunks = Some(history_windows(
+                                &ids,
+                                cfg.backfill_chunk,
+                                g.from,
+                                Timestamp::now(),
+                                cfg.backfill_window,
+                            ));
                         }
                         if plan.snapshot {
                             let after = gap.as_ref().map(|g| g.from);
@@ -1074,18 +1140,26 @@ async fn next_history_request(
     next_id: &mut u64,
     gap: &mut Gap,
 ) -> Result<Option<u64>, ClientError> {
-    let Some(entity_ids) = gap.chunks.as_mut().and_then(|c| c.pop_front()) else {
+    let Some(window) = gap.chunks.as_mut().and_then(|c| c.pop_front()) else {
         return Ok(None);
     };
     let id = *next_id;
     *next_id += 1;
+    // Windows after the first: changes after `start` only (the previous window ended
+    // one microsecond — HA's resolution — after it, so a change exactly at `start` is
+    // in that one), and no state clamped to the window's start.
+    let first = window.start == gap.from;
+    gap.in_flight_after = window.start;
+    gap.in_flight_until = window.end;
     // The lossless form: every change, every attribute (HA's defaults drop some).
     let request = ClientMessage::HistoryDuringPeriod {
         id,
-        start_time: gap.from.to_rfc3339(),
-        end_time: None,
-        entity_ids,
-        include_start_time_state: true,
+        start_time: window.start.to_rfc3339(),
+        end_time: window
+            .end
+            .map(|end| Timestamp::from_nanos(end.as_nanos() + 1_000).to_rfc3339()),
+        entity_ids: window.entity_ids,
+        include_start_time_state: first,
         significant_changes_only: false,
         minimal_response: false,
         no_attributes: false,
@@ -1169,6 +1243,40 @@ fn record_bad_input(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gap_is_split_into_contiguous_windows_for_every_entity_chunk() {
+        let ids: Vec<String> = (0..5).map(|i| format!("sensor.s{i}")).collect();
+        let hour = Duration::from_secs(3600);
+        let from = Timestamp::from_nanos(1_000_000_000_000);
+        let now = Timestamp::from_nanos(from.as_nanos() + 2 * 3_600_000_000_000 + 5);
+        let windows: Vec<HistoryWindow> = history_windows(&ids, 2, from, now, hour).into();
+        // Three windows (two full hours and the rest up to now) × three chunks (2 + 2 + 1).
+        assert_eq!(windows.len(), 9);
+        for (w, chunk) in windows.iter().zip([2, 2, 1].iter().cycle()) {
+            assert_eq!(w.entity_ids.len(), *chunk);
+        }
+        let starts: Vec<i64> = windows
+            .iter()
+            .step_by(3)
+            .map(|w| w.start.as_nanos())
+            .collect();
+        let ends: Vec<Option<i64>> = windows
+            .iter()
+            .step_by(3)
+            .map(|w| w.end.map(Timestamp::as_nanos))
+            .collect();
+        let h = 3_600_000_000_000;
+        let f = from.as_nanos();
+        assert_eq!(starts, vec![f, f + h, f + 2 * h]);
+        // Each window ends where the next starts; the last runs to "now" (no end).
+        assert_eq!(ends, vec![Some(f + h), Some(f + 2 * h), None]);
+        // A short gap is one window per chunk, without an end.
+        let short = history_windows(&ids, 50, from, from, hour);
+        assert_eq!(short.len(), 1);
+        assert_eq!(short[0].end, None);
+        assert_eq!(short[0].start, from);
+    }
 
     #[test]
     fn backoff_grows_within_bounds_and_resets() {
