@@ -145,13 +145,13 @@ fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
 
 /// Builds every stage from the config (failing early on anything invalid) and starts them.
 pub async fn start(cfg: &Config) -> Result<Running, StartError> {
-    let Some(ha) = cfg.homeassistant.clone() else {
+    if cfg.homeassistant.is_empty() {
         return Err(StartError::NoSource);
-    };
+    }
     let lock = lock_data_dir(&cfg.data_dir)?;
     let stats = Arc::new(Stats::default());
     let dead_letters = Arc::new(DeadLetters::new(cfg.dead_letter_dir()));
-    let pipeline = Pipeline::new(&cfg.filter, &cfg.schema)?;
+    let pipeline = Pipeline::new(&cfg.filter, &cfg.effective_schema())?;
 
     let monitor_token = CancellationToken::new();
     let (monitor_addr, monitor) = if cfg.monitor.enabled {
@@ -192,7 +192,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let sources_token = CancellationToken::new();
     let settled_token = CancellationToken::new();
     let background = tokio_util::task::TaskTracker::new();
-    let source_id: SourceId = Arc::from("homeassistant");
+
     let ctx = SourceContext {
         tx: event_tx,
         stats: stats.clone(),
@@ -203,7 +203,15 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         settled: settled_token.clone(),
         background: background.clone(),
     };
-    let sources = vec![tokio::spawn(client::run(ha, source_id, ctx))];
+    // One connection, cursor and backfill per Home Assistant instance, named by it.
+    let sources = cfg
+        .homeassistant
+        .iter()
+        .map(|ha| {
+            let source_id: SourceId = Arc::from(ha.name.as_str());
+            tokio::spawn(client::run(ha.clone(), source_id, ctx.clone()))
+        })
+        .collect();
 
     Ok(Running {
         stats,

@@ -27,7 +27,7 @@ pub async fn run(path: &Path) -> i32 {
         }
     };
     println!("config: ok ({})", path.display());
-    if let Err(error) = Pipeline::new(&cfg.filter, &cfg.schema) {
+    if let Err(error) = Pipeline::new(&cfg.filter, &cfg.effective_schema()) {
         println!("pipeline: INVALID: {error}");
         return INVALID_CONFIG;
     }
@@ -35,28 +35,36 @@ pub async fn run(path: &Path) -> i32 {
     crate::ensure_crypto_provider();
 
     let mut code = OK;
-    match &cfg.homeassistant {
-        Some(ha) => match client::probe(ha).await {
+    if cfg.homeassistant.is_empty() {
+        println!("homeassistant: not configured");
+    }
+    for ha in &cfg.homeassistant {
+        // The default instance keeps the plain label; named ones say which they are.
+        let label = if ha.name == "homeassistant" {
+            "homeassistant".to_string()
+        } else {
+            format!("homeassistant[{}]", ha.name)
+        };
+        match client::probe(ha).await {
             Ok(info) => println!(
-                "homeassistant: ok (Home Assistant {} at {})",
+                "{label}: ok (Home Assistant {} at {})",
                 info.ha_version, info.url
             ),
             Err(error) if error.is_auth() => {
                 println!(
-                    "homeassistant: FAILED: Home Assistant refused the access token at {}: {error}",
+                    "{label}: FAILED: Home Assistant refused the access token at {}: {error}",
                     ha.websocket_url()
                 );
                 code = PEER_FAILED;
             }
             Err(error) => {
                 println!(
-                    "homeassistant: FAILED: cannot reach Home Assistant at {}: {error}",
+                    "{label}: FAILED: cannot reach Home Assistant at {}: {error}",
                     ha.websocket_url()
                 );
                 code = PEER_FAILED;
             }
-        },
-        None => println!("homeassistant: not configured (no source: `run` will refuse to start)"),
+        }
     }
 
     match &cfg.influxdb {

@@ -68,9 +68,9 @@ pub struct Config {
     /// Directory for the buffer, cursors, dead letters and the file sink (`./data`).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// The Home Assistant WebSocket source; absent means no HA connection.
-    #[serde(default)]
-    pub homeassistant: Option<HomeAssistantConfig>,
+    /// The Home Assistant WebSocket sources: `[homeassistant]` for one, `[[homeassistant]]` for several; empty means no HA connection.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub homeassistant: Vec<HomeAssistantConfig>,
     /// Which events are kept.
     #[serde(default)]
     pub filter: FilterConfig,
@@ -114,6 +114,9 @@ pub struct TlsConfig {
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HomeAssistantConfig {
+    /// Names the instance: source id, cursor file, metrics label and (with several) the instance tag; `homeassistant` by default.
+    #[serde(default = "default_ha_name")]
+    pub name: String,
     /// `ws://host:8123/api/websocket` or `wss://…`; `http(s)://host:8123` is accepted and completed.
     pub url: String,
     /// Long-lived access token (prefer `token_file` or `HA_INGESTOR_HOMEASSISTANT__TOKEN`).
@@ -166,6 +169,28 @@ fn default_backfill_chunk() -> usize {
 fn default_backfill_window() -> Duration {
     Duration::from_secs(3600)
 }
+fn default_ha_name() -> String {
+    "homeassistant".to_string()
+}
+
+/// A table or an array of tables: `[homeassistant]` and `[[homeassistant]]` both work.
+fn one_or_many<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    // Decoded as a value first, then as `T`, so an unknown or bad key is still named.
+    match toml::Value::deserialize(deserializer)? {
+        toml::Value::Array(items) => items
+            .into_iter()
+            .map(|v| T::deserialize(v).map_err(serde::de::Error::custom))
+            .collect(),
+        other => T::deserialize(other)
+            .map(|one| vec![one])
+            .map_err(serde::de::Error::custom),
+    }
+}
+
 fn default_ping_interval() -> Duration {
     Duration::from_secs(30)
 }
@@ -189,6 +214,7 @@ impl HomeAssistantConfig {
     /// A config for `url` with every other key at its default.
     pub fn new(url: impl Into<String>, token: impl Into<String>) -> Self {
         HomeAssistantConfig {
+            name: default_ha_name(),
             url: url.into(),
             token: Some(token.into()),
             token_file: None,
@@ -524,6 +550,9 @@ pub struct SchemaConfig {
     /// Write events other than `state_changed` at all.
     #[serde(default = "default_true")]
     pub write_other_events: bool,
+    /// Tag every point with the name of the source instance under this key (`instance` when several `[[homeassistant]]` are configured and this is unset).
+    #[serde(default)]
+    pub instance_tag: Option<String>,
 }
 
 fn default_events_measurement() -> String {
@@ -548,6 +577,7 @@ impl Default for SchemaConfig {
             component_config_glob: BTreeMap::new(),
             events_measurement: default_events_measurement(),
             write_other_events: true,
+            instance_tag: None,
         }
     }
 }
@@ -834,12 +864,22 @@ impl Config {
         Ok(config)
     }
 
+    /// The schema as the encoder uses it: with several Home Assistant instances the instance tag is on by default.
+    pub fn effective_schema(&self) -> SchemaConfig {
+        let mut schema = self.schema.clone();
+        if self.homeassistant.len() > 1 && schema.instance_tag.is_none() {
+            schema.instance_tag = Some("instance".to_string());
+        }
+        schema.instance_tag = schema.instance_tag.filter(|k| !k.is_empty());
+        schema
+    }
+
     /// Replaces `*_file` secrets by their contents (relative paths are taken from the config's folder).
     fn read_secrets(&mut self, base: &Path) -> Result<(), ConfigError> {
-        if let Some(ha) = &mut self.homeassistant
-            && let Some(file) = &ha.token_file
-        {
-            ha.token = Some(read_secret("homeassistant.token_file", base, file)?);
+        for ha in &mut self.homeassistant {
+            if let Some(file) = &ha.token_file {
+                ha.token = Some(read_secret("homeassistant.token_file", base, file)?);
+            }
         }
         if let Some(influx) = &mut self.influxdb {
             if let Some(file) = &influx.password_file {
@@ -858,7 +898,28 @@ impl Config {
             key: key.to_string(),
             message,
         };
-        if let Some(ha) = &self.homeassistant {
+        let mut names = std::collections::BTreeSet::new();
+        for ha in &self.homeassistant {
+            if ha.name.is_empty()
+                || !ha
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(invalid(
+                    "homeassistant.name",
+                    format!("{:?}: use letters, digits, '_' and '-' only", ha.name),
+                ));
+            }
+            if !names.insert(ha.name.as_str()) {
+                return Err(invalid(
+                    "homeassistant.name",
+                    format!(
+                        "{:?} is used twice: give each [[homeassistant]] its own name (it names the cursor file and the instance tag)",
+                        ha.name
+                    ),
+                ));
+            }
             let ws = ha.websocket_url();
             let parsed = url::Url::parse(&ws)
                 .map_err(|e| invalid("homeassistant.url", format!("{ws:?} is not a URL: {e}")))?;
@@ -1085,6 +1146,7 @@ fn secret(value: &Option<String>) -> &'static str {
 impl std::fmt::Debug for HomeAssistantConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HomeAssistantConfig")
+            .field("name", &self.name)
             .field("url", &redact_url(&self.url))
             .field("token", &secret(&self.token))
             .field("token_file", &self.token_file)
@@ -1208,6 +1270,54 @@ mod tests {
     }
 
     #[test]
+    fn one_or_several_home_assistants() {
+        let one = load(
+            "[homeassistant]\nurl = \"ws://a:8123\"\ntoken = \"t\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(one.homeassistant.len(), 1);
+        assert_eq!(one.homeassistant[0].name, "homeassistant");
+        assert_eq!(
+            one.effective_schema().instance_tag,
+            None,
+            "HA's own schema has no such tag"
+        );
+
+        let two = "[[homeassistant]]\nname = \"home\"\nurl = \"ws://a:8123\"\ntoken = \"t\"\n\
+                   [[homeassistant]]\nname = \"cabin\"\nurl = \"ws://b:8123\"\ntoken = \"u\"\n";
+        let c = load(two, &[]).unwrap();
+        let names: Vec<&str> = c.homeassistant.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["home", "cabin"]);
+        assert_eq!(
+            c.effective_schema().instance_tag.as_deref(),
+            Some("instance")
+        );
+        let custom = format!("{two}[schema]\ninstance_tag = \"home\"\n");
+        assert_eq!(
+            load(&custom, &[])
+                .unwrap()
+                .effective_schema()
+                .instance_tag
+                .as_deref(),
+            Some("home")
+        );
+
+        // Two instances left with the default name would share a cursor file.
+        let same = "[[homeassistant]]\nurl = \"ws://a:8123\"\ntoken = \"t\"\n\
+                    [[homeassistant]]\nurl = \"ws://b:8123\"\ntoken = \"u\"\n";
+        let err = load(same, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("homeassistant.name") && err.contains("twice"),
+            "{err}"
+        );
+        // A bad key inside one of the tables is still named.
+        let bad = "[[homeassistant]]\nname = \"home\"\nurl = \"ws://a:8123\"\ntokn = \"t\"\n";
+        let err = load(bad, &[]).unwrap_err().to_string();
+        assert!(err.contains("tokn"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_names_line_and_key() {
         let err = load(
             "data_dir = \"x\"\n[influxdb]\nurl = \"http://h:8086\"\ndatabse = \"ha\"\n",
@@ -1238,7 +1348,7 @@ mod tests {
         assert_eq!(influx.batch_size, 250);
         assert_eq!(influx.database.as_deref(), Some("other"));
         assert_eq!(c.filter.exclude.domains, vec!["automation".to_string()]);
-        let ha = c.homeassistant.unwrap();
+        let ha = &c.homeassistant[0];
         assert_eq!(ha.websocket_url(), "ws://ha.local:8123/api/websocket");
     }
 
@@ -1294,9 +1404,6 @@ mod tests {
         .unwrap();
         let c =
             Config::from_toml_with_env(&std::fs::read_to_string(&cfg).unwrap(), &cfg, &[]).unwrap();
-        assert_eq!(
-            c.homeassistant.unwrap().token.as_deref(),
-            Some("secret-token")
-        );
+        assert_eq!(c.homeassistant[0].token.as_deref(), Some("secret-token"));
     }
 }

@@ -92,7 +92,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
     };
     let cfg = Config {
         data_dir: opts.data_dir.clone(),
-        homeassistant: Some(HomeAssistantConfig::new(sim.url(), token)),
+        homeassistant: vec![HomeAssistantConfig::new(sim.url(), token)],
         influxdb,
         monitor: MonitorConfig {
             enabled: true,

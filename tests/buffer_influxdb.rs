@@ -57,7 +57,7 @@ async fn an_influxdb_outage_under_load_loses_and_duplicates_nothing() {
     influx_cfg.retry_max = Duration::from_millis(200);
     let cfg = Config {
         data_dir: data.path().to_path_buf(),
-        homeassistant: Some(HomeAssistantConfig::new(sim.url(), token)),
+        homeassistant: vec![HomeAssistantConfig::new(sim.url(), token)],
         influxdb: Some(influx_cfg),
         buffer: BufferConfig {
             fsync_interval: Duration::from_millis(100),
@@ -239,7 +239,7 @@ async fn a_full_blocking_buffer_with_influxdb_unreachable_still_stops_and_accoun
     influx_cfg.retry_max = Duration::from_millis(200);
     let cfg = Config {
         data_dir: data.path().to_path_buf(),
-        homeassistant: Some(HomeAssistantConfig::new(sim.url(), token)),
+        homeassistant: vec![HomeAssistantConfig::new(sim.url(), token)],
         influxdb: Some(influx_cfg),
         buffer: BufferConfig {
             enabled: true,

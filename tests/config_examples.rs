@@ -49,7 +49,7 @@ fn full_example_mentions_every_key() {
         i.password_file = Some("p".into());
         i.token_file = Some("t".into());
     }
-    if let Some(h) = cfg.homeassistant.as_mut() {
+    for h in cfg.homeassistant.iter_mut() {
         h.token_file = Some("t".into());
     }
     let value = toml::Value::try_from(&cfg).unwrap();

@@ -85,7 +85,7 @@ async fn home_assistant_unreachable_for_10_s_leaves_no_gap_in_influxdb() {
     ha.reconnect_max = Duration::from_secs(1);
     let cfg = Config {
         data_dir: data.path().to_path_buf(),
-        homeassistant: Some(ha),
+        homeassistant: vec![ha],
         influxdb: Some(influx_cfg),
         monitor: MonitorConfig {
             enabled: false,

@@ -60,7 +60,7 @@ async fn every_state_change_reaches_influxdb_with_identical_values() {
     ha.initial_snapshot = false;
     let cfg = Config {
         data_dir: data.path().to_path_buf(),
-        homeassistant: Some(ha),
+        homeassistant: vec![ha],
         influxdb: Some(influx_cfg),
         monitor: MonitorConfig {
             enabled: true,

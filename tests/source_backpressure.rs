@@ -47,7 +47,7 @@ async fn a_stalled_sink_never_makes_home_assistant_drop_the_connection() {
     ha.initial_snapshot = false;
     let cfg = Config {
         data_dir: data.path().to_path_buf(),
-        homeassistant: Some(ha),
+        homeassistant: vec![ha],
         influxdb: Some(influx),
         buffer: BufferConfig::default(),
         monitor: MonitorConfig {

@@ -83,6 +83,8 @@ pub struct Encoder {
     states: homeassistant::StateEncoder,
     events: Option<events::EventEncoder>,
     scratch: Scratch,
+    /// `schema.instance_tag`: the tag key that names each point's source instance.
+    instance_tag: Option<String>,
 }
 
 impl Encoder {
@@ -97,11 +99,24 @@ impl Encoder {
             states: homeassistant::StateEncoder::new(cfg)?,
             events,
             scratch: Scratch::default(),
+            instance_tag: cfg.instance_tag.clone().filter(|k| !k.is_empty()),
         })
     }
 
     /// Appends zero or more complete lines, each ending in '\n', to `out`.
     pub fn encode(&mut self, event: &Event, out: &mut String) -> Encoded {
+        let start = out.len();
+        let encoded = self.encode_point(event, out);
+        if let (Some(key), Encoded::Points(_)) = (&self.instance_tag, encoded) {
+            // The instance is the source's name without its `/backfill` or `/snapshot` part.
+            let source: &str = &event.source;
+            let instance = source.split('/').next().unwrap_or(source);
+            crate::sink::line_protocol::insert_tag(out, start, key, instance);
+        }
+        encoded
+    }
+
+    fn encode_point(&mut self, event: &Event, out: &mut String) -> Encoded {
         match &event.kind {
             EventKind::StateChanged(sc) => {
                 self.states
