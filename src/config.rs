@@ -443,7 +443,7 @@ pub struct StateMatchConfig {
     pub attributes_only_changed: Option<bool>,
 }
 
-/// The schema modes; `optimized` arrives with the schema work.
+/// The schema modes (`docs/schema.md`): HA-compatible or optimized for queries and cardinality.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum SchemaMode {
