@@ -467,7 +467,11 @@ impl Server {
             "ha-ingestor-schema-bench-{label}-{}-{nanos}",
             std::process::id()
         ));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Everything that can fail before influxd runs comes first, so nothing is left behind.
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .build()
+            .context("building the HTTP client")?;
         let http = free_port()?;
         let rpc = free_port()?;
         let config = format!(
@@ -504,23 +508,30 @@ bind-address = "127.0.0.1:{rpc}"
             d = dir.display()
         );
         let conf_path = dir.join("influxdb.conf");
-        std::fs::write(&conf_path, config).context("writing the influxd config")?;
-        let log = std::fs::File::create(dir.join("influxd.log")).context("creating the log")?;
-        let child = Command::new(binary)
-            .arg("-config")
-            .arg(&conf_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+        let spawned = (|| -> anyhow::Result<Child> {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::write(&conf_path, config).context("writing the influxd config")?;
+            let log = std::fs::File::create(dir.join("influxd.log")).context("creating the log")?;
+            Command::new(binary)
+                .arg("-config")
+                .arg(&conf_path)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting {}", binary.display()))
+        })();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         let mut server = Server {
             child,
             dir,
             url: format!("http://127.0.0.1:{http}"),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(300))
-                .build()
-                .context("building the HTTP client")?,
+            client,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
