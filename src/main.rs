@@ -90,6 +90,36 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    /// Schema tools: compare the schema modes.
+    Schema {
+        #[command(subcommand)]
+        what: SchemaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchemaCommand {
+    /// Load the same generated history in each schema mode into a private influxd and time dashboard queries.
+    Bench {
+        /// Entities in the generated home.
+        #[arg(long, default_value_t = 200)]
+        entities: usize,
+        /// Days of history.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Timed runs per query (after one warm-up); the median is reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Generator seed (the same seed gives the same history).
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// The influxd 1.x binary (default: from PATH).
+        #[arg(long)]
+        influxd: Option<PathBuf>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -483,6 +513,36 @@ fn main() -> ExitCode {
                 }
                 anyhow::Ok(())
             })();
+            report(result)
+        }
+        Command::Schema {
+            what:
+                SchemaCommand::Bench {
+                    entities,
+                    days,
+                    runs,
+                    seed,
+                    influxd,
+                    json,
+                },
+        } => {
+            init_logging(flag_format.unwrap_or_default(), "warn");
+            let opts = ha_ingestor::schema::bench::BenchOptions {
+                entities,
+                days,
+                runs,
+                seed,
+                influxd,
+            };
+            let result = runtime.block_on(async {
+                let r = ha_ingestor::schema::bench::run(&opts).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    print!("{}", ha_ingestor::schema::bench::render_text(&r));
+                }
+                anyhow::Ok(())
+            });
             report(result)
         }
     }
