@@ -14,6 +14,7 @@ pub mod event;
 pub mod handoff;
 pub mod monitor;
 pub mod pipeline;
+pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod tls;
