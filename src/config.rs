@@ -453,6 +453,64 @@ pub enum SchemaMode {
     /// Byte-for-byte what HA's `influxdb` integration writes.
     #[default]
     Homeassistant,
+    /// A schema built for query speed and bounded cardinality (see `docs/schema.md`).
+    Optimized,
+}
+
+/// The type an allow-listed attribute is always written with in the `optimized` schema.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AttributeType {
+    /// A float field; numbers, booleans (1/0) and numeric text such as `-5.5 °C`.
+    Float,
+    /// A string field; other scalars as their JSON text, lists and objects as compact JSON.
+    String,
+    /// A boolean field; `true`/`false`, 1/0 and the texts `on`/`off`/`true`/`false`.
+    Boolean,
+}
+
+/// `[schema.optimized]`: the keys only the `optimized` mode reads.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizedSchemaConfig {
+    /// Domains whose measurement is `<domain>__<device_class>` when the entity has a device class.
+    #[serde(default = "default_split_by_device_class")]
+    pub split_by_device_class: Vec<String>,
+    /// Attributes written as fields, each always with this type; every other attribute is left out.
+    #[serde(default = "default_optimized_attributes")]
+    pub attributes: BTreeMap<String, AttributeType>,
+}
+
+fn default_split_by_device_class() -> Vec<String> {
+    vec!["sensor".to_string()]
+}
+
+fn default_optimized_attributes() -> BTreeMap<String, AttributeType> {
+    [
+        ("brightness", AttributeType::Float),
+        ("color_temp_kelvin", AttributeType::Float),
+        ("current_humidity", AttributeType::Float),
+        ("current_position", AttributeType::Float),
+        ("current_temperature", AttributeType::Float),
+        ("humidity", AttributeType::Float),
+        ("hvac_action", AttributeType::String),
+        ("preset_mode", AttributeType::String),
+        ("target_temp_high", AttributeType::Float),
+        ("target_temp_low", AttributeType::Float),
+        ("temperature", AttributeType::Float),
+    ]
+    .into_iter()
+    .map(|(k, t)| (k.to_string(), t))
+    .collect()
+}
+
+impl Default for OptimizedSchemaConfig {
+    fn default() -> Self {
+        OptimizedSchemaConfig {
+            split_by_device_class: default_split_by_device_class(),
+            attributes: default_optimized_attributes(),
+        }
+    }
 }
 
 /// HA's `measurement_attr` choices.
@@ -520,6 +578,9 @@ pub struct SchemaConfig {
     /// Write events other than `state_changed` at all.
     #[serde(default = "default_true")]
     pub write_other_events: bool,
+    /// Keys of the `optimized` mode.
+    #[serde(default)]
+    pub optimized: OptimizedSchemaConfig,
 }
 
 fn default_events_measurement() -> String {
@@ -544,6 +605,7 @@ impl Default for SchemaConfig {
             component_config_glob: BTreeMap::new(),
             events_measurement: default_events_measurement(),
             write_other_events: true,
+            optimized: OptimizedSchemaConfig::default(),
         }
     }
 }

@@ -33,6 +33,8 @@ pub const FILTER_RULE_ERRORS: &str = "ha_ingestor_filter_rule_errors_total";
 pub const ENCODER_POINTS: &str = "ha_ingestor_encoder_points_total";
 /// Counter `{reason}`: events that give no point by the schema's rules.
 pub const ENCODER_SKIPPED: &str = "ha_ingestor_encoder_skipped_events_total";
+/// Counter: allow-listed attributes of the `optimized` schema left out because their value does not fit the pinned type.
+pub const ENCODER_DROPPED_ATTRIBUTES: &str = "ha_ingestor_encoder_dropped_attributes_total";
 /// Counter `{sink}`: points the sink accepted.
 pub const SINK_SENT_POINTS: &str = "ha_ingestor_sink_sent_points_total";
 /// Counter `{sink}`: request body bytes sent (before compression).

@@ -9,10 +9,11 @@
 
 pub mod events;
 pub mod homeassistant;
+pub mod optimized;
 pub(crate) mod pyrepr;
 mod pytables;
 
-use crate::config::SchemaConfig;
+use crate::config::{SchemaConfig, SchemaMode};
 use crate::event::{Event, EventKind};
 
 /// What [`Encoder::encode`] did with one event.
@@ -61,6 +62,14 @@ pub enum SchemaError {
         #[source]
         source: regex::Error,
     },
+    /// An `optimized.attributes` key that would give a field two types or clash with a tag.
+    #[error("schema.optimized.attributes: {name:?} cannot be a field: it is {why}")]
+    OptimizedAttribute {
+        /// The attribute name as configured.
+        name: String,
+        /// What it clashes with.
+        why: &'static str,
+    },
     /// `events_measurement` is empty while other events are written.
     #[error("schema.events_measurement must not be empty when schema.write_other_events is true")]
     EmptyEventsMeasurement,
@@ -77,10 +86,17 @@ pub(crate) struct Scratch {
     pub(crate) json: Vec<u8>,
 }
 
+/// The `state_changed` encoder of the configured mode.
+#[derive(Debug)]
+enum States {
+    Homeassistant(homeassistant::StateEncoder),
+    Optimized(optimized::OptimizedEncoder),
+}
+
 /// Turns events into line protocol by the configured schema; one per encoding task.
 #[derive(Debug)]
 pub struct Encoder {
-    states: homeassistant::StateEncoder,
+    states: States,
     events: Option<events::EventEncoder>,
     scratch: Scratch,
 }
@@ -94,7 +110,12 @@ impl Encoder {
             None
         };
         Ok(Encoder {
-            states: homeassistant::StateEncoder::new(cfg)?,
+            states: match cfg.mode {
+                SchemaMode::Homeassistant => {
+                    States::Homeassistant(homeassistant::StateEncoder::new(cfg)?)
+                }
+                SchemaMode::Optimized => States::Optimized(optimized::OptimizedEncoder::new(cfg)?),
+            },
             events,
             scratch: Scratch::default(),
         })
@@ -103,10 +124,12 @@ impl Encoder {
     /// Appends zero or more complete lines, each ending in '\n', to `out`.
     pub fn encode(&mut self, event: &Event, out: &mut String) -> Encoded {
         match &event.kind {
-            EventKind::StateChanged(sc) => {
-                self.states
-                    .encode(sc, event.time_fired, &mut self.scratch, out)
-            }
+            EventKind::StateChanged(sc) => match &mut self.states {
+                States::Homeassistant(enc) => {
+                    enc.encode(sc, event.time_fired, &mut self.scratch, out)
+                }
+                States::Optimized(enc) => enc.encode(sc, event.time_fired, &mut self.scratch, out),
+            },
             EventKind::Bus(bus) => match &mut self.events {
                 Some(enc) => enc.encode(event, bus, &mut self.scratch, out),
                 None => Encoded::Skipped(SkipReason::OtherEventsDisabled),
