@@ -61,7 +61,7 @@ fn planted() -> String {
     // Garbage twins on an entity-named light: a colour list and a sign lost; one honest pair.
     for i in 0..3 {
         lp += &format!(
-            "light.kitchen,domain=light,entity_id=kitchen state=\"on\",value=1,rgb_color_str=\"[254, 208, 0]\",rgb_color=2542080,offset_str=\"-5.5 °C\",offset=5.5,distance_str=\"12 km\",distance=12 {}\n",
+            "light.kitchen,domain=light,entity_id=kitchen state=\"on\",value=1,brightness=180,rgb_color_str=\"[254, 208, 0]\",rgb_color=2542080,offset_str=\"-5.5 °C\",offset=5.5,distance_str=\"12 km\",distance=12 {}\n",
             WEEK_A + (200 + i) * MINUTE
         );
     }

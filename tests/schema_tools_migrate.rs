@@ -210,7 +210,11 @@ async fn migrate_accounts_for_every_point_and_resumes_without_duplicates() {
         .await
         .expect("write the expected points");
     let expected = all_rows(&source.with_database("expected")).await;
-    assert_eq!(expected.len(), source_rows.len(), "one optimized point per source point");
+    assert_eq!(
+        expected.len(),
+        source_rows.len(),
+        "one optimized point per source point"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let mut opts = MigrateOptions {
@@ -227,10 +231,13 @@ async fn migrate_accounts_for_every_point_and_resumes_without_duplicates() {
     };
 
     // Dry run: everything read and encoded, nothing written, no progress saved.
-    let dry = migrate(&source.with_database("home_assistant"), &MigrateOptions {
-        to_database: "dry".into(),
-        ..opts.clone()
-    })
+    let dry = migrate(
+        &source.with_database("home_assistant"),
+        &MigrateOptions {
+            to_database: "dry".into(),
+            ..opts.clone()
+        },
+    )
     .await
     .expect("dry run");
     assert_eq!(dry.rows as usize, source_rows.len());
@@ -242,7 +249,10 @@ async fn migrate_accounts_for_every_point_and_resumes_without_duplicates() {
     opts.dry_run = false;
     opts.max_chunks = Some(2);
     let first = migrate(&source, &opts).await.expect("first run");
-    assert_eq!((first.chunks, first.chunks_left, first.mismatches), (2, 2, 0));
+    assert_eq!(
+        (first.chunks, first.chunks_left, first.mismatches),
+        (2, 2, 0)
+    );
     let target = source.with_database("optimized");
     let partial = all_rows(&target).await;
     assert!(!partial.is_empty() && partial.len() < expected.len());
@@ -252,13 +262,18 @@ async fn migrate_accounts_for_every_point_and_resumes_without_duplicates() {
     opts.max_chunks = None;
     let second = migrate(&source, &opts).await.expect("resumed run");
     assert!(second.resumed);
-    assert_eq!((second.chunks, second.chunks_left, second.mismatches), (2, 0, 0));
+    assert_eq!(
+        (second.chunks, second.chunks_left, second.mismatches),
+        (2, 0, 0)
+    );
     assert_eq!(first.rows + second.rows, source_rows.len() as u64);
     assert_eq!(first.points + second.points, expected.len() as u64);
     assert!(second.skipped.is_empty(), "{:?}", second.skipped);
     let migrated = all_rows(&target).await;
     if let Err(diff) = same(&expected, &migrated) {
-        panic!("the migrated points differ from the optimized encoding of the original events: {diff}");
+        panic!(
+            "the migrated points differ from the optimized encoding of the original events: {diff}"
+        );
     }
     // The source is untouched.
     assert_eq!(all_rows(&source).await, source_rows);

@@ -49,7 +49,11 @@ fn apply_cli(config: &std::path::Path, yes: bool) -> String {
         cmd.arg("--yes");
     }
     let out = cmd.output().expect("run ha-ingestor");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -57,7 +61,11 @@ fn apply_cli(config: &std::path::Path, yes: bool) -> String {
 async fn rows(influx: &Influxd, q: &str, key: &str, val: &str) -> Vec<(String, String)> {
     let json = influx.query(q).await;
     let mut out = Vec::new();
-    for s in json["results"][0]["series"].as_array().cloned().unwrap_or_default() {
+    for s in json["results"][0]["series"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
         let cols: Vec<&str> = s["columns"]
             .as_array()
             .unwrap()
@@ -85,16 +93,34 @@ async fn apply_is_idempotent_and_shows_changes_first() {
 
     // Without --yes: the difference is shown and nothing changes.
     let text = apply_cli(&path, false);
-    assert!(text.contains("+ retention policy ds_5m_365d: keep 365d"), "{text}");
-    assert!(text.contains("~ retention policy autogen: keep forever → 30d"), "{text}");
+    assert!(
+        text.contains("+ retention policy ds_5m_365d: keep 365d"),
+        "{text}"
+    );
+    assert!(
+        text.contains("~ retention policy autogen: keep forever → 30d"),
+        "{text}"
+    );
     assert!(text.contains("dry run"), "{text}");
-    let policies = rows(&influx, "SHOW RETENTION POLICIES ON home_assistant", "name", "duration").await;
+    let policies = rows(
+        &influx,
+        "SHOW RETENTION POLICIES ON home_assistant",
+        "name",
+        "duration",
+    )
+    .await;
     assert_eq!(policies, [("autogen".to_string(), "0s".to_string())]);
 
     // --yes: everything is created.
     let text = apply_cli(&path, true);
     assert!(text.contains("applied 6 changes"), "{text}");
-    let policies = rows(&influx, "SHOW RETENTION POLICIES ON home_assistant", "name", "duration").await;
+    let policies = rows(
+        &influx,
+        "SHOW RETENTION POLICIES ON home_assistant",
+        "name",
+        "duration",
+    )
+    .await;
     assert_eq!(
         policies,
         [
@@ -107,16 +133,23 @@ async fn apply_is_idempotent_and_shows_changes_first() {
     let names: Vec<&str> = cqs.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["everything_1h", "sensors_1h", "sensors_5m"]);
     let sensors_5m = &cqs[2].1;
-    assert!(sensors_5m.contains("INTO home_assistant.ds_5m_365d.:MEASUREMENT"), "{sensors_5m}");
+    assert!(
+        sensors_5m.contains("INTO home_assistant.ds_5m_365d.:MEASUREMENT"),
+        "{sensors_5m}"
+    );
     assert!(sensors_5m.contains("domain = 'sensor'"), "{sensors_5m}");
     assert!(sensors_5m.contains("GROUP BY time(5m), *"), "{sensors_5m}");
 
     // Second run: nothing to change, through the library and the command.
     let db = InfluxQl::new(cfg.influxdb.as_ref().unwrap()).unwrap();
-    let diff = retention::diff(&db, &cfg.retention, "autogen").await.unwrap();
+    let diff = retention::diff(&db, &cfg.retention, "autogen")
+        .await
+        .unwrap();
     assert!(diff.changes.is_empty(), "{}", diff.to_text());
     assert_eq!(diff.unchanged.len(), 6);
-    let status = retention::status(&db, &cfg.retention, "autogen").await.unwrap();
+    let status = retention::status(&db, &cfg.retention, "autogen")
+        .await
+        .unwrap();
     assert_eq!((status.wanted, status.pending), (6, 0));
     let text = apply_cli(&path, true);
     assert!(text.contains("nothing to change"), "{text}");
@@ -128,7 +161,9 @@ async fn apply_is_idempotent_and_shows_changes_first() {
         dir.path(),
         &config_text(&influx.url(), "40d", "\"sensor\", \"climate\""),
     );
-    let diff = retention::diff(&db, &cfg.retention, "autogen").await.unwrap();
+    let diff = retention::diff(&db, &cfg.retention, "autogen")
+        .await
+        .unwrap();
     let kinds: Vec<String> = diff
         .changes
         .iter()
@@ -139,9 +174,14 @@ async fn apply_is_idempotent_and_shows_changes_first() {
             Change::CreateQuery { name, .. } => format!("create query {name}"),
         })
         .collect();
-    assert_eq!(kinds, ["alter autogen", "replace sensors_5m", "replace sensors_1h"]);
+    assert_eq!(
+        kinds,
+        ["alter autogen", "replace sensors_5m", "replace sensors_1h"]
+    );
     apply_cli(&path, true);
-    let status = retention::status(&db, &cfg.retention, "autogen").await.unwrap();
+    let status = retention::status(&db, &cfg.retention, "autogen")
+        .await
+        .unwrap();
     assert_eq!(status.pending, 0);
     let cqs = rows(&influx, "SHOW CONTINUOUS QUERIES", "name", "query").await;
     assert!(cqs[2].1.contains("domain = 'climate'"), "{}", cqs[2].1);

@@ -185,6 +185,8 @@ pub struct Analysis {
     pub costly_fields: Vec<CostlyFields>,
     /// Measurement sprawl.
     pub sprawl: Sprawl,
+    /// Every field key outside `value`/`state`, `_str` suffix removed (the attributes stored).
+    pub attributes: Vec<String>,
     /// Statements that were not supported and what was done instead.
     pub notes: Vec<String>,
 }
@@ -465,7 +467,14 @@ pub async fn analyze(db: &InfluxQl, opts: &AnalyzeOptions) -> Result<Analysis, Q
         entity_named,
         domains: all_domains.into_iter().collect(),
     };
+    let attributes: BTreeSet<String> = fields
+        .values()
+        .flat_map(|f| f.keys())
+        .filter(|k| !matches!(k.as_str(), "value" | "state"))
+        .map(|k| k.strip_suffix("_str").unwrap_or(k).to_string())
+        .collect();
     Ok(Analysis {
+        attributes: attributes.into_iter().collect(),
         database: db.database().to_string(),
         total_series: series.values().sum(),
         total_entities: measurements.iter().map(|m| m.entities).sum(),

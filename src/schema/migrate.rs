@@ -289,7 +289,8 @@ fn rebuild(
         );
     }
     for (k, v) in tags {
-        if k != "domain" && k != "entity_id" {
+        // GROUP BY * gives an empty value for a tag key this series lacks.
+        if k != "domain" && k != "entity_id" && !v.is_empty() {
             attributes.insert(k.clone(), Value::String(v.clone()));
         }
     }

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::analyze::{Analysis, DISPLAY_ONLY_ATTRIBUTES, MeasurementKind};
+use crate::config::AttributeType;
 
 /// Which finding a change answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -98,6 +99,17 @@ fn pinned_attributes(a: &Analysis) -> BTreeMap<String, &'static str> {
         };
         out.entry(t.attribute.clone()).or_insert(ty);
     }
+    // The optimized mode's default list, for the attributes this database has.
+    for (k, ty) in crate::config::OptimizedSchemaConfig::default().attributes {
+        if a.attributes.contains(&k) {
+            let ty = match ty {
+                AttributeType::Float => "float",
+                AttributeType::String => "string",
+                AttributeType::Boolean => "boolean",
+            };
+            out.entry(k).or_insert(ty);
+        }
+    }
     out
 }
 
@@ -147,7 +159,7 @@ pub fn plan(a: &Analysis, events_measurement: &str) -> Plan {
                      unit as tags"
                 .into(),
             effect: format!(
-                "measurements {} → {domains} (one per domain: {}); one series per entity: {before} → {after}",
+                "measurements {} → about {domains} (one per domain: {}; sensors one per device class); one series per entity: {before} → {after}",
                 per_entity_measurements.len(),
                 a.sprawl.domains.join(", ")
             ),

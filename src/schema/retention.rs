@@ -416,7 +416,8 @@ pub struct Watcher {
 pub fn watcher(cfg: &crate::config::Config) -> Option<Watcher> {
     let influx = cfg.influxdb.as_ref()?;
     let r = &cfg.retention;
-    if influx.api != crate::config::InfluxApi::V1 || (r.raw_keep.is_none() && r.downsample.is_empty())
+    if influx.api != crate::config::InfluxApi::V1
+        || (r.raw_keep.is_none() && r.downsample.is_empty())
     {
         return None;
     }
