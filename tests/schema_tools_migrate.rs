@@ -278,6 +278,54 @@ async fn migrate_accounts_for_every_point_and_resumes_without_duplicates() {
     // The source is untouched.
     assert_eq!(all_rows(&source).await, source_rows);
 
+    // In place: the optimized points land next to the source, and a second pass
+    // skips them as already migrated instead of migrating its own output.
+    let in_place = MigrateOptions {
+        to_database: "expected".into(),
+        state_file: dir.path().join("in-place.json"),
+        ..opts.clone()
+    };
+    let again = migrate(&source.with_database("expected"), &in_place)
+        .await
+        .expect("in-place run over optimized points");
+    assert_eq!(again.points, 0);
+    let events_rows = expected.keys().filter(|k| k.0 == "ha_events").count() as u64;
+    assert_eq!(
+        again.skipped.get("already_optimized").copied(),
+        Some(expected.len() as u64 - events_rows)
+    );
+
+    // The command line: a dry run reports what it would do and writes nothing.
+    let to_config = dir.path().join("optimized.toml");
+    std::fs::write(&to_config, "[schema]\nmode = \"optimized\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ha-ingestor"))
+        .args(["schema", "migrate", "--influx-url", &influx.url()])
+        .args([
+            "--database",
+            "home_assistant",
+            "--to-database",
+            "dry",
+            "--dry-run",
+            "--quiet",
+        ])
+        .arg("--to-config")
+        .arg(&to_config)
+        .arg("--state")
+        .arg(dir.path().join("cli-state.json"))
+        .output()
+        .expect("run ha-ingestor");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{} points encoded", expected.len())),
+        "{text}"
+    );
+    assert!(all_rows(&source.with_database("dry")).await.is_empty());
+
     // A finished migration run again does nothing.
     let third = migrate(&source, &opts).await.expect("third run");
     assert_eq!((third.chunks, third.points), (0, 0));

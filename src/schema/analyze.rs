@@ -320,6 +320,17 @@ pub async fn analyze(db: &InfluxQl, opts: &AnalyzeOptions) -> Result<Analysis, Q
     for s in db.query("SHOW TAG KEYS").await? {
         tag_keys.insert(s.name.clone().unwrap_or_default(), s.strings("tagKey"));
     }
+    let optimized: Vec<&str> = tag_keys
+        .iter()
+        .filter(|(_, keys)| keys.iter().any(|k| k == "schema"))
+        .map(|(m, _)| m.as_str())
+        .collect();
+    if !optimized.is_empty() {
+        notes.push(format!(
+            "written by the optimized mode (they carry its `schema` tag): {}",
+            optimized.join(", ")
+        ));
+    }
     let all_keys: BTreeSet<&String> = tag_keys.values().flatten().collect();
     let mut cardinality: BTreeMap<(String, String), u64> = BTreeMap::new();
     for key in all_keys {

@@ -12,6 +12,8 @@
 //! the first unverified chunk; rewriting a chunk is harmless because every point
 //! carries its own timestamp. The source is only ever read.
 //!
+//! Rows that carry the optimized layout's `schema` tag are skipped (counted as
+//! `already_optimized`), so migrating in place never migrates its own output.
 //! Rows of the events measurement are the same in every mode: they are copied
 //! as they are when the target is another database or policy, and left alone
 //! otherwise. InfluxDB 2.x is read through its v1 compatibility `/query` API
@@ -519,6 +521,14 @@ pub async fn migrate(db: &InfluxQl, opts: &MigrateOptions) -> Result<MigrateRepo
                     if !same_place && copy_line(measurement, &s.tags, &s.columns, row, &mut lines) {
                         report.copied_events += 1;
                     }
+                    continue;
+                }
+                // Points of the optimized layout carry its version tag: already migrated or live.
+                if s.tags.get("schema").is_some_and(|v| !v.is_empty()) {
+                    *report
+                        .skipped
+                        .entry("already_optimized".into())
+                        .or_default() += 1;
                     continue;
                 }
                 match rebuild(measurement, &s.tags, &s.columns, row) {

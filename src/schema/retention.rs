@@ -395,8 +395,20 @@ pub async fn status(
     })
 }
 
-/// Sets the retention gauges from a status.
+/// The last status the service's check found (a std `Mutex`: held for a copy, never across `.await`).
+static LAST_STATUS: std::sync::Mutex<Option<RetentionStatus>> = std::sync::Mutex::new(None);
+
+/// The last status the running service's retention check published, for a status page
+/// (`None` before the first check, or when `[retention]` is not used).
+pub fn last_status() -> Option<RetentionStatus> {
+    LAST_STATUS.lock().map(|s| *s).unwrap_or(None)
+}
+
+/// Sets the retention gauges and [`last_status`] from a status.
 pub fn publish(status: &RetentionStatus) {
+    if let Ok(mut last) = LAST_STATUS.lock() {
+        *last = Some(*status);
+    }
     metrics::gauge!(RETENTION_PENDING_CHANGES).set(status.pending as f64);
     metrics::gauge!(RETENTION_IN_SYNC).set(if status.pending == 0 { 1.0 } else { 0.0 });
 }
@@ -516,6 +528,16 @@ mod tests {
             "CREATE CONTINUOUS QUERY \"sensors_5m\" ON \"ha\" BEGIN SELECT mean(\"value\") AS \"value\" INTO \"ha\".\"ds_5m_365d\".:MEASUREMENT FROM \"ha\".\"autogen\".\"°C\", \"ha\".\"autogen\".\"W\" WHERE domain = 'sensor' GROUP BY time(5m), * END"
         );
         assert_eq!(q[1].name, "sensors_1h");
+    }
+
+    #[test]
+    fn published_status_is_kept_for_the_status_page() {
+        let s = RetentionStatus {
+            wanted: 3,
+            pending: 1,
+        };
+        publish(&s);
+        assert_eq!(last_status(), Some(s));
     }
 
     #[test]
