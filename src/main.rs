@@ -631,12 +631,15 @@ async fn schema_command(what: SchemaCommand) -> anyhow::Result<()> {
             json,
             no_point_counts,
         } => {
-            let (_, influx) = influx_target(&target)?;
+            let (cfg, influx) = influx_target(&target)?;
             let db = InfluxQl::new(&influx)?;
-            let opts = analyze::AnalyzeOptions {
+            let mut opts = analyze::AnalyzeOptions {
                 count_points: !no_point_counts,
                 ..Default::default()
             };
+            if let Some(cfg) = cfg {
+                opts.events_measurement = cfg.schema.events_measurement;
+            }
             let a = analyze::analyze(&db, &opts).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&a)?);
@@ -647,11 +650,12 @@ async fn schema_command(what: SchemaCommand) -> anyhow::Result<()> {
         SchemaCommand::Plan { target, json } => {
             let (cfg, influx) = influx_target(&target)?;
             let db = InfluxQl::new(&influx)?;
-            let a = analyze::analyze(&db, &analyze::AnalyzeOptions::default()).await?;
-            let events = cfg
-                .map(|c| c.schema.events_measurement)
-                .unwrap_or_else(|| "ha_events".into());
-            let p = plan::plan(&a, &events);
+            let mut opts = analyze::AnalyzeOptions::default();
+            if let Some(cfg) = cfg {
+                opts.events_measurement = cfg.schema.events_measurement;
+            }
+            let a = analyze::analyze(&db, &opts).await?;
+            let p = plan::plan(&a, &opts.events_measurement);
             if json {
                 println!("{}", serde_json::to_string_pretty(&p)?);
             } else {

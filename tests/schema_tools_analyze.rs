@@ -69,6 +69,16 @@ fn planted() -> String {
         "switch.fan,domain=switch,entity_id=fan state=\"off\",value=0 {}\n",
         WEEK_A + 300 * MINUTE
     );
+    // Events: more event types than entities is normal there, not churn.
+    for (i, t) in ["call_service", "automation_triggered", "script_started"]
+        .iter()
+        .enumerate()
+    {
+        lp += &format!(
+            "ha_events,entity_id=automation.a,event_type={t},origin=LOCAL data=\"{{}}\" {}\n",
+            WEEK_A + (400 + i as i64) * MINUTE
+        );
+    }
     lp
 }
 
@@ -91,6 +101,7 @@ async fn analyze_finds_planted_problems_and_plan_addresses_each() {
     units.sort();
     assert_eq!(units, ["%", "W", "kWh", "lx", "°C"]);
     assert_eq!(a.sprawl.entity_named.len(), 2);
+    assert_eq!(a.measurements.len(), 8);
     assert_eq!(a.sprawl.domains, ["light", "sensor", "switch"]);
     let w = a.measurements.iter().find(|m| m.name == "W").expect("W");
     assert_eq!(w.kind, MeasurementKind::Unit);
@@ -154,7 +165,10 @@ async fn analyze_finds_planted_problems_and_plan_addresses_each() {
         .next()
         .expect("sprawl change");
     assert!(sprawl.config.contains("optimized"));
-    assert_eq!(p.measurements_after, 3, "one measurement per domain");
+    assert_eq!(
+        p.measurements_after, 4,
+        "one measurement per domain, and the events"
+    );
     let tag = find(Addresses::HighCardinalityTag)
         .next()
         .expect("tag change");

@@ -29,6 +29,9 @@ pub struct AnalyzeOptions {
     pub wide_fields: usize,
     /// Count points per measurement (`SELECT count(*)`: slow on big databases).
     pub count_points: bool,
+    /// The measurement of events other than state changes: its tags (`event_type`,
+    /// `service` …) are not per entity, so only the absolute threshold applies to them.
+    pub events_measurement: String,
 }
 
 impl Default for AnalyzeOptions {
@@ -39,6 +42,7 @@ impl Default for AnalyzeOptions {
             sprawl_min: 3,
             wide_fields: 30,
             count_points: true,
+            events_measurement: "ha_events".to_string(),
         }
     }
 }
@@ -410,7 +414,8 @@ pub async fn analyze(db: &InfluxQl, opts: &AnalyzeOptions) -> Result<Analysis, Q
                 key.as_str(),
                 "entity_id" | "domain" | "device_class" | "unit" | "friendly_name"
             );
-            let churning = !identity && entities > 0 && values > entities;
+            let churning =
+                !identity && *name != opts.events_measurement && entities > 0 && values > entities;
             if values >= opts.high_cardinality || churning {
                 high.push(TagReport {
                     measurement: name.clone(),
