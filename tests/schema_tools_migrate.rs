@@ -81,7 +81,7 @@ fn history() -> Vec<Event> {
                 t + 2_000,
                 "light.kitchen",
                 if h % 2 == 0 { "on" } else { "off" },
-                json!({"brightness": 180 + h, "rgb_color": [254, 208, h], "friendly_name": "Kitchen",
+                json!({"brightness": if h % 2 == 0 { json!(180 + h) } else { Value::Null }, "rgb_color": [254, 208, h], "friendly_name": "Kitchen",
                        "supported_features": 40, "color_mode": "rgb"}),
             ));
         }

@@ -301,6 +301,8 @@ fn rebuild(
             continue;
         }
         let (name, value) = match k.strip_suffix("_str") {
+            // Python's str(None): the attribute was null.
+            Some(base) if v.as_str() == Some("None") => (base, Value::Null),
             Some(base) => (base, (*v).clone()),
             // HA's numeric twin of a text attribute: the text is the attribute.
             None if fields.contains_key(format!("{k}_str").as_str()) => continue,
@@ -701,6 +703,7 @@ mod tests {
             "rgb_str",
             "rgb",
             "battery",
+            "brightness_str",
         ]
         .iter()
         .map(|c| c.to_string())
@@ -712,6 +715,7 @@ mod tests {
             Value::from("[1, 2]"),
             Value::from(12.0),
             Value::from(80.0),
+            Value::from("None"),
         ];
         let e = rebuild("°C", &tags, &columns, &row).unwrap();
         let EventKind::StateChanged(sc) = &e.kind else {
@@ -731,6 +735,11 @@ mod tests {
         );
         assert_eq!(s.attributes.get("battery"), Some(&Value::from(80.0)));
         assert_eq!(s.attributes.get("friendly_name"), Some(&Value::from("T")));
+        assert_eq!(
+            s.attributes.get("brightness"),
+            Some(&Value::Null),
+            "str(None) was null"
+        );
         assert_eq!(e.time_fired, Timestamp(5));
         assert!(rebuild("x", &BTreeMap::new(), &columns, &row).is_none());
     }
