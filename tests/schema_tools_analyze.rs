@@ -32,7 +32,8 @@ fn planted() -> String {
         for (i, entity) in ["one", "two"].iter().enumerate() {
             let m = unit.replace(' ', "\\ ");
             lp += &format!(
-                "{m},domain=sensor,entity_id={entity}_{i} value={value},friendly_name_str=\"{entity}\" {}\n",
+                "{m},domain=sensor,entity_id={entity}_{i} value={value},friendly_name_str=\"{entity}\",device_class_str=\"{}\" {}\n",
+                if i == 0 { "temperature" } else { "power" },
                 WEEK_A + i as i64 * MINUTE
             );
         }
@@ -166,8 +167,13 @@ async fn analyze_finds_planted_problems_and_plan_addresses_each() {
         .expect("sprawl change");
     assert!(sprawl.config.contains("optimized"));
     assert_eq!(
-        p.measurements_after, 4,
-        "one measurement per domain, and the events"
+        a.sprawl.device_classes["sensor"],
+        ["power", "temperature"],
+        "sensors are split by device class"
+    );
+    assert_eq!(
+        p.measurements_after, 5,
+        "light, switch, two sensor device classes, and the events"
     );
     let tag = find(Addresses::HighCardinalityTag)
         .next()

@@ -166,6 +166,9 @@ pub struct Sprawl {
     pub is_sprawl: bool,
     /// Distinct domains over every measurement (what a per-domain layout would have).
     pub domains: Vec<String>,
+    /// Per domain the optimized mode splits by device class (`sensor`), the device
+    /// classes stored (`device_class_str`), sorted.
+    pub device_classes: BTreeMap<String, Vec<String>>,
 }
 
 /// The whole report of `schema analyze`.
@@ -477,7 +480,26 @@ pub async fn analyze(db: &InfluxQl, opts: &AnalyzeOptions) -> Result<Analysis, Q
         .cloned()
         .collect();
     let all_domains: BTreeSet<String> = domains.values().flatten().cloned().collect();
+    let mut device_classes = BTreeMap::new();
+    let has_device_class = fields.values().any(|f| f.contains_key("device_class_str"));
+    for d in crate::config::OptimizedSchemaConfig::default().split_by_device_class {
+        if !has_device_class || !all_domains.contains(&d) {
+            continue;
+        }
+        let q = format!(
+            "SELECT DISTINCT(\"device_class_str\") FROM /.*/ WHERE \"domain\" = {}",
+            super::influxql::literal(&d)
+        );
+        let classes: BTreeSet<String> = db
+            .query(&q)
+            .await?
+            .iter()
+            .flat_map(|s| s.strings("distinct"))
+            .collect();
+        device_classes.insert(d, classes.into_iter().collect());
+    }
     let sprawl = Sprawl {
+        device_classes,
         is_sprawl: unit_named.len() >= opts.sprawl_min || entity_named.len() >= opts.sprawl_min,
         unit_named,
         entity_named,

@@ -140,7 +140,20 @@ pub fn plan(a: &Analysis, events_measurement: &str) -> Plan {
         .iter()
         .filter(|m| m.kind != MeasurementKind::Other)
         .collect();
-    let domains = a.sprawl.domains.len().max(1);
+    // One measurement per domain; a domain split by device class gives one per class
+    // (plus one for its entities without a class, not counted: unknown from here).
+    let domains = a
+        .sprawl
+        .domains
+        .iter()
+        .map(|d| {
+            a.sprawl
+                .device_classes
+                .get(d)
+                .map_or(1, |classes| classes.len().max(1))
+        })
+        .sum::<usize>()
+        .max(1);
 
     if !per_entity_measurements.is_empty() {
         let before: u64 = per_entity_measurements.iter().map(|m| m.series).sum();
