@@ -90,7 +90,7 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
-    /// Measure the stored schema, plan a better one, migrate data into it.
+    /// Measure the stored schema, plan a better one, migrate data into it, compare the schema modes.
     Schema {
         #[command(subcommand)]
         what: SchemaCommand,
@@ -133,6 +133,27 @@ enum SchemaCommand {
     Plan {
         #[command(flatten)]
         target: InfluxTarget,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load the same generated history in each schema mode into a private influxd and time dashboard queries.
+    Bench {
+        /// Entities in the generated home.
+        #[arg(long, default_value_t = 200)]
+        entities: usize,
+        /// Days of history.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Timed runs per query (after one warm-up); the median is reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Generator seed (the same seed gives the same history).
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// The influxd 1.x binary (default: from PATH).
+        #[arg(long)]
+        influxd: Option<PathBuf>,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -626,6 +647,28 @@ fn influx_target(
 async fn schema_command(what: SchemaCommand) -> anyhow::Result<()> {
     use ha_ingestor::schema::{analyze, influxql::InfluxQl, migrate, plan};
     match what {
+        SchemaCommand::Bench {
+            entities,
+            days,
+            runs,
+            seed,
+            influxd,
+            json,
+        } => {
+            let opts = ha_ingestor::schema::bench::BenchOptions {
+                entities,
+                days,
+                runs,
+                seed,
+                influxd,
+            };
+            let r = ha_ingestor::schema::bench::run(&opts).await?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print!("{}", ha_ingestor::schema::bench::render_text(&r));
+            }
+        }
         SchemaCommand::Analyze {
             target,
             json,

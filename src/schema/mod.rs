@@ -1,7 +1,8 @@
 //! Schema tools: measure the stored schema, plan a better one, migrate data into it,
-//! and keep it in shape with retention policies and downsampling.
+//! keep it in shape with retention policies and downsampling, and compare the modes.
 
 pub mod analyze;
+pub mod bench;
 pub mod influxql;
 pub mod migrate;
 pub mod plan;

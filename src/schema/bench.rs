@@ -1,0 +1,1069 @@
+//! `ha-ingestor schema bench`: the same generated history in each schema mode, loaded into a real `influxd`, queried as HA dashboards query it.
+//!
+//! 1. A deterministic history (seeded) of a typical home — temperature,
+//!    humidity, power, energy, battery and signal sensors every 30–300 s,
+//!    motion/door sensors, lights and switches a few to a few dozen times a
+//!    day, thermostats — is generated as [`Event`]s in time order.
+//! 2. For each mode, a fresh `influxd` (free loopback port, data in a temp
+//!    dir) is started; every event goes through the real [`Pipeline::process`]
+//!    and the lines are written in batches of 5 000; the cache is flushed and
+//!    the data dir measured.
+//! 3. Each query ([`QUERIES`]), written the idiomatic way for that layout, is
+//!    run once to warm up and then `runs` times; the median time and the
+//!    number of result rows are reported, plus series, measurements, field
+//!    keys, points and disk bytes per mode.
+
+use std::collections::BinaryHeap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::config::{FilterConfig, SchemaConfig, SchemaMode};
+use crate::event::{Context, EntityId, Event, EventKind, Origin, State, StateChanged, Timestamp};
+use crate::pipeline::{Outcome, Pipeline};
+
+/// Lines per write request: InfluxDB's recommended batch size.
+const BATCH_LINES: usize = 5_000;
+/// The history ends here (2026-11-01T00:00:00Z), so every run writes the same points.
+const END_NS: i64 = 1_793_491_200_000_000_000;
+/// One day in nanoseconds.
+const DAY_NS: i64 = 86_400_000_000_000;
+/// The database the bench writes into.
+const DB: &str = "bench";
+
+/// What to generate and how often to run each query.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Entities in the generated home.
+    pub entities: usize,
+    /// Days of history, ending at a fixed date.
+    pub days: u32,
+    /// Timed runs per query (after one warm-up run); the median is reported.
+    pub runs: usize,
+    /// Seed of the generator: the same seed gives the same history.
+    pub seed: u64,
+    /// The `influxd` binary (default: from `PATH`, else `/usr/bin/influxd`).
+    pub influxd: Option<PathBuf>,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            entities: 200,
+            days: 30,
+            runs: 5,
+            seed: 7,
+            influxd: None,
+        }
+    }
+}
+
+/// The figures of one mode's database.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModeReport {
+    /// `homeassistant` or `optimized`.
+    pub mode: String,
+    /// Points written (lines produced by the pipeline).
+    pub points: u64,
+    /// Bytes of line protocol written.
+    pub line_bytes: u64,
+    /// Seconds to encode and write everything.
+    pub load_seconds: f64,
+    /// Distinct series keys in the database (`SHOW SERIES`).
+    pub series: u64,
+    /// Series × fields actually stored: the keys of InfluxDB's TSM files, what storage and index memory scale with.
+    pub field_series: u64,
+    /// Measurements in the database.
+    pub measurements: u64,
+    /// Field keys, summed over measurements.
+    pub field_keys: u64,
+    /// Bytes of the data and WAL directories after the cache was flushed to TSM files.
+    pub disk_bytes: u64,
+}
+
+/// One query in one mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryRun {
+    /// The InfluxQL text.
+    pub query: String,
+    /// Median of the timed runs, milliseconds.
+    pub median_ms: f64,
+    /// Every timed run, milliseconds.
+    pub runs_ms: Vec<f64>,
+    /// Result rows (values over every returned series; for the top-10, entities ranked).
+    pub rows: usize,
+}
+
+/// One dashboard query in both modes.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryRow {
+    /// Short name of the query.
+    pub name: String,
+    /// The `homeassistant` layout.
+    pub homeassistant: QueryRun,
+    /// The `optimized` layout.
+    pub optimized: QueryRun,
+    /// `homeassistant` median / `optimized` median.
+    pub speedup: f64,
+}
+
+/// The whole comparison, as `--json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Entities generated.
+    pub entities: usize,
+    /// Days of history.
+    pub days: u32,
+    /// Seed used.
+    pub seed: u64,
+    /// Timed runs per query.
+    pub runs: usize,
+    /// `state_changed` events generated.
+    pub events: u64,
+    /// Figures per mode (homeassistant first).
+    pub modes: Vec<ModeReport>,
+    /// Per query, both modes side by side.
+    pub queries: Vec<QueryRow>,
+    /// Median over the queries of the per-query speedups.
+    pub median_speedup: f64,
+    /// Sum of `homeassistant` medians / sum of `optimized` medians.
+    pub total_speedup: f64,
+}
+
+// ---------------------------------------------------------------------------
+// The generated home.
+
+/// What an entity is, which decides its states, attributes and rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Temperature,
+    Humidity,
+    Power,
+    Energy,
+    Battery,
+    Signal,
+    Motion,
+    Door,
+    Light,
+    Switch,
+    Climate,
+}
+
+impl Kind {
+    /// Share of a home's entities, in order; the rest are switches.
+    const MIX: [(Kind, f64); 11] = [
+        (Kind::Temperature, 0.15),
+        (Kind::Humidity, 0.08),
+        (Kind::Power, 0.10),
+        (Kind::Energy, 0.05),
+        (Kind::Battery, 0.07),
+        (Kind::Signal, 0.05),
+        (Kind::Motion, 0.10),
+        (Kind::Door, 0.08),
+        (Kind::Light, 0.15),
+        (Kind::Climate, 0.04),
+        (Kind::Switch, 0.13),
+    ];
+
+    fn name(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Temperature => ("sensor", "temperature"),
+            Kind::Humidity => ("sensor", "humidity"),
+            Kind::Power => ("sensor", "power"),
+            Kind::Energy => ("sensor", "energy"),
+            Kind::Battery => ("sensor", "battery"),
+            Kind::Signal => ("sensor", "signal"),
+            Kind::Motion => ("binary_sensor", "motion"),
+            Kind::Door => ("binary_sensor", "door"),
+            Kind::Light => ("light", "light"),
+            Kind::Switch => ("switch", "switch"),
+            Kind::Climate => ("climate", "thermostat"),
+        }
+    }
+
+    /// Mean seconds between changes.
+    fn mean_interval(self, rng: &mut StdRng) -> f64 {
+        match self {
+            Kind::Temperature | Kind::Humidity | Kind::Power | Kind::Signal => {
+                rng.random_range(30.0..300.0)
+            }
+            Kind::Energy => rng.random_range(60.0..300.0),
+            Kind::Battery => 3_600.0,
+            Kind::Climate => rng.random_range(300.0..900.0),
+            // A few to a few dozen changes a day.
+            Kind::Motion => rng.random_range(1_800.0..7_200.0),
+            Kind::Door | Kind::Light | Kind::Switch => rng.random_range(7_200.0..28_800.0),
+        }
+    }
+}
+
+/// One entity of the generated home and its running state.
+#[derive(Debug)]
+struct Sim {
+    id: EntityId,
+    kind: Kind,
+    index: usize,
+    mean_interval: f64,
+    level: f64,
+    on: bool,
+}
+
+impl Sim {
+    fn attributes(&self) -> Value {
+        let friendly = format!("{} {}", self.kind.name().1, self.index);
+        match self.kind {
+            Kind::Temperature => {
+                json!({"state_class": "measurement", "unit_of_measurement": "°C", "device_class": "temperature", "friendly_name": friendly})
+            }
+            Kind::Humidity => {
+                json!({"state_class": "measurement", "unit_of_measurement": "%", "device_class": "humidity", "friendly_name": friendly})
+            }
+            Kind::Power => {
+                json!({"state_class": "measurement", "unit_of_measurement": "W", "device_class": "power", "friendly_name": friendly})
+            }
+            Kind::Energy => {
+                json!({"state_class": "total_increasing", "unit_of_measurement": "kWh", "device_class": "energy", "friendly_name": friendly})
+            }
+            Kind::Battery => {
+                json!({"state_class": "measurement", "unit_of_measurement": "%", "device_class": "battery", "friendly_name": friendly})
+            }
+            Kind::Signal => {
+                json!({"state_class": "measurement", "unit_of_measurement": "dBm", "friendly_name": friendly, "icon": "mdi:wifi"})
+            }
+            Kind::Motion => json!({"device_class": "motion", "friendly_name": friendly}),
+            Kind::Door => json!({"device_class": "door", "friendly_name": friendly}),
+            Kind::Light if self.on => json!({
+                "min_color_temp_kelvin": 2000, "max_color_temp_kelvin": 6535,
+                "supported_color_modes": ["color_temp", "xy"], "color_mode": "color_temp",
+                "brightness": (self.level * 2.54).round(), "color_temp_kelvin": 2700,
+                "friendly_name": friendly, "supported_features": 40
+            }),
+            Kind::Light => json!({
+                "min_color_temp_kelvin": 2000, "max_color_temp_kelvin": 6535,
+                "supported_color_modes": ["color_temp", "xy"], "color_mode": null,
+                "brightness": null, "color_temp_kelvin": null,
+                "friendly_name": friendly, "supported_features": 40
+            }),
+            Kind::Switch => json!({"friendly_name": friendly, "icon": "mdi:power-socket-eu"}),
+            Kind::Climate => json!({
+                "hvac_modes": ["off", "heat"], "min_temp": 7, "max_temp": 35, "target_temp_step": 0.5,
+                "current_temperature": (self.level * 10.0).round() / 10.0, "temperature": 21.0,
+                "hvac_action": if self.on { "heating" } else { "idle" },
+                "preset_modes": ["eco", "comfort"], "preset_mode": "comfort",
+                "friendly_name": friendly, "supported_features": 401
+            }),
+        }
+    }
+
+    /// Moves to the next state and returns its text.
+    fn step(&mut self, rng: &mut StdRng) -> String {
+        match self.kind {
+            Kind::Temperature => {
+                self.level = (self.level + rng.random_range(-0.3..0.3)).clamp(-15.0, 35.0);
+                format!("{:.1}", self.level)
+            }
+            Kind::Humidity => {
+                self.level = (self.level + rng.random_range(-1.0..1.0)).clamp(20.0, 95.0);
+                format!("{:.0}", self.level)
+            }
+            Kind::Power => {
+                self.level = (self.level + rng.random_range(-40.0..40.0)).clamp(0.0, 3_000.0);
+                format!("{:.1}", self.level)
+            }
+            Kind::Energy => {
+                self.level += rng.random_range(0.0..0.05);
+                format!("{:.3}", self.level)
+            }
+            Kind::Battery => {
+                self.level = (self.level - rng.random_range(0.0..0.05)).max(1.0);
+                format!("{:.0}", self.level)
+            }
+            Kind::Signal => {
+                self.level = (self.level + rng.random_range(-2.0..2.0)).clamp(-95.0, -30.0);
+                format!("{:.0}", self.level)
+            }
+            Kind::Motion | Kind::Door | Kind::Light | Kind::Switch => {
+                self.on = !self.on;
+                if self.kind == Kind::Light {
+                    self.level = rng.random_range(5.0..100.0);
+                }
+                if self.on { "on" } else { "off" }.to_string()
+            }
+            Kind::Climate => {
+                self.level = (self.level + rng.random_range(-0.2..0.2)).clamp(15.0, 25.0);
+                self.on = self.level < 21.0;
+                if rng.random_bool(0.02) { "off" } else { "heat" }.to_string()
+            }
+        }
+    }
+}
+
+/// The entities of the generated home, reproducible from the seed.
+fn home(entities: usize, rng: &mut StdRng) -> Vec<Sim> {
+    let mut sims = Vec::with_capacity(entities);
+    let mut counts = [0usize; Kind::MIX.len()];
+    for i in 0..entities {
+        // Deal kinds by their share, so any size has the same mix.
+        let pos = (i as f64 + 0.5) / entities as f64;
+        let mut acc = 0.0;
+        let mut slot = Kind::MIX.len() - 1;
+        for (j, (_, share)) in Kind::MIX.iter().enumerate() {
+            acc += share;
+            if pos < acc {
+                slot = j;
+                break;
+            }
+        }
+        let kind = Kind::MIX[slot].0;
+        let index = counts[slot];
+        counts[slot] += 1;
+        let (domain, what) = kind.name();
+        let Ok(id) = EntityId::new(&format!("{domain}.{what}_{index}")) else {
+            continue;
+        };
+        let level = match kind {
+            Kind::Temperature => rng.random_range(18.0..23.0),
+            Kind::Humidity => rng.random_range(40.0..60.0),
+            Kind::Power => rng.random_range(0.0..500.0),
+            Kind::Energy => rng.random_range(100.0..5_000.0),
+            Kind::Battery => 100.0,
+            Kind::Signal => -60.0,
+            Kind::Climate => 20.0,
+            _ => 0.0,
+        };
+        let mean_interval = kind.mean_interval(rng);
+        sims.push(Sim {
+            id,
+            kind,
+            index,
+            mean_interval,
+            level,
+            on: false,
+        });
+    }
+    sims
+}
+
+/// Generates the history in time order and hands each event to `each`.
+fn generate(
+    opts: &BenchOptions,
+    mut each: impl FnMut(&Event) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let mut sims = home(opts.entities, &mut rng);
+    let start = END_NS - i64::from(opts.days) * DAY_NS;
+    // Min-heap of (next time, entity).
+    let mut heap: BinaryHeap<std::cmp::Reverse<(i64, usize)>> = BinaryHeap::new();
+    for (i, s) in sims.iter().enumerate() {
+        let first = start + (rng.random_range(0.0..s.mean_interval) * 1e9) as i64;
+        heap.push(std::cmp::Reverse((first, i)));
+    }
+    let source: Arc<str> = Arc::from("bench");
+    let mut events = 0u64;
+    while let Some(std::cmp::Reverse((t, i))) = heap.pop() {
+        if t >= END_NS {
+            continue;
+        }
+        let sim = &mut sims[i];
+        let state = sim.step(&mut rng);
+        let attributes = match sim.attributes() {
+            Value::Object(m) => m.into(),
+            _ => Default::default(),
+        };
+        let ts = Timestamp::from_nanos(t);
+        let event = Event {
+            meta: Default::default(),
+            source: source.clone(),
+            time_fired: ts,
+            origin: Origin::Local,
+            context: Context::default(),
+            kind: EventKind::StateChanged(Box::new(StateChanged {
+                entity_id: sim.id.clone(),
+                old_state: None,
+                new_state: Some(State {
+                    entity_id: sim.id.clone(),
+                    state,
+                    attributes,
+                    last_changed: ts,
+                    last_reported: None,
+                    last_updated: ts,
+                    context: None,
+                }),
+            })),
+        };
+        each(&event)?;
+        events += 1;
+        // Exponential gaps around the entity's mean, at least one second.
+        let u: f64 = rng.random_range(f64::EPSILON..1.0);
+        let gap = (-u.ln() * sim.mean_interval).max(1.0);
+        heap.push(std::cmp::Reverse((t + (gap * 1e9) as i64, i)));
+    }
+    Ok(events)
+}
+
+// ---------------------------------------------------------------------------
+// A private influxd.
+
+/// A throw-away `influxd` on a free loopback port; killed and its folder removed on drop.
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    url: String,
+    client: reqwest::Client,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).context("probing a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn influxd_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let p = dir.join("influxd");
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    let p = PathBuf::from("/usr/bin/influxd");
+    if p.is_file() {
+        return Ok(p);
+    }
+    bail!(
+        "influxd not found on PATH (schema bench needs InfluxDB 1.x's influxd; or pass --influxd)"
+    )
+}
+
+impl Server {
+    /// Starts a server, trying fresh ports up to three times (a probed port can be taken before influxd binds it).
+    async fn start(binary: &Path, label: &str) -> anyhow::Result<Server> {
+        let mut last = None;
+        for _ in 0..3 {
+            match Server::start_once(binary, label).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("influxd did not start")))
+    }
+
+    async fn start_once(binary: &Path, label: &str) -> anyhow::Result<Server> {
+        crate::ensure_crypto_provider();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "ha-ingestor-schema-bench-{label}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let http = free_port()?;
+        let rpc = free_port()?;
+        let config = format!(
+            r#"reporting-disabled = true
+bind-address = "127.0.0.1:{rpc}"
+[meta]
+  dir = "{d}/meta"
+  logging-enabled = false
+[data]
+  dir = "{d}/data"
+  wal-dir = "{d}/wal"
+  wal-fsync-delay = "0s"
+  query-log-enabled = false
+  cache-snapshot-write-cold-duration = "2s"
+  compact-full-write-cold-duration = "4s"
+[retention]
+  enabled = false
+[shard-precreation]
+  enabled = false
+[monitor]
+  store-enabled = false
+[subscriber]
+  enabled = false
+[continuous_queries]
+  enabled = false
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{http}"
+  log-enabled = false
+[logging]
+  level = "warn"
+  suppress-logo = true
+"#,
+            d = dir.display()
+        );
+        let conf_path = dir.join("influxdb.conf");
+        std::fs::write(&conf_path, config).context("writing the influxd config")?;
+        let log = std::fs::File::create(dir.join("influxd.log")).context("creating the log")?;
+        let child = Command::new(binary)
+            .arg("-config")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut server = Server {
+            child,
+            dir,
+            url: format!("http://127.0.0.1:{http}"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(300))
+                .build()
+                .context("building the HTTP client")?,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ping = server
+                .client
+                .get(format!("{}/ping", server.url))
+                .send()
+                .await;
+            if ping.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                bail!(
+                    "influxd exited ({status}); see its log: {}",
+                    std::fs::read_to_string(server.dir.join("influxd.log")).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("influxd did not answer /ping within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The port was free when probed; make sure the server that answers is ours and fresh.
+        let dbs = server.query("SHOW DATABASES").await?;
+        let alive = matches!(server.child.try_wait(), Ok(None));
+        if !alive || dbs.pointer("/results/0/series/0/values").is_some() {
+            bail!(
+                "{} is not the influxd just started (port taken meanwhile?)",
+                server.url
+            );
+        }
+        server.query(&format!("CREATE DATABASE \"{DB}\"")).await?;
+        Ok(server)
+    }
+
+    async fn query(&self, q: &str) -> anyhow::Result<Value> {
+        let mut url = url::Url::parse(&format!("{}/query", self.url)).context("query URL")?;
+        url.query_pairs_mut()
+            .extend_pairs([("db", DB), ("q", q), ("epoch", "ns")]);
+        let r = self
+            .client
+            .post(url)
+            .send()
+            .await
+            .with_context(|| format!("query {q}"))?;
+        let status = r.status();
+        let body = r.text().await.context("reading the query reply")?;
+        let json: Value = serde_json::from_str(&body)
+            .with_context(|| format!("query reply is not JSON: {body}"))?;
+        if !status.is_success() || json.pointer("/results/0/error").is_some() {
+            bail!("query {q} failed: {status} {body}");
+        }
+        Ok(json)
+    }
+
+    async fn write(&self, body: String) -> anyhow::Result<()> {
+        let r = self
+            .client
+            .post(format!("{}/write?db={DB}&precision=ns", self.url))
+            .body(body)
+            .send()
+            .await
+            .context("writing a batch")?;
+        if r.status().as_u16() != 204 {
+            let status = r.status();
+            bail!(
+                "write refused: {status} {}",
+                r.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// Bytes under a folder.
+    fn du(path: &Path) -> u64 {
+        let mut total = 0;
+        let Ok(entries) = std::fs::read_dir(path) else {
+            return 0;
+        };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += Server::du(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+        total
+    }
+
+    /// Waits until the cache is written to TSM files and compactions settle (size unchanged for 6 s), then measures.
+    async fn settled_disk_bytes(&self) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let measure = || Server::du(&self.dir.join("data")) + Server::du(&self.dir.join("wal"));
+        let mut last = measure();
+        let mut stable_since = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = measure();
+            let wal_small = Server::du(&self.dir.join("wal")) < 64 * 1024;
+            if now != last || !wal_small {
+                last = now;
+                stable_since = Instant::now();
+            } else if stable_since.elapsed() >= Duration::from_secs(6) {
+                return Ok(now);
+            }
+            if Instant::now() > deadline {
+                tracing::warn!("influxd compaction did not settle within 180 s; measuring anyway");
+                return Ok(now);
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The queries.
+
+/// The dashboard queries, by name.
+pub const QUERIES: [&str; 6] = [
+    "last value of one sensor",
+    "5-min mean of one sensor, 24 h",
+    "5-min mean of one sensor, 7 d",
+    "all lights' states, 24 h",
+    "energy per day (all meters), 30 d",
+    "top 10 entities by changes, 30 d",
+];
+
+/// The InfluxQL of query `i` for `mode`, over the history ending at [`END_NS`].
+fn query_text(i: usize, mode: SchemaMode, days: u32) -> String {
+    let since = |d: i64| format!("time >= {} AND time < {END_NS}", END_NS - d * DAY_NS);
+    let ha = mode == SchemaMode::Homeassistant;
+    let (temp_m, temp_id) = if ha {
+        ("\"°C\"", "'temperature_0'")
+    } else {
+        ("\"sensor__temperature\"", "'sensor.temperature_0'")
+    };
+    let all = i64::from(days);
+    match i {
+        0 => format!("SELECT last(\"value\") FROM {temp_m} WHERE \"entity_id\" = {temp_id}"),
+        1 | 2 => format!(
+            "SELECT mean(\"value\") FROM {temp_m} WHERE \"entity_id\" = {temp_id} AND {} GROUP BY time(5m) fill(none)",
+            since(if i == 1 { 1 } else { 7 })
+        ),
+        3 if ha => format!("SELECT \"state\" FROM /^light\\./ WHERE {}", since(1)),
+        3 => format!(
+            "SELECT \"state\" FROM \"light\" WHERE {} GROUP BY \"entity_id\"",
+            since(1)
+        ),
+        4 => format!(
+            "SELECT sum(\"used\") FROM (SELECT spread(\"value\") AS \"used\" FROM {} WHERE {} GROUP BY time(1d), \"entity_id\") WHERE {} GROUP BY time(1d) fill(none)",
+            if ha { "\"kWh\"" } else { "\"sensor__energy\"" },
+            since(all),
+            since(all)
+        ),
+        _ => format!(
+            "SELECT count(\"value\"), count(\"state\") FROM /.*/ WHERE {} GROUP BY \"entity_id\"",
+            since(all)
+        ),
+    }
+}
+
+/// Rows of a reply: values over every series; for the top-10 query, the number of entities ranked.
+fn rows_of(i: usize, mode: SchemaMode, reply: &Value) -> usize {
+    let series = reply
+        .pointer("/results/0/series")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if i != 5 {
+        return series
+            .iter()
+            .map(|s| s["values"].as_array().map_or(0, Vec::len))
+            .sum();
+    }
+    top_entities(mode, &series).len()
+}
+
+/// The ten entities with the most points. In HA's layout a point has `value`,
+/// `state` or both (on/off), so an entity's count is the larger of the two; in
+/// the optimized layout exactly one, so it is their sum.
+fn top_entities(mode: SchemaMode, series: &[Value]) -> Vec<(String, u64)> {
+    let mut counts: Vec<(String, u64)> = Vec::new();
+    for s in series {
+        let name = format!(
+            "{}/{}",
+            s["name"].as_str().unwrap_or(""),
+            s.pointer("/tags/entity_id")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        );
+        for row in s["values"].as_array().into_iter().flatten() {
+            let v = row.get(1).and_then(Value::as_u64).unwrap_or(0);
+            let st = row.get(2).and_then(Value::as_u64).unwrap_or(0);
+            let n = if mode == SchemaMode::Homeassistant {
+                v.max(st)
+            } else {
+                v + st
+            };
+            counts.push((name.clone(), n));
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    counts.truncate(10);
+    counts
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Loads the history in one mode into a fresh server and measures the database.
+async fn load_mode(
+    opts: &BenchOptions,
+    binary: &Path,
+    mode: SchemaMode,
+) -> anyhow::Result<(Server, ModeReport, u64)> {
+    let label = match mode {
+        SchemaMode::Homeassistant => "homeassistant",
+        SchemaMode::Optimized => "optimized",
+    };
+    let server = Server::start(binary, label).await?;
+    let schema = SchemaConfig {
+        mode,
+        ..SchemaConfig::default()
+    };
+    let started = Instant::now();
+    // Events are generated and encoded on a blocking thread while batches are written here.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(2);
+    let gen_opts = opts.clone();
+    let producer = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64, u64)> {
+        let mut pipeline = Pipeline::new(&FilterConfig::default(), &schema)?;
+        let mut body = String::with_capacity(BATCH_LINES * 300);
+        let mut lines = 0usize;
+        let mut points = 0u64;
+        let mut bytes = 0u64;
+        let events = generate(&gen_opts, |event| {
+            if let Outcome::Points(n) = pipeline.process(event, &mut body) {
+                lines += n;
+                points += n as u64;
+            }
+            if lines >= BATCH_LINES {
+                bytes += body.len() as u64;
+                let batch = std::mem::replace(&mut body, String::with_capacity(BATCH_LINES * 300));
+                tx.blocking_send(batch)
+                    .map_err(|_| anyhow::anyhow!("the writer stopped"))?;
+                lines = 0;
+            }
+            Ok(())
+        })?;
+        if !body.is_empty() {
+            bytes += body.len() as u64;
+            tx.blocking_send(body)
+                .map_err(|_| anyhow::anyhow!("the writer stopped"))?;
+        }
+        Ok((events, points, bytes))
+    });
+    while let Some(batch) = rx.recv().await {
+        server.write(batch).await?;
+    }
+    let (events, points, bytes) = producer.await.context("the generator thread")??;
+    let load_seconds = started.elapsed().as_secs_f64();
+    let disk_bytes = server.settled_disk_bytes().await?;
+
+    // Distinct series keys (the cardinality commands count per shard).
+    let sk = server.query("SHOW SERIES").await?;
+    let series = sk
+        .pointer("/results/0/series/0/values")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|row| row.get(0).and_then(Value::as_str))
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64;
+    // (series, field) pairs with data: one count column per field of each series.
+    let counts = server.query("SELECT count(*) FROM /.*/ GROUP BY *").await?;
+    let field_series: u64 = counts
+        .pointer("/results/0/series")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["values"].as_array().cloned().unwrap_or_default())
+        .map(|row| {
+            row.as_array().map_or(0, |r| {
+                r.iter()
+                    .skip(1)
+                    .filter(|v| v.as_u64().is_some_and(|n| n > 0))
+                    .count() as u64
+            })
+        })
+        .sum();
+    let ms = server.query("SHOW MEASUREMENTS").await?;
+    let measurements = ms
+        .pointer("/results/0/series/0/values")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len) as u64;
+    let fk = server.query("SHOW FIELD KEYS").await?;
+    let field_keys: u64 = fk
+        .pointer("/results/0/series")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|s| s["values"].as_array().map_or(0, Vec::len) as u64)
+        .sum();
+    Ok((
+        server,
+        ModeReport {
+            mode: label.to_string(),
+            points,
+            line_bytes: bytes,
+            load_seconds,
+            series,
+            field_series,
+            measurements,
+            field_keys,
+            disk_bytes,
+        },
+        events,
+    ))
+}
+
+/// Times one query once; checks it still gives `rows` rows.
+async fn timed(
+    server: &Server,
+    i: usize,
+    mode: SchemaMode,
+    q: &str,
+    rows: usize,
+) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let reply = server.query(q).await?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    if rows_of(i, mode, &reply) != rows {
+        bail!("query {q} gave a different result on a repeat");
+    }
+    Ok(ms)
+}
+
+/// Runs the whole comparison: both modes loaded, one after the other, into
+/// their own servers; then each query's timed runs alternate between the two
+/// servers (and which goes first), so load from elsewhere on the machine hits
+/// both alike.
+pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
+    if opts.entities == 0 || opts.days == 0 {
+        bail!("--entities and --days must be above zero");
+    }
+    let binary = influxd_binary(opts.influxd.as_deref())?;
+    let (ha_server, ha, events) = load_mode(opts, &binary, SchemaMode::Homeassistant).await?;
+    let (opt_server, opt, _) = load_mode(opts, &binary, SchemaMode::Optimized).await?;
+    let modes = [
+        (SchemaMode::Homeassistant, &ha_server),
+        (SchemaMode::Optimized, &opt_server),
+    ];
+    let mut queries = Vec::with_capacity(QUERIES.len());
+    for (i, name) in QUERIES.iter().enumerate() {
+        let mut texts = Vec::with_capacity(2);
+        let mut rows = Vec::with_capacity(2);
+        for (mode, server) in modes {
+            let q = query_text(i, mode, opts.days);
+            let warm = server.query(&q).await?;
+            rows.push(rows_of(i, mode, &warm));
+            texts.push(q);
+        }
+        let mut times = [Vec::with_capacity(opts.runs), Vec::with_capacity(opts.runs)];
+        for run in 0..opts.runs.max(1) {
+            let order: [usize; 2] = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+            for m in order {
+                let (mode, server) = modes[m];
+                times[m].push(timed(server, i, mode, &texts[m], rows[m]).await?);
+            }
+        }
+        let [th, to] = times;
+        let [qh, qo]: [String; 2] = [texts[0].clone(), texts[1].clone()];
+        let h = QueryRun {
+            query: qh,
+            median_ms: median(&th),
+            runs_ms: th,
+            rows: rows[0],
+        };
+        let o = QueryRun {
+            query: qo,
+            median_ms: median(&to),
+            runs_ms: to,
+            rows: rows[1],
+        };
+        queries.push(QueryRow {
+            name: name.to_string(),
+            speedup: h.median_ms / o.median_ms.max(1e-6),
+            homeassistant: h,
+            optimized: o,
+        });
+    }
+    drop(ha_server);
+    drop(opt_server);
+    let speedups: Vec<f64> = queries.iter().map(|q| q.speedup).collect();
+    let total_ha: f64 = queries.iter().map(|q| q.homeassistant.median_ms).sum();
+    let total_opt: f64 = queries.iter().map(|q| q.optimized.median_ms).sum();
+    Ok(BenchReport {
+        entities: opts.entities,
+        days: opts.days,
+        seed: opts.seed,
+        runs: opts.runs,
+        events,
+        modes: vec![ha, opt],
+        median_speedup: median(&speedups),
+        total_speedup: total_ha / total_opt.max(1e-6),
+        queries,
+    })
+}
+
+/// The report as a Markdown-friendly text table.
+pub fn render_text(r: &BenchReport) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "schema bench: {} entities x {} days, seed {}, {} state changes, median of {} runs after a warm-up\n",
+        r.entities, r.days, r.seed, r.events, r.runs
+    );
+    let _ = writeln!(
+        s,
+        "| query | homeassistant ms | optimized ms | speedup | rows (ha / opt) |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---|");
+    for q in &r.queries {
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} | {:.1} | {:.2}x | {} / {} |",
+            q.name,
+            q.homeassistant.median_ms,
+            q.optimized.median_ms,
+            q.speedup,
+            q.homeassistant.rows,
+            q.optimized.rows
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nmedian speedup {:.2}x, total time speedup {:.2}x\n",
+        r.median_speedup, r.total_speedup
+    );
+    let _ = writeln!(
+        s,
+        "| mode | points | line bytes | load s | series | series x fields | measurements | field keys | disk bytes |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for m in &r.modes {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.1} | {} | {} | {} | {} | {} |",
+            m.mode,
+            m.points,
+            m.line_bytes,
+            m.load_seconds,
+            m.series,
+            m.field_series,
+            m.measurements,
+            m.field_keys,
+            m.disk_bytes
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(seed: u64) -> Vec<(String, String, i64)> {
+        let opts = BenchOptions {
+            entities: 30,
+            days: 1,
+            seed,
+            ..BenchOptions::default()
+        };
+        let mut out = Vec::new();
+        generate(&opts, |e| {
+            if let EventKind::StateChanged(sc) = &e.kind
+                && let Some(s) = &sc.new_state
+            {
+                out.push((
+                    s.entity_id.to_string(),
+                    s.state.clone(),
+                    e.time_fired.as_nanos(),
+                ));
+            }
+            Ok(())
+        })
+        .expect("generate");
+        out
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_history_in_time_order() {
+        let a = history(3);
+        assert_eq!(a, history(3));
+        assert_ne!(a, history(4));
+        assert!(a.windows(2).all(|w| w[0].2 <= w[1].2), "time order");
+        assert!(
+            a.iter()
+                .all(|(_, _, t)| (END_NS - DAY_NS..END_NS).contains(t))
+        );
+        // Every kind of entity shows up and changes.
+        for prefix in [
+            "sensor.temperature_",
+            "sensor.energy_",
+            "light.",
+            "switch.",
+            "climate.",
+            "binary_sensor.motion_",
+        ] {
+            assert!(
+                a.iter().any(|(id, _, _)| id.starts_with(prefix)),
+                "{prefix}"
+            );
+        }
+    }
+
+    #[test]
+    fn top_entities_count_points_by_layout() {
+        let series = vec![json!({
+            "name": "light.a", "tags": {"entity_id": "a"},
+            "columns": ["time", "count", "count_1"], "values": [[0, 5, 5]]
+        })];
+        assert_eq!(top_entities(SchemaMode::Homeassistant, &series)[0].1, 5);
+        let series = vec![json!({
+            "name": "climate", "tags": {"entity_id": "climate.c"},
+            "columns": ["time", "count", "count_1"], "values": [[0, 2, 3]]
+        })];
+        assert_eq!(top_entities(SchemaMode::Optimized, &series)[0].1, 5);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}
