@@ -164,6 +164,11 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         (None, None)
     };
 
+    // Retention status for its gauges: checked now and every ten minutes until the monitor stops.
+    if let Some(watcher) = crate::schema::retention::watcher(cfg) {
+        tokio::spawn(watcher.run(monitor_token.clone()));
+    }
+
     // Built before anything is spawned, so a bad sink setting fails start-up cleanly.
     let sink = build_sink(cfg)?;
     let handoff = Handoff::new();

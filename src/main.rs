@@ -90,15 +90,53 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
-    /// Schema tools: compare the schema modes.
+    /// Measure the stored schema, plan a better one, migrate data into it, compare the schema modes.
     Schema {
         #[command(subcommand)]
         what: SchemaCommand,
     },
+    /// Retention policies and downsampling of `[retention]` (InfluxDB 1.x).
+    Retention {
+        #[command(subcommand)]
+        what: RetentionCommand,
+    },
+}
+
+/// Which InfluxDB the schema tools read: a config's `[influxdb]`, or a URL and database.
+#[derive(clap::Args, Clone)]
+struct InfluxTarget {
+    /// A config whose `[influxdb]` section (and `[retention]`) is used.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// InfluxDB URL (instead of, or overriding, the config's).
+    #[arg(long)]
+    influx_url: Option<String>,
+    /// Database (v1) or bucket (v2 compatibility API), overriding the config's.
+    #[arg(long)]
+    database: Option<String>,
 }
 
 #[derive(Subcommand)]
 enum SchemaCommand {
+    /// Report series per measurement, high-cardinality tags, type conflicts, `_str` twins, garbage twins, sprawl.
+    Analyze {
+        #[command(flatten)]
+        target: InfluxTarget,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Do not count points per measurement (faster on big databases).
+        #[arg(long)]
+        no_point_counts: bool,
+    },
+    /// Propose an `optimized` schema configuration (a TOML snippet) from the analysis.
+    Plan {
+        #[command(flatten)]
+        target: InfluxTarget,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load the same generated history in each schema mode into a private influxd and time dashboard queries.
     Bench {
         /// Entities in the generated home.
@@ -117,6 +155,56 @@ enum SchemaCommand {
         #[arg(long)]
         influxd: Option<PathBuf>,
         /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy points of the `homeassistant` layout into the layout of `--to-config`'s `[schema]`.
+    Migrate {
+        #[command(flatten)]
+        target: InfluxTarget,
+        /// Config whose `[schema]` (usually `mode = "optimized"`) encodes the copies.
+        #[arg(long)]
+        to_config: PathBuf,
+        /// Database to write into (default: the source database).
+        #[arg(long)]
+        to_database: Option<String>,
+        /// Retention policy to write into (default: the database's default).
+        #[arg(long)]
+        to_retention_policy: Option<String>,
+        /// Where progress is saved, so an interrupted run resumes.
+        #[arg(long, default_value = "migrate-state.json")]
+        state: PathBuf,
+        /// Width of one time chunk.
+        #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
+        chunk: Duration,
+        /// Start of the range (RFC 3339; default: the oldest point).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the range, exclusive (RFC 3339; default: just after the newest point).
+        #[arg(long)]
+        until: Option<String>,
+        /// Stop after this many chunks (resume later with the same state file).
+        #[arg(long)]
+        max_chunks: Option<usize>,
+        /// Read, rebuild and encode, but write nothing and save no progress.
+        #[arg(long)]
+        dry_run: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Show the difference between the database and `[retention]`; change it with `--yes`.
+    Apply {
+        #[command(flatten)]
+        target: InfluxTarget,
+        /// Make the changes (without it, only the difference is shown).
+        #[arg(long)]
+        yes: bool,
+        /// Print the difference as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -359,6 +447,14 @@ fn main() -> ExitCode {
             });
             report(result)
         }
+        Command::Schema { what } => {
+            init_logging(flag_format.unwrap_or_default(), "warn");
+            report(runtime.block_on(schema_command(what)))
+        }
+        Command::Retention { what } => {
+            init_logging(flag_format.unwrap_or_default(), "warn");
+            report(runtime.block_on(retention_command(what)))
+        }
         Command::Bench {
             what:
                 BenchCommand::Buffer {
@@ -515,18 +611,50 @@ fn main() -> ExitCode {
             })();
             report(result)
         }
-        Command::Schema {
-            what:
-                SchemaCommand::Bench {
-                    entities,
-                    days,
-                    runs,
-                    seed,
-                    influxd,
-                    json,
-                },
+    }
+}
+
+/// The config (if any) and the InfluxDB connection of a schema tool.
+fn influx_target(
+    target: &InfluxTarget,
+) -> anyhow::Result<(Option<Config>, ha_ingestor::config::InfluxConfig)> {
+    let cfg = match &target.config {
+        Some(path) => Some(Config::load(path)?),
+        None => None,
+    };
+    let mut influx = match (
+        cfg.as_ref().and_then(|c| c.influxdb.clone()),
+        &target.influx_url,
+    ) {
+        (Some(mut i), url) => {
+            if let Some(url) = url {
+                i.url = url.clone();
+            }
+            i
+        }
+        (None, Some(url)) => ha_ingestor::config::InfluxConfig::v1(url.clone(), ""),
+        (None, None) => anyhow::bail!("give --config with an [influxdb] section, or --influx-url"),
+    };
+    if let Some(db) = &target.database {
+        match influx.api {
+            ha_ingestor::config::InfluxApi::V1 => influx.database = Some(db.clone()),
+            ha_ingestor::config::InfluxApi::V2 => influx.bucket = Some(db.clone()),
+        }
+    }
+    Ok((cfg, influx))
+}
+
+async fn schema_command(what: SchemaCommand) -> anyhow::Result<()> {
+    use ha_ingestor::schema::{analyze, influxql::InfluxQl, migrate, plan};
+    match what {
+        SchemaCommand::Bench {
+            entities,
+            days,
+            runs,
+            seed,
+            influxd,
+            json,
         } => {
-            init_logging(flag_format.unwrap_or_default(), "warn");
             let opts = ha_ingestor::schema::bench::BenchOptions {
                 entities,
                 days,
@@ -534,18 +662,140 @@ fn main() -> ExitCode {
                 seed,
                 influxd,
             };
-            let result = runtime.block_on(async {
-                let r = ha_ingestor::schema::bench::run(&opts).await?;
-                if json {
-                    println!("{}", serde_json::to_string(&r)?);
-                } else {
-                    print!("{}", ha_ingestor::schema::bench::render_text(&r));
-                }
-                anyhow::Ok(())
-            });
-            report(result)
+            let r = ha_ingestor::schema::bench::run(&opts).await?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print!("{}", ha_ingestor::schema::bench::render_text(&r));
+            }
+        }
+        SchemaCommand::Analyze {
+            target,
+            json,
+            no_point_counts,
+        } => {
+            let (cfg, influx) = influx_target(&target)?;
+            let db = InfluxQl::new(&influx)?;
+            let mut opts = analyze::AnalyzeOptions {
+                count_points: !no_point_counts,
+                ..Default::default()
+            };
+            if let Some(cfg) = cfg {
+                opts.events_measurement = cfg.schema.events_measurement;
+            }
+            let a = analyze::analyze(&db, &opts).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&a)?);
+            } else {
+                print!("{}", a.to_text());
+            }
+        }
+        SchemaCommand::Plan { target, json } => {
+            let (cfg, influx) = influx_target(&target)?;
+            let db = InfluxQl::new(&influx)?;
+            let mut opts = analyze::AnalyzeOptions::default();
+            if let Some(cfg) = cfg {
+                opts.events_measurement = cfg.schema.events_measurement;
+            }
+            let a = analyze::analyze(&db, &opts).await?;
+            let p = plan::plan(&a, &opts.events_measurement);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                print!("{}", p.to_text());
+            }
+        }
+        SchemaCommand::Migrate {
+            target,
+            to_config,
+            to_database,
+            to_retention_policy,
+            state,
+            chunk,
+            from,
+            until,
+            max_chunks,
+            dry_run,
+            quiet,
+        } => {
+            let (_, influx) = influx_target(&target)?;
+            let db = InfluxQl::new(&influx)?;
+            let to = Config::load(&to_config)?;
+            let parse = |t: &Option<String>| -> anyhow::Result<Option<i64>> {
+                t.as_deref()
+                    .map(|t| ha_ingestor::event::Timestamp::parse_rfc3339(t).map(|ts| ts.0))
+                    .transpose()
+                    .context("--from/--until")
+            };
+            let opts = migrate::MigrateOptions {
+                schema: to.schema,
+                to_database: to_database.unwrap_or_else(|| db.database().to_string()),
+                to_retention_policy,
+                state_file: state,
+                chunk,
+                from: parse(&from)?,
+                until: parse(&until)?,
+                max_chunks,
+                dry_run,
+                progress: !quiet,
+            };
+            let r = migrate::migrate(&db, &opts).await?;
+            print!("{}", r.to_text());
+            anyhow::ensure!(r.mismatches == 0, "{} chunks did not verify", r.mismatches);
         }
     }
+    Ok(())
+}
+
+async fn retention_command(what: RetentionCommand) -> anyhow::Result<()> {
+    use ha_ingestor::schema::{influxql::InfluxQl, retention};
+    let RetentionCommand::Apply { target, yes, json } = what;
+    let (cfg, influx) = influx_target(&target)?;
+    anyhow::ensure!(
+        influx.api == ha_ingestor::config::InfluxApi::V1,
+        "retention apply manages InfluxDB 1.x retention policies and continuous queries; for v2 see docs/schema-tools.md"
+    );
+    let cfg = cfg.context("retention apply needs --config with a [retention] section")?;
+    let database = cfg
+        .retention
+        .database
+        .clone()
+        .or(target.database.clone())
+        .or(influx.database.clone())
+        .context("no database: set retention.database or influxdb.database")?;
+    let raw_policy = cfg
+        .retention
+        .raw_policy
+        .clone()
+        .or(influx.retention_policy.clone())
+        .unwrap_or_else(|| "autogen".into());
+    let db = InfluxQl::new(&influx)?.with_database(&database);
+    let diff = retention::diff(&db, &cfg.retention, &raw_policy).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&diff)?);
+    } else {
+        print!("{}", diff.to_text());
+    }
+    if diff.changes.is_empty() {
+        if !json {
+            println!("nothing to change");
+        }
+    } else if yes {
+        retention::apply(&db, &diff).await?;
+        let after = retention::diff(&db, &cfg.retention, &raw_policy).await?;
+        anyhow::ensure!(
+            after.changes.is_empty(),
+            "after applying, {} changes remain:\n{}",
+            after.changes.len(),
+            after.to_text()
+        );
+        if !json {
+            println!("applied {} changes", diff.changes.len());
+        }
+    } else if !json {
+        println!("dry run: run again with --yes to apply");
+    }
+    Ok(())
 }
 
 /// The frames to measure: a recording, or the built-in corpus.

@@ -79,3 +79,7 @@ pub const BUFFER_CORRUPT_RECORDS: &str = "ha_ingestor_buffer_corrupt_records_tot
 pub const BUFFER_FULL_WAITS: &str = "ha_ingestor_buffer_full_waits_total";
 /// Gauge: sequence number of the last buffer record made durable (fsynced).
 pub const BUFFER_DURABLE_SEQUENCE: &str = "ha_ingestor_buffer_durable_sequence";
+/// Gauge: 1 when the database's retention policies and continuous queries match `[retention]`, 0 when `retention apply` has changes to make.
+pub const RETENTION_IN_SYNC: &str = "ha_ingestor_retention_in_sync";
+/// Gauge: changes `retention apply` would make (policies to create or alter, continuous queries to create or replace).
+pub const RETENTION_PENDING_CHANGES: &str = "ha_ingestor_retention_pending_changes";
