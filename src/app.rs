@@ -82,6 +82,9 @@ pub enum StartError {
     /// The monitor listener could not bind.
     #[error(transparent)]
     Monitor(#[from] crate::monitor::http::ListenError),
+    /// An alert notifier could not be built.
+    #[error(transparent)]
+    Alerts(#[from] crate::monitor::alerts::AlertsError),
     /// The durable buffer could not be opened.
     #[error(transparent)]
     Buffer(#[from] BufferError),
@@ -112,6 +115,7 @@ pub struct Running {
     buffered: Option<Buffered>,
     sink: JoinHandle<()>,
     monitor: Option<JoinHandle<()>>,
+    alerting: Option<crate::monitor::alerts::Alerting>,
     _lock: File,
 }
 
@@ -166,6 +170,8 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
     let (sink_rx, acks, buffered) = if cfg.buffer.enabled {
         let buffer = open_buffer(cfg).await?;
+        metrics::gauge!(crate::monitor::metrics::BUFFER_CAPACITY_BYTES)
+            .set(cfg.buffer.max_bytes as f64);
         let (sink_rx, acks, buffered) = start_buffer(buffer, chunk_rx, &stats, &handoff)?;
         (sink_rx, Some(acks), Some(buffered))
     } else {
@@ -184,6 +190,11 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
 
     let pipeline = tokio::spawn(pipeline.run(event_rx, chunk_tx, stats.clone()));
 
+    // Alert notifications to Home Assistant travel over the source's connection.
+    let ha_commands = crate::source::homeassistant::commands::Commands::default();
+    let alerting =
+        crate::monitor::alerts::start(&cfg.alerts, stats.alerts.clone(), Some(&ha_commands))?;
+
     let sources_token = CancellationToken::new();
     let source_id: SourceId = Arc::from("homeassistant");
     let ctx = SourceContext {
@@ -193,6 +204,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         shutdown: sources_token.clone(),
         cursor_dir: Some(cfg.data_dir.join("cursor")),
         handoff,
+        commands: ha_commands,
     };
     let sources = vec![tokio::spawn(client::run(ha, source_id, ctx))];
 
@@ -208,6 +220,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         buffered,
         sink,
         monitor,
+        alerting,
         _lock: lock,
     })
 }
@@ -515,6 +528,9 @@ impl Running {
                 Ok(_) => {}
                 Err(error) => tracing::error!(message = "The buffer close task failed.", %error),
             }
+        }
+        if let Some(alerting) = self.alerting {
+            alerting.stop().await;
         }
         self.monitor_token.cancel();
         if let Some(monitor) = self.monitor {

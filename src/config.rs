@@ -92,6 +92,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Alert rules and notifiers.
+    #[serde(default)]
+    pub alerts: crate::monitor::alerts::AlertsConfig,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -851,6 +854,9 @@ impl Config {
             key: key.to_string(),
             message,
         };
+        self.alerts
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         if let Some(ha) = &self.homeassistant {
             let ws = ha.websocket_url();
             let parsed = url::Url::parse(&ws)

@@ -104,6 +104,7 @@ fn spawn_client(
         shutdown: shutdown.clone(),
         cursor_dir,
         handoff: ha_ingestor::handoff::Handoff::new(),
+        commands: Default::default(),
     };
     let task = tokio::spawn(client::run(cfg, source(), ctx));
     (rx, stats, shutdown, task)

@@ -29,4 +29,6 @@ pub struct SourceContext {
     pub cursor_dir: Option<PathBuf>,
     /// Where a source that acknowledges upstream registers to learn when its events are safe.
     pub handoff: Arc<Handoff>,
+    /// Commands to send to Home Assistant over this source's connection (alert notifications).
+    pub commands: homeassistant::commands::Commands,
 }
