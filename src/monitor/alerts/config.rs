@@ -645,3 +645,125 @@ impl Condition {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> AlertsConfig {
+        toml::from_str(text).expect("parses")
+    }
+
+    #[test]
+    fn built_ins_are_on_and_can_be_disabled_or_replaced() {
+        let names = |c: &AlertsConfig| -> Vec<String> {
+            c.effective_rules().into_iter().map(|r| r.name).collect()
+        };
+        assert_eq!(names(&AlertsConfig::default()), BUILTIN_RULE_NAMES);
+        let c = parse(
+            r#"
+            disabled_rules = ["event_rate_anomaly"]
+            [[rules]]
+            name = "no_writes"
+            condition = { type = "no_writes", after = "1m" }
+            for = "30s"
+            "#,
+        );
+        c.validate().expect("valid");
+        assert_eq!(
+            names(&c),
+            [
+                "ha_disconnected",
+                "buffer_filling",
+                "dead_letters_rising",
+                "no_writes"
+            ]
+        );
+        let mine = c.effective_rules().pop().unwrap();
+        assert_eq!(mine.for_, Duration::from_secs(30));
+        assert_eq!(mine.resolve_after, Duration::from_secs(60));
+        assert_eq!(mine.severity, Severity::Warning);
+        assert!(mine.recovery && mine.notifiers.is_none());
+        assert_eq!(
+            mine.condition,
+            Condition::NoWrites {
+                after: Duration::from_secs(60)
+            }
+        );
+        assert!(parse("builtin_rules = false").effective_rules().is_empty());
+    }
+
+    #[test]
+    fn mistakes_are_named_by_key() {
+        let key = |text: &str| parse(text).validate().expect_err("invalid").0;
+        assert_eq!(key(r#"disabled_rules = ["nope"]"#), "alerts.disabled_rules");
+        assert_eq!(
+            key(r#"[[rules]]
+                name = "r"
+                notifiers = ["missing"]
+                condition = { type = "no_writes", after = "1m" }"#),
+            "alerts.rules[0].notifiers"
+        );
+        assert_eq!(
+            key(r#"[[rules]]
+                name = "r"
+                condition = { type = "threshold", metric = "m" }"#),
+            "alerts.rules[0].condition"
+        );
+        assert_eq!(
+            key(r#"[[notifiers]]
+                type = "mqtt"
+                name = "m"
+                host = "h"
+                topic = "a/#""#),
+            "alerts.notifiers[0].topic"
+        );
+        assert_eq!(
+            key(r#"[[notifiers]]
+                type = "webhook"
+                name = "w"
+                url = "ftp://x""#),
+            "alerts.notifiers[0].url"
+        );
+        assert_eq!(
+            key(r#"[[notifiers]]
+                type = "homeassistant"
+                name = "a"
+                [[notifiers]]
+                type = "homeassistant"
+                name = "a""#),
+            "alerts.notifiers[1].name"
+        );
+        // Unknown keys are errors, in conditions too.
+        assert!(
+            toml::from_str::<AlertsConfig>(
+                r#"[[rules]]
+                name = "r"
+                condition = { type = "no_writes", after = "1m", typo = 1 }"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let c = parse(
+            r#"[[notifiers]]
+            type = "webhook"
+            name = "w"
+            url = "https://user:pw@example.org/hook?key=s3cret"
+            headers = { Authorization = "Bearer s3cret" }
+            [[notifiers]]
+            type = "mqtt"
+            name = "m"
+            host = "h"
+            username = "u"
+            password = "s3cret""#,
+        );
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("pw@"),
+            "{debug}"
+        );
+    }
+}
