@@ -233,6 +233,26 @@ async fn influxdb_outage_fires_and_resolves_an_alert_to_the_webhook_and_home_ass
     })
     .await;
 
+    // The end-to-end latency and the process metrics are served at /metrics.
+    let metrics_url = format!("http://{}/metrics", running.monitor_addr().unwrap());
+    let text = client
+        .get(&metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "ha_ingestor_sink_end_to_end_latency_seconds_count{sink=\"influxdb\"}",
+        "ha_ingestor_process_resident_memory_bytes",
+        "ha_ingestor_process_open_fds",
+        "ha_ingestor_process_cpu_seconds_total",
+        "ha_ingestor_alert_firing{rule=\"influx_silent\",severity=\"critical\"} 0",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+
     let totals = running.stop().await;
     assert_eq!(totals.dropped, 0, "{totals:?}");
     stop_hook.cancel();
