@@ -82,6 +82,9 @@ pub enum StartError {
     /// The monitor listener could not bind.
     #[error(transparent)]
     Monitor(#[from] crate::monitor::http::ListenError),
+    /// An alert notifier could not be built.
+    #[error(transparent)]
+    Alerts(#[from] crate::monitor::alerts::AlertsError),
     /// The durable buffer could not be opened.
     #[error(transparent)]
     Buffer(#[from] BufferError),
@@ -117,6 +120,7 @@ pub struct Running {
     buffered: Option<Buffered>,
     sink: JoinHandle<()>,
     monitor: Option<JoinHandle<()>>,
+    alerting: Option<crate::monitor::alerts::Alerting>,
     _lock: File,
 }
 
@@ -176,6 +180,8 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
     let (sink_rx, acks, buffered) = if cfg.buffer.enabled {
         let buffer = open_buffer(cfg).await?;
+        metrics::gauge!(crate::monitor::metrics::BUFFER_CAPACITY_BYTES)
+            .set(cfg.buffer.max_bytes as f64);
         let (sink_rx, acks, buffered) = start_buffer(buffer, chunk_rx, &stats, &handoff)?;
         (sink_rx, Some(acks), Some(buffered))
     } else {
@@ -194,6 +200,11 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
 
     let pipeline = tokio::spawn(pipeline.run(event_rx, chunk_tx, stats.clone()));
 
+    // Alert notifications to Home Assistant travel over the source's connection.
+    let ha_commands = crate::source::homeassistant::commands::Commands::default();
+    let alerting =
+        crate::monitor::alerts::start(&cfg.alerts, stats.alerts.clone(), Some(&ha_commands))?;
+
     let sources_token = CancellationToken::new();
     let settled_token = CancellationToken::new();
     let background = tokio_util::task::TaskTracker::new();
@@ -207,6 +218,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         handoff,
         settled: settled_token.clone(),
         background: background.clone(),
+        commands: ha_commands,
     };
     // One connection, cursor and backfill per Home Assistant instance, named by it.
     let sources = cfg
@@ -232,6 +244,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         buffered,
         sink,
         monitor,
+        alerting,
         _lock: lock,
     })
 }
@@ -551,6 +564,9 @@ impl Running {
         self.settled_token.cancel();
         self.background.close();
         self.background.wait().await;
+        if let Some(alerting) = self.alerting {
+            alerting.stop().await;
+        }
         self.monitor_token.cancel();
         if let Some(monitor) = self.monitor {
             let _ = monitor.await;

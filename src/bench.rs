@@ -53,6 +53,8 @@ pub struct BenchReport {
     pub bytes_allocated_per_event: Option<f64>,
     /// Frames that failed to decode (should be 0 for recorded input).
     pub decode_errors: u64,
+    /// Whether the run recorded metrics as the service does (`--metrics`).
+    pub metrics: bool,
 }
 
 /// Reads one frame per line (the recorded `ha-ws-frames.jsonl` shape).
@@ -120,8 +122,74 @@ pub fn run_with(
     filter: &FilterConfig,
     schema: &SchemaConfig,
 ) -> Result<BenchReport, PipelineError> {
+    run_monitored(frames, input, min_seconds, filter, schema, false)
+}
+
+/// Events per batch of the pipeline task (its `recv_many` limit), where it updates its metrics.
+const PIPELINE_BATCH: usize = 1024;
+
+/// The metric updates the service makes on the hot path, for `bench pipeline --metrics`:
+/// per frame the source's bytes, per event its received counter (by event type) and
+/// `Stats`, per batch of [`PIPELINE_BATCH`] events the pipeline's gauge and
+/// counters. They go to whatever recorder is installed.
+struct HotPathMetrics {
+    stats: crate::monitor::Stats,
+    bytes: metrics::Counter,
+    by_type: std::collections::HashMap<String, metrics::Counter>,
+    in_batch: usize,
+    batch_points: u64,
+}
+
+impl HotPathMetrics {
+    fn new() -> Self {
+        HotPathMetrics {
+            stats: crate::monitor::Stats::default(),
+            bytes: metrics::counter!(crate::monitor::metrics::SOURCE_RECEIVED_BYTES, "source" => SOURCE),
+            by_type: std::collections::HashMap::new(),
+            in_batch: 0,
+            batch_points: 0,
+        }
+    }
+
+    fn frame(&self, len: usize) {
+        self.bytes.increment(len as u64);
+    }
+
+    fn event(&mut self, event_type: &str, points: u64) {
+        // As the HA source's meters: one handle per event type, made once.
+        match self.by_type.get(event_type) {
+            Some(c) => c.increment(1),
+            None => {
+                let c = metrics::counter!(crate::monitor::metrics::SOURCE_RECEIVED_EVENTS, "source" => SOURCE, "event_type" => event_type.to_string());
+                c.increment(1);
+                self.by_type.insert(event_type.to_string(), c);
+            }
+        }
+        crate::monitor::Stats::add(&self.stats.received, 1);
+        self.in_batch += 1;
+        self.batch_points += points;
+        if self.in_batch == PIPELINE_BATCH {
+            metrics::gauge!(crate::monitor::metrics::QUEUE_DEPTH, "queue" => "pipeline").set(0.0);
+            crate::monitor::Stats::add(&self.stats.encoded, self.batch_points);
+            metrics::counter!(crate::monitor::metrics::ENCODER_POINTS).increment(self.batch_points);
+            self.in_batch = 0;
+            self.batch_points = 0;
+        }
+    }
+}
+
+/// [`run_with`], and with `metrics` the service's metric updates on the hot path too.
+pub fn run_monitored(
+    frames: &[String],
+    input: &str,
+    min_seconds: f64,
+    filter: &FilterConfig,
+    schema: &SchemaConfig,
+    metrics: bool,
+) -> Result<BenchReport, PipelineError> {
     let source: SourceId = Arc::from(SOURCE);
     let mut pipeline = Pipeline::new(filter, schema)?;
+    let mut monitor = metrics.then(HotPathMetrics::new);
     let mut messages = Vec::with_capacity(64);
     let mut out = String::with_capacity(1 << 20);
     let counting = crate::alloc_counter::is_active();
@@ -129,6 +197,9 @@ pub fn run_with(
     let mut pass = |count: bool, totals: &mut (u64, u64, u64, u64, u64), out: &mut String| {
         for frame in frames {
             messages.clear();
+            if let Some(m) = &monitor {
+                m.frame(frame.len());
+            }
             decode_frame(frame, &source, &mut messages);
             for message in messages.drain(..) {
                 match message {
@@ -139,7 +210,15 @@ pub fn run_with(
                                 totals.1 += 1;
                             }
                         }
-                        if let Outcome::Points(n) = pipeline.process(&event, out)
+                        let outcome = pipeline.process(&event, out);
+                        if let Some(m) = &mut monitor {
+                            let points = match outcome {
+                                Outcome::Points(n) => n as u64,
+                                _ => 0,
+                            };
+                            m.event(event.event_type(), points);
+                        }
+                        if let Outcome::Points(n) = outcome
                             && count
                         {
                             totals.2 += n as u64;
@@ -195,6 +274,7 @@ pub fn run_with(
         allocs_per_event: counting.then(|| per_event(allocs_after - allocs_before)),
         bytes_allocated_per_event: counting.then(|| per_event(bytes_after - bytes_before)),
         decode_errors,
+        metrics,
     })
 }
 

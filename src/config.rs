@@ -95,6 +95,9 @@ pub struct Config {
     /// Retention and downsampling, applied by `ha-ingestor retention apply`.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Alert rules and notifiers.
+    #[serde(default)]
+    pub alerts: crate::monitor::alerts::AlertsConfig,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -963,6 +966,9 @@ impl Config {
             key: key.to_string(),
             message,
         };
+        self.alerts
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         let mut names = std::collections::BTreeSet::new();
         for ha in &self.homeassistant {
             if ha.name.is_empty()

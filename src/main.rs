@@ -245,6 +245,9 @@ enum BenchCommand {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// Record metrics as the service does (Prometheus recorder installed); without it no metric is touched.
+        #[arg(long)]
+        metrics: bool,
     },
     /// Measure the filter chain alone (cached and uncached) and its share of decode + chain + encode.
     Rules {
@@ -519,9 +522,13 @@ fn main() -> ExitCode {
                     coalesce,
                     config,
                     json,
+                    metrics,
                 },
         } => {
             init_logging(flag_format.unwrap_or_default(), "warn");
+            if metrics && ha_ingestor::monitor::http::prometheus().is_none() {
+                eprintln!("bench pipeline: the metrics recorder could not be installed");
+            }
             let result = (|| {
                 let (frames, name) = bench_frames(input.as_deref())?;
                 let (filter, schema, name) = match &config {
@@ -543,11 +550,15 @@ fn main() -> ExitCode {
                 } else {
                     (frames, name)
                 };
-                let r = bench::run_with(&frames, &name, seconds, &filter, &schema)?;
+                let r = bench::run_monitored(&frames, &name, seconds, &filter, &schema, metrics)?;
                 if json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
-                    println!("bench pipeline: {}", r.input);
+                    println!(
+                        "bench pipeline: {}{}",
+                        r.input,
+                        if r.metrics { ", metrics recorded" } else { "" }
+                    );
                     println!(
                         "  events            {} ({} state_changed) in {:.2} s",
                         r.events, r.state_changed, r.seconds

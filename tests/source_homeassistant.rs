@@ -116,6 +116,7 @@ fn spawn_client(
         handoff,
         settled: settled.clone(),
         background: background.clone(),
+        commands: Default::default(),
     };
     let task = tokio::spawn(async move {
         client::run(cfg, source(), ctx).await;

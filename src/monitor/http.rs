@@ -33,6 +33,12 @@ pub fn prometheus() -> Option<PrometheusHandle> {
                         Matcher::Full(names::SINK_BATCH_POINTS.to_string()),
                         &[1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0],
                     )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::SINK_END_TO_END_LATENCY.to_string()),
+                        super::latency::END_TO_END_BUCKETS,
+                    )
                 });
             let builder = match builder {
                 Ok(b) => b,
@@ -72,6 +78,7 @@ pub fn router(stats: Arc<Stats>) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
+        .route("/alerts", get(alerts_json))
         .with_state(state)
 }
 
@@ -92,6 +99,10 @@ async fn ready(State(state): State<AppState>) -> Response {
     (code, axum::Json(readiness)).into_response()
 }
 
+async fn alerts_json(State(state): State<AppState>) -> Response {
+    axum::Json(state.stats.alerts.view()).into_response()
+}
+
 async fn metrics_text(State(state): State<AppState>) -> Response {
     let Some(handle) = &state.prometheus else {
         return (
@@ -103,6 +114,7 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     if let Some(started) = STARTED.get() {
         metrics::gauge!(names::UPTIME).set(started.elapsed().as_secs_f64());
     }
+    super::process::refresh();
     handle.run_upkeep();
     (
         [(

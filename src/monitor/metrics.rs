@@ -83,3 +83,29 @@ pub const BUFFER_DURABLE_SEQUENCE: &str = "ha_ingestor_buffer_durable_sequence";
 pub const RETENTION_IN_SYNC: &str = "ha_ingestor_retention_in_sync";
 /// Gauge: changes `retention apply` would make (policies to create or alter, continuous queries to create or replace).
 pub const RETENTION_PENDING_CHANGES: &str = "ha_ingestor_retention_pending_changes";
+/// Histogram `{sink}`: seconds from the newest point's own timestamp (HA's `time_fired` / `last_updated`) to InfluxDB accepting its batch.
+pub const SINK_END_TO_END_LATENCY: &str = "ha_ingestor_sink_end_to_end_latency_seconds";
+/// Gauge: the durable buffer's `max_bytes`, so its fill can be read as a fraction.
+pub const BUFFER_CAPACITY_BYTES: &str = "ha_ingestor_buffer_capacity_bytes";
+/// Gauge (only grows): CPU seconds (user + system) the process used (Linux: `/proc/self/stat`).
+pub const PROCESS_CPU_SECONDS: &str = "ha_ingestor_process_cpu_seconds_total";
+/// Gauge: resident memory in bytes (Linux: `VmRSS` of `/proc/self/status`).
+pub const PROCESS_RESIDENT_MEMORY: &str = "ha_ingestor_process_resident_memory_bytes";
+/// Gauge: open file descriptors (Linux: entries of `/proc/self/fd`).
+pub const PROCESS_OPEN_FDS: &str = "ha_ingestor_process_open_fds";
+/// Gauge: the soft limit on open file descriptors (Linux: `/proc/self/limits`).
+pub const PROCESS_MAX_FDS: &str = "ha_ingestor_process_max_fds";
+/// Gauge: threads of the process (Linux: `Threads` of `/proc/self/status`).
+pub const PROCESS_THREADS: &str = "ha_ingestor_process_threads";
+/// Gauge `{rule, severity}`: 1 while an alert rule fires, else 0; rule names come from the config.
+pub const ALERT_FIRING: &str = "ha_ingestor_alert_firing";
+/// Counter `{rule, state}`: state changes of alert rules (`pending`, `firing`, `resolved`, `inactive`).
+pub const ALERT_TRANSITIONS: &str = "ha_ingestor_alert_transitions_total";
+/// Counter: alert evaluation ticks run.
+pub const ALERT_EVALUATIONS: &str = "ha_ingestor_alert_evaluations_total";
+/// Counter `{notifier, status}`: notifications delivered (`firing`, `resolved`); notifier names come from the config.
+pub const ALERT_NOTIFICATIONS_SENT: &str = "ha_ingestor_alert_notifications_sent_total";
+/// Counter `{notifier, error_type}`: notifications that failed (after retries) or were dropped (`queue_full`).
+pub const ALERT_NOTIFICATION_ERRORS: &str = "ha_ingestor_alert_notification_errors_total";
+/// Counter `{notifier}`: retried notification attempts.
+pub const ALERT_NOTIFICATION_RETRIES: &str = "ha_ingestor_alert_notification_retries_total";

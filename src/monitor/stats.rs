@@ -30,6 +30,8 @@ pub struct Stats {
     /// Frames or messages that could not be decoded; each is set aside in the dead-letter file too.
     pub decode_errors: AtomicU64,
     health: Mutex<Health>,
+    /// The alert rules' latest states, served at `/alerts`.
+    pub alerts: std::sync::Arc<super::alerts::Board>,
 }
 
 #[derive(Debug, Default)]

@@ -618,6 +618,7 @@ impl<'a> Delivery<'a> {
             let failure = match result {
                 Ok(()) => {
                     self.delivered(lines.len() as u64, text.len() as u64);
+                    crate::monitor::latency::observe_accepted(SINK, lines.iter().copied());
                     outcome.written += lines.len() as u64;
                     attempt = 0;
                     continue;

@@ -34,4 +34,6 @@ pub struct SourceContext {
     pub settled: CancellationToken,
     /// A source's tasks that outlive it until `settled` (cursor writers); the application waits for them.
     pub background: tokio_util::task::TaskTracker,
+    /// Commands to send to Home Assistant over this source's connection (alert notifications).
+    pub commands: homeassistant::commands::Commands,
 }

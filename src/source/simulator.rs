@@ -116,6 +116,7 @@ impl Simulator {
             refusing: AtomicBool::new(false),
             history: AtomicBool::new(true),
             recorder: Mutex::new(VecDeque::new()),
+            service_commands: Mutex::new(Vec::new()),
             shutdown: CancellationToken::new(),
             cfg,
         });
@@ -211,6 +212,15 @@ impl SimulatorHandle {
     /// How many well-formed commands of type `kind` (`get_states`, `subscribe_events`, …) were received over all connections.
     pub fn commands_received(&self, kind: &str) -> u64 {
         lock(&self.shared.commands).get(kind).copied().unwrap_or(0)
+    }
+
+    /// The `call_service` / `fire_event` commands (whole messages) received so far, of type `kind`, in order.
+    pub fn service_commands(&self, kind: &str) -> Vec<Value> {
+        lock(&self.shared.service_commands)
+            .iter()
+            .filter(|m| m.get("type").and_then(Value::as_str) == Some(kind))
+            .cloned()
+            .collect()
     }
 
     /// Whether states keep changing while no client is subscribed (default false: nothing is generated then).
@@ -353,6 +363,8 @@ struct Shared {
     history: AtomicBool,
     /// Every state change made, sent or not, oldest first: HA's recorder, for the history API.
     recorder: Mutex<VecDeque<State>>,
+    /// `call_service` and `fire_event` commands received, whole, in order.
+    service_commands: Mutex<Vec<Value>>,
     shutdown: CancellationToken,
 }
 
@@ -652,6 +664,29 @@ fn handle_command(msg: &Value, conn: &mut Conn, shared: &Shared) -> Option<Strin
         "get_config" => ServerReply::success(id, config_result(&shared.cfg.ha_version)),
         "history/history_during_period" if shared.history.load(Ordering::Acquire) => {
             history_during_period(id, msg, shared)
+        }
+        "call_service" | "fire_event" => {
+            // Recorded for tests; answered as HA does (a context), without acting on them.
+            let wanted = if kind == "call_service" {
+                &["domain", "service"][..]
+            } else {
+                &["event_type"][..]
+            };
+            if wanted
+                .iter()
+                .all(|k| msg.get(*k).and_then(Value::as_str).is_some())
+            {
+                lock(&shared.service_commands).push(msg.clone());
+                let context =
+                    json!({"id": format!("sim{id:020}"), "parent_id": null, "user_id": null});
+                if kind == "call_service" {
+                    ServerReply::success(id, json!({"context": context, "response": null}))
+                } else {
+                    ServerReply::success(id, json!({"context": context}))
+                }
+            } else {
+                ServerReply::failure(id, ERR_INVALID_FORMAT, MSG_INVALID_FORMAT)
+            }
         }
         "ping" => {
             shared.pings.fetch_add(1, Ordering::AcqRel);

@@ -785,6 +785,7 @@ async fn session(
             _ = &mut results_deadline, if report.subscribed_at.is_none() => Wake::SetupOverdue,
             _ = tokio::time::sleep_until(pong_due.unwrap_or_else(Instant::now)), if pong_due.is_some() => Wake::PongOverdue,
             _ = ping_tick.tick(), if awaiting_pong.is_none() => Wake::Ping,
+            command = ctx.commands.next(), if report.subscribed_at.is_some() => Wake::Command(command),
         };
         let frame = match wake {
             Wake::Frame(frame) => frame,
@@ -805,6 +806,15 @@ async fn session(
                     .await
                     .map_err(|e| ClientError::Closed(e.to_string()))?;
                 awaiting_pong = Some((id, Instant::now() + cfg.pong_timeout));
+                continue;
+            }
+            Wake::Command(command) => {
+                // Fire-and-forget (see `commands`): the result is not awaited.
+                let id = next_id;
+                next_id += 1;
+                ws.send(Message::text(command.to_json(id)))
+                    .await
+                    .map_err(|e| ClientError::Closed(e.to_string()))?;
                 continue;
             }
         };
@@ -1217,6 +1227,8 @@ enum Wake {
     PongOverdue,
     /// Time to send the next ping.
     Ping,
+    /// A command from [`super::commands::Commands`] to send.
+    Command(super::commands::Command),
 }
 
 /// Counts undecodable input and sets it aside; the stream goes on.

@@ -1,0 +1,769 @@
+//! The `[alerts]` section: rules, notifiers and the built-in rule set.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::monitor::metrics as names;
+
+/// Alerting: rules evaluated on a fixed tick, notifications to webhooks, MQTT and Home Assistant.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Evaluate rules at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How often every rule is evaluated.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Include the built-in rules (HA disconnected, no writes, buffer filling, dead letters, event-rate anomaly).
+    #[serde(default = "default_true")]
+    pub builtin_rules: bool,
+    /// Names of built-in rules to leave out.
+    #[serde(default)]
+    pub disabled_rules: Vec<String>,
+    /// The user's rules; one with a built-in rule's name replaces it.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// Where notifications go; rules name them (or, naming none, use all).
+    #[serde(default)]
+    pub notifiers: Vec<NotifierConfig>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            enabled: true,
+            interval: default_interval(),
+            builtin_rules: true,
+            disabled_rules: Vec::new(),
+            rules: Vec::new(),
+            notifiers: Vec::new(),
+        }
+    }
+}
+
+/// How bad a firing rule is; carried in every notification.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Worth a look.
+    Info,
+    /// Needs attention soon.
+    #[default]
+    Warning,
+    /// Data is at risk now.
+    Critical,
+}
+
+impl Severity {
+    /// The name used in JSON, labels and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// One alert rule.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Unique name; used in notifications, `/alerts` and the `rule` label.
+    pub name: String,
+    /// What is watched.
+    pub condition: Condition,
+    /// How long the condition must hold before the rule fires (pending until then).
+    #[serde(rename = "for", default, with = "humantime_serde")]
+    pub for_: Duration,
+    /// How long the condition must stay clear before a firing rule resolves (hysteresis).
+    #[serde(default = "default_resolve_after", with = "humantime_serde")]
+    pub resolve_after: Duration,
+    /// `info`, `warning` or `critical`.
+    #[serde(default)]
+    pub severity: Severity,
+    /// Notifier names; absent means every configured notifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifiers: Option<Vec<String>>,
+    /// Also notify when the rule resolves.
+    #[serde(default = "default_true")]
+    pub recovery: bool,
+    /// Text put before the generated summary in notifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+fn default_resolve_after() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Sum, largest or smallest of the series a selector matches.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregate {
+    /// Sum over the matching series.
+    #[default]
+    Sum,
+    /// The largest.
+    Max,
+    /// The smallest.
+    Min,
+}
+
+/// Which deviations of an anomaly rule count.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Both drops and spikes.
+    #[default]
+    Both,
+    /// Only a rate far below the baseline.
+    Drop,
+    /// Only a rate far above the baseline.
+    Spike,
+}
+
+/// What a rule watches. Metrics are read from the registry that `/metrics` serves.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Condition {
+    /// A metric's value, or its per-second rate over `window`, above and/or below a threshold.
+    Threshold {
+        /// Metric name as served at `/metrics` (histograms: `_sum`, `_count`).
+        metric: String,
+        /// Only series with these label values.
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        /// How matching series are combined.
+        #[serde(default)]
+        aggregate: Aggregate,
+        /// Compare the per-second rate over `window` instead of the value.
+        #[serde(default)]
+        rate: bool,
+        /// Window of the rate.
+        #[serde(default = "default_window", with = "humantime_serde")]
+        window: Duration,
+        /// Active when the value is above this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        above: Option<f64>,
+        /// Active when the value is below this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        below: Option<f64>,
+        /// Once firing, stays active until the value is back past this level (value hysteresis).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        clear: Option<f64>,
+    },
+    /// A source is not connected.
+    Disconnected {
+        /// Source name (`homeassistant`).
+        #[serde(default = "default_source")]
+        source: String,
+    },
+    /// No event from a source for `after`.
+    NoEvents {
+        /// Source name (`homeassistant`).
+        #[serde(default = "default_source")]
+        source: String,
+        /// Quiet time that makes the condition true.
+        #[serde(with = "humantime_serde")]
+        after: Duration,
+    },
+    /// No point accepted by the sink for `after`.
+    NoWrites {
+        /// Time without a written point that makes the condition true.
+        #[serde(with = "humantime_serde")]
+        after: Duration,
+    },
+    /// The durable buffer is more than `above_percent` full.
+    BufferFull {
+        /// Fill in percent of `buffer.max_bytes`.
+        above_percent: f64,
+        /// Once firing, stays active until the fill is below this percent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        clear_percent: Option<f64>,
+    },
+    /// Dead letters grew by at least `min_increase` within `window`.
+    DeadLetters {
+        /// Window of the increase.
+        #[serde(default = "default_window", with = "humantime_serde")]
+        window: Duration,
+        /// Smallest increase that counts.
+        #[serde(default = "default_min_increase")]
+        min_increase: f64,
+    },
+    /// The rate of a counter (events of a source, by default) deviates from its learned baseline.
+    Anomaly {
+        /// Counter whose rate is learned.
+        #[serde(default = "default_anomaly_metric")]
+        metric: String,
+        /// Only series with these label values (`source`, `event_type`, `domain` where a metric has it).
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        /// Window of the rate.
+        #[serde(default = "default_window", with = "humantime_serde")]
+        window: Duration,
+        /// Learning time before the rule may fire.
+        #[serde(default = "default_warmup", with = "humantime_serde")]
+        warmup: Duration,
+        /// Half-life of the baseline's memory.
+        #[serde(default = "default_half_life", with = "humantime_serde")]
+        half_life: Duration,
+        /// Deviation, in standard deviations, that counts as anomalous.
+        #[serde(default = "default_z")]
+        z: f64,
+        /// `both`, `drop` or `spike`.
+        #[serde(default)]
+        direction: Direction,
+        /// Learn one baseline per hour of the day (UTC), so the daily cycle is not an anomaly.
+        #[serde(default = "default_true")]
+        daily: bool,
+    },
+}
+
+fn default_source() -> String {
+    "homeassistant".to_string()
+}
+fn default_window() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_min_increase() -> f64 {
+    1.0
+}
+fn default_anomaly_metric() -> String {
+    names::SOURCE_RECEIVED_EVENTS.to_string()
+}
+fn default_warmup() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_half_life() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_z() -> f64 {
+    4.0
+}
+
+/// A notification target.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NotifierConfig {
+    /// A JSON POST to a URL, retried with backoff.
+    Webhook {
+        /// Unique name, used by rules and in the `notifier` label.
+        name: String,
+        /// Where to POST.
+        url: String,
+        /// Extra request headers (e.g. an authorization).
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        /// Timeout of one request.
+        #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
+        timeout: Duration,
+        /// Attempts after the first one failed.
+        #[serde(default = "default_retries")]
+        retries: u32,
+        /// First retry delay; doubles per attempt.
+        #[serde(default = "default_retry_min", with = "humantime_serde")]
+        retry_min: Duration,
+        /// Longest retry delay.
+        #[serde(default = "default_retry_max", with = "humantime_serde")]
+        retry_max: Duration,
+    },
+    /// A publish to an MQTT broker: `<topic>/<rule>`, retained by default so the topic holds each rule's state.
+    Mqtt {
+        /// Unique name.
+        name: String,
+        /// Broker host.
+        host: String,
+        /// Broker port.
+        #[serde(default = "default_mqtt_port")]
+        port: u16,
+        /// Topic prefix; each rule publishes to `<topic>/<rule name>`.
+        #[serde(default = "default_mqtt_topic")]
+        topic: String,
+        /// 0, 1 or 2.
+        #[serde(default = "default_qos")]
+        qos: u8,
+        /// Publish retained, so a subscriber sees every rule's current state at once.
+        #[serde(default = "default_true")]
+        retain: bool,
+        /// MQTT client id.
+        #[serde(default = "default_client_id")]
+        client_id: String,
+        /// User name, if the broker asks for one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        /// Password, with `username`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+    },
+    /// Home Assistant itself, over the source's WebSocket connection.
+    Homeassistant {
+        /// Unique name.
+        name: String,
+        /// Create a `persistent_notification` (one per rule, replaced by the recovery notice).
+        #[serde(default = "default_true")]
+        notification: bool,
+        /// Fire an event automations can trigger on.
+        #[serde(default = "default_true")]
+        event: bool,
+        /// Its event type.
+        #[serde(default = "default_event_type")]
+        event_type: String,
+    },
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_retries() -> u32 {
+    5
+}
+fn default_retry_min() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_mqtt_port() -> u16 {
+    1883
+}
+fn default_mqtt_topic() -> String {
+    "ha-ingestor/alerts".to_string()
+}
+fn default_qos() -> u8 {
+    1
+}
+fn default_client_id() -> String {
+    "ha-ingestor-alerts".to_string()
+}
+fn default_event_type() -> String {
+    "ha_ingestor_alert".to_string()
+}
+
+impl std::fmt::Debug for NotifierConfig {
+    // Hand-written so a webhook URL's credentials, its headers and the MQTT password stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotifierConfig::Webhook {
+                name, url, retries, ..
+            } => f
+                .debug_struct("Webhook")
+                .field("name", name)
+                .field("url", &crate::config::redact_url(url))
+                .field("headers", &"<redacted>")
+                .field("retries", retries)
+                .finish_non_exhaustive(),
+            NotifierConfig::Mqtt {
+                name,
+                host,
+                port,
+                topic,
+                username,
+                ..
+            } => f
+                .debug_struct("Mqtt")
+                .field("name", name)
+                .field("host", host)
+                .field("port", port)
+                .field("topic", topic)
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish_non_exhaustive(),
+            NotifierConfig::Homeassistant {
+                name,
+                notification,
+                event,
+                event_type,
+            } => f
+                .debug_struct("Homeassistant")
+                .field("name", name)
+                .field("notification", notification)
+                .field("event", event)
+                .field("event_type", event_type)
+                .finish(),
+        }
+    }
+}
+
+impl NotifierConfig {
+    /// The configured name.
+    pub fn name(&self) -> &str {
+        match self {
+            NotifierConfig::Webhook { name, .. }
+            | NotifierConfig::Mqtt { name, .. }
+            | NotifierConfig::Homeassistant { name, .. } => name,
+        }
+    }
+}
+
+/// Names of the built-in rules, for `disabled_rules`.
+pub const BUILTIN_RULE_NAMES: &[&str] = &[
+    "ha_disconnected",
+    "no_writes",
+    "buffer_filling",
+    "dead_letters_rising",
+    "event_rate_anomaly",
+];
+
+/// The built-in rule set: HA disconnected > 2 min, no writes > 5 min, buffer > 80 %, dead letters rising, event-rate anomaly.
+pub fn builtin_rules() -> Vec<RuleConfig> {
+    let rule = |name: &str, condition, for_secs, severity| RuleConfig {
+        name: name.to_string(),
+        condition,
+        for_: Duration::from_secs(for_secs),
+        resolve_after: default_resolve_after(),
+        severity,
+        notifiers: None,
+        recovery: true,
+        description: None,
+    };
+    vec![
+        rule(
+            "ha_disconnected",
+            Condition::Disconnected {
+                source: default_source(),
+            },
+            120,
+            Severity::Critical,
+        ),
+        rule(
+            "no_writes",
+            Condition::NoWrites {
+                after: Duration::from_secs(300),
+            },
+            0,
+            Severity::Critical,
+        ),
+        rule(
+            "buffer_filling",
+            Condition::BufferFull {
+                above_percent: 80.0,
+                clear_percent: Some(70.0),
+            },
+            60,
+            Severity::Warning,
+        ),
+        rule(
+            "dead_letters_rising",
+            Condition::DeadLetters {
+                window: default_window(),
+                min_increase: 1.0,
+            },
+            0,
+            Severity::Warning,
+        ),
+        rule(
+            "event_rate_anomaly",
+            Condition::Anomaly {
+                metric: default_anomaly_metric(),
+                labels: BTreeMap::from([("source".to_string(), default_source())]),
+                window: default_window(),
+                warmup: Duration::from_secs(6 * 3600),
+                half_life: default_half_life(),
+                z: 5.0,
+                direction: Direction::Both,
+                daily: true,
+            },
+            600,
+            Severity::Warning,
+        ),
+    ]
+}
+
+impl AlertsConfig {
+    /// The rules in force: the built-ins not disabled or replaced, then the user's.
+    pub fn effective_rules(&self) -> Vec<RuleConfig> {
+        let mut rules = Vec::new();
+        if self.builtin_rules {
+            for rule in builtin_rules() {
+                let disabled = self.disabled_rules.contains(&rule.name);
+                let replaced = self.rules.iter().any(|r| r.name == rule.name);
+                if !disabled && !replaced {
+                    rules.push(rule);
+                }
+            }
+        }
+        rules.extend(self.rules.iter().cloned());
+        rules
+    }
+
+    /// Checks names, references and numbers; the error names the key at fault.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |key: String, message: String| Err((key, message));
+        if self.interval.is_zero() {
+            return err("alerts.interval".into(), "must be above 0s".into());
+        }
+        for name in &self.disabled_rules {
+            if !BUILTIN_RULE_NAMES.contains(&name.as_str()) {
+                return err(
+                    "alerts.disabled_rules".into(),
+                    format!(
+                        "{name:?} is not a built-in rule (known: {})",
+                        BUILTIN_RULE_NAMES.join(", ")
+                    ),
+                );
+            }
+        }
+        let mut notifier_names = Vec::new();
+        for (i, n) in self.notifiers.iter().enumerate() {
+            let key = format!("alerts.notifiers[{i}]");
+            if n.name().is_empty() || notifier_names.contains(&n.name()) {
+                return err(
+                    format!("{key}.name"),
+                    format!("{:?} must be non-empty and unique", n.name()),
+                );
+            }
+            notifier_names.push(n.name());
+            match n {
+                NotifierConfig::Webhook { url, .. } => match url::Url::parse(url) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                    _ => {
+                        return err(
+                            format!("{key}.url"),
+                            "must be an http:// or https:// URL".into(),
+                        );
+                    }
+                },
+                NotifierConfig::Mqtt {
+                    qos,
+                    topic,
+                    username,
+                    password,
+                    ..
+                } => {
+                    if *qos > 2 {
+                        return err(format!("{key}.qos"), "must be 0, 1 or 2".into());
+                    }
+                    if topic.is_empty() || topic.contains(['+', '#']) {
+                        return err(
+                            format!("{key}.topic"),
+                            "must be a non-empty topic without wildcards".into(),
+                        );
+                    }
+                    if password.is_some() && username.is_none() {
+                        return err(format!("{key}.password"), "needs a username as well".into());
+                    }
+                }
+                NotifierConfig::Homeassistant { event_type, .. } => {
+                    if event_type.is_empty() {
+                        return err(format!("{key}.event_type"), "must not be empty".into());
+                    }
+                }
+            }
+        }
+        let mut rule_names: Vec<&str> = Vec::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let key = format!("alerts.rules[{i}]");
+            if r.name.is_empty() || rule_names.contains(&r.name.as_str()) {
+                return err(
+                    format!("{key}.name"),
+                    format!("{:?} must be non-empty and unique", r.name),
+                );
+            }
+            rule_names.push(&r.name);
+            if let Some(list) = &r.notifiers
+                && let Some(unknown) = list.iter().find(|n| !notifier_names.contains(&n.as_str()))
+            {
+                return err(
+                    format!("{key}.notifiers"),
+                    format!("no notifier named {unknown:?}"),
+                );
+            }
+            r.condition
+                .validate()
+                .or_else(|m| err(format!("{key}.condition"), m))?;
+        }
+        Ok(())
+    }
+}
+
+impl Condition {
+    fn validate(&self) -> Result<(), String> {
+        let positive = |d: &Duration, what: &str| {
+            if d.is_zero() {
+                Err(format!("{what} must be above 0s"))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Condition::Threshold {
+                metric,
+                above,
+                below,
+                window,
+                ..
+            } => {
+                if metric.is_empty() {
+                    return Err("metric must not be empty".into());
+                }
+                if above.is_none() && below.is_none() {
+                    return Err("needs `above` or `below`".into());
+                }
+                positive(window, "window")
+            }
+            Condition::Disconnected { .. } => Ok(()),
+            Condition::NoEvents { after, .. } | Condition::NoWrites { after } => {
+                positive(after, "after")
+            }
+            Condition::BufferFull {
+                above_percent,
+                clear_percent,
+            } => {
+                if !(0.0..=100.0).contains(above_percent) {
+                    return Err("above_percent must be within 0..100".into());
+                }
+                if clear_percent.is_some_and(|c| c > *above_percent) {
+                    return Err("clear_percent must not be above above_percent".into());
+                }
+                Ok(())
+            }
+            Condition::DeadLetters { window, .. } => positive(window, "window"),
+            Condition::Anomaly {
+                window,
+                half_life,
+                z,
+                ..
+            } => {
+                positive(window, "window")?;
+                positive(half_life, "half_life")?;
+                if z.is_nan() || *z <= 0.0 {
+                    return Err("z must be above 0".into());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> AlertsConfig {
+        toml::from_str(text).expect("parses")
+    }
+
+    #[test]
+    fn built_ins_are_on_and_can_be_disabled_or_replaced() {
+        let names = |c: &AlertsConfig| -> Vec<String> {
+            c.effective_rules().into_iter().map(|r| r.name).collect()
+        };
+        assert_eq!(names(&AlertsConfig::default()), BUILTIN_RULE_NAMES);
+        let c = parse(
+            r#"
+            disabled_rules = ["event_rate_anomaly"]
+            [[rules]]
+            name = "no_writes"
+            condition = { type = "no_writes", after = "1m" }
+            for = "30s"
+            "#,
+        );
+        c.validate().expect("valid");
+        assert_eq!(
+            names(&c),
+            [
+                "ha_disconnected",
+                "buffer_filling",
+                "dead_letters_rising",
+                "no_writes"
+            ]
+        );
+        let mine = c.effective_rules().pop().unwrap();
+        assert_eq!(mine.for_, Duration::from_secs(30));
+        assert_eq!(mine.resolve_after, Duration::from_secs(60));
+        assert_eq!(mine.severity, Severity::Warning);
+        assert!(mine.recovery && mine.notifiers.is_none());
+        assert_eq!(
+            mine.condition,
+            Condition::NoWrites {
+                after: Duration::from_secs(60)
+            }
+        );
+        assert!(parse("builtin_rules = false").effective_rules().is_empty());
+    }
+
+    #[test]
+    fn mistakes_are_named_by_key() {
+        let key = |text: &str| parse(text).validate().expect_err("invalid").0;
+        assert_eq!(key(r#"disabled_rules = ["nope"]"#), "alerts.disabled_rules");
+        assert_eq!(
+            key(r#"[[rules]]
+                name = "r"
+                notifiers = ["missing"]
+                condition = { type = "no_writes", after = "1m" }"#),
+            "alerts.rules[0].notifiers"
+        );
+        assert_eq!(
+            key(r#"[[rules]]
+                name = "r"
+                condition = { type = "threshold", metric = "m" }"#),
+            "alerts.rules[0].condition"
+        );
+        assert_eq!(
+            key(r#"[[notifiers]]
+                type = "mqtt"
+                name = "m"
+                host = "h"
+                topic = "a/#""#),
+            "alerts.notifiers[0].topic"
+        );
+        assert_eq!(
+            key(r#"[[notifiers]]
+                type = "webhook"
+                name = "w"
+                url = "ftp://x""#),
+            "alerts.notifiers[0].url"
+        );
+        assert_eq!(
+            key(r#"[[notifiers]]
+                type = "homeassistant"
+                name = "a"
+                [[notifiers]]
+                type = "homeassistant"
+                name = "a""#),
+            "alerts.notifiers[1].name"
+        );
+        // Unknown keys are errors, in conditions too.
+        assert!(
+            toml::from_str::<AlertsConfig>(
+                r#"[[rules]]
+                name = "r"
+                condition = { type = "no_writes", after = "1m", typo = 1 }"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let c = parse(
+            r#"[[notifiers]]
+            type = "webhook"
+            name = "w"
+            url = "https://user:pw@example.org/hook?key=s3cret"
+            headers = { Authorization = "Bearer s3cret" }
+            [[notifiers]]
+            type = "mqtt"
+            name = "m"
+            host = "h"
+            username = "u"
+            password = "s3cret""#,
+        );
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("pw@"),
+            "{debug}"
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! Tells Home Assistant itself, over the source's WebSocket connection: a
+//! `persistent_notification` (one per rule, `notification_id`
+//! `ha_ingestor_<rule>`, replaced by the recovery notice) and an event
+//! (`ha_ingestor_alert` by default) carrying the notification, for automations.
+
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Notification, Status, failed, sent};
+use crate::monitor::alerts::config::NotifierConfig;
+use crate::source::homeassistant::commands::{Command, Commands};
+
+/// The Home Assistant notifier.
+pub struct HomeAssistant {
+    name: String,
+    notification: bool,
+    event: Option<String>,
+    commands: Commands,
+}
+
+impl HomeAssistant {
+    /// Built from its config and the source's command queue.
+    pub fn new(cfg: &NotifierConfig, commands: Commands) -> Self {
+        let (notification, event) = match cfg {
+            NotifierConfig::Homeassistant {
+                notification,
+                event,
+                event_type,
+                ..
+            } => (*notification, event.then(|| event_type.clone())),
+            _ => (false, None),
+        };
+        HomeAssistant {
+            name: cfg.name().to_string(),
+            notification,
+            event,
+            commands,
+        }
+    }
+
+    /// The commands one notification becomes.
+    pub fn commands_for(&self, n: &Notification) -> Vec<Command> {
+        let mut out = Vec::new();
+        if self.notification {
+            let verb = match n.status {
+                Status::Firing => "**Firing**",
+                Status::Resolved => "**Resolved**",
+            };
+            let mut message = format!("{verb} ({}): {}", n.severity, n.summary);
+            if let Some(d) = &n.description {
+                message = format!("{d}\n\n{message}");
+            }
+            out.push(Command::CallService {
+                domain: "persistent_notification".into(),
+                service: "create".into(),
+                service_data: json!({
+                    "notification_id": format!("ha_ingestor_{}", n.rule),
+                    "title": n.title(),
+                    "message": message,
+                }),
+            });
+        }
+        if let Some(event_type) = &self.event {
+            out.push(Command::FireEvent {
+                event_type: event_type.clone(),
+                event_data: serde_json::to_value(n).unwrap_or_default(),
+            });
+        }
+        out
+    }
+
+    /// Queues each notification's commands until `shutdown`.
+    pub async fn run(self, mut rx: mpsc::Receiver<Notification>, shutdown: CancellationToken) {
+        loop {
+            let n = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                n = rx.recv() => match n { Some(n) => n, None => return },
+            };
+            let mut ok = true;
+            for command in self.commands_for(&n) {
+                if let Err(error) = self.commands.send(command) {
+                    ok = false;
+                    failed(&self.name, "queue_full");
+                    tracing::warn!(message = "Alert notification to Home Assistant dropped.", notifier = %self.name, rule = %n.rule, %error);
+                }
+            }
+            if ok {
+                sent(&self.name, n.status);
+            }
+        }
+    }
+}
