@@ -613,6 +613,22 @@ pub struct InfluxConfig {
     /// TLS for `https://`.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// What to do with a field value whose type differs from the field's type in InfluxDB.
+    #[serde(default)]
+    pub type_conflict: TypeConflict,
+}
+
+/// How the writer resolves a field value whose type differs from what InfluxDB already stores for that field.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TypeConflict {
+    /// Convert the value when no information is lost (3i → 3.0, 20.0 → 20i, 21.5 → "21.5"), else write it to `<field>_str` as a string.
+    #[default]
+    Convert,
+    /// Always write the value to `<field>_str` as a string.
+    StrField,
+    /// Set the whole point aside as a dead letter (`type_conflict`).
+    DeadLetter,
 }
 
 fn default_batch_size() -> usize {
@@ -653,6 +669,7 @@ impl InfluxConfig {
             retry_min: default_retry_min(),
             retry_max: default_retry_max(),
             tls: TlsConfig::default(),
+            type_conflict: TypeConflict::default(),
         }
     }
 }
@@ -1111,6 +1128,7 @@ impl std::fmt::Debug for InfluxConfig {
             .field("retry_min", &self.retry_min)
             .field("retry_max", &self.retry_max)
             .field("tls", &self.tls)
+            .field("type_conflict", &self.type_conflict)
             .finish()
     }
 }

@@ -5,7 +5,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ha_ingestor::config::InfluxConfig;
+use ha_ingestor::config::{InfluxConfig, TypeConflict};
 use ha_ingestor::dead_letter::DeadLetters;
 use ha_ingestor::monitor::Stats;
 use ha_ingestor::sink::influxdb::{InfluxWriter, WriteError};
@@ -229,15 +229,41 @@ async fn a_malformed_line_is_the_only_one_set_aside() {
     assert_eq!((t.written, t.dead_lettered, t.dropped), (4, 1, 0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_type_conflict_sets_aside_only_the_conflicting_point() {
-    let db = Influxd::start("home_assistant").await;
-    let writer = InfluxWriter::new(&config(&db)).unwrap();
-    writer
-        .write("c,entity_id=x value=1.5 1700000000000000000\n")
+/// 4xx replies influxd has given so far (its `/debug/vars` httpd statistics).
+async fn client_errors(db: &Influxd) -> u64 {
+    let text = support::influxd::http_client()
+        .get(format!("{}/debug/vars", db.url()))
+        .send()
+        .await
+        .expect("GET /debug/vars")
+        .text()
+        .await
+        .expect("read debug vars");
+    let vars: Value = serde_json::from_str(&text).expect("debug vars are JSON");
+    vars.as_object()
+        .expect("debug vars object")
+        .values()
+        .filter(|v| v["name"] == "httpd")
+        .map(|v| v["values"]["clientError"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Plants field types in `c`: value float, n integer, flag boolean, s string.
+async fn plant_history(db: &Influxd) {
+    InfluxWriter::new(&config(db))
+        .unwrap()
+        .write("c,entity_id=x value=1.5,n=1i,flag=true,s=\"a\" 1700000000000000000\n")
         .await
         .unwrap();
-    let h = Harness::start(&config(&db));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_policy_sets_aside_only_the_conflicting_point_before_sending() {
+    let db = Influxd::start("home_assistant").await;
+    plant_history(&db).await;
+    let mut cfg = config(&db);
+    cfg.type_conflict = TypeConflict::DeadLetter;
+    let h = Harness::start(&cfg);
     h.send(&[
         "c,entity_id=x value=2.5 1700000000000000010",
         "c,entity_id=y value=3.5 1700000000000000011",
@@ -256,15 +282,116 @@ async fn a_type_conflict_sets_aside_only_the_conflicting_point() {
         "c,entity_id=x value=\"oops\" 1700000000000000012"
     );
     assert_eq!(letters[0]["kind"], "type_conflict");
+    let reason = letters[0]["reason"].as_str().unwrap();
     assert!(
-        letters[0]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("field type conflict"),
+        reason.contains("field type conflict") && reason.contains("already float"),
         "{letters:?}"
     );
     let t = ctx.stats.totals();
     assert_eq!((t.written, t.dead_lettered, t.dropped), (3, 1, 0));
+    // Known from SHOW FIELD KEYS at start: the server never saw the conflicting point.
+    assert_eq!(client_errors(&db).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_conflicts_are_converted_or_written_to_str_fields_before_sending() {
+    let db = Influxd::start("home_assistant").await;
+    plant_history(&db).await;
+    let writer = InfluxWriter::new(&config(&db)).unwrap();
+    assert_eq!(writer.learn_field_types().await.unwrap(), 4);
+    let h = Harness::start(&config(&db));
+    h.send(&[
+        // Lossless conversions: integer → float, float → integer, float → string.
+        "c,entity_id=x value=3i,n=2.0,s=21.5 1700000000000000001",
+        // Not lossless: the value goes to a string twin field.
+        "c,entity_id=y value=\"unavailable\",n=2.5,flag=1i 1700000000000000002",
+        "c,entity_id=z value=4.5,n=7i,flag=false,s=\"b\" 1700000000000000003",
+    ])
+    .await;
+    let (ctx, dl) = h.stop().await;
+    assert!(read_dead_letters(dl.path()).is_empty());
+    let t = ctx.stats.totals();
+    assert_eq!((t.written, t.dead_lettered, t.dropped), (3, 0, 0));
+    assert_eq!(client_errors(&db).await, 0, "a batch was refused");
+    let rows = db.rows("c").await;
+    let got: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            fields(
+                r,
+                &[
+                    "entity_id",
+                    "value",
+                    "value_str",
+                    "n",
+                    "n_str",
+                    "flag",
+                    "flag_str",
+                    "s",
+                ],
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            json!({"entity_id": "x", "value": 1.5, "value_str": null, "n": 1, "n_str": null, "flag": true, "flag_str": null, "s": "a"}),
+            json!({"entity_id": "x", "value": 3, "value_str": null, "n": 2, "n_str": null, "flag": null, "flag_str": null, "s": "21.5"}),
+            json!({"entity_id": "y", "value": null, "value_str": "unavailable", "n": null, "n_str": "2.5", "flag": null, "flag_str": "1", "s": null}),
+            json!({"entity_id": "z", "value": 4.5, "value_str": null, "n": 7, "n_str": null, "flag": false, "flag_str": null, "s": "b"}),
+        ]
+    );
+    let keys = db.query("SHOW FIELD KEYS FROM \"c\"").await;
+    assert_eq!(
+        keys["results"][0]["series"][0]["values"],
+        json!([
+            ["flag", "boolean"],
+            ["flag_str", "string"],
+            ["n", "integer"],
+            ["n_str", "string"],
+            ["s", "string"],
+            ["value", "float"],
+            ["value_str", "string"]
+        ])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_the_guard_did_not_know_is_learned_from_the_reply_and_resolved() {
+    let db = Influxd::start("home_assistant").await;
+    let h = Harness::start(&config(&db));
+    // The sink learns the (empty) field types with its first batch.
+    h.send(&["other value=1 1700000000000000000"]).await;
+    db.wait_rows("other", 1, WAIT).await;
+    // History written behind the sink's back.
+    plant_history(&db).await;
+    // The batch's first value makes the guard take `value` for a string field.
+    h.send(&[
+        "c,entity_id=b value=\"oops\" 1700000000000000011",
+        "c,entity_id=a value=2.5 1700000000000000010",
+        "c,entity_id=c value=4i 1700000000000000012",
+    ])
+    .await;
+    let (ctx, dl) = h.stop().await;
+    assert!(read_dead_letters(dl.path()).is_empty());
+    let rows = db.rows("c").await;
+    let got: Vec<Value> = rows
+        .iter()
+        .map(|r| fields(r, &["entity_id", "value", "value_str"]))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            json!({"entity_id": "x", "value": 1.5, "value_str": null}),
+            json!({"entity_id": "a", "value": 2.5, "value_str": null}),
+            json!({"entity_id": "b", "value": null, "value_str": "oops"}),
+            json!({"entity_id": "c", "value": 4, "value_str": null}),
+        ]
+    );
+    let t = ctx.stats.totals();
+    assert_eq!((t.written, t.dead_lettered, t.dropped), (4, 0, 0));
+    // The one refusal that taught the guard.
+    assert_eq!(client_errors(&db).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

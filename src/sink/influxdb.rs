@@ -16,14 +16,23 @@
 //! While a batch is being retried the sink stops reading its input channel, so
 //! back-pressure reaches the stages before it.
 //!
-//! Type conflicts: InfluxDB names the measurement and field but not the line,
-//! so the rejected lines are found by resending halves of the batch until single
-//! lines remain. Resending is harmless for lines with a timestamp (the encoder
-//! always writes one); a line without one (possible in a replayed file) would
-//! be stored again at a new time.
+//! Type conflicts are resolved before sending by the guard in [`field_types`]
+//! (`type_conflict`: convert when lossless, else a `<field>_str` string field, or
+//! set the point aside). When the server still reports one (history written by
+//! someone else since start-up), the guard learns the stored type from the
+//! message and the refused lines are checked again and resent. A conflict the
+//! guard cannot learn from is handled like any rejected line: InfluxDB names the
+//! measurement and field but not the line, so the rejected lines are found by
+//! resending halves of the batch until single lines remain. Resending is
+//! harmless for lines with a timestamp (the encoder always writes one); a line
+//! without one (possible in a replayed file) would be stored again at a new time.
 
+mod field_types;
+
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use field_types::FieldTypes;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use rand::Rng;
@@ -151,6 +160,8 @@ pub struct InfluxWriter {
     flush_interval: Duration,
     retry_min: Duration,
     retry_max: Duration,
+    /// The type-conflict guard's map, shared by clones (a std mutex: never held across an await).
+    types: Arc<Mutex<FieldTypes>>,
 }
 
 impl std::fmt::Debug for InfluxWriter {
@@ -249,6 +260,7 @@ impl InfluxWriter {
             flush_interval: cfg.flush_interval,
             retry_min: cfg.retry_min,
             retry_max: cfg.retry_max.max(cfg.retry_min),
+            types: Arc::new(Mutex::new(FieldTypes::new(cfg.type_conflict))),
         })
     }
 
@@ -349,6 +361,65 @@ impl InfluxWriter {
         Ok(version)
     }
 
+    fn types(&self) -> std::sync::MutexGuard<'_, FieldTypes> {
+        self.types.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads every measurement's field types (`SHOW FIELD KEYS`, v1) into the type-conflict guard; returns how many fields.
+    ///
+    /// v2 has no InfluxQL endpoint of its own; there the guard learns from what it
+    /// writes and from the server's type-conflict replies.
+    pub async fn learn_field_types(&self) -> Result<usize, WriteError> {
+        self.types().last_try = Some(Instant::now());
+        if self.api != InfluxApi::V1 {
+            self.types().learned = true;
+            return Ok(0);
+        }
+        let db = self.database.as_deref().unwrap_or_default();
+        let url = with_query(
+            &format!("{}/query", self.base),
+            &[("db", db), ("q", "SHOW FIELD KEYS")],
+        )?;
+        let reply = self
+            .authorize(self.client.get(&url))
+            .send()
+            .await
+            .map_err(|e| self.transport(&url, e))?;
+        let json = json_reply(reply).await?;
+        if let Some(error) = json
+            .pointer("/results/0/error")
+            .and_then(|e| e.as_str())
+            .or_else(|| json.get("error").and_then(|e| e.as_str()))
+        {
+            return Err(WriteError::Protocol(format!("SHOW FIELD KEYS: {error}")));
+        }
+        let mut types = self.types();
+        let n = types.learn_show_field_keys(&json);
+        types.learned = true;
+        Ok(n)
+    }
+
+    /// Learns the field types once, when not done yet; after a failure, again at most every `retry_max`.
+    async fn ensure_field_types(&self) {
+        let due = {
+            let types = self.types();
+            !types.learned && types.last_try.is_none_or(|t| t.elapsed() >= self.retry_max)
+        };
+        if !due {
+            return;
+        }
+        match self.learn_field_types().await {
+            Ok(fields) => tracing::info!(
+                message = "Learned the field types stored in InfluxDB.",
+                fields
+            ),
+            Err(error) => tracing::warn!(
+                message = "Cannot read the field types stored in InfluxDB; type conflicts are learned from the replies until this works.",
+                %error,
+            ),
+        }
+    }
+
     /// One write attempt of whole lines (gzip when configured); classifies the reply.
     pub async fn write(&self, body: &str) -> Result<(), WriteError> {
         self.attempt(body).await.map_err(|f| f.error)
@@ -415,6 +486,8 @@ impl InfluxWriter {
             hold_is_fatal: false,
             holding: false,
             hold_logged: false,
+            again: Vec::new(),
+            originals: Default::default(),
         };
         let mut batch = Batch::default();
         // Normal operation, until shutdown (also when noticed during a retry) or every sender is gone.
@@ -535,6 +608,10 @@ pub(crate) struct Delivery<'a> {
     holding: bool,
     /// The hold error of this streak was logged.
     hold_logged: bool,
+    /// Lines refused for a type the guard has just learned, to be checked and sent again.
+    again: Vec<String>,
+    /// Lines the guard changed → as they came in; dead letters keep the original.
+    originals: std::collections::HashMap<String, String>,
 }
 
 impl<'a> Delivery<'a> {
@@ -550,6 +627,8 @@ impl<'a> Delivery<'a> {
             hold_is_fatal: true,
             holding: false,
             hold_logged: false,
+            again: Vec::new(),
+            originals: Default::default(),
         }
     }
 
@@ -596,7 +675,45 @@ impl<'a> Delivery<'a> {
     }
 
     /// Delivers whole lines, retrying, splitting and setting aside as the replies require.
+    ///
+    /// The type-conflict guard checks the lines first; when a reply names a type
+    /// the guard did not know, the refused lines are checked again and resent.
     pub(crate) async fn deliver(&mut self, body: &str) -> Result<Outcome, WriteError> {
+        self.writer.ensure_field_types().await;
+        let mut total = Outcome::default();
+        let mut current = std::borrow::Cow::Borrowed(body);
+        loop {
+            let mut guarded = self.writer.types().guard(&current, SINK);
+            self.originals = std::mem::take(&mut guarded.changed);
+            for (line, reason) in &guarded.set_aside {
+                self.dead_letter(line, "type_conflict", reason);
+                total.dead_lettered += 1;
+            }
+            let send = guarded.body.as_deref().unwrap_or(&current);
+            let outcome = self.deliver_lines(send).await?;
+            total.written += outcome.written;
+            total.dead_lettered += outcome.dead_lettered;
+            total.undelivered += outcome.undelivered;
+            if self.again.is_empty() {
+                return Ok(total);
+            }
+            let mut again = std::mem::take(&mut self.again);
+            if outcome.undelivered > 0 {
+                total.undelivered += again.len() as u64;
+                return Ok(total);
+            }
+            // Check the lines again as they came in, not as the guard changed them.
+            for line in &mut again {
+                if let Some(original) = self.originals.get(line.as_str()) {
+                    line.clone_from(original);
+                }
+            }
+            current = std::borrow::Cow::Owned(join_owned(&again));
+        }
+    }
+
+    /// [`Delivery::deliver`] after the guard: lines refused for a newly learned type go to `self.again`.
+    async fn deliver_lines(&mut self, body: &str) -> Result<Outcome, WriteError> {
         let mut outcome = Outcome::default();
         let mut work: Vec<Vec<&str>> = vec![lines_of(body)];
         let mut attempt: u32 = 0;
@@ -724,6 +841,12 @@ impl<'a> Delivery<'a> {
             return;
         }
         let kind = reject_kind(message);
+        if kind == "type_conflict" && self.writer.types().learn_from_conflict(message) {
+            // The guard now knows the stored type: it resolves these lines and they are resent
+            // (the ones the server wrote are written again, harmlessly: same timestamps).
+            self.again.extend(rest.iter().map(|l| l.to_string()));
+            return;
+        }
         // Lines the server named that we could not match stay unidentified: never count them as written.
         let all_named = message.matches("unable to parse '").count() == lines.len() - rest.len();
         if partial {
@@ -787,6 +910,7 @@ impl<'a> Delivery<'a> {
     }
 
     fn dead_letter(&self, line: &str, kind: &'static str, reason: &str) {
+        let line = self.originals.get(line).map_or(line, String::as_str);
         self.dead_letters.record(DeadLetter {
             stage: "sink",
             kind,
@@ -875,6 +999,11 @@ fn join(lines: &[&str]) -> String {
         s.push('\n');
     }
     s
+}
+
+fn join_owned(lines: &[String]) -> String {
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    join(&refs)
 }
 
 fn gzip(body: &str) -> std::io::Result<Vec<u8>> {
