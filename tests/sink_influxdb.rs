@@ -527,3 +527,58 @@ async fn credentials_are_checked_and_a_refusal_holds_the_batch() {
     assert_eq!(ctx.stats.totals().dropped, 1);
     assert_eq!(db.rows("auth").await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_with_measurements_writes_only_those_and_acknowledges_the_rest() {
+    let db = Influxd::start("home_assistant").await;
+    let mut cfg = config(&db);
+    cfg.measurements = vec!["keep*".into()];
+    let dl_dir = tempfile::tempdir().unwrap();
+    let (acks, mut delivered) = ha_ingestor::sink::Acks::channel();
+    let ctx = SinkContext {
+        stats: Arc::new(Stats::default()),
+        dead_letters: Arc::new(DeadLetters::new(dl_dir.path().join("dead-letter"))),
+        shutdown: CancellationToken::new(),
+        acks: Some(acks),
+    };
+    let (tx, rx) = mpsc::channel(16);
+    let task = tokio::spawn(InfluxWriter::new(&cfg).unwrap().run(rx, ctx.clone()));
+    let chunk = |seq: u64, lines: &[&str]| Chunk {
+        lines: lines.iter().map(|l| format!("{l}\n")).collect(),
+        points: lines.len(),
+        seq: Some(seq),
+        marks: Default::default(),
+    };
+    tx.send(chunk(
+        1,
+        &[
+            "keep_a value=1 1700000000000000001",
+            "other value=2 1700000000000000002",
+            "keep\\ b,entity_id=x value=3 1700000000000000003",
+        ],
+    ))
+    .await
+    .unwrap();
+    wait_for("record 1 delivered", WAIT, || {
+        let v = *delivered.borrow_and_update();
+        async move { (v == 1).then_some(()) }
+    })
+    .await;
+    // A record with nothing for this target is delivered as far as it goes.
+    tx.send(chunk(2, &["other value=4 1700000000000000004"]))
+        .await
+        .unwrap();
+    wait_for("record 2 delivered", WAIT, || {
+        let v = *delivered.borrow_and_update();
+        async move { (v == 2).then_some(()) }
+    })
+    .await;
+    ctx.shutdown.cancel();
+    drop(tx);
+    task.await.unwrap();
+    assert_eq!(db.rows("keep_a").await.len(), 1);
+    assert_eq!(db.rows("keep b").await.len(), 1);
+    assert!(db.rows("other").await.is_empty());
+    let t = ctx.stats.totals();
+    assert_eq!((t.written, t.dead_lettered, t.dropped), (2, 0, 0));
+}

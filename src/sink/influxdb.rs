@@ -49,8 +49,6 @@ use crate::monitor::metrics::{
 };
 use crate::sink::{Chunk, SinkContext};
 
-/// The sink name in metrics, logs, health and dead letters.
-const SINK: &str = "influxdb";
 /// Largest uncompressed body, well below InfluxDB's default 25 MB `max-body-size`.
 pub const MAX_BATCH_BYTES: usize = 5 << 20;
 /// Longest `Retry-After` honoured.
@@ -162,6 +160,10 @@ pub struct InfluxWriter {
     retry_max: Duration,
     /// The type-conflict guard's map, shared by clones (a std mutex: never held across an await).
     types: Arc<Mutex<FieldTypes>>,
+    /// The target's name in metrics, logs, health and dead letters (`influxdb`).
+    name: &'static str,
+    /// The measurements this target receives (`measurements`); `None`: all.
+    routes: Option<Arc<globset::GlobSet>>,
 }
 
 impl std::fmt::Debug for InfluxWriter {
@@ -261,6 +263,8 @@ impl InfluxWriter {
             retry_min: cfg.retry_min,
             retry_max: cfg.retry_max.max(cfg.retry_min),
             types: Arc::new(Mutex::new(FieldTypes::new(cfg.type_conflict))),
+            name: target_name(cfg.target_name()),
+            routes: routes(&cfg.measurements)?,
         })
     }
 
@@ -514,13 +518,31 @@ impl InfluxWriter {
             self.add(&mut batch, &chunk, &mut delivery).await;
         }
         delivery.flush(&mut batch).await;
-        super::account_unwritten(&mut rx, &ctx.stats, "influxdb");
+        super::account_unwritten(&mut rx, &ctx.stats, self.name);
     }
 
     /// Appends a chunk, cutting batches at `batch_size` lines or [`MAX_BATCH_BYTES`].
     async fn add(&self, batch: &mut Batch, chunk: &Chunk, delivery: &mut Delivery<'_>) {
+        let routed_chunk;
+        let chunk = match &self.routes {
+            Some(routes) => {
+                let (lines, points) = routed(&chunk.lines, routes);
+                routed_chunk = Chunk {
+                    lines,
+                    points,
+                    seq: chunk.seq,
+                    marks: Default::default(),
+                };
+                &routed_chunk
+            }
+            None => chunk,
+        };
         if chunk.lines.is_empty() {
             batch.seq = chunk.seq.or(batch.seq);
+            if batch.points == 0 {
+                // Nothing of it (or before it) waits here: delivered as far as this target goes.
+                delivery.ack(batch);
+            }
             return;
         }
         if batch.points + chunk.points <= self.batch_size
@@ -543,6 +565,52 @@ impl InfluxWriter {
             delivery.flush(batch).await;
         }
     }
+}
+
+/// A `'static` name for metric labels: interned, so each distinct target name is allocated once per process.
+fn target_name(name: &str) -> &'static str {
+    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = names.iter().find(|n| **n == name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
+    names.push(leaked);
+    leaked
+}
+
+fn routes(globs: &[String]) -> Result<Option<Arc<globset::GlobSet>>, WriteError> {
+    if globs.is_empty() {
+        return Ok(None);
+    }
+    let mut set = globset::GlobSetBuilder::new();
+    for g in globs {
+        set.add(
+            globset::Glob::new(g)
+                .map_err(|e| WriteError::Config(format!("influxdb.measurements {g:?}: {e}")))?,
+        );
+    }
+    let set = set
+        .build()
+        .map_err(|e| WriteError::Config(format!("influxdb.measurements: {e}")))?;
+    Ok(Some(Arc::new(set)))
+}
+
+/// The lines of `lines` whose measurement `routes` matches (a line that does not scan goes along, for the server to judge).
+fn routed(lines: &str, routes: &globset::GlobSet) -> (String, usize) {
+    let mut out = String::new();
+    let mut n = 0;
+    for line in lines.split_inclusive('\n') {
+        let keep = match field_types::measurement_of(line) {
+            Some(m) => routes.is_match(&*m),
+            None => true,
+        };
+        if keep {
+            out.push_str(line);
+            n += 1;
+        }
+    }
+    (out, n)
 }
 
 fn with_query(base: &str, pairs: &[(&str, &str)]) -> Result<String, WriteError> {
@@ -632,10 +700,18 @@ impl<'a> Delivery<'a> {
         }
     }
 
+    /// Reports an empty batch's record as delivered (its lines all went out before, or none were for this target).
+    fn ack(&mut self, batch: &mut Batch) {
+        if let (Some(acks), Some(seq)) = (self.acks, batch.seq.take()) {
+            acks.delivered(seq);
+        }
+    }
+
     async fn flush(&mut self, batch: &mut Batch) {
         if batch.points == 0 {
             batch.lines.clear();
             batch.since = None;
+            self.ack(batch);
             return;
         }
         match self.deliver(&batch.lines).await {
@@ -683,7 +759,7 @@ impl<'a> Delivery<'a> {
         let mut total = Outcome::default();
         let mut current = std::borrow::Cow::Borrowed(body);
         loop {
-            let mut guarded = self.writer.types().guard(&current, SINK);
+            let mut guarded = self.writer.types().guard(&current, self.writer.name);
             self.originals = std::mem::take(&mut guarded.changed);
             for (line, reason) in &guarded.set_aside {
                 self.dead_letter(line, "type_conflict", reason);
@@ -730,7 +806,7 @@ impl<'a> Delivery<'a> {
             };
             let started = std::time::Instant::now();
             let result = self.writer.attempt(text).await;
-            metrics::histogram!(SINK_BATCH_DURATION, "sink" => SINK)
+            metrics::histogram!(SINK_BATCH_DURATION, "sink" => self.writer.name)
                 .record(started.elapsed().as_secs_f64());
             let failure = match result {
                 Ok(()) => {
@@ -741,7 +817,7 @@ impl<'a> Delivery<'a> {
                 }
                 Err(f) => f,
             };
-            metrics::counter!(SINK_ERRORS, "sink" => SINK, "error_type" => failure.error.kind())
+            metrics::counter!(SINK_ERRORS, "sink" => self.writer.name, "error_type" => failure.error.kind())
                 .increment(1);
             // The server's message, read once: classified here, quoted in dead letters below.
             let (verdict, message) = match &failure.error {
@@ -773,7 +849,7 @@ impl<'a> Delivery<'a> {
                 }
                 Verdict::Retry => {
                     attempt = attempt.saturating_add(1);
-                    metrics::counter!(SINK_RETRIES, "sink" => SINK).increment(1);
+                    metrics::counter!(SINK_RETRIES, "sink" => self.writer.name).increment(1);
                     self.not_ready(&failure.error, false);
                     let delay = retry_delay(
                         attempt,
@@ -804,7 +880,7 @@ impl<'a> Delivery<'a> {
                     if self.hold_is_fatal {
                         return Err(failure.error);
                     }
-                    metrics::counter!(SINK_RETRIES, "sink" => SINK).increment(1);
+                    metrics::counter!(SINK_RETRIES, "sink" => self.writer.name).increment(1);
                     self.not_ready(&failure.error, true);
                     if !self.wait(self.writer.retry_max).await {
                         outcome.undelivered += remaining(&lines, &work);
@@ -895,12 +971,12 @@ impl<'a> Delivery<'a> {
     }
 
     fn delivered(&mut self, points: u64, bytes: u64) {
-        metrics::counter!(SINK_SENT_POINTS, "sink" => SINK).increment(points);
-        metrics::counter!(SINK_SENT_BYTES, "sink" => SINK).increment(bytes);
-        metrics::histogram!(SINK_BATCH_POINTS, "sink" => SINK).record(points as f64);
+        metrics::counter!(SINK_SENT_POINTS, "sink" => self.writer.name).increment(points);
+        metrics::counter!(SINK_SENT_BYTES, "sink" => self.writer.name).increment(bytes);
+        metrics::histogram!(SINK_BATCH_POINTS, "sink" => self.writer.name).record(points as f64);
         if let Some(stats) = self.stats {
             Stats::add(&stats.written, points);
-            stats.sink_result(SINK, Ok(()));
+            stats.sink_result(self.writer.name, Ok(()));
         }
         if self.holding {
             tracing::info!(message = "InfluxDB accepts writes again.");
@@ -915,7 +991,7 @@ impl<'a> Delivery<'a> {
             stage: "sink",
             kind,
             reason,
-            source: SINK,
+            source: self.writer.name,
             input: line.as_bytes(),
         });
         if let Some(stats) = self.stats {
@@ -925,7 +1001,7 @@ impl<'a> Delivery<'a> {
 
     fn not_ready(&mut self, error: &WriteError, hold: bool) {
         if let Some(stats) = self.stats {
-            stats.sink_result(SINK, Err(error.to_string()));
+            stats.sink_result(self.writer.name, Err(error.to_string()));
         }
         if !hold {
             // Retry streaks are logged by the caller; this marks them for the recovery message.

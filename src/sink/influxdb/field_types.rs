@@ -186,6 +186,14 @@ fn parse(line: &str) -> Option<Parsed> {
     })
 }
 
+/// The measurement of a line as InfluxDB stores it; `None` when the line does not scan.
+pub(crate) fn measurement_of(line: &str) -> Option<Cow<'_, str>> {
+    let b = line.as_bytes();
+    let end =
+        (0..b.len()).find(|&i| (b[i] == b',' || b[i] == b' ') && (i == 0 || b[i - 1] != b'\\'))?;
+    (end > 0).then(|| unescape(&line[..end]))
+}
+
 /// A measurement or field key as InfluxDB stores it: the backslash goes before `,`, space, `=` and `"`.
 fn unescape(name: &str) -> Cow<'_, str> {
     if !name.contains('\\') {
