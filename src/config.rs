@@ -622,6 +622,9 @@ pub struct InfluxConfig {
     /// Measurement globs this target receives; empty: every point (a mirror).
     #[serde(default)]
     pub measurements: Vec<String>,
+    /// Write requests in flight at once; points are split by series so each series stays in order.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
     /// The further `[[influxdb]]` targets after this first one (filled by the config reader only).
     #[serde(skip)]
     pub more: Vec<InfluxConfig>,
@@ -683,6 +686,9 @@ fn default_retry_min() -> Duration {
 fn default_retry_max() -> Duration {
     Duration::from_secs(60)
 }
+fn default_max_concurrent_requests() -> usize {
+    2
+}
 
 impl InfluxConfig {
     /// This target's name: `name`, else `influxdb`.
@@ -719,6 +725,7 @@ impl InfluxConfig {
             type_conflict: TypeConflict::default(),
             name: None,
             measurements: Vec::new(),
+            max_concurrent_requests: default_max_concurrent_requests(),
             more: Vec::new(),
         }
     }
@@ -1229,6 +1236,7 @@ impl std::fmt::Debug for InfluxConfig {
             .field("type_conflict", &self.type_conflict)
             .field("name", &self.name)
             .field("measurements", &self.measurements)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("more", &self.more)
             .finish()
     }

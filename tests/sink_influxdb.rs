@@ -22,6 +22,8 @@ fn config(db: &Influxd) -> InfluxConfig {
     cfg.retry_min = Duration::from_millis(20);
     cfg.retry_max = Duration::from_millis(200);
     cfg.flush_interval = Duration::from_millis(50);
+    // One request at a time: these tests follow the batches and replies exactly.
+    cfg.max_concurrent_requests = 1;
     cfg
 }
 
@@ -581,4 +583,62 @@ async fn a_target_with_measurements_writes_only_those_and_acknowledges_the_rest(
     assert!(db.rows("other").await.is_empty());
     let t = ctx.stats.totals();
     assert_eq!((t.written, t.dead_lettered, t.dropped), (2, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_keep_each_series_in_order_and_acknowledge_in_order() {
+    let db = Influxd::start("home_assistant").await;
+    let mut cfg = config(&db);
+    cfg.max_concurrent_requests = 4;
+    cfg.batch_size = 10;
+    let dl_dir = tempfile::tempdir().unwrap();
+    let (acks, mut delivered) = ha_ingestor::sink::Acks::channel();
+    let ctx = SinkContext {
+        stats: Arc::new(Stats::default()),
+        dead_letters: Arc::new(DeadLetters::new(dl_dir.path().join("dead-letter"))),
+        shutdown: CancellationToken::new(),
+        acks: Some(acks),
+    };
+    let (tx, rx) = mpsc::channel(64);
+    let task = tokio::spawn(InfluxWriter::new(&cfg).unwrap().run(rx, ctx.clone()));
+    // Every round rewrites each entity's one point (same timestamp): InfluxDB keeps the
+    // last write, so any reordering within a series would leave an older value stored.
+    const ENTITIES: u64 = 20;
+    const ROUNDS: u64 = 30;
+    for round in 0..ROUNDS {
+        let lines: String = (0..ENTITIES)
+            .map(|e| {
+                format!(
+                    "o,entity_id=e{e} value={round} {}\n",
+                    1_700_000_000_000_000_000 + e
+                )
+            })
+            .collect();
+        tx.send(Chunk {
+            lines,
+            points: ENTITIES as usize,
+            seq: Some(round + 1),
+            marks: Default::default(),
+        })
+        .await
+        .unwrap();
+    }
+    wait_for("every record delivered", WAIT, || {
+        let v = *delivered.borrow_and_update();
+        async move { (v == ROUNDS).then_some(()) }
+    })
+    .await;
+    ctx.shutdown.cancel();
+    drop(tx);
+    task.await.unwrap();
+    let rows = db.rows("o").await;
+    assert_eq!(rows.len(), ENTITIES as usize);
+    for row in &rows {
+        assert_eq!(row["value"], json!(ROUNDS - 1), "{row:?}");
+    }
+    let t = ctx.stats.totals();
+    assert_eq!(
+        (t.written, t.dead_lettered, t.dropped),
+        (ENTITIES * ROUNDS, 0, 0)
+    );
 }

@@ -26,6 +26,8 @@ fn v1(url: &str) -> InfluxConfig {
     cfg.retry_min = Duration::from_millis(5);
     cfg.retry_max = Duration::from_millis(50);
     cfg.flush_interval = Duration::from_millis(20);
+    // One request at a time: these tests count the requests.
+    cfg.max_concurrent_requests = 1;
     cfg
 }
 

@@ -55,6 +55,10 @@ pub const MAX_BATCH_BYTES: usize = 5 << 20;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 /// Time allowed, once shutdown starts, to drain the input and deliver what is held.
 pub const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+/// Most write requests in flight per target.
+const MAX_LANES: usize = 64;
+/// Chunks queued per lane.
+const LANE_CHANNEL: usize = 4;
 /// Largest error body kept from a reply.
 const MAX_ERROR_BODY: usize = 1 << 20;
 
@@ -164,6 +168,8 @@ pub struct InfluxWriter {
     name: &'static str,
     /// The measurements this target receives (`measurements`); `None`: all.
     routes: Option<Arc<globset::GlobSet>>,
+    /// Lanes, each with one request in flight (`max_concurrent_requests`).
+    lanes: usize,
 }
 
 impl std::fmt::Debug for InfluxWriter {
@@ -265,6 +271,7 @@ impl InfluxWriter {
             types: Arc::new(Mutex::new(FieldTypes::new(cfg.type_conflict))),
             name: target_name(cfg.target_name()),
             routes: routes(&cfg.measurements)?,
+            lanes: cfg.max_concurrent_requests.clamp(1, MAX_LANES),
         })
     }
 
@@ -479,7 +486,73 @@ impl InfluxWriter {
     /// After cancellation it keeps receiving until every sender is gone or
     /// [`SHUTDOWN_FLUSH_DEADLINE`] passes; whatever cannot be delivered by then is
     /// logged and counted in `stats.dropped`.
-    pub async fn run(self, mut rx: Receiver<Chunk>, ctx: SinkContext) {
+    ///
+    /// With `max_concurrent_requests` above 1 the lines are split into that many
+    /// lanes by a hash of their series key (measurement and tags), each lane
+    /// batching and writing on its own, so up to that many requests are in flight
+    /// while every series' points still arrive in order. A buffer record is
+    /// reported delivered once every lane has delivered its part of it.
+    pub async fn run(self, rx: Receiver<Chunk>, ctx: SinkContext) {
+        if self.lanes <= 1 {
+            return self.run_lane(rx, ctx).await;
+        }
+        self.run_lanes(rx, ctx).await;
+    }
+
+    async fn run_lanes(self, mut rx: Receiver<Chunk>, ctx: SinkContext) {
+        let n = self.lanes;
+        let mut txs = Vec::with_capacity(n);
+        let mut lanes = Vec::with_capacity(n);
+        let mut reports = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, lane_rx) = tokio::sync::mpsc::channel::<Chunk>(LANE_CHANNEL);
+            let (acks, delivered) = crate::sink::Acks::channel();
+            let lane_ctx = SinkContext {
+                acks: ctx.acks.as_ref().map(|_| acks),
+                ..ctx.clone()
+            };
+            txs.push(tx);
+            reports.push(delivered);
+            lanes.push(tokio::spawn(self.clone().run_lane(lane_rx, lane_ctx)));
+        }
+        // Every lane's report → the lowest, to the buffer.
+        let forwarder = ctx
+            .acks
+            .clone()
+            .map(|acks| tokio::spawn(lowest_of(reports, acks)));
+        let mut deadline = None;
+        loop {
+            let chunk = match deadline {
+                None => tokio::select! {
+                    biased;
+                    _ = ctx.shutdown.cancelled() => {
+                        deadline = Some(Instant::now() + SHUTDOWN_FLUSH_DEADLINE);
+                        continue;
+                    }
+                    chunk = rx.recv() => chunk,
+                },
+                Some(at) => tokio::time::timeout_at(at, rx.recv()).await.ok().flatten(),
+            };
+            let Some(chunk) = chunk else { break };
+            for (tx, part) in txs.iter().zip(split_by_series(&chunk, n)) {
+                // A lane ends only after its input closed, which happens below.
+                let _ = tx.send(part).await;
+            }
+        }
+        drop(txs);
+        for lane in lanes {
+            if let Err(error) = lane.await {
+                tracing::error!(message = "An InfluxDB write lane failed.", %error);
+            }
+        }
+        if let Some(forwarder) = forwarder {
+            let _ = forwarder.await;
+        }
+        super::account_unwritten(&mut rx, &ctx.stats, self.name);
+    }
+
+    /// One lane: batches, writes with retries, flushes at shutdown (the whole sink when there is one lane).
+    async fn run_lane(self, mut rx: Receiver<Chunk>, ctx: SinkContext) {
         let mut delivery = Delivery {
             writer: &self,
             dead_letters: &ctx.dead_letters,
@@ -563,6 +636,56 @@ impl InfluxWriter {
         batch.seq = chunk.seq.or(batch.seq);
         if batch.points >= self.batch_size || batch.lines.len() >= MAX_BATCH_BYTES {
             delivery.flush(batch).await;
+        }
+    }
+}
+
+/// Splits a chunk's lines into `n` parts by a hash of each line's series key; every part keeps the chunk's seq (empty parts too, so each lane reports it).
+fn split_by_series(chunk: &Chunk, n: usize) -> Vec<Chunk> {
+    let mut parts: Vec<Chunk> = (0..n)
+        .map(|_| Chunk {
+            lines: String::new(),
+            points: 0,
+            seq: chunk.seq,
+            marks: Default::default(),
+        })
+        .collect();
+    for line in chunk.lines.split_inclusive('\n') {
+        let part = &mut parts[(series_hash(line) % n as u64) as usize];
+        part.lines.push_str(line);
+        part.points += 1;
+    }
+    parts
+}
+
+/// FNV-1a of a line's series key (measurement and tags: everything before the first unescaped space).
+fn series_hash(line: &str) -> u64 {
+    let b = line.as_bytes();
+    let end = (0..b.len())
+        .find(|&i| b[i] == b' ' && (i == 0 || b[i - 1] != b'\\'))
+        .unwrap_or(b.len());
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &c in &b[..end] {
+        h ^= u64::from(c);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Forwards the lowest of the lanes' delivery reports to `acks` until every lane is gone.
+async fn lowest_of(mut reports: Vec<tokio::sync::watch::Receiver<u64>>, acks: crate::sink::Acks) {
+    let mut open = vec![true; reports.len()];
+    while open.iter().any(|o| *o) {
+        let waits = reports
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| open[*i])
+            .map(|(i, rx)| Box::pin(async move { (i, rx.changed().await.is_ok()) }));
+        let ((i, still_open), _, rest) = futures_util::future::select_all(waits).await;
+        drop(rest);
+        open[i] = still_open;
+        if let Some(low) = reports.iter_mut().map(|rx| *rx.borrow_and_update()).min() {
+            acks.delivered(low);
         }
     }
 }
