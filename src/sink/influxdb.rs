@@ -1484,6 +1484,39 @@ mod tests {
     }
 
     #[test]
+    fn lines_split_by_series_keep_each_series_whole_and_every_part_the_seq() {
+        let lines: String = (0..200)
+            .map(|i| format!("m,entity_id=e{} value={i} {i}\n", i % 7))
+            .chain(["m\\ x,entity_id=e1 value=1 1\n".to_string()])
+            .collect();
+        let chunk = Chunk {
+            lines,
+            points: 201,
+            seq: Some(9),
+            marks: Default::default(),
+        };
+        let parts = split_by_series(&chunk, 3);
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| p.seq == Some(9)));
+        assert_eq!(parts.iter().map(|p| p.points).sum::<usize>(), 201);
+        for e in 0..7 {
+            let key = format!("m,entity_id=e{e} ");
+            let holding: Vec<usize> = (0..3).filter(|&i| parts[i].lines.contains(&key)).collect();
+            assert_eq!(holding.len(), 1, "series {key} in parts {holding:?}");
+            // In order within its part.
+            let values: Vec<u64> = parts[holding[0]]
+                .lines
+                .lines()
+                .filter(|l| l.starts_with(&key))
+                .map(|l| l.split(' ').nth(2).unwrap().parse().unwrap())
+                .collect();
+            assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
+        }
+        // A space escaped in the measurement is part of the series key.
+        assert_ne!(series_hash("m\\ x,entity_id=e1 v=1"), series_hash("m v=1"));
+    }
+
+    #[test]
     fn dropped_count_is_parsed() {
         assert_eq!(parse_dropped("partial write: x dropped=12"), Some(12));
         assert_eq!(parse_dropped("partial write"), None);
