@@ -178,23 +178,30 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let handoff = Handoff::new();
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL);
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
-    let (sink_rx, acks, buffered) = if cfg.buffer.enabled {
+    let targets = sink.targets();
+    let (sink_rxs, acks, buffered) = if cfg.buffer.enabled {
         let buffer = open_buffer(cfg).await?;
         metrics::gauge!(crate::monitor::metrics::BUFFER_CAPACITY_BYTES)
             .set(cfg.buffer.max_bytes as f64);
-        let (sink_rx, acks, buffered) = start_buffer(buffer, chunk_rx, &stats, &handoff)?;
-        (sink_rx, Some(acks), Some(buffered))
+        let (sink_rxs, acks, buffered) = start_buffer(buffer, chunk_rx, &stats, &handoff, targets)?;
+        (
+            sink_rxs,
+            acks.into_iter().map(Some).collect(),
+            Some(buffered),
+        )
     } else {
-        (release_on_handover(chunk_rx, handoff.clone()), None, None)
+        let rx = release_on_handover(chunk_rx, handoff.clone());
+        (fan_out(rx, targets), vec![None; targets], None)
     };
     let sink_token = CancellationToken::new();
-    let sink = sink.spawn(
-        sink_rx,
+    let sink = sink.spawn_targets(
+        sink_rxs,
+        acks,
         SinkContext {
             stats: stats.clone(),
             dead_letters: dead_letters.clone(),
             shutdown: sink_token.clone(),
-            acks,
+            acks: None,
         },
     );
 
@@ -253,11 +260,21 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
 enum Sink {
     Influx(InfluxWriter),
     File(FileSink),
+    /// Several `[[influxdb]]` targets, each fed and acknowledged on its own.
+    Targets(Vec<InfluxWriter>),
 }
 
 /// Builds the configured sink without starting it, so its errors come before any task runs.
 fn build_sink(cfg: &Config) -> Result<Sink, StartError> {
     Ok(match &cfg.influxdb {
+        Some(influx) if !influx.more.is_empty() => {
+            let mut writers = Vec::new();
+            for target in influx.targets() {
+                writers.push(InfluxWriter::new(target)?);
+                tracing::info!(message = "Writing to InfluxDB.", target = target.target_name(), url = %crate::config::redact_url(&target.url), api = ?target.api, measurements = ?target.measurements);
+            }
+            Sink::Targets(writers)
+        }
         Some(influx) => {
             let writer = InfluxWriter::new(influx)?;
             tracing::info!(message = "Writing to InfluxDB.", url = %crate::config::redact_url(&influx.url), api = ?influx.api);
@@ -280,21 +297,95 @@ impl Sink {
         match self {
             Sink::Influx(writer) => tokio::spawn(writer.run(rx, ctx)),
             Sink::File(file_sink) => tokio::spawn(file_sink.run(rx, ctx)),
+            Sink::Targets(writers) => {
+                let acks = ctx.acks.clone();
+                let n = writers.len();
+                Sink::Targets(writers).spawn_targets(fan_out(rx, n), vec![acks; n], ctx)
+            }
+        }
+    }
+
+    /// How many inputs (and delivery reports) the sink takes: one per InfluxDB target.
+    fn targets(&self) -> usize {
+        match self {
+            Sink::Targets(writers) => writers.len(),
+            Sink::Influx(_) | Sink::File(_) => 1,
+        }
+    }
+
+    /// Starts the sink on one input and one delivery report per target (see [`Sink::targets`]).
+    fn spawn_targets(
+        self,
+        rxs: Vec<mpsc::Receiver<Chunk>>,
+        acks: Vec<Option<Acks>>,
+        ctx: SinkContext,
+    ) -> JoinHandle<()> {
+        let with_acks = |acks: Option<Acks>| SinkContext {
+            acks,
+            ..ctx.clone()
+        };
+        match self {
+            Sink::Targets(writers) => {
+                let tasks: Vec<JoinHandle<()>> = writers
+                    .into_iter()
+                    .zip(rxs)
+                    .zip(acks)
+                    .map(|((writer, rx), acks)| tokio::spawn(writer.run(rx, with_acks(acks))))
+                    .collect();
+                tokio::spawn(async move {
+                    for task in tasks {
+                        if let Err(error) = task.await {
+                            tracing::error!(message = "An InfluxDB target's task failed.", %error);
+                        }
+                    }
+                })
+            }
+            single => {
+                let (Some(rx), Some(acks)) = (rxs.into_iter().next(), acks.into_iter().next())
+                else {
+                    return tokio::spawn(async {});
+                };
+                single.spawn(rx, with_acks(acks))
+            }
         }
     }
 }
 
+/// Without the buffer, several targets: every chunk is copied to each target's input (a slow target slows the others).
+fn fan_out(mut rx: mpsc::Receiver<Chunk>, targets: usize) -> Vec<mpsc::Receiver<Chunk>> {
+    if targets <= 1 {
+        return vec![rx];
+    }
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..targets)
+        .map(|_| mpsc::channel::<Chunk>(CHUNK_CHANNEL))
+        .unzip();
+    tokio::spawn(async move {
+        while let Some(chunk) = rx.recv().await {
+            for tx in &txs {
+                let _ = tx.send(chunk.clone()).await;
+            }
+        }
+    });
+    rxs
+}
+
+/// One input channel per sink target.
+type TargetInputs = Vec<mpsc::Receiver<Chunk>>;
+
 /// Puts the buffer between the pipeline's channel and the sink: the appender writes
 /// `from_pipeline` to disk, the feeder sends records to the returned receiver, and the
 /// acknowledger removes what the sink reports through the returned [`Acks`].
+///
+/// With several targets, each has its own feeder (its own position in the buffer)
+/// and its own delivery report; a record is removed once every target delivered it.
 fn start_buffer(
     buffer: Buffer,
     from_pipeline: mpsc::Receiver<Chunk>,
     stats: &Arc<Stats>,
     handoff: &Arc<Handoff>,
-) -> Result<(mpsc::Receiver<Chunk>, Acks, Buffered), StartError> {
-    let (acks, delivered) = Acks::channel();
-    let (sink_tx, sink_rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
+    targets: usize,
+) -> Result<(TargetInputs, Vec<Acks>, Buffered), StartError> {
+    let (acks, delivered): (Vec<Acks>, Vec<_>) = (0..targets).map(|_| Acks::channel()).unzip();
     let pending = Arc::new(tasks::PendingMarks::default());
     let appender = tasks::spawn_appender(
         buffer.clone(),
@@ -311,15 +402,28 @@ fn start_buffer(
         handoff.clone(),
         release_token.clone(),
     ));
-    let feeder = tokio::spawn(tasks::feed(
-        buffer.clone(),
-        sink_tx,
-        feeder_token.clone(),
-        BUFFER_DRAIN_DEADLINE,
-    ));
-    let acknowledger = tokio::spawn(tasks::acknowledge(buffer.clone(), delivered));
+    let mut sink_rxs = Vec::with_capacity(targets);
+    let mut feeders = Vec::with_capacity(targets);
+    for _ in 0..targets {
+        let (sink_tx, sink_rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
+        sink_rxs.push(sink_rx);
+        feeders.push(tokio::spawn(tasks::feed(
+            buffer.clone(),
+            sink_tx,
+            feeder_token.clone(),
+            BUFFER_DRAIN_DEADLINE,
+        )));
+    }
+    let feeder = tokio::spawn(async move {
+        for feeder in feeders {
+            if let Err(error) = feeder.await {
+                tracing::error!(message = "A buffer feeder failed.", %error);
+            }
+        }
+    });
+    let acknowledger = tokio::spawn(tasks::acknowledge_all(buffer.clone(), delivered));
     Ok((
-        sink_rx,
+        sink_rxs,
         acks,
         Buffered {
             buffer,
@@ -389,21 +493,32 @@ pub async fn drain_buffer(
     let sink = build_sink(cfg)?;
     let buffer = open_buffer(cfg).await?;
     let stats = Arc::new(Stats::default());
-    let (acks, delivered) = Acks::channel();
-    let (tx, rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
+    let targets = sink.targets();
+    let (acks, delivered): (Vec<Acks>, Vec<_>) = (0..targets).map(|_| Acks::channel()).unzip();
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..targets)
+        .map(|_| mpsc::channel::<Chunk>(CHUNK_CHANNEL))
+        .unzip();
     let sink_token = CancellationToken::new();
     let ctx = SinkContext {
         stats: stats.clone(),
         dead_letters: Arc::new(DeadLetters::new(cfg.dead_letter_dir())),
         shutdown: sink_token.clone(),
-        acks: Some(acks),
+        acks: None,
     };
-    let mut sink = sink.spawn(rx, ctx);
-    let acknowledger = tokio::spawn(tasks::acknowledge(buffer.clone(), delivered));
+    let mut sink = sink.spawn_targets(rxs, acks.into_iter().map(Some).collect(), ctx);
+    let acknowledger = tokio::spawn(tasks::acknowledge_all(buffer.clone(), delivered));
     let stop = CancellationToken::new();
-    // Everything on disk now; the feeder ends once it read all of it (or at the deadline after `stop`).
+    // Everything on disk now; each feeder ends once it read all of it (or at the deadline after `stop`).
     stop.cancel();
-    let feeder = tokio::spawn(tasks::feed(buffer.clone(), tx, stop, Duration::MAX));
+    let feeders: Vec<JoinHandle<()>> = txs
+        .into_iter()
+        .map(|tx| tokio::spawn(tasks::feed(buffer.clone(), tx, stop.clone(), Duration::MAX)))
+        .collect();
+    let feeder = tokio::spawn(async move {
+        for f in feeders {
+            let _ = f.await;
+        }
+    });
     tokio::pin!(interrupt);
     let interrupted = tokio::select! {
         _ = &mut sink => false,

@@ -77,8 +77,8 @@ pub struct Config {
     /// How events become points.
     #[serde(default)]
     pub schema: SchemaConfig,
-    /// The InfluxDB sink; absent means points go to the file sink.
-    #[serde(default)]
+    /// The InfluxDB sink; absent means points go to the file sink. `[[influxdb]]` tables: the first, with the others in its `more`.
+    #[serde(default, deserialize_with = "influx_one_or_many")]
     pub influxdb: Option<InfluxConfig>,
     /// The embedded file sink used when no InfluxDB is configured.
     #[serde(default)]
@@ -718,6 +718,62 @@ pub struct InfluxConfig {
     /// TLS for `https://`.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// What to do with a field value whose type differs from the field's type in InfluxDB.
+    #[serde(default)]
+    pub type_conflict: TypeConflict,
+    /// This target's name in metrics, logs and dead letters (`influxdb`); distinct names are required with several targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Measurement globs this target receives; empty: every point (a mirror).
+    #[serde(default)]
+    pub measurements: Vec<String>,
+    /// Write requests in flight at once; points are split by series so each series stays in order.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// The further `[[influxdb]]` targets after this first one (filled by the config reader only).
+    #[serde(skip)]
+    pub more: Vec<InfluxConfig>,
+}
+
+/// Reads `[influxdb]` (one target) or `[[influxdb]]` (several: the first carries the others in `more`).
+fn influx_one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<InfluxConfig>, D::Error> {
+    struct OneOrMany;
+    impl<'de> serde::de::Visitor<'de> for OneOrMany {
+        type Value = Option<InfluxConfig>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an [influxdb] table or [[influxdb]] tables")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            InfluxConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            let mut all = Vec::<InfluxConfig>::deserialize(
+                serde::de::value::SeqAccessDeserializer::new(seq),
+            )?;
+            if all.is_empty() {
+                return Ok(None);
+            }
+            let mut first = all.remove(0);
+            first.more = all;
+            Ok(Some(first))
+        }
+    }
+    d.deserialize_any(OneOrMany)
+}
+
+/// How the writer resolves a field value whose type differs from what InfluxDB already stores for that field.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TypeConflict {
+    /// Convert the value when no information is lost (3i → 3.0, 20.0 → 20i, 21.5 → "21.5"), else write it to `<field>_str` as a string.
+    #[default]
+    Convert,
+    /// Always write the value to `<field>_str` as a string.
+    StrField,
+    /// Set the whole point aside as a dead letter (`type_conflict`).
+    DeadLetter,
 }
 
 fn default_batch_size() -> usize {
@@ -735,8 +791,21 @@ fn default_retry_min() -> Duration {
 fn default_retry_max() -> Duration {
     Duration::from_secs(60)
 }
+fn default_max_concurrent_requests() -> usize {
+    2
+}
 
 impl InfluxConfig {
+    /// This target's name: `name`, else `influxdb`.
+    pub fn target_name(&self) -> &str {
+        self.name.as_deref().unwrap_or("influxdb")
+    }
+
+    /// Every target: this one, then the further `[[influxdb]]` tables.
+    pub fn targets(&self) -> impl Iterator<Item = &InfluxConfig> {
+        std::iter::once(self).chain(self.more.iter())
+    }
+
     /// A v1 config for `url`/`database` with every other key at its default.
     pub fn v1(url: impl Into<String>, database: impl Into<String>) -> Self {
         InfluxConfig {
@@ -758,6 +827,11 @@ impl InfluxConfig {
             retry_min: default_retry_min(),
             retry_max: default_retry_max(),
             tls: TlsConfig::default(),
+            type_conflict: TypeConflict::default(),
+            name: None,
+            measurements: Vec::new(),
+            max_concurrent_requests: default_max_concurrent_requests(),
+            more: Vec::new(),
         }
     }
 }
@@ -956,6 +1030,51 @@ impl Config {
             if let Some(file) = &influx.token_file {
                 influx.token = Some(read_secret("influxdb.token_file", base, file)?);
             }
+            // The further [[influxdb]] targets read their own files.
+            for more in &mut influx.more {
+                if let Some(file) = &more.password_file {
+                    more.password = Some(read_secret("influxdb.password_file", base, file)?);
+                }
+                if let Some(file) = &more.token_file {
+                    more.token = Some(read_secret("influxdb.token_file", base, file)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Several `[[influxdb]]` targets: distinct names, valid measurement globs, and each one valid on its own.
+    fn validate_influx_targets(&self, influx: &InfluxConfig) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for target in influx.targets() {
+            let name = target.target_name();
+            if !names.insert(name) {
+                return Err(ConfigError::Invalid {
+                    key: "influxdb.name".into(),
+                    message: format!(
+                        "{name:?} is used by two targets; give each [[influxdb]] a distinct name"
+                    ),
+                });
+            }
+            for glob in &target.measurements {
+                globset::Glob::new(glob).map_err(|e| ConfigError::Invalid {
+                    key: "influxdb.measurements".into(),
+                    message: format!("target {name:?}: {glob:?}: {e}"),
+                })?;
+            }
+        }
+        for more in &influx.more {
+            let alone = Config {
+                influxdb: Some(more.clone()),
+                ..self.clone()
+            };
+            alone.validate().map_err(|e| match e {
+                ConfigError::Invalid { key, message } => ConfigError::Invalid {
+                    key,
+                    message: format!("target {:?}: {message}", more.target_name()),
+                },
+                other => other,
+            })?;
         }
         Ok(())
     }
@@ -1051,6 +1170,9 @@ impl Config {
                     "must be above zero".into(),
                 ));
             }
+        }
+        if let Some(influx) = &self.influxdb {
+            self.validate_influx_targets(influx)?;
         }
         if let Some(influx) = &self.influxdb {
             let parsed = url::Url::parse(&influx.url).map_err(|e| {
@@ -1367,6 +1489,11 @@ impl std::fmt::Debug for InfluxConfig {
             .field("retry_min", &self.retry_min)
             .field("retry_max", &self.retry_max)
             .field("tls", &self.tls)
+            .field("type_conflict", &self.type_conflict)
+            .field("name", &self.name)
+            .field("measurements", &self.measurements)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("more", &self.more)
             .finish()
     }
 }
@@ -1585,5 +1712,50 @@ mod tests {
         let c =
             Config::from_toml_with_env(&std::fs::read_to_string(&cfg).unwrap(), &cfg, &[]).unwrap();
         assert_eq!(c.homeassistant[0].token.as_deref(), Some("secret-token"));
+    }
+
+    #[test]
+    fn several_influxdb_targets_parse_and_validate() {
+        let two = "[[influxdb]]\nname = \"a\"\nurl = \"http://a:8086\"\ndatabase = \"d\"\n\
+                   [[influxdb]]\nname = \"b\"\nurl = \"http://b:8086\"\ndatabase = \"d\"\nmeasurements = [\"°C\"]\n";
+        let c = load(two, &[]).unwrap();
+        let influx = c.influxdb.unwrap();
+        let targets: Vec<(&str, &str, Vec<String>)> = influx
+            .targets()
+            .map(|t| (t.target_name(), t.url.as_str(), t.measurements.clone()))
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                ("a", "http://a:8086", vec![]),
+                ("b", "http://b:8086", vec!["°C".to_string()])
+            ]
+        );
+        // One table still works, named "influxdb".
+        let one = load(
+            "[influxdb]\nurl = \"http://a:8086\"\ndatabase = \"d\"\n",
+            &[],
+        )
+        .unwrap();
+        let one = one.influxdb.unwrap();
+        assert_eq!((one.target_name(), one.more.len()), ("influxdb", 0));
+        let err = load(&two.replace("name = \"b\"", "name = \"a\""), &[]).unwrap_err();
+        assert!(err.to_string().contains("distinct name"), "{err}");
+        let err = load(&two.replace("[\"°C\"]", "[\"[\"]"), &[]).unwrap_err();
+        assert!(err.to_string().contains("measurements"), "{err}");
+        let err = load(
+            &two.replace("url = \"http://b:8086\"", "url = \"ftp://b\""),
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("target \"b\""), "{err}");
+        let err = load(two, &[("HA_INGESTOR_INFLUXDB__DATABASE", "x")]).unwrap_err();
+        assert!(err.to_string().contains("not a section"), "{err}");
+        let err = load(
+            "[[influxdb]]\nurl = \"http://a\"\ndatabase = \"d\"\nbogus = 1\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
     }
 }

@@ -112,6 +112,85 @@ async fn an_influxdb_outage_under_load_loses_and_duplicates_nothing() {
     sim.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_targets_one_down_the_other_keeps_up_and_both_end_exact() {
+    ha_ingestor::ensure_crypto_provider();
+    let a = Influxd::start("mirror_a").await;
+    let mut b = Influxd::start("mirror_b").await;
+    let token = "mirror-token";
+    let sim = simulator(token, 1000.0, 3000, 12).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let target = |name: &str, db: &Influxd| {
+        format!(
+            "[[influxdb]]\nname = \"{name}\"\nurl = \"{}\"\ndatabase = \"{}\"\n\
+             flush_interval = \"100ms\"\nretry_min = \"50ms\"\nretry_max = \"200ms\"\n",
+            db.url(),
+            db.database()
+        )
+    };
+    let text = format!(
+        "data_dir = {:?}\n[homeassistant]\nurl = \"{}\"\ntoken = \"{token}\"\n\
+         [buffer]\nfsync_interval = \"100ms\"\n[monitor]\nenabled = false\n{}{}",
+        data.path(),
+        sim.url(),
+        target("a", &a),
+        target("b", &b),
+    );
+    let cfg = Config::from_toml_with_env(&text, &data.path().join("config.toml"), &[])
+        .expect("[[influxdb]] config");
+    let names: Vec<&str> = cfg
+        .influxdb
+        .as_ref()
+        .expect("influxdb")
+        .targets()
+        .map(|t| t.target_name())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    let running = app::start(&cfg).await.expect("starts");
+    let stats = running.stats();
+    wait_for("points in b", Duration::from_secs(30), || async {
+        (b.point_count().await > 0).then_some(())
+    })
+    .await;
+    b.stop();
+    wait_for("every event received", Duration::from_secs(30), || async {
+        (sim.finished() && stats.totals().received == sim.emitted_count()).then_some(())
+    })
+    .await;
+    let expected = expected_points(&sim.emitted());
+    // Target a is not held back by b's outage.
+    wait_for(
+        "every point in a while b is down",
+        Duration::from_secs(30),
+        || async { (a.point_count().await == expected).then_some(()) },
+    )
+    .await;
+    let during = stats.totals();
+    assert!(
+        during.written < 2 * expected as u64,
+        "b's outage left nothing waiting: {during:?}"
+    );
+    b.restart().await;
+    wait_for("every point in b", Duration::from_secs(60), || async {
+        (b.point_count().await == expected).then_some(())
+    })
+    .await;
+    wait_for("both targets counted", Duration::from_secs(30), || async {
+        (stats.totals().written == 2 * expected as u64).then_some(())
+    })
+    .await;
+    let totals = running.stop().await;
+    assert_eq!(totals.dropped, 0);
+    assert_eq!(totals.dead_lettered, 0);
+    assert_eq!(totals.written as usize, 2 * expected, "each target once");
+    assert_eq!(a.point_count().await, expected);
+    assert_eq!(b.point_count().await, expected);
+    // A record is removed once both targets have it: none are left.
+    let (records, _) = buffer_contents(data.path());
+    assert!(records.is_empty(), "records left: {records:?}");
+    sim.shutdown().await;
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -5,7 +5,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ha_ingestor::config::InfluxConfig;
+use ha_ingestor::config::{InfluxConfig, TypeConflict};
 use ha_ingestor::dead_letter::DeadLetters;
 use ha_ingestor::monitor::Stats;
 use ha_ingestor::sink::influxdb::{InfluxWriter, WriteError};
@@ -22,6 +22,8 @@ fn config(db: &Influxd) -> InfluxConfig {
     cfg.retry_min = Duration::from_millis(20);
     cfg.retry_max = Duration::from_millis(200);
     cfg.flush_interval = Duration::from_millis(50);
+    // One request at a time: these tests follow the batches and replies exactly.
+    cfg.max_concurrent_requests = 1;
     cfg
 }
 
@@ -229,15 +231,41 @@ async fn a_malformed_line_is_the_only_one_set_aside() {
     assert_eq!((t.written, t.dead_lettered, t.dropped), (4, 1, 0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_type_conflict_sets_aside_only_the_conflicting_point() {
-    let db = Influxd::start("home_assistant").await;
-    let writer = InfluxWriter::new(&config(&db)).unwrap();
-    writer
-        .write("c,entity_id=x value=1.5 1700000000000000000\n")
+/// 4xx replies influxd has given so far (its `/debug/vars` httpd statistics).
+async fn client_errors(db: &Influxd) -> u64 {
+    let text = support::influxd::http_client()
+        .get(format!("{}/debug/vars", db.url()))
+        .send()
+        .await
+        .expect("GET /debug/vars")
+        .text()
+        .await
+        .expect("read debug vars");
+    let vars: Value = serde_json::from_str(&text).expect("debug vars are JSON");
+    vars.as_object()
+        .expect("debug vars object")
+        .values()
+        .filter(|v| v["name"] == "httpd")
+        .map(|v| v["values"]["clientError"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Plants field types in `c`: value float, n integer, flag boolean, s string.
+async fn plant_history(db: &Influxd) {
+    InfluxWriter::new(&config(db))
+        .unwrap()
+        .write("c,entity_id=x value=1.5,n=1i,flag=true,s=\"a\" 1700000000000000000\n")
         .await
         .unwrap();
-    let h = Harness::start(&config(&db));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_policy_sets_aside_only_the_conflicting_point_before_sending() {
+    let db = Influxd::start("home_assistant").await;
+    plant_history(&db).await;
+    let mut cfg = config(&db);
+    cfg.type_conflict = TypeConflict::DeadLetter;
+    let h = Harness::start(&cfg);
     h.send(&[
         "c,entity_id=x value=2.5 1700000000000000010",
         "c,entity_id=y value=3.5 1700000000000000011",
@@ -256,15 +284,116 @@ async fn a_type_conflict_sets_aside_only_the_conflicting_point() {
         "c,entity_id=x value=\"oops\" 1700000000000000012"
     );
     assert_eq!(letters[0]["kind"], "type_conflict");
+    let reason = letters[0]["reason"].as_str().unwrap();
     assert!(
-        letters[0]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("field type conflict"),
+        reason.contains("field type conflict") && reason.contains("already float"),
         "{letters:?}"
     );
     let t = ctx.stats.totals();
     assert_eq!((t.written, t.dead_lettered, t.dropped), (3, 1, 0));
+    // Known from SHOW FIELD KEYS at start: the server never saw the conflicting point.
+    assert_eq!(client_errors(&db).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_conflicts_are_converted_or_written_to_str_fields_before_sending() {
+    let db = Influxd::start("home_assistant").await;
+    plant_history(&db).await;
+    let writer = InfluxWriter::new(&config(&db)).unwrap();
+    assert_eq!(writer.learn_field_types().await.unwrap(), 4);
+    let h = Harness::start(&config(&db));
+    h.send(&[
+        // Lossless conversions: integer → float, float → integer, float → string.
+        "c,entity_id=x value=3i,n=2.0,s=21.5 1700000000000000001",
+        // Not lossless: the value goes to a string twin field.
+        "c,entity_id=y value=\"unavailable\",n=2.5,flag=1i 1700000000000000002",
+        "c,entity_id=z value=4.5,n=7i,flag=false,s=\"b\" 1700000000000000003",
+    ])
+    .await;
+    let (ctx, dl) = h.stop().await;
+    assert!(read_dead_letters(dl.path()).is_empty());
+    let t = ctx.stats.totals();
+    assert_eq!((t.written, t.dead_lettered, t.dropped), (3, 0, 0));
+    assert_eq!(client_errors(&db).await, 0, "a batch was refused");
+    let rows = db.rows("c").await;
+    let got: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            fields(
+                r,
+                &[
+                    "entity_id",
+                    "value",
+                    "value_str",
+                    "n",
+                    "n_str",
+                    "flag",
+                    "flag_str",
+                    "s",
+                ],
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            json!({"entity_id": "x", "value": 1.5, "value_str": null, "n": 1, "n_str": null, "flag": true, "flag_str": null, "s": "a"}),
+            json!({"entity_id": "x", "value": 3, "value_str": null, "n": 2, "n_str": null, "flag": null, "flag_str": null, "s": "21.5"}),
+            json!({"entity_id": "y", "value": null, "value_str": "unavailable", "n": null, "n_str": "2.5", "flag": null, "flag_str": "1", "s": null}),
+            json!({"entity_id": "z", "value": 4.5, "value_str": null, "n": 7, "n_str": null, "flag": false, "flag_str": null, "s": "b"}),
+        ]
+    );
+    let keys = db.query("SHOW FIELD KEYS FROM \"c\"").await;
+    assert_eq!(
+        keys["results"][0]["series"][0]["values"],
+        json!([
+            ["flag", "boolean"],
+            ["flag_str", "string"],
+            ["n", "integer"],
+            ["n_str", "string"],
+            ["s", "string"],
+            ["value", "float"],
+            ["value_str", "string"]
+        ])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_the_guard_did_not_know_is_learned_from_the_reply_and_resolved() {
+    let db = Influxd::start("home_assistant").await;
+    let h = Harness::start(&config(&db));
+    // The sink learns the (empty) field types with its first batch.
+    h.send(&["other value=1 1700000000000000000"]).await;
+    db.wait_rows("other", 1, WAIT).await;
+    // History written behind the sink's back.
+    plant_history(&db).await;
+    // The batch's first value makes the guard take `value` for a string field.
+    h.send(&[
+        "c,entity_id=b value=\"oops\" 1700000000000000011",
+        "c,entity_id=a value=2.5 1700000000000000010",
+        "c,entity_id=c value=4i 1700000000000000012",
+    ])
+    .await;
+    let (ctx, dl) = h.stop().await;
+    assert!(read_dead_letters(dl.path()).is_empty());
+    let rows = db.rows("c").await;
+    let got: Vec<Value> = rows
+        .iter()
+        .map(|r| fields(r, &["entity_id", "value", "value_str"]))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            json!({"entity_id": "x", "value": 1.5, "value_str": null}),
+            json!({"entity_id": "a", "value": 2.5, "value_str": null}),
+            json!({"entity_id": "b", "value": null, "value_str": "oops"}),
+            json!({"entity_id": "c", "value": 4, "value_str": null}),
+        ]
+    );
+    let t = ctx.stats.totals();
+    assert_eq!((t.written, t.dead_lettered, t.dropped), (4, 0, 0));
+    // The one refusal that taught the guard.
+    assert_eq!(client_errors(&db).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,4 +528,117 @@ async fn credentials_are_checked_and_a_refusal_holds_the_batch() {
     // Still refused at shutdown: counted as not written, never silently.
     assert_eq!(ctx.stats.totals().dropped, 1);
     assert_eq!(db.rows("auth").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_with_measurements_writes_only_those_and_acknowledges_the_rest() {
+    let db = Influxd::start("home_assistant").await;
+    let mut cfg = config(&db);
+    cfg.measurements = vec!["keep*".into()];
+    let dl_dir = tempfile::tempdir().unwrap();
+    let (acks, mut delivered) = ha_ingestor::sink::Acks::channel();
+    let ctx = SinkContext {
+        stats: Arc::new(Stats::default()),
+        dead_letters: Arc::new(DeadLetters::new(dl_dir.path().join("dead-letter"))),
+        shutdown: CancellationToken::new(),
+        acks: Some(acks),
+    };
+    let (tx, rx) = mpsc::channel(16);
+    let task = tokio::spawn(InfluxWriter::new(&cfg).unwrap().run(rx, ctx.clone()));
+    let chunk = |seq: u64, lines: &[&str]| Chunk {
+        lines: lines.iter().map(|l| format!("{l}\n")).collect(),
+        points: lines.len(),
+        seq: Some(seq),
+        marks: Default::default(),
+    };
+    tx.send(chunk(
+        1,
+        &[
+            "keep_a value=1 1700000000000000001",
+            "other value=2 1700000000000000002",
+            "keep\\ b,entity_id=x value=3 1700000000000000003",
+        ],
+    ))
+    .await
+    .unwrap();
+    wait_for("record 1 delivered", WAIT, || {
+        let v = *delivered.borrow_and_update();
+        async move { (v == 1).then_some(()) }
+    })
+    .await;
+    // A record with nothing for this target is delivered as far as it goes.
+    tx.send(chunk(2, &["other value=4 1700000000000000004"]))
+        .await
+        .unwrap();
+    wait_for("record 2 delivered", WAIT, || {
+        let v = *delivered.borrow_and_update();
+        async move { (v == 2).then_some(()) }
+    })
+    .await;
+    ctx.shutdown.cancel();
+    drop(tx);
+    task.await.unwrap();
+    assert_eq!(db.rows("keep_a").await.len(), 1);
+    assert_eq!(db.rows("keep b").await.len(), 1);
+    assert!(db.rows("other").await.is_empty());
+    let t = ctx.stats.totals();
+    assert_eq!((t.written, t.dead_lettered, t.dropped), (2, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_keep_each_series_in_order_and_acknowledge_in_order() {
+    let db = Influxd::start("home_assistant").await;
+    let mut cfg = config(&db);
+    cfg.max_concurrent_requests = 4;
+    cfg.batch_size = 10;
+    let dl_dir = tempfile::tempdir().unwrap();
+    let (acks, mut delivered) = ha_ingestor::sink::Acks::channel();
+    let ctx = SinkContext {
+        stats: Arc::new(Stats::default()),
+        dead_letters: Arc::new(DeadLetters::new(dl_dir.path().join("dead-letter"))),
+        shutdown: CancellationToken::new(),
+        acks: Some(acks),
+    };
+    let (tx, rx) = mpsc::channel(64);
+    let task = tokio::spawn(InfluxWriter::new(&cfg).unwrap().run(rx, ctx.clone()));
+    // Every round rewrites each entity's one point (same timestamp): InfluxDB keeps the
+    // last write, so any reordering within a series would leave an older value stored.
+    const ENTITIES: u64 = 20;
+    const ROUNDS: u64 = 30;
+    for round in 0..ROUNDS {
+        let lines: String = (0..ENTITIES)
+            .map(|e| {
+                format!(
+                    "o,entity_id=e{e} value={round} {}\n",
+                    1_700_000_000_000_000_000 + e
+                )
+            })
+            .collect();
+        tx.send(Chunk {
+            lines,
+            points: ENTITIES as usize,
+            seq: Some(round + 1),
+            marks: Default::default(),
+        })
+        .await
+        .unwrap();
+    }
+    wait_for("every record delivered", WAIT, || {
+        let v = *delivered.borrow_and_update();
+        async move { (v == ROUNDS).then_some(()) }
+    })
+    .await;
+    ctx.shutdown.cancel();
+    drop(tx);
+    task.await.unwrap();
+    let rows = db.rows("o").await;
+    assert_eq!(rows.len(), ENTITIES as usize);
+    for row in &rows {
+        assert_eq!(row["value"], json!(ROUNDS - 1), "{row:?}");
+    }
+    let t = ctx.stats.totals();
+    assert_eq!(
+        (t.written, t.dead_lettered, t.dropped),
+        (ENTITIES * ROUNDS, 0, 0)
+    );
 }

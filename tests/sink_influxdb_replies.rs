@@ -26,6 +26,8 @@ fn v1(url: &str) -> InfluxConfig {
     cfg.retry_min = Duration::from_millis(5);
     cfg.retry_max = Duration::from_millis(50);
     cfg.flush_interval = Duration::from_millis(20);
+    // One request at a time: these tests count the requests.
+    cfg.max_concurrent_requests = 1;
     cfg
 }
 
@@ -65,6 +67,17 @@ async fn deliver(cfg: &InfluxConfig, chunk: Chunk) -> SinkContext {
     drop(tx);
     task.await.unwrap();
     ctx
+}
+
+/// The write requests `server` received (the writer also asks for the field types at start).
+async fn writes(server: &MockServer) -> Vec<wiremock::Request> {
+    server
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.method == wiremock::http::Method::POST)
+        .collect()
 }
 
 /// Mounts on `server`: the first `times` writes get `first`, every later one 204.
@@ -122,7 +135,7 @@ async fn v2_writes_to_the_bucket_with_a_token_and_gzip() {
     cfg.gzip = true;
     let writer = InfluxWriter::new(&cfg).unwrap();
     writer.write(&lines(3).lines).await.unwrap();
-    let reqs = server.received_requests().await.unwrap();
+    let reqs = writes(&server).await;
     assert_eq!(
         body_lines(&reqs[0]),
         lines(3).lines.lines().collect::<Vec<_>>()
@@ -147,7 +160,7 @@ async fn v1_credentials_travel_as_basic_auth_never_in_the_url() {
     cfg.password = Some("pw".into());
     let writer = InfluxWriter::new(&cfg).unwrap();
     writer.write(&lines(1).lines).await.unwrap();
-    let reqs = server.received_requests().await.unwrap();
+    let reqs = writes(&server).await;
     let query = reqs[0].url.query().unwrap_or_default();
     assert!(!query.contains("pw") && !query.contains("u="), "{query}");
     assert!(!format!("{writer:?}").contains("pw"));
@@ -170,7 +183,7 @@ async fn retry_after_on_503_is_honoured() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+    assert_eq!(writes(&server).await.len(), 2);
     assert_eq!(ctx.stats.totals().written, 4);
     assert!(ctx.stats.readiness().ready);
 }
@@ -186,7 +199,7 @@ async fn throttling_and_server_errors_are_retried_until_accepted() {
         )
         .await;
         let ctx = deliver(&v1(&server.uri()), lines(5)).await;
-        let reqs = server.received_requests().await.unwrap();
+        let reqs = writes(&server).await;
         assert_eq!(reqs.len() as u64, times + 1, "status {first}");
         // The same batch every time.
         assert!(
@@ -217,7 +230,7 @@ async fn too_large_batches_are_split_in_halves() {
         .mount(&server)
         .await;
     let ctx = deliver(&v1(&server.uri()), lines(8)).await;
-    let reqs = server.received_requests().await.unwrap();
+    let reqs = writes(&server).await;
     // 8 → 4 + 4 → 2 + 2 + 2 + 2.
     assert_eq!(reqs.len(), 7);
     let mut accepted: Vec<String> = reqs
@@ -266,7 +279,7 @@ async fn refused_credentials_hold_the_batch_and_mark_the_sink_not_ready() {
     })
     .await;
     assert!(stats.readiness().ready);
-    assert_eq!(server.received_requests().await.unwrap().len(), 4);
+    assert_eq!(writes(&server).await.len(), 4);
     ctx.shutdown.cancel();
     drop(tx);
     task.await.unwrap();
@@ -459,7 +472,7 @@ async fn v2_partial_writes_and_malformed_lines_set_aside_only_the_bad_lines() {
         );
         // Every good line reached the server in a request it accepted.
         let mut accepted: Vec<String> = Vec::new();
-        for req in server.received_requests().await.unwrap() {
+        for req in writes(&server).await {
             let lines = body_lines(&req);
             if lines.iter().all(|l| !l.contains("bad")) {
                 accepted.extend(lines);

@@ -51,6 +51,8 @@ pub const SINK_RETRIES: &str = "ha_ingestor_sink_retries_total";
 pub const SINK_BATCH_DURATION: &str = "ha_ingestor_sink_batch_duration_seconds";
 /// Histogram `{sink}`: points per write request.
 pub const SINK_BATCH_POINTS: &str = "ha_ingestor_sink_batch_points";
+/// Counter `{sink, measurement, action}`: field values whose type differed from the stored one, by what was done (`converted`, `str_field`, `dead_lettered`).
+pub const SINK_TYPE_CONFLICTS: &str = "ha_ingestor_sink_type_conflicts_total";
 /// Counter `{stage, kind}`: items set aside in the dead-letter files.
 pub const DEAD_LETTERS: &str = "ha_ingestor_dead_letters_total";
 /// Gauge `{queue}`: items waiting in a stage's input channel.

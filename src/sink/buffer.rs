@@ -376,6 +376,41 @@ fn open_and_load(
     }
 }
 
+/// A file this much larger than its records (and at least [`COMPACT_MIN_BYTES`]) is compacted at open.
+const COMPACT_RATIO: u64 = 2;
+/// Files below this size are never compacted.
+#[cfg(not(test))]
+const COMPACT_MIN_BYTES: u64 = 64 << 20;
+/// Files below this size are never compacted (small in tests, to exercise compaction).
+#[cfg(test)]
+const COMPACT_MIN_BYTES: u64 = 1 << 20;
+
+/// Compacts the file at open when most of it is free pages (space freed by deliveries is
+/// reused while running but never given back to the file system); a failure is logged and ignored.
+fn compact_if_sparse(mut db: Database, path: &Path, records_bytes: u64) -> Database {
+    let before = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if before < COMPACT_MIN_BYTES || before <= records_bytes.saturating_mul(COMPACT_RATIO) {
+        return db;
+    }
+    let started = std::time::Instant::now();
+    match db.compact() {
+        Ok(_) => {
+            let after = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            tracing::info!(
+                message = "Compacted the buffer file.",
+                before_bytes = before,
+                after_bytes = after,
+                records_bytes,
+                took = ?started.elapsed(),
+            );
+        }
+        Err(error) => {
+            tracing::warn!(message = "Cannot compact the buffer file; it keeps its size.", %error)
+        }
+    }
+    db
+}
+
 impl Buffer {
     /// Opens `<dir>/buffer.redb` (creating the folder and file), verifies every record and starts the flusher.
     pub fn open(dir: &Path, cfg: &BufferConfig) -> Result<(Buffer, OpenReport), BufferError> {
@@ -413,6 +448,7 @@ impl Buffer {
             }
             Err((false, source)) => return Err(BufferError::Open { path, source }),
         };
+        let db = compact_if_sparse(db, &path, loaded.bytes);
         let mut report = Buffer::start(db, loaded, cfg);
         report.1.moved_aside = moved_aside;
         Ok(report)

@@ -16,14 +16,23 @@
 //! While a batch is being retried the sink stops reading its input channel, so
 //! back-pressure reaches the stages before it.
 //!
-//! Type conflicts: InfluxDB names the measurement and field but not the line,
-//! so the rejected lines are found by resending halves of the batch until single
-//! lines remain. Resending is harmless for lines with a timestamp (the encoder
-//! always writes one); a line without one (possible in a replayed file) would
-//! be stored again at a new time.
+//! Type conflicts are resolved before sending by the guard in [`field_types`]
+//! (`type_conflict`: convert when lossless, else a `<field>_str` string field, or
+//! set the point aside). When the server still reports one (history written by
+//! someone else since start-up), the guard learns the stored type from the
+//! message and the refused lines are checked again and resent. A conflict the
+//! guard cannot learn from is handled like any rejected line: InfluxDB names the
+//! measurement and field but not the line, so the rejected lines are found by
+//! resending halves of the batch until single lines remain. Resending is
+//! harmless for lines with a timestamp (the encoder always writes one); a line
+//! without one (possible in a replayed file) would be stored again at a new time.
 
+mod field_types;
+
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use field_types::FieldTypes;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use rand::Rng;
@@ -40,14 +49,16 @@ use crate::monitor::metrics::{
 };
 use crate::sink::{Chunk, SinkContext};
 
-/// The sink name in metrics, logs, health and dead letters.
-const SINK: &str = "influxdb";
 /// Largest uncompressed body, well below InfluxDB's default 25 MB `max-body-size`.
 pub const MAX_BATCH_BYTES: usize = 5 << 20;
 /// Longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 /// Time allowed, once shutdown starts, to drain the input and deliver what is held.
 pub const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+/// Most write requests in flight per target.
+const MAX_LANES: usize = 64;
+/// Chunks queued per lane.
+const LANE_CHANNEL: usize = 4;
 /// Largest error body kept from a reply.
 const MAX_ERROR_BODY: usize = 1 << 20;
 
@@ -151,6 +162,14 @@ pub struct InfluxWriter {
     flush_interval: Duration,
     retry_min: Duration,
     retry_max: Duration,
+    /// The type-conflict guard's map, shared by clones (a std mutex: never held across an await).
+    types: Arc<Mutex<FieldTypes>>,
+    /// The target's name in metrics, logs, health and dead letters (`influxdb`).
+    name: &'static str,
+    /// The measurements this target receives (`measurements`); `None`: all.
+    routes: Option<Arc<globset::GlobSet>>,
+    /// Lanes, each with one request in flight (`max_concurrent_requests`).
+    lanes: usize,
 }
 
 impl std::fmt::Debug for InfluxWriter {
@@ -249,6 +268,10 @@ impl InfluxWriter {
             flush_interval: cfg.flush_interval,
             retry_min: cfg.retry_min,
             retry_max: cfg.retry_max.max(cfg.retry_min),
+            types: Arc::new(Mutex::new(FieldTypes::new(cfg.type_conflict))),
+            name: target_name(cfg.target_name()),
+            routes: routes(&cfg.measurements)?,
+            lanes: cfg.max_concurrent_requests.clamp(1, MAX_LANES),
         })
     }
 
@@ -349,6 +372,65 @@ impl InfluxWriter {
         Ok(version)
     }
 
+    fn types(&self) -> std::sync::MutexGuard<'_, FieldTypes> {
+        self.types.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads every measurement's field types (`SHOW FIELD KEYS`, v1) into the type-conflict guard; returns how many fields.
+    ///
+    /// v2 has no InfluxQL endpoint of its own; there the guard learns from what it
+    /// writes and from the server's type-conflict replies.
+    pub async fn learn_field_types(&self) -> Result<usize, WriteError> {
+        self.types().last_try = Some(Instant::now());
+        if self.api != InfluxApi::V1 {
+            self.types().learned = true;
+            return Ok(0);
+        }
+        let db = self.database.as_deref().unwrap_or_default();
+        let url = with_query(
+            &format!("{}/query", self.base),
+            &[("db", db), ("q", "SHOW FIELD KEYS")],
+        )?;
+        let reply = self
+            .authorize(self.client.get(&url))
+            .send()
+            .await
+            .map_err(|e| self.transport(&url, e))?;
+        let json = json_reply(reply).await?;
+        if let Some(error) = json
+            .pointer("/results/0/error")
+            .and_then(|e| e.as_str())
+            .or_else(|| json.get("error").and_then(|e| e.as_str()))
+        {
+            return Err(WriteError::Protocol(format!("SHOW FIELD KEYS: {error}")));
+        }
+        let mut types = self.types();
+        let n = types.learn_show_field_keys(&json);
+        types.learned = true;
+        Ok(n)
+    }
+
+    /// Learns the field types once, when not done yet; after a failure, again at most every `retry_max`.
+    async fn ensure_field_types(&self) {
+        let due = {
+            let types = self.types();
+            !types.learned && types.last_try.is_none_or(|t| t.elapsed() >= self.retry_max)
+        };
+        if !due {
+            return;
+        }
+        match self.learn_field_types().await {
+            Ok(fields) => tracing::info!(
+                message = "Learned the field types stored in InfluxDB.",
+                fields
+            ),
+            Err(error) => tracing::warn!(
+                message = "Cannot read the field types stored in InfluxDB; type conflicts are learned from the replies until this works.",
+                %error,
+            ),
+        }
+    }
+
     /// One write attempt of whole lines (gzip when configured); classifies the reply.
     pub async fn write(&self, body: &str) -> Result<(), WriteError> {
         self.attempt(body).await.map_err(|f| f.error)
@@ -404,7 +486,73 @@ impl InfluxWriter {
     /// After cancellation it keeps receiving until every sender is gone or
     /// [`SHUTDOWN_FLUSH_DEADLINE`] passes; whatever cannot be delivered by then is
     /// logged and counted in `stats.dropped`.
-    pub async fn run(self, mut rx: Receiver<Chunk>, ctx: SinkContext) {
+    ///
+    /// With `max_concurrent_requests` above 1 the lines are split into that many
+    /// lanes by a hash of their series key (measurement and tags), each lane
+    /// batching and writing on its own, so up to that many requests are in flight
+    /// while every series' points still arrive in order. A buffer record is
+    /// reported delivered once every lane has delivered its part of it.
+    pub async fn run(self, rx: Receiver<Chunk>, ctx: SinkContext) {
+        if self.lanes <= 1 {
+            return self.run_lane(rx, ctx).await;
+        }
+        self.run_lanes(rx, ctx).await;
+    }
+
+    async fn run_lanes(self, mut rx: Receiver<Chunk>, ctx: SinkContext) {
+        let n = self.lanes;
+        let mut txs = Vec::with_capacity(n);
+        let mut lanes = Vec::with_capacity(n);
+        let mut reports = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, lane_rx) = tokio::sync::mpsc::channel::<Chunk>(LANE_CHANNEL);
+            let (acks, delivered) = crate::sink::Acks::channel();
+            let lane_ctx = SinkContext {
+                acks: ctx.acks.as_ref().map(|_| acks),
+                ..ctx.clone()
+            };
+            txs.push(tx);
+            reports.push(delivered);
+            lanes.push(tokio::spawn(self.clone().run_lane(lane_rx, lane_ctx)));
+        }
+        // Every lane's report → the lowest, to the buffer.
+        let forwarder = ctx
+            .acks
+            .clone()
+            .map(|acks| tokio::spawn(lowest_of(reports, acks)));
+        let mut deadline = None;
+        loop {
+            let chunk = match deadline {
+                None => tokio::select! {
+                    biased;
+                    _ = ctx.shutdown.cancelled() => {
+                        deadline = Some(Instant::now() + SHUTDOWN_FLUSH_DEADLINE);
+                        continue;
+                    }
+                    chunk = rx.recv() => chunk,
+                },
+                Some(at) => tokio::time::timeout_at(at, rx.recv()).await.ok().flatten(),
+            };
+            let Some(chunk) = chunk else { break };
+            for (tx, part) in txs.iter().zip(split_by_series(&chunk, n)) {
+                // A lane ends only after its input closed, which happens below.
+                let _ = tx.send(part).await;
+            }
+        }
+        drop(txs);
+        for lane in lanes {
+            if let Err(error) = lane.await {
+                tracing::error!(message = "An InfluxDB write lane failed.", %error);
+            }
+        }
+        if let Some(forwarder) = forwarder {
+            let _ = forwarder.await;
+        }
+        super::account_unwritten(&mut rx, &ctx.stats, self.name);
+    }
+
+    /// One lane: batches, writes with retries, flushes at shutdown (the whole sink when there is one lane).
+    async fn run_lane(self, mut rx: Receiver<Chunk>, ctx: SinkContext) {
         let mut delivery = Delivery {
             writer: &self,
             dead_letters: &ctx.dead_letters,
@@ -415,6 +563,8 @@ impl InfluxWriter {
             hold_is_fatal: false,
             holding: false,
             hold_logged: false,
+            again: Vec::new(),
+            originals: Default::default(),
         };
         let mut batch = Batch::default();
         // Normal operation, until shutdown (also when noticed during a retry) or every sender is gone.
@@ -441,13 +591,31 @@ impl InfluxWriter {
             self.add(&mut batch, &chunk, &mut delivery).await;
         }
         delivery.flush(&mut batch).await;
-        super::account_unwritten(&mut rx, &ctx.stats, "influxdb");
+        super::account_unwritten(&mut rx, &ctx.stats, self.name);
     }
 
     /// Appends a chunk, cutting batches at `batch_size` lines or [`MAX_BATCH_BYTES`].
     async fn add(&self, batch: &mut Batch, chunk: &Chunk, delivery: &mut Delivery<'_>) {
+        let routed_chunk;
+        let chunk = match &self.routes {
+            Some(routes) => {
+                let (lines, points) = routed(&chunk.lines, routes);
+                routed_chunk = Chunk {
+                    lines,
+                    points,
+                    seq: chunk.seq,
+                    marks: Default::default(),
+                };
+                &routed_chunk
+            }
+            None => chunk,
+        };
         if chunk.lines.is_empty() {
             batch.seq = chunk.seq.or(batch.seq);
+            if batch.points == 0 {
+                // Nothing of it (or before it) waits here: delivered as far as this target goes.
+                delivery.ack(batch);
+            }
             return;
         }
         if batch.points + chunk.points <= self.batch_size
@@ -470,6 +638,102 @@ impl InfluxWriter {
             delivery.flush(batch).await;
         }
     }
+}
+
+/// Splits a chunk's lines into `n` parts by a hash of each line's series key; every part keeps the chunk's seq (empty parts too, so each lane reports it).
+fn split_by_series(chunk: &Chunk, n: usize) -> Vec<Chunk> {
+    let mut parts: Vec<Chunk> = (0..n)
+        .map(|_| Chunk {
+            lines: String::new(),
+            points: 0,
+            seq: chunk.seq,
+            marks: Default::default(),
+        })
+        .collect();
+    for line in chunk.lines.split_inclusive('\n') {
+        let part = &mut parts[(series_hash(line) % n as u64) as usize];
+        part.lines.push_str(line);
+        part.points += 1;
+    }
+    parts
+}
+
+/// FNV-1a of a line's series key (measurement and tags: everything before the first unescaped space).
+fn series_hash(line: &str) -> u64 {
+    let b = line.as_bytes();
+    let end = (0..b.len())
+        .find(|&i| b[i] == b' ' && (i == 0 || b[i - 1] != b'\\'))
+        .unwrap_or(b.len());
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &c in &b[..end] {
+        h ^= u64::from(c);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Forwards the lowest of the lanes' delivery reports to `acks` until every lane is gone.
+async fn lowest_of(mut reports: Vec<tokio::sync::watch::Receiver<u64>>, acks: crate::sink::Acks) {
+    let mut open = vec![true; reports.len()];
+    while open.iter().any(|o| *o) {
+        let waits = reports
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| open[*i])
+            .map(|(i, rx)| Box::pin(async move { (i, rx.changed().await.is_ok()) }));
+        let ((i, still_open), _, rest) = futures_util::future::select_all(waits).await;
+        drop(rest);
+        open[i] = still_open;
+        if let Some(low) = reports.iter_mut().map(|rx| *rx.borrow_and_update()).min() {
+            acks.delivered(low);
+        }
+    }
+}
+
+/// A `'static` name for metric labels: interned, so each distinct target name is allocated once per process.
+fn target_name(name: &str) -> &'static str {
+    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = names.iter().find(|n| **n == name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
+    names.push(leaked);
+    leaked
+}
+
+fn routes(globs: &[String]) -> Result<Option<Arc<globset::GlobSet>>, WriteError> {
+    if globs.is_empty() {
+        return Ok(None);
+    }
+    let mut set = globset::GlobSetBuilder::new();
+    for g in globs {
+        set.add(
+            globset::Glob::new(g)
+                .map_err(|e| WriteError::Config(format!("influxdb.measurements {g:?}: {e}")))?,
+        );
+    }
+    let set = set
+        .build()
+        .map_err(|e| WriteError::Config(format!("influxdb.measurements: {e}")))?;
+    Ok(Some(Arc::new(set)))
+}
+
+/// The lines of `lines` whose measurement `routes` matches (a line that does not scan goes along, for the server to judge).
+fn routed(lines: &str, routes: &globset::GlobSet) -> (String, usize) {
+    let mut out = String::new();
+    let mut n = 0;
+    for line in lines.split_inclusive('\n') {
+        let keep = match field_types::measurement_of(line) {
+            Some(m) => routes.is_match(&*m),
+            None => true,
+        };
+        if keep {
+            out.push_str(line);
+            n += 1;
+        }
+    }
+    (out, n)
 }
 
 fn with_query(base: &str, pairs: &[(&str, &str)]) -> Result<String, WriteError> {
@@ -535,6 +799,10 @@ pub(crate) struct Delivery<'a> {
     holding: bool,
     /// The hold error of this streak was logged.
     hold_logged: bool,
+    /// Lines refused for a type the guard has just learned, to be checked and sent again.
+    again: Vec<String>,
+    /// Lines the guard changed → as they came in; dead letters keep the original.
+    originals: std::collections::HashMap<String, String>,
 }
 
 impl<'a> Delivery<'a> {
@@ -550,6 +818,15 @@ impl<'a> Delivery<'a> {
             hold_is_fatal: true,
             holding: false,
             hold_logged: false,
+            again: Vec::new(),
+            originals: Default::default(),
+        }
+    }
+
+    /// Reports an empty batch's record as delivered (its lines all went out before, or none were for this target).
+    fn ack(&mut self, batch: &mut Batch) {
+        if let (Some(acks), Some(seq)) = (self.acks, batch.seq.take()) {
+            acks.delivered(seq);
         }
     }
 
@@ -557,6 +834,7 @@ impl<'a> Delivery<'a> {
         if batch.points == 0 {
             batch.lines.clear();
             batch.since = None;
+            self.ack(batch);
             return;
         }
         match self.deliver(&batch.lines).await {
@@ -596,7 +874,45 @@ impl<'a> Delivery<'a> {
     }
 
     /// Delivers whole lines, retrying, splitting and setting aside as the replies require.
+    ///
+    /// The type-conflict guard checks the lines first; when a reply names a type
+    /// the guard did not know, the refused lines are checked again and resent.
     pub(crate) async fn deliver(&mut self, body: &str) -> Result<Outcome, WriteError> {
+        self.writer.ensure_field_types().await;
+        let mut total = Outcome::default();
+        let mut current = std::borrow::Cow::Borrowed(body);
+        loop {
+            let mut guarded = self.writer.types().guard(&current, self.writer.name);
+            self.originals = std::mem::take(&mut guarded.changed);
+            for (line, reason) in &guarded.set_aside {
+                self.dead_letter(line, "type_conflict", reason);
+                total.dead_lettered += 1;
+            }
+            let send = guarded.body.as_deref().unwrap_or(&current);
+            let outcome = self.deliver_lines(send).await?;
+            total.written += outcome.written;
+            total.dead_lettered += outcome.dead_lettered;
+            total.undelivered += outcome.undelivered;
+            if self.again.is_empty() {
+                return Ok(total);
+            }
+            let mut again = std::mem::take(&mut self.again);
+            if outcome.undelivered > 0 {
+                total.undelivered += again.len() as u64;
+                return Ok(total);
+            }
+            // Check the lines again as they came in, not as the guard changed them.
+            for line in &mut again {
+                if let Some(original) = self.originals.get(line.as_str()) {
+                    line.clone_from(original);
+                }
+            }
+            current = std::borrow::Cow::Owned(join_owned(&again));
+        }
+    }
+
+    /// [`Delivery::deliver`] after the guard: lines refused for a newly learned type go to `self.again`.
+    async fn deliver_lines(&mut self, body: &str) -> Result<Outcome, WriteError> {
         let mut outcome = Outcome::default();
         let mut work: Vec<Vec<&str>> = vec![lines_of(body)];
         let mut attempt: u32 = 0;
@@ -613,19 +929,22 @@ impl<'a> Delivery<'a> {
             };
             let started = std::time::Instant::now();
             let result = self.writer.attempt(text).await;
-            metrics::histogram!(SINK_BATCH_DURATION, "sink" => SINK)
+            metrics::histogram!(SINK_BATCH_DURATION, "sink" => self.writer.name)
                 .record(started.elapsed().as_secs_f64());
             let failure = match result {
                 Ok(()) => {
                     self.delivered(lines.len() as u64, text.len() as u64);
-                    crate::monitor::latency::observe_accepted(SINK, lines.iter().copied());
+                    crate::monitor::latency::observe_accepted(
+                        self.writer.name,
+                        lines.iter().copied(),
+                    );
                     outcome.written += lines.len() as u64;
                     attempt = 0;
                     continue;
                 }
                 Err(f) => f,
             };
-            metrics::counter!(SINK_ERRORS, "sink" => SINK, "error_type" => failure.error.kind())
+            metrics::counter!(SINK_ERRORS, "sink" => self.writer.name, "error_type" => failure.error.kind())
                 .increment(1);
             // The server's message, read once: classified here, quoted in dead letters below.
             let (verdict, message) = match &failure.error {
@@ -657,7 +976,7 @@ impl<'a> Delivery<'a> {
                 }
                 Verdict::Retry => {
                     attempt = attempt.saturating_add(1);
-                    metrics::counter!(SINK_RETRIES, "sink" => SINK).increment(1);
+                    metrics::counter!(SINK_RETRIES, "sink" => self.writer.name).increment(1);
                     self.not_ready(&failure.error, false);
                     let delay = retry_delay(
                         attempt,
@@ -688,7 +1007,7 @@ impl<'a> Delivery<'a> {
                     if self.hold_is_fatal {
                         return Err(failure.error);
                     }
-                    metrics::counter!(SINK_RETRIES, "sink" => SINK).increment(1);
+                    metrics::counter!(SINK_RETRIES, "sink" => self.writer.name).increment(1);
                     self.not_ready(&failure.error, true);
                     if !self.wait(self.writer.retry_max).await {
                         outcome.undelivered += remaining(&lines, &work);
@@ -725,6 +1044,12 @@ impl<'a> Delivery<'a> {
             return;
         }
         let kind = reject_kind(message);
+        if kind == "type_conflict" && self.writer.types().learn_from_conflict(message) {
+            // The guard now knows the stored type: it resolves these lines and they are resent
+            // (the ones the server wrote are written again, harmlessly: same timestamps).
+            self.again.extend(rest.iter().map(|l| l.to_string()));
+            return;
+        }
         // Lines the server named that we could not match stay unidentified: never count them as written.
         let all_named = message.matches("unable to parse '").count() == lines.len() - rest.len();
         if partial {
@@ -773,12 +1098,12 @@ impl<'a> Delivery<'a> {
     }
 
     fn delivered(&mut self, points: u64, bytes: u64) {
-        metrics::counter!(SINK_SENT_POINTS, "sink" => SINK).increment(points);
-        metrics::counter!(SINK_SENT_BYTES, "sink" => SINK).increment(bytes);
-        metrics::histogram!(SINK_BATCH_POINTS, "sink" => SINK).record(points as f64);
+        metrics::counter!(SINK_SENT_POINTS, "sink" => self.writer.name).increment(points);
+        metrics::counter!(SINK_SENT_BYTES, "sink" => self.writer.name).increment(bytes);
+        metrics::histogram!(SINK_BATCH_POINTS, "sink" => self.writer.name).record(points as f64);
         if let Some(stats) = self.stats {
             Stats::add(&stats.written, points);
-            stats.sink_result(SINK, Ok(()));
+            stats.sink_result(self.writer.name, Ok(()));
         }
         if self.holding {
             tracing::info!(message = "InfluxDB accepts writes again.");
@@ -788,11 +1113,12 @@ impl<'a> Delivery<'a> {
     }
 
     fn dead_letter(&self, line: &str, kind: &'static str, reason: &str) {
+        let line = self.originals.get(line).map_or(line, String::as_str);
         self.dead_letters.record(DeadLetter {
             stage: "sink",
             kind,
             reason,
-            source: SINK,
+            source: self.writer.name,
             input: line.as_bytes(),
         });
         if let Some(stats) = self.stats {
@@ -802,7 +1128,7 @@ impl<'a> Delivery<'a> {
 
     fn not_ready(&mut self, error: &WriteError, hold: bool) {
         if let Some(stats) = self.stats {
-            stats.sink_result(SINK, Err(error.to_string()));
+            stats.sink_result(self.writer.name, Err(error.to_string()));
         }
         if !hold {
             // Retry streaks are logged by the caller; this marks them for the recovery message.
@@ -876,6 +1202,11 @@ fn join(lines: &[&str]) -> String {
         s.push('\n');
     }
     s
+}
+
+fn join_owned(lines: &[String]) -> String {
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    join(&refs)
 }
 
 fn gzip(body: &str) -> std::io::Result<Vec<u8>> {
@@ -1154,6 +1485,39 @@ mod tests {
         };
         assert!(status.is_auth());
         assert_eq!(status.kind(), "unauthorized");
+    }
+
+    #[test]
+    fn lines_split_by_series_keep_each_series_whole_and_every_part_the_seq() {
+        let lines: String = (0..200)
+            .map(|i| format!("m,entity_id=e{} value={i} {i}\n", i % 7))
+            .chain(["m\\ x,entity_id=e1 value=1 1\n".to_string()])
+            .collect();
+        let chunk = Chunk {
+            lines,
+            points: 201,
+            seq: Some(9),
+            marks: Default::default(),
+        };
+        let parts = split_by_series(&chunk, 3);
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| p.seq == Some(9)));
+        assert_eq!(parts.iter().map(|p| p.points).sum::<usize>(), 201);
+        for e in 0..7 {
+            let key = format!("m,entity_id=e{e} ");
+            let holding: Vec<usize> = (0..3).filter(|&i| parts[i].lines.contains(&key)).collect();
+            assert_eq!(holding.len(), 1, "series {key} in parts {holding:?}");
+            // In order within its part.
+            let values: Vec<u64> = parts[holding[0]]
+                .lines
+                .lines()
+                .filter(|l| l.starts_with(&key))
+                .map(|l| l.split(' ').nth(2).unwrap().parse().unwrap())
+                .collect();
+            assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
+        }
+        // A space escaped in the measurement is part of the series key.
+        assert_ne!(series_hash("m\\ x,entity_id=e1 v=1"), series_hash("m v=1"));
     }
 
     #[test]

@@ -237,11 +237,31 @@ pub async fn release(
 }
 
 /// The acknowledger: removes delivered records as the sink reports them; ends when every reporter is gone.
-pub async fn acknowledge(buffer: Buffer, mut delivered: watch::Receiver<u64>) {
+pub async fn acknowledge(buffer: Buffer, delivered: watch::Receiver<u64>) {
+    acknowledge_all(buffer, vec![delivered]).await;
+}
+
+/// The acknowledger of several sinks (one per InfluxDB target, each with its own feeder):
+/// a record is removed once every sink has reported it delivered; ends when every reporter is gone.
+pub async fn acknowledge_all(buffer: Buffer, mut delivered: Vec<watch::Receiver<u64>>) {
     let mut done = 0u64;
+    let mut open = vec![true; delivered.len()];
     loop {
-        let open = delivered.changed().await.is_ok();
-        let seq = *delivered.borrow_and_update();
+        if open.iter().any(|o| *o) {
+            let waits = delivered
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| open[*i])
+                .map(|(i, rx)| Box::pin(async move { (i, rx.changed().await.is_ok()) }));
+            let ((i, still_open), _, rest) = futures_util::future::select_all(waits).await;
+            drop(rest);
+            open[i] = still_open;
+        }
+        let seq = delivered
+            .iter_mut()
+            .map(|rx| *rx.borrow_and_update())
+            .min()
+            .unwrap_or(0);
         if seq > done {
             let b = buffer.clone();
             match tokio::task::spawn_blocking(move || b.ack_through(seq)).await {
@@ -255,7 +275,7 @@ pub async fn acknowledge(buffer: Buffer, mut delivered: watch::Receiver<u64>) {
                 }
             }
         }
-        if !open {
+        if !open.iter().any(|o| *o) {
             return;
         }
     }

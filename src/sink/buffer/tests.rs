@@ -179,6 +179,40 @@ fn sequence_numbers_never_repeat_after_everything_was_acked() {
 }
 
 #[test]
+fn a_mostly_free_file_is_compacted_at_open_and_keeps_its_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(FILE_NAME);
+    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::from_secs(1))).expect("open");
+    let mut last = 0;
+    for i in 0..60 {
+        last = buffer
+            .append(&chunk(&format!("r{i}"), 2000))
+            .expect("append");
+    }
+    buffer.ack_through(last - 1).expect("ack");
+    buffer.close().expect("close");
+    drop(buffer);
+    let before = std::fs::metadata(&path).expect("file").len();
+    assert!(before > 4 * COMPACT_MIN_BYTES, "{before}");
+    let (buffer, report) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("reopen");
+    let after = std::fs::metadata(&path).expect("file").len();
+    assert_eq!((report.records, report.points), (1, 2000));
+    assert!(
+        after < before / 4,
+        "not compacted: {before} → {after} bytes for {} record bytes",
+        report.bytes
+    );
+    eprintln!(
+        "compaction at open: {before} → {after} bytes for {} record bytes",
+        report.bytes
+    );
+    let left = all(&buffer);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].0, last);
+    assert!(left[0].1.lines.starts_with("m,tag=r59 "));
+}
+
+#[test]
 fn a_corrupt_record_is_skipped_counted_and_the_rest_survive() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("open");
