@@ -252,6 +252,9 @@ pub struct FilterConfig {
     /// Ordered rules; the first whose match holds decides.
     #[serde(default)]
     pub rules: Vec<FilterRuleConfig>,
+    /// IANA zone of `time` matches (`Europe/Berlin`); unset: UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 /// What a rule (or the default) does with an event.
@@ -353,6 +356,27 @@ pub struct RuleMatchConfig {
     /// A Jinja expression (minijinja) that must be true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expression: Option<String>,
+    /// A time-of-day window and weekdays on the wall clock of a time zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<TimeMatchConfig>,
+}
+
+/// A time-of-day window and/or weekdays, tested on the event's `time_fired` in a zone.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TimeMatchConfig {
+    /// From this local time on (`HH:MM[:SS]`, inclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Until this local time (exclusive); earlier than `after`: the window crosses midnight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    /// Local weekdays (`mon` … `sun`); empty: every day.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weekdays: Vec<String>,
+    /// IANA zone for this rule; unset: `filter.time_zone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 /// Entity ids by glob or regex: one compiled set each.

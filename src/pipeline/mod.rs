@@ -9,6 +9,7 @@
 pub mod expression;
 pub mod filter;
 pub mod rules;
+pub mod time_window;
 
 use std::sync::Arc;
 

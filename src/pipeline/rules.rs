@@ -23,6 +23,7 @@ use regex::{Regex, RegexSet};
 
 use super::expression::EventExpression;
 use super::filter::{EntityFilter, FilterError, glob_set};
+use super::time_window::{TimeWindow, parse_zone};
 use crate::config::{
     AttributeMatchConfig, FilterAction, FilterConfig, FilterRuleConfig, OnError, StateMatchConfig,
     StateSide,
@@ -38,6 +39,12 @@ pub enum RuleError {
     /// The include/exclude gate did not compile.
     #[error(transparent)]
     Gate(#[from] FilterError),
+    /// `filter.time_zone` is not an IANA zone.
+    #[error("filter.time_zone: {message}")]
+    TimeZone {
+        /// What is wrong.
+        message: String,
+    },
     /// A rule's match is invalid.
     #[error("filter rule {rule:?}: match.{key}: {message}")]
     Invalid {
@@ -136,6 +143,7 @@ struct DynamicMatch {
     attributes: Vec<AttributeTest>,
     state: Option<StateTest>,
     expression: Option<EventExpression>,
+    time: Option<TimeWindow>,
 }
 
 enum Eval {
@@ -181,10 +189,16 @@ pub struct RuleChain {
 impl RuleChain {
     /// Compiles the gate and every rule once; the error names the rule and the key.
     pub fn new(cfg: &FilterConfig) -> Result<RuleChain, RuleError> {
+        let zone = match &cfg.time_zone {
+            Some(name) => Some(parse_zone(name).map_err(|e| RuleError::TimeZone {
+                message: e.to_string(),
+            })?),
+            None => None,
+        };
         let rules = cfg
             .rules
             .iter()
-            .map(compile_rule)
+            .map(|r| compile_rule(r, zone))
             .collect::<Result<Vec<_>, _>>()?;
         let key_has_source = rules.iter().any(|r| !r.fixed.sources.is_empty());
         Ok(RuleChain {
@@ -451,6 +465,11 @@ fn static_holds(m: &StaticMatch, event: &Event) -> bool {
 }
 
 fn dynamic_holds(m: &DynamicMatch, event: &Event) -> Eval {
+    if let Some(window) = &m.time
+        && !window.holds(event.time_fired)
+    {
+        return Eval::NoMatch;
+    }
     let sc = event.state_changed();
     if !m.attributes.is_empty() || m.state.is_some() {
         let Some(sc) = sc else {
@@ -587,7 +606,7 @@ fn json_number(v: &serde_json::Value) -> Option<f64> {
     }
 }
 
-fn compile_rule(cfg: &FilterRuleConfig) -> Result<Rule, RuleError> {
+fn compile_rule(cfg: &FilterRuleConfig, zone: Option<chrono_tz::Tz>) -> Result<Rule, RuleError> {
     let invalid = |key: &str, message: String| RuleError::Invalid {
         rule: cfg.name.clone(),
         key: key.to_string(),
@@ -631,8 +650,20 @@ fn compile_rule(cfg: &FilterRuleConfig) -> Result<Rule, RuleError> {
             EventExpression::compile(source).map_err(|e| invalid("expression", e.to_string()))?,
         );
     }
-    let is_static =
-        dynamic.attributes.is_empty() && dynamic.state.is_none() && dynamic.expression.is_none();
+    if let Some(t) = &m.time {
+        let zone = match &t.time_zone {
+            Some(name) => parse_zone(name).map_err(|e| invalid("time.time_zone", e.to_string()))?,
+            None => zone.unwrap_or(chrono_tz::Tz::UTC),
+        };
+        dynamic.time = Some(
+            TimeWindow::new(zone, t.after.as_deref(), t.before.as_deref(), &t.weekdays)
+                .map_err(|e| invalid("time", e.to_string()))?,
+        );
+    }
+    let is_static = dynamic.attributes.is_empty()
+        && dynamic.state.is_none()
+        && dynamic.expression.is_none()
+        && dynamic.time.is_none();
     Ok(Rule {
         name: cfg.name.clone(),
         keep: cfg.action == FilterAction::Include,
@@ -786,6 +817,7 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::{bus_event, state_event};
     use super::*;
+    use crate::event::Timestamp;
     use serde_json::json;
 
     /// A chain from the `[filter]` section given as TOML.
@@ -1246,6 +1278,41 @@ mod tests {
     }
 
     #[test]
+    fn time_rules_run_per_event_and_use_the_configured_zone() {
+        let mut c = chain(
+            r#"
+            time_zone = "Europe/Berlin"
+            [[rules]]
+            name = "quiet night"
+            action = "exclude"
+            match = { domain = ["sensor"], time = { after = "22:00", before = "06:00" } }
+            [[rules]]
+            name = "utc morning"
+            action = "exclude"
+            match = { domain = ["light"], time = { after = "08:00", before = "09:00", time_zone = "UTC" } }
+            "#,
+        );
+        let mut night = sensor("sensor.t", "1", json!({}));
+        // 21:30 UTC in June is 23:30 in Berlin.
+        night.time_fired = Timestamp::parse_rfc3339("2026-06-01T21:30:00.000000+00:00").unwrap();
+        let mut day = night.clone();
+        day.time_fired = Timestamp::parse_rfc3339("2026-06-01T12:00:00.000000+00:00").unwrap();
+        assert_eq!(decide(&mut c, &night).by, DecidedBy::Rule(0));
+        assert_eq!(
+            decide(&mut c, &day).by,
+            DecidedBy::Default,
+            "same entity, cached plan, other time"
+        );
+        let mut light = sensor("light.a", "on", json!({}));
+        light.time_fired = Timestamp::parse_rfc3339("2026-06-01T08:30:00.000000+00:00").unwrap();
+        assert_eq!(decide(&mut c, &light).by, DecidedBy::Rule(1));
+        let err = build_err(
+            "time_zone = \"Nowhere/Land\"\n[[rules]]\nname = \"x\"\naction = \"exclude\"\n",
+        );
+        assert!(err.contains("filter.time_zone"), "{err}");
+    }
+
+    #[test]
     fn no_rules_means_the_gate_alone() {
         let mut c = chain("[exclude]\ndomains = [\"light\"]\n");
         assert!(!c.decide(&sensor("light.a", "on", json!({}))).keep);
@@ -1282,6 +1349,16 @@ mod tests {
             (
                 r#"match = { expression = "sate == 1" }"#,
                 "match.expression",
+            ),
+            (r#"match = { time = {} }"#, "match.time"),
+            (r#"match = { time = { after = "7pm" } }"#, "match.time"),
+            (
+                r#"match = { time = { weekdays = ["someday"] } }"#,
+                "match.time",
+            ),
+            (
+                r#"match = { time = { after = "07:00", time_zone = "Europe/Nowhere" } }"#,
+                "match.time.time_zone",
             ),
         ];
         for (body, key) in cases {
