@@ -266,6 +266,8 @@ pub enum FilterAction {
     Include,
     /// Drop the event.
     Exclude,
+    /// Apply the rule's `transform` steps, then go on down the chain (rules only, not the default).
+    Transform,
 }
 
 /// What a rule does when its expression fails at run time for one event.
@@ -298,6 +300,9 @@ pub struct FilterRuleConfig {
     /// What a failing expression does.
     #[serde(default)]
     pub on_error: OnError,
+    /// Steps applied in order when the rule matches (`action` `transform`, or `include`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transform: Vec<TransformStepConfig>,
 }
 
 /// The typed fields of a rule, read after its name is known.
@@ -310,6 +315,85 @@ struct RuleFields {
     matches: RuleMatchConfig,
     #[serde(default)]
     on_error: OnError,
+    #[serde(default)]
+    transform: Vec<TransformStepConfig>,
+}
+
+/// One transform step: exactly one operation key (`rename`, `drop_attributes`, `keep_attributes`,
+/// `measurement`, `tags`, `computed_tags`, `convert`, `compute`, `map`) and its options.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TransformStepConfig {
+    /// Renames attributes: `{ old = "new" }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rename: Option<BTreeMap<String, String>>,
+    /// Removes the attributes matching these globs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_attributes: Option<Vec<String>>,
+    /// Keeps only the attributes matching these globs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_attributes: Option<Vec<String>>,
+    /// Sets the point's measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurement: Option<String>,
+    /// Adds static tags (they win over every other tag of the same key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// Adds tags computed by Jinja expressions: `{ room = "attributes.area | default('none')" }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub computed_tags: Option<BTreeMap<String, String>>,
+    /// Converts a value's type: the target, `state` or `attributes.<name>`; with `to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convert: Option<String>,
+    /// The type `convert` converts to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<ConvertTo>,
+    /// Sets a value from a Jinja expression: the target, `state` or `attributes.<name>`; with `expression`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<String>,
+    /// The expression `compute` evaluates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
+    /// Maps values one to one: the target, `state` or `attributes.<name>`; with `values`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<String>,
+    /// The table `map` looks the current value (as text) up in; values not listed stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<BTreeMap<String, serde_json::Value>>,
+    /// When `convert`, `compute` or `computed_tags` fails for an event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_error: Option<StepOnError>,
+}
+
+/// The types `convert` knows.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvertTo {
+    /// A float (`"21.5"` → 21.5).
+    Float,
+    /// A whole number (`"12"` → 12; `"12.5"` fails).
+    Int,
+    /// `true`/`false` (`on`, `yes`, `1`, `open`, `home` …; state: `1`/`0`).
+    Bool,
+    /// Seconds, from `HH:MM:SS[.f]`, `"5m 30s"` or a number of seconds.
+    Duration,
+    /// Seconds since the epoch, from RFC 3339 text or a number.
+    Timestamp,
+    /// Text (numbers and booleans as their JSON text).
+    String,
+}
+
+/// What a failing `convert`, `compute` or `computed_tags` step does.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOnError {
+    /// Leave the value (or tag) as it was; the event goes on.
+    #[default]
+    Keep,
+    /// Remove the attribute (or leave the tag out); not for the state.
+    Remove,
+    /// Drop the event.
+    Drop,
 }
 
 impl TryFrom<toml::Table> for FilterRuleConfig {
@@ -327,6 +411,7 @@ impl TryFrom<toml::Table> for FilterRuleConfig {
             action: fields.action,
             matches: fields.matches,
             on_error: fields.on_error,
+            transform: fields.transform,
         })
     }
 }

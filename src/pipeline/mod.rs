@@ -6,10 +6,12 @@
 //! what is kept into one [`Chunk`] per batch and hands that to the sink.
 //! Counters, per-rule ones included, are added once per batch, not per event.
 
+pub mod explain;
 pub mod expression;
 pub mod filter;
 pub mod rules;
 pub mod time_window;
+pub mod transform;
 
 use std::sync::Arc;
 
@@ -20,11 +22,14 @@ use crate::event::Event;
 use crate::monitor::Stats;
 use crate::monitor::metrics as names;
 use crate::sink::Chunk;
-use crate::sink::schema::{Encoded, Encoder, SchemaError, SkipReason};
+use crate::sink::schema::{Encoded, Encoder, PointOverrides, SchemaError, SkipReason};
 use rules::{RuleChain, RuleError};
 
 /// Events taken from the channel per round; bounds a chunk's size.
 const BATCH: usize = 1024;
+
+/// One event in this many has its pipeline time measured (the clock is read twice).
+const EVAL_SAMPLE: u32 = 64;
 
 /// Why the pipeline could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -48,10 +53,19 @@ pub enum Outcome {
     Skipped(SkipReason),
 }
 
+fn outcome(encoded: Encoded) -> Outcome {
+    match encoded {
+        Encoded::Points(n) => Outcome::Points(n),
+        Encoded::Skipped(reason) => Outcome::Skipped(reason),
+    }
+}
+
 /// The compiled filter chain and encoder.
 pub struct Pipeline {
     chain: RuleChain,
     encoder: Encoder,
+    /// A transform's measurement and tags for the event being encoded (reused).
+    overrides: PointOverrides,
 }
 
 impl Pipeline {
@@ -60,19 +74,46 @@ impl Pipeline {
         Ok(Pipeline {
             chain: RuleChain::new(filter)?,
             encoder: Encoder::new(schema)?,
+            overrides: PointOverrides::default(),
         })
     }
 
-    /// Filters and encodes one event, appending its lines to `out`: the hot path.
+    /// Filters, transforms and encodes one borrowed event (copied only when a transform applies).
     #[inline]
     pub fn process(&mut self, event: &Event, out: &mut String) -> Outcome {
         if !self.chain.decide(event).keep {
             return Outcome::Filtered;
         }
-        match self.encoder.encode(event, out) {
-            Encoded::Points(n) => Outcome::Points(n),
-            Encoded::Skipped(reason) => Outcome::Skipped(reason),
+        if self.chain.applied().is_empty() {
+            return outcome(self.encoder.encode(event, out));
         }
+        let mut owned = event.clone();
+        self.transform_and_encode(&mut owned, out)
+    }
+
+    /// Filters, transforms in place and encodes one event, appending its lines to `out`: the hot path.
+    #[inline]
+    pub fn process_mut(&mut self, event: &mut Event, out: &mut String) -> Outcome {
+        if !self.chain.decide(event).keep {
+            return Outcome::Filtered;
+        }
+        if self.chain.applied().is_empty() {
+            return outcome(self.encoder.encode(event, out));
+        }
+        self.transform_and_encode(event, out)
+    }
+
+    fn transform_and_encode(&mut self, event: &mut Event, out: &mut String) -> Outcome {
+        self.overrides.clear();
+        if !self.chain.apply_transforms(event, &mut self.overrides) {
+            return Outcome::Filtered;
+        }
+        outcome(self.encoder.encode_with(event, &self.overrides, out))
+    }
+
+    /// The compiled rule chain (for `check` and `explain`).
+    pub fn chain(&self) -> &RuleChain {
+        &self.chain
     }
 
     /// The stage task: runs until every sender of `rx` is gone, then returns (dropping `tx`).
@@ -95,6 +136,19 @@ impl Pipeline {
                 )
             })
             .collect();
+        let outcome_counters: Vec<[metrics::Counter; 3]> = self
+            .chain
+            .rule_names()
+            .map(|name| {
+                [
+                    metrics::counter!(names::FILTER_RULE_INCLUDED, "rule" => name.to_string()),
+                    metrics::counter!(names::FILTER_RULE_EXCLUDED, "rule" => name.to_string()),
+                    metrics::counter!(names::FILTER_RULE_TRANSFORMED, "rule" => name.to_string()),
+                ]
+            })
+            .collect();
+        let eval_seconds = metrics::histogram!(names::PIPELINE_EVENT_SECONDS);
+        let mut sample = 0u32;
         loop {
             if rx.recv_many(&mut events, BATCH).await == 0 {
                 break;
@@ -108,9 +162,15 @@ impl Pipeline {
             };
             let mut filtered = 0u64;
             skipped.clear();
-            for event in events.drain(..) {
+            for mut event in events.drain(..) {
                 chunk.marks.note(event.meta.mark);
-                match self.process(&event, &mut chunk.lines) {
+                sample = sample.wrapping_add(1);
+                let started = sample.is_multiple_of(EVAL_SAMPLE).then(std::time::Instant::now);
+                let outcome = self.process_mut(&mut event, &mut chunk.lines);
+                if let Some(started) = started {
+                    eval_seconds.record(started.elapsed().as_secs_f64());
+                }
+                match outcome {
                     Outcome::Points(n) => chunk.points += n,
                     Outcome::Filtered => filtered += 1,
                     Outcome::Skipped(reason) => {
@@ -130,6 +190,13 @@ impl Pipeline {
                 if let Some((matches, errors)) = rule_counters.get(i) {
                     matches.increment(counts.matches);
                     errors.increment(counts.errors);
+                }
+            });
+            self.chain.drain_outcomes(|i, o| {
+                if let Some([included, excluded, transformed]) = outcome_counters.get(i) {
+                    included.increment(o.included);
+                    excluded.increment(o.excluded);
+                    transformed.increment(o.transformed);
                 }
             });
             for (reason, n) in &skipped {

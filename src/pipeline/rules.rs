@@ -24,11 +24,13 @@ use regex::{Regex, RegexSet};
 use super::expression::EventExpression;
 use super::filter::{EntityFilter, FilterError, glob_set};
 use super::time_window::{TimeWindow, parse_zone};
+use super::transform::Transform;
 use crate::config::{
     AttributeMatchConfig, FilterAction, FilterConfig, FilterRuleConfig, OnError, StateMatchConfig,
     StateSide,
 };
 use crate::event::{Event, State};
+use crate::sink::schema::PointOverrides;
 
 /// Cached plans kept at most (one per entity and event type: far above a large HA install); emptied when full.
 pub const CACHE_LIMIT: usize = 100_000;
@@ -42,6 +44,19 @@ pub enum RuleError {
     /// `filter.time_zone` is not an IANA zone.
     #[error("filter.time_zone: {message}")]
     TimeZone {
+        /// What is wrong.
+        message: String,
+    },
+    /// `filter.default` must decide.
+    #[error("filter.default: must be \"include\" or \"exclude\" (\"transform\" is for rules)")]
+    Default,
+    /// A rule's key outside its match is invalid (`transform[2].to` …).
+    #[error("filter rule {rule:?}: {key}: {message}")]
+    Rule {
+        /// The rule's name.
+        rule: String,
+        /// The key at fault.
+        key: String,
         /// What is wrong.
         message: String,
     },
@@ -155,6 +170,12 @@ enum Eval {
 struct Rule {
     name: String,
     keep: bool,
+    /// `action = "transform"`: apply the steps and go on down the chain.
+    transform_only: bool,
+    /// The steps, when the rule has any.
+    transform: Option<Transform>,
+    /// The match as written, compact, for the plan.
+    match_text: String,
     on_error: OnError,
     fixed: StaticMatch,
     dynamic: DynamicMatch,
@@ -184,6 +205,24 @@ pub struct RuleChain {
     key: String,
     counts: Vec<RuleCounts>,
     error_logged: Vec<bool>,
+    /// Rules whose steps the last decision applies, in chain order.
+    applied: Vec<u32>,
+    /// The gate and default as configured, for the plan.
+    gate_text: String,
+    /// The last decision made (for `explain`).
+    last: Option<Decision>,
+    outcomes: Vec<RuleOutcomes>,
+}
+
+/// Per-rule outcome counts since they were last drained: what the rule did to the events it matched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuleOutcomes {
+    /// Events this rule kept (as the deciding rule, or by `on_error = "keep"`).
+    pub included: u64,
+    /// Events this rule dropped (as the deciding rule, by `on_error = "drop"`, or a failing step).
+    pub excluded: u64,
+    /// Events this rule's transform steps were applied to.
+    pub transformed: u64,
 }
 
 impl RuleChain {
@@ -200,11 +239,22 @@ impl RuleChain {
             .iter()
             .map(|r| compile_rule(r, zone))
             .collect::<Result<Vec<_>, _>>()?;
+        if cfg.default == FilterAction::Transform {
+            return Err(RuleError::Default);
+        }
         let key_has_source = rules.iter().any(|r| !r.fixed.sources.is_empty());
         Ok(RuleChain {
             gate: EntityFilter::new(cfg)?,
             counts: vec![RuleCounts::default(); rules.len()],
             error_logged: vec![false; rules.len()],
+            applied: Vec::new(),
+            last: None,
+            gate_text: format!(
+                "include {} exclude {}",
+                serde_json::to_string(&cfg.include).unwrap_or_default(),
+                serde_json::to_string(&cfg.exclude).unwrap_or_default()
+            ),
+            outcomes: vec![RuleOutcomes::default(); rules.len()],
             rules,
             default_keep: cfg.default == FilterAction::Include,
             key_has_source,
@@ -246,10 +296,166 @@ impl RuleChain {
     }
 
     /// The decision for one event, using the cache for the static parts: the hot path.
+    ///
+    /// Matches read the event as it arrived; the transform steps of the rules that
+    /// matched are listed by [`RuleChain::applied`] and run by [`RuleChain::apply_transforms`].
     pub fn decide(&mut self, event: &Event) -> Decision {
+        self.applied.clear();
+        let decision = self.decide_cached(event);
+        self.note(decision);
+        decision
+    }
+
+    /// Counts a decision in its rule's outcomes.
+    fn note(&mut self, decision: Decision) {
+        self.last = Some(decision);
+        if let DecidedBy::Rule(i) | DecidedBy::RuleError(i) = decision.by
+            && let Some(o) = self.outcomes.get_mut(i)
+        {
+            if decision.keep {
+                o.included += 1;
+            } else {
+                o.excluded += 1;
+            }
+        }
+    }
+
+    /// What decided the last event (`None` before the first).
+    pub fn last_decided_by(&self) -> Option<DecidedBy> {
+        self.last.map(|d| d.by)
+    }
+
+    /// Whether the last decision kept the event.
+    pub fn last_kept(&self) -> bool {
+        self.last.is_some_and(|d| d.keep)
+    }
+
+    /// The rules whose transform steps the last decision applies, in chain order.
+    pub fn applied(&self) -> &[u32] {
+        &self.applied
+    }
+
+    /// Runs the steps of [`RuleChain::applied`] on the kept event, in order; `false` when a step drops it.
+    pub fn apply_transforms(&mut self, event: &mut Event, overrides: &mut PointOverrides) -> bool {
+        for &i in &self.applied {
+            let i = i as usize;
+            let Some(transform) = self.rules[i].transform.as_ref() else {
+                continue;
+            };
+            let applied = transform.apply(event, overrides);
+            self.outcomes[i].transformed += 1;
+            if applied.errors > 0 {
+                self.counts[i].errors += u64::from(applied.errors);
+                if !self.error_logged[i] {
+                    self.error_logged[i] = true;
+                    tracing::warn!(
+                        message = "A transform step failed; counted in ha_ingestor_filter_rule_errors_total, logged once per rule.",
+                        rule = %self.rules[i].name,
+                        error = applied.first_error.as_deref().unwrap_or(""),
+                    );
+                }
+            }
+            if applied.drop {
+                self.outcomes[i].excluded += 1;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Outcome counts per rule (chain order) since the last [`RuleChain::drain_outcomes`].
+    pub fn outcomes(&self) -> &[RuleOutcomes] {
+        &self.outcomes
+    }
+
+    /// Hands each rule's non-zero outcome counts to `f` (index, counts) and resets them.
+    pub fn drain_outcomes(&mut self, mut f: impl FnMut(usize, RuleOutcomes)) {
+        for (i, c) in self.outcomes.iter_mut().enumerate() {
+            if *c != RuleOutcomes::default() {
+                f(i, *c);
+                *c = RuleOutcomes::default();
+            }
+        }
+    }
+
+    /// The compiled plan, one line per item: gate, each rule (action, match, what is cached, steps), default.
+    pub fn plan_text(&self) -> Vec<String> {
+        let mut lines = vec![format!("gate: {}", self.gate_text)];
+        for (i, r) in self.rules.iter().enumerate() {
+            let action = if r.transform_only {
+                "transform"
+            } else if r.keep {
+                "include"
+            } else {
+                "exclude"
+            };
+            let kind = if r.is_static {
+                "static: decided once per entity and cached"
+            } else {
+                "dynamic: tests run per event"
+            };
+            let mut line = format!(
+                "rule {} {:?}: {action} when {} ({kind}",
+                i + 1,
+                r.name,
+                r.match_text
+            );
+            if let Some(t) = &r.dynamic.time {
+                line.push_str(&format!("; {}", t.describe()));
+            }
+            if r.dynamic.expression.is_some() {
+                line.push_str(&format!("; on_error {:?}", r.on_error));
+            }
+            line.push(')');
+            lines.push(line);
+            for step in r.transform.iter().flat_map(|t| t.plan()) {
+                lines.push(format!("    then {step}"));
+            }
+        }
+        lines.push(format!(
+            "default: {}",
+            if self.default_keep {
+                "include"
+            } else {
+                "exclude"
+            }
+        ));
+        lines
+    }
+
+    /// Each rule's own verdict on the event, ignoring order (for `explain`): `Ok(true)` holds, `Err` failed.
+    pub fn trace(&self, event: &Event) -> Vec<(&str, Result<bool, String>)> {
+        self.rules
+            .iter()
+            .map(|r| {
+                let verdict = if !static_holds(&r.fixed, event) {
+                    Ok(false)
+                } else {
+                    match dynamic_holds(&r.dynamic, event) {
+                        Eval::Match => Ok(true),
+                        Eval::NoMatch => Ok(false),
+                        Eval::Error(e) => Err(e),
+                    }
+                };
+                (r.name.as_str(), verdict)
+            })
+            .collect()
+    }
+
+    /// Whether the HA include/exclude gate keeps the event.
+    pub fn gate_keeps(&self, event: &Event) -> bool {
+        self.gate.keep(event)
+    }
+
+    /// Whether any rule has transform steps.
+    pub fn has_transforms(&self) -> bool {
+        self.rules.iter().any(|r| r.transform.is_some())
+    }
+
+    fn decide_cached(&mut self, event: &Event) -> Decision {
         if self.rules.is_empty() {
             // The gate alone: a few set look-ups, cheaper than the cache.
-            return self.decide_uncached(event);
+            return self.decide_full(event);
         }
         // Length-prefixed parts: no event type, entity id or source from outside can
         // make two different events share a key.
@@ -277,10 +483,19 @@ impl RuleChain {
             counts,
             error_logged,
             default_keep,
+            applied,
             ..
         } = self;
         if let Some(plan) = cache.get(key.as_str()) {
-            return follow(plan, rules, counts, error_logged, *default_keep, event);
+            return follow(
+                plan,
+                rules,
+                counts,
+                error_logged,
+                applied,
+                *default_keep,
+                event,
+            );
         }
         // A miss: evaluate the static parts once, decide, then keep the plan.
         let plan = self.plan(event);
@@ -289,6 +504,7 @@ impl RuleChain {
             &self.rules,
             &mut self.counts,
             &mut self.error_logged,
+            &mut self.applied,
             self.default_keep,
             event,
         );
@@ -301,6 +517,13 @@ impl RuleChain {
 
     /// The decision evaluated from scratch, every rule in full: the reference the cache must agree with.
     pub fn decide_uncached(&mut self, event: &Event) -> Decision {
+        self.applied.clear();
+        let decision = self.decide_full(event);
+        self.note(decision);
+        decision
+    }
+
+    fn decide_full(&mut self, event: &Event) -> Decision {
         if !self.gate.keep(event) {
             return Decision {
                 keep: false,
@@ -315,6 +538,7 @@ impl RuleChain {
                 &self.rules,
                 &mut self.counts,
                 &mut self.error_logged,
+                &mut self.applied,
                 i,
                 event,
             ) {
@@ -338,7 +562,7 @@ impl RuleChain {
             if !static_holds(&rule.fixed, event) {
                 continue;
             }
-            if rule.is_static {
+            if rule.is_static && !rule.transform_only {
                 terminal = Some(i as u32);
                 break;
             }
@@ -357,6 +581,7 @@ fn follow(
     rules: &[Rule],
     counts: &mut [RuleCounts],
     error_logged: &mut [bool],
+    applied: &mut Vec<u32>,
     default_keep: bool,
     event: &Event,
 ) -> Decision {
@@ -373,7 +598,7 @@ fn follow(
         } => (candidates, terminal),
     };
     for &i in candidates.iter() {
-        if let Some(d) = run_dynamic(rules, counts, error_logged, i as usize, event) {
+        if let Some(d) = run_dynamic(rules, counts, error_logged, applied, i as usize, event) {
             return d;
         }
     }
@@ -381,6 +606,9 @@ fn follow(
         Some(i) => {
             let i = *i as usize;
             counts[i].matches += 1;
+            if rules[i].transform.is_some() {
+                applied.push(i as u32);
+            }
             Decision {
                 keep: rules[i].keep,
                 by: DecidedBy::Rule(i),
@@ -398,6 +626,7 @@ fn run_dynamic(
     rules: &[Rule],
     counts: &mut [RuleCounts],
     error_logged: &mut [bool],
+    applied: &mut Vec<u32>,
     i: usize,
     event: &Event,
 ) -> Option<Decision> {
@@ -405,6 +634,12 @@ fn run_dynamic(
     match dynamic_holds(&rule.dynamic, event) {
         Eval::Match => {
             counts[i].matches += 1;
+            if rule.transform.is_some() {
+                applied.push(i as u32);
+            }
+            if rule.transform_only {
+                return None;
+            }
             Some(Decision {
                 keep: rule.keep,
                 by: DecidedBy::Rule(i),
@@ -660,6 +895,28 @@ fn compile_rule(cfg: &FilterRuleConfig, zone: Option<chrono_tz::Tz>) -> Result<R
                 .map_err(|e| invalid("time", e.to_string()))?,
         );
     }
+    let transform = match (cfg.action, cfg.transform.is_empty()) {
+        (FilterAction::Exclude, false) => {
+            return Err(RuleError::Rule {
+                rule: cfg.name.clone(),
+                key: "transform".into(),
+                message: "an excluded event is not written: transform with action \"include\" or \"transform\"".into(),
+            });
+        }
+        (FilterAction::Transform, true) => {
+            return Err(RuleError::Rule {
+                rule: cfg.name.clone(),
+                key: "transform".into(),
+                message: "action \"transform\" needs transform steps".into(),
+            });
+        }
+        (_, true) => None,
+        (_, false) => Some(Transform::new(&cfg.transform).map_err(|e| RuleError::Rule {
+            rule: cfg.name.clone(),
+            key: e.key,
+            message: e.message,
+        })?),
+    };
     let is_static = dynamic.attributes.is_empty()
         && dynamic.state.is_none()
         && dynamic.expression.is_none()
@@ -667,6 +924,9 @@ fn compile_rule(cfg: &FilterRuleConfig, zone: Option<chrono_tz::Tz>) -> Result<R
     Ok(Rule {
         name: cfg.name.clone(),
         keep: cfg.action == FilterAction::Include,
+        transform_only: cfg.action == FilterAction::Transform,
+        transform,
+        match_text: serde_json::to_string(&cfg.matches).unwrap_or_default(),
         on_error: cfg.on_error,
         fixed,
         dynamic,
