@@ -303,6 +303,67 @@ pub struct FilterRuleConfig {
     /// Steps applied in order when the rule matches (`action` `transform`, or `include`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transform: Vec<TransformStepConfig>,
+    /// Per-entity rate shaping of the events this rule keeps or transforms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateConfig>,
+}
+
+/// Per-entity rate shaping: dedup, deadband, throttle and heartbeat; each optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    /// Drop an event whose state and attributes equal the entity's last written ones within this window.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dedup: Option<Duration>,
+    /// Drop a numeric state closer than this to the last written one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadband: Option<f64>,
+    /// Drop a numeric state within this percentage of the last written one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadband_percent: Option<f64>,
+    /// At most one point per entity per interval.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub throttle: Option<Duration>,
+    /// What a throttled interval writes: its last event, or the min, max or mean of its states.
+    #[serde(default)]
+    pub aggregate: Aggregate,
+    /// Re-write the last value after this long without a new point, tagged `heartbeat=true`.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub heartbeat: Option<Duration>,
+}
+
+/// What one throttled interval writes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregate {
+    /// The last event of the interval.
+    #[default]
+    Last,
+    /// The smallest numeric state (on the last event).
+    Min,
+    /// The largest numeric state (on the last event).
+    Max,
+    /// The mean of the numeric states (on the last event).
+    Mean,
+}
+
+impl FilterRuleConfig {
+    /// Whether the rule's events may be written (`include` or `transform`), so shaping them means something.
+    pub fn keep_or_transform(&self) -> bool {
+        self.action != FilterAction::Exclude
+    }
 }
 
 /// The typed fields of a rule, read after its name is known.
@@ -317,6 +378,8 @@ struct RuleFields {
     on_error: OnError,
     #[serde(default)]
     transform: Vec<TransformStepConfig>,
+    #[serde(default)]
+    rate: Option<RateConfig>,
 }
 
 /// One transform step: exactly one operation key (`rename`, `drop_attributes`, `keep_attributes`,
@@ -412,6 +475,7 @@ impl TryFrom<toml::Table> for FilterRuleConfig {
             matches: fields.matches,
             on_error: fields.on_error,
             transform: fields.transform,
+            rate: fields.rate,
         })
     }
 }

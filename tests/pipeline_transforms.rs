@@ -26,7 +26,7 @@ fn run_case(dir: &Path) -> (String, String) {
         let mut out = String::new();
         match pipeline.process(&event, &mut out) {
             Outcome::Points(_) => actual.push_str(&out),
-            Outcome::Filtered | Outcome::Skipped(_) => {
+            _ => {
                 actual.push_str(&format!("# dropped {}\n", n + 1));
             }
         }

@@ -37,6 +37,10 @@ pub const FILTER_RULE_EXCLUDED: &str = "ha_ingestor_filter_rule_excluded_total";
 pub const FILTER_RULE_TRANSFORMED: &str = "ha_ingestor_filter_rule_transformed_total";
 /// Histogram: seconds one event took in the pipeline stage (rule chain, transforms, encoding), sampled (one event in 64).
 pub const PIPELINE_EVENT_SECONDS: &str = "ha_ingestor_pipeline_event_seconds";
+/// Counter: heartbeat points rate shaping wrote (the last value again, tagged `heartbeat=true`).
+pub const PIPELINE_HEARTBEATS: &str = "ha_ingestor_pipeline_heartbeats_total";
+/// Gauge: events held by throttles right now (their upstream marks wait with them).
+pub const PIPELINE_HELD: &str = "ha_ingestor_pipeline_held_events";
 /// Counter: points produced by the encoder.
 pub const ENCODER_POINTS: &str = "ha_ingestor_encoder_points_total";
 /// Counter `{reason}`: events that give no point by the schema's rules.

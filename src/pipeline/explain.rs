@@ -121,6 +121,19 @@ pub fn explain(cfg: &Config, event: &Event) -> Result<String, ExplainError> {
         Outcome::Filtered => {
             let _ = writeln!(text, "line protocol: none (filtered)");
         }
+        Outcome::Held => {
+            let _ = writeln!(
+                text,
+                "line protocol: none yet (held by the rule's throttle)"
+            );
+        }
+        Outcome::Shaped(reason) => {
+            let _ = writeln!(
+                text,
+                "line protocol: none (rate shaping: {})",
+                reason.as_str()
+            );
+        }
         Outcome::Skipped(reason) => {
             let _ = writeln!(
                 text,

@@ -23,6 +23,7 @@ use regex::{Regex, RegexSet};
 
 use super::expression::EventExpression;
 use super::filter::{EntityFilter, FilterError, glob_set};
+use super::rate::RateSpec;
 use super::time_window::{TimeWindow, parse_zone};
 use super::transform::Transform;
 use crate::config::{
@@ -176,6 +177,8 @@ struct Rule {
     transform: Option<Transform>,
     /// The match as written, compact, for the plan.
     match_text: String,
+    /// The rule's `rate`, described; `Some` when it has one.
+    rate_text: Option<String>,
     on_error: OnError,
     fixed: StaticMatch,
     dynamic: DynamicMatch,
@@ -411,6 +414,9 @@ impl RuleChain {
             for step in r.transform.iter().flat_map(|t| t.plan()) {
                 lines.push(format!("    then {step}"));
             }
+            if let Some(rate) = &r.rate_text {
+                lines.push(format!("    then {rate}"));
+            }
         }
         lines.push(format!(
             "default: {}",
@@ -445,6 +451,15 @@ impl RuleChain {
     /// Whether the HA include/exclude gate keeps the event.
     pub fn gate_keeps(&self, event: &Event) -> bool {
         self.gate.keep(event)
+    }
+
+    /// The last rule among [`RuleChain::applied`] that has a `rate`: the one that shapes the event.
+    pub fn rate_rule(&self) -> Option<usize> {
+        self.applied
+            .iter()
+            .rev()
+            .map(|&i| i as usize)
+            .find(|&i| self.rules[i].rate_text.is_some())
     }
 
     /// Whether any rule has transform steps.
@@ -606,7 +621,7 @@ fn follow(
         Some(i) => {
             let i = *i as usize;
             counts[i].matches += 1;
-            if rules[i].transform.is_some() {
+            if rules[i].transform.is_some() || rules[i].rate_text.is_some() {
                 applied.push(i as u32);
             }
             Decision {
@@ -634,7 +649,7 @@ fn run_dynamic(
     match dynamic_holds(&rule.dynamic, event) {
         Eval::Match => {
             counts[i].matches += 1;
-            if rule.transform.is_some() {
+            if rule.transform.is_some() || rule.rate_text.is_some() {
                 applied.push(i as u32);
             }
             if rule.transform_only {
@@ -903,11 +918,11 @@ fn compile_rule(cfg: &FilterRuleConfig, zone: Option<chrono_tz::Tz>) -> Result<R
                 message: "an excluded event is not written: transform with action \"include\" or \"transform\"".into(),
             });
         }
-        (FilterAction::Transform, true) => {
+        (FilterAction::Transform, true) if cfg.rate.is_none() => {
             return Err(RuleError::Rule {
                 rule: cfg.name.clone(),
                 key: "transform".into(),
-                message: "action \"transform\" needs transform steps".into(),
+                message: "action \"transform\" needs transform steps or a rate".into(),
             });
         }
         (_, true) => None,
@@ -916,6 +931,27 @@ fn compile_rule(cfg: &FilterRuleConfig, zone: Option<chrono_tz::Tz>) -> Result<R
             key: e.key,
             message: e.message,
         })?),
+    };
+    let rate_text = match &cfg.rate {
+        Some(rate) => {
+            if !cfg.keep_or_transform() {
+                return Err(RuleError::Rule {
+                    rule: cfg.name.clone(),
+                    key: "rate".into(),
+                    message: "an excluded event is not written: rate with action \"include\" or \"transform\"".into(),
+                });
+            }
+            Some(
+                RateSpec::new(rate)
+                    .map_err(|e| RuleError::Rule {
+                        rule: cfg.name.clone(),
+                        key: e.key,
+                        message: e.message,
+                    })?
+                    .describe(),
+            )
+        }
+        None => None,
     };
     let is_static = dynamic.attributes.is_empty()
         && dynamic.state.is_none()
@@ -927,6 +963,7 @@ fn compile_rule(cfg: &FilterRuleConfig, zone: Option<chrono_tz::Tz>) -> Result<R
         transform_only: cfg.action == FilterAction::Transform,
         transform,
         match_text: serde_json::to_string(&cfg.matches).unwrap_or_default(),
+        rate_text,
         on_error: cfg.on_error,
         fixed,
         dynamic,
