@@ -56,10 +56,40 @@ pub fn event_from_json(text: &str, source: &str) -> Result<Event, ExplainError> 
     }
 }
 
+/// Reads an event file: one JSON event, or JSON lines of events (taken in order).
+pub fn events_from_file_text(text: &str, source: &str) -> Result<Vec<Event>, ExplainError> {
+    if serde_json::from_str::<serde_json::Value>(text).is_ok() {
+        return Ok(vec![event_from_json(text, source)?]);
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| {
+            event_from_json(l, source)
+                .map_err(|e| ExplainError::Event(format!("line {}: {e}", n + 1)))
+        })
+        .collect()
+}
+
 /// The report for one event, as printed by `ha-ingestor explain`.
 pub fn explain(cfg: &Config, event: &Event) -> Result<String, ExplainError> {
+    explain_events(cfg, std::slice::from_ref(event))
+}
+
+/// The reports for events taken in order by one pipeline (so rate shaping sees them all).
+pub fn explain_events(cfg: &Config, events: &[Event]) -> Result<String, ExplainError> {
     let mut pipeline = Pipeline::new(&cfg.filter, &cfg.schema)?;
     let mut text = String::new();
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            text.push('\n');
+        }
+        explain_one(&mut pipeline, event, &mut text);
+    }
+    Ok(text)
+}
+
+fn explain_one(pipeline: &mut Pipeline, event: &Event, text: &mut String) {
     let entity = event.entity_id().map_or("-", |e| e.as_str());
     let _ = writeln!(
         text,
@@ -142,7 +172,6 @@ pub fn explain(cfg: &Config, event: &Event) -> Result<String, ExplainError> {
             );
         }
     }
-    Ok(text)
 }
 
 #[cfg(test)]

@@ -252,11 +252,15 @@ impl RuleChain {
             error_logged: vec![false; rules.len()],
             applied: Vec::new(),
             last: None,
-            gate_text: format!(
-                "include {} exclude {}",
-                serde_json::to_string(&cfg.include).unwrap_or_default(),
-                serde_json::to_string(&cfg.exclude).unwrap_or_default()
-            ),
+            gate_text: if cfg.include == Default::default() && cfg.exclude == Default::default() {
+                "none (no include/exclude lists)".to_string()
+            } else {
+                format!(
+                    "include {} exclude {}",
+                    serde_json::to_string(&cfg.include).unwrap_or_default(),
+                    serde_json::to_string(&cfg.exclude).unwrap_or_default()
+                )
+            },
             outcomes: vec![RuleOutcomes::default(); rules.len()],
             rules,
             default_keep: cfg.default == FilterAction::Include,
@@ -1607,6 +1611,79 @@ mod tests {
             "time_zone = \"Nowhere/Land\"\n[[rules]]\nname = \"x\"\naction = \"exclude\"\n",
         );
         assert!(err.contains("filter.time_zone"), "{err}");
+    }
+
+    #[test]
+    fn transform_rules_go_on_and_the_plan_lists_everything() {
+        let mut c = chain(
+            r#"
+            default = "exclude"
+            [[rules]]
+            name = "tag sensors"
+            action = "transform"
+            match = { domain = ["sensor"] }
+            transform = [{ tags = { kind = "sensor" } }]
+            [[rules]]
+            name = "hot"
+            action = "include"
+            match = { domain = ["sensor"], state = { gt = 30 } }
+            transform = [{ measurement = "hot" }]
+            rate = { throttle = "10s", aggregate = "max" }
+            "#,
+        );
+        let hot = sensor("sensor.t", "35", json!({}));
+        assert_eq!(decide(&mut c, &hot).by, DecidedBy::Rule(1));
+        assert_eq!(c.applied(), [0, 1]);
+        assert_eq!(c.rate_rule(), Some(1));
+        let cold = sensor("sensor.t", "5", json!({}));
+        assert_eq!(
+            decide(&mut c, &cold),
+            Decision {
+                keep: false,
+                by: DecidedBy::Default
+            },
+            "a transform rule never decides"
+        );
+        let light = sensor("light.a", "on", json!({}));
+        decide(&mut c, &light);
+        assert!(c.applied().is_empty());
+        let plan = c.plan_text().join("\n");
+        for want in [
+            "gate: none",
+            "rule 1 \"tag sensors\": transform when {\"domain\":[\"sensor\"]}",
+            "then tags kind=sensor",
+            "rule 2 \"hot\": include when",
+            "dynamic: tests run per event",
+            "then measurement hot",
+            "then rate: throttle 10s (Max)",
+            "default: exclude",
+        ] {
+            assert!(plan.contains(want), "{want:?} not in\n{plan}");
+        }
+        assert_eq!(
+            build_err("default = \"transform\""),
+            RuleError::Default.to_string()
+        );
+        for (body, key) in [
+            (
+                "action = \"exclude\"\ntransform = [{ measurement = \"m\" }]",
+                "transform",
+            ),
+            ("action = \"transform\"", "transform"),
+            ("action = \"exclude\"\nrate = { throttle = \"1s\" }", "rate"),
+            (
+                "action = \"include\"\nrate = { throttle = \"0s\" }",
+                "rate.throttle",
+            ),
+            (
+                "action = \"include\"\ntransform = [{ convert = \"state\" }]",
+                "transform[0].to",
+            ),
+        ] {
+            let err = build_err(&format!("[[rules]]\nname = \"r1\"\n{body}\n"));
+            assert!(err.contains("\"r1\""), "{err}");
+            assert!(err.contains(&format!("{key}:")), "{key}: {err}");
+        }
     }
 
     #[test]
