@@ -33,7 +33,7 @@ use crate::config::{
 use crate::event::{Event, State};
 use crate::sink::schema::PointOverrides;
 
-/// Cached plans kept at most (one per entity and event type: far above a large HA install); emptied when full.
+/// Cached plans kept at most (one per entity and event type: far above a large HA install); CLOCK-evicted beyond.
 pub const CACHE_LIMIT: usize = 100_000;
 
 /// Why the rule chain could not be built; names the rule and the key.
@@ -203,7 +203,11 @@ pub struct RuleChain {
     rules: Vec<Rule>,
     default_keep: bool,
     key_has_source: bool,
-    cache: HashMap<Box<str>, Plan>,
+    /// Plans by key, each with its CLOCK "used since the hand last passed" bit.
+    cache: HashMap<Box<str>, (Plan, bool)>,
+    /// The cached keys in insertion slots: the CLOCK the hand sweeps when the cache is full.
+    clock: Vec<Box<str>>,
+    hand: usize,
     cache_limit: usize,
     key: String,
     counts: Vec<RuleCounts>,
@@ -266,6 +270,8 @@ impl RuleChain {
             default_keep: cfg.default == FilterAction::Include,
             key_has_source,
             cache: HashMap::new(),
+            clock: Vec::new(),
+            hand: 0,
             cache_limit: CACHE_LIMIT,
             key: String::with_capacity(96),
         })
@@ -280,6 +286,8 @@ impl RuleChain {
     pub fn set_cache_limit(&mut self, limit: usize) {
         self.cache_limit = limit.max(1);
         self.cache.clear();
+        self.clock.clear();
+        self.hand = 0;
     }
 
     /// Plans currently cached.
@@ -505,7 +513,8 @@ impl RuleChain {
             applied,
             ..
         } = self;
-        if let Some(plan) = cache.get(key.as_str()) {
+        if let Some((plan, used)) = cache.get_mut(key.as_str()) {
+            *used = true;
             return follow(
                 plan,
                 rules,
@@ -527,11 +536,31 @@ impl RuleChain {
             self.default_keep,
             event,
         );
-        if self.cache.len() >= self.cache_limit {
-            self.cache.clear();
-        }
-        self.cache.insert(self.key.as_str().into(), plan);
+        self.remember(plan);
         decision
+    }
+
+    /// Caches `plan` under the current key; when full, CLOCK evicts a plan not used since the hand last passed.
+    fn remember(&mut self, plan: Plan) {
+        let key: Box<str> = self.key.as_str().into();
+        if self.clock.len() < self.cache_limit {
+            self.clock.push(key.clone());
+        } else {
+            // At most two sweeps: the first clears every bit it passes.
+            loop {
+                let slot = self.hand;
+                self.hand = (self.hand + 1) % self.clock.len();
+                match self.cache.get_mut(&self.clock[slot]) {
+                    Some((_, used)) if *used => *used = false,
+                    _ => {
+                        let old = std::mem::replace(&mut self.clock[slot], key.clone());
+                        self.cache.remove(&old);
+                        break;
+                    }
+                }
+            }
+        }
+        self.cache.insert(key, (plan, false));
     }
 
     /// The decision evaluated from scratch, every rule in full: the reference the cache must agree with.
@@ -1554,6 +1583,48 @@ mod tests {
             "a cached plan for one source is not reused for another"
         );
         assert_eq!(c.cache_len(), 2);
+    }
+
+    #[test]
+    fn a_full_cache_evicts_plans_not_used_lately_and_keeps_the_busy_ones() {
+        let mut c = chain(
+            r#"
+            [[rules]]
+            name = "x"
+            action = "exclude"
+            match = { domain = ["light"] }
+            "#,
+        );
+        c.set_cache_limit(4);
+        let e = |i: usize| sensor(&format!("light.l{i}"), "on", json!({}));
+        for i in 0..4 {
+            c.decide(&e(i));
+        }
+        // l0 and l1 are busy; l4 must evict one of the idle ones (l2 or l3).
+        c.decide(&e(0));
+        c.decide(&e(1));
+        c.decide(&e(4));
+        assert_eq!(c.cache_len(), 4);
+        let key = |i: usize| {
+            let id = format!("light.l{i}");
+            format!("13:state_changed{}:{id}", id.len())
+        };
+        for i in [0, 1, 4] {
+            assert!(c.cache.contains_key(key(i).as_str()), "{i}: {:?}", c.clock);
+        }
+        assert_eq!(c.clock.len(), 4);
+        // Ring and map hold the same keys.
+        for k in &c.clock {
+            assert!(c.cache.contains_key(k));
+        }
+        // A long run of new entities keeps it bounded and consistent.
+        for i in 5..200 {
+            assert!(!c.decide(&e(i)).keep);
+            assert!(c.cache_len() <= 4);
+        }
+        for k in &c.clock {
+            assert!(c.cache.contains_key(k));
+        }
     }
 
     #[test]
