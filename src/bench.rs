@@ -300,7 +300,10 @@ impl RuleSelection {
                 RuleSelection::All => true,
                 RuleSelection::NoExpressions => m.expression.is_none(),
                 RuleSelection::Static => {
-                    m.expression.is_none() && m.state.is_none() && m.attribute.is_empty()
+                    m.expression.is_none()
+                        && m.state.is_none()
+                        && m.attribute.is_empty()
+                        && m.time.is_none()
                 }
             }
         });

@@ -27,11 +27,18 @@ pub async fn run(path: &Path) -> i32 {
         }
     };
     println!("config: ok ({})", path.display());
-    if let Err(error) = Pipeline::new(&cfg.filter, &cfg.effective_schema()) {
-        println!("pipeline: INVALID: {error}");
-        return INVALID_CONFIG;
-    }
+    let pipeline = match Pipeline::new(&cfg.filter, &cfg.effective_schema()) {
+        Ok(pipeline) => pipeline,
+        Err(error) => {
+            println!("pipeline: INVALID: {error}");
+            return INVALID_CONFIG;
+        }
+    };
     println!("pipeline: ok (filter and schema compiled)");
+    // The compiled rule plan, in evaluation order.
+    for line in pipeline.chain().plan_text() {
+        println!("  {line}");
+    }
     crate::ensure_crypto_provider();
 
     let mut code = OK;

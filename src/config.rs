@@ -291,6 +291,9 @@ pub struct FilterConfig {
     /// Ordered rules; the first whose match holds decides.
     #[serde(default)]
     pub rules: Vec<FilterRuleConfig>,
+    /// IANA zone of `time` matches (`Europe/Berlin`); unset: UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 /// What a rule (or the default) does with an event.
@@ -302,6 +305,8 @@ pub enum FilterAction {
     Include,
     /// Drop the event.
     Exclude,
+    /// Apply the rule's `transform` steps, then go on down the chain (rules only, not the default).
+    Transform,
 }
 
 /// What a rule does when its expression fails at run time for one event.
@@ -334,6 +339,70 @@ pub struct FilterRuleConfig {
     /// What a failing expression does.
     #[serde(default)]
     pub on_error: OnError,
+    /// Steps applied in order when the rule matches (`action` `transform`, or `include`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transform: Vec<TransformStepConfig>,
+    /// Per-entity rate shaping of the events this rule keeps or transforms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateConfig>,
+}
+
+/// Per-entity rate shaping: dedup, deadband, throttle and heartbeat; each optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    /// Drop an event whose state and attributes equal the entity's last written ones within this window.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dedup: Option<Duration>,
+    /// Drop a numeric state closer than this to the last written one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadband: Option<f64>,
+    /// Drop a numeric state within this percentage of the last written one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadband_percent: Option<f64>,
+    /// At most one point per entity per interval.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub throttle: Option<Duration>,
+    /// What a throttled interval writes: its last event, or the min, max or mean of its states.
+    #[serde(default)]
+    pub aggregate: Aggregate,
+    /// Re-write the last value after this long without a new point, tagged `heartbeat=true`.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub heartbeat: Option<Duration>,
+}
+
+/// What one throttled interval writes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregate {
+    /// The last event of the interval.
+    #[default]
+    Last,
+    /// The smallest numeric state (on the last event).
+    Min,
+    /// The largest numeric state (on the last event).
+    Max,
+    /// The mean of the numeric states (on the last event).
+    Mean,
+}
+
+impl FilterRuleConfig {
+    /// Whether the rule's events may be written (`include` or `transform`), so shaping them means something.
+    pub fn keep_or_transform(&self) -> bool {
+        self.action != FilterAction::Exclude
+    }
 }
 
 /// The typed fields of a rule, read after its name is known.
@@ -346,6 +415,87 @@ struct RuleFields {
     matches: RuleMatchConfig,
     #[serde(default)]
     on_error: OnError,
+    #[serde(default)]
+    transform: Vec<TransformStepConfig>,
+    #[serde(default)]
+    rate: Option<RateConfig>,
+}
+
+/// One transform step: exactly one operation key (`rename`, `drop_attributes`, `keep_attributes`,
+/// `measurement`, `tags`, `computed_tags`, `convert`, `compute`, `map`) and its options.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TransformStepConfig {
+    /// Renames attributes: `{ old = "new" }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rename: Option<BTreeMap<String, String>>,
+    /// Removes the attributes matching these globs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_attributes: Option<Vec<String>>,
+    /// Keeps only the attributes matching these globs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_attributes: Option<Vec<String>>,
+    /// Sets the point's measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurement: Option<String>,
+    /// Adds static tags (they win over every other tag of the same key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// Adds tags computed by Jinja expressions: `{ room = "attributes.area | default('none')" }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub computed_tags: Option<BTreeMap<String, String>>,
+    /// Converts a value's type: the target, `state` or `attributes.<name>`; with `to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convert: Option<String>,
+    /// The type `convert` converts to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<ConvertTo>,
+    /// Sets a value from a Jinja expression: the target, `state` or `attributes.<name>`; with `expression`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<String>,
+    /// The expression `compute` evaluates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
+    /// Maps values one to one: the target, `state` or `attributes.<name>`; with `values`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<String>,
+    /// The table `map` looks the current value (as text) up in; values not listed stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<BTreeMap<String, serde_json::Value>>,
+    /// When `convert`, `compute` or `computed_tags` fails for an event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_error: Option<StepOnError>,
+}
+
+/// The types `convert` knows.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvertTo {
+    /// A float (`"21.5"` → 21.5).
+    Float,
+    /// A whole number (`"12"` → 12; `"12.5"` fails).
+    Int,
+    /// `true`/`false` (`on`, `yes`, `1`, `open`, `home` …; state: `1`/`0`).
+    Bool,
+    /// Seconds, from `HH:MM:SS[.f]`, `"5m 30s"` or a number of seconds.
+    Duration,
+    /// Seconds since the epoch, from RFC 3339 text or a number.
+    Timestamp,
+    /// Text (numbers and booleans as their JSON text).
+    String,
+}
+
+/// What a failing `convert`, `compute` or `computed_tags` step does.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOnError {
+    /// Leave the value (or tag) as it was; the event goes on.
+    #[default]
+    Keep,
+    /// Remove the attribute (or leave the tag out); not for the state.
+    Remove,
+    /// Drop the event.
+    Drop,
 }
 
 impl TryFrom<toml::Table> for FilterRuleConfig {
@@ -363,6 +513,8 @@ impl TryFrom<toml::Table> for FilterRuleConfig {
             action: fields.action,
             matches: fields.matches,
             on_error: fields.on_error,
+            transform: fields.transform,
+            rate: fields.rate,
         })
     }
 }
@@ -392,6 +544,27 @@ pub struct RuleMatchConfig {
     /// A Jinja expression (minijinja) that must be true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expression: Option<String>,
+    /// A time-of-day window and weekdays on the wall clock of a time zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<TimeMatchConfig>,
+}
+
+/// A time-of-day window and/or weekdays, tested on the event's `time_fired` in a zone.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TimeMatchConfig {
+    /// From this local time on (`HH:MM[:SS]`, inclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Until this local time (exclusive); earlier than `after`: the window crosses midnight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    /// Local weekdays (`mon` … `sun`); empty: every day.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weekdays: Vec<String>,
+    /// IANA zone for this rule; unset: `filter.time_zone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 /// Entity ids by glob or regex: one compiled set each.

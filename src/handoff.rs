@@ -38,6 +38,23 @@ impl Mark {
     pub fn seq(&self) -> u64 {
         self.seq
     }
+
+    /// Whether both marks were stamped by the same source.
+    pub fn same_source(&self, other: &Mark) -> bool {
+        self.source == other.source
+    }
+
+    /// The same source's mark just before this one ([`Mark::NONE`] before the first): what is safe while this one is held.
+    pub fn previous(&self) -> Mark {
+        if self.seq <= 1 {
+            Mark::NONE
+        } else {
+            Mark {
+                source: self.source,
+                seq: self.seq - 1,
+            }
+        }
+    }
 }
 
 /// The highest mark per source among a chunk's events; a chunk rarely holds more than one or two sources.

@@ -69,6 +69,18 @@ enum Command {
         #[arg(long, short, env = "HA_INGESTOR_CONFIG")]
         config: PathBuf,
     },
+    /// Show which filter rules match an event, what they decide and transform, and the line protocol written.
+    Explain {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "HA_INGESTOR_CONFIG")]
+        config: PathBuf,
+        /// An HA event as JSON (bare, or a WebSocket event frame); JSON lines for several, taken in order.
+        #[arg(long)]
+        event: PathBuf,
+        /// The source id the event is taken to come from (`homeassistant`, `mqtt:<name>`).
+        #[arg(long, default_value = "homeassistant")]
+        source: String,
+    },
     /// Send line-protocol files (the file sink's output) to the InfluxDB of a config.
     Replay {
         /// The config whose [influxdb] section receives the points.
@@ -390,6 +402,28 @@ fn main() -> ExitCode {
             init_logging(flag_format.unwrap_or_default(), "warn");
             let code = runtime.block_on(check::run(&config));
             ExitCode::from(code as u8)
+        }
+        Command::Explain {
+            config,
+            event,
+            source,
+        } => {
+            init_logging(flag_format.unwrap_or_default(), "warn");
+            let cfg = match load_config(&config) {
+                Ok(cfg) => cfg,
+                Err(code) => return code,
+            };
+            let result = (|| {
+                let text = std::fs::read_to_string(&event)
+                    .with_context(|| format!("reading {}", event.display()))?;
+                let events = ha_ingestor::pipeline::explain::events_from_file_text(&text, &source)?;
+                print!(
+                    "{}",
+                    ha_ingestor::pipeline::explain::explain_events(&cfg, &events)?
+                );
+                anyhow::Ok(())
+            })();
+            report(result)
         }
         Command::Replay {
             to_config,

@@ -33,6 +33,18 @@ pub const PIPELINE_DISCARDED: &str = "ha_ingestor_pipeline_discarded_events_tota
 pub const FILTER_RULE_MATCHES: &str = "ha_ingestor_filter_rule_matches_total";
 /// Counter `{rule}`: run-time failures of a filter rule's expression.
 pub const FILTER_RULE_ERRORS: &str = "ha_ingestor_filter_rule_errors_total";
+/// Counter `{rule}`: events a rule kept (it decided `include`, or its `on_error` kept them).
+pub const FILTER_RULE_INCLUDED: &str = "ha_ingestor_filter_rule_included_total";
+/// Counter `{rule}`: events a rule dropped (it decided `exclude`, its `on_error` or a failing step dropped them).
+pub const FILTER_RULE_EXCLUDED: &str = "ha_ingestor_filter_rule_excluded_total";
+/// Counter `{rule}`: events a rule's transform steps were applied to.
+pub const FILTER_RULE_TRANSFORMED: &str = "ha_ingestor_filter_rule_transformed_total";
+/// Histogram: seconds one event took in the pipeline stage (rule chain, transforms, encoding), sampled (one event in 64).
+pub const PIPELINE_EVENT_SECONDS: &str = "ha_ingestor_pipeline_event_seconds";
+/// Counter: heartbeat points rate shaping wrote (the last value again, tagged `heartbeat=true`).
+pub const PIPELINE_HEARTBEATS: &str = "ha_ingestor_pipeline_heartbeats_total";
+/// Gauge: events held by throttles right now (their upstream marks wait with them).
+pub const PIPELINE_HELD: &str = "ha_ingestor_pipeline_held_events";
 /// Counter: points produced by the encoder.
 pub const ENCODER_POINTS: &str = "ha_ingestor_encoder_points_total";
 /// Counter `{reason}`: events that give no point by the schema's rules.

@@ -124,6 +124,11 @@ impl EventExpression {
 
     /// Evaluates the expression for `event`: its truthiness, or Jinja's run-time error.
     pub fn eval(&self, event: &Event) -> Result<bool, minijinja::Error> {
+        Ok(self.value(event)?.is_true())
+    }
+
+    /// Evaluates the expression for `event` and returns its value (transforms compute with it).
+    pub fn value(&self, event: &Event) -> Result<Value, minijinja::Error> {
         let sc = event.state_changed();
         let new_state = sc.and_then(|sc| sc.new_state.as_ref());
         let entity = event.entity_id();
@@ -152,8 +157,7 @@ impl EventExpression {
             };
             pairs.push((name, value));
         }
-        let result = self.compiled.eval(Value::from_pairs(pairs))?;
-        Ok(result.is_true())
+        self.compiled.eval(Value::from_pairs(pairs))
     }
 }
 

@@ -23,13 +23,17 @@ use regex::{Regex, RegexSet};
 
 use super::expression::EventExpression;
 use super::filter::{EntityFilter, FilterError, glob_set};
+use super::rate::RateSpec;
+use super::time_window::{TimeWindow, parse_zone};
+use super::transform::Transform;
 use crate::config::{
     AttributeMatchConfig, FilterAction, FilterConfig, FilterRuleConfig, OnError, StateMatchConfig,
     StateSide,
 };
 use crate::event::{Event, State};
+use crate::sink::schema::PointOverrides;
 
-/// Cached plans kept at most (one per entity and event type: far above a large HA install); emptied when full.
+/// Cached plans kept at most (one per entity and event type: far above a large HA install); CLOCK-evicted beyond.
 pub const CACHE_LIMIT: usize = 100_000;
 
 /// Why the rule chain could not be built; names the rule and the key.
@@ -38,6 +42,25 @@ pub enum RuleError {
     /// The include/exclude gate did not compile.
     #[error(transparent)]
     Gate(#[from] FilterError),
+    /// `filter.time_zone` is not an IANA zone.
+    #[error("filter.time_zone: {message}")]
+    TimeZone {
+        /// What is wrong.
+        message: String,
+    },
+    /// `filter.default` must decide.
+    #[error("filter.default: must be \"include\" or \"exclude\" (\"transform\" is for rules)")]
+    Default,
+    /// A rule's key outside its match is invalid (`transform[2].to` …).
+    #[error("filter rule {rule:?}: {key}: {message}")]
+    Rule {
+        /// The rule's name.
+        rule: String,
+        /// The key at fault.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A rule's match is invalid.
     #[error("filter rule {rule:?}: match.{key}: {message}")]
     Invalid {
@@ -136,6 +159,7 @@ struct DynamicMatch {
     attributes: Vec<AttributeTest>,
     state: Option<StateTest>,
     expression: Option<EventExpression>,
+    time: Option<TimeWindow>,
 }
 
 enum Eval {
@@ -147,6 +171,14 @@ enum Eval {
 struct Rule {
     name: String,
     keep: bool,
+    /// `action = "transform"`: apply the steps and go on down the chain.
+    transform_only: bool,
+    /// The steps, when the rule has any.
+    transform: Option<Transform>,
+    /// The match as written, compact, for the plan.
+    match_text: String,
+    /// The rule's `rate`, described; `Some` when it has one.
+    rate_text: Option<String>,
     on_error: OnError,
     fixed: StaticMatch,
     dynamic: DynamicMatch,
@@ -171,30 +203,75 @@ pub struct RuleChain {
     rules: Vec<Rule>,
     default_keep: bool,
     key_has_source: bool,
-    cache: HashMap<Box<str>, Plan>,
+    /// Plans by key, each with its CLOCK "used since the hand last passed" bit.
+    cache: HashMap<Box<str>, (Plan, bool)>,
+    /// The cached keys in insertion slots: the CLOCK the hand sweeps when the cache is full.
+    clock: Vec<Box<str>>,
+    hand: usize,
     cache_limit: usize,
     key: String,
     counts: Vec<RuleCounts>,
     error_logged: Vec<bool>,
+    /// Rules whose steps the last decision applies, in chain order.
+    applied: Vec<u32>,
+    /// The gate and default as configured, for the plan.
+    gate_text: String,
+    /// The last decision made (for `explain`).
+    last: Option<Decision>,
+    outcomes: Vec<RuleOutcomes>,
+}
+
+/// Per-rule outcome counts since they were last drained: what the rule did to the events it matched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuleOutcomes {
+    /// Events this rule kept (as the deciding rule, or by `on_error = "keep"`).
+    pub included: u64,
+    /// Events this rule dropped (as the deciding rule, by `on_error = "drop"`, or a failing step).
+    pub excluded: u64,
+    /// Events this rule's transform steps were applied to.
+    pub transformed: u64,
 }
 
 impl RuleChain {
     /// Compiles the gate and every rule once; the error names the rule and the key.
     pub fn new(cfg: &FilterConfig) -> Result<RuleChain, RuleError> {
+        let zone = match &cfg.time_zone {
+            Some(name) => Some(parse_zone(name).map_err(|e| RuleError::TimeZone {
+                message: e.to_string(),
+            })?),
+            None => None,
+        };
         let rules = cfg
             .rules
             .iter()
-            .map(compile_rule)
+            .map(|r| compile_rule(r, zone))
             .collect::<Result<Vec<_>, _>>()?;
+        if cfg.default == FilterAction::Transform {
+            return Err(RuleError::Default);
+        }
         let key_has_source = rules.iter().any(|r| !r.fixed.sources.is_empty());
         Ok(RuleChain {
             gate: EntityFilter::new(cfg)?,
             counts: vec![RuleCounts::default(); rules.len()],
             error_logged: vec![false; rules.len()],
+            applied: Vec::new(),
+            last: None,
+            gate_text: if cfg.include == Default::default() && cfg.exclude == Default::default() {
+                "none (no include/exclude lists)".to_string()
+            } else {
+                format!(
+                    "include {} exclude {}",
+                    serde_json::to_string(&cfg.include).unwrap_or_default(),
+                    serde_json::to_string(&cfg.exclude).unwrap_or_default()
+                )
+            },
+            outcomes: vec![RuleOutcomes::default(); rules.len()],
             rules,
             default_keep: cfg.default == FilterAction::Include,
             key_has_source,
             cache: HashMap::new(),
+            clock: Vec::new(),
+            hand: 0,
             cache_limit: CACHE_LIMIT,
             key: String::with_capacity(96),
         })
@@ -209,6 +286,8 @@ impl RuleChain {
     pub fn set_cache_limit(&mut self, limit: usize) {
         self.cache_limit = limit.max(1);
         self.cache.clear();
+        self.clock.clear();
+        self.hand = 0;
     }
 
     /// Plans currently cached.
@@ -232,10 +311,178 @@ impl RuleChain {
     }
 
     /// The decision for one event, using the cache for the static parts: the hot path.
+    ///
+    /// Matches read the event as it arrived; the transform steps of the rules that
+    /// matched are listed by [`RuleChain::applied`] and run by [`RuleChain::apply_transforms`].
     pub fn decide(&mut self, event: &Event) -> Decision {
+        self.applied.clear();
+        let decision = self.decide_cached(event);
+        self.note(decision);
+        decision
+    }
+
+    /// Counts a decision in its rule's outcomes.
+    fn note(&mut self, decision: Decision) {
+        self.last = Some(decision);
+        if let DecidedBy::Rule(i) | DecidedBy::RuleError(i) = decision.by
+            && let Some(o) = self.outcomes.get_mut(i)
+        {
+            if decision.keep {
+                o.included += 1;
+            } else {
+                o.excluded += 1;
+            }
+        }
+    }
+
+    /// What decided the last event (`None` before the first).
+    pub fn last_decided_by(&self) -> Option<DecidedBy> {
+        self.last.map(|d| d.by)
+    }
+
+    /// Whether the last decision kept the event.
+    pub fn last_kept(&self) -> bool {
+        self.last.is_some_and(|d| d.keep)
+    }
+
+    /// The rules whose transform steps the last decision applies, in chain order.
+    pub fn applied(&self) -> &[u32] {
+        &self.applied
+    }
+
+    /// Runs the steps of [`RuleChain::applied`] on the kept event, in order; `false` when a step drops it.
+    pub fn apply_transforms(&mut self, event: &mut Event, overrides: &mut PointOverrides) -> bool {
+        for &i in &self.applied {
+            let i = i as usize;
+            let Some(transform) = self.rules[i].transform.as_ref() else {
+                continue;
+            };
+            let applied = transform.apply(event, overrides);
+            self.outcomes[i].transformed += 1;
+            if applied.errors > 0 {
+                self.counts[i].errors += u64::from(applied.errors);
+                if !self.error_logged[i] {
+                    self.error_logged[i] = true;
+                    tracing::warn!(
+                        message = "A transform step failed; counted in ha_ingestor_filter_rule_errors_total, logged once per rule.",
+                        rule = %self.rules[i].name,
+                        error = applied.first_error.as_deref().unwrap_or(""),
+                    );
+                }
+            }
+            if applied.drop {
+                self.outcomes[i].excluded += 1;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Outcome counts per rule (chain order) since the last [`RuleChain::drain_outcomes`].
+    pub fn outcomes(&self) -> &[RuleOutcomes] {
+        &self.outcomes
+    }
+
+    /// Hands each rule's non-zero outcome counts to `f` (index, counts) and resets them.
+    pub fn drain_outcomes(&mut self, mut f: impl FnMut(usize, RuleOutcomes)) {
+        for (i, c) in self.outcomes.iter_mut().enumerate() {
+            if *c != RuleOutcomes::default() {
+                f(i, *c);
+                *c = RuleOutcomes::default();
+            }
+        }
+    }
+
+    /// The compiled plan, one line per item: gate, each rule (action, match, what is cached, steps), default.
+    pub fn plan_text(&self) -> Vec<String> {
+        let mut lines = vec![format!("gate: {}", self.gate_text)];
+        for (i, r) in self.rules.iter().enumerate() {
+            let action = if r.transform_only {
+                "transform"
+            } else if r.keep {
+                "include"
+            } else {
+                "exclude"
+            };
+            let kind = if r.is_static {
+                "static: decided once per entity and cached"
+            } else {
+                "dynamic: tests run per event"
+            };
+            let mut line = format!(
+                "rule {} {:?}: {action} when {} ({kind}",
+                i + 1,
+                r.name,
+                r.match_text
+            );
+            if let Some(t) = &r.dynamic.time {
+                line.push_str(&format!("; {}", t.describe()));
+            }
+            if r.dynamic.expression.is_some() {
+                line.push_str(&format!("; on_error {:?}", r.on_error));
+            }
+            line.push(')');
+            lines.push(line);
+            for step in r.transform.iter().flat_map(|t| t.plan()) {
+                lines.push(format!("    then {step}"));
+            }
+            if let Some(rate) = &r.rate_text {
+                lines.push(format!("    then {rate}"));
+            }
+        }
+        lines.push(format!(
+            "default: {}",
+            if self.default_keep {
+                "include"
+            } else {
+                "exclude"
+            }
+        ));
+        lines
+    }
+
+    /// Each rule's own verdict on the event, ignoring order (for `explain`): `Ok(true)` holds, `Err` failed.
+    pub fn trace(&self, event: &Event) -> Vec<(&str, Result<bool, String>)> {
+        self.rules
+            .iter()
+            .map(|r| {
+                let verdict = if !static_holds(&r.fixed, event) {
+                    Ok(false)
+                } else {
+                    match dynamic_holds(&r.dynamic, event) {
+                        Eval::Match => Ok(true),
+                        Eval::NoMatch => Ok(false),
+                        Eval::Error(e) => Err(e),
+                    }
+                };
+                (r.name.as_str(), verdict)
+            })
+            .collect()
+    }
+
+    /// Whether the HA include/exclude gate keeps the event.
+    pub fn gate_keeps(&self, event: &Event) -> bool {
+        self.gate.keep(event)
+    }
+
+    /// The last rule among [`RuleChain::applied`] that has a `rate`: the one that shapes the event.
+    pub fn rate_rule(&self) -> Option<usize> {
+        self.applied
+            .iter()
+            .rev()
+            .map(|&i| i as usize)
+            .find(|&i| self.rules[i].rate_text.is_some())
+    }
+
+    /// Whether any rule has transform steps.
+    pub fn has_transforms(&self) -> bool {
+        self.rules.iter().any(|r| r.transform.is_some())
+    }
+
+    fn decide_cached(&mut self, event: &Event) -> Decision {
         if self.rules.is_empty() {
             // The gate alone: a few set look-ups, cheaper than the cache.
-            return self.decide_uncached(event);
+            return self.decide_full(event);
         }
         // Length-prefixed parts: no event type, entity id or source from outside can
         // make two different events share a key.
@@ -263,10 +510,20 @@ impl RuleChain {
             counts,
             error_logged,
             default_keep,
+            applied,
             ..
         } = self;
-        if let Some(plan) = cache.get(key.as_str()) {
-            return follow(plan, rules, counts, error_logged, *default_keep, event);
+        if let Some((plan, used)) = cache.get_mut(key.as_str()) {
+            *used = true;
+            return follow(
+                plan,
+                rules,
+                counts,
+                error_logged,
+                applied,
+                *default_keep,
+                event,
+            );
         }
         // A miss: evaluate the static parts once, decide, then keep the plan.
         let plan = self.plan(event);
@@ -275,18 +532,46 @@ impl RuleChain {
             &self.rules,
             &mut self.counts,
             &mut self.error_logged,
+            &mut self.applied,
             self.default_keep,
             event,
         );
-        if self.cache.len() >= self.cache_limit {
-            self.cache.clear();
-        }
-        self.cache.insert(self.key.as_str().into(), plan);
+        self.remember(plan);
         decision
+    }
+
+    /// Caches `plan` under the current key; when full, CLOCK evicts a plan not used since the hand last passed.
+    fn remember(&mut self, plan: Plan) {
+        let key: Box<str> = self.key.as_str().into();
+        if self.clock.len() < self.cache_limit {
+            self.clock.push(key.clone());
+        } else {
+            // At most two sweeps: the first clears every bit it passes.
+            loop {
+                let slot = self.hand;
+                self.hand = (self.hand + 1) % self.clock.len();
+                match self.cache.get_mut(&self.clock[slot]) {
+                    Some((_, used)) if *used => *used = false,
+                    _ => {
+                        let old = std::mem::replace(&mut self.clock[slot], key.clone());
+                        self.cache.remove(&old);
+                        break;
+                    }
+                }
+            }
+        }
+        self.cache.insert(key, (plan, false));
     }
 
     /// The decision evaluated from scratch, every rule in full: the reference the cache must agree with.
     pub fn decide_uncached(&mut self, event: &Event) -> Decision {
+        self.applied.clear();
+        let decision = self.decide_full(event);
+        self.note(decision);
+        decision
+    }
+
+    fn decide_full(&mut self, event: &Event) -> Decision {
         if !self.gate.keep(event) {
             return Decision {
                 keep: false,
@@ -301,6 +586,7 @@ impl RuleChain {
                 &self.rules,
                 &mut self.counts,
                 &mut self.error_logged,
+                &mut self.applied,
                 i,
                 event,
             ) {
@@ -324,7 +610,7 @@ impl RuleChain {
             if !static_holds(&rule.fixed, event) {
                 continue;
             }
-            if rule.is_static {
+            if rule.is_static && !rule.transform_only {
                 terminal = Some(i as u32);
                 break;
             }
@@ -343,6 +629,7 @@ fn follow(
     rules: &[Rule],
     counts: &mut [RuleCounts],
     error_logged: &mut [bool],
+    applied: &mut Vec<u32>,
     default_keep: bool,
     event: &Event,
 ) -> Decision {
@@ -359,7 +646,7 @@ fn follow(
         } => (candidates, terminal),
     };
     for &i in candidates.iter() {
-        if let Some(d) = run_dynamic(rules, counts, error_logged, i as usize, event) {
+        if let Some(d) = run_dynamic(rules, counts, error_logged, applied, i as usize, event) {
             return d;
         }
     }
@@ -367,6 +654,9 @@ fn follow(
         Some(i) => {
             let i = *i as usize;
             counts[i].matches += 1;
+            if rules[i].transform.is_some() || rules[i].rate_text.is_some() {
+                applied.push(i as u32);
+            }
             Decision {
                 keep: rules[i].keep,
                 by: DecidedBy::Rule(i),
@@ -384,6 +674,7 @@ fn run_dynamic(
     rules: &[Rule],
     counts: &mut [RuleCounts],
     error_logged: &mut [bool],
+    applied: &mut Vec<u32>,
     i: usize,
     event: &Event,
 ) -> Option<Decision> {
@@ -391,6 +682,12 @@ fn run_dynamic(
     match dynamic_holds(&rule.dynamic, event) {
         Eval::Match => {
             counts[i].matches += 1;
+            if rule.transform.is_some() || rule.rate_text.is_some() {
+                applied.push(i as u32);
+            }
+            if rule.transform_only {
+                return None;
+            }
             Some(Decision {
                 keep: rule.keep,
                 by: DecidedBy::Rule(i),
@@ -451,6 +748,11 @@ fn static_holds(m: &StaticMatch, event: &Event) -> bool {
 }
 
 fn dynamic_holds(m: &DynamicMatch, event: &Event) -> Eval {
+    if let Some(window) = &m.time
+        && !window.holds(event.time_fired)
+    {
+        return Eval::NoMatch;
+    }
     let sc = event.state_changed();
     if !m.attributes.is_empty() || m.state.is_some() {
         let Some(sc) = sc else {
@@ -587,7 +889,7 @@ fn json_number(v: &serde_json::Value) -> Option<f64> {
     }
 }
 
-fn compile_rule(cfg: &FilterRuleConfig) -> Result<Rule, RuleError> {
+fn compile_rule(cfg: &FilterRuleConfig, zone: Option<chrono_tz::Tz>) -> Result<Rule, RuleError> {
     let invalid = |key: &str, message: String| RuleError::Invalid {
         rule: cfg.name.clone(),
         key: key.to_string(),
@@ -631,11 +933,70 @@ fn compile_rule(cfg: &FilterRuleConfig) -> Result<Rule, RuleError> {
             EventExpression::compile(source).map_err(|e| invalid("expression", e.to_string()))?,
         );
     }
-    let is_static =
-        dynamic.attributes.is_empty() && dynamic.state.is_none() && dynamic.expression.is_none();
+    if let Some(t) = &m.time {
+        let zone = match &t.time_zone {
+            Some(name) => parse_zone(name).map_err(|e| invalid("time.time_zone", e.to_string()))?,
+            None => zone.unwrap_or(chrono_tz::Tz::UTC),
+        };
+        dynamic.time = Some(
+            TimeWindow::new(zone, t.after.as_deref(), t.before.as_deref(), &t.weekdays)
+                .map_err(|e| invalid("time", e.to_string()))?,
+        );
+    }
+    let transform = match (cfg.action, cfg.transform.is_empty()) {
+        (FilterAction::Exclude, false) => {
+            return Err(RuleError::Rule {
+                rule: cfg.name.clone(),
+                key: "transform".into(),
+                message: "an excluded event is not written: transform with action \"include\" or \"transform\"".into(),
+            });
+        }
+        (FilterAction::Transform, true) if cfg.rate.is_none() => {
+            return Err(RuleError::Rule {
+                rule: cfg.name.clone(),
+                key: "transform".into(),
+                message: "action \"transform\" needs transform steps or a rate".into(),
+            });
+        }
+        (_, true) => None,
+        (_, false) => Some(Transform::new(&cfg.transform).map_err(|e| RuleError::Rule {
+            rule: cfg.name.clone(),
+            key: e.key,
+            message: e.message,
+        })?),
+    };
+    let rate_text = match &cfg.rate {
+        Some(rate) => {
+            if !cfg.keep_or_transform() {
+                return Err(RuleError::Rule {
+                    rule: cfg.name.clone(),
+                    key: "rate".into(),
+                    message: "an excluded event is not written: rate with action \"include\" or \"transform\"".into(),
+                });
+            }
+            Some(
+                RateSpec::new(rate)
+                    .map_err(|e| RuleError::Rule {
+                        rule: cfg.name.clone(),
+                        key: e.key,
+                        message: e.message,
+                    })?
+                    .describe(),
+            )
+        }
+        None => None,
+    };
+    let is_static = dynamic.attributes.is_empty()
+        && dynamic.state.is_none()
+        && dynamic.expression.is_none()
+        && dynamic.time.is_none();
     Ok(Rule {
         name: cfg.name.clone(),
         keep: cfg.action == FilterAction::Include,
+        transform_only: cfg.action == FilterAction::Transform,
+        transform,
+        match_text: serde_json::to_string(&cfg.matches).unwrap_or_default(),
+        rate_text,
         on_error: cfg.on_error,
         fixed,
         dynamic,
@@ -786,6 +1147,7 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::{bus_event, state_event};
     use super::*;
+    use crate::event::Timestamp;
     use serde_json::json;
 
     /// A chain from the `[filter]` section given as TOML.
@@ -1224,6 +1586,48 @@ mod tests {
     }
 
     #[test]
+    fn a_full_cache_evicts_plans_not_used_lately_and_keeps_the_busy_ones() {
+        let mut c = chain(
+            r#"
+            [[rules]]
+            name = "x"
+            action = "exclude"
+            match = { domain = ["light"] }
+            "#,
+        );
+        c.set_cache_limit(4);
+        let e = |i: usize| sensor(&format!("light.l{i}"), "on", json!({}));
+        for i in 0..4 {
+            c.decide(&e(i));
+        }
+        // l0 and l1 are busy; l4 must evict one of the idle ones (l2 or l3).
+        c.decide(&e(0));
+        c.decide(&e(1));
+        c.decide(&e(4));
+        assert_eq!(c.cache_len(), 4);
+        let key = |i: usize| {
+            let id = format!("light.l{i}");
+            format!("13:state_changed{}:{id}", id.len())
+        };
+        for i in [0, 1, 4] {
+            assert!(c.cache.contains_key(key(i).as_str()), "{i}: {:?}", c.clock);
+        }
+        assert_eq!(c.clock.len(), 4);
+        // Ring and map hold the same keys.
+        for k in &c.clock {
+            assert!(c.cache.contains_key(k));
+        }
+        // A long run of new entities keeps it bounded and consistent.
+        for i in 5..200 {
+            assert!(!c.decide(&e(i)).keep);
+            assert!(c.cache_len() <= 4);
+        }
+        for k in &c.clock {
+            assert!(c.cache.contains_key(k));
+        }
+    }
+
+    #[test]
     fn crafted_event_types_do_not_share_a_cache_key_with_state_changes() {
         let mut c = chain(
             r#"
@@ -1242,6 +1646,114 @@ mod tests {
             let bus = bus_event(crafted);
             assert_eq!(decide(&mut c, &bus).by, DecidedBy::Default, "{crafted:?}");
             assert_eq!(decide(&mut c, &light).by, DecidedBy::Rule(0), "{crafted:?}");
+        }
+    }
+
+    #[test]
+    fn time_rules_run_per_event_and_use_the_configured_zone() {
+        let mut c = chain(
+            r#"
+            time_zone = "Europe/Berlin"
+            [[rules]]
+            name = "quiet night"
+            action = "exclude"
+            match = { domain = ["sensor"], time = { after = "22:00", before = "06:00" } }
+            [[rules]]
+            name = "utc morning"
+            action = "exclude"
+            match = { domain = ["light"], time = { after = "08:00", before = "09:00", time_zone = "UTC" } }
+            "#,
+        );
+        let mut night = sensor("sensor.t", "1", json!({}));
+        // 21:30 UTC in June is 23:30 in Berlin.
+        night.time_fired = Timestamp::parse_rfc3339("2026-06-01T21:30:00.000000+00:00").unwrap();
+        let mut day = night.clone();
+        day.time_fired = Timestamp::parse_rfc3339("2026-06-01T12:00:00.000000+00:00").unwrap();
+        assert_eq!(decide(&mut c, &night).by, DecidedBy::Rule(0));
+        assert_eq!(
+            decide(&mut c, &day).by,
+            DecidedBy::Default,
+            "same entity, cached plan, other time"
+        );
+        let mut light = sensor("light.a", "on", json!({}));
+        light.time_fired = Timestamp::parse_rfc3339("2026-06-01T08:30:00.000000+00:00").unwrap();
+        assert_eq!(decide(&mut c, &light).by, DecidedBy::Rule(1));
+        let err = build_err(
+            "time_zone = \"Nowhere/Land\"\n[[rules]]\nname = \"x\"\naction = \"exclude\"\n",
+        );
+        assert!(err.contains("filter.time_zone"), "{err}");
+    }
+
+    #[test]
+    fn transform_rules_go_on_and_the_plan_lists_everything() {
+        let mut c = chain(
+            r#"
+            default = "exclude"
+            [[rules]]
+            name = "tag sensors"
+            action = "transform"
+            match = { domain = ["sensor"] }
+            transform = [{ tags = { kind = "sensor" } }]
+            [[rules]]
+            name = "hot"
+            action = "include"
+            match = { domain = ["sensor"], state = { gt = 30 } }
+            transform = [{ measurement = "hot" }]
+            rate = { throttle = "10s", aggregate = "max" }
+            "#,
+        );
+        let hot = sensor("sensor.t", "35", json!({}));
+        assert_eq!(decide(&mut c, &hot).by, DecidedBy::Rule(1));
+        assert_eq!(c.applied(), [0, 1]);
+        assert_eq!(c.rate_rule(), Some(1));
+        let cold = sensor("sensor.t", "5", json!({}));
+        assert_eq!(
+            decide(&mut c, &cold),
+            Decision {
+                keep: false,
+                by: DecidedBy::Default
+            },
+            "a transform rule never decides"
+        );
+        let light = sensor("light.a", "on", json!({}));
+        decide(&mut c, &light);
+        assert!(c.applied().is_empty());
+        let plan = c.plan_text().join("\n");
+        for want in [
+            "gate: none",
+            "rule 1 \"tag sensors\": transform when {\"domain\":[\"sensor\"]}",
+            "then tags kind=sensor",
+            "rule 2 \"hot\": include when",
+            "dynamic: tests run per event",
+            "then measurement hot",
+            "then rate: throttle 10s (Max)",
+            "default: exclude",
+        ] {
+            assert!(plan.contains(want), "{want:?} not in\n{plan}");
+        }
+        assert_eq!(
+            build_err("default = \"transform\""),
+            RuleError::Default.to_string()
+        );
+        for (body, key) in [
+            (
+                "action = \"exclude\"\ntransform = [{ measurement = \"m\" }]",
+                "transform",
+            ),
+            ("action = \"transform\"", "transform"),
+            ("action = \"exclude\"\nrate = { throttle = \"1s\" }", "rate"),
+            (
+                "action = \"include\"\nrate = { throttle = \"0s\" }",
+                "rate.throttle",
+            ),
+            (
+                "action = \"include\"\ntransform = [{ convert = \"state\" }]",
+                "transform[0].to",
+            ),
+        ] {
+            let err = build_err(&format!("[[rules]]\nname = \"r1\"\n{body}\n"));
+            assert!(err.contains("\"r1\""), "{err}");
+            assert!(err.contains(&format!("{key}:")), "{key}: {err}");
         }
     }
 
@@ -1282,6 +1794,16 @@ mod tests {
             (
                 r#"match = { expression = "sate == 1" }"#,
                 "match.expression",
+            ),
+            (r#"match = { time = {} }"#, "match.time"),
+            (r#"match = { time = { after = "7pm" } }"#, "match.time"),
+            (
+                r#"match = { time = { weekdays = ["someday"] } }"#,
+                "match.time",
+            ),
+            (
+                r#"match = { time = { after = "07:00", time_zone = "Europe/Nowhere" } }"#,
+                "match.time.time_zone",
             ),
         ];
         for (body, key) in cases {

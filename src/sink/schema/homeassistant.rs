@@ -41,7 +41,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use super::pyrepr::{digit_tail, py_float, value_as_float, write_py_str};
-use super::{Encoded, SchemaError, Scratch, SkipReason};
+use super::{Encoded, PointOverrides, SchemaError, Scratch, SkipReason};
 use crate::config::{ComponentOverride, MeasurementAttr, SchemaConfig};
 use crate::event::{EntityId, StateChanged, Timestamp};
 use crate::sink::line_protocol::LineBuilder;
@@ -272,6 +272,7 @@ impl StateEncoder {
         &mut self,
         sc: &StateChanged,
         time_fired: Timestamp,
+        overrides: Option<&PointOverrides>,
         scratch: &mut Scratch,
         out: &mut String,
     ) -> Encoded {
@@ -329,7 +330,10 @@ impl StateEncoder {
         let (entity_measurement, entity_ignore) = self.overrides.resolve(id);
         let mut include_uom = true;
         let mut include_dc = true;
-        let measurement = if let Some(m) = entity_measurement.filter(|m| !m.is_empty()) {
+        let measurement = if let Some(m) = overrides.and_then(|o| o.measurement.as_deref()) {
+            // A transform's measurement wins over every configured one.
+            Measurement::Borrowed(m)
+        } else if let Some(m) = entity_measurement.filter(|m| !m.is_empty()) {
             Measurement::Borrowed(m)
         } else if let Some(m) = &self.override_measurement {
             Measurement::Borrowed(m)
@@ -455,6 +459,14 @@ impl StateEncoder {
             let k = push_span(text, k);
             let v = push_span(text, v);
             set_tag(tags, text, k, v);
+        }
+        // A transform's tags, last: they win.
+        if let Some(o) = overrides {
+            for (k, v) in &o.tags {
+                let k = push_span(text, k);
+                let v = push_span(text, v);
+                set_tag(tags, text, k, v);
+            }
         }
 
         // Step 5: write, sorted.

@@ -86,6 +86,39 @@ pub(crate) struct Scratch {
     pub(crate) json: Vec<u8>,
 }
 
+/// What the filter's transforms set on a point, apart from the event itself: measurement and tags.
+///
+/// Kept out of [`Event`] so the encoder's default path reads nothing extra:
+/// [`Encoder::encode`] passes none, [`Encoder::encode_with`] these.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PointOverrides {
+    /// Replaces the measurement every other rule would choose.
+    pub measurement: Option<String>,
+    /// Added last, so they win over `domain`, `entity_id` and the configured tags; in order, a later key wins.
+    pub tags: Vec<(String, String)>,
+}
+
+impl PointOverrides {
+    /// Whether nothing is overridden.
+    pub fn is_empty(&self) -> bool {
+        self.measurement.is_none() && self.tags.is_empty()
+    }
+
+    /// Forgets every override (reused per event).
+    pub fn clear(&mut self) {
+        self.measurement = None;
+        self.tags.clear();
+    }
+
+    /// Sets one tag, replacing an earlier value of the same key.
+    pub fn set_tag(&mut self, key: &str, value: String) {
+        match self.tags.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value,
+            None => self.tags.push((key.to_string(), value)),
+        }
+    }
+}
+
 /// The `state_changed` encoder of the configured mode.
 #[derive(Debug)]
 enum States {
@@ -126,8 +159,28 @@ impl Encoder {
 
     /// Appends zero or more complete lines, each ending in '\n', to `out`.
     pub fn encode(&mut self, event: &Event, out: &mut String) -> Encoded {
+        self.encode_inner(event, None, out)
+    }
+
+    /// As [`Encoder::encode`], with a transform's measurement and tags applied to state points.
+    pub fn encode_with(
+        &mut self,
+        event: &Event,
+        overrides: &PointOverrides,
+        out: &mut String,
+    ) -> Encoded {
+        let overrides = (!overrides.is_empty()).then_some(overrides);
+        self.encode_inner(event, overrides, out)
+    }
+
+    fn encode_inner(
+        &mut self,
+        event: &Event,
+        overrides: Option<&PointOverrides>,
+        out: &mut String,
+    ) -> Encoded {
         let start = out.len();
-        let encoded = self.encode_point(event, out);
+        let encoded = self.encode_point(event, overrides, out);
         if let (Some(key), Encoded::Points(_)) = (&self.instance_tag, encoded) {
             // The instance is the source's name without its `/backfill` or `/snapshot` part.
             let source: &str = &event.source;
@@ -137,12 +190,18 @@ impl Encoder {
         encoded
     }
 
-    fn encode_point(&mut self, event: &Event, out: &mut String) -> Encoded {
+    fn encode_point(
+        &mut self,
+        event: &Event,
+        overrides: Option<&PointOverrides>,
+        out: &mut String,
+    ) -> Encoded {
         match &event.kind {
             EventKind::StateChanged(sc) => match &mut self.states {
                 States::Homeassistant(enc) => {
-                    enc.encode(sc, event.time_fired, &mut self.scratch, out)
+                    enc.encode(sc, event.time_fired, overrides, &mut self.scratch, out)
                 }
+                // The optimized layout names its own measurements and tags: transform overrides do not apply.
                 States::Optimized(enc) => enc.encode(sc, event.time_fired, &mut self.scratch, out),
             },
             EventKind::Bus(bus) => match &mut self.events {

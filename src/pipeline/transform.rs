@@ -1,0 +1,840 @@
+//! Transform steps: reshape a kept event before it is encoded.
+//!
+//! A rule's `transform` list is compiled once into [`Transform`]; per event the
+//! steps run in order, each on the result of the one before. Attribute and
+//! state steps change the event itself; `measurement` and tags go into a
+//! [`PointOverrides`] the encoder applies last. Attribute and state steps touch
+//! `state_changed` events only; `measurement` and tags are kept for any event
+//! but only state points use them.
+
+use globset::GlobSet;
+use minijinja::Value;
+
+use super::expression::EventExpression;
+use super::filter::glob_set;
+use crate::config::{ConvertTo, StepOnError, TransformStepConfig};
+use crate::event::{Attributes, Event, EventKind, State, Timestamp};
+use crate::sink::schema::PointOverrides;
+
+/// Why a step could not be compiled: the key at fault and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepError {
+    /// `transform[i].key`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// What a step writes to or reads from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    State,
+    Attribute(String),
+}
+
+impl Target {
+    fn parse(text: &str) -> Option<Target> {
+        if text == "state" {
+            return Some(Target::State);
+        }
+        text.strip_prefix("attributes.")
+            .filter(|name| !name.is_empty())
+            .map(|name| Target::Attribute(name.to_string()))
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Target::State => "state".into(),
+            Target::Attribute(a) => format!("attributes.{a}"),
+        }
+    }
+}
+
+enum Step {
+    Rename(Vec<(String, String)>),
+    Drop(GlobSet),
+    Keep(GlobSet),
+    Measurement(String),
+    Tags(Vec<(String, String)>),
+    ComputedTags(Vec<(String, EventExpression)>, StepOnError),
+    Convert(Target, ConvertTo, StepOnError),
+    Compute(Target, EventExpression, StepOnError),
+    Map(Target, Vec<(String, serde_json::Value)>),
+}
+
+/// A rule's compiled steps.
+pub struct Transform {
+    steps: Vec<Step>,
+    plan: Vec<String>,
+}
+
+/// What applying a rule's steps to one event did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Applied {
+    /// Steps that failed for this event.
+    pub errors: u32,
+    /// The first failure's message.
+    pub first_error: Option<String>,
+    /// A failing step with `on_error = "drop"` drops the event.
+    pub drop: bool,
+}
+
+impl Applied {
+    fn fail(&mut self, policy: StepOnError, message: String) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(message);
+        }
+        if policy == StepOnError::Drop {
+            self.drop = true;
+        }
+    }
+}
+
+impl Transform {
+    /// Compiles every step; the error names the step's index and key.
+    pub fn new(steps: &[TransformStepConfig]) -> Result<Transform, StepError> {
+        let mut out = Vec::with_capacity(steps.len());
+        let mut plan = Vec::with_capacity(steps.len());
+        for (i, cfg) in steps.iter().enumerate() {
+            let err = |key: &str, message: String| StepError {
+                key: format!("transform[{i}].{key}"),
+                message,
+            };
+            let (step, text) = compile_step(cfg, &err)?;
+            out.push(step);
+            plan.push(text);
+        }
+        Ok(Transform { steps: out, plan })
+    }
+
+    /// One line per step, for `check` and `explain`.
+    pub fn plan(&self) -> &[String] {
+        &self.plan
+    }
+
+    /// Runs the steps in order on `event` and `overrides`.
+    pub fn apply(&self, event: &mut Event, overrides: &mut PointOverrides) -> Applied {
+        let mut applied = Applied::default();
+        for step in &self.steps {
+            match step {
+                Step::Measurement(m) => overrides.measurement = Some(m.clone()),
+                Step::Tags(tags) => {
+                    for (k, v) in tags {
+                        overrides.set_tag(k, v.clone());
+                    }
+                }
+                Step::ComputedTags(tags, policy) => {
+                    for (k, expr) in tags {
+                        match expr.value(event) {
+                            Ok(v) if !v.is_undefined() && !v.is_none() => {
+                                overrides.set_tag(k, v.to_string())
+                            }
+                            Ok(_) => applied.fail(
+                                *policy,
+                                format!("computed tag {k:?}: the expression gave no value"),
+                            ),
+                            Err(e) => applied.fail(*policy, format!("computed tag {k:?}: {e}")),
+                        }
+                    }
+                }
+                Step::Rename(pairs) => {
+                    if let Some(state) = new_state_mut(event) {
+                        rename(&mut state.attributes, pairs);
+                    }
+                }
+                Step::Drop(globs) => {
+                    if let Some(state) = new_state_mut(event) {
+                        retain(&mut state.attributes, |k| !globs.is_match(k));
+                    }
+                }
+                Step::Keep(globs) => {
+                    if let Some(state) = new_state_mut(event) {
+                        retain(&mut state.attributes, |k| globs.is_match(k));
+                    }
+                }
+                Step::Convert(target, to, policy) => {
+                    let Some(state) = new_state_mut(event) else {
+                        continue;
+                    };
+                    let Some(current) = read(state, target) else {
+                        continue;
+                    };
+                    match convert(&current, *to) {
+                        Ok(v) => write(state, target, v),
+                        Err(message) => {
+                            if *policy == StepOnError::Remove {
+                                remove(state, target);
+                            }
+                            applied.fail(
+                                *policy,
+                                format!("convert {} to {to:?}: {message}", target.describe()),
+                            );
+                        }
+                    }
+                }
+                Step::Compute(target, expr, policy) => {
+                    if new_state_mut(event).is_none() {
+                        continue;
+                    }
+                    let result = expr.value(event).map_err(|e| e.to_string()).and_then(|v| {
+                        jinja_to_json(&v).ok_or_else(|| "the expression gave no value".to_string())
+                    });
+                    let Some(state) = new_state_mut(event) else {
+                        continue;
+                    };
+                    match result {
+                        Ok(v) => write(state, target, v),
+                        Err(message) => {
+                            if *policy == StepOnError::Remove {
+                                remove(state, target);
+                            }
+                            applied
+                                .fail(*policy, format!("compute {}: {message}", target.describe()));
+                        }
+                    }
+                }
+                Step::Map(target, table) => {
+                    let Some(state) = new_state_mut(event) else {
+                        continue;
+                    };
+                    let Some(current) = read(state, target) else {
+                        continue;
+                    };
+                    let text = match &current {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    if let Some((_, v)) = table.iter().find(|(k, _)| *k == text) {
+                        write(state, target, v.clone());
+                    }
+                }
+            }
+        }
+        applied
+    }
+}
+
+fn compile_step(
+    cfg: &TransformStepConfig,
+    err: &impl Fn(&str, String) -> StepError,
+) -> Result<(Step, String), StepError> {
+    let ops: Vec<&str> = [
+        ("rename", cfg.rename.is_some()),
+        ("drop_attributes", cfg.drop_attributes.is_some()),
+        ("keep_attributes", cfg.keep_attributes.is_some()),
+        ("measurement", cfg.measurement.is_some()),
+        ("tags", cfg.tags.is_some()),
+        ("computed_tags", cfg.computed_tags.is_some()),
+        ("convert", cfg.convert.is_some()),
+        ("compute", cfg.compute.is_some()),
+        ("map", cfg.map.is_some()),
+    ]
+    .iter()
+    .filter(|(_, set)| *set)
+    .map(|(name, _)| *name)
+    .collect();
+    let op = match ops.as_slice() {
+        [op] => *op,
+        [] => {
+            return Err(err(
+                "",
+                "no operation: give one of rename, drop_attributes, keep_attributes, measurement, tags, computed_tags, convert, compute, map".into(),
+            ));
+        }
+        many => {
+            return Err(err(
+                many[1],
+                format!(
+                    "one operation per step, found {}: write them as separate steps",
+                    many.join(", ")
+                ),
+            ));
+        }
+    };
+    // Options that belong to another operation are refused, not ignored.
+    for (key, set, owner) in [
+        ("to", cfg.to.is_some(), "convert"),
+        ("expression", cfg.expression.is_some(), "compute"),
+        ("values", cfg.values.is_some(), "map"),
+    ] {
+        if set && op != owner {
+            return Err(err(key, format!("only used with {owner}")));
+        }
+    }
+    if cfg.on_error.is_some() && !matches!(op, "convert" | "compute" | "computed_tags") {
+        return Err(err(
+            "on_error",
+            "only used with convert, compute or computed_tags".into(),
+        ));
+    }
+    let policy = cfg.on_error.unwrap_or_default();
+    let target = |key: &str, text: &str| -> Result<Target, StepError> {
+        let t = Target::parse(text).ok_or_else(|| {
+            err(
+                key,
+                format!("bad target {text:?}: give \"state\" or \"attributes.<name>\""),
+            )
+        })?;
+        if t == Target::State && policy == StepOnError::Remove {
+            return Err(err(
+                "on_error",
+                "\"remove\" cannot remove the state: use \"keep\" or \"drop\"".into(),
+            ));
+        }
+        Ok(t)
+    };
+    let globs = |key: &str, list: &[String]| -> Result<GlobSet, StepError> {
+        glob_set(list).map_err(|e| err(key, format!("bad glob: {e}")))
+    };
+    let expression = |key: &str, source: &str| -> Result<EventExpression, StepError> {
+        EventExpression::compile(source).map_err(|e| err(key, e.to_string()))
+    };
+    Ok(match op {
+        "rename" => {
+            let pairs: Vec<(String, String)> = cfg
+                .rename
+                .iter()
+                .flatten()
+                .map(|(a, b)| (a.clone(), b.clone()))
+                .collect();
+            if pairs.iter().any(|(a, b)| a.is_empty() || b.is_empty()) {
+                return Err(err("rename", "names must not be empty".into()));
+            }
+            let text = pairs
+                .iter()
+                .map(|(a, b)| format!("{a} -> {b}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            (Step::Rename(pairs), format!("rename attributes {text}"))
+        }
+        "drop_attributes" => {
+            let list = cfg.drop_attributes.as_deref().unwrap_or_default();
+            (
+                Step::Drop(globs("drop_attributes", list)?),
+                format!("drop attributes {}", list.join(", ")),
+            )
+        }
+        "keep_attributes" => {
+            let list = cfg.keep_attributes.as_deref().unwrap_or_default();
+            (
+                Step::Keep(globs("keep_attributes", list)?),
+                format!("keep only attributes {}", list.join(", ")),
+            )
+        }
+        "measurement" => {
+            let m = cfg.measurement.clone().unwrap_or_default();
+            if m.is_empty() {
+                return Err(err("measurement", "must not be empty".into()));
+            }
+            let text = format!("measurement {m}");
+            (Step::Measurement(m), text)
+        }
+        "tags" => {
+            let tags: Vec<(String, String)> = cfg
+                .tags
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if tags.iter().any(|(k, _)| k.is_empty()) {
+                return Err(err("tags", "tag keys must not be empty".into()));
+            }
+            let text = tags
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            (Step::Tags(tags), format!("tags {text}"))
+        }
+        "computed_tags" => {
+            let mut tags = Vec::new();
+            let mut text = Vec::new();
+            for (k, source) in cfg.computed_tags.iter().flatten() {
+                if k.is_empty() {
+                    return Err(err("computed_tags", "tag keys must not be empty".into()));
+                }
+                tags.push((
+                    k.clone(),
+                    expression(&format!("computed_tags.{k}"), source)?,
+                ));
+                text.push(format!("{k} = {{{{ {source} }}}}"));
+            }
+            (
+                Step::ComputedTags(tags, policy),
+                format!("computed tags {} (on_error {policy:?})", text.join(", ")),
+            )
+        }
+        "convert" => {
+            let t = target("convert", cfg.convert.as_deref().unwrap_or_default())?;
+            let Some(to) = cfg.to else {
+                return Err(err(
+                    "to",
+                    "convert needs to = float, int, bool, duration, timestamp or string".into(),
+                ));
+            };
+            let text = format!("convert {} to {to:?} (on_error {policy:?})", t.describe());
+            (Step::Convert(t, to, policy), text)
+        }
+        "compute" => {
+            let t = target("compute", cfg.compute.as_deref().unwrap_or_default())?;
+            let Some(source) = &cfg.expression else {
+                return Err(err("expression", "compute needs an expression".into()));
+            };
+            let text = format!(
+                "compute {} = {{{{ {source} }}}} (on_error {policy:?})",
+                t.describe()
+            );
+            (
+                Step::Compute(t, expression("expression", source)?, policy),
+                text,
+            )
+        }
+        _ => {
+            let t = target("map", cfg.map.as_deref().unwrap_or_default())?;
+            let Some(values) = &cfg.values else {
+                return Err(err("values", "map needs a values table".into()));
+            };
+            let table: Vec<(String, serde_json::Value)> =
+                values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let text = format!(
+                "map {} {}",
+                t.describe(),
+                table
+                    .iter()
+                    .map(|(k, v)| format!("{k} -> {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            (Step::Map(t, table), text)
+        }
+    })
+}
+
+fn new_state_mut(event: &mut Event) -> Option<&mut State> {
+    match &mut event.kind {
+        EventKind::StateChanged(sc) => sc.new_state.as_mut(),
+        EventKind::Bus(_) => None,
+    }
+}
+
+fn rename(attributes: &mut Attributes, pairs: &[(String, String)]) {
+    if !attributes
+        .iter()
+        .any(|(k, _)| pairs.iter().any(|(a, _)| a == k))
+    {
+        return;
+    }
+    // Rebuilt in order; a renamed key that meets an existing one keeps the later value at the first position.
+    *attributes = attributes
+        .iter()
+        .map(|(k, v)| {
+            let key = pairs
+                .iter()
+                .find(|(a, _)| a == k)
+                .map_or_else(|| k.clone(), |(_, b)| b.clone());
+            (key, v.clone())
+        })
+        .collect();
+}
+
+fn retain(attributes: &mut Attributes, keep: impl Fn(&str) -> bool) {
+    if attributes.iter().all(|(k, _)| keep(k)) {
+        return;
+    }
+    *attributes = attributes
+        .iter()
+        .filter(|(k, _)| keep(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+}
+
+fn read(state: &State, target: &Target) -> Option<serde_json::Value> {
+    match target {
+        Target::State => Some(serde_json::Value::String(state.state.clone())),
+        Target::Attribute(name) => state.attributes.get(name).cloned(),
+    }
+}
+
+fn write(state: &mut State, target: &Target, value: serde_json::Value) {
+    match target {
+        Target::State => state.state = state_text(&value),
+        Target::Attribute(name) => state.attributes.insert(name.clone(), value),
+    }
+}
+
+fn remove(state: &mut State, target: &Target) {
+    if let Target::Attribute(name) = target {
+        retain(&mut state.attributes, |k| k != name);
+    }
+}
+
+/// A value as the state string: numbers as their shortest text, booleans as `1`/`0` (so `value` is numeric).
+fn state_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Bool(b) => if *b { "1" } else { "0" }.to_string(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn number(f: f64) -> Result<serde_json::Value, String> {
+    serde_json::Number::from_f64(f)
+        .map(serde_json::Value::Number)
+        .ok_or_else(|| format!("{f} is not a finite number"))
+}
+
+const TRUE_WORDS: [&str; 7] = ["true", "on", "yes", "1", "open", "home", "locked"];
+const FALSE_WORDS: [&str; 8] = [
+    "false", "off", "no", "0", "closed", "not_home", "unlocked", "none",
+];
+
+/// Converts one value; the error says why in a few words.
+fn convert(value: &serde_json::Value, to: ConvertTo) -> Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    let text = |v: &J| match v {
+        J::String(s) => Ok(s.trim().to_string()),
+        J::Number(n) => Ok(n.to_string()),
+        J::Bool(b) => Ok(b.to_string()),
+        other => Err(format!("cannot convert {other}")),
+    };
+    match to {
+        ConvertTo::String => Ok(J::String(match value {
+            J::String(s) => s.clone(),
+            other => other.to_string(),
+        })),
+        ConvertTo::Float => match value {
+            J::Number(_) => Ok(value.clone()),
+            J::Bool(b) => number(f64::from(u8::from(*b))),
+            v => {
+                let t = text(v)?;
+                let f: f64 = t.parse().map_err(|_| format!("{t:?} is not a number"))?;
+                number(f)
+            }
+        },
+        ConvertTo::Int => match value {
+            J::Bool(b) => Ok(J::from(i64::from(*b))),
+            v => {
+                let t = text(v)?;
+                if let Ok(i) = t.parse::<i64>() {
+                    return Ok(J::from(i));
+                }
+                match t.parse::<f64>() {
+                    Ok(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(J::from(f as i64)),
+                    _ => Err(format!("{t:?} is not a whole number")),
+                }
+            }
+        },
+        ConvertTo::Bool => match value {
+            J::Bool(_) => Ok(value.clone()),
+            J::Number(n) => Ok(J::Bool(n.as_f64().is_some_and(|f| f != 0.0))),
+            v => {
+                let t = text(v)?.to_ascii_lowercase();
+                if TRUE_WORDS.contains(&t.as_str()) {
+                    Ok(J::Bool(true))
+                } else if FALSE_WORDS.contains(&t.as_str()) {
+                    Ok(J::Bool(false))
+                } else {
+                    Err(format!("{t:?} is not a truth value"))
+                }
+            }
+        },
+        ConvertTo::Duration => match value {
+            J::Number(_) => Ok(value.clone()),
+            v => {
+                let t = text(v)?;
+                number(duration_seconds(&t).ok_or_else(|| format!("{t:?} is not a duration"))?)
+            }
+        },
+        ConvertTo::Timestamp => match value {
+            J::Number(_) => Ok(value.clone()),
+            v => {
+                let t = text(v)?;
+                let ts = Timestamp::parse_rfc3339(&t).map_err(|e| e.to_string())?;
+                number(ts.as_nanos() as f64 / 1e9)
+            }
+        },
+    }
+}
+
+/// `HH:MM:SS[.f]` (HA's timer `remaining`), `D days, HH:MM:SS`-free forms, or humantime (`5m 30s`); seconds.
+fn duration_seconds(text: &str) -> Option<f64> {
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() == 3 || parts.len() == 2 {
+        let mut total = 0.0;
+        for (i, p) in parts.iter().enumerate() {
+            let v: f64 = p.trim().parse().ok()?;
+            if v < 0.0 || (i > 0 && v >= 60.0) {
+                return None;
+            }
+            total = total * 60.0 + v;
+        }
+        return Some(total);
+    }
+    if let Ok(f) = text.parse::<f64>() {
+        return f.is_finite().then_some(f);
+    }
+    humantime::parse_duration(text)
+        .ok()
+        .map(|d| d.as_secs_f64())
+}
+
+/// A Jinja result as JSON; `None` for undefined and none (no value to set).
+fn jinja_to_json(v: &Value) -> Option<serde_json::Value> {
+    use minijinja::value::ValueKind;
+    match v.kind() {
+        ValueKind::Undefined | ValueKind::None => None,
+        ValueKind::Bool => Some(serde_json::Value::Bool(v.is_true())),
+        ValueKind::Number => {
+            if v.is_integer()
+                && let Some(i) = v.as_i64()
+            {
+                return Some(serde_json::Value::from(i));
+            }
+            f64::try_from(v.clone())
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+                .map(serde_json::Value::Number)
+        }
+        ValueKind::String => v.as_str().map(|s| serde_json::Value::String(s.to_string())),
+        // Lists and maps are written as their text.
+        _ => Some(serde_json::Value::String(v.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::rules::test_support::{bus_event, state_event};
+    use serde_json::json;
+
+    fn steps(toml_text: &str) -> Transform {
+        #[derive(serde::Deserialize)]
+        struct T {
+            transform: Vec<TransformStepConfig>,
+        }
+        let t: T = toml::from_str(toml_text).unwrap();
+        Transform::new(&t.transform).unwrap()
+    }
+
+    fn step_err(toml_text: &str) -> StepError {
+        #[derive(serde::Deserialize)]
+        struct T {
+            transform: Vec<TransformStepConfig>,
+        }
+        let t: T = toml::from_str(toml_text).unwrap();
+        match Transform::new(&t.transform) {
+            Ok(_) => panic!("expected an error for {toml_text}"),
+            Err(e) => e,
+        }
+    }
+
+    fn state_of(e: &Event) -> &State {
+        e.state_changed().unwrap().new_state.as_ref().unwrap()
+    }
+
+    #[test]
+    fn rename_drop_and_keep_attributes() {
+        let t = steps(
+            r#"transform = [
+                { rename = { friendly_name = "name" } },
+                { drop_attributes = ["icon", "*_id"] },
+            ]"#,
+        );
+        let mut e = state_event(
+            "sensor.a",
+            "1",
+            json!({"friendly_name": "A", "icon": "mdi:x", "device_id": "d", "unit": "W"}),
+            None,
+        );
+        let mut o = PointOverrides::default();
+        assert_eq!(t.apply(&mut e, &mut o), Applied::default());
+        let keys: Vec<&str> = state_of(&e)
+            .attributes
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(keys, ["name", "unit"]);
+        let keep = steps(r#"transform = [{ keep_attributes = ["unit*"] }]"#);
+        keep.apply(&mut e, &mut o);
+        let keys: Vec<&str> = state_of(&e)
+            .attributes
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(keys, ["unit"]);
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn measurement_and_tags_go_to_the_overrides() {
+        let t = steps(
+            r#"transform = [
+                { measurement = "power" },
+                { tags = { site = "home", room = "x" } },
+                { computed_tags = { room = "attributes.area | default('none')" } },
+            ]"#,
+        );
+        let mut e = state_event("sensor.p", "5", json!({"area": "kitchen"}), None);
+        let mut o = PointOverrides::default();
+        t.apply(&mut e, &mut o);
+        assert_eq!(o.measurement.as_deref(), Some("power"));
+        assert_eq!(
+            o.tags,
+            [
+                ("room".to_string(), "kitchen".to_string()),
+                ("site".into(), "home".into())
+            ]
+        );
+        // Bus events get the overrides too; attribute steps pass over them.
+        let mut bus = bus_event("call_service");
+        let mut o = PointOverrides::default();
+        let applied = t.apply(&mut bus, &mut o);
+        assert_eq!(applied.errors, 0);
+        assert_eq!(o.tags.len(), 2);
+    }
+
+    #[test]
+    fn convert_each_type_and_the_failure_policies() {
+        let cases = [
+            (json!("21.5"), ConvertTo::Float, Ok(json!(21.5))),
+            (json!(" 7 "), ConvertTo::Int, Ok(json!(7))),
+            (json!("7.0"), ConvertTo::Int, Ok(json!(7))),
+            (json!("7.5"), ConvertTo::Int, Err(())),
+            (json!("On"), ConvertTo::Bool, Ok(json!(true))),
+            (json!("closed"), ConvertTo::Bool, Ok(json!(false))),
+            (json!("maybe"), ConvertTo::Bool, Err(())),
+            (json!("0:01:30"), ConvertTo::Duration, Ok(json!(90.0))),
+            (json!("5m 30s"), ConvertTo::Duration, Ok(json!(330.0))),
+            (json!("1:75:00"), ConvertTo::Duration, Err(())),
+            (
+                json!("1970-01-01T00:01:00.500000+00:00"),
+                ConvertTo::Timestamp,
+                Ok(json!(60.5)),
+            ),
+            (json!("later"), ConvertTo::Timestamp, Err(())),
+            (json!(12), ConvertTo::String, Ok(json!("12"))),
+            (json!("nan"), ConvertTo::Float, Err(())),
+            (json!({"a": 1}), ConvertTo::Float, Err(())),
+        ];
+        for (input, to, want) in cases {
+            let got = convert(&input, to);
+            match want {
+                Ok(v) => assert_eq!(got, Ok(v), "{input} to {to:?}"),
+                Err(()) => assert!(got.is_err(), "{input} to {to:?}: {got:?}"),
+            }
+        }
+        let keep = steps(r#"transform = [{ convert = "attributes.level", to = "int" }]"#);
+        let remove = steps(
+            r#"transform = [{ convert = "attributes.level", to = "int", on_error = "remove" }]"#,
+        );
+        let drop = steps(r#"transform = [{ convert = "state", to = "float", on_error = "drop" }]"#);
+        let base = state_event("sensor.a", "high", json!({"level": "x", "n": 1}), None);
+        let mut o = PointOverrides::default();
+        let mut e = base.clone();
+        let a = keep.apply(&mut e, &mut o);
+        assert_eq!((a.errors, a.drop), (1, false));
+        assert!(a.first_error.unwrap().contains("attributes.level"));
+        assert_eq!(state_of(&e).attributes["level"], json!("x"));
+        let mut e = base.clone();
+        remove.apply(&mut e, &mut o);
+        assert!(!state_of(&e).attributes.contains_key("level"));
+        let mut e = base.clone();
+        assert!(drop.apply(&mut e, &mut o).drop);
+        // A missing attribute is not an error: nothing to convert.
+        let mut e = state_event("sensor.a", "1", json!({}), None);
+        assert_eq!(keep.apply(&mut e, &mut o).errors, 0);
+        // The state takes the number's text.
+        let to_bool = steps(r#"transform = [{ convert = "state", to = "bool" }]"#);
+        let mut e = state_event("lock.a", "locked", json!({}), None);
+        to_bool.apply(&mut e, &mut o);
+        assert_eq!(state_of(&e).state, "1");
+    }
+
+    #[test]
+    fn compute_with_jinja_and_map_values() {
+        let f_to_c = steps(
+            r#"transform = [
+                { compute = "state", expression = "((state | float - 32) * 5 / 9) | round(2)" },
+                { map = "attributes.unit_of_measurement", values = { "°F" = "°C" } },
+            ]"#,
+        );
+        let mut e = state_event(
+            "sensor.t",
+            "98.6",
+            json!({"unit_of_measurement": "°F"}),
+            None,
+        );
+        let mut o = PointOverrides::default();
+        assert_eq!(f_to_c.apply(&mut e, &mut o).errors, 0);
+        assert_eq!(state_of(&e).state, "37.0");
+        assert_eq!(state_of(&e).attributes["unit_of_measurement"], json!("°C"));
+        // Failing: the state is left as it was and the error counted.
+        let mut bad = state_event("sensor.t", "unavailable", json!({}), None);
+        let a = f_to_c.apply(&mut bad, &mut o);
+        assert_eq!(a.errors, 1);
+        assert_eq!(state_of(&bad).state, "unavailable");
+        let onoff = steps(r#"transform = [{ map = "state", values = { on = 1, off = 0 } }]"#);
+        let mut e = state_event("switch.a", "off", json!({}), None);
+        onoff.apply(&mut e, &mut o);
+        assert_eq!(state_of(&e).state, "0");
+        let mut e = state_event("switch.a", "unavailable", json!({}), None);
+        onoff.apply(&mut e, &mut o);
+        assert_eq!(state_of(&e).state, "unavailable", "values not listed stay");
+        let attr = steps(
+            r#"transform = [{ compute = "attributes.kw", expression = "state | float / 1000" }]"#,
+        );
+        let mut e = state_event("sensor.p", "1500", json!({}), None);
+        attr.apply(&mut e, &mut o);
+        assert_eq!(state_of(&e).attributes["kw"], json!(1.5));
+    }
+
+    #[test]
+    fn bad_steps_name_the_index_and_key() {
+        let cases = [
+            (r#"transform = [{}]"#, "transform[0]."),
+            (
+                r#"transform = [{ measurement = "a", tags = {} }]"#,
+                "transform[0].tags",
+            ),
+            (
+                r#"transform = [{ tags = {} }, { convert = "state" }]"#,
+                "transform[1].to",
+            ),
+            (
+                r#"transform = [{ convert = "status", to = "int" }]"#,
+                "transform[0].convert",
+            ),
+            (
+                r#"transform = [{ convert = "state", to = "int", on_error = "remove" }]"#,
+                "transform[0].on_error",
+            ),
+            (
+                r#"transform = [{ compute = "state" }]"#,
+                "transform[0].expression",
+            ),
+            (
+                r#"transform = [{ compute = "state", expression = "sate" }]"#,
+                "transform[0].expression",
+            ),
+            (
+                r#"transform = [{ drop_attributes = ["[x"] }]"#,
+                "transform[0].drop_attributes",
+            ),
+            (
+                r#"transform = [{ measurement = "m", to = "int" }]"#,
+                "transform[0].to",
+            ),
+            (r#"transform = [{ map = "state" }]"#, "transform[0].values"),
+            (
+                r#"transform = [{ tags = { a = "b" }, on_error = "drop" }]"#,
+                "transform[0].on_error",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = step_err(text);
+            assert!(e.key.starts_with(key), "{text}: {e:?}");
+        }
+    }
+}
