@@ -52,8 +52,13 @@ pub const BUFFER_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// Nothing to read from.
-    #[error("no source configured: add a [homeassistant] section (see examples/minimal.toml)")]
+    #[error(
+        "no source configured: add a [homeassistant] section or an [[mqtt]] broker (see examples/minimal.toml, examples/mqtt.toml)"
+    )]
     NoSource,
+    /// An MQTT source could not be built (URL, TLS files, subscriptions).
+    #[error(transparent)]
+    Mqtt(#[from] crate::source::mqtt::MqttError),
     /// The data directory could not be prepared.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -140,9 +145,14 @@ fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
 
 /// Builds every stage from the config (failing early on anything invalid) and starts them.
 pub async fn start(cfg: &Config) -> Result<Running, StartError> {
-    let Some(ha) = cfg.homeassistant.clone() else {
+    if cfg.homeassistant.is_none() && cfg.mqtt.is_empty() {
         return Err(StartError::NoSource);
-    };
+    }
+    let mqtt_sources = cfg
+        .mqtt
+        .iter()
+        .map(|m| crate::source::mqtt::MqttSource::build(m, &cfg.data_dir))
+        .collect::<Result<Vec<_>, _>>()?;
     let lock = lock_data_dir(&cfg.data_dir)?;
     let stats = Arc::new(Stats::default());
     let dead_letters = Arc::new(DeadLetters::new(cfg.dead_letter_dir()));
@@ -194,7 +204,14 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         cursor_dir: Some(cfg.data_dir.join("cursor")),
         handoff,
     };
-    let sources = vec![tokio::spawn(client::run(ha, source_id, ctx))];
+    let mut sources = Vec::new();
+    if let Some(ha) = cfg.homeassistant.clone() {
+        sources.push(tokio::spawn(client::run(ha, source_id, ctx.clone())));
+    }
+    // One task per MQTT broker, each reading its socket continuously.
+    for mqtt in mqtt_sources {
+        sources.push(tokio::spawn(mqtt.run(ctx.clone())));
+    }
 
     Ok(Running {
         stats,

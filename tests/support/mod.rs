@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod influxd;
+pub mod mosquitto;
 
 pub use influxd::Influxd;
 
