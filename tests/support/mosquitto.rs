@@ -49,6 +49,12 @@ impl Mosquitto {
     /// Starts a broker with `settings` on a free port and waits until it accepts connections.
     pub fn start(settings: Settings) -> Mosquitto {
         let dir = tempfile::tempdir().expect("temp dir for mosquitto");
+        // Started as root, mosquitto drops to its own user: it must still write its log and store here.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+                .expect("open the broker's folder");
+        }
         let port = free_port();
         let tls = settings.tls.then(|| generate_certs(dir.path()));
         write_config(dir.path(), port, &settings);

@@ -302,8 +302,10 @@ fn v4_error(e: rumqttc::ConnectionError) -> ConnError {
         E::NetworkTimeout | E::FlushTimeout => "timeout",
         E::Io(_) => "io",
         E::MqttState(rumqttc::StateError::Io(_)) => "io",
-        E::MqttState(rumqttc::StateError::ConnectionAborted) => "closed",
         E::MqttState(rumqttc::StateError::AwaitPingResp) => "ping_timeout",
+        E::MqttState(
+            rumqttc::StateError::ConnectionAborted | rumqttc::StateError::Deserialization(_),
+        ) => "closed",
         _ => "protocol",
     };
     ConnError {
@@ -325,8 +327,11 @@ fn v5_error(e: rumqttc::v5::ConnectionError) -> ConnError {
         E::Timeout(_) => "timeout",
         E::Io(_) => "io",
         E::MqttState(rumqttc::v5::StateError::Io(_)) => "io",
-        E::MqttState(rumqttc::v5::StateError::ConnectionAborted) => "closed",
         E::MqttState(rumqttc::v5::StateError::AwaitPingResp) => "ping_timeout",
+        E::MqttState(
+            rumqttc::v5::StateError::ConnectionAborted
+            | rumqttc::v5::StateError::Deserialization(_),
+        ) => "closed",
         _ => "protocol",
     };
     ConnError {
