@@ -305,6 +305,8 @@ impl Task {
             Polled::Publish(r) => return self.on_publish(r).await,
             Polled::ConnAck { session_present } => self.on_connack(session_present),
             Polled::SubAck(codes) => {
+                // Connected and subscribed: ready.
+                self.ctx.stats.source_state(&self.name, true, None);
                 for code in codes.iter().filter(|c| c.is_none()) {
                     let _ = code;
                     metrics::counter!(names::SOURCE_ERRORS, "source" => self.name.to_string(), "error_type" => "subscribe_refused").increment(1);
@@ -340,7 +342,6 @@ impl Task {
         self.backoff.reset();
         self.metrics.connected.set(1.0);
         self.metrics.connects.increment(1);
-        self.ctx.stats.source_state(&self.name, true, None);
         if self.ever_connected {
             metrics::counter!(names::SOURCE_RECONNECTS, "source" => self.name.to_string(), "reason" => self.last_error).increment(1);
         }
@@ -354,6 +355,7 @@ impl Task {
         }
         tracing::info!(message = "Connected to the MQTT broker.", source = %self.name, session_present);
         if !session_present || !self.subscribed {
+            // Ready once the SUBACK arrives.
             let filters = self.filters();
             match self.conn.subscribe(&filters) {
                 Ok(()) => self.subscribed = true,
@@ -361,6 +363,8 @@ impl Task {
                     tracing::error!(message = "Cannot subscribe.", source = %self.name, %error)
                 }
             }
+        } else {
+            self.ctx.stats.source_state(&self.name, true, None);
         }
         self.ever_connected = true;
     }
