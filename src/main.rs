@@ -146,6 +146,30 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Publish Zigbee2MQTT-style JSON to a broker, the load of `scripts/bench-mqtt-e2e`; prints JSON.
+    MqttPublish {
+        /// Broker host.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Broker port.
+        #[arg(long, default_value_t = 1883)]
+        port: u16,
+        /// Messages per second; 0 = flat out.
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+        /// Seconds to publish.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// Number of topics (devices).
+        #[arg(long, default_value_t = 500)]
+        topics: usize,
+        /// QoS 0 or 1.
+        #[arg(long, default_value_t = 1)]
+        qos: u8,
+        /// Topic prefix.
+        #[arg(long, default_value = "bench")]
+        prefix: String,
+    },
     /// Append to and read from the durable buffer; prints points/s and MB/s.
     Buffer {
         /// Folder for the temporary buffer file (removed afterwards).
@@ -325,6 +349,36 @@ fn main() -> ExitCode {
                         anyhow::ensure!(r.records_left == 0, "the buffer is not empty");
                     }
                 }
+                anyhow::Ok(())
+            });
+            report(result)
+        }
+        Command::Bench {
+            what:
+                BenchCommand::MqttPublish {
+                    host,
+                    port,
+                    rate,
+                    seconds,
+                    topics,
+                    qos,
+                    prefix,
+                },
+        } => {
+            init_logging(flag_format.unwrap_or_default(), "warn");
+            let cfg = ha_ingestor::source::mqtt::loadgen::LoadConfig {
+                host,
+                port,
+                rate,
+                seconds,
+                topics,
+                qos,
+                prefix,
+                base_ms: ha_ingestor::event::Timestamp::now().as_nanos() / 1_000_000,
+            };
+            let result = runtime.block_on(async {
+                let r = ha_ingestor::source::mqtt::loadgen::publish(&cfg).await?;
+                println!("{}", serde_json::to_string(&r)?);
                 anyhow::Ok(())
             });
             report(result)
