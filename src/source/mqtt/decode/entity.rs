@@ -39,11 +39,19 @@ pub(super) fn entity_id(
     key: Option<&str>,
     buf: &mut String,
 ) -> Result<EntityId, DecodeError> {
+    if key.is_none()
+        && let Some(id) = ctx.role(Role::EntityId).filter(|id| id.contains('.'))
+    {
+        return EntityId::new(id).map_err(|e| ctx.err("bad_entity_id", e));
+    }
+    base(ctx, buf);
+    with_key(ctx, buf.len(), key, buf)
+}
+
+/// Writes `<domain>.<object>` of the message to `buf` (cleared first), by the rules of [`entity_id`].
+pub(super) fn base(ctx: &Ctx<'_>, buf: &mut String) {
     buf.clear();
     if let Some(id) = ctx.role(Role::EntityId) {
-        if id.contains('.') && key.is_none() {
-            return EntityId::new(id).map_err(|e| ctx.err("bad_entity_id", e));
-        }
         match id.split_once('.') {
             Some((domain, object)) => {
                 push_slug(buf, domain);
@@ -56,28 +64,38 @@ pub(super) fn entity_id(
                 push_slug(buf, id);
             }
         }
-    } else {
-        match ctx.role(Role::Domain) {
-            Some(d) => push_slug(buf, d),
-            None => buf.push_str(&ctx.sub.cfg.domain),
-        }
-        buf.push('.');
-        let name = ctx
-            .role(Role::ObjectId)
-            .or_else(|| ctx.role(Role::Device))
-            .unwrap_or_else(|| {
-                if ctx.sub.pattern.is_some() {
-                    ""
-                } else {
-                    ctx.msg
-                        .topic
-                        .get(ctx.sub.literal_prefix..)
-                        .filter(|rest| !rest.is_empty())
-                        .unwrap_or(ctx.msg.topic)
-                }
-            });
-        push_slug(buf, name);
+        return;
     }
+    match ctx.role(Role::Domain) {
+        Some(d) => push_slug(buf, d),
+        None => buf.push_str(&ctx.sub.cfg.domain),
+    }
+    buf.push('.');
+    let name = ctx
+        .role(Role::ObjectId)
+        .or_else(|| ctx.role(Role::Device))
+        .unwrap_or_else(|| {
+            if ctx.sub.pattern.is_some() {
+                ""
+            } else {
+                ctx.msg
+                    .topic
+                    .get(ctx.sub.literal_prefix..)
+                    .filter(|rest| !rest.is_empty())
+                    .unwrap_or(ctx.msg.topic)
+            }
+        });
+    push_slug(buf, name);
+}
+
+/// The entity id of `buf[..base_len]` (a [`base`]) with `_<key>` appended when given.
+pub(super) fn with_key(
+    ctx: &Ctx<'_>,
+    base_len: usize,
+    key: Option<&str>,
+    buf: &mut String,
+) -> Result<EntityId, DecodeError> {
+    buf.truncate(base_len);
     if let Some(key) = key {
         if !buf.ends_with('.') {
             buf.push('_');

@@ -279,8 +279,11 @@ pub(super) fn decode(
         JsonSplit::PerKey => {
             out.reserve(scratch.pairs.len());
             let extras: Vec<(&str, &str)> = ctx.extras().collect();
+            // The device part is the same for every key: build it once.
+            entity::base(ctx, &mut scratch.id);
+            let base_len = scratch.id.len();
             for (key, value) in scratch.pairs.drain(..) {
-                let id = entity::entity_id(ctx, Some(&key), &mut scratch.id)?;
+                let id = entity::with_key(ctx, base_len, Some(&key), &mut scratch.id)?;
                 let attributes: Attributes = extras
                     .iter()
                     .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))

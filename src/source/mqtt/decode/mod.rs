@@ -69,6 +69,9 @@ pub const REASONS: &[&str] = &[
     "no_state",
 ];
 
+/// Topics remembered by `ingest_once`; past this the memory is cleared.
+const SEEN_RETAINED_MAX: usize = 1_000_000;
+
 /// Longest `detail` kept, so a huge payload cannot make a huge log line.
 const DETAIL_MAX: usize = 200;
 
@@ -283,7 +286,8 @@ impl Decoders {
         msg: &Message<'_>,
         out: &mut Vec<Event>,
     ) -> Result<usize, DecodeError> {
-        self.decode_at(msg, Instant::now(), out)
+        // Only statestream windows need the monotonic clock: read it only for them.
+        self.decode_with(msg, Instant::now, out)
     }
 
     /// [`Decoders::decode`] with the monotonic arrival time given (statestream windows start there).
@@ -291,6 +295,15 @@ impl Decoders {
         &mut self,
         msg: &Message<'_>,
         now: Instant,
+        out: &mut Vec<Event>,
+    ) -> Result<usize, DecodeError> {
+        self.decode_with(msg, || now, out)
+    }
+
+    fn decode_with(
+        &mut self,
+        msg: &Message<'_>,
+        now: impl FnOnce() -> Instant,
         out: &mut Vec<Event>,
     ) -> Result<usize, DecodeError> {
         let Some(idx) = self.router.route(msg.topic) else {
@@ -323,6 +336,11 @@ impl Decoders {
                     return Ok(0);
                 }
                 if !seen {
+                    if self.seen_retained.len() >= SEEN_RETAINED_MAX {
+                        // A flood of distinct topics: forget rather than grow without bound
+                        // (the cost is writing some replayed values again).
+                        self.seen_retained.clear();
+                    }
                     self.seen_retained.insert(msg.topic.to_string(), hash);
                 }
             }
@@ -348,10 +366,16 @@ impl Decoders {
         match sub.cfg.decoder {
             DecoderKind::Statestream => {
                 self.groups
-                    .add(idx as u32, &ctx, now, out, &mut self.errors)?;
+                    .add(idx as u32, &ctx, now(), out, &mut self.errors)?;
             }
             DecoderKind::Eventstream => eventstream::decode(&ctx, out)?,
-            DecoderKind::Json => json::decode(&ctx, &mut self.scratch, out)?,
+            DecoderKind::Json => {
+                if let Err(e) = json::decode(&ctx, &mut self.scratch, out) {
+                    // All of a message's events or none: a key may fail after others were added.
+                    out.truncate(before);
+                    return Err(e);
+                }
+            }
             DecoderKind::Value => value::decode(&ctx, out)?,
         }
         Ok(out.len() - before)

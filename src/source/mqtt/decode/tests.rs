@@ -261,6 +261,13 @@ fn json_bad_input_has_bounded_reasons() {
         .expect_err("too deep");
     assert_eq!(err.reason, "bad_json");
     assert!(out.is_empty());
+    // A key that gives no entity id fails the whole message, not just its own event.
+    let mut k = Decoders::new(&[sub("k", "k/+", "json", "")]).expect("builds");
+    let err = k
+        .decode(&msg("k/%%", br#"{"a":1,"%":2}"#, 1), &mut out)
+        .expect_err("no entity for the second key");
+    assert_eq!(err.reason, "bad_entity_id");
+    assert!(out.is_empty(), "{out:?}");
     let err = d
         .decode(&msg("other", b"{}", 1), &mut out)
         .expect_err("no route");
