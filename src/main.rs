@@ -188,6 +188,15 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// MQTT topic matching + decoding on one core, per decoder; prints messages/s.
+    Mqtt {
+        /// Minimum measuring time per case in seconds.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Print one JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -534,6 +543,33 @@ fn main() -> ExitCode {
                         r.decode_ns_per_event, r.chain_ns_per_event, r.encode_ns_per_event
                     );
                     println!("  chain share        {:.1} %", r.chain_share * 100.0);
+                }
+                anyhow::Ok(())
+            })();
+            report(result)
+        }
+        Command::Bench {
+            what: BenchCommand::Mqtt { seconds, json },
+        } => {
+            init_logging(flag_format.unwrap_or_default(), "warn");
+            let result = (|| {
+                let cases = ha_ingestor::source::mqtt::decode::bench::run(seconds)?;
+                if json {
+                    println!("{}", serde_json::to_string(&cases)?);
+                } else {
+                    println!("bench mqtt: topic matching + decoding, one core");
+                    for c in &cases {
+                        println!(
+                            "  {:<26} {:>10.0} msg/s {:>10.0} events/s  {} B payload, {} subscriptions, allocs/msg {}",
+                            c.case,
+                            c.messages_per_sec,
+                            c.events_per_sec,
+                            c.payload_bytes,
+                            c.subscriptions,
+                            c.allocs_per_message
+                                .map_or("n/a".to_string(), |a| format!("{a:.1}")),
+                        );
+                    }
                 }
                 anyhow::Ok(())
             })();

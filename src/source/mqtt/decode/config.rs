@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// One MQTT subscription: what to subscribe to and how to turn its messages into events.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionConfig {
     /// Names the subscription in metrics, logs, dead letters, and in events' `source` (`mqtt:<name>`).
@@ -64,8 +64,13 @@ fn default_domain() -> String {
 fn default_max_payload() -> usize {
     1 << 20
 }
+/// HA publishes an update's topics back to back (the recording in
+/// `tests/fixtures/statestream.jsonl` shows different entities' updates 0.6 ms
+/// apart, and the same entity's at least 395 ms apart); 100 ms leaves room for a
+/// busy HA or broker while staying well below the next update of the entity,
+/// whose `state` topic would close the group anyway.
 fn default_group_window() -> Duration {
-    Duration::from_millis(50)
+    Duration::from_millis(100)
 }
 fn default_separator() -> String {
     "_".to_string()
@@ -75,7 +80,7 @@ fn default_state_key() -> String {
 }
 
 /// What to do with a retained message (a broker's stored last value, replayed on every subscribe).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RetainedPolicy {
     /// Decode it like any other message.
@@ -88,7 +93,7 @@ pub enum RetainedPolicy {
 }
 
 /// Which payload format a subscription carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DecoderKind {
     /// HA's `mqtt_statestream`: one topic per state, timestamp and attribute.
@@ -114,7 +119,7 @@ impl DecoderKind {
 }
 
 /// How a `json` message maps to events.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JsonSplit {
     /// One state event per flattened key, entity `<domain>.<device>_<key>`: HA's own entity model.
@@ -125,7 +130,7 @@ pub enum JsonSplit {
 }
 
 /// How a payload's timestamp is written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimestampFormat {
     /// RFC 3339 text, or an epoch number whose size says its unit (s, ms, µs, ns).
@@ -144,7 +149,7 @@ pub enum TimestampFormat {
 }
 
 /// How `value` payloads such as `ON`/`OFF` are kept.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BoolMode {
     /// `ON`/`OFF`/`true`/`false` become HA's `on`/`off` (so the state also counts as 1/0).
