@@ -18,7 +18,7 @@ const MESSAGES: u64 = 10_000;
 /// Epoch milliseconds of message 0; message `i` carries `BASE_MS + i` as its own timestamp.
 const BASE_MS: i64 = 1_780_000_000_000;
 
-fn config(data: &Path, influx: &Influxd, port: u16, extra_sub: &str) -> Config {
+fn config(data: &Path, influx: &Influxd, port: u16, topic: &str) -> Config {
     let text = format!(
         r#"
 data_dir = "{data}"
@@ -36,14 +36,13 @@ reconnect_min = "100ms"
 reconnect_max = "500ms"
 [[mqtt.subscriptions]]
 name = "nl"
-topic = "nl/#"
+topic = "{topic}"
 decoder = "json"
 pattern = "nl/{{device}}"
 split = "per_device"
 state_key = "v"
 timestamp = "ts"
 timestamp_format = "epoch_millis"
-{extra_sub}
 "#,
         data = data.display(),
         url = influx.url(),
@@ -54,6 +53,11 @@ timestamp_format = "epoch_millis"
 
 /// Waits until the MQTT source reports connected.
 async fn wait_connected(running: &app::Running) {
+    wait_source_connected(running, "mqtt:mqtt").await;
+}
+
+/// Waits until the named source reports connected.
+async fn wait_source_connected(running: &app::Running, name: &str) {
     let stats = running.stats();
     wait_for(
         "the MQTT source to connect",
@@ -63,7 +67,7 @@ async fn wait_connected(running: &app::Running) {
             async move {
                 ready
                     .sources
-                    .get("mqtt:mqtt")
+                    .get(name)
                     .is_some_and(|s| s.connected)
                     .then_some(())
             }
@@ -82,6 +86,11 @@ struct Publisher {
 impl Publisher {
     /// Publishes `MESSAGES` QoS 1 messages, 20 every 5 ms (about 4,000/s), to `nl/dev<i % 10>`.
     fn start(port: u16) -> Publisher {
+        Publisher::start_n(port, MESSAGES)
+    }
+
+    /// Publishes `n` (a multiple of 20) QoS 1 messages like [`Publisher::start`].
+    fn start_n(port: u16, n: u64) -> Publisher {
         let mut opts = rumqttc::MqttOptions::new("nl-publisher", "127.0.0.1", port);
         opts.set_clean_session(false)
             .set_keep_alive(Duration::from_secs(5))
@@ -103,7 +112,7 @@ impl Publisher {
         });
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(5));
-            for batch in 0..MESSAGES / 20 {
+            for batch in 0..n / 20 {
                 tick.tick().await;
                 for j in 0..20 {
                     let i = batch * 20 + j;
@@ -128,6 +137,10 @@ impl Publisher {
     }
 
     async fn wait_acked(&self, n: u64) {
+        eprintln!(
+            "publisher: waiting for {n} acks, have {}",
+            self.acked.load(Ordering::Relaxed)
+        );
         let acked = self.acked.clone();
         wait_for(
             &format!("{n} publisher acknowledgements"),
@@ -151,6 +164,10 @@ impl Drop for Publisher {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_qos1_messages_survive_a_broker_restart_and_an_ingestor_restart() {
     ha_ingestor::ensure_crypto_provider();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let influx = Influxd::start("mqtt_no_loss").await;
     let mut broker = Mosquitto::start(Settings {
         persistence: true,
@@ -159,7 +176,7 @@ async fn ten_thousand_qos1_messages_survive_a_broker_restart_and_an_ingestor_res
         ..Settings::default()
     });
     let data = tempfile::tempdir().expect("tempdir");
-    let cfg = config(data.path(), &influx, broker.port(), "");
+    let cfg = config(data.path(), &influx, broker.port(), "nl/#");
     let running = app::start(&cfg).await.expect("starts with only [[mqtt]]");
     wait_connected(&running).await;
 
@@ -203,4 +220,41 @@ async fn ten_thousand_qos1_messages_survive_a_broker_restart_and_an_ingestor_res
     assert_eq!(totals.dropped, 0, "{totals:?}");
     assert_eq!(totals.decode_errors, 0, "{totals:?}");
     drop(broker);
+}
+
+/// The scale-out path: two ha-ingestor processes (own data directories, so own client
+/// ids) share `$share/ingest/nl/#`; the broker splits the messages between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_split_a_shared_subscription_without_duplicates_or_loss() {
+    const N: u64 = 2_000;
+    ha_ingestor::ensure_crypto_provider();
+    let influx = Influxd::start("mqtt_shared").await;
+    let broker = Mosquitto::start(Settings::default());
+    let (d1, d2) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = config(d1.path(), &influx, broker.port(), "$share/ingest/nl/#");
+    let b = config(d2.path(), &influx, broker.port(), "$share/ingest/nl/#");
+    let one = app::start(&a).await.expect("first instance starts");
+    let two = app::start(&b).await.expect("second instance starts");
+    wait_connected(&one).await;
+    wait_connected(&two).await;
+    // Subscriptions are acknowledged before messages flow: wait for both SUBACKs' effect
+    // by publishing only once both report connected (the SUBSCRIBE follows CONNACK at once).
+    let publisher = Publisher::start_n(broker.port(), N);
+    publisher.wait_acked(N).await;
+    let rows = influx
+        .wait_rows("nl", N as usize, Duration::from_secs(60))
+        .await;
+    let (t1, t2) = (one.stop().await, two.stop().await);
+    let values: BTreeSet<i64> = rows
+        .iter()
+        .map(|r| r["value"].as_f64().expect("numeric value") as i64)
+        .collect();
+    assert_eq!(rows.len() as u64, N);
+    assert_eq!(values, (0..N as i64).collect::<BTreeSet<_>>());
+    // None received twice, none lost, and both took a share.
+    assert_eq!(t1.received + t2.received, N, "{t1:?} {t2:?}");
+    assert!(t1.received > 0 && t2.received > 0, "{t1:?} {t2:?}");
 }

@@ -205,6 +205,12 @@ fn write_config(dir: &Path, port: u16, s: &Settings) {
                 .expect("run mosquitto_passwd");
             assert!(status.success(), "mosquitto_passwd failed");
         }
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // Readable by the user mosquitto drops to.
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
+                .expect("password file permissions");
+        }
         conf.push_str(&format!(
             "allow_anonymous false\npassword_file {}\n",
             file.display()
