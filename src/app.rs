@@ -52,8 +52,13 @@ pub const BUFFER_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// Nothing to read from.
-    #[error("no source configured: add a [homeassistant] section (see examples/minimal.toml)")]
+    #[error(
+        "no source configured: add a [homeassistant] section or an [[mqtt]] broker (see examples/minimal.toml, examples/mqtt.toml)"
+    )]
     NoSource,
+    /// An MQTT source could not be built (URL, TLS files, subscriptions).
+    #[error(transparent)]
+    Mqtt(#[from] crate::source::mqtt::MqttError),
     /// The data directory could not be prepared.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -149,9 +154,14 @@ fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
 
 /// Builds every stage from the config (failing early on anything invalid) and starts them.
 pub async fn start(cfg: &Config) -> Result<Running, StartError> {
-    if cfg.homeassistant.is_empty() {
+    if cfg.homeassistant.is_empty() && cfg.mqtt.is_empty() {
         return Err(StartError::NoSource);
     }
+    let mqtt_sources = cfg
+        .mqtt
+        .iter()
+        .map(|m| crate::source::mqtt::MqttSource::build(m, &cfg.data_dir))
+        .collect::<Result<Vec<_>, _>>()?;
     let lock = lock_data_dir(&cfg.data_dir)?;
     let stats = Arc::new(Stats::default());
     let dead_letters = Arc::new(DeadLetters::new(cfg.dead_letter_dir()));
@@ -228,7 +238,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         commands: ha_commands,
     };
     // One connection, cursor and backfill per Home Assistant instance, named by it.
-    let sources = cfg
+    let mut sources: Vec<JoinHandle<()>> = cfg
         .homeassistant
         .iter()
         .map(|ha| {
@@ -236,6 +246,10 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
             tokio::spawn(client::run(ha.clone(), source_id, ctx.clone()))
         })
         .collect();
+    // One task per MQTT broker, each reading its socket continuously.
+    for mqtt in mqtt_sources {
+        sources.push(tokio::spawn(mqtt.run(ctx.clone())));
+    }
 
     Ok(Running {
         stats,

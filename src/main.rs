@@ -279,6 +279,30 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Publish Zigbee2MQTT-style JSON to a broker, the load of `scripts/bench-mqtt-e2e`; prints JSON.
+    MqttPublish {
+        /// Broker host.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Broker port.
+        #[arg(long, default_value_t = 1883)]
+        port: u16,
+        /// Messages per second; 0 = flat out.
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+        /// Seconds to publish.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// Number of topics (devices).
+        #[arg(long, default_value_t = 500)]
+        topics: usize,
+        /// QoS 0 or 1.
+        #[arg(long, default_value_t = 1)]
+        qos: u8,
+        /// Topic prefix.
+        #[arg(long, default_value = "bench")]
+        prefix: String,
+    },
     /// Append to and read from the durable buffer; prints points/s and MB/s.
     Buffer {
         /// Folder for the temporary buffer file (removed afterwards).
@@ -294,6 +318,15 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
         /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// MQTT topic matching + decoding on one core, per decoder; prints messages/s.
+    Mqtt {
+        /// Minimum measuring time per case in seconds.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Print one JSON array instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -494,6 +527,36 @@ fn main() -> ExitCode {
         }
         Command::Bench {
             what:
+                BenchCommand::MqttPublish {
+                    host,
+                    port,
+                    rate,
+                    seconds,
+                    topics,
+                    qos,
+                    prefix,
+                },
+        } => {
+            init_logging(flag_format.unwrap_or_default(), "warn");
+            let cfg = ha_ingestor::source::mqtt::loadgen::LoadConfig {
+                host,
+                port,
+                rate,
+                seconds,
+                topics,
+                qos,
+                prefix,
+                base_ms: ha_ingestor::event::Timestamp::now().as_nanos() / 1_000_000,
+            };
+            let result = runtime.block_on(async {
+                let r = ha_ingestor::source::mqtt::loadgen::publish(&cfg).await?;
+                println!("{}", serde_json::to_string(&r)?);
+                anyhow::Ok(())
+            });
+            report(result)
+        }
+        Command::Bench {
+            what:
                 BenchCommand::Buffer {
                     dir,
                     points_per_chunk,
@@ -651,6 +714,33 @@ fn main() -> ExitCode {
                         r.decode_ns_per_event, r.chain_ns_per_event, r.encode_ns_per_event
                     );
                     println!("  chain share        {:.1} %", r.chain_share * 100.0);
+                }
+                anyhow::Ok(())
+            })();
+            report(result)
+        }
+        Command::Bench {
+            what: BenchCommand::Mqtt { seconds, json },
+        } => {
+            init_logging(flag_format.unwrap_or_default(), "warn");
+            let result = (|| {
+                let cases = ha_ingestor::source::mqtt::decode::bench::run(seconds)?;
+                if json {
+                    println!("{}", serde_json::to_string(&cases)?);
+                } else {
+                    println!("bench mqtt: topic matching + decoding, one core");
+                    for c in &cases {
+                        println!(
+                            "  {:<26} {:>10.0} msg/s {:>10.0} events/s  {} B payload, {} subscriptions, allocs/msg {}",
+                            c.case,
+                            c.messages_per_sec,
+                            c.events_per_sec,
+                            c.payload_bytes,
+                            c.subscriptions,
+                            c.allocs_per_message
+                                .map_or("n/a".to_string(), |a| format!("{a:.1}")),
+                        );
+                    }
                 }
                 anyhow::Ok(())
             })();

@@ -1,9 +1,10 @@
-//! One TLS client setup for every outgoing connection (Home Assistant, InfluxDB).
+//! One TLS client setup for every outgoing connection (Home Assistant, InfluxDB, MQTT).
 //!
 //! rustls on the `ring` provider (no C toolchain, one provider for all
 //! crates), webpki roots plus an optional extra CA file, and a verifier that
 //! skips certificate checks only when `insecure_skip_verify` is set.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::TlsConfig;
@@ -20,6 +21,75 @@ pub struct TlsError {
 
 /// Builds a client config; `section` (`homeassistant`, `influxdb`) prefixes keys in errors and warnings.
 pub fn client_config(tls: &TlsConfig, section: &str) -> Result<rustls::ClientConfig, TlsError> {
+    Ok(verifying_builder(tls, section)?.with_no_client_auth())
+}
+
+/// As [`client_config`], presenting the client certificate in `cert_file` (PEM, with its
+/// private key in `key_file`) when both are given: for MQTT brokers that require one.
+pub fn client_config_with_cert(
+    tls: &TlsConfig,
+    cert_file: Option<&Path>,
+    key_file: Option<&Path>,
+    section: &str,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let builder = verifying_builder(tls, section)?;
+    let (Some(cert_file), Some(key_file)) = (cert_file, key_file) else {
+        return Ok(builder.with_no_client_auth());
+    };
+    let error = |key: &str, message: String| TlsError {
+        key: format!("{section}.tls.{key}"),
+        message,
+    };
+    let pem = std::fs::read(cert_file).map_err(|e| {
+        error(
+            "cert_file",
+            format!("cannot read {}: {e}", cert_file.display()),
+        )
+    })?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            error(
+                "cert_file",
+                format!("invalid PEM in {}: {e}", cert_file.display()),
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(error(
+            "cert_file",
+            format!("no PEM certificate found in {}", cert_file.display()),
+        ));
+    }
+    let pem = std::fs::read(key_file).map_err(|e| {
+        error(
+            "key_file",
+            format!("cannot read {}: {e}", key_file.display()),
+        )
+    })?;
+    let key = rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| {
+            error(
+                "key_file",
+                format!("invalid PEM in {}: {e}", key_file.display()),
+            )
+        })?
+        .ok_or_else(|| {
+            error(
+                "key_file",
+                format!("no private key found in {}", key_file.display()),
+            )
+        })?;
+    builder
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| error("cert_file", format!("unusable client certificate: {e}")))
+}
+
+/// The part both builders share: provider, protocol versions and the server certificate check.
+fn verifying_builder(
+    tls: &TlsConfig,
+    section: &str,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, TlsError>
+{
     let error = |key: &str, message: String| TlsError {
         key: format!("{section}.tls.{key}"),
         message,
@@ -35,8 +105,7 @@ pub fn client_config(tls: &TlsConfig, section: &str) -> Result<rustls::ClientCon
         );
         return Ok(builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoCertificateVerification(provider)))
-            .with_no_client_auth());
+            .with_custom_certificate_verifier(Arc::new(NoCertificateVerification(provider))));
     }
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -63,7 +132,7 @@ pub fn client_config(tls: &TlsConfig, section: &str) -> Result<rustls::ClientCon
             ));
         }
     }
-    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+    Ok(builder.with_root_certificates(roots))
 }
 
 /// Accepts any certificate but still checks handshake signatures; only behind `insecure_skip_verify`.

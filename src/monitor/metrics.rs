@@ -123,3 +123,15 @@ pub const ALERT_NOTIFICATIONS_SENT: &str = "ha_ingestor_alert_notifications_sent
 pub const ALERT_NOTIFICATION_ERRORS: &str = "ha_ingestor_alert_notification_errors_total";
 /// Counter `{notifier}`: retried notification attempts.
 pub const ALERT_NOTIFICATION_RETRIES: &str = "ha_ingestor_alert_notification_retries_total";
+/// Counter `{broker, subscription}`: MQTT messages received, by the subscription their topic matched (`unmatched`: none).
+pub const MQTT_RECEIVED_MESSAGES: &str = "ha_ingestor_mqtt_received_messages_total";
+/// Counter `{broker, subscription}`: events decoded from MQTT messages.
+pub const MQTT_DECODED_EVENTS: &str = "ha_ingestor_mqtt_decoded_events_total";
+/// Counter `{broker, subscription, reason}`: MQTT messages that gave no event because they did not decode (each is a dead letter).
+pub const MQTT_DECODE_ERRORS: &str = "ha_ingestor_mqtt_decode_errors_total";
+/// Gauge `{broker}`: received QoS 1/2 messages not yet acknowledged (waiting for their points to be durable).
+pub const MQTT_UNACKED_MESSAGES: &str = "ha_ingestor_mqtt_unacked_messages";
+/// Counter `{broker}`: QoS 1/2 messages acknowledged to the broker.
+pub const MQTT_ACKED_MESSAGES: &str = "ha_ingestor_mqtt_acked_messages_total";
+/// Counter `{broker}`: reconnects on which the broker had kept no session (messages sent meanwhile are lost).
+pub const MQTT_SESSIONS_LOST: &str = "ha_ingestor_mqtt_sessions_lost_total";

@@ -1,6 +1,7 @@
 //! Where events come from: Home Assistant's WebSocket API and the simulator.
 
 pub mod homeassistant;
+pub mod mqtt;
 pub mod simulator;
 
 use std::path::PathBuf;

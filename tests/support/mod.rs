@@ -6,6 +6,7 @@
 
 pub mod ha_schema;
 pub mod influxd;
+pub mod mosquitto;
 
 pub use influxd::Influxd;
 
