@@ -731,9 +731,11 @@ fn main() -> ExitCode {
                     println!("bench mqtt: topic matching + decoding, one core");
                     for c in &cases {
                         println!(
-                            "  {:<26} {:>10.0} msg/s {:>10.0} events/s  {} B payload, {} subscriptions, allocs/msg {}",
+                            "  {:<26} {:>10.0} msg/s ({} msg per CPU-second) {:>10.0} events/s  {} B payload, {} subscriptions, allocs/msg {}",
                             c.case,
                             c.messages_per_sec,
+                            c.messages_per_cpu_sec
+                                .map_or("n/a".to_string(), |m| format!("{m:.0}")),
                             c.events_per_sec,
                             c.payload_bytes,
                             c.subscriptions,

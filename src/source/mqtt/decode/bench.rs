@@ -38,6 +38,9 @@ pub struct MqttBenchCase {
     pub messages_per_sec: f64,
     /// Events per second on one core.
     pub events_per_sec: f64,
+    /// Messages per second of this thread's CPU time (`null` where Linux's schedstat is missing):
+    /// the per-core figure even on a loaded machine.
+    pub messages_per_cpu_sec: Option<f64>,
     /// Heap allocations per message (`null` without the counting allocator).
     pub allocs_per_message: Option<f64>,
     /// Heap bytes allocated per message (`null` without the counting allocator).
@@ -177,6 +180,12 @@ fn topics(prefix: &str, suffix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`, first field).
+fn thread_cpu_nanos() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
 /// Runs one case for at least `min_seconds`.
 fn measure(
     case: &str,
@@ -220,6 +229,7 @@ fn measure(
     one_pass(&mut decoders, &mut out, &mut seq)?;
     let counting = crate::alloc_counter::is_active();
     let (allocs_before, bytes_before) = crate::alloc_counter::snapshot();
+    let cpu_start = thread_cpu_nanos();
     let start = Instant::now();
     let (mut n, mut events) = (0u64, 0u64);
     while start.elapsed() < Duration::from_secs_f64(min_seconds) || n == 0 {
@@ -227,6 +237,10 @@ fn measure(
         n += messages.len() as u64;
     }
     let seconds = start.elapsed().as_secs_f64();
+    let cpu_seconds = match (cpu_start, thread_cpu_nanos()) {
+        (Some(a), Some(b)) if b > a => Some((b - a) as f64 / 1e9),
+        _ => None,
+    };
     let (allocs_after, bytes_after) = crate::alloc_counter::snapshot();
     let per_message = |x: u64| x as f64 / n as f64;
     Ok(MqttBenchCase {
@@ -238,6 +252,7 @@ fn measure(
         seconds,
         messages_per_sec: n as f64 / seconds,
         events_per_sec: events as f64 / seconds,
+        messages_per_cpu_sec: cpu_seconds.map(|c| n as f64 / c),
         allocs_per_message: counting.then(|| per_message(allocs_after - allocs_before)),
         bytes_allocated_per_message: counting.then(|| per_message(bytes_after - bytes_before)),
     })
