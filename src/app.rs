@@ -166,6 +166,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
     let (sink_rx, acks, buffered) = if cfg.buffer.enabled {
         let buffer = open_buffer(cfg).await?;
+        register_buffer_probe(&stats, &buffer, &cfg.buffer);
         let (sink_rx, acks, buffered) = start_buffer(buffer, chunk_rx, &stats, &handoff)?;
         (sink_rx, Some(acks), Some(buffered))
     } else {
@@ -312,6 +313,32 @@ fn release_on_handover(
         }
     });
     rx
+}
+
+/// Lets the status page read the buffer's depth, size and oldest age.
+fn register_buffer_probe(stats: &Stats, buffer: &Buffer, cfg: &crate::config::BufferConfig) {
+    let buffer = buffer.clone();
+    let max_bytes = cfg.max_bytes;
+    let when_full = match cfg.when_full {
+        crate::config::WhenFull::Block => "block",
+        crate::config::WhenFull::DropOldest => "drop_oldest",
+    };
+    stats.buffer_probe.set(move || {
+        let s = buffer.stats().map_err(|e| e.to_string())?;
+        Ok(crate::monitor::page::BufferView {
+            records: s.records,
+            points: s.points,
+            bytes: s.bytes,
+            max_bytes,
+            fill_percent: if max_bytes == 0 {
+                0.0
+            } else {
+                s.bytes as f64 * 100.0 / max_bytes as f64
+            },
+            oldest_age_seconds: s.oldest_age.map(|a| a.as_secs_f64()),
+            when_full: when_full.to_string(),
+        })
+    });
 }
 
 /// What the durable buffer holds, for `ha-ingestor buffer inspect` (takes the data directory's lock).

@@ -64,6 +64,7 @@ struct AppState {
 
 /// The routes, separate from the listener so tests can call them in-process.
 pub fn router(stats: Arc<Stats>) -> Router {
+    let page = super::page::routes(stats.clone());
     let state = AppState {
         stats,
         prometheus: prometheus(),
@@ -73,6 +74,7 @@ pub fn router(stats: Arc<Stats>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .with_state(state)
+        .merge(page)
 }
 
 async fn health() -> impl IntoResponse {

@@ -2,6 +2,8 @@
 
 pub mod http;
 pub mod metrics;
+pub mod page;
+pub mod rates;
 pub mod stats;
 
 pub use stats::{Readiness, Stats, Totals};

@@ -30,6 +30,10 @@ pub struct Stats {
     /// Frames or messages that could not be decoded; each is set aside in the dead-letter file too.
     pub decode_errors: AtomicU64,
     health: Mutex<Health>,
+    /// Event rates per source, domain and event type, fed once per batch by the pipeline (`/api/stats`).
+    pub rates: super::rates::Rates,
+    /// How the status page reads the durable buffer, once the topology registered it.
+    pub buffer_probe: super::page::BufferProbe,
 }
 
 #[derive(Debug, Default)]

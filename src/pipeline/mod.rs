@@ -107,6 +107,7 @@ impl Pipeline {
             };
             let mut filtered = 0u64;
             skipped.clear();
+            stats.rates.observe(&events);
             for event in events.drain(..) {
                 chunk.marks.note(event.meta.mark);
                 match self.process(&event, &mut chunk.lines) {
