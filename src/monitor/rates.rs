@@ -283,15 +283,19 @@ impl TopK {
         self.decayed_at = epoch;
     }
 
-    fn top(&self, show: usize) -> Vec<EntityRate> {
+    /// The `show` busiest; `elapsed` is how long counting has run (seconds).
+    fn top(&self, show: usize, elapsed: f64) -> Vec<EntityRate> {
         let mut v: Vec<&(Box<str>, f64)> = self.entries.iter().collect();
         v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        // A decaying count of a steady rate approaches rate × tau; before tau has passed,
+        // rate × tau × (1 − e^(−elapsed/tau)).
+        let tau = ENTITY_TAU.as_secs_f64();
+        let span = tau * (1.0 - (-elapsed.max(BUCKET.as_secs_f64()) / tau).exp());
         v.into_iter()
             .take(show)
-            // A decaying count of events approaches rate × tau.
             .map(|(k, c)| EntityRate {
                 entity_id: k.to_string(),
-                rate: c / ENTITY_TAU.as_secs_f64(),
+                rate: c / span,
             })
             .collect()
     }
@@ -467,7 +471,7 @@ impl Inner {
             source: self.source.report(&at),
             domain: self.domain.report(&at),
             event_type: self.event_type.report(&at),
-            top_entities: self.entities.top(show),
+            top_entities: self.entities.top(show, elapsed),
             history: self.history(),
         }
     }
@@ -550,6 +554,30 @@ mod tests {
         // After 15 more minutes the ring has forgotten them.
         let snap = inner.snapshot(later + Duration::from_secs(900), Totals::default(), 3);
         assert_eq!(snap.source["homeassistant"].m15, 0.0);
+    }
+
+    #[test]
+    fn entity_rate_estimates_a_steady_rate() {
+        let t0 = Instant::now();
+        let mut inner = Inner::new(t0);
+        // 2 events/s for 3 minutes, counted once a second.
+        for s in 0..180u64 {
+            let batch = vec![state_change("sensor.busy"), state_change("sensor.busy")];
+            inner.observe(t0 + Duration::from_secs(s), &batch);
+        }
+        let snap = inner.snapshot(t0 + Duration::from_secs(180), Totals::default(), 1);
+        let rate = snap.top_entities[0].rate;
+        // Bucketed decay is a step approximation: within 15 %.
+        assert!((rate - 2.0).abs() < 0.3, "{rate}");
+        // Early on the estimate is already about right, not ramping up from zero.
+        let mut inner = Inner::new(t0);
+        for s in 0..10u64 {
+            let batch = vec![state_change("sensor.busy"), state_change("sensor.busy")];
+            inner.observe(t0 + Duration::from_secs(s), &batch);
+        }
+        let snap = inner.snapshot(t0 + Duration::from_secs(10), Totals::default(), 1);
+        let rate = snap.top_entities[0].rate;
+        assert!((rate - 2.0).abs() < 0.5, "{rate}");
     }
 
     #[test]
