@@ -319,6 +319,7 @@ fn release_on_handover(
 fn register_buffer_probe(stats: &Stats, buffer: &Buffer, cfg: &crate::config::BufferConfig) {
     let buffer = buffer.clone();
     let max_bytes = cfg.max_bytes;
+    metrics::gauge!(crate::monitor::metrics::BUFFER_CAPACITY_BYTES).set(max_bytes as f64);
     let when_full = match cfg.when_full {
         crate::config::WhenFull::Block => "block",
         crate::config::WhenFull::DropOldest => "drop_oldest",

@@ -73,3 +73,5 @@ pub const BUFFER_CORRUPT_RECORDS: &str = "ha_ingestor_buffer_corrupt_records_tot
 pub const BUFFER_FULL_WAITS: &str = "ha_ingestor_buffer_full_waits_total";
 /// Gauge: sequence number of the last buffer record made durable (fsynced).
 pub const BUFFER_DURABLE_SEQUENCE: &str = "ha_ingestor_buffer_durable_sequence";
+/// Gauge: the durable buffer's `max_bytes`, so its fill can be read as a fraction.
+pub const BUFFER_CAPACITY_BYTES: &str = "ha_ingestor_buffer_capacity_bytes";
