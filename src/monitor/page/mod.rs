@@ -191,3 +191,55 @@ async fn stats_json(State(stats): State<Arc<Stats>>) -> Response {
     let body = api_stats(&stats).await;
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn buffer_is_absent_until_registered_and_errors_are_reported() {
+        let stats = Stats::default();
+        stats.register_source("homeassistant");
+        let s = api_stats(&stats).await;
+        assert!(s.buffer.is_none() && s.buffer_error.is_none());
+        assert!(!s.ready);
+        assert!(!s.connections["homeassistant"].connected);
+
+        stats
+            .buffer_probe
+            .set(|| Err("cannot read the oldest record".into()));
+        let s = api_stats(&stats).await;
+        assert!(s.buffer.is_none());
+        assert_eq!(
+            s.buffer_error.as_deref(),
+            Some("cannot read the oldest record")
+        );
+
+        let view = BufferView {
+            records: 2,
+            points: 10,
+            bytes: 512,
+            max_bytes: 1024,
+            fill_percent: 50.0,
+            oldest_age_seconds: Some(1.5),
+            when_full: "block".into(),
+        };
+        let shown = view.clone();
+        stats.buffer_probe.set(move || Ok(shown.clone()));
+        let s = api_stats(&stats).await;
+        assert_eq!(s.buffer, Some(view));
+        // The JSON keys the page reads.
+        let json = serde_json::to_value(&s).expect("serializes");
+        for key in [
+            "rates",
+            "totals",
+            "connections",
+            "buffer",
+            "errors",
+            "uptime_seconds",
+        ] {
+            assert!(json.get(key).is_some(), "{key} in {json}");
+        }
+        assert!(json["rates"]["total"]["written"].get("15m").is_some());
+    }
+}
