@@ -464,6 +464,8 @@ impl Running {
 
     /// Stops in data-flow order and returns the final totals.
     pub async fn stop(self) -> Totals {
+        // The page's buffer probe holds a handle; the buffer must be free to close.
+        self.stats.buffer_probe.clear();
         self.sources_token.cancel();
         for source in self.sources {
             if let Err(error) = source.await {

@@ -72,6 +72,11 @@ impl BufferProbe {
         *self.lock() = Some(Arc::new(probe));
     }
 
+    /// Forgets the probe, so the buffer it holds can close (the topology calls it when it stops).
+    pub fn clear(&self) {
+        *self.lock() = None;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<ProbeFn>>> {
         match self.probe.lock() {
             Ok(g) => g,
