@@ -193,6 +193,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         let buffer = open_buffer(cfg).await?;
         metrics::gauge!(crate::monitor::metrics::BUFFER_CAPACITY_BYTES)
             .set(cfg.buffer.max_bytes as f64);
+        register_buffer_probe(&stats, &buffer, &cfg.buffer);
         let (sink_rxs, acks, buffered) = start_buffer(buffer, chunk_rx, &stats, &handoff, targets)?;
         (
             sink_rxs,
@@ -471,6 +472,33 @@ fn release_on_handover(
     rx
 }
 
+/// Lets the status page read the buffer's depth, size and oldest age.
+fn register_buffer_probe(stats: &Stats, buffer: &Buffer, cfg: &crate::config::BufferConfig) {
+    let buffer = buffer.clone();
+    let max_bytes = cfg.max_bytes;
+    metrics::gauge!(crate::monitor::metrics::BUFFER_CAPACITY_BYTES).set(max_bytes as f64);
+    let when_full = match cfg.when_full {
+        crate::config::WhenFull::Block => "block",
+        crate::config::WhenFull::DropOldest => "drop_oldest",
+    };
+    stats.buffer_probe.set(move || {
+        let s = buffer.stats().map_err(|e| e.to_string())?;
+        Ok(crate::monitor::page::BufferView {
+            records: s.records,
+            points: s.points,
+            bytes: s.bytes,
+            max_bytes,
+            fill_percent: if max_bytes == 0 {
+                0.0
+            } else {
+                s.bytes as f64 * 100.0 / max_bytes as f64
+            },
+            oldest_age_seconds: s.oldest_age.map(|a| a.as_secs_f64()),
+            when_full: when_full.to_string(),
+        })
+    });
+}
+
 /// What the durable buffer holds, for `ha-ingestor buffer inspect` (takes the data directory's lock).
 pub async fn inspect_buffer(cfg: &Config) -> Result<BufferStats, StartError> {
     let _lock = lock_data_dir(&cfg.data_dir)?;
@@ -604,6 +632,8 @@ impl Running {
 
     /// Stops in data-flow order and returns the final totals.
     pub async fn stop(self) -> Totals {
+        // The page's buffer probe holds a handle; the buffer must be free to close.
+        self.stats.buffer_probe.clear();
         self.sources_token.cancel();
         for source in self.sources {
             if let Err(error) = source.await {

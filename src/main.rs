@@ -339,9 +339,18 @@ fn init_logging(format: LogFormat, level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // The status page's "recent errors" come from this layer.
+    let recent = ha_ingestor::monitor::page::RecentErrorsLayer;
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(recent)
+            .init(),
+        LogFormat::Human => builder.finish().with(recent).init(),
     }
 }
 

@@ -70,6 +70,7 @@ struct AppState {
 
 /// The routes, separate from the listener so tests can call them in-process.
 pub fn router(stats: Arc<Stats>) -> Router {
+    let page = super::page::routes(stats.clone());
     let state = AppState {
         stats,
         prometheus: prometheus(),
@@ -80,6 +81,7 @@ pub fn router(stats: Arc<Stats>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/alerts", get(alerts_json))
         .with_state(state)
+        .merge(page)
 }
 
 async fn health() -> impl IntoResponse {

@@ -4,7 +4,9 @@ pub mod alerts;
 pub mod http;
 pub mod latency;
 pub mod metrics;
+pub mod page;
 pub mod process;
+pub mod rates;
 pub mod stats;
 
 pub use stats::{Readiness, Stats, Totals};

@@ -32,6 +32,10 @@ pub struct Stats {
     health: Mutex<Health>,
     /// The alert rules' latest states, served at `/alerts`.
     pub alerts: std::sync::Arc<super::alerts::Board>,
+    /// Event rates per source, domain and event type, fed once per batch by the pipeline (`/api/stats`).
+    pub rates: super::rates::Rates,
+    /// How the status page reads the durable buffer, once the topology registered it.
+    pub buffer_probe: super::page::BufferProbe,
 }
 
 #[derive(Debug, Default)]

@@ -251,6 +251,7 @@ impl Pipeline {
             if ticked {
                 self.tick(&mut chunk.lines);
             }
+            stats.rates.observe(&events);
             for mut event in events.drain(..) {
                 let mark = event.meta.mark;
                 sample = sample.wrapping_add(1);
