@@ -97,5 +97,8 @@ async fn a_stalled_sink_never_makes_home_assistant_drop_the_connection() {
     // Everything waits on disk for InfluxDB.
     let (_, report) =
         Buffer::open(&data.path().join("buffer"), &BufferConfig::default()).expect("buffer");
-    assert_eq!(report.points, expected, "every point is in the buffer");
+    assert_eq!(
+        report.points, expected,
+        "every point is in the buffer: {totals:?} {report:?}"
+    );
 }

@@ -564,6 +564,7 @@ impl InfluxWriter {
             holding: false,
             hold_logged: false,
             again: Vec::new(),
+            withheld: false,
             originals: Default::default(),
         };
         let mut batch = Batch::default();
@@ -801,6 +802,8 @@ pub(crate) struct Delivery<'a> {
     hold_logged: bool,
     /// Lines refused for a type the guard has just learned, to be checked and sent again.
     again: Vec<String>,
+    /// Some records were left undelivered in the buffer: acknowledge nothing more this run.
+    withheld: bool,
     /// Lines the guard changed → as they came in; dead letters keep the original.
     originals: std::collections::HashMap<String, String>,
 }
@@ -819,13 +822,18 @@ impl<'a> Delivery<'a> {
             holding: false,
             hold_logged: false,
             again: Vec::new(),
+            withheld: false,
             originals: Default::default(),
         }
     }
 
     /// Reports an empty batch's record as delivered (its lines all went out before, or none were for this target).
     fn ack(&mut self, batch: &mut Batch) {
-        if let (Some(acks), Some(seq)) = (self.acks, batch.seq.take()) {
+        let seq = batch.seq.take();
+        if self.withheld {
+            return;
+        }
+        if let (Some(acks), Some(seq)) = (self.acks, seq) {
             acks.delivered(seq);
         }
     }
@@ -840,13 +848,16 @@ impl<'a> Delivery<'a> {
         match self.deliver(&batch.lines).await {
             Ok(outcome) if outcome.undelivered > 0 && self.acks.is_some() => {
                 // Not acknowledged: the records stay in the durable buffer for the next start.
+                // Acknowledgements cover every record up to a sequence number, so no later
+                // delivery of this run may acknowledge past these records either.
+                self.withheld = true;
                 tracing::warn!(
                     message = "InfluxDB did not accept these points before the shutdown deadline; they stay in the buffer and are delivered at the next start.",
                     points = outcome.undelivered,
                 );
             }
             Ok(outcome) => {
-                if let (Some(acks), Some(seq)) = (self.acks, batch.seq) {
+                if let (Some(acks), Some(seq), false) = (self.acks, batch.seq, self.withheld) {
                     acks.delivered(seq);
                 }
                 if outcome.undelivered > 0 {
