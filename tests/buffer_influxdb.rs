@@ -5,14 +5,14 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use ha_ingestor::app;
 use ha_ingestor::config::{BufferConfig, Config, HomeAssistantConfig, InfluxConfig, MonitorConfig};
 use ha_ingestor::sink::buffer::Buffer;
 use ha_ingestor::source::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
-use support::{Influxd, expected_points, wait_for};
+use support::{Influxd, expected_points, spawn_run, wait_for};
 
 async fn simulator(token: &str, rate: f64, max_events: u64, seed: u64) -> SimulatorHandle {
     Simulator::start(
@@ -210,17 +210,6 @@ fn write_config(path: &Path, data: &Path, ha_url: &str, influx_url: &str, monito
         ),
     )
     .expect("write config");
-}
-
-fn spawn_run(config: &Path, log: &Path) -> Child {
-    let log = std::fs::File::create(log).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_ha-ingestor"))
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("ha-ingestor starts")
 }
 
 /// A gauge or counter from the monitor's `/metrics`, when present.

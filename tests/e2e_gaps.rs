@@ -10,7 +10,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ha_ingestor::app;
@@ -18,7 +18,7 @@ use ha_ingestor::config::{Config, HomeAssistantConfig, InfluxConfig, MonitorConf
 use ha_ingestor::event::State;
 use ha_ingestor::source::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use support::ha_schema::{all_rows, assert_state_point, is_written};
-use support::{Influxd, wait_for};
+use support::{Influxd, spawn_run, wait_for};
 
 async fn simulator(token: &str, seed: u64) -> SimulatorHandle {
     Simulator::start(
@@ -150,17 +150,6 @@ fn write_config(path: &Path, data: &Path, ha_url: &str, influx_url: &str) {
         ),
     )
     .expect("write config");
-}
-
-fn spawn_run(config: &Path, log: &Path) -> Child {
-    let log = std::fs::File::create(log).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_ha-ingestor"))
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("ha-ingestor starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

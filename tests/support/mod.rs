@@ -30,6 +30,18 @@ pub fn expected_points(events: &[Event]) -> usize {
         .count()
 }
 
+/// Starts `ha-ingestor run --config CONFIG` with its log (stderr) going to `log`.
+pub fn spawn_run(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    let log = std::fs::File::create(log).expect("log file");
+    std::process::Command::new(env!("CARGO_BIN_EXE_ha-ingestor"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("ha-ingestor starts")
+}
+
 /// Polls `probe` every 50 ms until it returns `Some`, panicking with `what` after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
 where
