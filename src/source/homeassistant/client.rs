@@ -52,8 +52,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::source::backoff::Backoff;
 use futures_util::{SinkExt, StreamExt};
-use rand::Rng;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -529,40 +529,6 @@ impl Meters {
         if label == event_type {
             self.by_type.insert(event_type.to_string(), counter);
         }
-    }
-}
-
-/// Exponential back-off with jitter between `min` and `max`.
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max: max.max(min),
-            attempt: 0,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let cap = self
-            .min
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        if cap <= self.min {
-            return self.min;
-        }
-        let nanos = rand::rng().random_range(self.min.as_nanos()..=cap.as_nanos());
-        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 }
 
@@ -1288,24 +1254,6 @@ mod tests {
         assert_eq!(short.len(), 1);
         assert_eq!(short[0].end, None);
         assert_eq!(short[0].start, from);
-    }
-
-    #[test]
-    fn backoff_grows_within_bounds_and_resets() {
-        let min = Duration::from_millis(100);
-        let max = Duration::from_secs(5);
-        let mut b = Backoff::new(min, max);
-        assert_eq!(b.next_delay(), min);
-        for attempt in 1..40u32 {
-            let d = b.next_delay();
-            let cap = min.saturating_mul(1 << attempt.min(20)).min(max);
-            assert!(
-                d >= min && d <= cap,
-                "attempt {attempt}: {d:?} outside [{min:?}, {cap:?}]"
-            );
-        }
-        b.reset();
-        assert_eq!(b.next_delay(), min);
     }
 
     #[test]

@@ -21,8 +21,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::source::backoff::Backoff;
 use metrics::{Counter, Gauge};
-use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -561,59 +561,9 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Exponential back-off with jitter between `min` and `max`.
-#[derive(Debug)]
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max: max.max(min),
-            attempt: 0,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let cap = self
-            .min
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        if cap <= self.min {
-            return self.min;
-        }
-        let nanos = rand::rng().random_range(self.min.as_nanos()..=cap.as_nanos());
-        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_within_bounds_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        assert_eq!(b.next_delay(), Duration::from_millis(100));
-        for _ in 0..30 {
-            let d = b.next_delay();
-            assert!(
-                d >= Duration::from_millis(100) && d <= Duration::from_secs(2),
-                "{d:?}"
-            );
-        }
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(100));
-    }
 
     #[test]
     fn default_client_id_is_stable_short_and_distinct_per_broker_and_dir() {
