@@ -1138,6 +1138,53 @@ fn covers(received: &[Event], made: &[ha_ingestor::event::State]) -> bool {
         .all(|s| keys.contains(&(s.entity_id.to_string(), s.last_updated)))
 }
 
+/// Streams, takes HA away while it makes 600 changes, brings it back, takes `live_after`
+/// live events, stops the generator and checks every change arrived exactly once;
+/// returns what the client handed on and how much of it came from the history.
+async fn through_a_gap(
+    cfg: HomeAssistantConfig,
+    sim: &SimulatorHandle,
+    data: &Path,
+    live_after: usize,
+) -> (Vec<Event>, usize) {
+    let mut client = Keeper::start(cfg, data);
+    client
+        .receive_while("first live events", |got| got.len() < 50)
+        .await;
+    sim.refuse_connections(true);
+    sim.disconnect_all();
+    assert!(wait_for(|| !client.stats.readiness().ready).await);
+    let before = sim.state_changes().len();
+    assert!(
+        wait_for(|| sim.state_changes().len() >= before + 600).await,
+        "the simulator keeps changing states with nobody connected"
+    );
+    sim.refuse_connections(false);
+    assert!(wait_for(|| client.stats.readiness().ready).await, "back");
+    let seen = client.got.len();
+    client
+        .receive_while("live events after the gap", |got| {
+            got.len() < seen + live_after
+        })
+        .await;
+    sim.stop_generating();
+    let made = sim.state_changes();
+    client
+        .receive_while("every change made", |got| !covers(got, &made))
+        .await;
+    let received = client.stop().await;
+    assert_exactly_once(&received, &made);
+    let backfilled = received
+        .iter()
+        .filter(|e| &*e.source == "homeassistant/backfill")
+        .count();
+    assert!(
+        backfilled >= 500,
+        "the gap came from the history: {backfilled}"
+    );
+    (received, backfilled)
+}
+
 #[tokio::test]
 async fn a_long_gap_is_asked_for_window_by_window_and_arrives_exactly_once() {
     let sim = simulator(None, 300.0).await;
@@ -1147,40 +1194,11 @@ async fn a_long_gap_is_asked_for_window_by_window_and_arrives_exactly_once() {
     // A gap of about two seconds in windows of 200 ms, two entity chunks each.
     cfg.backfill_window = Duration::from_millis(200);
     cfg.backfill_chunk = 20;
-    let mut client = Keeper::start(cfg, data.path());
-    client
-        .receive_while("first live events", |got| got.len() < 50)
-        .await;
-    sim.refuse_connections(true);
-    sim.disconnect_all();
-    assert!(wait_for(|| !client.stats.readiness().ready).await);
-    let before = sim.state_changes().len();
-    assert!(wait_for(|| sim.state_changes().len() >= before + 600).await);
-    sim.refuse_connections(false);
-    assert!(wait_for(|| client.stats.readiness().ready).await, "back");
-    let seen = client.got.len();
-    client
-        .receive_while("live events after the gap", |got| got.len() < seen + 300)
-        .await;
-    sim.stop_generating();
-    let made = sim.state_changes();
-    client
-        .receive_while("every change made", |got| !covers(got, &made))
-        .await;
-    let received = client.stop().await;
-    assert_exactly_once(&received, &made);
+    through_a_gap(cfg, &sim, data.path(), 300).await;
     let requests = sim.commands_received("history/history_during_period");
     assert!(
         requests >= 2 * 8,
         "a two-second gap in 200 ms windows of two chunks: {requests} requests"
-    );
-    let backfilled = received
-        .iter()
-        .filter(|e| &*e.source == "homeassistant/backfill")
-        .count();
-    assert!(
-        backfilled >= 500,
-        "the gap came from the history: {backfilled}"
     );
     sim.shutdown().await;
 }
@@ -1194,42 +1212,9 @@ async fn a_gap_while_home_assistant_is_away_is_backfilled_exactly_once() {
     let sim = simulator(None, 300.0).await;
     sim.keep_running_while_disconnected(true);
     let data = tempfile::tempdir().unwrap();
-    let mut client = Keeper::start(client_config(&sim.url(), TOKEN), data.path());
-    client
-        .receive_while("first live events", |got| got.len() < 50)
-        .await;
-
     // HA goes away for about two seconds and keeps changing states meanwhile.
-    sim.refuse_connections(true);
-    sim.disconnect_all();
-    assert!(wait_for(|| !client.stats.readiness().ready).await);
-    let before = sim.state_changes().len();
-    assert!(
-        wait_for(|| sim.state_changes().len() >= before + 600).await,
-        "the simulator keeps changing states with nobody connected"
-    );
-    sim.refuse_connections(false);
-    assert!(wait_for(|| client.stats.readiness().ready).await, "back");
-    let seen = client.got.len();
-    client
-        .receive_while("live events after the gap", |got| got.len() < seen + 600)
-        .await;
-    sim.stop_generating();
-    let made = sim.state_changes();
-    client
-        .receive_while("every change made", |got| !covers(got, &made))
-        .await;
-    let received = client.stop().await;
-    assert_exactly_once(&received, &made);
-
-    let backfilled = received
-        .iter()
-        .filter(|e| &*e.source == "homeassistant/backfill")
-        .count();
-    assert!(
-        backfilled >= 500,
-        "the gap came from the history: {backfilled}"
-    );
+    let (received, backfilled) =
+        through_a_gap(client_config(&sim.url(), TOKEN), &sim, data.path(), 600).await;
     let text = handle.render();
     assert_eq!(
         metric(
