@@ -6,13 +6,15 @@
 //! `value=inf` or `value=-inf` (lines InfluxDB refused): there we write the same
 //! point without `value` and with the state text as the `state` string field.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use support::event_from_json;
 
 use ha_ingestor::config::{ComponentOverride, MeasurementAttr, SchemaConfig};
 use ha_ingestor::event::{
-    BusEvent, Context, EntityId, Event, EventKind, Origin, STATE_CHANGED, State, StateChanged,
-    Timestamp,
+    Context, EntityId, Event, EventKind, Origin, State, StateChanged, Timestamp,
 };
 use ha_ingestor::sink::line_protocol::LineBuilder;
 use ha_ingestor::sink::schema::{Encoded, Encoder, SkipReason};
@@ -21,32 +23,6 @@ use serde_json::{Value, json};
 
 /// `2026-01-01T10:00:00.123456+00:00`, the time of the reference's worked examples.
 const T: i64 = 1_767_261_600_123_456_000;
-
-fn event_from_json(v: &Value) -> Event {
-    let event_type = v["event_type"].as_str().expect("fixture event_type");
-    let time_fired: Timestamp =
-        serde_json::from_value(v["time_fired"].clone()).expect("fixture time_fired");
-    let origin: Origin = serde_json::from_value(v["origin"].clone()).expect("fixture origin");
-    let context: Context = serde_json::from_value(v["context"].clone()).expect("fixture context");
-    let kind = if event_type == STATE_CHANGED {
-        let sc: StateChanged =
-            serde_json::from_value(v["data"].clone()).expect("fixture state_changed data");
-        EventKind::StateChanged(Box::new(sc))
-    } else {
-        EventKind::Bus(BusEvent {
-            event_type: event_type.to_string(),
-            data: v["data"].as_object().cloned().unwrap_or_default(),
-        })
-    };
-    Event {
-        meta: Default::default(),
-        source: Arc::from("fixture"),
-        time_fired,
-        origin,
-        context,
-        kind,
-    }
-}
 
 // ---------------------------------------------------------------------------
 // A strict line-protocol parser with InfluxDB 1.x scanning rules: a backslash

@@ -13,11 +13,11 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use support::event_from_json;
 
 use ha_ingestor::config::{AttributeType, SchemaConfig, SchemaMode};
 use ha_ingestor::event::{
-    BusEvent, Context, EntityId, Event, EventKind, Origin, STATE_CHANGED, State, StateChanged,
-    Timestamp,
+    Context, EntityId, Event, EventKind, Origin, State, StateChanged, Timestamp,
 };
 use ha_ingestor::sink::schema::optimized::SCHEMA_VERSION;
 use ha_ingestor::sink::schema::{Encoded, Encoder, SchemaError, SkipReason};
@@ -31,32 +31,6 @@ fn optimized() -> SchemaConfig {
     SchemaConfig {
         mode: SchemaMode::Optimized,
         ..SchemaConfig::default()
-    }
-}
-
-fn event_from_json(v: &Value) -> Event {
-    let event_type = v["event_type"].as_str().expect("fixture event_type");
-    let time_fired: Timestamp =
-        serde_json::from_value(v["time_fired"].clone()).expect("fixture time_fired");
-    let origin: Origin = serde_json::from_value(v["origin"].clone()).expect("fixture origin");
-    let context: Context = serde_json::from_value(v["context"].clone()).expect("fixture context");
-    let kind = if event_type == STATE_CHANGED {
-        let sc: StateChanged =
-            serde_json::from_value(v["data"].clone()).expect("fixture state_changed data");
-        EventKind::StateChanged(Box::new(sc))
-    } else {
-        EventKind::Bus(BusEvent {
-            event_type: event_type.to_string(),
-            data: v["data"].as_object().cloned().unwrap_or_default(),
-        })
-    };
-    Event {
-        meta: Default::default(),
-        source: Arc::from("fixture"),
-        time_fired,
-        origin,
-        context,
-        kind,
     }
 }
 

@@ -59,3 +59,32 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An `Event` from a recorded event object (`event_type`, `data`, `origin`, `time_fired`, `context`).
+pub fn event_from_json(v: &serde_json::Value) -> Event {
+    let event_type = v["event_type"].as_str().expect("fixture event_type");
+    let time_fired: ha_ingestor::event::Timestamp =
+        serde_json::from_value(v["time_fired"].clone()).expect("fixture time_fired");
+    let origin: ha_ingestor::event::Origin =
+        serde_json::from_value(v["origin"].clone()).expect("fixture origin");
+    let context: ha_ingestor::event::Context =
+        serde_json::from_value(v["context"].clone()).expect("fixture context");
+    let kind = if event_type == ha_ingestor::event::STATE_CHANGED {
+        let sc: ha_ingestor::event::StateChanged =
+            serde_json::from_value(v["data"].clone()).expect("fixture state_changed data");
+        EventKind::StateChanged(Box::new(sc))
+    } else {
+        EventKind::Bus(ha_ingestor::event::BusEvent {
+            event_type: event_type.to_string(),
+            data: v["data"].as_object().cloned().unwrap_or_default(),
+        })
+    };
+    Event {
+        meta: Default::default(),
+        source: std::sync::Arc::from("fixture"),
+        time_fired,
+        origin,
+        context,
+        kind,
+    }
+}
