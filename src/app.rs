@@ -191,8 +191,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let targets = sink.targets();
     let (sink_rxs, acks, buffered) = if cfg.buffer.enabled {
         let buffer = open_buffer(cfg).await?;
-        metrics::gauge!(crate::monitor::metrics::BUFFER_CAPACITY_BYTES)
-            .set(cfg.buffer.max_bytes as f64);
+        // Also sets the capacity gauge the alert rules read.
         register_buffer_probe(&stats, &buffer, &cfg.buffer);
         let (sink_rxs, acks, buffered) = start_buffer(buffer, chunk_rx, &stats, &handoff, targets)?;
         (
