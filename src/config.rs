@@ -1776,11 +1776,65 @@ pub struct DownsampleConfig {
     /// Only points whose `domain` tag is one of these; empty means every domain.
     #[serde(default)]
     pub domains: Vec<String>,
-    /// Numeric fields averaged (`mean`), keeping their names.
+    /// Fields aggregated per bucket (`value`; `state` for counting text states).
     #[serde(default = "default_downsample_fields")]
     pub fields: Vec<String>,
+    /// Aggregates kept per field and bucket: `mean` keeps the field's name, every
+    /// other one is stored as `<field>_<aggregate>` (`value_count`, `value_max`).
+    /// Default `["mean"]`.
+    #[serde(default = "default_downsample_aggregates")]
+    pub aggregates: Vec<TierAggregate>,
     /// Tiers, finest first: each a bucket width and how long its means are kept.
     pub tiers: Vec<TierConfig>,
+}
+
+/// An aggregate a downsampling tier keeps per bucket, chosen so dashboard
+/// answers can be computed exactly from the buckets (means of means are exact
+/// through `sum`/`count`; daily spread through hourly `min`/`max`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum TierAggregate {
+    /// Mean of the bucket's values, stored under the field's own name.
+    Mean,
+    /// Number of points (changes) in the bucket.
+    Count,
+    /// Sum of the bucket's values.
+    Sum,
+    /// Smallest value.
+    Min,
+    /// Largest value.
+    Max,
+    /// The bucket's first value.
+    First,
+    /// The bucket's last value.
+    Last,
+}
+
+impl TierAggregate {
+    /// The InfluxQL function name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TierAggregate::Mean => "mean",
+            TierAggregate::Count => "count",
+            TierAggregate::Sum => "sum",
+            TierAggregate::Min => "min",
+            TierAggregate::Max => "max",
+            TierAggregate::First => "first",
+            TierAggregate::Last => "last",
+        }
+    }
+
+    /// The field a tier stores this aggregate of `field` under.
+    pub fn output_field(self, field: &str) -> String {
+        match self {
+            TierAggregate::Mean => field.to_string(),
+            other => format!("{field}_{}", other.as_str()),
+        }
+    }
+}
+
+fn default_downsample_aggregates() -> Vec<TierAggregate> {
+    vec![TierAggregate::Mean]
 }
 
 /// One downsampling tier: means per `every`, kept for `keep`.
@@ -1830,8 +1884,11 @@ impl RetentionConfig {
                     format!("{:?} must be unique, made of letters, digits and _", d.name),
                 ));
             }
-            if d.fields.is_empty() || d.tiers.is_empty() {
-                return Err(invalid(key, "needs at least one field and one tier".into()));
+            if d.fields.is_empty() || d.tiers.is_empty() || d.aggregates.is_empty() {
+                return Err(invalid(
+                    key,
+                    "needs at least one field, one aggregate and one tier".into(),
+                ));
             }
             for (j, t) in d.tiers.iter().enumerate() {
                 if t.every.as_secs() == 0 || t.every.subsec_nanos() != 0 {

@@ -219,6 +219,27 @@ enum RetentionCommand {
         /// Print the difference as JSON.
         #[arg(long)]
         json: bool,
+        /// With `--yes`: then fill the downsampling tiers from the raw points already stored, by chunks (resumable).
+        #[arg(long)]
+        backfill: bool,
+        /// Backfill progress file: an interrupted backfill resumes from it.
+        #[arg(long, default_value = "ha-ingestor-backfill.state.json")]
+        state: PathBuf,
+        /// Backfill chunk width: a whole number of every tier's buckets.
+        #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
+        chunk: std::time::Duration,
+        /// Backfill from this time (RFC 3339; default: the oldest raw shard).
+        #[arg(long)]
+        from: Option<String>,
+        /// Backfill until this time, exclusive (RFC 3339; default: now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Stop the backfill after this many chunks (resume later).
+        #[arg(long)]
+        max_chunks: Option<usize>,
+        /// No backfill progress bar.
+        #[arg(long)]
+        quiet: bool,
     },
 }
 
@@ -814,6 +835,10 @@ async fn schema_command(what: SchemaCommand) -> anyhow::Result<()> {
             } else {
                 print!("{}", ha_ingestor::schema::bench::render_text(&r));
             }
+            anyhow::ensure!(
+                r.all_equal(),
+                "the layouts gave different answers (see the table)"
+            );
         }
         SchemaCommand::Analyze {
             target,
@@ -894,8 +919,20 @@ async fn schema_command(what: SchemaCommand) -> anyhow::Result<()> {
 }
 
 async fn retention_command(what: RetentionCommand) -> anyhow::Result<()> {
+    use ha_ingestor::schema::backfill;
     use ha_ingestor::schema::{influxql::InfluxQl, retention};
-    let RetentionCommand::Apply { target, yes, json } = what;
+    let RetentionCommand::Apply {
+        target,
+        yes,
+        json,
+        backfill: fill,
+        state,
+        chunk,
+        from,
+        until,
+        max_chunks,
+        quiet,
+    } = what;
     let (cfg, influx) = influx_target(&target)?;
     anyhow::ensure!(
         influx.api == ha_ingestor::config::InfluxApi::V1,
@@ -940,6 +977,34 @@ async fn retention_command(what: RetentionCommand) -> anyhow::Result<()> {
         }
     } else if !json {
         println!("dry run: run again with --yes to apply");
+    }
+    if fill {
+        if !yes {
+            if !json {
+                println!("backfill: not run without --yes");
+            }
+            return Ok(());
+        }
+        let parse = |t: &Option<String>| -> anyhow::Result<Option<i64>> {
+            t.as_deref()
+                .map(|t| ha_ingestor::event::Timestamp::parse_rfc3339(t).map(|ts| ts.0))
+                .transpose()
+                .context("--from/--until")
+        };
+        let opts = backfill::BackfillOptions {
+            state_file: Some(state),
+            chunk,
+            from: parse(&from)?,
+            until: parse(&until)?,
+            max_chunks,
+            progress: !quiet && !json,
+        };
+        let r = backfill::backfill(&db, &cfg.retention, &raw_policy, &opts).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            print!("{}", r.to_text());
+        }
     }
     Ok(())
 }

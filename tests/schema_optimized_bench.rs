@@ -1,4 +1,7 @@
-//! `schema bench` at a tiny size: both modes get the same data, so every dashboard query returns as many rows in each.
+//! `schema bench` at a tiny size: every layout gets the same data, so every
+//! dashboard query gives the same answer in each — rows and values, including
+//! the answers computed from the downsampling tiers, which must equal the ones
+//! computed from raw points.
 //!
 //! Timings are not asserted here (they belong to the benchmark itself, see
 //! `docs/BENCHMARKS.md`); only that the comparison compares like with like.
@@ -6,7 +9,7 @@
 use ha_ingestor::schema::bench::{BenchOptions, QUERIES, render_text, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_modes_answer_every_query_with_the_same_rows() {
+async fn every_layout_answers_every_query_the_same_tiers_included() {
     let opts = BenchOptions {
         entities: 24,
         days: 2,
@@ -15,11 +18,11 @@ async fn both_modes_answer_every_query_with_the_same_rows() {
         influxd: None,
     };
     let r = run(&opts).await.expect("schema bench runs");
-    assert_eq!(r.modes.len(), 2);
-    let (ha, opt) = (&r.modes[0], &r.modes[1]);
+    assert_eq!(r.modes.len(), 3);
+    let (ha, opt, tiers) = (&r.modes[0], &r.modes[1], &r.modes[2]);
     assert_eq!(
-        (ha.mode.as_str(), opt.mode.as_str()),
-        ("homeassistant", "optimized")
+        (ha.mode.as_str(), opt.mode.as_str(), tiers.mode.as_str()),
+        ("homeassistant", "optimized", "optimized + tiers")
     );
     assert!(
         r.events > 1_000,
@@ -44,7 +47,48 @@ async fn both_modes_answer_every_query_with_the_same_rows() {
             "{}: {} vs {}",
             q.name, q.homeassistant.query, q.optimized.query
         );
+        assert_eq!(
+            q.homeassistant.rows, q.optimized_tiers.rows,
+            "{}: {} vs {}",
+            q.name, q.homeassistant.query, q.optimized_tiers.query
+        );
+        assert!(
+            q.equal && q.equal_tiers,
+            "{}: {:?}\n{}\n{}\n{}",
+            q.name,
+            q.difference,
+            q.homeassistant.query,
+            q.optimized.query,
+            q.optimized_tiers.query
+        );
     }
+    // The aggregate queries over a day or more read a tier, the others raw points.
+    let tiers_read: Vec<&str> = r.queries.iter().map(|q| q.tier.as_str()).collect();
+    assert_eq!(
+        tiers_read,
+        [
+            "raw",
+            "ds_5m_365d",
+            "ds_5m_365d",
+            "raw",
+            "ds_1h_inf",
+            "ds_1h_inf"
+        ]
+    );
+    for q in r.queries.iter().filter(|q| q.tier != "raw") {
+        assert!(
+            q.optimized_tiers.query.contains(&q.tier),
+            "{}",
+            q.optimized_tiers.query
+        );
+    }
+    // The backfill wrote the tiers, and they cost disk and series of their own.
+    assert_eq!(r.backfill.chunks, u64::from(opts.days));
+    assert!(r.backfill.points > 0);
+    assert_eq!(tiers.points, opt.points + r.backfill.points);
+    assert!(tiers.series > opt.series && tiers.disk_bytes > 0);
+    assert!(r.backfill.tier_disk_bytes.iter().all(|(_, n)| *n > 0));
+    assert!(r.all_equal());
     // Same entities, so the same series; the optimized layout has far fewer measurements and field keys.
     assert_eq!(ha.series, opt.series);
     assert!(

@@ -25,7 +25,13 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::config::{FilterConfig, SchemaConfig, SchemaMode};
+use super::backfill::{self, BackfillOptions};
+use super::influxql::InfluxQl;
+use super::retention::{self, tier_policy_name};
+use crate::config::{
+    DownsampleConfig, FilterConfig, InfluxConfig, RetentionConfig, SchemaConfig, SchemaMode,
+    TierAggregate, TierConfig, parse_keep,
+};
 use crate::event::{Context, EntityId, Event, EventKind, Origin, State, StateChanged, Timestamp};
 use crate::pipeline::{Outcome, Pipeline};
 
@@ -101,17 +107,44 @@ pub struct QueryRun {
     pub rows: usize,
 }
 
-/// One dashboard query in both modes.
+/// One dashboard query in every layout.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueryRow {
     /// Short name of the query.
     pub name: String,
+    /// The downsampling tier the optimized layout with tiers reads (`raw` for raw points), by [`route`].
+    pub tier: String,
     /// The `homeassistant` layout.
     pub homeassistant: QueryRun,
-    /// The `optimized` layout.
+    /// The `optimized` layout, raw points only.
     pub optimized: QueryRun,
+    /// The `optimized` layout reading the tier a dashboard would use for this range.
+    pub optimized_tiers: QueryRun,
     /// `homeassistant` median / `optimized` median.
     pub speedup: f64,
+    /// `homeassistant` median / `optimized_tiers` median.
+    pub speedup_tiers: f64,
+    /// Whether the optimized raw answer equals HA's (rows and values, floats within 1e-9 relative).
+    pub equal: bool,
+    /// Whether the answer from the tiers equals HA's.
+    pub equal_tiers: bool,
+    /// The first difference found, if any.
+    pub difference: Option<String>,
+}
+
+/// The one-off backfill of the tiers from the loaded raw points.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackfillFigures {
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// CPU seconds `influxd` spent on it (user + system, from `/proc`).
+    pub influxd_cpu_seconds: Option<f64>,
+    /// Chunks (one day each).
+    pub chunks: u64,
+    /// Points written into the tiers.
+    pub points: u64,
+    /// Bytes on disk per tier policy after compaction.
+    pub tier_disk_bytes: Vec<(String, u64)>,
 }
 
 /// The whole comparison, as `--json` prints it.
@@ -127,14 +160,27 @@ pub struct BenchReport {
     pub runs: usize,
     /// `state_changed` events generated.
     pub events: u64,
-    /// Figures per mode (homeassistant first).
+    /// Figures per layout: homeassistant, optimized (raw), optimized + tiers.
     pub modes: Vec<ModeReport>,
-    /// Per query, both modes side by side.
+    /// The tiers' backfill.
+    pub backfill: BackfillFigures,
+    /// Per query, every layout side by side.
     pub queries: Vec<QueryRow>,
-    /// Median over the queries of the per-query speedups.
+    /// Median over the queries of the per-query speedups (optimized raw).
     pub median_speedup: f64,
     /// Sum of `homeassistant` medians / sum of `optimized` medians.
     pub total_speedup: f64,
+    /// Median over the queries of the per-query speedups (optimized with tiers).
+    pub median_speedup_tiers: f64,
+    /// Sum of `homeassistant` medians / sum of `optimized_tiers` medians.
+    pub total_speedup_tiers: f64,
+}
+
+impl BenchReport {
+    /// Whether every layout gave the same answer to every query.
+    pub fn all_equal(&self) -> bool {
+        self.queries.iter().all(|q| q.equal && q.equal_tiers)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -605,6 +651,18 @@ bind-address = "127.0.0.1:{rpc}"
         Ok(())
     }
 
+    /// CPU seconds (user + system) `influxd` has used so far, from `/proc/<pid>/stat`.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        // USER_HZ is 100 for user space on every Linux architecture.
+        Some((utime + stime) / 100.0)
+    }
+
     /// Bytes under a folder.
     fn du(path: &Path) -> u64 {
         let mut total = 0;
@@ -654,6 +712,84 @@ impl Drop for Server {
 }
 
 // ---------------------------------------------------------------------------
+// The downsampling tiers.
+
+/// The `[retention]` the bench sets up in the optimized layout: 5-minute
+/// mean/count/sum and hourly ones for every numeric `value`, hourly
+/// min/max/first/last of the energy meters, hourly change counts of text states.
+pub fn tier_config() -> RetentionConfig {
+    use TierAggregate::*;
+    let tier = |secs: u64, keep: &str| TierConfig {
+        every: Duration::from_secs(secs),
+        keep: keep.to_string(),
+    };
+    RetentionConfig {
+        downsample: vec![
+            DownsampleConfig {
+                name: "numeric".into(),
+                measurements: vec![],
+                domains: vec![],
+                fields: vec!["value".into()],
+                aggregates: vec![Mean, Count, Sum],
+                tiers: vec![tier(300, "365d"), tier(3_600, "inf")],
+            },
+            DownsampleConfig {
+                name: "counters".into(),
+                measurements: vec!["sensor__energy".into()],
+                domains: vec![],
+                fields: vec!["value".into()],
+                aggregates: vec![Min, Max, First, Last],
+                tiers: vec![tier(3_600, "inf")],
+            },
+            DownsampleConfig {
+                name: "changes".into(),
+                measurements: vec![],
+                domains: vec![],
+                fields: vec!["state".into()],
+                aggregates: vec![Count],
+                tiers: vec![tier(3_600, "inf")],
+            },
+        ],
+        ..RetentionConfig::default()
+    }
+}
+
+/// The tier a dashboard reads for an aggregate over `range` in buckets of
+/// `interval` (`None`: one bucket over the whole range, e.g. a count per
+/// entity): for ranges of 24 h and more, the coarsest tier whose bucket
+/// divides the interval (5-minute means over 24 h or 7 d: the 5-minute tier;
+/// daily figures or whole-range counts: the hourly tier). `None` means raw
+/// points: ranges under 24 h, or no tier whose bucket fits. Queries that are
+/// not aggregates (a last value, a timeline of states) always read raw points.
+/// The range's ends must fall on bucket boundaries, as dashboard ranges
+/// rounded to their interval do.
+pub fn route(range: Duration, interval: Option<Duration>, tiers: &[Duration]) -> Option<Duration> {
+    if range < Duration::from_secs(86_400) {
+        return None;
+    }
+    let interval = interval.unwrap_or(range).as_nanos();
+    tiers
+        .iter()
+        .copied()
+        .filter(|t| !t.is_zero() && interval % t.as_nanos() == 0)
+        .max()
+}
+
+/// Tier bucket widths of [`tier_config`], with the policy each lives in.
+fn tier_policies() -> Vec<(Duration, String)> {
+    let mut out: Vec<(Duration, String)> = Vec::new();
+    for rule in tier_config().downsample {
+        for t in rule.tiers {
+            let name = tier_policy_name(t.every, parse_keep(&t.keep).unwrap_or_default());
+            if !out.iter().any(|(e, _)| *e == t.every) {
+                out.push((t.every, name));
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
 // The queries.
 
 /// The dashboard queries, by name.
@@ -666,16 +802,83 @@ pub const QUERIES: [&str; 6] = [
     "top 10 entities by changes, 30 d",
 ];
 
-/// The InfluxQL of query `i` for `mode`, over the history ending at [`END_NS`].
-fn query_text(i: usize, mode: SchemaMode, days: u32) -> String {
+/// What the data is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// HA's layout, raw points.
+    Homeassistant,
+    /// The optimized layout, raw points.
+    Optimized,
+    /// The optimized layout, reading the tier [`route`] picks.
+    Tiers,
+}
+
+const LAYOUTS: [Layout; 3] = [Layout::Homeassistant, Layout::Optimized, Layout::Tiers];
+
+/// Query `i`'s range and bucket (`None`: whole range); `None` for queries that are not aggregates.
+fn shape(i: usize, days: u32) -> Option<(Duration, Option<Duration>)> {
+    let day = Duration::from_secs(86_400);
+    let five = Duration::from_secs(300);
+    match i {
+        1 => Some((day, Some(five))),
+        2 => Some((day * 7, Some(five))),
+        4 => Some((day * days, Some(day))),
+        5 => Some((day * days, None)),
+        _ => None,
+    }
+}
+
+/// The policy query `i` reads in the tiered layout (`None`: raw points).
+fn tier_of(i: usize, days: u32) -> Option<String> {
+    let tiers = tier_policies();
+    let widths: Vec<Duration> = tiers.iter().map(|(e, _)| *e).collect();
+    let (range, interval) = shape(i, days)?;
+    let every = route(range, interval, &widths)?;
+    tiers.into_iter().find(|(e, _)| *e == every).map(|(_, n)| n)
+}
+
+/// The InfluxQL of query `i` for `layout`, over the history ending at [`END_NS`].
+fn query_text(i: usize, layout: Layout, days: u32) -> String {
     let since = |d: i64| format!("time >= {} AND time < {END_NS}", END_NS - d * DAY_NS);
-    let ha = mode == SchemaMode::Homeassistant;
+    let all = i64::from(days);
+    if layout == Layout::Tiers
+        && let Some(rp) = tier_of(i, days)
+    {
+        let from = |m: &str| format!("\"{DB}\".\"{rp}\".{m}");
+        match i {
+            // Means of means are exact through the sums and counts.
+            1 | 2 => {
+                return format!(
+                    "SELECT sum(\"value_sum\") / sum(\"value_count\") FROM {} WHERE \"entity_id\" = 'sensor.temperature_0' AND {} GROUP BY time(5m) fill(none)",
+                    from("\"sensor__temperature\""),
+                    since(if i == 1 { 1 } else { 7 })
+                );
+            }
+            // A day's spread is the largest hourly max minus the smallest hourly min.
+            4 => {
+                return format!(
+                    "SELECT sum(\"used\") FROM (SELECT max(\"value_max\") - min(\"value_min\") AS \"used\" FROM {} WHERE {} GROUP BY time(1d), \"entity_id\") WHERE {} GROUP BY time(1d) fill(none)",
+                    from("\"sensor__energy\""),
+                    since(all),
+                    since(all)
+                );
+            }
+            5 => {
+                return format!(
+                    "SELECT sum(\"value_count\"), sum(\"state_count\") FROM {} WHERE {} GROUP BY \"entity_id\"",
+                    from("/.*/"),
+                    since(all)
+                );
+            }
+            _ => {}
+        }
+    }
+    let ha = layout == Layout::Homeassistant;
     let (temp_m, temp_id) = if ha {
         ("\"°C\"", "'temperature_0'")
     } else {
         ("\"sensor__temperature\"", "'sensor.temperature_0'")
     };
-    let all = i64::from(days);
     match i {
         0 => format!("SELECT last(\"value\") FROM {temp_m} WHERE \"entity_id\" = {temp_id}"),
         1 | 2 => format!(
@@ -700,39 +903,48 @@ fn query_text(i: usize, mode: SchemaMode, days: u32) -> String {
     }
 }
 
-/// Rows of a reply: values over every series; for the top-10 query, the number of entities ranked.
-fn rows_of(i: usize, mode: SchemaMode, reply: &Value) -> usize {
-    let series = reply
+fn series_of(reply: &Value) -> Vec<Value> {
+    reply
         .pointer("/results/0/series")
         .and_then(Value::as_array)
         .cloned()
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Rows of a reply: values over every series; for the top-10 query, the number of entities ranked.
+fn rows_of(i: usize, layout: Layout, reply: &Value) -> usize {
+    let series = series_of(reply);
     if i != 5 {
         return series
             .iter()
             .map(|s| s["values"].as_array().map_or(0, Vec::len))
             .sum();
     }
-    top_entities(mode, &series).len()
+    top_entities(layout, &series).len()
+}
+
+/// An entity's name without its domain: HA's layout tags `light_0`, names
+/// measurements `light.light_0`; the optimized layout tags `light.light_0`.
+fn object_id(name: &str) -> &str {
+    name.split_once('.').map_or(name, |(_, o)| o)
 }
 
 /// The ten entities with the most points. In HA's layout a point has `value`,
 /// `state` or both (on/off), so an entity's count is the larger of the two; in
 /// the optimized layout exactly one, so it is their sum.
-fn top_entities(mode: SchemaMode, series: &[Value]) -> Vec<(String, u64)> {
+fn top_entities(layout: Layout, series: &[Value]) -> Vec<(String, u64)> {
     let mut counts: Vec<(String, u64)> = Vec::new();
     for s in series {
-        let name = format!(
-            "{}/{}",
-            s["name"].as_str().unwrap_or(""),
+        let name = object_id(
             s.pointer("/tags/entity_id")
                 .and_then(Value::as_str)
-                .unwrap_or("")
-        );
+                .unwrap_or(""),
+        )
+        .to_string();
         for row in s["values"].as_array().into_iter().flatten() {
             let v = row.get(1).and_then(Value::as_u64).unwrap_or(0);
             let st = row.get(2).and_then(Value::as_u64).unwrap_or(0);
-            let n = if mode == SchemaMode::Homeassistant {
+            let n = if layout == Layout::Homeassistant {
                 v.max(st)
             } else {
                 v + st
@@ -745,6 +957,73 @@ fn top_entities(mode: SchemaMode, series: &[Value]) -> Vec<(String, u64)> {
     counts
 }
 
+/// One row of an answer in a form comparable across layouts: entity (empty
+/// for single-series answers), time, then the values.
+type Row = (String, i64, Vec<Value>);
+
+/// The answer of query `i` in a form comparable across layouts.
+fn canonical(i: usize, layout: Layout, reply: &Value) -> Vec<Row> {
+    let series = series_of(reply);
+    if i == 5 {
+        return top_entities(layout, &series)
+            .into_iter()
+            .map(|(name, n)| (name, 0, vec![Value::from(n)]))
+            .collect();
+    }
+    let mut rows = Vec::new();
+    for s in &series {
+        // All lights: HA's layout has one measurement per light, the optimized one a tag.
+        let entity = if i == 3 {
+            let name = if layout == Layout::Homeassistant {
+                s["name"].as_str()
+            } else {
+                s.pointer("/tags/entity_id").and_then(Value::as_str)
+            };
+            object_id(name.unwrap_or("")).to_string()
+        } else {
+            String::new()
+        };
+        for row in s["values"].as_array().into_iter().flatten() {
+            let Some(cells) = row.as_array() else {
+                continue;
+            };
+            let time = cells.first().and_then(Value::as_i64).unwrap_or(0);
+            rows.push((
+                entity.clone(),
+                time,
+                cells.iter().skip(1).cloned().collect(),
+            ));
+        }
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    rows
+}
+
+/// Whether two values are the same answer: numbers within 1e-9 (relative), anything else exactly.
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+        _ => a == b,
+    }
+}
+
+/// The first difference between two answers, if any.
+fn difference(a: &[Row], b: &[Row]) -> Option<String> {
+    if a.len() != b.len() {
+        return Some(format!("{} rows vs {}", a.len(), b.len()));
+    }
+    for (x, y) in a.iter().zip(b) {
+        let equal = x.0 == y.0
+            && x.1 == y.1
+            && x.2.len() == y.2.len()
+            && x.2.iter().zip(&y.2).all(|(p, q)| same_value(p, q));
+        if !equal {
+            return Some(format!("{x:?} vs {y:?}"));
+        }
+    }
+    None
+}
+
 fn median(xs: &[f64]) -> f64 {
     let mut v = xs.to_vec();
     v.sort_by(f64::total_cmp);
@@ -753,6 +1032,44 @@ fn median(xs: &[f64]) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+/// Series, series × fields and field keys with data in `from` (`/.*/` or `"db"."rp"./.*/`).
+async fn keys_in(server: &Server, from: &str) -> anyhow::Result<(u64, u64, u64)> {
+    let counts = server
+        .query(&format!("SELECT count(*) FROM {from} GROUP BY *"))
+        .await?;
+    let mut series = 0;
+    let mut field_series = 0;
+    let mut fields = std::collections::HashSet::new();
+    for s in series_of(&counts) {
+        let name = s["name"].as_str().unwrap_or("").to_string();
+        let columns: Vec<String> = s["columns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| c.as_str().unwrap_or("").to_string())
+            .collect();
+        let mut any = false;
+        for row in s["values"].as_array().into_iter().flatten() {
+            for (col, v) in columns
+                .iter()
+                .zip(row.as_array().into_iter().flatten())
+                .skip(1)
+            {
+                if v.as_u64().is_some_and(|n| n > 0) {
+                    any = true;
+                    field_series += 1;
+                    let field = col.strip_prefix("count_").unwrap_or(col);
+                    fields.insert((name.clone(), field.to_string()));
+                }
+            }
+        }
+        if any {
+            series += 1;
+        }
+    }
+    Ok((series, field_series, fields.len() as u64))
 }
 
 /// Loads the history in one mode into a fresh server and measures the database.
@@ -819,22 +1136,7 @@ async fn load_mode(
         .collect::<std::collections::HashSet<_>>()
         .len() as u64;
     // (series, field) pairs with data: one count column per field of each series.
-    let counts = server.query("SELECT count(*) FROM /.*/ GROUP BY *").await?;
-    let field_series: u64 = counts
-        .pointer("/results/0/series")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["values"].as_array().cloned().unwrap_or_default())
-        .map(|row| {
-            row.as_array().map_or(0, |r| {
-                r.iter()
-                    .skip(1)
-                    .filter(|v| v.as_u64().is_some_and(|n| n > 0))
-                    .count() as u64
-            })
-        })
-        .sum();
+    let (_, field_series, _) = keys_in(&server, "/.*/").await?;
     let ms = server.query("SHOW MEASUREMENTS").await?;
     let measurements = ms
         .pointer("/results/0/series/0/values")
@@ -865,27 +1167,90 @@ async fn load_mode(
     ))
 }
 
+/// Sets up the tiers in the optimized server (`retention apply`) and backfills
+/// them from its raw points; returns the figures and the layout's report.
+async fn add_tiers(
+    opts: &BenchOptions,
+    server: &Server,
+    raw: &ModeReport,
+) -> anyhow::Result<(BackfillFigures, ModeReport)> {
+    let influx: InfluxConfig =
+        toml::from_str(&format!("url = {:?}\ndatabase = {DB:?}\n", server.url))
+            .context("bench InfluxDB config")?;
+    let db = InfluxQl::new(&influx)?;
+    let cfg = tier_config();
+    let diff = retention::diff(&db, &cfg, "autogen").await?;
+    retention::apply(&db, &diff).await?;
+    let cpu_before = server.cpu_seconds();
+    let started = Instant::now();
+    let r = backfill::backfill(
+        &db,
+        &cfg,
+        "autogen",
+        &BackfillOptions {
+            from: Some(END_NS - i64::from(opts.days) * DAY_NS),
+            until: Some(END_NS),
+            ..BackfillOptions::default()
+        },
+    )
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let influxd_cpu_seconds = cpu_before.zip(server.cpu_seconds()).map(|(a, b)| b - a);
+    let disk_bytes = server.settled_disk_bytes().await?;
+    let mut tiers = ModeReport {
+        mode: "optimized + tiers".into(),
+        points: raw.points + r.points_written,
+        line_bytes: raw.line_bytes,
+        load_seconds: raw.load_seconds + seconds,
+        disk_bytes,
+        ..raw.clone()
+    };
+    let mut tier_disk_bytes = Vec::new();
+    for (_, rp) in tier_policies() {
+        let (series, field_series, field_keys) =
+            keys_in(server, &format!("\"{DB}\".\"{rp}\"./.*/")).await?;
+        tiers.series += series;
+        tiers.field_series += field_series;
+        tiers.field_keys += field_keys;
+        tier_disk_bytes.push((
+            rp.clone(),
+            Server::du(&server.dir.join("data").join(DB).join(&rp)),
+        ));
+    }
+    Ok((
+        BackfillFigures {
+            seconds,
+            influxd_cpu_seconds,
+            chunks: r.chunks,
+            points: r.points_written,
+            tier_disk_bytes,
+        },
+        tiers,
+    ))
+}
+
 /// Times one query once; checks it still gives `rows` rows.
 async fn timed(
     server: &Server,
     i: usize,
-    mode: SchemaMode,
+    layout: Layout,
     q: &str,
     rows: usize,
 ) -> anyhow::Result<f64> {
     let t = Instant::now();
     let reply = server.query(q).await?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
-    if rows_of(i, mode, &reply) != rows {
+    if rows_of(i, layout, &reply) != rows {
         bail!("query {q} gave a different result on a repeat");
     }
     Ok(ms)
 }
 
 /// Runs the whole comparison: both modes loaded, one after the other, into
-/// their own servers; then each query's timed runs alternate between the two
-/// servers (and which goes first), so load from elsewhere on the machine hits
-/// both alike.
+/// their own servers, and the optimized one's tiers backfilled; then each
+/// query's timed runs rotate between the layouts (and which goes first), so
+/// load from elsewhere on the machine hits all alike. Every layout's answer is
+/// compared with HA's, values included.
 pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     if opts.entities == 0 || opts.days == 0 {
         bail!("--entities and --days must be above zero");
@@ -893,63 +1258,77 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let binary = influxd_binary(opts.influxd.as_deref())?;
     let (ha_server, ha, events) = load_mode(opts, &binary, SchemaMode::Homeassistant).await?;
     let (opt_server, opt, _) = load_mode(opts, &binary, SchemaMode::Optimized).await?;
-    let modes = [
-        (SchemaMode::Homeassistant, &ha_server),
-        (SchemaMode::Optimized, &opt_server),
-    ];
+    let (backfill, tiers) = add_tiers(opts, &opt_server, &opt).await?;
+    let servers = [&ha_server, &opt_server, &opt_server];
     let mut queries = Vec::with_capacity(QUERIES.len());
     for (i, name) in QUERIES.iter().enumerate() {
-        let mut texts = Vec::with_capacity(2);
-        let mut rows = Vec::with_capacity(2);
-        for (mode, server) in modes {
-            let q = query_text(i, mode, opts.days);
+        let mut texts = Vec::with_capacity(3);
+        let mut rows = Vec::with_capacity(3);
+        let mut answers = Vec::with_capacity(3);
+        for (layout, server) in LAYOUTS.into_iter().zip(servers) {
+            let q = query_text(i, layout, opts.days);
             let warm = server.query(&q).await?;
-            rows.push(rows_of(i, mode, &warm));
+            rows.push(rows_of(i, layout, &warm));
+            answers.push(canonical(i, layout, &warm));
             texts.push(q);
         }
-        let mut times = [Vec::with_capacity(opts.runs), Vec::with_capacity(opts.runs)];
+        let diff_raw = difference(&answers[0], &answers[1]);
+        let diff_tiers = difference(&answers[0], &answers[2]);
+        let mut times: [Vec<f64>; 3] = Default::default();
         for run in 0..opts.runs.max(1) {
-            let order: [usize; 2] = if run % 2 == 0 { [0, 1] } else { [1, 0] };
-            for m in order {
-                let (mode, server) = modes[m];
-                times[m].push(timed(server, i, mode, &texts[m], rows[m]).await?);
+            for k in 0..3 {
+                let m = (run + k) % 3;
+                times[m].push(timed(servers[m], i, LAYOUTS[m], &texts[m], rows[m]).await?);
             }
         }
-        let [th, to] = times;
-        let [qh, qo]: [String; 2] = [texts[0].clone(), texts[1].clone()];
-        let h = QueryRun {
-            query: qh,
-            median_ms: median(&th),
-            runs_ms: th,
-            rows: rows[0],
-        };
-        let o = QueryRun {
-            query: qo,
-            median_ms: median(&to),
-            runs_ms: to,
-            rows: rows[1],
+        let mut out = times
+            .into_iter()
+            .zip(texts)
+            .zip(rows)
+            .map(|((t, q), rows)| QueryRun {
+                query: q,
+                median_ms: median(&t),
+                runs_ms: t,
+                rows,
+            });
+        let (Some(h), Some(o), Some(t)) = (out.next(), out.next(), out.next()) else {
+            bail!("three layouts expected");
         };
         queries.push(QueryRow {
             name: name.to_string(),
+            tier: tier_of(i, opts.days).unwrap_or_else(|| "raw".into()),
             speedup: h.median_ms / o.median_ms.max(1e-6),
+            speedup_tiers: h.median_ms / t.median_ms.max(1e-6),
+            equal: diff_raw.is_none(),
+            equal_tiers: diff_tiers.is_none(),
+            difference: diff_raw
+                .map(|d| format!("optimized: {d}"))
+                .or(diff_tiers.map(|d| format!("tiers: {d}"))),
             homeassistant: h,
             optimized: o,
+            optimized_tiers: t,
         });
     }
     drop(ha_server);
     drop(opt_server);
-    let speedups: Vec<f64> = queries.iter().map(|q| q.speedup).collect();
-    let total_ha: f64 = queries.iter().map(|q| q.homeassistant.median_ms).sum();
-    let total_opt: f64 = queries.iter().map(|q| q.optimized.median_ms).sum();
+    let ratio = |f: &dyn Fn(&QueryRow) -> f64| -> f64 {
+        let v: Vec<f64> = queries.iter().map(f).collect();
+        median(&v)
+    };
+    let total = |f: &dyn Fn(&QueryRow) -> f64| -> f64 { queries.iter().map(f).sum() };
+    let total_ha = total(&|q| q.homeassistant.median_ms);
     Ok(BenchReport {
         entities: opts.entities,
         days: opts.days,
         seed: opts.seed,
         runs: opts.runs,
         events,
-        modes: vec![ha, opt],
-        median_speedup: median(&speedups),
-        total_speedup: total_ha / total_opt.max(1e-6),
+        modes: vec![ha, opt, tiers],
+        backfill,
+        median_speedup: ratio(&|q| q.speedup),
+        total_speedup: total_ha / total(&|q| q.optimized.median_ms).max(1e-6),
+        median_speedup_tiers: ratio(&|q| q.speedup_tiers),
+        total_speedup_tiers: total_ha / total(&|q| q.optimized_tiers.median_ms).max(1e-6),
         queries,
     })
 }
@@ -965,25 +1344,33 @@ pub fn render_text(r: &BenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "| query | homeassistant ms | optimized ms | speedup | rows (ha / opt) |"
+        "| query | tier read | homeassistant ms | optimized raw ms | optimized + tiers ms | speedup raw | speedup tiers | rows (ha / raw / tiers) | same answer |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|---|");
     for q in &r.queries {
         let _ = writeln!(
             s,
-            "| {} | {:.1} | {:.1} | {:.2}x | {} / {} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x | {} / {} / {} | {} |",
             q.name,
+            q.tier,
             q.homeassistant.median_ms,
             q.optimized.median_ms,
+            q.optimized_tiers.median_ms,
             q.speedup,
+            q.speedup_tiers,
             q.homeassistant.rows,
-            q.optimized.rows
+            q.optimized.rows,
+            q.optimized_tiers.rows,
+            match (q.equal, q.equal_tiers) {
+                (true, true) => "yes".to_string(),
+                _ => format!("NO: {}", q.difference.as_deref().unwrap_or("")),
+            }
         );
     }
     let _ = writeln!(
         s,
-        "\nmedian speedup {:.2}x, total time speedup {:.2}x\n",
-        r.median_speedup, r.total_speedup
+        "\nmedian speedup: optimized raw {:.2}x, optimized + tiers {:.2}x; total time speedup: {:.2}x, {:.2}x\n",
+        r.median_speedup, r.median_speedup_tiers, r.total_speedup, r.total_speedup_tiers
     );
     let _ = writeln!(
         s,
@@ -1005,6 +1392,21 @@ pub fn render_text(r: &BenchReport) -> String {
             m.disk_bytes
         );
     }
+    let b = &r.backfill;
+    let _ = writeln!(
+        s,
+        "\ntiers backfill: {:.1} s wall, {} influxd CPU s, {} chunks, {} tier points; tier disk: {}",
+        b.seconds,
+        b.influxd_cpu_seconds
+            .map_or("?".to_string(), |c| format!("{c:.1}")),
+        b.chunks,
+        b.points,
+        b.tier_disk_bytes
+            .iter()
+            .map(|(rp, n)| format!("{rp} {n} bytes"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     s
 }
 
@@ -1068,13 +1470,71 @@ mod tests {
             "name": "light.a", "tags": {"entity_id": "a"},
             "columns": ["time", "count", "count_1"], "values": [[0, 5, 5]]
         })];
-        assert_eq!(top_entities(SchemaMode::Homeassistant, &series)[0].1, 5);
+        assert_eq!(
+            top_entities(Layout::Homeassistant, &series)[0],
+            ("a".into(), 5)
+        );
         let series = vec![json!({
             "name": "climate", "tags": {"entity_id": "climate.c"},
             "columns": ["time", "count", "count_1"], "values": [[0, 2, 3]]
         })];
-        assert_eq!(top_entities(SchemaMode::Optimized, &series)[0].1, 5);
+        assert_eq!(top_entities(Layout::Optimized, &series)[0], ("c".into(), 5));
+        assert_eq!(top_entities(Layout::Tiers, &series)[0].1, 5);
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn dashboards_read_the_coarsest_tier_that_divides_their_interval() {
+        let m = |n: u64| Duration::from_secs(60 * n);
+        let tiers = [m(5), m(60)];
+        // Under 24 h: raw points.
+        assert_eq!(route(m(60 * 6), Some(m(5)), &tiers), None);
+        // 5-minute means over 24 h or 7 d: the 5-minute tier.
+        assert_eq!(route(m(60 * 24), Some(m(5)), &tiers), Some(m(5)));
+        assert_eq!(route(m(60 * 24 * 7), Some(m(5)), &tiers), Some(m(5)));
+        // Daily figures and whole-range counts: the hourly tier.
+        assert_eq!(
+            route(m(60 * 24 * 30), Some(m(60 * 24)), &tiers),
+            Some(m(60))
+        );
+        assert_eq!(route(m(60 * 24 * 30), None, &tiers), Some(m(60)));
+        // An interval no tier divides: raw points.
+        assert_eq!(
+            route(m(60 * 24), Some(Duration::from_secs(90)), &tiers),
+            None
+        );
+        // The bench's queries.
+        assert_eq!(tier_of(0, 30), None);
+        assert_eq!(tier_of(1, 30).as_deref(), Some("ds_5m_365d"));
+        assert_eq!(tier_of(3, 30), None);
+        assert_eq!(tier_of(4, 30).as_deref(), Some("ds_1h_inf"));
+        assert_eq!(tier_of(5, 30).as_deref(), Some("ds_1h_inf"));
+    }
+
+    #[test]
+    fn answers_compare_by_value_within_float_tolerance() {
+        let a: Vec<Row> = vec![(String::new(), 1, vec![json!(0.1 + 0.2)])];
+        let b: Vec<Row> = vec![(String::new(), 1, vec![json!(0.3)])];
+        assert_eq!(difference(&a, &b), None);
+        let c: Vec<Row> = vec![(String::new(), 1, vec![json!(0.31)])];
+        assert!(difference(&a, &c).is_some());
+        let d: Vec<Row> = vec![(String::new(), 2, vec![json!(0.3)])];
+        assert!(difference(&b, &d).is_some(), "times differ");
+        assert!(difference(&a, &[]).is_some(), "row counts differ");
+        // The lights' timelines compare per entity whatever the layout names it by.
+        let ha = json!({"results": [{"series": [
+            {"name": "light.light_0", "columns": ["time", "state"], "values": [[5, "on"]]}
+        ]}]});
+        let opt = json!({"results": [{"series": [
+            {"name": "light", "tags": {"entity_id": "light.light_0"}, "columns": ["time", "state"], "values": [[5, "on"]]}
+        ]}]});
+        assert_eq!(
+            difference(
+                &canonical(3, Layout::Homeassistant, &ha),
+                &canonical(3, Layout::Optimized, &opt)
+            ),
+            None
+        );
     }
 }

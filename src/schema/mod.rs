@@ -2,6 +2,7 @@
 //! keep it in shape with retention policies and downsampling, and compare the modes.
 
 pub mod analyze;
+pub mod backfill;
 pub mod bench;
 pub mod influxql;
 pub mod migrate;

@@ -42,6 +42,34 @@ pub struct WantedQuery {
     pub name: String,
     /// The full `CREATE CONTINUOUS QUERY …` statement.
     pub statement: String,
+    /// Bucket width of its tier.
+    #[serde(skip)]
+    pub every: Duration,
+    /// `SELECT … INTO … FROM …` without `WHERE` and `GROUP BY`: the body shared by the
+    /// continuous query and the backfill of past data.
+    #[serde(skip)]
+    pub select_into: String,
+    /// The rule's own condition (domains), without the time range.
+    #[serde(skip)]
+    pub condition: Option<String>,
+}
+
+impl WantedQuery {
+    /// The one-off `SELECT … INTO` that fills the tier for `[start, end)` (ns) from raw
+    /// points, exactly as the continuous query would have; rerunning it rewrites
+    /// the same points with the same values.
+    pub fn backfill_statement(&self, start: i64, end: i64) -> String {
+        let time = format!("time >= {start} AND time < {end}");
+        let condition = match &self.condition {
+            Some(c) => format!("{c} AND {time}"),
+            None => time,
+        };
+        format!(
+            "{} WHERE {condition} GROUP BY time({}), * fill(none)",
+            self.select_into,
+            influx_duration(self.every)
+        )
+    }
 }
 
 /// One change `apply` would make.
@@ -167,6 +195,14 @@ pub enum RetentionError {
     /// The configuration names something unusable.
     #[error("retention: {0}")]
     Config(String),
+    /// The backfill's progress file cannot be read, written or does not fit this backfill.
+    #[error("backfill state {path}: {message}")]
+    State {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// The name of a tier's retention policy: `ds_<every>_<keep>` (`ds_5m_365d`, `ds_1h_inf`).
@@ -209,7 +245,16 @@ pub fn wanted(
             let select = rule
                 .fields
                 .iter()
-                .map(|f| format!("mean({}) AS {}", ident(f), ident(f)))
+                .flat_map(|f| {
+                    rule.aggregates.iter().map(move |a| {
+                        format!(
+                            "{}({}) AS {}",
+                            a.as_str(),
+                            ident(f),
+                            ident(&a.output_field(f))
+                        )
+                    })
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
             let from = if rule.measurements.is_empty() {
@@ -221,26 +266,40 @@ pub fn wanted(
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            let filter = match rule.domains.as_slice() {
-                [] => String::new(),
-                [one] => format!(" WHERE domain = {}", literal(one)),
-                many => format!(
-                    " WHERE ({})",
+            let condition = match rule.domains.as_slice() {
+                [] => None,
+                [one] => Some(format!("domain = {}", literal(one))),
+                many => Some(format!(
+                    "({})",
                     many.iter()
                         .map(|d| format!("domain = {}", literal(d)))
                         .collect::<Vec<_>>()
                         .join(" OR ")
-                ),
+                )),
             };
+            let filter = condition
+                .as_ref()
+                .map(|c| format!(" WHERE {c}"))
+                .unwrap_or_default();
             let name = format!("{}_{every}", rule.name);
-            let statement = format!(
-                "CREATE CONTINUOUS QUERY {} ON {} BEGIN SELECT {select} INTO {}.{}.:MEASUREMENT FROM {from}{filter} GROUP BY time({every}), * END",
-                ident(&name),
-                ident(database),
+            let select_into = format!(
+                "SELECT {select} INTO {}.{}.:MEASUREMENT FROM {from}",
                 ident(database),
                 ident(&rp),
             );
-            queries.push(WantedQuery { name, statement });
+            // fill(none): count() reports 0 for empty buckets, which would otherwise be stored.
+            let statement = format!(
+                "CREATE CONTINUOUS QUERY {} ON {} BEGIN {select_into}{filter} GROUP BY time({every}), * fill(none) END",
+                ident(&name),
+                ident(database),
+            );
+            queries.push(WantedQuery {
+                name,
+                statement,
+                every: tier.every,
+                select_into,
+                condition,
+            });
         }
     }
     let policies = policies
@@ -481,7 +540,7 @@ impl Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DownsampleConfig, TierConfig};
+    use crate::config::{DownsampleConfig, TierAggregate, TierConfig};
 
     fn cfg() -> RetentionConfig {
         RetentionConfig {
@@ -493,6 +552,7 @@ mod tests {
                 measurements: vec!["°C".into(), "W".into()],
                 domains: vec!["sensor".into()],
                 fields: vec!["value".into()],
+                aggregates: vec![TierAggregate::Mean],
                 tiers: vec![
                     TierConfig {
                         every: Duration::from_secs(300),
@@ -525,7 +585,7 @@ mod tests {
         assert_eq!(q[0].name, "sensors_5m");
         assert_eq!(
             q[0].statement,
-            "CREATE CONTINUOUS QUERY \"sensors_5m\" ON \"ha\" BEGIN SELECT mean(\"value\") AS \"value\" INTO \"ha\".\"ds_5m_365d\".:MEASUREMENT FROM \"ha\".\"autogen\".\"°C\", \"ha\".\"autogen\".\"W\" WHERE domain = 'sensor' GROUP BY time(5m), * END"
+            "CREATE CONTINUOUS QUERY \"sensors_5m\" ON \"ha\" BEGIN SELECT mean(\"value\") AS \"value\" INTO \"ha\".\"ds_5m_365d\".:MEASUREMENT FROM \"ha\".\"autogen\".\"°C\", \"ha\".\"autogen\".\"W\" WHERE domain = 'sensor' GROUP BY time(5m), * fill(none) END"
         );
         assert_eq!(q[1].name, "sensors_1h");
     }
