@@ -846,10 +846,12 @@ fn query_text(i: usize, layout: Layout, days: u32) -> String {
     {
         let from = |m: &str| format!("\"{DB}\".\"{rp}\".{m}");
         match i {
-            // Means of means are exact through the sums and counts.
+            // Buckets as wide as the tier's: each holds one stored mean, read as
+            // a dashboard reads it. (Wider buckets would need the exact mean of
+            // means, `sum("value_sum") / sum("value_count")`.)
             1 | 2 => {
                 return format!(
-                    "SELECT sum(\"value_sum\") / sum(\"value_count\") FROM {} WHERE \"entity_id\" = 'sensor.temperature_0' AND {} GROUP BY time(5m) fill(none)",
+                    "SELECT mean(\"value\") FROM {} WHERE \"entity_id\" = 'sensor.temperature_0' AND {} GROUP BY time(5m) fill(none)",
                     from("\"sensor__temperature\""),
                     since(if i == 1 { 1 } else { 7 })
                 );
