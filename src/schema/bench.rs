@@ -1515,6 +1515,13 @@ mod tests {
     }
 
     #[test]
+    fn the_bench_sets_up_the_tiers_the_example_recommends() {
+        let example: crate::config::Config =
+            toml::from_str(include_str!("../../examples/retention-tiers.toml")).expect("example");
+        assert_eq!(example.retention.downsample, tier_config().downsample);
+    }
+
+    #[test]
     fn answers_compare_by_value_within_float_tolerance() {
         let a: Vec<Row> = vec![(String::new(), 1, vec![json!(0.1 + 0.2)])];
         let b: Vec<Row> = vec![(String::new(), 1, vec![json!(0.3)])];
