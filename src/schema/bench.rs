@@ -771,7 +771,7 @@ pub fn route(range: Duration, interval: Option<Duration>, tiers: &[Duration]) ->
     tiers
         .iter()
         .copied()
-        .filter(|t| !t.is_zero() && interval % t.as_nanos() == 0)
+        .filter(|t| !t.is_zero() && interval.is_multiple_of(t.as_nanos()))
         .max()
 }
 
