@@ -82,6 +82,25 @@ async fn every_layout_answers_every_query_the_same_tiers_included() {
             q.optimized_tiers.query
         );
     }
+    // Values read: the same raw values in both layouts for the single-sensor means,
+    // fewer from a tier for the 30-day aggregates.
+    for q in &r.queries[1..] {
+        let (Some(h), Some(o), Some(t)) = (
+            q.homeassistant.values_read,
+            q.optimized.values_read,
+            q.optimized_tiers.values_read,
+        ) else {
+            panic!("{}: values read missing", q.name);
+        };
+        assert!(h > 0 && o > 0 && t > 0, "{}", q.name);
+        if q.tier != "raw" && q.name.contains("30 d") {
+            assert!(t < o, "{}: {t} from the tier vs {o} raw", q.name);
+        }
+    }
+    assert_eq!(
+        r.queries[1].homeassistant.values_read,
+        r.queries[1].optimized.values_read
+    );
     // The backfill wrote the tiers, and they cost disk and series of their own.
     assert_eq!(r.backfill.chunks, u64::from(opts.days));
     assert!(r.backfill.points > 0);

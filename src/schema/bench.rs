@@ -105,6 +105,9 @@ pub struct QueryRun {
     pub runs_ms: Vec<f64>,
     /// Result rows (values over every returned series; for the top-10, entities ranked).
     pub rows: usize,
+    /// Stored field values the query has to read (a `count()` over its fields, sources
+    /// and range); `None` for the last value, which reads one block whatever is stored.
+    pub values_read: Option<u64>,
 }
 
 /// One dashboard query in every layout.
@@ -905,6 +908,77 @@ fn query_text(i: usize, layout: Layout, days: u32) -> String {
     }
 }
 
+/// A `count()` over the fields, sources and range query `i` reads in `layout`:
+/// how many stored values it has to decode.
+fn values_read_text(i: usize, layout: Layout, days: u32) -> Option<String> {
+    let since = |d: i64| format!("time >= {} AND time < {END_NS}", END_NS - d * DAY_NS);
+    let all = i64::from(days);
+    let ha = layout == Layout::Homeassistant;
+    let tier = match layout {
+        Layout::Tiers => tier_of(i, days),
+        _ => None,
+    };
+    let from = |m: &str| match &tier {
+        Some(rp) => format!("\"{DB}\".\"{rp}\".{m}"),
+        None => m.to_string(),
+    };
+    Some(match i {
+        1 | 2 => {
+            let (m, id) = if ha {
+                ("\"°C\"", "'temperature_0'")
+            } else {
+                ("\"sensor__temperature\"", "'sensor.temperature_0'")
+            };
+            format!(
+                "SELECT count(\"value\") FROM {} WHERE \"entity_id\" = {id} AND {}",
+                from(m),
+                since(if i == 1 { 1 } else { 7 })
+            )
+        }
+        3 if ha => format!(
+            "SELECT count(\"state\") FROM /^light\\./ WHERE {}",
+            since(1)
+        ),
+        3 => format!("SELECT count(\"state\") FROM \"light\" WHERE {}", since(1)),
+        4 if tier.is_some() => format!(
+            "SELECT count(\"value_max\"), count(\"value_min\") FROM {} WHERE {}",
+            from("\"sensor__energy\""),
+            since(all)
+        ),
+        4 => format!(
+            "SELECT count(\"value\") FROM {} WHERE {}",
+            if ha { "\"kWh\"" } else { "\"sensor__energy\"" },
+            since(all)
+        ),
+        5 if tier.is_some() => format!(
+            "SELECT count(\"value_count\"), count(\"state_count\") FROM {} WHERE {}",
+            from("/.*/"),
+            since(all)
+        ),
+        5 => format!(
+            "SELECT count(\"value\"), count(\"state\") FROM /.*/ WHERE {}",
+            since(all)
+        ),
+        _ => return None,
+    })
+}
+
+/// The sum of every count in a reply.
+fn sum_of_counts(reply: &Value) -> u64 {
+    series_of(reply)
+        .iter()
+        .flat_map(|s| s["values"].as_array().cloned().unwrap_or_default())
+        .flat_map(|row| {
+            row.as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .skip(1)
+        })
+        .filter_map(|v| v.as_u64())
+        .sum()
+}
+
 fn series_of(reply: &Value) -> Vec<Value> {
     reply
         .pointer("/results/0/series")
@@ -1274,6 +1348,13 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             answers.push(canonical(i, layout, &warm));
             texts.push(q);
         }
+        let mut values_read = Vec::with_capacity(3);
+        for (layout, server) in LAYOUTS.into_iter().zip(servers) {
+            values_read.push(match values_read_text(i, layout, opts.days) {
+                Some(q) => Some(sum_of_counts(&server.query(&q).await?)),
+                None => None,
+            });
+        }
         let diff_raw = difference(&answers[0], &answers[1]);
         let diff_tiers = difference(&answers[0], &answers[2]);
         let mut times: [Vec<f64>; 3] = Default::default();
@@ -1283,16 +1364,15 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
                 times[m].push(timed(servers[m], i, LAYOUTS[m], &texts[m], rows[m]).await?);
             }
         }
-        let mut out = times
-            .into_iter()
-            .zip(texts)
-            .zip(rows)
-            .map(|((t, q), rows)| QueryRun {
+        let mut out = times.into_iter().zip(texts).zip(rows).zip(values_read).map(
+            |(((t, q), rows), values_read)| QueryRun {
                 query: q,
                 median_ms: median(&t),
                 runs_ms: t,
                 rows,
-            });
+                values_read,
+            },
+        );
         let (Some(h), Some(o), Some(t)) = (out.next(), out.next(), out.next()) else {
             bail!("three layouts expected");
         };
@@ -1346,13 +1426,13 @@ pub fn render_text(r: &BenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "| query | tier read | homeassistant ms | optimized raw ms | optimized + tiers ms | speedup raw | speedup tiers | rows (ha / raw / tiers) | same answer |"
+        "| query | tier read | homeassistant ms | optimized raw ms | optimized + tiers ms | speedup raw | speedup tiers | rows (ha / raw / tiers) | values read (ha / raw / tiers) | same answer |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|---|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|---|---|");
     for q in &r.queries {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x | {} / {} / {} | {} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x | {} / {} / {} | {} | {} |",
             q.name,
             q.tier,
             q.homeassistant.median_ms,
@@ -1363,6 +1443,9 @@ pub fn render_text(r: &BenchReport) -> String {
             q.homeassistant.rows,
             q.optimized.rows,
             q.optimized_tiers.rows,
+            [&q.homeassistant, &q.optimized, &q.optimized_tiers]
+                .map(|r| r.values_read.map_or("–".to_string(), |n| n.to_string()))
+                .join(" / "),
             match (q.equal, q.equal_tiers) {
                 (true, true) => "yes".to_string(),
                 _ => format!("NO: {}", q.difference.as_deref().unwrap_or("")),
