@@ -448,4 +448,25 @@ async fn backfill_resumes_and_tiers_equal_raw_aggregates() {
     assert_eq!((r.chunks, r.chunks_left), (3, 0));
     assert!(r.points_written > 0);
     assert_eq!(tier_points(&db).await, before);
+
+    // Without --from: from the start of the raw policy's oldest shard (a 7-day
+    // shard group here), which holds the oldest point; again nothing is added.
+    let r = backfill::backfill(
+        &db,
+        &cfg.retention,
+        "autogen",
+        &BackfillOptions {
+            until: Some(end),
+            ..BackfillOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        r.from <= start && r.from > start - 7 * DAY_NS,
+        "{} vs {start}",
+        r.from
+    );
+    assert_eq!(r.chunks as i64, (end - r.from) / DAY_NS);
+    assert_eq!(tier_points(&db).await, before);
 }
