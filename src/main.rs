@@ -954,8 +954,12 @@ async fn retention_command(what: RetentionCommand) -> anyhow::Result<()> {
         .unwrap_or_else(|| "autogen".into());
     let db = InfluxQl::new(&influx)?.with_database(&database);
     let diff = retention::diff(&db, &cfg.retention, &raw_policy).await?;
+    // With a backfill that runs, the JSON is one document printed at the end.
+    let one_document = json && fill && yes;
     if json {
-        println!("{}", serde_json::to_string_pretty(&diff)?);
+        if !one_document {
+            println!("{}", serde_json::to_string_pretty(&diff)?);
+        }
     } else {
         print!("{}", diff.to_text());
     }
@@ -1001,7 +1005,8 @@ async fn retention_command(what: RetentionCommand) -> anyhow::Result<()> {
         };
         let r = backfill::backfill(&db, &cfg.retention, &raw_policy, &opts).await?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            let both = serde_json::json!({ "diff": diff, "backfill": r });
+            println!("{}", serde_json::to_string_pretty(&both)?);
         } else {
             print!("{}", r.to_text());
         }

@@ -393,6 +393,26 @@ async fn backfill_resumes_and_tiers_equal_raw_aggregates() {
     );
     let text = backfill_cli(&path, &state, &from, &until, None);
     assert!(text.contains("0 chunks (0 left)"), "done is done: {text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ha-ingestor"))
+        .args([
+            "retention",
+            "apply",
+            "--yes",
+            "--backfill",
+            "--json",
+            "--config",
+        ])
+        .arg(&path)
+        .arg("--state")
+        .arg(&state)
+        .args(["--from", &from, "--until", &until])
+        .output()
+        .expect("run ha-ingestor");
+    assert!(out.status.success());
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(doc["backfill"]["chunks"], 0);
+    assert_eq!(doc["backfill"]["resumed"], true);
+    assert_eq!(doc["diff"]["changes"].as_array().map(Vec::len), Some(0));
 
     // Every tier bucket holds exactly what the raw points give for it, no bucket more.
     let range = format!("time >= {start} AND time < {end}");
