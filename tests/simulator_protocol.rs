@@ -272,11 +272,13 @@ async fn a_client_that_does_not_read_is_disconnected_like_ha_does() {
     let sim = start(20_000.0, None).await;
     let (mut ws, _) = connect(&sim, TOKEN).await;
     send(&mut ws, json!({"id": 1, "type": "subscribe_events"})).await;
-    // Read nothing: socket buffers fill, then 4096 pending messages end the connection.
+    // Read nothing: socket buffers fill, then 4096 pending messages end the connection
+    // (at 20,000 events/s long before the 10 s of the peak rule).
     assert!(
         wait_for(Duration::from_secs(20), || sim.clients() == 0).await,
         "the slow client was dropped"
     );
+    assert_eq!(sim.slow_client_drops().over_max, 1);
     // What was still queued when the limit was passed is never written: fewer
     // frames arrive than the subscribe result plus every emitted event.
     let mut frames = 0u64;
@@ -286,6 +288,33 @@ async fn a_client_that_does_not_read_is_disconnected_like_ha_does() {
     assert!(
         frames < 1 + sim.emitted_count(),
         "the connection ended before everything was sent: {frames} frames of {} events",
+        sim.emitted_count()
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stays_over_the_peak_is_disconnected_like_ha_does() {
+    // 2,000 events/s: from 1,024 pending to 4,096 takes 1.5 s, far longer than
+    // the shortened peak time, so only HA's second rule can end the connection.
+    let sim = start(2_000.0, None).await;
+    sim.set_pending_peak_time(Duration::from_millis(300));
+    let (mut ws, _) = connect(&sim, TOKEN).await;
+    send(&mut ws, json!({"id": 1, "type": "subscribe_events"})).await;
+    assert!(
+        wait_for(Duration::from_secs(30), || sim.clients() == 0).await,
+        "the slow client was dropped"
+    );
+    let drops = sim.slow_client_drops();
+    assert_eq!(drops.over_peak, 1, "{drops:?}");
+    assert_eq!(drops.over_max, 0, "the 4096 rule did not fire: {drops:?}");
+    let mut frames = 0u64;
+    while next_json(&mut ws).await.is_some() {
+        frames += 1;
+    }
+    assert!(
+        frames < 1 + sim.emitted_count(),
+        "what was still queued was never written: {frames} frames of {} events",
         sim.emitted_count()
     );
     sim.shutdown().await;
