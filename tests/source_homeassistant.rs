@@ -874,8 +874,8 @@ async fn a_server_that_stops_answering_pings_is_declared_dead_and_reconnected() 
     sim.shutdown().await;
 }
 
-/// Runs a client with `event_types`, restarts the simulator, and checks the restart is no error.
-async fn restart_is_recognised(event_types: Vec<String>) -> Vec<Event> {
+/// Runs a client configured by `configure`, restarts the simulator, and checks the restart is no error.
+async fn restart_is_recognised(configure: impl FnOnce(&mut HomeAssistantConfig)) -> Vec<Event> {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     let _guard = metrics::set_default_local_recorder(&recorder);
@@ -887,7 +887,7 @@ async fn restart_is_recognised(event_types: Vec<String>) -> Vec<Event> {
     let sim = simulator(None, 200.0).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = client_config(&sim.url(), TOKEN);
-    cfg.event_types = event_types;
+    configure(&mut cfg);
     let mut run = Running::start(cfg, DeadLetters::new(dir.path()));
     run.receive_until(5).await;
     sim.restart();
@@ -925,7 +925,7 @@ async fn restart_is_recognised(event_types: Vec<String>) -> Vec<Event> {
 
 #[tokio::test]
 async fn a_home_assistant_restart_is_recognised_and_not_an_error() {
-    let received = restart_is_recognised(Vec::new()).await;
+    let received = restart_is_recognised(|_| {}).await;
     let stops = received
         .iter()
         .filter(|e| e.event_type() == "homeassistant_stop")
@@ -935,7 +935,20 @@ async fn a_home_assistant_restart_is_recognised_and_not_an_error() {
 
 #[tokio::test]
 async fn a_restart_is_recognised_even_when_only_state_changes_are_subscribed() {
-    let received = restart_is_recognised(vec!["state_changed".to_string()]).await;
+    let received =
+        restart_is_recognised(|cfg| cfg.event_types = vec!["state_changed".to_string()]).await;
+    assert!(
+        received.iter().all(|e| e.event_type() == "state_changed"),
+        "the private homeassistant_stop subscription forwards nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_is_recognised_on_the_entities_subscription() {
+    let received = restart_is_recognised(|cfg| {
+        cfg.subscription = ha_ingestor::config::HaSubscription::Entities;
+    })
+    .await;
     assert!(
         received.iter().all(|e| e.event_type() == "state_changed"),
         "the private homeassistant_stop subscription forwards nothing"
@@ -1274,10 +1287,21 @@ async fn a_gap_while_home_assistant_is_away_is_backfilled_exactly_once() {
 
 #[tokio::test]
 async fn a_restart_of_the_ingestor_resumes_from_the_saved_cursor() {
+    restart_of_the_ingestor(ha_ingestor::config::HaSubscription::Events).await;
+}
+
+#[tokio::test]
+async fn a_restart_of_the_ingestor_resumes_on_the_entities_subscription() {
+    restart_of_the_ingestor(ha_ingestor::config::HaSubscription::Entities).await;
+}
+
+/// Runs, stops, lets HA go on, runs again with the snapshot: every change exactly once.
+async fn restart_of_the_ingestor(subscription: ha_ingestor::config::HaSubscription) {
     let sim = simulator(None, 300.0).await;
     sim.keep_running_while_disconnected(true);
     let data = tempfile::tempdir().unwrap();
     let mut cfg = client_config(&sim.url(), TOKEN);
+    cfg.subscription = subscription;
     cfg.backfill_chunk = 7;
     let mut first = Keeper::start(cfg.clone(), data.path());
     first
@@ -1622,11 +1646,32 @@ async fn entities_mode_hands_on_the_first_states_removals_and_resubscribes() {
 
 #[tokio::test]
 async fn entities_mode_fills_a_gap_from_the_history_exactly_once() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
     let sim = simulator(None, 300.0).await;
     sim.keep_running_while_disconnected(true);
     let data = tempfile::tempdir().unwrap();
     let (received, _) = through_a_gap(entities_config(&sim.url()), &sim, data.path(), 300).await;
     assert_eq!(sim.commands_received("subscribe_entities"), 2);
     assert!(received.iter().all(|e| e.state_changed().is_some()));
+    let text = handle.render();
+    assert_eq!(
+        metric(
+            &text,
+            r#"ha_ingestor_source_gap_seconds_count{source="homeassistant"}"#
+        ),
+        Some(1.0)
+    );
+    // No other events were subscribed to, so none are reported lost.
+    assert_eq!(
+        metric(
+            &text,
+            r#"ha_ingestor_source_unrecoverable_gap_seconds_count{source="homeassistant"}"#
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "{text}"
+    );
     sim.shutdown().await;
 }

@@ -1316,11 +1316,13 @@ fn finish_gap(gap: &Gap, cfg: &HomeAssistantConfig, meters: &Meters, source: &So
     let seconds = seconds_between(gap.from, to);
     meters.gap_seconds.record(seconds);
     tracing::info!(message = "Gap backfilled from Home Assistant's history.", source = %source, from = %gap.from, to = %to, gap_s = seconds, states = gap.backfilled);
-    let other_events = cfg.event_types.is_empty()
-        || cfg
-            .event_types
-            .iter()
-            .any(|t| t != crate::event::STATE_CHANGED);
+    // The entities subscription never asked for other events: none were lost.
+    let other_events = cfg.subscription == HaSubscription::Events
+        && (cfg.event_types.is_empty()
+            || cfg
+                .event_types
+                .iter()
+                .any(|t| t != crate::event::STATE_CHANGED));
     if other_events {
         report_lost_gap(meters, source, gap, to, "events other than state changes");
     }
