@@ -2065,6 +2065,36 @@ mod tests {
     }
 
     #[test]
+    fn the_entities_subscription_and_a_notifier_instance_are_checked() {
+        let two = "[[homeassistant]]\nname = \"home\"\nurl = \"ws://a:8123\"\ntoken = \"t\"\n\
+                   [[homeassistant]]\nname = \"cabin\"\nurl = \"ws://b:8123\"\ntoken = \"u\"\n\
+                   subscription = \"entities\"\nentity_ids = [\"sensor.a\"]\n";
+        let c = load(two, &[]).unwrap();
+        assert_eq!(c.homeassistant[1].subscription, HaSubscription::Entities);
+        assert_eq!(c.homeassistant[0].subscription, HaSubscription::Events);
+        let notifier = |home: &str| {
+            format!(
+                "{two}[[alerts.notifiers]]\ntype = \"homeassistant\"\nname = \"n\"\ninstance = \"{home}\"\n"
+            )
+        };
+        assert!(load(&notifier("cabin"), &[]).is_ok());
+        let err = load(&notifier("boat"), &[]).unwrap_err().to_string();
+        assert!(err.contains("instance") && err.contains("boat"), "{err}");
+        let both = two.replace(
+            "subscription = \"entities\"",
+            "subscription = \"entities\"\nevent_types = [\"call_service\"]",
+        );
+        let err = load(&both, &[]).unwrap_err().to_string();
+        assert!(err.contains("event_types"), "{err}");
+        let ids_without = two.replace("subscription = \"entities\"\n", "");
+        let err = load(&ids_without, &[]).unwrap_err().to_string();
+        assert!(err.contains("entity_ids"), "{err}");
+        let bad_id = two.replace("sensor.a", "not an id");
+        let err = load(&bad_id, &[]).unwrap_err().to_string();
+        assert!(err.contains("entity_ids"), "{err}");
+    }
+
+    #[test]
     fn one_or_several_home_assistants() {
         let one = load(
             "[homeassistant]\nurl = \"ws://a:8123\"\ntoken = \"t\"\n",
