@@ -218,7 +218,10 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let pipeline = tokio::spawn(pipeline.run(event_rx, chunk_tx, stats.clone()));
 
     // Alert notifications to Home Assistant travel over the source's connection.
-    let ha_commands = crate::source::homeassistant::commands::Commands::default();
+    // One queue per home, so a notifier's `instance` reaches that home's connection only.
+    let ha_commands = crate::source::homeassistant::commands::Commands::for_homes(
+        cfg.homeassistant.iter().map(|ha| ha.name.clone()),
+    );
     let alerting =
         crate::monitor::alerts::start(&cfg.alerts, stats.alerts.clone(), Some(&ha_commands))?;
 

@@ -137,6 +137,12 @@ pub struct HomeAssistantConfig {
     /// Event types to subscribe to; empty subscribes to all events.
     #[serde(default)]
     pub event_types: Vec<String>,
+    /// What to subscribe to: `events` (every bus event, or `event_types`) or `entities` (HA's compressed state stream: state changes only, less bandwidth).
+    #[serde(default)]
+    pub subscription: HaSubscription,
+    /// With `subscription = "entities"`: only these entities (HA filters them); empty means all.
+    #[serde(default)]
+    pub entity_ids: Vec<String>,
     /// First reconnect delay.
     #[serde(default = "default_reconnect_min", with = "humantime_serde")]
     pub reconnect_min: Duration,
@@ -170,6 +176,17 @@ pub struct HomeAssistantConfig {
     /// TLS for `wss://`.
     #[serde(default)]
     pub tls: TlsConfig,
+}
+
+/// Which Home Assistant subscription a source uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HaSubscription {
+    /// `subscribe_events`: every bus event (or the configured `event_types`), full states.
+    #[default]
+    Events,
+    /// `subscribe_entities`: compressed states and diffs, turned back into state changes by a client-side cache; no other events.
+    Entities,
 }
 
 fn default_backfill_chunk() -> usize {
@@ -228,6 +245,8 @@ impl HomeAssistantConfig {
             token: Some(token.into()),
             token_file: None,
             event_types: Vec::new(),
+            subscription: HaSubscription::Events,
+            entity_ids: Vec::new(),
             reconnect_min: default_reconnect_min(),
             reconnect_max: default_reconnect_max(),
             connect_timeout: default_connect_timeout(),
@@ -1599,6 +1618,43 @@ impl Config {
                     "must be above zero".into(),
                 ));
             }
+            match ha.subscription {
+                HaSubscription::Entities if !ha.event_types.is_empty() => {
+                    return Err(invalid(
+                        "homeassistant.event_types",
+                        "subscription = \"entities\" receives state changes only; remove event_types or use subscription = \"events\"".into(),
+                    ));
+                }
+                HaSubscription::Events if !ha.entity_ids.is_empty() => {
+                    return Err(invalid(
+                        "homeassistant.entity_ids",
+                        "only used with subscription = \"entities\" (with events, filter in the pipeline)".into(),
+                    ));
+                }
+                _ => {}
+            }
+            for id in &ha.entity_ids {
+                if crate::event::EntityId::new(id).is_err() {
+                    return Err(invalid(
+                        "homeassistant.entity_ids",
+                        format!("{id:?} is not an entity id (domain.object_id)"),
+                    ));
+                }
+            }
+        }
+        // A Home Assistant notifier's `instance` must name a configured home.
+        for (i, notifier) in self.alerts.notifiers.iter().enumerate() {
+            if let crate::monitor::alerts::NotifierConfig::Homeassistant {
+                instance: Some(home),
+                ..
+            } = notifier
+                && !names.contains(home.as_str())
+            {
+                return Err(invalid(
+                    &format!("alerts.notifiers[{i}].instance"),
+                    format!("{home:?} names no [[homeassistant]] (configured: {names:?})"),
+                ));
+            }
         }
         if let Some(influx) = &self.influxdb {
             self.validate_influx_targets(influx)?;
@@ -1940,6 +1996,8 @@ impl std::fmt::Debug for HomeAssistantConfig {
             .field("token", &secret(&self.token))
             .field("token_file", &self.token_file)
             .field("event_types", &self.event_types)
+            .field("subscription", &self.subscription)
+            .field("entity_ids", &self.entity_ids)
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
             .field("connect_timeout", &self.connect_timeout)
@@ -2061,6 +2119,36 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert!(c.influxdb.is_none());
         assert_eq!(c.monitor.listen.port(), 9464);
+    }
+
+    #[test]
+    fn the_entities_subscription_and_a_notifier_instance_are_checked() {
+        let two = "[[homeassistant]]\nname = \"home\"\nurl = \"ws://a:8123\"\ntoken = \"t\"\n\
+                   [[homeassistant]]\nname = \"cabin\"\nurl = \"ws://b:8123\"\ntoken = \"u\"\n\
+                   subscription = \"entities\"\nentity_ids = [\"sensor.a\"]\n";
+        let c = load(two, &[]).unwrap();
+        assert_eq!(c.homeassistant[1].subscription, HaSubscription::Entities);
+        assert_eq!(c.homeassistant[0].subscription, HaSubscription::Events);
+        let notifier = |home: &str| {
+            format!(
+                "{two}[[alerts.notifiers]]\ntype = \"homeassistant\"\nname = \"n\"\ninstance = \"{home}\"\n"
+            )
+        };
+        assert!(load(&notifier("cabin"), &[]).is_ok());
+        let err = load(&notifier("boat"), &[]).unwrap_err().to_string();
+        assert!(err.contains("instance") && err.contains("boat"), "{err}");
+        let both = two.replace(
+            "subscription = \"entities\"",
+            "subscription = \"entities\"\nevent_types = [\"call_service\"]",
+        );
+        let err = load(&both, &[]).unwrap_err().to_string();
+        assert!(err.contains("event_types"), "{err}");
+        let ids_without = two.replace("subscription = \"entities\"\n", "");
+        let err = load(&ids_without, &[]).unwrap_err().to_string();
+        assert!(err.contains("entity_ids"), "{err}");
+        let bad_id = two.replace("sensor.a", "not an id");
+        let err = load(&bad_id, &[]).unwrap_err().to_string();
+        assert!(err.contains("entity_ids"), "{err}");
     }
 
     #[test]

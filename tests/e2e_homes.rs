@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ha_ingestor::app;
-use ha_ingestor::config::{Config, HomeAssistantConfig, InfluxConfig, MonitorConfig};
+use ha_ingestor::config::{
+    Config, HaSubscription, HomeAssistantConfig, InfluxConfig, MonitorConfig,
+};
 use ha_ingestor::source::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use support::{Influxd, expected_points, wait_for};
 
@@ -59,6 +61,17 @@ async fn points_of(influx: &Influxd, name: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_homes_are_written_each_under_its_own_instance_tag() {
+    two_homes(HaSubscription::Events).await;
+}
+
+/// The cabin on `subscribe_entities`: its state changes (it receives no other
+/// events) land in InfluxDB exactly as the event stream's would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_on_the_entities_subscription_is_written_exactly() {
+    two_homes(HaSubscription::Entities).await;
+}
+
+async fn two_homes(cabin: HaSubscription) {
     ha_ingestor::ensure_crypto_provider();
     let influx = Influxd::start("homes").await;
     // The same seed: both homes have the same entity ids and the same times; only the tag tells them apart.
@@ -72,9 +85,11 @@ async fn two_homes_are_written_each_under_its_own_instance_tag() {
         c.initial_snapshot = false;
         c
     };
+    let mut cabin_cfg = ha("cabin", &b, "token-b");
+    cabin_cfg.subscription = cabin;
     let cfg = Config {
         data_dir: data.path().to_path_buf(),
-        homeassistant: vec![ha("home", &a, "token-a"), ha("cabin", &b, "token-b")],
+        homeassistant: vec![ha("home", &a, "token-a"), cabin_cfg],
         influxdb: Some(influx_cfg),
         monitor: MonitorConfig {
             enabled: false,
@@ -95,6 +110,12 @@ async fn two_homes_are_written_each_under_its_own_instance_tag() {
         },
     )
     .await;
+    if cabin == HaSubscription::Entities {
+        assert!(
+            b.emitted().iter().all(|e| e.state_changed().is_some()),
+            "the entities stream carries state changes only"
+        );
+    }
     let (want_a, want_b) = (expected_points(&a.emitted()), expected_points(&b.emitted()));
     wait_for(
         "every point in InfluxDB",

@@ -147,6 +147,7 @@ async fn influxdb_outage_fires_and_resolves_an_alert_to_the_webhook_and_home_ass
                     notification: true,
                     event: true,
                     event_type: "ha_ingestor_alert".into(),
+                    instance: None,
                 },
             ],
             ..AlertsConfig::default()

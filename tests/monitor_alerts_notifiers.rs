@@ -296,6 +296,7 @@ async fn home_assistant_gets_a_notification_and_an_event() {
         notification: true,
         event: true,
         event_type: "ha_ingestor_alert".into(),
+        instance: None,
     };
     let (target, task) = notify::spawn(&ha_cfg, Some(&commands), stop.clone()).expect("builds");
     // Queued before the connection is up: sent once subscribed.

@@ -272,11 +272,13 @@ async fn a_client_that_does_not_read_is_disconnected_like_ha_does() {
     let sim = start(20_000.0, None).await;
     let (mut ws, _) = connect(&sim, TOKEN).await;
     send(&mut ws, json!({"id": 1, "type": "subscribe_events"})).await;
-    // Read nothing: socket buffers fill, then 4096 pending messages end the connection.
+    // Read nothing: socket buffers fill, then 4096 pending messages end the connection
+    // (at 20,000 events/s long before the 10 s of the peak rule).
     assert!(
         wait_for(Duration::from_secs(20), || sim.clients() == 0).await,
         "the slow client was dropped"
     );
+    assert_eq!(sim.slow_client_drops().over_max, 1);
     // What was still queued when the limit was passed is never written: fewer
     // frames arrive than the subscribe result plus every emitted event.
     let mut frames = 0u64;
@@ -286,6 +288,33 @@ async fn a_client_that_does_not_read_is_disconnected_like_ha_does() {
     assert!(
         frames < 1 + sim.emitted_count(),
         "the connection ended before everything was sent: {frames} frames of {} events",
+        sim.emitted_count()
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stays_over_the_peak_is_disconnected_like_ha_does() {
+    // 1,000 events/s: from 1,024 pending to 4,096 takes 3 s, ten times the
+    // shortened peak time, so only HA's second rule can end the connection.
+    let sim = start(1_000.0, None).await;
+    sim.set_pending_peak_time(Duration::from_millis(300));
+    let (mut ws, _) = connect(&sim, TOKEN).await;
+    send(&mut ws, json!({"id": 1, "type": "subscribe_events"})).await;
+    assert!(
+        wait_for(Duration::from_secs(60), || sim.clients() == 0).await,
+        "the slow client was dropped"
+    );
+    let drops = sim.slow_client_drops();
+    assert_eq!(drops.over_peak, 1, "{drops:?}");
+    assert_eq!(drops.over_max, 0, "the 4096 rule did not fire: {drops:?}");
+    let mut frames = 0u64;
+    while next_json(&mut ws).await.is_some() {
+        frames += 1;
+    }
+    assert!(
+        frames < 1 + sim.emitted_count(),
+        "what was still queued was never written: {frames} frames of {} events",
         sim.emitted_count()
     );
     sim.shutdown().await;
@@ -397,5 +426,112 @@ async fn history_is_answered_from_the_record_in_home_assistants_shape() {
         reply_to(&mut ws, 5).await["error"]["code"],
         "invalid_format"
     );
+    sim.shutdown().await;
+}
+
+/// The next message (an element of an array frame counts alone), or `None` when the server closed.
+async fn next_message(
+    ws: &mut Ws,
+    queued: &mut std::collections::VecDeque<Value>,
+) -> Option<Value> {
+    loop {
+        if let Some(m) = queued.pop_front() {
+            return Some(m);
+        }
+        match next_json(ws).await? {
+            Value::Array(items) => queued.extend(items),
+            one => return Some(one),
+        }
+    }
+}
+
+#[tokio::test]
+async fn subscribe_entities_is_served_in_home_assistants_compressed_shape() {
+    let sim = start(500.0, None).await;
+    sim.keep_running_while_disconnected(true);
+    assert!(wait_for(WAIT, || sim.state_changes().len() >= 200).await);
+    let (mut ws, _) = connect(&sim, TOKEN).await;
+    send(
+        &mut ws,
+        json!({"id": 1, "type": "supported_features", "features": {"coalesce_messages": 1}}),
+    )
+    .await;
+    send(&mut ws, json!({"id": 2, "type": "subscribe_entities"})).await;
+    let mut queued = std::collections::VecDeque::new();
+    // The result, then one event with every current state, id first as HA writes it.
+    let mut first = None;
+    while first.is_none() {
+        let m = next_message(&mut ws, &mut queued).await.expect("open");
+        if m["id"] == 2 && m["type"] == "result" {
+            assert_eq!(m["success"], true);
+            let initial = next_message(&mut ws, &mut queued).await.expect("open");
+            first = Some(initial);
+        }
+    }
+    let initial = first.unwrap();
+    assert_eq!(keys(&initial), ["id", "type", "event"]);
+    let added = initial["event"]["a"].as_object().expect("a");
+    assert_eq!(added.len(), 20, "every entity has a state by now");
+    for (id, state) in added {
+        let k = keys(state);
+        assert!(k.starts_with(&["s", "a", "c", "lc"]), "{id}: {k:?}");
+        // lu only when it differs from lc.
+        match state.get("lu") {
+            Some(lu) => assert_ne!(lu, &state["lc"], "{id}"),
+            None => assert_eq!(k.len(), 4, "{id}: {k:?}"),
+        }
+        assert!(state["lc"].is_f64(), "epoch seconds: {id}");
+        assert!(state["c"].is_string() || state["c"].is_object(), "{id}");
+    }
+    // Then diffs: "+" with only what changed, and "-" for attributes that went away.
+    let (mut plus, mut minus) = (0, 0);
+    while plus < 50 || minus == 0 {
+        let m = next_message(&mut ws, &mut queued).await.expect("open");
+        if m["type"] != "event" {
+            continue;
+        }
+        assert_eq!(m["id"], 2);
+        if let Some(changed) = m["event"]["c"].as_object() {
+            for diff in changed.values() {
+                let add = diff["+"].as_object().expect("+");
+                assert!(
+                    !(add.contains_key("lc") && add.contains_key("lu")),
+                    "{diff}"
+                );
+                plus += 1;
+                if let Some(gone) = diff.get("-") {
+                    assert!(!gone["a"].as_array().expect("-.a").is_empty());
+                    minus += 1;
+                }
+            }
+        }
+    }
+    // A removal is {"r": [id]}.
+    let gone = added.keys().next().unwrap().clone();
+    assert!(sim.remove_entity(&gone));
+    loop {
+        let m = next_message(&mut ws, &mut queued).await.expect("open");
+        if m["event"]["r"] == json!([gone]) {
+            break;
+        }
+    }
+    // With entity_ids, only those entities come.
+    send(&mut ws, json!({"id": 3, "type": "subscribe_entities", "entity_ids": [added.keys().nth(1).unwrap()]})).await;
+    let mut seen = 0;
+    while seen < 2 {
+        let m = next_message(&mut ws, &mut queued).await.expect("open");
+        if m["type"] == "event" && m["id"] == 3 {
+            let event = m["event"].as_object().unwrap();
+            for part in ["a", "c"] {
+                if let Some(entities) = event.get(part).and_then(Value::as_object) {
+                    assert!(
+                        entities.keys().all(|k| k == added.keys().nth(1).unwrap()),
+                        "{m}"
+                    );
+                }
+            }
+            seen += 1;
+        }
+    }
     sim.shutdown().await;
 }

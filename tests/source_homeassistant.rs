@@ -874,8 +874,8 @@ async fn a_server_that_stops_answering_pings_is_declared_dead_and_reconnected() 
     sim.shutdown().await;
 }
 
-/// Runs a client with `event_types`, restarts the simulator, and checks the restart is no error.
-async fn restart_is_recognised(event_types: Vec<String>) -> Vec<Event> {
+/// Runs a client configured by `configure`, restarts the simulator, and checks the restart is no error.
+async fn restart_is_recognised(configure: impl FnOnce(&mut HomeAssistantConfig)) -> Vec<Event> {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     let _guard = metrics::set_default_local_recorder(&recorder);
@@ -887,7 +887,7 @@ async fn restart_is_recognised(event_types: Vec<String>) -> Vec<Event> {
     let sim = simulator(None, 200.0).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = client_config(&sim.url(), TOKEN);
-    cfg.event_types = event_types;
+    configure(&mut cfg);
     let mut run = Running::start(cfg, DeadLetters::new(dir.path()));
     run.receive_until(5).await;
     sim.restart();
@@ -925,7 +925,7 @@ async fn restart_is_recognised(event_types: Vec<String>) -> Vec<Event> {
 
 #[tokio::test]
 async fn a_home_assistant_restart_is_recognised_and_not_an_error() {
-    let received = restart_is_recognised(Vec::new()).await;
+    let received = restart_is_recognised(|_| {}).await;
     let stops = received
         .iter()
         .filter(|e| e.event_type() == "homeassistant_stop")
@@ -935,7 +935,20 @@ async fn a_home_assistant_restart_is_recognised_and_not_an_error() {
 
 #[tokio::test]
 async fn a_restart_is_recognised_even_when_only_state_changes_are_subscribed() {
-    let received = restart_is_recognised(vec!["state_changed".to_string()]).await;
+    let received =
+        restart_is_recognised(|cfg| cfg.event_types = vec!["state_changed".to_string()]).await;
+    assert!(
+        received.iter().all(|e| e.event_type() == "state_changed"),
+        "the private homeassistant_stop subscription forwards nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_is_recognised_on_the_entities_subscription() {
+    let received = restart_is_recognised(|cfg| {
+        cfg.subscription = ha_ingestor::config::HaSubscription::Entities;
+    })
+    .await;
     assert!(
         received.iter().all(|e| e.event_type() == "state_changed"),
         "the private homeassistant_stop subscription forwards nothing"
@@ -1125,7 +1138,19 @@ fn assert_exactly_once(received: &[Event], made: &[ha_ingestor::event::State]) {
             .get(&key)
             .unwrap_or_else(|| panic!("never received: {key:?}"));
         assert_eq!(got[0].state, state.state, "{key:?}");
-        assert_eq!(got[0].attributes, state.attributes, "{key:?}");
+        // In attribute order too, except that the entities stream cannot know where an
+        // attribute removed and later added again stood (it comes last in the cache).
+        let sorted = |a: &ha_ingestor::event::Attributes| {
+            let mut v: Vec<(String, serde_json::Value)> =
+                a.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            v.sort_by(|x, y| x.0.cmp(&y.0));
+            v
+        };
+        assert_eq!(
+            sorted(&got[0].attributes),
+            sorted(&state.attributes),
+            "{key:?}"
+        );
         assert_eq!(got[0].last_changed, state.last_changed, "{key:?}");
     }
 }
@@ -1262,10 +1287,21 @@ async fn a_gap_while_home_assistant_is_away_is_backfilled_exactly_once() {
 
 #[tokio::test]
 async fn a_restart_of_the_ingestor_resumes_from_the_saved_cursor() {
+    restart_of_the_ingestor(ha_ingestor::config::HaSubscription::Events).await;
+}
+
+#[tokio::test]
+async fn a_restart_of_the_ingestor_resumes_on_the_entities_subscription() {
+    restart_of_the_ingestor(ha_ingestor::config::HaSubscription::Entities).await;
+}
+
+/// Runs, stops, lets HA go on, runs again with the snapshot: every change exactly once.
+async fn restart_of_the_ingestor(subscription: ha_ingestor::config::HaSubscription) {
     let sim = simulator(None, 300.0).await;
     sim.keep_running_while_disconnected(true);
     let data = tempfile::tempdir().unwrap();
     let mut cfg = client_config(&sim.url(), TOKEN);
+    cfg.subscription = subscription;
     cfg.backfill_chunk = 7;
     let mut first = Keeper::start(cfg.clone(), data.path());
     first
@@ -1372,5 +1408,270 @@ async fn without_history_the_gap_is_reported_lost_and_streaming_goes_on() {
         "a refused history does not cost the connection"
     );
     client.stop().await;
+    sim.shutdown().await;
+}
+
+/// A client config for `subscribe_entities`.
+fn entities_config(url: &str) -> HomeAssistantConfig {
+    let mut cfg = client_config(url, TOKEN);
+    cfg.subscription = ha_ingestor::config::HaSubscription::Entities;
+    cfg
+}
+
+/// The event without what the compressed stream cannot carry: `last_reported`
+/// (never sent) and the order of attributes (one removed and later added again
+/// comes last in the cache; every schema sorts fields, so order is not data).
+fn comparable(mut e: Event) -> Event {
+    fn fix(state: &mut ha_ingestor::event::State) {
+        state.last_reported = None;
+        let mut attrs: Vec<(String, serde_json::Value)> = state
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        attrs.sort_by(|a, b| a.0.cmp(&b.0));
+        state.attributes = attrs.into_iter().collect();
+    }
+    if let EventKind::StateChanged(sc) = &mut e.kind {
+        if let Some(new) = sc.new_state.as_mut() {
+            fix(new);
+        }
+        if let Some(old) = sc.old_state.take() {
+            let mut old = old.get().expect("old state decodes").clone();
+            fix(&mut old);
+            sc.old_state = Some(old.into());
+        }
+    }
+    e
+}
+
+#[test]
+fn recorded_subscribe_entities_frames_decode_and_apply_without_loss() {
+    use ha_ingestor::source::homeassistant::entities::StateCache;
+    let text = std::fs::read_to_string(fixture("ha-subscribe-entities.jsonl")).unwrap();
+    let mut cache = StateCache::new();
+    let mut decoded = Vec::new();
+    let (mut added, mut changed, mut events) = (0, 0, 0);
+    for (i, line) in text.lines().enumerate() {
+        decoded.clear();
+        decode_frame(line, &source(), &mut decoded);
+        let raw: serde_json::Value = serde_json::from_str(line).unwrap();
+        for item in decoded.drain(..) {
+            let message = match item {
+                Ok(ServerMessage::Entities { id: 1, message }) => message,
+                Ok(ServerMessage::AuthRequired { .. })
+                | Ok(ServerMessage::AuthOk { .. })
+                | Ok(ServerMessage::Result {
+                    id: 1,
+                    success: true,
+                    ..
+                }) => continue,
+                other => panic!("frame {i}: {other:?}"),
+            };
+            added += message.added.len();
+            changed += message.changed.len();
+            let mut out = Vec::new();
+            cache.apply(message, &source(), Timestamp::from_nanos(0), &mut out);
+            for event in out {
+                let event = event.unwrap_or_else(|e| panic!("frame {i}: {e}"));
+                events += 1;
+                let sc = event.state_changed().unwrap();
+                let new = sc.new_state.as_ref().unwrap();
+                assert_eq!(event.time_fired, new.last_updated);
+                let id = sc.entity_id.as_str();
+                // Every field HA sent for this entity is reachable on the event.
+                let sent = &raw["event"];
+                if let Some(full) = sent["a"].get(id) {
+                    assert_eq!(new.state, full["s"].as_str().unwrap(), "frame {i} {id}");
+                    let attrs = serde_json::to_value(&new.attributes).unwrap();
+                    assert_eq!(attrs, full["a"], "frame {i} {id}");
+                    let lc = Timestamp::from_epoch_seconds(full["lc"].as_f64().unwrap()).unwrap();
+                    assert_eq!(new.last_changed, lc);
+                    let lu = full.get("lu").and_then(|v| v.as_f64());
+                    assert_eq!(
+                        new.last_updated,
+                        lu.map_or(lc, |s| Timestamp::from_epoch_seconds(s).unwrap())
+                    );
+                    let ctx = new.context.as_ref().unwrap();
+                    match &full["c"] {
+                        serde_json::Value::String(c) => {
+                            assert_eq!(ctx.id.as_deref(), Some(c.as_str()))
+                        }
+                        object => {
+                            assert_eq!(ctx.id.as_deref(), object["id"].as_str());
+                            assert_eq!(ctx.user_id.as_deref(), object["user_id"].as_str());
+                            assert_eq!(ctx.parent_id.as_deref(), object["parent_id"].as_str());
+                        }
+                    }
+                } else {
+                    let plus = &sent["c"][id]["+"];
+                    if let Some(s) = plus.get("s") {
+                        assert_eq!(new.state, s.as_str().unwrap(), "frame {i} {id}");
+                    }
+                    if let Some(a) = plus.get("a").and_then(|a| a.as_object()) {
+                        for (k, v) in a {
+                            assert_eq!(new.attributes.get(k), Some(v), "frame {i} {id} {k}");
+                        }
+                    }
+                    if let Some(lc) = plus.get("lc").and_then(|v| v.as_f64()) {
+                        let lc = Timestamp::from_epoch_seconds(lc).unwrap();
+                        assert_eq!((new.last_changed, new.last_updated), (lc, lc));
+                    } else if let Some(lu) = plus.get("lu").and_then(|v| v.as_f64()) {
+                        assert_eq!(new.last_updated, Timestamp::from_epoch_seconds(lu).unwrap());
+                    }
+                    if let Some(serde_json::Value::String(c)) = plus.get("c") {
+                        assert_eq!(
+                            new.context.as_ref().unwrap().id.as_deref(),
+                            Some(c.as_str())
+                        );
+                    }
+                    assert!(sc.old_state.is_some(), "a change carries the cached state");
+                }
+            }
+        }
+    }
+    assert!(
+        added > 10 && changed > 10,
+        "added {added}, changed {changed}"
+    );
+    assert_eq!(events, added + changed, "one state change per entity entry");
+}
+
+#[tokio::test]
+async fn entities_mode_gives_the_state_changes_subscribe_events_would() {
+    let sim = simulator(Some(400), 2000.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Running::start(entities_config(&sim.url()), DeadLetters::new(dir.path()));
+    run.receive_until(400).await;
+    assert!(wait_for(|| sim.finished()).await);
+    let stats = run.stats.clone();
+    let received = run.stop().await;
+    // Only state changes were sent (nobody asked for call_service).
+    let emitted: Vec<Event> = sim.emitted().into_iter().map(comparable).collect();
+    assert_eq!(emitted.len(), 400);
+    assert!(emitted.iter().all(|e| e.state_changed().is_some()));
+    assert_eq!(received.len(), emitted.len());
+    for (i, (got, sent)) in received.iter().zip(&emitted).enumerate() {
+        let got = comparable(got.clone());
+        assert!(
+            got == *sent,
+            "event {i}: old state from the cache, new state from the diff\n got {got:?}\nsent {sent:?}"
+        );
+    }
+    assert_eq!(stats.totals().decode_errors, 0);
+    assert_eq!(sim.commands_received("subscribe_entities"), 1);
+    assert_eq!(
+        sim.commands_received("get_states"),
+        0,
+        "no snapshot asked for"
+    );
+    // Lights going off lose their colour attributes: the `-` of a diff was applied.
+    let dropped = received.iter().filter_map(|e| e.state_changed()).any(|sc| {
+        let (Some(old), Some(new)) = (sc.old_state.as_ref(), sc.new_state.as_ref()) else {
+            return false;
+        };
+        old.get()
+            .unwrap()
+            .attributes
+            .iter()
+            .any(|(k, _)| !new.attributes.contains_key(k))
+    });
+    assert!(dropped, "some change removed an attribute");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn entities_mode_hands_on_the_first_states_removals_and_resubscribes() {
+    let sim = simulator(None, 500.0).await;
+    sim.keep_running_while_disconnected(true);
+    assert!(wait_for(|| sim.state_changes().len() >= 300).await);
+    sim.stop_generating();
+    // HA's current state of every entity: the last change made to it.
+    let mut current = std::collections::BTreeMap::new();
+    for state in sim.state_changes() {
+        current.insert(state.entity_id.to_string(), state);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = entities_config(&sim.url());
+    cfg.initial_snapshot = true;
+    let (mut rx, stats, shutdown, task) =
+        spawn_client(cfg, 10_000, DeadLetters::new(dir.path()), None, None);
+    let mut first = Vec::new();
+    while first.len() < current.len() {
+        first.push(within("the first states", rx.recv()).await.expect("open"));
+    }
+    for event in &first {
+        assert_eq!(&*event.source, "homeassistant/snapshot");
+        let sc = event.state_changed().unwrap();
+        assert!(sc.old_state.is_none());
+        let new = sc.new_state.clone().unwrap();
+        let mut want = current[sc.entity_id.as_str()].clone();
+        want.last_reported = None;
+        assert_eq!(new, want);
+        assert_eq!(event.time_fired, want.last_updated);
+    }
+
+    // A removal: no new state, the cached one as the old state.
+    let (gone, last) = current
+        .iter()
+        .next()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .unwrap();
+    assert!(sim.remove_entity(&gone));
+    let removal = within("the removal", rx.recv()).await.expect("open");
+    assert_eq!(&*removal.source, "homeassistant");
+    let sc = removal.state_changed().unwrap();
+    assert_eq!(sc.entity_id.as_str(), gone);
+    assert!(sc.new_state.is_none());
+    let old = sc.old_state.as_ref().unwrap().get().unwrap();
+    assert_eq!(
+        (old.state.as_str(), old.last_updated),
+        (last.state.as_str(), last.last_updated)
+    );
+
+    // Dropped: the client subscribes again and, having handed the states on, repeats none of them.
+    sim.disconnect_all();
+    assert!(wait_for(|| sim.commands_received("subscribe_entities") == 2).await);
+    assert!(wait_for(|| stats.readiness().ready).await);
+    let quiet = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
+    assert!(
+        quiet.is_err(),
+        "nothing changed, nothing handed on: {quiet:?}"
+    );
+    shutdown.cancel();
+    within("client task stops", task).await.expect("no panic");
+    assert_eq!(stats.totals().decode_errors, 0);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn entities_mode_fills_a_gap_from_the_history_exactly_once() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let sim = simulator(None, 300.0).await;
+    sim.keep_running_while_disconnected(true);
+    let data = tempfile::tempdir().unwrap();
+    let (received, _) = through_a_gap(entities_config(&sim.url()), &sim, data.path(), 300).await;
+    assert_eq!(sim.commands_received("subscribe_entities"), 2);
+    assert!(received.iter().all(|e| e.state_changed().is_some()));
+    let text = handle.render();
+    assert_eq!(
+        metric(
+            &text,
+            r#"ha_ingestor_source_gap_seconds_count{source="homeassistant"}"#
+        ),
+        Some(1.0)
+    );
+    // No other events were subscribed to, so none are reported lost.
+    assert_eq!(
+        metric(
+            &text,
+            r#"ha_ingestor_source_unrecoverable_gap_seconds_count{source="homeassistant"}"#
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "{text}"
+    );
     sim.shutdown().await;
 }

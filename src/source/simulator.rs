@@ -2,7 +2,8 @@
 //!
 //! It serves HA's WebSocket API on `/api/websocket` (any path is accepted):
 //! `auth_required` → `auth` → `auth_ok`/`auth_invalid`, then the commands the
-//! ingestor uses (`supported_features`, `subscribe_events`, `unsubscribe_events`,
+//! ingestor uses (`supported_features`, `subscribe_events`, `subscribe_entities`
+//! with its compressed `a`/`c`/`r` stream, `unsubscribe_events`,
 //! `get_states`, `get_config`, `ping`, `history/history_during_period`) with
 //! HA's error codes (`id_reuse`, `unknown_command`, `not_found`,
 //! `invalid_format`, `invalid_start_time`, …). A generator changes the
@@ -12,6 +13,10 @@
 //! Frames look like current HA's: `{"type":"event","event":{…},"id":N}` with the
 //! id last, `last_reported` in states, and JSON arrays of up to 256 messages
 //! once a connection has asked for `coalesce_messages`.
+//!
+//! A client that falls behind is dropped by both of HA's rules: more than
+//! 4096 pending messages, or still 1024 or more after 10 s (settable with
+//! [`SimulatorHandle::set_pending_peak_time`]).
 //!
 //! Test controls on [`SimulatorHandle`]: drop every connection, inject raw
 //! frames, stop answering `ping` ([`SimulatorHandle::set_answer_pings`]) and
@@ -44,6 +49,7 @@ use crate::event::{
     Attributes, BusEvent, Context, EntityId, Event, EventKind, LazyState, Origin, SourceId, State,
     StateChanged, Timestamp,
 };
+use crate::source::homeassistant::entities;
 use crate::source::homeassistant::protocol::{
     self, ClientMessage, ERR_HOME_ASSISTANT, ERR_ID_REUSE, ERR_INVALID_FORMAT, ERR_NOT_FOUND,
     ERR_UNKNOWN_COMMAND, MSG_ID_REUSE, MSG_INVALID_AUTH, MSG_INVALID_FORMAT, MSG_UNKNOWN_COMMAND,
@@ -58,6 +64,10 @@ const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 const UNBOUNDED_RETAIN: usize = 100_000;
 /// HA's `MAX_PENDING_MSG`: a client this far behind is disconnected.
 const MAX_PENDING: usize = 4096;
+/// HA's `PENDING_MSG_PEAK`: a client still this far behind [`PENDING_PEAK_TIME`] after passing it is disconnected.
+const PENDING_PEAK: usize = 1024;
+/// HA's `PENDING_MSG_PEAK_TIME` (tests shorten it with [`SimulatorHandle::set_pending_peak_time`]).
+const PENDING_PEAK_TIME: Duration = Duration::from_secs(10);
 /// Most events generated in one tick, so a stalled timer cannot cause a huge burst.
 const MAX_BURST: u64 = 10_000;
 
@@ -117,6 +127,9 @@ impl Simulator {
             history: AtomicBool::new(true),
             recorder: Mutex::new(VecDeque::new()),
             service_commands: Mutex::new(Vec::new()),
+            peak_time_ms: AtomicU64::new(PENDING_PEAK_TIME.as_millis() as u64),
+            dropped_over_max: AtomicU64::new(0),
+            dropped_over_peak: Arc::new(AtomicU64::new(0)),
             shutdown: CancellationToken::new(),
             cfg,
         });
@@ -243,6 +256,67 @@ impl SimulatorHandle {
         self.shared.history.store(available, Ordering::Release);
     }
 
+    /// How long a client may stay at or above 1024 pending messages before it is dropped (HA: 10 s); shortened by tests.
+    pub fn set_pending_peak_time(&self, time: Duration) {
+        let ms = u64::try_from(time.as_millis()).unwrap_or(u64::MAX);
+        self.shared.peak_time_ms.store(ms, Ordering::Release);
+    }
+
+    /// Clients dropped for falling behind, by HA's rule that dropped them.
+    pub fn slow_client_drops(&self) -> SlowClientDrops {
+        SlowClientDrops {
+            over_max: self.shared.dropped_over_max.load(Ordering::Acquire),
+            over_peak: self.shared.dropped_over_peak.load(Ordering::Acquire),
+        }
+    }
+
+    /// Removes an entity as HA does when an integration drops it: `state_changed`
+    /// with no new state to event subscribers, `{"r": [id]}` to entity subscribers.
+    /// False when no such entity has a state. The generator may add it again later.
+    pub fn remove_entity(&self, entity_id: &str) -> bool {
+        let mut world = lock(&self.shared.world);
+        let Some(index) = world
+            .entities
+            .iter()
+            .position(|e| e.id.as_str() == entity_id && e.current.is_some())
+        else {
+            return false;
+        };
+        let ts = world.next_time(Timestamp::now());
+        let context = world.context(ts, false);
+        let entity = &mut world.entities[index];
+        let old = entity.current.take();
+        let event = Event {
+            meta: Default::default(),
+            source: world.source.clone(),
+            time_fired: ts,
+            origin: Origin::Local,
+            context,
+            kind: EventKind::StateChanged(Box::new(StateChanged {
+                entity_id: world.entities[index].id.clone(),
+                old_state: old.map(LazyState::from),
+                new_state: None,
+            })),
+        };
+        let clients = lock(&self.shared.clients);
+        let mut bodies = Bodies::default();
+        for slot in clients.iter() {
+            let mut queue = Vec::new();
+            queue_for(slot, &event, &mut bodies, &mut queue);
+            if !queue.is_empty() {
+                slot.pending.fetch_add(queue.len(), Ordering::AcqRel);
+                let _ = slot.tx.send(Outgoing::Events(queue));
+            }
+        }
+        drop(clients);
+        drop(world);
+        if bodies.any() {
+            lock(&self.shared.emitted).push_back(event);
+            self.shared.emitted_count.fetch_add(1, Ordering::AcqRel);
+        }
+        true
+    }
+
     /// Stops changing states for good ([`SimulatorHandle::finished`] becomes true).
     pub fn stop_generating(&self) {
         self.shared.finished.store(true, Ordering::Release);
@@ -315,6 +389,15 @@ impl Drop for SimulatorHandle {
     }
 }
 
+/// How many clients HA's two slow-client rules dropped, so a test can tell which one fired.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlowClientDrops {
+    /// More than 4096 messages pending at once (`MAX_PENDING_MSG`).
+    pub over_max: u64,
+    /// Still 1024 or more pending when the peak time ran out (`PENDING_MSG_PEAK` / `PENDING_MSG_PEAK_TIME`).
+    pub over_peak: u64,
+}
+
 /// A realistic recorded-style corpus of event frames (state_changed mostly, some call_service), deterministic for a seed: the built-in input of `ha-ingestor bench pipeline`.
 pub fn corpus(entities: usize, events: usize, seed: u64) -> Vec<String> {
     let mut generator = Generator::new(entities, seed);
@@ -365,6 +448,12 @@ struct Shared {
     recorder: Mutex<VecDeque<State>>,
     /// `call_service` and `fire_event` commands received, whole, in order.
     service_commands: Mutex<Vec<Value>>,
+    /// [`PENDING_PEAK_TIME`] in milliseconds, settable so tests stay fast.
+    peak_time_ms: AtomicU64,
+    /// Clients dropped by the 4096 rule.
+    dropped_over_max: AtomicU64,
+    /// Clients dropped by the 1024-for-10-s rule.
+    dropped_over_peak: Arc<AtomicU64>,
     shutdown: CancellationToken,
 }
 
@@ -374,10 +463,14 @@ struct ClientSlot {
     tx: mpsc::UnboundedSender<Outgoing>,
     /// (subscription id, event type or all).
     subs: Vec<(u64, Option<String>)>,
+    /// `subscribe_entities` subscriptions: (id, only these entities or all).
+    entity_subs: Vec<(u64, Option<Vec<EntityId>>)>,
     /// Events queued for this client and not yet written to its socket.
     pending: Arc<AtomicUsize>,
     /// Ends the connection at once, dropping what is queued (a client that fell behind).
     kill: CancellationToken,
+    /// A peak check is scheduled (HA's `_peak_checker_unsub`): at most one at a time.
+    peak_armed: Arc<AtomicBool>,
 }
 
 enum Outgoing {
@@ -478,8 +571,10 @@ async fn serve(
         conn: conn.id,
         tx,
         subs: Vec::new(),
+        entity_subs: Vec::new(),
         pending: pending.clone(),
         kill: kill.clone(),
+        peak_armed: Arc::new(AtomicBool::new(false)),
     });
 
     let traffic = async {
@@ -641,6 +736,7 @@ fn handle_command(msg: &Value, conn: &mut Conn, shared: &Shared) -> Option<Strin
                 ServerReply::success(id, Value::Null)
             }
         }
+        "subscribe_entities" => return subscribe_entities(id, msg, conn, shared),
         "unsubscribe_events" => {
             let target = msg.get("subscription").and_then(Value::as_u64);
             let mut clients = lock(&shared.clients);
@@ -648,6 +744,14 @@ fn handle_command(msg: &Value, conn: &mut Conn, shared: &Shared) -> Option<Strin
                 .iter_mut()
                 .find(|c| c.conn == conn.id)
                 .and_then(|slot| {
+                    if let Some(at) = slot
+                        .entity_subs
+                        .iter()
+                        .position(|(s, _)| Some(*s) == target)
+                    {
+                        slot.entity_subs.remove(at);
+                        return Some(());
+                    }
                     let at = slot.subs.iter().position(|(s, _)| Some(*s) == target)?;
                     slot.subs.remove(at);
                     Some(())
@@ -698,6 +802,67 @@ fn handle_command(msg: &Value, conn: &mut Conn, shared: &Shared) -> Option<Strin
         _ => ServerReply::failure(id, ERR_UNKNOWN_COMMAND, MSG_UNKNOWN_COMMAND),
     };
     Some(reply.to_json())
+}
+
+/// `subscribe_entities`: the result, then one event with every current state
+/// (`{"a": …}`, compressed, `lu` only when it differs from `lc`), then diffs.
+///
+/// Both go through the connection's queue while the world is locked, so no
+/// diff can be queued before them and no change falls between the snapshot
+/// and the subscription (as in HA, where no `await` separates the two).
+/// Returns `None`: nothing is left to reply.
+fn subscribe_entities(id: u64, msg: &Value, conn: &Conn, shared: &Shared) -> Option<String> {
+    let only = match msg.get("entity_ids") {
+        None => None,
+        Some(Value::Array(ids)) => {
+            let mut wanted = Vec::with_capacity(ids.len());
+            for entity in ids {
+                match entity.as_str().map(EntityId::new) {
+                    Some(Ok(entity)) => wanted.push(entity),
+                    _ => {
+                        return Some(
+                            ServerReply::failure(id, ERR_INVALID_FORMAT, MSG_INVALID_FORMAT)
+                                .to_json(),
+                        );
+                    }
+                }
+            }
+            Some(wanted)
+        }
+        Some(_) => {
+            return Some(
+                ServerReply::failure(id, ERR_INVALID_FORMAT, MSG_INVALID_FORMAT).to_json(),
+            );
+        }
+    };
+    let world = lock(&shared.world);
+    let mut clients = lock(&shared.clients);
+    let slot = clients.iter_mut().find(|c| c.conn == conn.id)?;
+    let mut added = serde_json::Map::new();
+    for state in world.current_states() {
+        if only
+            .as_ref()
+            .is_none_or(|ids| ids.contains(&state.entity_id))
+        {
+            added.insert(
+                state.entity_id.to_string(),
+                entities::compressed_state(&state),
+            );
+        }
+    }
+    let result = ServerReply::success(id, Value::Null).to_json();
+    // HA writes this first event by hand with the id first.
+    let initial = format!(
+        r#"{{"id":{id},"type":"event","event":{}}}"#,
+        json!({ "a": added })
+    );
+    let _ = slot.tx.send(Outgoing::Raw(Message::text(result)));
+    let _ = slot.tx.send(Outgoing::Raw(Message::text(initial)));
+    slot.entity_subs.push((id, only));
+    drop(clients);
+    drop(world);
+    shared.subscribed.notify_one();
+    None
 }
 
 /// Answers `history/history_during_period` from the recorder, in HA's compressed shape.
@@ -829,7 +994,9 @@ async fn generate(shared: Arc<Shared>) {
         if shared.finished.load(Ordering::Acquire) {
             return;
         }
-        let any_subscribed = lock(&shared.clients).iter().any(|c| !c.subs.is_empty());
+        let any_subscribed = lock(&shared.clients)
+            .iter()
+            .any(|c| !c.subs.is_empty() || !c.entity_subs.is_empty());
         if !any_subscribed && !shared.unattended.load(Ordering::Acquire) {
             base = None;
             tokio::select! {
@@ -870,17 +1037,11 @@ fn emit_batch(shared: &Shared, due: u64) {
                 recorder.pop_front();
             }
         }
-        let event_type = event.event_type();
-        let mut body: Option<Arc<str>> = None;
+        let mut bodies = Bodies::default();
         for (slot, queue) in clients.iter().zip(per_client.iter_mut()) {
-            for (sub, wanted) in &slot.subs {
-                if wanted.as_deref().is_none_or(|w| w == event_type) {
-                    let body = body.get_or_insert_with(|| Arc::from(event_body(&event)));
-                    queue.push((*sub, body.clone()));
-                }
-            }
+            queue_for(slot, &event, &mut bodies, queue);
         }
-        if body.is_some() {
+        if bodies.any() {
             sent.push(event);
         }
     }
@@ -895,12 +1056,16 @@ fn emit_batch(shared: &Shared, due: u64) {
                 pending = behind
             );
             slot.kill.cancel();
+            shared.dropped_over_max.fetch_add(1, Ordering::AcqRel);
             keep.push(false);
             continue;
         }
         if !queue.is_empty() {
             slot.pending.fetch_add(queue.len(), Ordering::AcqRel);
             let _ = slot.tx.send(Outgoing::Events(queue));
+            if behind >= PENDING_PEAK {
+                arm_peak_check(shared, slot);
+            }
         }
         keep.push(!slot.tx.is_closed());
     }
@@ -922,6 +1087,97 @@ fn emit_batch(shared: &Shared, due: u64) {
     if shared.cfg.max_events.is_some_and(|max| total >= max) {
         shared.finished.store(true, Ordering::Release);
     }
+}
+
+/// The frames of one event, made once and shared by every subscription that gets it.
+#[derive(Default)]
+struct Bodies {
+    /// The `event` object for `subscribe_events`.
+    event: Option<Arc<str>>,
+    /// The `a`/`c`/`r` object for `subscribe_entities`.
+    entities: Option<Arc<str>>,
+}
+
+impl Bodies {
+    fn any(&self) -> bool {
+        self.event.is_some() || self.entities.is_some()
+    }
+}
+
+/// Queues `event` to every subscription of `slot` that wants it.
+fn queue_for(
+    slot: &ClientSlot,
+    event: &Event,
+    bodies: &mut Bodies,
+    queue: &mut Vec<(u64, Arc<str>)>,
+) {
+    let event_type = event.event_type();
+    for (sub, wanted) in &slot.subs {
+        if wanted.as_deref().is_none_or(|w| w == event_type) {
+            let body = bodies
+                .event
+                .get_or_insert_with(|| Arc::from(event_body(event)));
+            queue.push((*sub, body.clone()));
+        }
+    }
+    let Some(sc) = event.state_changed() else {
+        return;
+    };
+    for (sub, only) in &slot.entity_subs {
+        if only.as_ref().is_none_or(|ids| ids.contains(&sc.entity_id)) {
+            let body = bodies
+                .entities
+                .get_or_insert_with(|| Arc::from(entities_body(sc)));
+            queue.push((*sub, body.clone()));
+        }
+    }
+}
+
+/// A state change as `subscribe_entities` sends it: `a` for a new entity, `r` for a removed one, else the `c` diff.
+fn entities_body(sc: &StateChanged) -> String {
+    let id = sc.entity_id.as_str();
+    let old = sc.old_state.as_ref().and_then(LazyState::state);
+    let body = match (old, &sc.new_state) {
+        (_, None) => json!({ "r": [id] }),
+        (None, Some(new)) => json!({ "a": { id: entities::compressed_state(new) } }),
+        (Some(old), Some(new)) => json!({ "c": { id: entities::state_diff(old, new) } }),
+    };
+    body.to_string()
+}
+
+/// HA's second slow-client rule: once a client has [`PENDING_PEAK`] messages
+/// pending, it is checked again after the peak time and dropped if it is still
+/// at or above it. One check at a time per client, as in HA's `_check_write_peak`.
+fn arm_peak_check(shared: &Shared, slot: &ClientSlot) {
+    if slot.peak_armed.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let wait = Duration::from_millis(shared.peak_time_ms.load(Ordering::Acquire));
+    let armed = slot.peak_armed.clone();
+    let pending = slot.pending.clone();
+    let kill = slot.kill.clone();
+    let shutdown = shared.shutdown.clone();
+    let dropped = shared.dropped_over_peak.clone();
+    let task = async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = kill.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        armed.store(false, Ordering::Release);
+        let behind = pending.load(Ordering::Acquire);
+        if behind >= PENDING_PEAK {
+            tracing::warn!(
+                message = "Simulator client stayed over the pending-message peak; disconnecting it.",
+                pending = behind,
+                peak = PENDING_PEAK,
+                waited = ?wait
+            );
+            dropped.fetch_add(1, Ordering::AcqRel);
+            kill.cancel();
+        }
+    };
+    tokio::spawn(task);
 }
 
 /// The `event` object of a frame, in HA's key order.

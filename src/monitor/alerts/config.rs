@@ -319,6 +319,9 @@ pub enum NotifierConfig {
         /// Its event type.
         #[serde(default = "default_event_type")]
         event_type: String,
+        /// The `[[homeassistant]]` (by `name`) to tell; unset tells every configured home, since an alert about the ingestor concerns each home it records.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instance: Option<String>,
     },
 }
 
@@ -384,12 +387,14 @@ impl std::fmt::Debug for NotifierConfig {
                 notification,
                 event,
                 event_type,
+                instance,
             } => f
                 .debug_struct("Homeassistant")
                 .field("name", name)
                 .field("notification", notification)
                 .field("event", event)
                 .field("event_type", event_type)
+                .field("instance", instance)
                 .finish(),
         }
     }

@@ -47,6 +47,15 @@
 //!   start, so a crash mid-backfill resumes from there. A refused history request
 //!   gives the gap up (logged, counted as unrecoverable). Events other than state
 //!   changes in a gap are counted and logged with the time span.
+//! - **Entities subscription** (`subscription = "entities"`). `subscribe_entities`
+//!   replaces `subscribe_events`; a cache per connection (`entities.rs`) turns its
+//!   compressed states and diffs into `state_changed` events handed on like live
+//!   ones (marks, cursor, metrics). Its first message holds every current state:
+//!   handed on as the snapshot (source `<source>/snapshot`) on the first
+//!   connection, and after that only where newer than the cursor. It replaces
+//!   `get_states` for the snapshot; `get_states` is still read for the entity ids
+//!   of a gap, which is backfilled from the history as with events. A removal
+//!   has no time from HA: it carries the ingest time and does not move the cursor.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -63,9 +72,10 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::cursor::{self, Cursor};
 use super::decode::{DecodeError, ServerMessage, decode_binary_frame, decode_frame};
+use super::entities::StateCache;
 use super::history;
 use super::protocol::{ClientMessage, ErrorInfo, Features};
-use crate::config::HomeAssistantConfig;
+use crate::config::{HaSubscription, HomeAssistantConfig};
 use crate::dead_letter::DeadLetter;
 use crate::event::{
     EntityId, Event, EventKind, Origin, STATE_CHANGED, SourceId, State, StateChanged, Timestamp,
@@ -644,6 +654,7 @@ fn describe(msg: &ServerMessage) -> String {
         ServerMessage::AuthInvalid { .. } => "auth_invalid".into(),
         ServerMessage::Result { id, .. } => format!("result {id}"),
         ServerMessage::Event { id, .. } => format!("event {id}"),
+        ServerMessage::Entities { id, .. } => format!("entities event {id}"),
         ServerMessage::Pong { id } => format!("pong {id}"),
         ServerMessage::Other { kind } => kind.clone(),
     }
@@ -696,24 +707,44 @@ async fn session(
     }];
     pending.push((next_id, "supported_features"));
     next_id += 1;
-    let types: Vec<Option<String>> = if cfg.event_types.is_empty() {
-        vec![None]
-    } else {
-        cfg.event_types.iter().cloned().map(Some).collect()
-    };
-    for event_type in types {
-        commands.push(ClientMessage::SubscribeEvents {
+    let entities_mode = cfg.subscription == HaSubscription::Entities;
+    // The `subscribe_entities` subscription and its cache (a new one per connection:
+    // HA starts every subscription with every current state).
+    let mut entities: Option<(u64, StateCache)> = None;
+    if entities_mode {
+        commands.push(ClientMessage::SubscribeEntities {
             id: next_id,
-            event_type,
+            entity_ids: (!cfg.entity_ids.is_empty()).then(|| cfg.entity_ids.clone()),
         });
-        pending.push((next_id, "subscribe_events"));
+        pending.push((next_id, "subscribe_entities"));
+        entities = Some((next_id, StateCache::new()));
         next_id += 1;
+    } else {
+        let types: Vec<Option<String>> = if cfg.event_types.is_empty() {
+            vec![None]
+        } else {
+            cfg.event_types.iter().cloned().map(Some).collect()
+        };
+        for event_type in types {
+            commands.push(ClientMessage::SubscribeEvents {
+                id: next_id,
+                event_type,
+            });
+            pending.push((next_id, "subscribe_events"));
+            next_id += 1;
+        }
     }
+    // The first `a` of the entities stream holds every current state: handed on
+    // as the snapshot (first connection) and, with a cursor, where it is newer
+    // than the cursor (changed while disconnected).
+    let resume_at_start = cursor.resume_from();
+    let mut initial_pending = entities_mode;
     // A restart must be told apart from a failure even when the user did not
     // subscribe to `homeassistant_stop`: a private subscription whose events are
     // only noted, never forwarded.
-    let stop_watch = (!cfg.event_types.is_empty()
-        && !cfg.event_types.iter().any(|t| t == HOMEASSISTANT_STOP))
+    let stop_watch = (entities_mode
+        || (!cfg.event_types.is_empty()
+            && !cfg.event_types.iter().any(|t| t == HOMEASSISTANT_STOP)))
     .then(|| {
         let id = next_id;
         commands.push(ClientMessage::SubscribeEvents {
@@ -751,7 +782,7 @@ async fn session(
             _ = &mut results_deadline, if report.subscribed_at.is_none() => Wake::SetupOverdue,
             _ = tokio::time::sleep_until(pong_due.unwrap_or_else(Instant::now)), if pong_due.is_some() => Wake::PongOverdue,
             _ = ping_tick.tick(), if awaiting_pong.is_none() => Wake::Ping,
-            command = ctx.commands.next(), if report.subscribed_at.is_some() => Wake::Command(command),
+            command = ctx.commands.next(source), if report.subscribed_at.is_some() => Wake::Command(command),
         };
         let frame = match wake {
             Wake::Frame(frame) => frame,
@@ -818,7 +849,7 @@ async fn session(
         let arrived = Timestamp::now();
         for item in decoded.drain(..) {
             match item {
-                Ok(ServerMessage::Event { mut event, id }) => {
+                Ok(ServerMessage::Event { event, id }) => {
                     if event.event_type() == HOMEASSISTANT_STOP && !report.ha_stopping {
                         report.ha_stopping = true;
                         tracing::info!(message = "Home Assistant is stopping.", source = %source);
@@ -826,22 +857,84 @@ async fn session(
                     if Some(id) == stop_watch {
                         continue;
                     }
-                    meters.event(event.event_type());
-                    Stats::add(&ctx.stats.received, 1);
                     let time = event.time_fired;
-                    meters.lag(time, arrived);
-                    meters.last_event.set(time.as_nanos() as f64 / 1e9);
-                    if let Some(gap) = gap.as_mut() {
-                        gap.first_live.get_or_insert(time);
-                    }
-                    if let Some(delivered) = delivered.as_mut() {
-                        delivered.note(&event);
-                    }
-                    let mark = cursor.stamp(&mut event);
-                    if ctx.tx.send(event).await.is_err() {
+                    let mut live = Live {
+                        gap: &mut gap,
+                        delivered: &mut delivered,
+                        arrived,
+                    };
+                    if !hand_on_live(event, time, &mut live, link, meters).await {
                         return Ok(());
                     }
-                    cursor.advance(time, mark);
+                }
+                Ok(ServerMessage::Entities { id, message }) => {
+                    let Some((_, cache)) = entities.as_mut().filter(|(sub, _)| *sub == id) else {
+                        continue;
+                    };
+                    let initial = std::mem::take(&mut initial_pending);
+                    let mut changes = Vec::new();
+                    let tagged = if initial {
+                        &meters.snapshot_source
+                    } else {
+                        source
+                    };
+                    cache.apply(message, tagged, arrived, &mut changes);
+                    for change in changes {
+                        let event = match change {
+                            Ok(event) => event,
+                            Err(error) => {
+                                record_bad_input(
+                                    ctx,
+                                    source,
+                                    "unknown_entity",
+                                    &error.to_string(),
+                                    b"",
+                                );
+                                continue;
+                            }
+                        };
+                        if initial {
+                            let wanted = plan.snapshot || resume_at_start.is_some();
+                            let newer = resume_at_start.is_none_or(|c| event.time_fired > c);
+                            if !(wanted && newer) {
+                                continue;
+                            }
+                            let done = delivered.get_or_insert_default();
+                            if !hand_on_initial(event, done, link, meters).await {
+                                return Ok(());
+                            }
+                            continue;
+                        }
+                        // A removal has no time from HA: the cursor keeps the last state's time.
+                        let cursor_time = match event.state_changed() {
+                            Some(StateChanged {
+                                new_state: None,
+                                old_state: Some(old),
+                                ..
+                            }) => old
+                                .state()
+                                .map_or(resume_at_start.unwrap_or_default(), |o| o.last_updated),
+                            _ => event.time_fired,
+                        };
+                        let mut live = Live {
+                            gap: &mut gap,
+                            delivered: &mut delivered,
+                            arrived,
+                        };
+                        if !hand_on_live(event, cursor_time, &mut live, link, meters).await {
+                            return Ok(());
+                        }
+                    }
+                    if initial {
+                        if plan.snapshot {
+                            report.snapshot_done = true;
+                        }
+                        // Without a gap to fill, nothing else needs what was delivered.
+                        if gap.is_none() {
+                            delivered = None;
+                        }
+                        tracing::info!(message = "Entity states received.", source = %source, entities = cache.len());
+                    }
                 }
                 Ok(ServerMessage::Pong { id }) => {
                     if awaiting_pong.is_some_and(|(ping, _)| ping == id) {
@@ -900,8 +993,16 @@ async fn session(
                     if command == "get_states" {
                         let states = states_from_result(result, ctx, source);
                         if let Some(g) = gap.as_mut() {
-                            let ids: Vec<String> =
-                                states.iter().map(|s| s.entity_id.to_string()).collect();
+                            // With `entity_ids`, the gap is filled for those entities only.
+                            let ids: Vec<String> = states
+                                .iter()
+                                .map(|s| s.entity_id.to_string())
+                                .filter(|id| {
+                                    !entities_mode
+                                        || cfg.entity_ids.is_empty()
+                                        || cfg.entity_ids.contains(id)
+                                })
+                                .collect();
                             g.chunks = Some(history_windows(
                                 &ids,
                                 cfg.backfill_chunk,
@@ -910,7 +1011,7 @@ async fn session(
                                 cfg.backfill_window,
                             ));
                         }
-                        if plan.snapshot {
+                        if plan.snapshot && !entities_mode {
                             let after = gap.as_ref().map(|g| g.from);
                             let done = delivered.get_or_insert_default();
                             if !hand_on_snapshot(states, after, done, link, meters).await {
@@ -928,7 +1029,8 @@ async fn session(
                     if pending.is_empty() && report.subscribed_at.is_none() {
                         report.subscribed_at = Some(Instant::now());
                         // Asked before the source is reported ready, so "ready" implies "asked".
-                        if plan.snapshot || gap.is_some() {
+                        // The entities stream brings its own snapshot; get_states then only names the gap's entities.
+                        if (plan.snapshot && !entities_mode) || gap.is_some() {
                             let id = next_id;
                             next_id += 1;
                             ws.send(Message::text(ClientMessage::GetStates { id }.to_json()))
@@ -1038,6 +1140,65 @@ async fn hand_on_snapshot(
         meters.snapshot.increment(1);
     }
     tracing::info!(message = "Initial snapshot handed on.", source = %link.source, states = count);
+    true
+}
+
+/// Where a live event of this connection is noted besides the cursor.
+struct Live<'s> {
+    gap: &'s mut Option<Gap>,
+    delivered: &'s mut Option<Delivered>,
+    /// When the frame that carried it arrived (for the lag).
+    arrived: Timestamp,
+}
+
+/// Hands one live event on and moves the cursor to `cursor_time`; false when the pipeline closed its channel.
+async fn hand_on_live(
+    mut event: Event,
+    cursor_time: Timestamp,
+    live: &mut Live<'_>,
+    link: &Link<'_>,
+    meters: &mut Meters,
+) -> bool {
+    meters.event(event.event_type());
+    Stats::add(&link.ctx.stats.received, 1);
+    let time = event.time_fired;
+    meters.lag(time, live.arrived);
+    meters.last_event.set(time.as_nanos() as f64 / 1e9);
+    if let Some(gap) = live.gap.as_mut() {
+        gap.first_live.get_or_insert(time);
+    }
+    if let Some(delivered) = live.delivered.as_mut() {
+        delivered.note(&event);
+    }
+    let mark = link.cursor.stamp(&mut event);
+    if link.ctx.tx.send(event).await.is_err() {
+        return false;
+    }
+    link.cursor.advance(cursor_time, mark);
+    true
+}
+
+/// Hands on one state of the first `subscribe_entities` event, as the snapshot does; false when the pipeline closed its channel.
+async fn hand_on_initial(
+    mut event: Event,
+    delivered: &mut Delivered,
+    link: &Link<'_>,
+    meters: &Meters,
+) -> bool {
+    let Some(new) = event.state_changed().and_then(|sc| sc.new_state.as_ref()) else {
+        return true;
+    };
+    if delivered.contains(new) {
+        return true;
+    }
+    delivered.note(&event);
+    let time = event.time_fired;
+    let mark = link.cursor.stamp(&mut event);
+    if link.ctx.tx.send(event).await.is_err() {
+        return false;
+    }
+    link.cursor.advance(time, mark);
+    meters.snapshot.increment(1);
     true
 }
 
@@ -1155,11 +1316,13 @@ fn finish_gap(gap: &Gap, cfg: &HomeAssistantConfig, meters: &Meters, source: &So
     let seconds = seconds_between(gap.from, to);
     meters.gap_seconds.record(seconds);
     tracing::info!(message = "Gap backfilled from Home Assistant's history.", source = %source, from = %gap.from, to = %to, gap_s = seconds, states = gap.backfilled);
-    let other_events = cfg.event_types.is_empty()
-        || cfg
-            .event_types
-            .iter()
-            .any(|t| t != crate::event::STATE_CHANGED);
+    // The entities subscription never asked for other events: none were lost.
+    let other_events = cfg.subscription == HaSubscription::Events
+        && (cfg.event_types.is_empty()
+            || cfg
+                .event_types
+                .iter()
+                .any(|t| t != crate::event::STATE_CHANGED));
     if other_events {
         report_lost_gap(meters, source, gap, to, "events other than state changes");
     }

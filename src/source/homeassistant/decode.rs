@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
+use super::entities::{self, EntitiesMessage};
 use super::protocol::ErrorInfo;
 use crate::event::{
     BusEvent, Context, Event, EventKind, Origin, SourceId, StateChanged, Timestamp,
@@ -56,6 +57,13 @@ pub enum ServerMessage {
         id: u64,
         /// The decoded event.
         event: Event,
+    },
+    /// An event of a `subscribe_entities` subscription `id` (compressed states and diffs).
+    Entities {
+        /// The subscription's id.
+        id: u64,
+        /// The decoded additions, changes and removals.
+        message: EntitiesMessage,
     },
     /// The answer to `ping`.
     Pong {
@@ -319,7 +327,7 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
         let mut success: Option<bool> = None;
         let mut result: Option<serde_json::Value> = None;
         let mut error: Option<ErrorInfo> = None;
-        let mut event: Option<Event> = None;
+        let mut event: Option<Decoded> = None;
         let mut raw_event: Option<&'de RawValue> = None;
         while let Some(key) = map.next_key::<MessageField>()? {
             match key {
@@ -377,9 +385,15 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
                     }
                     (None, None) => return Err(de::Error::missing_field("event")),
                 };
-                ServerMessage::Event {
-                    id: id_required(id)?,
-                    event,
+                match event {
+                    Decoded::Bus(event) => ServerMessage::Event {
+                        id: id_required(id)?,
+                        event,
+                    },
+                    Decoded::Entities(message) => ServerMessage::Entities {
+                        id: id_required(id)?,
+                        message,
+                    },
                 }
             }
             MessageType::Pong => ServerMessage::Pong {
@@ -399,8 +413,23 @@ enum EventField {
     Origin,
     TimeFired,
     Context,
+    /// `subscribe_entities`: added states.
+    #[serde(rename = "a")]
+    Added,
+    /// `subscribe_entities`: changed states.
+    #[serde(rename = "c")]
+    Changed,
+    /// `subscribe_entities`: removed entities.
+    #[serde(rename = "r")]
+    Removed,
     #[serde(other)]
     Other,
+}
+
+/// What an `event` object holds: a bus event, or a `subscribe_entities` update (no `event_type`, keys `a`/`c`/`r`).
+enum Decoded {
+    Bus(Event),
+    Entities(EntitiesMessage),
 }
 
 /// An `event_type`, without allocating for the common one.
@@ -471,20 +500,21 @@ struct EventSeed<'s> {
 }
 
 impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
-    type Value = Event;
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Event, D::Error> {
+    type Value = Decoded;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Decoded, D::Error> {
         deserializer.deserialize_map(self)
     }
 }
 
 impl<'de> Visitor<'de> for EventSeed<'_> {
-    type Value = Event;
+    type Value = Decoded;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a Home Assistant event object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Event, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Decoded, A::Error> {
+        let mut entities: Option<EntitiesMessage> = None;
         let mut event_type: Option<EventTypeName> = None;
         let mut kind: Option<EventKind> = None;
         let mut raw_data: Option<&'de RawValue> = None;
@@ -501,13 +531,25 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
                 EventField::Origin => origin = Some(map.next_value()?),
                 EventField::TimeFired => time_fired = Some(map.next_value::<IsoTime>()?.0),
                 EventField::Context => context = map.next_value()?,
+                EventField::Added => {
+                    entities.get_or_insert_default().added = entities::read_added(&mut map)?;
+                }
+                EventField::Changed => {
+                    entities.get_or_insert_default().changed = entities::read_changed(&mut map)?;
+                }
+                EventField::Removed => {
+                    entities.get_or_insert_default().removed = map.next_value()?;
+                }
                 EventField::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
         let Some(event_type) = event_type else {
-            return Err(de::Error::missing_field("event_type"));
+            return match entities {
+                Some(message) => Ok(Decoded::Entities(message)),
+                None => Err(de::Error::missing_field("event_type")),
+            };
         };
         let kind = match (kind, raw_data) {
             (Some(kind), _) => kind,
@@ -518,14 +560,14 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
                     .map_err(de::Error::custom)?
             }
         };
-        Ok(Event {
+        Ok(Decoded::Bus(Event {
             meta: Default::default(),
             source: self.source.clone(),
             time_fired: time_fired.ok_or_else(|| de::Error::missing_field("time_fired"))?,
             origin: origin.unwrap_or_default(),
             context: context.unwrap_or_default(),
             kind,
-        })
+        }))
     }
 }
 

@@ -4,5 +4,6 @@ pub mod client;
 pub mod commands;
 pub mod cursor;
 pub mod decode;
+pub mod entities;
 pub mod history;
 pub mod protocol;

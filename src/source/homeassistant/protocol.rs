@@ -60,6 +60,14 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         event_type: Option<String>,
     },
+    /// Subscribes to compressed states and their diffs (`a`/`c`/`r`); no other events.
+    SubscribeEntities {
+        /// Command id, echoed by every event of this subscription.
+        id: u64,
+        /// Only these entities; all when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entity_ids: Option<Vec<String>>,
+    },
     /// Ends a subscription.
     UnsubscribeEvents {
         /// Command id.
@@ -213,6 +221,14 @@ mod tests {
             event_type: None,
         };
         assert_eq!(sub.to_json(), r#"{"type":"subscribe_events","id":2}"#);
+        let entities = ClientMessage::SubscribeEntities {
+            id: 3,
+            entity_ids: Some(vec!["sensor.a".into()]),
+        };
+        assert_eq!(
+            entities.to_json(),
+            r#"{"type":"subscribe_entities","id":3,"entity_ids":["sensor.a"]}"#
+        );
         let feat = ClientMessage::SupportedFeatures {
             id: 1,
             features: Features {

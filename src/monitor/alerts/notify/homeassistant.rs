@@ -2,6 +2,7 @@
 //! `persistent_notification` (one per rule, `notification_id`
 //! `ha_ingestor_<rule>`, replaced by the recovery notice) and an event
 //! (`ha_ingestor_alert` by default) carrying the notification, for automations.
+//! With several homes, `instance` names the one to tell; unset, every home is told.
 
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -9,32 +10,40 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Notification, Status, failed, sent};
 use crate::monitor::alerts::config::NotifierConfig;
-use crate::source::homeassistant::commands::{Command, Commands};
+use crate::source::homeassistant::commands::{Command, Commands, SendError};
 
 /// The Home Assistant notifier.
 pub struct HomeAssistant {
     name: String,
     notification: bool,
     event: Option<String>,
+    /// The one home to tell; `None` tells every home.
+    instance: Option<String>,
     commands: Commands,
 }
 
 impl HomeAssistant {
     /// Built from its config and the source's command queue.
     pub fn new(cfg: &NotifierConfig, commands: Commands) -> Self {
-        let (notification, event) = match cfg {
+        let (notification, event, instance) = match cfg {
             NotifierConfig::Homeassistant {
                 notification,
                 event,
                 event_type,
+                instance,
                 ..
-            } => (*notification, event.then(|| event_type.clone())),
-            _ => (false, None),
+            } => (
+                *notification,
+                event.then(|| event_type.clone()),
+                instance.clone(),
+            ),
+            _ => (false, None, None),
         };
         HomeAssistant {
             name: cfg.name().to_string(),
             notification,
             event,
+            instance,
             commands,
         }
     }
@@ -79,9 +88,17 @@ impl HomeAssistant {
             };
             let mut ok = true;
             for command in self.commands_for(&n) {
-                if let Err(error) = self.commands.send(command) {
+                let queued = match &self.instance {
+                    Some(home) => self.commands.send_to(home, command),
+                    None => self.commands.send(command),
+                };
+                if let Err(error) = queued {
                     ok = false;
-                    failed(&self.name, "queue_full");
+                    let kind = match &error {
+                        SendError::Full => "queue_full",
+                        SendError::UnknownHome(_) | SendError::NoHome => "unknown_instance",
+                    };
+                    failed(&self.name, kind);
                     tracing::warn!(message = "Alert notification to Home Assistant dropped.", notifier = %self.name, rule = %n.rule, %error);
                 }
             }

@@ -159,6 +159,17 @@ pub fn spawn(
                     message: "needs the [homeassistant] source".into(),
                 });
             };
+            if let NotifierConfig::Homeassistant {
+                instance: Some(home),
+                ..
+            } = cfg
+                && !commands.knows(home)
+            {
+                return Err(NotifierError::Build {
+                    name,
+                    message: format!("instance {home:?} names no [[homeassistant]]"),
+                });
+            }
             let ha = homeassistant::HomeAssistant::new(cfg, commands.clone());
             tokio::spawn(ha.run(rx, shutdown))
         }
