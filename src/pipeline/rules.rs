@@ -1024,6 +1024,27 @@ fn compile_rule(cfg: &FilterRuleConfig, zone: Option<chrono_tz::Tz>) -> Result<R
             message: e.message,
         })?),
     };
+    if let Some(t) = &transform {
+        // Which events the match can select: entity, attribute and state tests need a state change.
+        let matches_state_changes = fixed
+            .event_types
+            .as_ref()
+            .is_none_or(|types| types.is_match(crate::event::STATE_CHANGED));
+        let matches_other_events = fixed.domains.is_empty()
+            && fixed.entity.is_none()
+            && dynamic.attributes.is_empty()
+            && dynamic.state.is_none()
+            && (m.event_type.is_empty()
+                || m.event_type
+                    .iter()
+                    .any(|t| t != crate::event::STATE_CHANGED));
+        t.check_reach(matches_state_changes, matches_other_events)
+            .map_err(|e| RuleError::Rule {
+                rule: cfg.name.clone(),
+                key: e.key,
+                message: e.message,
+            })?;
+    }
     let rate_text = match &cfg.rate {
         Some(rate) => {
             if !cfg.keep_or_transform() {
@@ -1809,11 +1830,37 @@ mod tests {
                 "action = \"include\"\ntransform = [{ convert = \"state\" }]",
                 "transform[0].to",
             ),
+            (
+                "action = \"include\"\nmatch = { event_type = [\"call_service\"] }\ntransform = [{ tags = { a = \"b\" } }, { convert = \"state\", to = \"float\" }]",
+                "transform[1].convert",
+            ),
+            (
+                "action = \"transform\"\nmatch = { domain = [\"light\"] }\ntransform = [{ drop_data = [\"x\"] }]",
+                "transform[0].drop_data",
+            ),
+            (
+                "action = \"transform\"\nmatch = { event_type = [\"state_changed\"] }\ntransform = [{ keep_data = [\"x\"] }]",
+                "transform[0].keep_data",
+            ),
         ] {
             let err = build_err(&format!("[[rules]]\nname = \"r1\"\n{body}\n"));
             assert!(err.contains("\"r1\""), "{err}");
             assert!(err.contains(&format!("{key}:")), "{key}: {err}");
         }
+        // Steps each kind of event can take, on matches that can select it, build.
+        chain(
+            r#"
+            [[rules]]
+            name = "service calls"
+            action = "transform"
+            match = { event_type = ["call_*"] }
+            transform = [{ drop_data = ["*_id"] }, { measurement = "calls" }]
+            [[rules]]
+            name = "everything"
+            action = "transform"
+            transform = [{ drop_data = ["x"] }, { drop_attributes = ["icon"] }, { tags = { a = "b" } }]
+            "#,
+        );
     }
 
     #[test]
