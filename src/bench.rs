@@ -344,6 +344,13 @@ pub struct RulesReport {
     pub uncached_decisions_per_cpu_sec: Option<f64>,
     /// CPU nanoseconds per event in the chain (cached): `chain_ns_per_event` × `cpu_share`.
     pub chain_cpu_ns_per_event: Option<f64>,
+    /// Rule runs timed per event for the sampled per-rule evaluation time (cached chain).
+    pub rule_time_samples_per_event: f64,
+    /// Measured cost of timing one rule run (two clock reads), CPU nanoseconds.
+    pub clock_pair_ns: f64,
+    /// What the sampled per-rule timing adds per event: samples per event × `clock_pair_ns`
+    /// (included in the chain's figures above).
+    pub rule_timing_ns_per_event: f64,
 }
 
 /// Seconds spent in each stage over all passes.
@@ -355,6 +362,28 @@ struct StageTimes {
     encode: f64,
     /// Thread CPU seconds over wall seconds of the timed passes (`None` without schedstat).
     cpu_share: Option<f64>,
+    /// Rule runs timed for `ha_ingestor_filter_rule_eval_seconds` (one event in 64).
+    rule_time_samples: u64,
+}
+
+/// Nanoseconds of the two clock reads that time one rule run (`Instant::now`, then `elapsed`).
+fn clock_pair_ns() -> f64 {
+    const N: u32 = 200_000;
+    let mut sink = std::time::Duration::ZERO;
+    let cpu_start = thread_cpu_nanos();
+    let started = Instant::now();
+    for _ in 0..N {
+        let t = Instant::now();
+        sink += std::hint::black_box(t).elapsed();
+    }
+    let wall = started.elapsed().as_secs_f64();
+    std::hint::black_box(sink);
+    // Per CPU-second when schedstat is there, as the other figures.
+    let seconds = match (cpu_start, thread_cpu_nanos()) {
+        (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e9,
+        _ => wall,
+    };
+    seconds * 1e9 / f64::from(N)
 }
 
 /// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`, first field).
@@ -416,11 +445,15 @@ pub fn rules(
         }
         out.clear();
         let t_encode = t.elapsed().as_secs_f64();
+        // The pipeline drains the sampled per-rule times once per batch; so does each pass.
+        let mut samples = 0u64;
+        chain.drain_eval_times(|_, _| samples += 1);
         if timed {
             times.passes += 1;
             times.decode += t_decode;
             times.chain += t_chain;
             times.encode += t_encode;
+            times.rule_time_samples += samples;
         }
         kept = keep.iter().filter(|k| **k).count() as u64;
     };
@@ -460,6 +493,12 @@ pub fn rules(
     let encode_ns = ns(with_cache.encode, with_cache.passes);
     let total = decode_ns + chain_ns + encode_ns;
     let uncached_ns = ns(without_cache.chain, without_cache.passes);
+    let samples_per_event = if n == 0 || with_cache.passes == 0 {
+        0.0
+    } else {
+        with_cache.rule_time_samples as f64 / (with_cache.passes * n) as f64
+    };
+    let clock_pair = clock_pair_ns();
     let chain_cpu_ns = with_cache.cpu_share.map(|share| chain_ns * share);
     Ok(RulesReport {
         input: input.to_string(),
@@ -478,5 +517,8 @@ pub fn rules(
             .cpu_share
             .map(|share| rate(uncached_ns * share)),
         chain_cpu_ns_per_event: chain_cpu_ns,
+        rule_time_samples_per_event: samples_per_event,
+        clock_pair_ns: clock_pair,
+        rule_timing_ns_per_event: samples_per_event * clock_pair,
     })
 }

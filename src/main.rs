@@ -734,6 +734,10 @@ fn main() -> ExitCode {
                             share * 100.0
                         );
                     }
+                    println!(
+                        "  rule timing        {:.3} timed rule runs/event x {:.1} ns = {:.2} ns/event (sampled per-rule evaluation time, included above)",
+                        r.rule_time_samples_per_event, r.clock_pair_ns, r.rule_timing_ns_per_event
+                    );
                 }
                 anyhow::Ok(())
             })();
