@@ -1259,6 +1259,14 @@ mod tests {
         state_event(id, value, attributes, None)
     }
 
+    /// Table-driven: each row's event must be kept (or not) by the chain, cached and uncached;
+    /// the row's name is in the failure message.
+    fn assert_rows(c: &mut RuleChain, rows: &[(&str, Event, bool)]) {
+        for (name, event, keep) in rows {
+            assert_eq!(kept(c, event), *keep, "row {name:?}");
+        }
+    }
+
     #[test]
     fn first_match_wins_then_default() {
         let mut c = chain(
@@ -1343,16 +1351,32 @@ mod tests {
             match = { event_type = ["call_*", "automation_triggered"], source = ["simulator"] }
             "#,
         );
-        let mut call = bus_event("call_service");
-        assert!(kept(&mut c, &call), "source homeassistant");
-        call.source = "simulator".into();
-        assert!(!kept(&mut c, &call));
-        let mut auto = bus_event("automation_triggered");
-        auto.source = "simulator".into();
-        assert!(!kept(&mut c, &auto));
-        let mut other = bus_event("script_started");
-        other.source = "simulator".into();
-        assert!(kept(&mut c, &other));
+        let from_simulator = |event_type: &str| {
+            let mut e = bus_event(event_type);
+            e.source = "simulator".into();
+            e
+        };
+        assert_rows(
+            &mut c,
+            &[
+                ("call from homeassistant", bus_event("call_service"), true),
+                (
+                    "call from the simulator",
+                    from_simulator("call_service"),
+                    false,
+                ),
+                (
+                    "exact type from the simulator",
+                    from_simulator("automation_triggered"),
+                    false,
+                ),
+                (
+                    "other type from the simulator",
+                    from_simulator("script_started"),
+                    true,
+                ),
+            ],
+        );
     }
 
     #[test]
@@ -1370,13 +1394,23 @@ mod tests {
             match = { domain = ["light"] }
             "#,
         );
-        assert!(kept(&mut c, &sensor("sensor.tv_power", "3", json!({}))));
-        assert!(kept(&mut c, &sensor("switch.plug_12", "on", json!({}))));
-        assert!(!kept(&mut c, &sensor("switch.plug_x", "on", json!({}))));
-        assert!(kept(&mut c, &sensor("light.a", "on", json!({}))));
-        assert!(
-            !kept(&mut c, &bus_event("call_service")),
-            "a bus event has no entity"
+        assert_rows(
+            &mut c,
+            &[
+                ("glob", sensor("sensor.tv_power", "3", json!({})), true),
+                ("regex", sensor("switch.plug_12", "on", json!({})), true),
+                (
+                    "regex needs digits",
+                    sensor("switch.plug_x", "on", json!({})),
+                    false,
+                ),
+                ("domain", sensor("light.a", "on", json!({})), true),
+                (
+                    "a bus event has no entity",
+                    bus_event("call_service"),
+                    false,
+                ),
+            ],
         );
     }
 
@@ -1399,71 +1433,66 @@ mod tests {
             match = { attribute = [{ name = "model", regex = "^TRADFRI" }, { name = "count", equals = 3 }] }
             "#,
         );
-        assert!(kept(
-            &mut c,
-            &sensor(
+        let rows = [
+            (
+                "unit and class in the list",
+                json!({"unit_of_measurement": "W", "device_class": "power"}),
                 "sensor.p",
-                "1",
-                json!({"unit_of_measurement": "W", "device_class": "power"})
-            )
-        ));
-        assert!(!kept(
-            &mut c,
-            &sensor(
+                true,
+            ),
+            (
+                "class not in the list",
+                json!({"unit_of_measurement": "W", "device_class": "humidity"}),
                 "sensor.p",
-                "1",
-                json!({"unit_of_measurement": "W", "device_class": "humidity"})
-            )
-        ));
-        assert!(!kept(
-            &mut c,
-            &sensor("sensor.p", "1", json!({"device_class": "power"}))
-        ));
-        assert!(kept(
-            &mut c,
-            &sensor("light.a", "on", json!({"brightness": 100}))
-        ));
-        assert!(
-            kept(
-                &mut c,
-                &sensor("light.a", "on", json!({"brightness": "150"}))
+                false,
             ),
-            "numeric text"
-        );
-        assert!(!kept(
-            &mut c,
-            &sensor("light.a", "on", json!({"brightness": 200.5}))
-        ));
-        assert!(!kept(
-            &mut c,
-            &sensor("light.a", "on", json!({"brightness": "dim"}))
-        ));
-        assert!(
-            kept(
-                &mut c,
-                &sensor(
-                    "light.b",
-                    "on",
-                    json!({"model": "TRADFRI bulb", "count": 3.0})
-                )
+            (
+                "no unit",
+                json!({"device_class": "power"}),
+                "sensor.p",
+                false,
             ),
-            "3 equals 3.0"
-        );
-        assert!(
-            !kept(
-                &mut c,
-                &sensor(
-                    "light.b",
-                    "on",
-                    json!({"model": "TRADFRI bulb", "count": "3"})
-                )
+            ("gte bound", json!({"brightness": 100}), "light.a", true),
+            (
+                "numeric text",
+                json!({"brightness": "150"}),
+                "light.a",
+                true,
             ),
-            "text is not a number for equals"
-        );
-        assert!(!kept(
-            &mut c,
-            &sensor("light.b", "on", json!({"model": "Hue", "count": 3}))
-        ));
+            ("lt bound", json!({"brightness": 200.5}), "light.a", false),
+            (
+                "text is not a number",
+                json!({"brightness": "dim"}),
+                "light.a",
+                false,
+            ),
+            (
+                "3 equals 3.0",
+                json!({"model": "TRADFRI bulb", "count": 3.0}),
+                "light.b",
+                true,
+            ),
+            (
+                "text is not a number for equals",
+                json!({"model": "TRADFRI bulb", "count": "3"}),
+                "light.b",
+                false,
+            ),
+            (
+                "regex fails",
+                json!({"model": "Hue", "count": 3}),
+                "light.b",
+                false,
+            ),
+        ];
+        let rows: Vec<(&str, Event, bool)> = rows
+            .into_iter()
+            .map(|(name, attributes, id, keep)| {
+                let value = if id.starts_with("sensor.") { "1" } else { "on" };
+                (name, sensor(id, value, attributes), keep)
+            })
+            .collect();
+        assert_rows(&mut c, &rows);
     }
 
     #[test]
@@ -1521,18 +1550,18 @@ mod tests {
             match = { domain = ["person"], state = { equals = "home", lte = 5 } }
             "#,
         );
-        assert!(kept(&mut c, &sensor("sensor.p", "12.5", json!({}))));
-        assert!(!kept(&mut c, &sensor("sensor.p", "0", json!({}))));
-        assert!(!kept(&mut c, &sensor("sensor.p", "unavailable", json!({}))));
-        assert!(kept(&mut c, &sensor("binary_sensor.d", "off", json!({}))));
-        assert!(!kept(
-            &mut c,
-            &sensor("binary_sensor.d", "unknown", json!({}))
-        ));
-        assert!(
-            !kept(&mut c, &sensor("person.a", "home", json!({}))),
-            "home is not a number"
-        );
+        let rows: Vec<(&str, Event, bool)> = [
+            ("above zero", "sensor.p", "12.5", true),
+            ("zero is not above zero", "sensor.p", "0", false),
+            ("not a number", "sensor.p", "unavailable", false),
+            ("in the list", "binary_sensor.d", "off", true),
+            ("not in the list", "binary_sensor.d", "unknown", false),
+            ("home is not a number", "person.a", "home", false),
+        ]
+        .into_iter()
+        .map(|(name, id, value, keep)| (name, sensor(id, value, json!({})), keep))
+        .collect();
+        assert_rows(&mut c, &rows);
     }
 
     #[test]
