@@ -435,38 +435,50 @@ fn bench_rules_and_pipeline_with_a_config() {
     let frames = root().join("tests/fixtures/ha-ws-frames.jsonl");
     let config = root().join("examples/bench-rules.toml");
     let (frames, config) = (frames.to_str().unwrap(), config.to_str().unwrap());
-    let r = json_output(&[
-        "bench",
-        "rules",
-        "--config",
-        config,
-        "--input",
-        frames,
-        "--seconds",
-        "0.05",
-        "--json",
-    ]);
-    assert_eq!(r["rules"], 20);
-    assert_eq!(r["events"], 397);
-    assert_eq!(r["kept"], 291, "{r}");
-    assert!(r["decisions_per_sec"].as_f64().unwrap() > 0.0, "{r}");
-    let share = r["chain_share"].as_f64().unwrap();
-    assert!(share > 0.0 && share < 1.0, "{r}");
-    let r = json_output(&[
-        "bench",
-        "rules",
-        "--config",
-        config,
-        "--input",
-        frames,
-        "--seconds",
-        "0.05",
-        "--rules",
-        "static",
-        "--json",
-    ]);
-    assert_eq!(r["rules"], 10);
-    assert_eq!(r["kept"], 303, "{r}");
+    // (--rules, rules in the chain, events kept): one row per selection.
+    for (selection, rules, kept) in [
+        ("all", 20, 291),
+        ("no-expressions", 18, 295),
+        ("static", 10, 303),
+    ] {
+        let r = json_output(&[
+            "bench",
+            "rules",
+            "--config",
+            config,
+            "--input",
+            frames,
+            "--seconds",
+            "0.05",
+            "--rules",
+            selection,
+            "--json",
+        ]);
+        assert_eq!(r["rules"], rules, "{selection}: {r}");
+        assert_eq!(r["events"], 397, "{selection}: {r}");
+        assert_eq!(r["kept"], kept, "{selection}: {r}");
+        assert!(
+            r["decisions_per_sec"].as_f64().unwrap() > 0.0,
+            "{selection}: {r}"
+        );
+        let share = r["chain_share"].as_f64().unwrap();
+        assert!(share > 0.0 && share < 1.0, "{selection}: {r}");
+        // Linux has schedstat: the per-CPU-second figures are there.
+        assert!(
+            r["decisions_per_cpu_sec"].as_f64().unwrap() > 0.0,
+            "{selection}: {r}"
+        );
+        // Sampled rule timing: one event in 64 has its dynamic rules timed; static ones never are.
+        let samples = r["rule_time_samples_per_event"].as_f64().unwrap();
+        if selection == "static" {
+            assert_eq!(samples, 0.0, "{r}");
+        } else {
+            assert!(
+                samples > 0.0 && samples < rules as f64 / 32.0,
+                "{selection}: {r}"
+            );
+        }
+    }
     let r = json_output(&[
         "bench",
         "pipeline",
