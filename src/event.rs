@@ -951,4 +951,27 @@ mod tests {
         };
         assert_eq!(LazyState::from(state).peek_state().as_deref(), Some("off"));
     }
+
+    proptest::proptest! {
+        /// For any state HA could send (any text, escapes and non-ASCII included, any
+        /// attributes before or after it), the peeked value is the decoded state's.
+        #[test]
+        fn peek_state_equals_the_decoded_value(
+            value in ".{0,24}",
+            attributes in proptest::collection::btree_map("[a-z_\"\\\\]{1,8}", ".{0,12}", 0..4),
+            attributes_first in proptest::bool::ANY,
+        ) {
+            let attrs = serde_json::to_string(&attributes).unwrap();
+            let state = serde_json::to_string(&value).unwrap();
+            let json = if attributes_first {
+                format!(r#"{{"entity_id":"a.b","attributes":{attrs},"state":{state},"last_changed":"2026-01-01T00:00:00+00:00","last_updated":"2026-01-01T00:00:00+00:00"}}"#)
+            } else {
+                format!(r#"{{"entity_id":"a.b","state":{state},"attributes":{attrs},"last_changed":"2026-01-01T00:00:00+00:00","last_updated":"2026-01-01T00:00:00+00:00"}}"#)
+            };
+            let lazy: LazyState = serde_json::from_str(&json).unwrap();
+            let peeked = lazy.peek_state().map(|v| v.into_owned());
+            proptest::prop_assert_eq!(peeked.as_deref(), Some(value.as_str()));
+            proptest::prop_assert_eq!(lazy.state().map(|s| s.state.as_str()), Some(value.as_str()));
+        }
+    }
 }
