@@ -334,6 +334,23 @@ pub struct RulesReport {
     pub encode_ns_per_event: f64,
     /// The chain's share of decode + chain + encode.
     pub chain_share: f64,
+    /// The thread's CPU time over wall time while measuring with the cache (`null` without
+    /// Linux's schedstat): below 1 when the machine is loaded and the thread waited for a core.
+    pub cpu_share: Option<f64>,
+    /// Decisions per second of the thread's CPU time, with the cache: the per-core figure
+    /// even on a loaded machine (stage times scaled by `cpu_share`).
+    pub decisions_per_cpu_sec: Option<f64>,
+    /// As `decisions_per_cpu_sec`, every rule in full (no cache).
+    pub uncached_decisions_per_cpu_sec: Option<f64>,
+    /// CPU nanoseconds per event in the chain (cached): `chain_ns_per_event` × `cpu_share`.
+    pub chain_cpu_ns_per_event: Option<f64>,
+    /// Rule runs timed per event for the sampled per-rule evaluation time (cached chain).
+    pub rule_time_samples_per_event: f64,
+    /// Measured cost of timing one rule run (two clock reads), CPU nanoseconds.
+    pub clock_pair_ns: f64,
+    /// What the sampled per-rule timing adds per event: samples per event × `clock_pair_ns`
+    /// (included in the chain's figures above).
+    pub rule_timing_ns_per_event: f64,
 }
 
 /// Seconds spent in each stage over all passes.
@@ -343,6 +360,36 @@ struct StageTimes {
     decode: f64,
     chain: f64,
     encode: f64,
+    /// Thread CPU seconds over wall seconds of the timed passes (`None` without schedstat).
+    cpu_share: Option<f64>,
+    /// Rule runs timed for `ha_ingestor_filter_rule_eval_seconds` (one event in 64).
+    rule_time_samples: u64,
+}
+
+/// Nanoseconds of the two clock reads that time one rule run (`Instant::now`, then `elapsed`).
+fn clock_pair_ns() -> f64 {
+    const N: u32 = 200_000;
+    let mut sink = std::time::Duration::ZERO;
+    let cpu_start = thread_cpu_nanos();
+    let started = Instant::now();
+    for _ in 0..N {
+        let t = Instant::now();
+        sink += std::hint::black_box(t).elapsed();
+    }
+    let wall = started.elapsed().as_secs_f64();
+    std::hint::black_box(sink);
+    // Per CPU-second when schedstat is there, as the other figures.
+    let seconds = match (cpu_start, thread_cpu_nanos()) {
+        (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e9,
+        _ => wall,
+    };
+    seconds * 1e9 / f64::from(N)
+}
+
+/// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`, first field).
+fn thread_cpu_nanos() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// Measures the filter chain over the events of `frames` for at least `min_seconds` per mode.
@@ -398,11 +445,15 @@ pub fn rules(
         }
         out.clear();
         let t_encode = t.elapsed().as_secs_f64();
+        // The pipeline drains the sampled per-rule times once per batch; so does each pass.
+        let mut samples = 0u64;
+        chain.drain_eval_times(|_, _| samples += 1);
         if timed {
             times.passes += 1;
             times.decode += t_decode;
             times.chain += t_chain;
             times.encode += t_encode;
+            times.rule_time_samples += samples;
         }
         kept = keep.iter().filter(|k| **k).count() as u64;
     };
@@ -410,10 +461,20 @@ pub fn rules(
     let mut measure = |cached: bool| {
         let mut times = StageTimes::default();
         run(cached, false, &mut times);
+        // CPU time is read only around the whole loop (a read costs microseconds, more than a
+        // pass of the cached chain); each stage's share of it is taken as its share of wall time.
+        let cpu_start = thread_cpu_nanos();
         let started = Instant::now();
         while times.passes == 0 || started.elapsed().as_secs_f64() < min_seconds {
             run(cached, true, &mut times);
         }
+        let wall = started.elapsed().as_secs_f64();
+        times.cpu_share = match (cpu_start, thread_cpu_nanos()) {
+            (Some(a), Some(b)) if b > a && wall > 0.0 => {
+                Some(((b - a) as f64 / 1e9 / wall).min(1.0))
+            }
+            _ => None,
+        };
         times
     };
     let with_cache = measure(true);
@@ -431,16 +492,33 @@ pub fn rules(
     let chain_ns = ns(with_cache.chain, with_cache.passes);
     let encode_ns = ns(with_cache.encode, with_cache.passes);
     let total = decode_ns + chain_ns + encode_ns;
+    let uncached_ns = ns(without_cache.chain, without_cache.passes);
+    let samples_per_event = if n == 0 || with_cache.passes == 0 {
+        0.0
+    } else {
+        with_cache.rule_time_samples as f64 / (with_cache.passes * n) as f64
+    };
+    let clock_pair = clock_pair_ns();
+    let chain_cpu_ns = with_cache.cpu_share.map(|share| chain_ns * share);
     Ok(RulesReport {
         input: input.to_string(),
         rules: filter.rules.len(),
         events: n,
         kept,
         decisions_per_sec: rate(chain_ns),
-        uncached_decisions_per_sec: rate(ns(without_cache.chain, without_cache.passes)),
+        uncached_decisions_per_sec: rate(uncached_ns),
         decode_ns_per_event: decode_ns,
         chain_ns_per_event: chain_ns,
         encode_ns_per_event: encode_ns,
         chain_share: if total > 0.0 { chain_ns / total } else { 0.0 },
+        cpu_share: with_cache.cpu_share,
+        decisions_per_cpu_sec: chain_cpu_ns.map(rate),
+        uncached_decisions_per_cpu_sec: without_cache
+            .cpu_share
+            .map(|share| rate(uncached_ns * share)),
+        chain_cpu_ns_per_event: chain_cpu_ns,
+        rule_time_samples_per_event: samples_per_event,
+        clock_pair_ns: clock_pair,
+        rule_timing_ns_per_event: samples_per_event * clock_pair,
     })
 }

@@ -487,6 +487,15 @@ pub struct TransformStepConfig {
     /// When `convert`, `compute` or `computed_tags` fails for an event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_error: Option<StepOnError>,
+    /// Renames members of an event's `data` (events other than `state_changed`): `{ old = "new" }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rename_data: Option<BTreeMap<String, String>>,
+    /// Removes the members of an event's `data` matching these globs (events other than `state_changed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_data: Option<Vec<String>>,
+    /// Keeps only the members of an event's `data` matching these globs (events other than `state_changed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_data: Option<Vec<String>>,
 }
 
 /// The types `convert` knows.

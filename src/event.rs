@@ -580,6 +580,79 @@ impl LazyState {
     pub fn state(&self) -> Option<&State> {
         self.get().ok()
     }
+
+    /// The state's `state` string without decoding the rest: read from the start of HA's
+    /// JSON (where HA puts it, after `entity_id`), or from the decoded state when there is one.
+    ///
+    /// Tests that only compare the old state's value (`changed`, and the first half of
+    /// `attributes_only_changed`) use it; decoding the attributes was most of their cost.
+    /// `None` when the JSON has no string `state` member, or is malformed before it.
+    pub fn peek_state(&self) -> Option<std::borrow::Cow<'_, str>> {
+        if let Some(decoded) = self.decoded.get() {
+            return decoded
+                .as_ref()
+                .ok()
+                .map(|s| std::borrow::Cow::Borrowed(s.state.as_str()));
+        }
+        let raw = self.raw.as_ref()?;
+        let mut found = None;
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        // The visitor stops at `state`; serde_json then reports the members it did not
+        // read as an error, which is expected and ignored: `found` holds the answer.
+        let _ = de::Deserializer::deserialize_map(&mut de, PeekState { found: &mut found });
+        found
+    }
+}
+
+/// Reads map members up to `state` and keeps its string value.
+struct PeekState<'a, 'de> {
+    found: &'a mut Option<std::borrow::Cow<'de, str>>,
+}
+
+impl<'de> Visitor<'de> for PeekState<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a state object")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<&'de str>()? {
+            if key == "state" {
+                *self.found = Some(map.next_value_seed(PeekText)?);
+                return Ok(());
+            }
+            map.next_value::<de::IgnoredAny>()?;
+        }
+        Ok(())
+    }
+}
+
+/// A string member, borrowed from the JSON unless it has escapes.
+struct PeekText;
+
+impl<'de> de::DeserializeSeed<'de> for PeekText {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PeekText {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v.to_string()))
+    }
 }
 
 impl From<State> for LazyState {
@@ -839,6 +912,66 @@ mod tests {
         assert_eq!(id.object_id(), "kitchen.temp");
         for bad in ["", "sensor", ".x", "sensor."] {
             assert!(EntityId::new(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn peek_state_reads_the_value_without_decoding() {
+        let lazy = |json: &str| -> LazyState { serde_json::from_str(json).unwrap() };
+        let cases = [
+            (
+                r#"{"entity_id":"a.b","state":"on","attributes":{"x":1}}"#,
+                Some("on"),
+            ),
+            (
+                r#"{"attributes":{"state":"no"},"state":"21.5"}"#,
+                Some("21.5"),
+            ),
+            (
+                r#"{"entity_id":"a.b","state":"say \"hi\""}"#,
+                Some("say \"hi\""),
+            ),
+            (r#"{"entity_id":"a.b","state":null}"#, None),
+            (r#"{"entity_id":"a.b","state":3}"#, None),
+            (r#"{"entity_id":"a.b"}"#, None),
+        ];
+        for (json, want) in cases {
+            let l = lazy(json);
+            assert_eq!(l.peek_state().as_deref(), want, "{json}");
+            assert!(l.decoded.get().is_none(), "{json}: peeking decodes nothing");
+        }
+        let state = State {
+            entity_id: EntityId::new("a.b").unwrap(),
+            state: "off".into(),
+            attributes: Attributes::new(),
+            last_changed: Timestamp::from_nanos(0),
+            last_reported: None,
+            last_updated: Timestamp::from_nanos(0),
+            context: None,
+        };
+        assert_eq!(LazyState::from(state).peek_state().as_deref(), Some("off"));
+    }
+
+    proptest::proptest! {
+        /// For any state HA could send (any text, escapes and non-ASCII included, any
+        /// attributes before or after it), the peeked value is the decoded state's.
+        #[test]
+        fn peek_state_equals_the_decoded_value(
+            value in ".{0,24}",
+            attributes in proptest::collection::btree_map("[a-z_\"\\\\]{1,8}", ".{0,12}", 0..4),
+            attributes_first in proptest::bool::ANY,
+        ) {
+            let attrs = serde_json::to_string(&attributes).unwrap();
+            let state = serde_json::to_string(&value).unwrap();
+            let json = if attributes_first {
+                format!(r#"{{"entity_id":"a.b","attributes":{attrs},"state":{state},"last_changed":"2026-01-01T00:00:00+00:00","last_updated":"2026-01-01T00:00:00+00:00"}}"#)
+            } else {
+                format!(r#"{{"entity_id":"a.b","state":{state},"attributes":{attrs},"last_changed":"2026-01-01T00:00:00+00:00","last_updated":"2026-01-01T00:00:00+00:00"}}"#)
+            };
+            let lazy: LazyState = serde_json::from_str(&json).unwrap();
+            let peeked = lazy.peek_state().map(|v| v.into_owned());
+            proptest::prop_assert_eq!(peeked.as_deref(), Some(value.as_str()));
+            proptest::prop_assert_eq!(lazy.state().map(|s| s.state.as_str()), Some(value.as_str()));
         }
     }
 }

@@ -744,6 +744,21 @@ fn main() -> ExitCode {
                         r.decode_ns_per_event, r.chain_ns_per_event, r.encode_ns_per_event
                     );
                     println!("  chain share        {:.1} %", r.chain_share * 100.0);
+                    if let (Some(share), Some(rate), Some(uncached), Some(ns)) = (
+                        r.cpu_share,
+                        r.decisions_per_cpu_sec,
+                        r.uncached_decisions_per_cpu_sec,
+                        r.chain_cpu_ns_per_event,
+                    ) {
+                        println!(
+                            "  per CPU-second     {rate:.0} decisions (cache), {uncached:.0} (no cache); chain {ns:.0} CPU ns/event; thread on a CPU {:.0} % of the wall time",
+                            share * 100.0
+                        );
+                    }
+                    println!(
+                        "  rule timing        {:.3} timed rule runs/event x {:.1} ns = {:.2} ns/event (sampled per-rule evaluation time, included above)",
+                        r.rule_time_samples_per_event, r.clock_pair_ns, r.rule_timing_ns_per_event
+                    );
                 }
                 anyhow::Ok(())
             })();

@@ -166,6 +166,58 @@ fn pipeline_task_reports_rule_matches_and_errors() {
     assert_eq!(stats.filtered.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
 
+/// The per-rule evaluation time is sampled: one event in 64 has each rule it runs timed.
+#[test]
+fn pipeline_task_samples_rule_evaluation_time() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let text = r#"
+        [[filter.rules]]
+        name = "drop lights"
+        action = "exclude"
+        match = { domain = ["light"] }
+        [[filter.rules]]
+        name = "numeric"
+        action = "include"
+        match = { domain = ["sensor"], expression = "state | float > 1" }
+    "#;
+    let cfg: FilterConfig = toml::from_str::<Config>(text).unwrap().filter;
+    let pipeline = Pipeline::new(&cfg, &SchemaConfig::default()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let (tx, rx) = tokio::sync::mpsc::channel(256);
+            let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(16);
+            let task = tokio::spawn(pipeline.run(rx, out_tx, Arc::new(Stats::default())));
+            // 200 events: the 64th, 128th and 192nd are timed; all are sensors, so "numeric" runs.
+            for i in 0..200 {
+                let value = (i % 7).to_string();
+                tx.send(state_event("sensor.t", &value, vec![], None))
+                    .await
+                    .unwrap();
+            }
+            drop(tx);
+            while out_rx.recv().await.is_some() {}
+            task.await.unwrap();
+        })
+    });
+    let text = handle.render();
+    assert!(
+        text.contains("ha_ingestor_filter_rule_eval_seconds_count{rule=\"numeric\"} 3"),
+        "{text}"
+    );
+    let static_count = text.lines().find_map(|l| {
+        l.strip_prefix("ha_ingestor_filter_rule_eval_seconds_count{rule=\"drop lights\"} ")
+    });
+    assert!(
+        static_count.is_none_or(|n| n == "0"),
+        "a static rule is decided by the cache and never timed: {text}"
+    );
+}
+
 fn state(entity: &str, value: &str, attributes: Vec<(String, serde_json::Value)>) -> State {
     State {
         entity_id: EntityId::new(entity).unwrap(),
@@ -383,38 +435,50 @@ fn bench_rules_and_pipeline_with_a_config() {
     let frames = root().join("tests/fixtures/ha-ws-frames.jsonl");
     let config = root().join("examples/bench-rules.toml");
     let (frames, config) = (frames.to_str().unwrap(), config.to_str().unwrap());
-    let r = json_output(&[
-        "bench",
-        "rules",
-        "--config",
-        config,
-        "--input",
-        frames,
-        "--seconds",
-        "0.05",
-        "--json",
-    ]);
-    assert_eq!(r["rules"], 20);
-    assert_eq!(r["events"], 397);
-    assert_eq!(r["kept"], 291, "{r}");
-    assert!(r["decisions_per_sec"].as_f64().unwrap() > 0.0, "{r}");
-    let share = r["chain_share"].as_f64().unwrap();
-    assert!(share > 0.0 && share < 1.0, "{r}");
-    let r = json_output(&[
-        "bench",
-        "rules",
-        "--config",
-        config,
-        "--input",
-        frames,
-        "--seconds",
-        "0.05",
-        "--rules",
-        "static",
-        "--json",
-    ]);
-    assert_eq!(r["rules"], 10);
-    assert_eq!(r["kept"], 303, "{r}");
+    // (--rules, rules in the chain, events kept): one row per selection.
+    for (selection, rules, kept) in [
+        ("all", 20, 291),
+        ("no-expressions", 18, 295),
+        ("static", 10, 303),
+    ] {
+        let r = json_output(&[
+            "bench",
+            "rules",
+            "--config",
+            config,
+            "--input",
+            frames,
+            "--seconds",
+            "0.05",
+            "--rules",
+            selection,
+            "--json",
+        ]);
+        assert_eq!(r["rules"], rules, "{selection}: {r}");
+        assert_eq!(r["events"], 397, "{selection}: {r}");
+        assert_eq!(r["kept"], kept, "{selection}: {r}");
+        assert!(
+            r["decisions_per_sec"].as_f64().unwrap() > 0.0,
+            "{selection}: {r}"
+        );
+        let share = r["chain_share"].as_f64().unwrap();
+        assert!(share > 0.0 && share < 1.0, "{selection}: {r}");
+        // Linux has schedstat: the per-CPU-second figures are there.
+        assert!(
+            r["decisions_per_cpu_sec"].as_f64().unwrap() > 0.0,
+            "{selection}: {r}"
+        );
+        // Sampled rule timing: one event in 64 has its dynamic rules timed; static ones never are.
+        let samples = r["rule_time_samples_per_event"].as_f64().unwrap();
+        if selection == "static" {
+            assert_eq!(samples, 0.0, "{r}");
+        } else {
+            assert!(
+                samples > 0.0 && samples < rules as f64 / 32.0,
+                "{selection}: {r}"
+            );
+        }
+    }
     let r = json_output(&[
         "bench",
         "pipeline",

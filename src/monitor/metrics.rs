@@ -39,6 +39,8 @@ pub const FILTER_RULE_INCLUDED: &str = "ha_ingestor_filter_rule_included_total";
 pub const FILTER_RULE_EXCLUDED: &str = "ha_ingestor_filter_rule_excluded_total";
 /// Counter `{rule}`: events a rule's transform steps were applied to.
 pub const FILTER_RULE_TRANSFORMED: &str = "ha_ingestor_filter_rule_transformed_total";
+/// Histogram `{rule}`: seconds one run of a filter rule's per-event tests took, sampled (every rule run for one event in 64).
+pub const FILTER_RULE_EVAL_SECONDS: &str = "ha_ingestor_filter_rule_eval_seconds";
 /// Histogram: seconds one event took in the pipeline stage (rule chain, transforms, encoding), sampled (one event in 64).
 pub const PIPELINE_EVENT_SECONDS: &str = "ha_ingestor_pipeline_event_seconds";
 /// Counter: heartbeat points rate shaping wrote (the last value again, tagged `heartbeat=true`).

@@ -7,9 +7,15 @@
 //! before the change, or none), `event_type` and `time` (HA's `time_fired`,
 //! RFC 3339 UTC). Only the variables an expression names are built per event,
 //! so `state | float(0) > 30` never converts the attributes.
+//!
+//! The context is not a map built per event: it is one object holding the
+//! named variables (and, for `attributes.key` and `old_state.field` reads, a
+//! small object holding only those keys), refilled for each event and reused
+//! as long as no result of an earlier evaluation still refers to it.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex};
 
+use minijinja::value::{Enumerator, Object};
 use minijinja::{Environment, Value};
 
 use crate::event::{Attributes, Event, State};
@@ -55,7 +61,7 @@ const MAP_METHODS: [&str; 6] = ["get", "items", "keys", "values", "copy", "__con
 const OLD_STATE_FIELDS: [&str; 4] = ["state", "attributes", "last_changed", "last_updated"];
 
 /// Which keys of a map variable an expression reads: `None` means the whole map.
-type Keys = Option<Vec<String>>;
+type Keys = Option<Arc<[String]>>;
 
 /// A compiled expression that decides true or false for one event.
 pub struct EventExpression {
@@ -66,6 +72,104 @@ pub struct EventExpression {
     attribute_keys: Keys,
     /// The `old_state` fields read as `old_state.field`; `None` when it reads the map otherwise.
     old_state_fields: Keys,
+    /// The context objects of the last evaluation, refilled by the next one.
+    scratch: Mutex<Scratch>,
+}
+
+/// Context objects kept from one evaluation to the next.
+#[derive(Default)]
+struct Scratch {
+    context: Option<Arc<EventContext>>,
+    attributes: Option<Arc<KeyedMap>>,
+    old_state: Option<Arc<KeyedMap>>,
+}
+
+/// The variables of one event, as the root of the Jinja context.
+#[derive(Debug, Default)]
+struct EventContext {
+    /// Bit `i` set: `values[i]` is `VARIABLES[i]` (others are not looked up).
+    used: u8,
+    values: [Value; 8],
+}
+
+impl EventContext {
+    fn lookup(&self, key: &str) -> Option<Value> {
+        let i = VARIABLES.iter().position(|v| *v == key)?;
+        (self.used & (1 << i) != 0).then(|| self.values[i].clone())
+    }
+}
+
+impl Object for EventContext {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        key.as_str().and_then(|k| self.lookup(k))
+    }
+
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
+        self.lookup(key)
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Str(&VARIABLES)
+    }
+}
+
+/// A map holding only the keys an expression reads (`attributes.unit`, `old_state.state`).
+#[derive(Debug)]
+struct KeyedMap {
+    keys: Arc<[String]>,
+    /// Per key, its value in this event; `None` where the event has no such key.
+    values: Vec<Option<Value>>,
+}
+
+impl KeyedMap {
+    fn new(keys: &Arc<[String]>) -> KeyedMap {
+        KeyedMap {
+            keys: keys.clone(),
+            values: vec![None; keys.len()],
+        }
+    }
+
+    fn lookup(&self, key: &str) -> Option<Value> {
+        let i = self.keys.iter().position(|k| k == key)?;
+        self.values[i].clone()
+    }
+}
+
+impl Object for KeyedMap {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        key.as_str().and_then(|k| self.lookup(k))
+    }
+
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
+        self.lookup(key)
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        let present: Vec<Value> = self
+            .keys
+            .iter()
+            .zip(&self.values)
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| Value::from(k.as_str()))
+            .collect();
+        Enumerator::Iter(Box::new(present.into_iter()))
+    }
+}
+
+/// `slot`'s object when no earlier result still holds it, else a new one from `make`.
+fn reuse<T>(slot: &mut Option<Arc<T>>, make: impl FnOnce() -> T) -> &mut T {
+    let fresh = match slot {
+        Some(arc) => Arc::get_mut(arc).is_none(),
+        None => true,
+    };
+    if fresh {
+        *slot = Some(Arc::new(make()));
+    }
+    // Just made, or checked unique above.
+    match slot {
+        Some(arc) => Arc::get_mut(arc).unwrap_or_else(|| unreachable!()),
+        None => unreachable!(),
+    }
 }
 
 /// The keys read from map variable `var`, from minijinja's dotted paths (`attributes.unit`).
@@ -86,7 +190,7 @@ fn keys_read(var: &str, paths: &[String]) -> Keys {
             }
         }
     }
-    Some(keys)
+    Some(keys.into())
 }
 
 impl std::fmt::Debug for EventExpression {
@@ -119,6 +223,7 @@ impl EventExpression {
             used,
             attribute_keys: keys_read("attributes", &paths),
             old_state_fields: keys_read("old_state", &paths),
+            scratch: Mutex::new(Scratch::default()),
         })
     }
 
@@ -129,62 +234,112 @@ impl EventExpression {
 
     /// Evaluates the expression for `event` and returns its value (transforms compute with it).
     pub fn value(&self, event: &Event) -> Result<Value, minijinja::Error> {
+        // Poisoned only if an evaluation panicked; the objects are refilled anyway.
+        let mut guard = self
+            .scratch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let scratch = &mut *guard;
+        let root = self.fill(event, scratch);
+        let result = self.compiled.eval(root);
+        drop(guard);
+        result
+    }
+
+    /// Refills the context objects for `event`; returns the root.
+    fn fill(&self, event: &Event, scratch: &mut Scratch) -> Value {
         let sc = event.state_changed();
         let new_state = sc.and_then(|sc| sc.new_state.as_ref());
         let entity = event.entity_id();
-        let mut pairs: Vec<(&'static str, Value)> =
-            Vec::with_capacity(self.used.count_ones() as usize);
-        for (i, name) in VARIABLES.iter().enumerate() {
+        // The root first: emptying it lets go of the previous event's inner objects.
+        let context = reuse(&mut scratch.context, EventContext::default);
+        context.used = self.used;
+        for (i, slot) in context.values.iter_mut().enumerate() {
             if self.used & (1 << i) == 0 {
                 continue;
             }
-            let value = match i {
+            *slot = match i {
                 0 => entity.map_or(Value::from(()), |e| Value::from(e.as_str())),
                 1 => entity.map_or(Value::from(()), |e| Value::from(e.domain())),
                 2 => entity.map_or(Value::from(()), |e| Value::from(e.object_id())),
                 3 => new_state.map_or(Value::from(()), |s| Value::from(s.state.as_str())),
-                4 => new_state.map_or(Value::from(()), |s| {
-                    attributes_value(&s.attributes, self.attribute_keys.as_deref())
-                }),
-                5 => sc
-                    .and_then(|sc| sc.old_state.as_ref())
-                    .and_then(|old| old.state())
-                    .map_or(Value::from(()), |old| {
-                        state_value(old, self.old_state_fields.as_deref())
-                    }),
                 6 => Value::from(event.event_type()),
-                _ => Value::from(event.time_fired.to_rfc3339()),
+                7 => Value::from(event.time_fired.to_rfc3339()),
+                // attributes and old_state below, once the root holds none of the last event's.
+                _ => Value::from(()),
             };
-            pairs.push((name, value));
         }
-        self.compiled.eval(Value::from_pairs(pairs))
+        if self.used & (1 << 4) != 0 {
+            let value = new_state.map_or(Value::from(()), |s| match &self.attribute_keys {
+                None => attributes_value(&s.attributes),
+                Some(keys) => {
+                    let map = reuse(&mut scratch.attributes, || KeyedMap::new(keys));
+                    for (key, slot) in keys.iter().zip(map.values.iter_mut()) {
+                        *slot = s.attributes.get(key).map(json_value);
+                    }
+                    scratch
+                        .attributes
+                        .as_ref()
+                        .map_or(Value::from(()), |m| Value::from_dyn_object(m.clone()))
+                }
+            });
+            set(scratch, 4, value);
+        }
+        if self.used & (1 << 5) != 0 {
+            let old = sc
+                .and_then(|sc| sc.old_state.as_ref())
+                .and_then(|old| old.state());
+            let value = old.map_or(Value::from(()), |old| match &self.old_state_fields {
+                None => state_value(old),
+                Some(fields) => {
+                    let map = reuse(&mut scratch.old_state, || KeyedMap::new(fields));
+                    for (field, slot) in fields.iter().zip(map.values.iter_mut()) {
+                        *slot = old_state_field(old, field);
+                    }
+                    scratch
+                        .old_state
+                        .as_ref()
+                        .map_or(Value::from(()), |m| Value::from_dyn_object(m.clone()))
+                }
+            });
+            set(scratch, 5, value);
+        }
+        scratch
+            .context
+            .as_ref()
+            .map_or(Value::from(()), |c| Value::from_dyn_object(c.clone()))
     }
 }
 
-/// `old_state` in the context: its `state`, `attributes` and times (only the `fields` read, when known).
-fn state_value(state: &State, fields: Option<&[String]>) -> Value {
-    let wanted = |name: &str| fields.is_none_or(|f| f.iter().any(|k| k == name));
-    let pairs = OLD_STATE_FIELDS.iter().filter(|f| wanted(f)).map(|&f| {
-        let value = match f {
-            "state" => Value::from(state.state.as_str()),
-            "attributes" => attributes_value(&state.attributes, None),
-            "last_changed" => Value::from(state.last_changed.to_rfc3339()),
-            _ => Value::from(state.last_updated.to_rfc3339()),
-        };
-        (f, value)
-    });
+/// Sets variable `i` of the root context (held only by the scratch between evaluations).
+fn set(scratch: &mut Scratch, i: usize, value: Value) {
+    if let Some(context) = scratch.context.as_mut().and_then(Arc::get_mut) {
+        context.values[i] = value;
+    }
+}
+
+/// One field of `old_state` (`None` for a name it does not have).
+fn old_state_field(state: &State, field: &str) -> Option<Value> {
+    Some(match field {
+        "state" => Value::from(state.state.as_str()),
+        "attributes" => attributes_value(&state.attributes),
+        "last_changed" => Value::from(state.last_changed.to_rfc3339()),
+        "last_updated" => Value::from(state.last_updated.to_rfc3339()),
+        _ => return None,
+    })
+}
+
+/// `old_state` in the context, whole: its `state`, `attributes` and times.
+fn state_value(state: &State) -> Value {
+    let pairs = OLD_STATE_FIELDS
+        .iter()
+        .filter_map(|&f| old_state_field(state, f).map(|v| (f, v)));
     Value::from_pairs(pairs)
 }
 
-/// The attributes as a Jinja map: only the `keys` read, when known (long texts are then never copied).
-fn attributes_value(attributes: &Attributes, keys: Option<&[String]>) -> Value {
-    match keys {
-        None => Value::from_pairs(attributes.iter().map(|(k, v)| (k.as_str(), json_value(v)))),
-        Some(keys) => Value::from_pairs(
-            keys.iter()
-                .filter_map(|k| attributes.get(k).map(|v| (k.as_str(), json_value(v)))),
-        ),
-    }
+/// The attributes as a Jinja map, whole.
+fn attributes_value(attributes: &Attributes) -> Value {
+    Value::from_pairs(attributes.iter().map(|(k, v)| (k.as_str(), json_value(v))))
 }
 
 /// HA's JSON as a Jinja value: objects become maps, numbers keep their kind.
@@ -310,6 +465,20 @@ mod tests {
             partial.attribute_keys.as_deref(),
             Some(&["unit_of_measurement".to_string()][..])
         );
+        // The context objects are reused from event to event, and refilled.
+        let other = state_event("sensor.q", "6", serde_json::json!({"x": 1}), None);
+        for _ in 0..3 {
+            assert!(partial.eval(&e).unwrap());
+            assert!(!partial.eval(&other).unwrap(), "no unit: undefined, not W");
+        }
+        let fields = EventExpression::compile("old_state.state == '4'").unwrap();
+        let changed = state_event("sensor.p", "5", serde_json::json!({}), Some("3"));
+        let first = state_event("sensor.p", "5", serde_json::json!({}), None);
+        for _ in 0..3 {
+            assert!(fields.eval(&e).unwrap());
+            assert!(!fields.eval(&changed).unwrap());
+            assert!(!fields.eval(&first).unwrap(), "none.state is undefined");
+        }
         let whole = EventExpression::compile("attributes.get('x')").unwrap();
         assert!(whole.attribute_keys.is_none());
     }

@@ -219,6 +219,13 @@ impl Pipeline {
                 ]
             })
             .collect();
+        let rule_seconds: Vec<metrics::Histogram> = self
+            .chain
+            .rule_names()
+            .map(|name| {
+                metrics::histogram!(names::FILTER_RULE_EVAL_SECONDS, "rule" => name.to_string())
+            })
+            .collect();
         let eval_seconds = metrics::histogram!(names::PIPELINE_EVENT_SECONDS);
         let mut sample = 0u32;
         // Rate shaping needs the wall clock: throttle intervals end and heartbeats fall due without input.
@@ -317,6 +324,11 @@ impl Pipeline {
                 if let Some((matches, errors)) = rule_counters.get(i) {
                     matches.increment(counts.matches);
                     errors.increment(counts.errors);
+                }
+            });
+            self.chain.drain_eval_times(|i, seconds| {
+                if let Some(h) = rule_seconds.get(i) {
+                    h.record(seconds);
                 }
             });
             self.chain.drain_outcomes(|i, o| {

@@ -30,11 +30,18 @@ use crate::config::{
     AttributeMatchConfig, FilterAction, FilterConfig, FilterRuleConfig, OnError, StateMatchConfig,
     StateSide,
 };
-use crate::event::{Event, State};
+use crate::event::{Event, LazyState, State};
 use crate::sink::schema::PointOverrides;
 
 /// Cached plans kept at most (one per entity and event type: far above a large HA install); CLOCK-evicted beyond.
 pub const CACHE_LIMIT: usize = 100_000;
+
+/// One event in this many has each rule it runs timed: two clock reads per rule, so the
+/// per-rule evaluation time costs well under 1 % of the chain (see `bench rules`).
+pub const TIME_SAMPLE: u32 = 64;
+
+/// Timed evaluations kept between two drains at most (the pipeline drains once per batch).
+const TIME_SAMPLES_KEPT: usize = 4096;
 
 /// Why the rule chain could not be built; names the rule and the key.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +226,10 @@ pub struct RuleChain {
     /// The last decision made (for `explain`).
     last: Option<Decision>,
     outcomes: Vec<RuleOutcomes>,
+    /// Counts events for [`TIME_SAMPLE`].
+    sample: u32,
+    /// Timed evaluations since the last drain: (rule index, nanoseconds).
+    times: Vec<(u32, u32)>,
 }
 
 /// Per-rule outcome counts since they were last drained: what the rule did to the events it matched.
@@ -266,6 +277,8 @@ impl RuleChain {
                 )
             },
             outcomes: vec![RuleOutcomes::default(); rules.len()],
+            sample: 0,
+            times: Vec::new(),
             rules,
             default_keep: cfg.default == FilterAction::Include,
             key_has_source,
@@ -316,7 +329,9 @@ impl RuleChain {
     /// matched are listed by [`RuleChain::applied`] and run by [`RuleChain::apply_transforms`].
     pub fn decide(&mut self, event: &Event) -> Decision {
         self.applied.clear();
-        let decision = self.decide_cached(event);
+        self.sample = self.sample.wrapping_add(1);
+        let timed = self.sample.is_multiple_of(TIME_SAMPLE) && self.times.len() < TIME_SAMPLES_KEPT;
+        let decision = self.decide_cached(event, timed);
         self.note(decision);
         decision
     }
@@ -376,6 +391,16 @@ impl RuleChain {
             }
         }
         true
+    }
+
+    /// Hands each timed rule evaluation since the last call to `f` (rule index, seconds) and forgets them.
+    ///
+    /// One event in [`TIME_SAMPLE`] is timed: every rule whose tests ran for it gives one
+    /// sample. A rule decided by the cache alone runs no test and gives none.
+    pub fn drain_eval_times(&mut self, mut f: impl FnMut(usize, f64)) {
+        for (i, nanos) in self.times.drain(..) {
+            f(i as usize, f64::from(nanos) / 1e9);
+        }
     }
 
     /// Outcome counts per rule (chain order) since the last [`RuleChain::drain_outcomes`].
@@ -479,10 +504,10 @@ impl RuleChain {
         self.rules.iter().any(|r| r.transform.is_some())
     }
 
-    fn decide_cached(&mut self, event: &Event) -> Decision {
+    fn decide_cached(&mut self, event: &Event, timed: bool) -> Decision {
         if self.rules.is_empty() {
             // The gate alone: a few set look-ups, cheaper than the cache.
-            return self.decide_full(event);
+            return self.decide_full(event, false);
         }
         // Length-prefixed parts: no event type, entity id or source from outside can
         // make two different events share a key.
@@ -511,31 +536,30 @@ impl RuleChain {
             error_logged,
             default_keep,
             applied,
+            times,
             ..
         } = self;
         if let Some((plan, used)) = cache.get_mut(key.as_str()) {
             *used = true;
-            return follow(
-                plan,
+            let mut run = Runner {
                 rules,
                 counts,
                 error_logged,
                 applied,
-                *default_keep,
-                event,
-            );
+                times: timed.then_some(times),
+            };
+            return follow(plan, &mut run, *default_keep, event);
         }
         // A miss: evaluate the static parts once, decide, then keep the plan.
         let plan = self.plan(event);
-        let decision = follow(
-            &plan,
-            &self.rules,
-            &mut self.counts,
-            &mut self.error_logged,
-            &mut self.applied,
-            self.default_keep,
-            event,
-        );
+        let mut run = Runner {
+            rules: &self.rules,
+            counts: &mut self.counts,
+            error_logged: &mut self.error_logged,
+            applied: &mut self.applied,
+            times: timed.then_some(&mut self.times),
+        };
+        let decision = follow(&plan, &mut run, self.default_keep, event);
         self.remember(plan);
         decision
     }
@@ -566,30 +590,30 @@ impl RuleChain {
     /// The decision evaluated from scratch, every rule in full: the reference the cache must agree with.
     pub fn decide_uncached(&mut self, event: &Event) -> Decision {
         self.applied.clear();
-        let decision = self.decide_full(event);
+        let decision = self.decide_full(event, false);
         self.note(decision);
         decision
     }
 
-    fn decide_full(&mut self, event: &Event) -> Decision {
+    fn decide_full(&mut self, event: &Event, timed: bool) -> Decision {
         if !self.gate.keep(event) {
             return Decision {
                 keep: false,
                 by: DecidedBy::Gate,
             };
         }
-        for i in 0..self.rules.len() {
-            if !static_holds(&self.rules[i].fixed, event) {
+        let mut run = Runner {
+            rules: &self.rules,
+            counts: &mut self.counts,
+            error_logged: &mut self.error_logged,
+            applied: &mut self.applied,
+            times: timed.then_some(&mut self.times),
+        };
+        for i in 0..run.rules.len() {
+            if !static_holds(&run.rules[i].fixed, event) {
                 continue;
             }
-            if let Some(d) = run_dynamic(
-                &self.rules,
-                &mut self.counts,
-                &mut self.error_logged,
-                &mut self.applied,
-                i,
-                event,
-            ) {
+            if let Some(d) = run.dynamic(i, event) {
                 return d;
             }
         }
@@ -623,16 +647,46 @@ impl RuleChain {
     }
 }
 
+/// What running rules per event writes to: counts, the log-once flags, the applied steps, timings.
+struct Runner<'a> {
+    rules: &'a [Rule],
+    counts: &'a mut [RuleCounts],
+    error_logged: &'a mut [bool],
+    applied: &'a mut Vec<u32>,
+    /// `Some` for an event whose rule runs are timed.
+    times: Option<&'a mut Vec<(u32, u32)>>,
+}
+
+impl Runner<'_> {
+    /// Runs rule `i`'s dynamic part, timed when the event is sampled.
+    fn dynamic(&mut self, i: usize, event: &Event) -> Option<Decision> {
+        let Some(times) = self.times.as_deref_mut() else {
+            return run_dynamic(
+                self.rules,
+                self.counts,
+                self.error_logged,
+                self.applied,
+                i,
+                event,
+            );
+        };
+        let started = std::time::Instant::now();
+        let decision = run_dynamic(
+            self.rules,
+            self.counts,
+            self.error_logged,
+            self.applied,
+            i,
+            event,
+        );
+        let nanos = u32::try_from(started.elapsed().as_nanos()).unwrap_or(u32::MAX);
+        times.push((i as u32, nanos));
+        decision
+    }
+}
+
 /// Runs a cached plan: the candidates' dynamic parts in order, then its terminal rule or the default.
-fn follow(
-    plan: &Plan,
-    rules: &[Rule],
-    counts: &mut [RuleCounts],
-    error_logged: &mut [bool],
-    applied: &mut Vec<u32>,
-    default_keep: bool,
-    event: &Event,
-) -> Decision {
+fn follow(plan: &Plan, run: &mut Runner<'_>, default_keep: bool, event: &Event) -> Decision {
     let (candidates, terminal) = match plan {
         Plan::Gate => {
             return Decision {
@@ -646,19 +700,19 @@ fn follow(
         } => (candidates, terminal),
     };
     for &i in candidates.iter() {
-        if let Some(d) = run_dynamic(rules, counts, error_logged, applied, i as usize, event) {
+        if let Some(d) = run.dynamic(i as usize, event) {
             return d;
         }
     }
     match terminal {
         Some(i) => {
             let i = *i as usize;
-            counts[i].matches += 1;
-            if rules[i].transform.is_some() || rules[i].rate_text.is_some() {
-                applied.push(i as u32);
+            run.counts[i].matches += 1;
+            if run.rules[i].transform.is_some() || run.rules[i].rate_text.is_some() {
+                run.applied.push(i as u32);
             }
             Decision {
-                keep: rules[i].keep,
+                keep: run.rules[i].keep,
                 by: DecidedBy::Rule(i),
             }
         }
@@ -770,7 +824,7 @@ fn dynamic_holds(m: &DynamicMatch, event: &Event) -> Eval {
             }
         }
         if let Some(test) = &m.state
-            && !state_holds(test, new, old)
+            && !state_holds(test, new, sc.old_state.as_ref())
         {
             return Eval::NoMatch;
         }
@@ -824,11 +878,7 @@ fn attribute_holds(test: &AttributeTest, state: Option<&State>) -> bool {
     true
 }
 
-fn state_holds<'a>(
-    test: &StateTest,
-    new: Option<&State>,
-    old: impl Fn() -> Option<&'a State>,
-) -> bool {
+fn state_holds(test: &StateTest, new: Option<&State>, old: Option<&LazyState>) -> bool {
     let value = new.map(|s| s.state.as_str());
     if let Some(want) = &test.equals
         && value != Some(want.as_str())
@@ -847,17 +897,26 @@ fn state_holds<'a>(
     {
         return false;
     }
+    // The old state's value alone, read without decoding its attributes (most of its cost).
+    let old_value = || match old {
+        None => None,
+        Some(o) => o.peek_state().or_else(|| {
+            o.state()
+                .map(|s| std::borrow::Cow::Borrowed(s.state.as_str()))
+        }),
+    };
     if let Some(want) = test.changed {
-        let before = old().map(|s| s.state.as_str());
-        if (value != before) != want {
+        let before = old_value();
+        if (value != before.as_deref()) != want {
             return false;
         }
     }
     if let Some(want) = test.attributes_only_changed {
-        let only_attributes = match (new, old()) {
-            (Some(n), Some(o)) => {
-                n.state == o.state && !same_attributes(&n.attributes, &o.attributes)
-            }
+        // Decoded only when the values are equal and the attributes must be compared.
+        let only_attributes = match (new, old_value()) {
+            (Some(n), Some(before)) if n.state == before => old
+                .and_then(|o| o.state())
+                .is_some_and(|o| !same_attributes(&n.attributes, &o.attributes)),
             _ => false,
         };
         if only_attributes != want {
@@ -965,6 +1024,27 @@ fn compile_rule(cfg: &FilterRuleConfig, zone: Option<chrono_tz::Tz>) -> Result<R
             message: e.message,
         })?),
     };
+    if let Some(t) = &transform {
+        // Which events the match can select: entity, attribute and state tests need a state change.
+        let matches_state_changes = fixed
+            .event_types
+            .as_ref()
+            .is_none_or(|types| types.is_match(crate::event::STATE_CHANGED));
+        let matches_other_events = fixed.domains.is_empty()
+            && fixed.entity.is_none()
+            && dynamic.attributes.is_empty()
+            && dynamic.state.is_none()
+            && (m.event_type.is_empty()
+                || m.event_type
+                    .iter()
+                    .any(|t| t != crate::event::STATE_CHANGED));
+        t.check_reach(matches_state_changes, matches_other_events)
+            .map_err(|e| RuleError::Rule {
+                rule: cfg.name.clone(),
+                key: e.key,
+                message: e.message,
+            })?;
+    }
     let rate_text = match &cfg.rate {
         Some(rate) => {
             if !cfg.keep_or_transform() {
@@ -1179,6 +1259,14 @@ mod tests {
         state_event(id, value, attributes, None)
     }
 
+    /// Table-driven: each row's event must be kept (or not) by the chain, cached and uncached;
+    /// the row's name is in the failure message.
+    fn assert_rows(c: &mut RuleChain, rows: &[(&str, Event, bool)]) {
+        for (name, event, keep) in rows {
+            assert_eq!(kept(c, event), *keep, "row {name:?}");
+        }
+    }
+
     #[test]
     fn first_match_wins_then_default() {
         let mut c = chain(
@@ -1263,16 +1351,32 @@ mod tests {
             match = { event_type = ["call_*", "automation_triggered"], source = ["simulator"] }
             "#,
         );
-        let mut call = bus_event("call_service");
-        assert!(kept(&mut c, &call), "source homeassistant");
-        call.source = "simulator".into();
-        assert!(!kept(&mut c, &call));
-        let mut auto = bus_event("automation_triggered");
-        auto.source = "simulator".into();
-        assert!(!kept(&mut c, &auto));
-        let mut other = bus_event("script_started");
-        other.source = "simulator".into();
-        assert!(kept(&mut c, &other));
+        let from_simulator = |event_type: &str| {
+            let mut e = bus_event(event_type);
+            e.source = "simulator".into();
+            e
+        };
+        assert_rows(
+            &mut c,
+            &[
+                ("call from homeassistant", bus_event("call_service"), true),
+                (
+                    "call from the simulator",
+                    from_simulator("call_service"),
+                    false,
+                ),
+                (
+                    "exact type from the simulator",
+                    from_simulator("automation_triggered"),
+                    false,
+                ),
+                (
+                    "other type from the simulator",
+                    from_simulator("script_started"),
+                    true,
+                ),
+            ],
+        );
     }
 
     #[test]
@@ -1290,13 +1394,23 @@ mod tests {
             match = { domain = ["light"] }
             "#,
         );
-        assert!(kept(&mut c, &sensor("sensor.tv_power", "3", json!({}))));
-        assert!(kept(&mut c, &sensor("switch.plug_12", "on", json!({}))));
-        assert!(!kept(&mut c, &sensor("switch.plug_x", "on", json!({}))));
-        assert!(kept(&mut c, &sensor("light.a", "on", json!({}))));
-        assert!(
-            !kept(&mut c, &bus_event("call_service")),
-            "a bus event has no entity"
+        assert_rows(
+            &mut c,
+            &[
+                ("glob", sensor("sensor.tv_power", "3", json!({})), true),
+                ("regex", sensor("switch.plug_12", "on", json!({})), true),
+                (
+                    "regex needs digits",
+                    sensor("switch.plug_x", "on", json!({})),
+                    false,
+                ),
+                ("domain", sensor("light.a", "on", json!({})), true),
+                (
+                    "a bus event has no entity",
+                    bus_event("call_service"),
+                    false,
+                ),
+            ],
         );
     }
 
@@ -1319,71 +1433,66 @@ mod tests {
             match = { attribute = [{ name = "model", regex = "^TRADFRI" }, { name = "count", equals = 3 }] }
             "#,
         );
-        assert!(kept(
-            &mut c,
-            &sensor(
+        let rows = [
+            (
+                "unit and class in the list",
+                json!({"unit_of_measurement": "W", "device_class": "power"}),
                 "sensor.p",
-                "1",
-                json!({"unit_of_measurement": "W", "device_class": "power"})
-            )
-        ));
-        assert!(!kept(
-            &mut c,
-            &sensor(
+                true,
+            ),
+            (
+                "class not in the list",
+                json!({"unit_of_measurement": "W", "device_class": "humidity"}),
                 "sensor.p",
-                "1",
-                json!({"unit_of_measurement": "W", "device_class": "humidity"})
-            )
-        ));
-        assert!(!kept(
-            &mut c,
-            &sensor("sensor.p", "1", json!({"device_class": "power"}))
-        ));
-        assert!(kept(
-            &mut c,
-            &sensor("light.a", "on", json!({"brightness": 100}))
-        ));
-        assert!(
-            kept(
-                &mut c,
-                &sensor("light.a", "on", json!({"brightness": "150"}))
+                false,
             ),
-            "numeric text"
-        );
-        assert!(!kept(
-            &mut c,
-            &sensor("light.a", "on", json!({"brightness": 200.5}))
-        ));
-        assert!(!kept(
-            &mut c,
-            &sensor("light.a", "on", json!({"brightness": "dim"}))
-        ));
-        assert!(
-            kept(
-                &mut c,
-                &sensor(
-                    "light.b",
-                    "on",
-                    json!({"model": "TRADFRI bulb", "count": 3.0})
-                )
+            (
+                "no unit",
+                json!({"device_class": "power"}),
+                "sensor.p",
+                false,
             ),
-            "3 equals 3.0"
-        );
-        assert!(
-            !kept(
-                &mut c,
-                &sensor(
-                    "light.b",
-                    "on",
-                    json!({"model": "TRADFRI bulb", "count": "3"})
-                )
+            ("gte bound", json!({"brightness": 100}), "light.a", true),
+            (
+                "numeric text",
+                json!({"brightness": "150"}),
+                "light.a",
+                true,
             ),
-            "text is not a number for equals"
-        );
-        assert!(!kept(
-            &mut c,
-            &sensor("light.b", "on", json!({"model": "Hue", "count": 3}))
-        ));
+            ("lt bound", json!({"brightness": 200.5}), "light.a", false),
+            (
+                "text is not a number",
+                json!({"brightness": "dim"}),
+                "light.a",
+                false,
+            ),
+            (
+                "3 equals 3.0",
+                json!({"model": "TRADFRI bulb", "count": 3.0}),
+                "light.b",
+                true,
+            ),
+            (
+                "text is not a number for equals",
+                json!({"model": "TRADFRI bulb", "count": "3"}),
+                "light.b",
+                false,
+            ),
+            (
+                "regex fails",
+                json!({"model": "Hue", "count": 3}),
+                "light.b",
+                false,
+            ),
+        ];
+        let rows: Vec<(&str, Event, bool)> = rows
+            .into_iter()
+            .map(|(name, attributes, id, keep)| {
+                let value = if id.starts_with("sensor.") { "1" } else { "on" };
+                (name, sensor(id, value, attributes), keep)
+            })
+            .collect();
+        assert_rows(&mut c, &rows);
     }
 
     #[test]
@@ -1441,18 +1550,18 @@ mod tests {
             match = { domain = ["person"], state = { equals = "home", lte = 5 } }
             "#,
         );
-        assert!(kept(&mut c, &sensor("sensor.p", "12.5", json!({}))));
-        assert!(!kept(&mut c, &sensor("sensor.p", "0", json!({}))));
-        assert!(!kept(&mut c, &sensor("sensor.p", "unavailable", json!({}))));
-        assert!(kept(&mut c, &sensor("binary_sensor.d", "off", json!({}))));
-        assert!(!kept(
-            &mut c,
-            &sensor("binary_sensor.d", "unknown", json!({}))
-        ));
-        assert!(
-            !kept(&mut c, &sensor("person.a", "home", json!({}))),
-            "home is not a number"
-        );
+        let rows: Vec<(&str, Event, bool)> = [
+            ("above zero", "sensor.p", "12.5", true),
+            ("zero is not above zero", "sensor.p", "0", false),
+            ("not a number", "sensor.p", "unavailable", false),
+            ("in the list", "binary_sensor.d", "off", true),
+            ("not in the list", "binary_sensor.d", "unknown", false),
+            ("home is not a number", "person.a", "home", false),
+        ]
+        .into_iter()
+        .map(|(name, id, value, keep)| (name, sensor(id, value, json!({})), keep))
+        .collect();
+        assert_rows(&mut c, &rows);
     }
 
     #[test]
@@ -1750,11 +1859,37 @@ mod tests {
                 "action = \"include\"\ntransform = [{ convert = \"state\" }]",
                 "transform[0].to",
             ),
+            (
+                "action = \"include\"\nmatch = { event_type = [\"call_service\"] }\ntransform = [{ tags = { a = \"b\" } }, { convert = \"state\", to = \"float\" }]",
+                "transform[1].convert",
+            ),
+            (
+                "action = \"transform\"\nmatch = { domain = [\"light\"] }\ntransform = [{ drop_data = [\"x\"] }]",
+                "transform[0].drop_data",
+            ),
+            (
+                "action = \"transform\"\nmatch = { event_type = [\"state_changed\"] }\ntransform = [{ keep_data = [\"x\"] }]",
+                "transform[0].keep_data",
+            ),
         ] {
             let err = build_err(&format!("[[rules]]\nname = \"r1\"\n{body}\n"));
             assert!(err.contains("\"r1\""), "{err}");
             assert!(err.contains(&format!("{key}:")), "{key}: {err}");
         }
+        // Steps each kind of event can take, on matches that can select it, build.
+        chain(
+            r#"
+            [[rules]]
+            name = "service calls"
+            action = "transform"
+            match = { event_type = ["call_*"] }
+            transform = [{ drop_data = ["*_id"] }, { measurement = "calls" }]
+            [[rules]]
+            name = "everything"
+            action = "transform"
+            transform = [{ drop_data = ["x"] }, { drop_attributes = ["icon"] }, { tags = { a = "b" } }]
+            "#,
+        );
     }
 
     #[test]

@@ -13,8 +13,16 @@
 //!   Europe/Berlin on the last Sunday of March) is never seen, so a window
 //!   inside the skipped hour matches nothing that day; the repeated hour of an
 //!   autumn day is seen twice, and a window in it matches both times.
+//!
+//! Converting each event's time through the tz database (a search of the
+//! zone's transitions, then calendar arithmetic) was the time rules' whole
+//! cost. Events arrive in time order, so a window remembers the UTC offset of
+//! the hour it last saw: within that hour the wall clock is the UTC time plus
+//! the offset, and the weekday and time of day are two integer divisions.
 
-use chrono::{Datelike, NaiveTime, TimeZone, Timelike, Weekday};
+use std::cell::Cell;
+
+use chrono::{NaiveTime, Offset, TimeZone, Timelike, Weekday};
 use chrono_tz::Tz;
 
 use crate::event::Timestamp;
@@ -55,6 +63,28 @@ pub struct TimeWindow {
     before: Option<u32>,
     /// Bit `d` set: weekday `d` (Monday = 0) matches; all bits when none were given.
     weekdays: u8,
+    /// The UTC hour last seen and the zone's offset throughout it.
+    span: Cell<OffsetSpan>,
+}
+
+/// UTC seconds `[start, end)` over which the zone's UTC offset is `offset` seconds.
+#[derive(Debug, Clone, Copy)]
+struct OffsetSpan {
+    start: i64,
+    end: i64,
+    offset: i64,
+}
+
+/// Seconds in an hour: the span one offset look-up covers.
+const HOUR: i64 = 3600;
+const DAY: i64 = 86_400;
+
+/// The zone's UTC offset (seconds) at UTC second `secs`; `None` outside chrono's range.
+fn offset_at(zone: Tz, secs: i64) -> Option<i64> {
+    let utc = chrono::DateTime::from_timestamp(secs, 0)?.naive_utc();
+    Some(i64::from(
+        zone.offset_from_utc_datetime(&utc).fix().local_minus_utc(),
+    ))
 }
 
 fn seconds_of_day(text: &str) -> Result<u32, TimeError> {
@@ -110,21 +140,51 @@ impl TimeWindow {
             after,
             before,
             weekdays: if bits == 0 { 0x7f } else { bits },
+            span: Cell::new(OffsetSpan {
+                start: 0,
+                end: 0,
+                offset: 0,
+            }),
         })
+    }
+
+    /// The zone's offset at UTC second `secs`, from the remembered hour when it holds.
+    ///
+    /// A new hour costs two look-ups, at its first and its last second: when they agree the
+    /// offset holds for the whole hour (the tz database never puts two transitions less than
+    /// an hour apart), otherwise the hour has a transition and is looked up per event.
+    fn offset(&self, secs: i64) -> Option<i64> {
+        let span = self.span.get();
+        if secs >= span.start && secs < span.end {
+            return Some(span.offset);
+        }
+        let start = secs.div_euclid(HOUR) * HOUR;
+        let first = offset_at(self.zone, start)?;
+        let last = offset_at(self.zone, start + HOUR - 1)?;
+        if first == last {
+            self.span.set(OffsetSpan {
+                start,
+                end: start + HOUR,
+                offset: first,
+            });
+            return Some(first);
+        }
+        offset_at(self.zone, secs)
     }
 
     /// Whether the instant falls in the window on the zone's wall clock.
     pub fn holds(&self, time: Timestamp) -> bool {
-        let nanos = time.as_nanos();
-        let secs = nanos.div_euclid(1_000_000_000);
-        let sub = nanos.rem_euclid(1_000_000_000) as u32;
-        let Some(local) = self.zone.timestamp_opt(secs, sub).single() else {
+        let secs = time.as_nanos().div_euclid(1_000_000_000);
+        let Some(offset) = self.offset(secs) else {
             return false;
         };
-        if self.weekdays & (1 << local.weekday().num_days_from_monday()) == 0 {
+        let local = secs + offset;
+        // 1970-01-01 was a Thursday (3 days after a Monday).
+        let weekday = (local.div_euclid(DAY) + 3).rem_euclid(7);
+        if self.weekdays & (1 << weekday) == 0 {
             return false;
         }
-        let s = local.num_seconds_from_midnight();
+        let s = local.rem_euclid(DAY) as u32;
         match (self.after, self.before) {
             (None, None) => true,
             (Some(a), None) => s >= a,
@@ -263,6 +323,71 @@ mod tests {
             t += 60 * 1_000_000_000;
         }
         assert_eq!(hits, 60, "two half hours");
+    }
+
+    /// The window evaluated the direct way: chrono-tz's conversion of every instant.
+    fn direct(w: &TimeWindow, time: Timestamp) -> bool {
+        use chrono::Datelike;
+        let nanos = time.as_nanos();
+        let Some(local) = w
+            .zone
+            .timestamp_opt(nanos.div_euclid(1_000_000_000), 0)
+            .single()
+        else {
+            return false;
+        };
+        if w.weekdays & (1 << local.weekday().num_days_from_monday()) == 0 {
+            return false;
+        }
+        let s = local.num_seconds_from_midnight();
+        match (w.after, w.before) {
+            (None, None) => true,
+            (Some(a), None) => s >= a,
+            (None, Some(b)) => s < b,
+            (Some(a), Some(b)) if a < b => s >= a && s < b,
+            (Some(a), Some(b)) => s >= a || s < b,
+        }
+    }
+
+    #[test]
+    fn the_remembered_offset_agrees_with_the_tz_database_across_transitions() {
+        // Zones with whole-hour, half-hour (Lord Howe: 30 min DST) and southern DST,
+        // walked minute by minute across their 2026 transitions, forwards, backwards and
+        // jumping about (a cached hour must never leak into another).
+        let cases = [
+            ("Europe/Berlin", "2026-03-28T22:00:00.000000+00:00"),
+            ("Europe/Berlin", "2026-10-24T22:00:00.000000+00:00"),
+            ("America/New_York", "2026-03-08T04:00:00.000000+00:00"),
+            ("America/New_York", "2026-11-01T03:00:00.000000+00:00"),
+            ("Australia/Lord_Howe", "2026-04-04T12:00:00.000000+00:00"),
+            ("Australia/Lord_Howe", "2026-10-03T12:00:00.000000+00:00"),
+            ("Asia/Kolkata", "2026-06-01T00:00:00.000000+00:00"),
+        ];
+        let windows = [
+            (Some("01:45"), Some("03:15"), &[][..]),
+            (Some("22:00"), Some("02:30"), &["sat", "sun"][..]),
+            (None, Some("02:00"), &["sun"][..]),
+            (Some("02:59:59"), None, &[][..]),
+        ];
+        for (zone, from) in cases {
+            for (after, before, days) in windows {
+                let w = window(zone, after, before, days);
+                let start = at(from).as_nanos();
+                let minute = 60 * 1_000_000_000i64;
+                let forwards = (0..6 * 60).map(|m| start + m * minute + 17_000_000_000);
+                let backwards = (0..6 * 60).rev().map(|m| start + m * minute);
+                // A stride coprime with the span: visits every minute out of order.
+                let jumping = (0..6 * 60).map(|m| start + (m * 97 % 360) * minute);
+                for t in forwards.chain(backwards).chain(jumping) {
+                    let t = Timestamp::from_nanos(t);
+                    assert_eq!(
+                        w.holds(t),
+                        direct(&w, t),
+                        "{zone} {after:?}-{before:?} {days:?} at {t}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

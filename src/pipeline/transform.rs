@@ -3,9 +3,21 @@
 //! A rule's `transform` list is compiled once into [`Transform`]; per event the
 //! steps run in order, each on the result of the one before. Attribute and
 //! state steps change the event itself; `measurement` and tags go into a
-//! [`PointOverrides`] the encoder applies last. Attribute and state steps touch
-//! `state_changed` events only; `measurement` and tags are kept for any event
-//! but only state points use them.
+//! [`PointOverrides`] the encoder applies last.
+//!
+//! Which events a step applies to:
+//! - `measurement`, `tags`, `computed_tags`: every event (state points and the
+//!   points of other events alike);
+//! - `rename`, `drop_attributes`, `keep_attributes`, `convert`, `compute`,
+//!   `map`: `state_changed` events (they change the new state or its
+//!   attributes, which other events do not have);
+//! - `rename_data`, `drop_data`, `keep_data`: other events (they change the
+//!   members of the event's `data`, which the events measurement writes as
+//!   `data` and `data_<key>` fields; a state change's data is its states).
+//!
+//! A step never applies to an event it has nothing to change in: it passes
+//! over it. A rule whose match can only select events a step cannot change is
+//! refused at start-up ([`Transform::check_reach`]).
 
 use globset::GlobSet;
 use minijinja::Value;
@@ -60,12 +72,47 @@ enum Step {
     Convert(Target, ConvertTo, StepOnError),
     Compute(Target, EventExpression, StepOnError),
     Map(Target, Vec<(String, serde_json::Value)>),
+    RenameData(Vec<(String, String)>),
+    DropData(GlobSet),
+    KeepData(GlobSet),
+}
+
+/// Which events a step can change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// Every event.
+    Any,
+    /// `state_changed` only.
+    StateChanges,
+    /// Every other event type only.
+    OtherEvents,
+}
+
+impl Step {
+    fn reach(&self) -> Reach {
+        match self {
+            Step::Measurement(_) | Step::Tags(_) | Step::ComputedTags(..) => Reach::Any,
+            Step::RenameData(_) | Step::DropData(_) | Step::KeepData(_) => Reach::OtherEvents,
+            _ => Reach::StateChanges,
+        }
+    }
+}
+
+/// A rule's step that can never apply, given which events the rule's match can select.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreachableStep {
+    /// `transform[i].<operation>`.
+    pub key: String,
+    /// Why it can never apply, and what to use instead.
+    pub message: String,
 }
 
 /// A rule's compiled steps.
 pub struct Transform {
     steps: Vec<Step>,
     plan: Vec<String>,
+    /// Each step's operation key (`drop_data` …), for messages.
+    ops: Vec<&'static str>,
 }
 
 /// What applying a rule's steps to one event did.
@@ -96,16 +143,51 @@ impl Transform {
     pub fn new(steps: &[TransformStepConfig]) -> Result<Transform, StepError> {
         let mut out = Vec::with_capacity(steps.len());
         let mut plan = Vec::with_capacity(steps.len());
+        let mut ops = Vec::with_capacity(steps.len());
         for (i, cfg) in steps.iter().enumerate() {
             let err = |key: &str, message: String| StepError {
                 key: format!("transform[{i}].{key}"),
                 message,
             };
-            let (step, text) = compile_step(cfg, &err)?;
+            let (step, text, op) = compile_step(cfg, &err)?;
             out.push(step);
             plan.push(text);
+            ops.push(op);
         }
-        Ok(Transform { steps: out, plan })
+        Ok(Transform {
+            steps: out,
+            plan,
+            ops,
+        })
+    }
+
+    /// Refuses a step the rule can never apply: one that changes a state when the rule's
+    /// match selects only other events, or event data when it selects only state changes.
+    pub fn check_reach(
+        &self,
+        matches_state_changes: bool,
+        matches_other_events: bool,
+    ) -> Result<(), UnreachableStep> {
+        for (i, (step, op)) in self.steps.iter().zip(&self.ops).enumerate() {
+            let message = match step.reach() {
+                Reach::StateChanges if !matches_state_changes => {
+                    "changes the new state or its attributes, which only state_changed events have, \
+                     and this rule's match selects no state_changed event \
+                     (for other events use rename_data, drop_data or keep_data on their data)"
+                }
+                Reach::OtherEvents if !matches_other_events => {
+                    "changes the members of an event's data, and this rule's match selects only \
+                     state_changed events (their data is the states: use rename, drop_attributes \
+                     or keep_attributes)"
+                }
+                _ => continue,
+            };
+            return Err(UnreachableStep {
+                key: format!("transform[{i}].{op}"),
+                message: message.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// One line per step, for `check` and `explain`.
@@ -209,6 +291,21 @@ impl Transform {
                         write(state, target, v.clone());
                     }
                 }
+                Step::RenameData(pairs) => {
+                    if let Some(data) = data_mut(event) {
+                        rename_data(data, pairs);
+                    }
+                }
+                Step::DropData(globs) => {
+                    if let Some(data) = data_mut(event) {
+                        data.retain(|k, _| !globs.is_match(k));
+                    }
+                }
+                Step::KeepData(globs) => {
+                    if let Some(data) = data_mut(event) {
+                        data.retain(|k, _| globs.is_match(k));
+                    }
+                }
             }
         }
         applied
@@ -218,8 +315,8 @@ impl Transform {
 fn compile_step(
     cfg: &TransformStepConfig,
     err: &impl Fn(&str, String) -> StepError,
-) -> Result<(Step, String), StepError> {
-    let ops: Vec<&str> = [
+) -> Result<(Step, String, &'static str), StepError> {
+    let ops: Vec<&'static str> = [
         ("rename", cfg.rename.is_some()),
         ("drop_attributes", cfg.drop_attributes.is_some()),
         ("keep_attributes", cfg.keep_attributes.is_some()),
@@ -229,6 +326,9 @@ fn compile_step(
         ("convert", cfg.convert.is_some()),
         ("compute", cfg.compute.is_some()),
         ("map", cfg.map.is_some()),
+        ("rename_data", cfg.rename_data.is_some()),
+        ("drop_data", cfg.drop_data.is_some()),
+        ("keep_data", cfg.keep_data.is_some()),
     ]
     .iter()
     .filter(|(_, set)| *set)
@@ -239,7 +339,7 @@ fn compile_step(
         [] => {
             return Err(err(
                 "",
-                "no operation: give one of rename, drop_attributes, keep_attributes, measurement, tags, computed_tags, convert, compute, map".into(),
+                "no operation: give one of rename, drop_attributes, keep_attributes, measurement, tags, computed_tags, convert, compute, map, rename_data, drop_data, keep_data".into(),
             ));
         }
         many => {
@@ -290,22 +390,32 @@ fn compile_step(
     let expression = |key: &str, source: &str| -> Result<EventExpression, StepError> {
         EventExpression::compile(source).map_err(|e| err(key, e.to_string()))
     };
-    Ok(match op {
+    let (step, text) = match op {
+        "rename_data" => {
+            let pairs = rename_pairs(cfg.rename_data.as_ref(), "rename_data", err)?;
+            let text = describe_pairs(&pairs);
+            (
+                Step::RenameData(pairs),
+                format!("rename data members {text}"),
+            )
+        }
+        "drop_data" => {
+            let list = cfg.drop_data.as_deref().unwrap_or_default();
+            (
+                Step::DropData(globs("drop_data", list)?),
+                format!("drop data members {}", list.join(", ")),
+            )
+        }
+        "keep_data" => {
+            let list = cfg.keep_data.as_deref().unwrap_or_default();
+            (
+                Step::KeepData(globs("keep_data", list)?),
+                format!("keep only data members {}", list.join(", ")),
+            )
+        }
         "rename" => {
-            let pairs: Vec<(String, String)> = cfg
-                .rename
-                .iter()
-                .flatten()
-                .map(|(a, b)| (a.clone(), b.clone()))
-                .collect();
-            if pairs.iter().any(|(a, b)| a.is_empty() || b.is_empty()) {
-                return Err(err("rename", "names must not be empty".into()));
-            }
-            let text = pairs
-                .iter()
-                .map(|(a, b)| format!("{a} -> {b}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let pairs = rename_pairs(cfg.rename.as_ref(), "rename", err)?;
+            let text = describe_pairs(&pairs);
             (Step::Rename(pairs), format!("rename attributes {text}"))
         }
         "drop_attributes" => {
@@ -408,7 +518,55 @@ fn compile_step(
             );
             (Step::Map(t, table), text)
         }
-    })
+    };
+    Ok((step, text, op))
+}
+
+/// `{ old = "new" }` pairs; names must not be empty.
+fn rename_pairs(
+    map: Option<&std::collections::BTreeMap<String, String>>,
+    key: &str,
+    err: &impl Fn(&str, String) -> StepError,
+) -> Result<Vec<(String, String)>, StepError> {
+    let pairs: Vec<(String, String)> = map
+        .into_iter()
+        .flatten()
+        .map(|(a, b)| (a.clone(), b.clone()))
+        .collect();
+    if pairs.iter().any(|(a, b)| a.is_empty() || b.is_empty()) {
+        return Err(err(key, "names must not be empty".into()));
+    }
+    Ok(pairs)
+}
+
+fn describe_pairs(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(a, b)| format!("{a} -> {b}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn data_mut(event: &mut Event) -> Option<&mut serde_json::Map<String, serde_json::Value>> {
+    match &mut event.kind {
+        EventKind::Bus(bus) => Some(&mut bus.data),
+        EventKind::StateChanged(_) => None,
+    }
+}
+
+/// Renames data members in place, order kept; a renamed member that meets an existing one replaces it.
+fn rename_data(data: &mut serde_json::Map<String, serde_json::Value>, pairs: &[(String, String)]) {
+    if !data.keys().any(|k| pairs.iter().any(|(a, _)| a == k)) {
+        return;
+    }
+    let old = std::mem::take(data);
+    for (k, v) in old {
+        let key = pairs
+            .iter()
+            .find(|(a, _)| *a == k)
+            .map_or(k, |(_, b)| b.clone());
+        data.insert(key, v);
+    }
 }
 
 fn new_state_mut(event: &mut Event) -> Option<&mut State> {
@@ -791,6 +949,80 @@ mod tests {
     }
 
     #[test]
+    fn data_steps_change_other_events_and_pass_over_state_changes() {
+        let t = steps(
+            r#"transform = [
+                { rename_data = { service_data = "args" } },
+                { drop_data = ["*_id"] },
+                { measurement = "calls" },
+                { tags = { site = "home" } },
+            ]"#,
+        );
+        let mut call = bus_event("call_service");
+        if let EventKind::Bus(bus) = &mut call.kind {
+            for (k, v) in [
+                ("domain", json!("light")),
+                ("service", json!("turn_on")),
+                ("service_data", json!({"brightness": 3})),
+                ("entity_id", json!("light.a")),
+                ("device_id", json!("d1")),
+            ] {
+                bus.data.insert(k.into(), v);
+            }
+        }
+        let mut o = PointOverrides::default();
+        assert_eq!(t.apply(&mut call, &mut o), Applied::default());
+        let EventKind::Bus(bus) = &call.kind else {
+            unreachable!()
+        };
+        let keys: Vec<&str> = bus.data.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["domain", "service", "args"],
+            "renamed in place, ids dropped"
+        );
+        assert_eq!(o.measurement.as_deref(), Some("calls"));
+        assert_eq!(o.tags, [("site".to_string(), "home".to_string())]);
+        let keep = steps(r#"transform = [{ keep_data = ["serv*"] }]"#);
+        keep.apply(&mut call, &mut o);
+        let EventKind::Bus(bus) = &call.kind else {
+            unreachable!()
+        };
+        assert_eq!(bus.data.keys().collect::<Vec<_>>(), ["service"]);
+        // A state change passes through the data steps unchanged.
+        let state = state_event("sensor.a_id", "1", json!({"device_id": "d"}), None);
+        let mut same = state.clone();
+        t.apply(&mut same, &mut o);
+        assert_eq!(same, state);
+    }
+
+    #[test]
+    fn a_step_a_rule_can_never_apply_is_refused() {
+        let t = steps(
+            r#"transform = [{ tags = { a = "b" } }, { drop_data = ["x"] }, { convert = "state", to = "float" }]"#,
+        );
+        // (matches state changes, matches other events) → the refused step, if any.
+        let cases = [
+            ((true, true), None),
+            ((false, true), Some("transform[2].convert")),
+            ((true, false), Some("transform[1].drop_data")),
+        ];
+        for ((state_changes, others), want) in cases {
+            let got = t.check_reach(state_changes, others).err();
+            assert_eq!(
+                got.as_ref().map(|e| e.key.as_str()),
+                want,
+                "{state_changes} {others}"
+            );
+        }
+        let tags_only = steps(
+            r#"transform = [{ measurement = "m" }, { computed_tags = { t = "event_type" } }]"#,
+        );
+        assert!(tags_only.check_reach(false, true).is_ok());
+        assert!(tags_only.check_reach(true, false).is_ok());
+    }
+
+    #[test]
     fn bad_steps_name_the_index_and_key() {
         let cases = [
             (r#"transform = [{}]"#, "transform[0]."),
@@ -830,6 +1062,18 @@ mod tests {
             (
                 r#"transform = [{ tags = { a = "b" }, on_error = "drop" }]"#,
                 "transform[0].on_error",
+            ),
+            (
+                r#"transform = [{ drop_data = ["[x"] }]"#,
+                "transform[0].drop_data",
+            ),
+            (
+                r#"transform = [{ rename_data = { a = "" } }]"#,
+                "transform[0].rename_data",
+            ),
+            (
+                r#"transform = [{ keep_data = ["a"], drop_data = ["b"] }]"#,
+                "transform[0].",
             ),
         ];
         for (text, key) in cases {

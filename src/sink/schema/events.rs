@@ -3,7 +3,9 @@
 //! - Tags: `event_type`, `origin`; for `call_service` the `domain` and
 //!   `service` of its data (when strings); `entity_id` when `data.entity_id` is
 //!   a string (as written, domain included); then the static `schema.tags`,
-//!   which override, as for state points.
+//!   which override, as for state points; then a filter rule's transform
+//!   tags, which override all of these (and its measurement replaces
+//!   `schema.events_measurement`).
 //! - Fields: `data` = the event's data as compact JSON; `context_id`,
 //!   `context_parent_id`, `context_user_id` as strings when present (never
 //!   tags: they are unbounded).
@@ -28,7 +30,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::{Encoded, SchemaError, Scratch, SkipReason};
+use super::{Encoded, PointOverrides, SchemaError, Scratch, SkipReason};
 use crate::config::SchemaConfig;
 use crate::event::{BusEvent, Event};
 use crate::sink::line_protocol::LineBuilder;
@@ -75,6 +77,7 @@ impl EventEncoder {
         &mut self,
         event: &Event,
         bus: &BusEvent,
+        overrides: Option<&PointOverrides>,
         scratch: &mut Scratch,
         out: &mut String,
     ) -> Encoded {
@@ -82,6 +85,27 @@ impl EventEncoder {
         text.clear();
         json.clear();
         let data = &bus.data;
+        let measurement = overrides
+            .and_then(|o| o.measurement.as_deref())
+            .unwrap_or(&self.measurement);
+        // A transform's tags win over the static ones: merged into a copy, in key order
+        // (only for events a transform rule matched; the default path borrows).
+        let merged: Vec<(String, String)>;
+        let static_tags: &[(String, String)] = match overrides {
+            Some(o) if !o.tags.is_empty() => {
+                let mut all = self.static_tags.clone();
+                for (k, v) in &o.tags {
+                    match all.iter_mut().find(|(key, _)| key == k) {
+                        Some(slot) => slot.1 = v.clone(),
+                        None => all.push((k.clone(), v.clone())),
+                    }
+                }
+                all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                merged = all;
+                &merged
+            }
+            _ => &self.static_tags,
+        };
 
         // Tags: (key, value) pairs, fixed ones first, static ones override; sorted below.
         let str_member = |k: &str| match data.get(k) {
@@ -103,16 +127,15 @@ impl EventEncoder {
             tags[4] = ("entity_id", e);
         }
         for slot in tags.iter_mut() {
-            if let Some((_, v)) = self.static_tags.iter().find(|(k, _)| k == slot.0) {
+            if let Some((_, v)) = static_tags.iter().find(|(k, _)| k == slot.0) {
                 slot.1 = v.as_str();
             }
         }
         tags.sort_unstable_by(|a, b| a.0.cmp(b.0));
 
         // Static tags that are not one of ours, merged in key order.
-        let mut line = LineBuilder::new(out, &self.measurement);
-        let mut extra = self
-            .static_tags
+        let mut line = LineBuilder::new(out, measurement);
+        let mut extra = static_tags
             .iter()
             .filter(|(k, _)| !tags.iter().any(|(t, _)| t == k))
             .peekable();
@@ -319,6 +342,50 @@ mod tests {
                 "ha_events,a=1,domain=light,event_type=call_service,origin=site,service=forced,zz=2 "
             ),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn transform_measurement_and_tags_win_over_everything() {
+        let cfg = SchemaConfig {
+            tags: BTreeMap::from([
+                ("a".to_string(), "1".to_string()),
+                ("site".to_string(), "static".to_string()),
+            ]),
+            ..SchemaConfig::default()
+        };
+        let ev = bus(
+            "call_service",
+            json!({"domain": "light", "service": "turn_on"}),
+        );
+        let overrides = PointOverrides {
+            measurement: Some("calls".into()),
+            tags: vec![
+                ("site".into(), "rule".into()),
+                ("service".into(), "any".into()),
+                ("b".into(), "2".into()),
+            ],
+        };
+        let mut enc = Encoder::new(&cfg).unwrap();
+        let mut out = String::new();
+        assert_eq!(
+            enc.encode_with(&ev, &overrides, &mut out),
+            Encoded::Points(1)
+        );
+        assert!(
+            out.starts_with(
+                "calls,a=1,b=2,domain=light,event_type=call_service,origin=REMOTE,service=any,site=rule "
+            ),
+            "{out}"
+        );
+        // Without overrides the same encoder writes the configured point.
+        out.clear();
+        enc.encode(&ev, &mut out);
+        assert!(
+            out.starts_with(
+                "ha_events,a=1,domain=light,event_type=call_service,origin=REMOTE,service=turn_on,site=static "
+            ),
+            "{out}"
         );
     }
 

@@ -162,7 +162,8 @@ impl Encoder {
         self.encode_inner(event, None, out)
     }
 
-    /// As [`Encoder::encode`], with a transform's measurement and tags applied to state points.
+    /// As [`Encoder::encode`], with a transform's measurement and tags applied (`homeassistant`
+    /// state points and the points of other events; the `optimized` state layout names its own).
     pub fn encode_with(
         &mut self,
         event: &Event,
@@ -205,7 +206,7 @@ impl Encoder {
                 States::Optimized(enc) => enc.encode(sc, event.time_fired, &mut self.scratch, out),
             },
             EventKind::Bus(bus) => match &mut self.events {
-                Some(enc) => enc.encode(event, bus, &mut self.scratch, out),
+                Some(enc) => enc.encode(event, bus, overrides, &mut self.scratch, out),
                 None => Encoded::Skipped(SkipReason::OtherEventsDisabled),
             },
         }
