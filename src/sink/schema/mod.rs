@@ -162,8 +162,7 @@ impl Encoder {
         self.encode_inner(event, None, out)
     }
 
-    /// As [`Encoder::encode`], with a transform's measurement and tags applied (`homeassistant`
-    /// state points and the points of other events; the `optimized` state layout names its own).
+    /// As [`Encoder::encode`], with a transform's measurement and tags applied, so rules shape points in every layout.
     pub fn encode_with(
         &mut self,
         event: &Event,
@@ -202,8 +201,9 @@ impl Encoder {
                 States::Homeassistant(enc) => {
                     enc.encode(sc, event.time_fired, overrides, &mut self.scratch, out)
                 }
-                // The optimized layout names its own measurements and tags: transform overrides do not apply.
-                States::Optimized(enc) => enc.encode(sc, event.time_fired, &mut self.scratch, out),
+                States::Optimized(enc) => {
+                    enc.encode(sc, event.time_fired, overrides, &mut self.scratch, out)
+                }
             },
             EventKind::Bus(bus) => match &mut self.events {
                 Some(enc) => enc.encode(event, bus, overrides, &mut self.scratch, out),

@@ -26,7 +26,7 @@
 
 use serde_json::Value;
 
-use super::{Encoded, SchemaError, Scratch, SkipReason};
+use super::{Encoded, PointOverrides, SchemaError, Scratch, SkipReason};
 use crate::config::{AttributeType, SchemaConfig};
 use crate::event::{StateChanged, Timestamp};
 use crate::monitor::metrics as names;
@@ -63,6 +63,8 @@ enum Key {
     Fixed(&'static str),
     Config(usize),
     Static(usize),
+    /// A transform's tag: index into the event's [`PointOverrides::tags`].
+    Override(usize),
 }
 
 /// One allow-listed attribute's converted value.
@@ -89,11 +91,14 @@ struct TagNames {
 }
 
 impl TagNames {
-    fn key(&self, key: Key) -> &str {
+    fn key<'a>(&'a self, key: Key, overrides: Option<&'a PointOverrides>) -> &'a str {
         match key {
             Key::Fixed(k) => k,
             Key::Config(i) => self.tags_attributes.get(i).map_or("", String::as_str),
             Key::Static(i) => self.static_tags.get(i).map_or("", |(k, _)| k.as_str()),
+            Key::Override(i) => overrides
+                .and_then(|o| o.tags.get(i))
+                .map_or("", |(k, _)| k.as_str()),
         }
     }
 }
@@ -167,6 +172,7 @@ impl OptimizedEncoder {
         &mut self,
         sc: &StateChanged,
         time_fired: Timestamp,
+        overrides: Option<&PointOverrides>,
         scratch: &mut Scratch,
         out: &mut String,
     ) -> Encoded {
@@ -215,12 +221,19 @@ impl OptimizedEncoder {
         self.tags.push((Key::Fixed("schema"), version));
         for (i, name) in self.names.tags_attributes.iter().enumerate() {
             if let Some(v) = attrs.get(name).and_then(|v| push_scalar(text, v)) {
-                set_tag(&mut self.tags, &self.names, Key::Config(i), v);
+                set_tag(&mut self.tags, &self.names, overrides, Key::Config(i), v);
             }
         }
         for (i, (_, value)) in self.names.static_tags.iter().enumerate() {
             let v = push_span(text, value);
-            set_tag(&mut self.tags, &self.names, Key::Static(i), v);
+            set_tag(&mut self.tags, &self.names, overrides, Key::Static(i), v);
+        }
+        // A transform's tags, last: they win, as in the other layouts.
+        if let Some(o) = overrides {
+            for (i, (_, value)) in o.tags.iter().enumerate() {
+                let v = push_span(text, value);
+                set_tag(&mut self.tags, &self.names, overrides, Key::Override(i), v);
+            }
         }
 
         // Fields: the state, then the allow-listed attributes.
@@ -252,14 +265,19 @@ impl OptimizedEncoder {
         // Write, tags sorted by key.
         let text: &str = text;
         let names = &self.names;
-        self.tags.sort_by(|a, b| names.key(a.0).cmp(names.key(b.0)));
-        let measurement = match measurement {
-            Some(m) => m.get(text),
-            None => domain,
+        self.tags
+            .sort_by(|a, b| names.key(a.0, overrides).cmp(names.key(b.0, overrides)));
+        let measurement = match (
+            overrides.and_then(|o| o.measurement.as_deref()),
+            measurement,
+        ) {
+            (Some(m), _) => m,
+            (None, Some(m)) => m.get(text),
+            (None, None) => domain,
         };
         let mut line = LineBuilder::new(out, measurement);
         for (k, v) in &self.tags {
-            line.tag(names.key(*k), v.get(text));
+            line.tag(names.key(*k, overrides), v.get(text));
         }
         let mut f = line.fields();
         let main = if value.is_some() { "value" } else { "state" };
@@ -288,9 +306,18 @@ impl OptimizedEncoder {
 }
 
 /// Replaces the value of a tag with the same key, or adds it.
-fn set_tag(tags: &mut Vec<(Key, Span)>, names: &TagNames, key: Key, val: Span) {
-    let name = names.key(key);
-    match tags.iter().position(|(k, _)| names.key(*k) == name) {
+fn set_tag(
+    tags: &mut Vec<(Key, Span)>,
+    names: &TagNames,
+    overrides: Option<&PointOverrides>,
+    key: Key,
+    val: Span,
+) {
+    let name = names.key(key, overrides);
+    match tags
+        .iter()
+        .position(|(k, _)| names.key(*k, overrides) == name)
+    {
         Some(i) => tags[i] = (key, val),
         None => tags.push((key, val)),
     }
