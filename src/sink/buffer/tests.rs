@@ -647,3 +647,47 @@ fn the_appender_joins_queued_chunks_into_one_record_in_order() {
     assert_eq!(records[0].1.lines, joined);
     assert_eq!(records[0].1.points, 6);
 }
+
+/// The value of an unlabelled metric in Prometheus text.
+fn rendered(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn the_size_gauges_follow_appends_as_well_as_acknowledgements() {
+    // During an InfluxDB outage nothing is acknowledged: the gauges must grow with the appends.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let dir = tempfile::tempdir().expect("tempdir");
+    metrics::with_local_recorder(&recorder, || {
+        let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::from_secs(60))).expect("open");
+        let gauges = || {
+            let text = handle.render();
+            (
+                rendered(&text, BUFFER_POINTS),
+                rendered(&text, BUFFER_RECORDS),
+                rendered(&text, BUFFER_BYTES),
+            )
+        };
+        let mut bytes = 0.0;
+        let mut seqs = Vec::new();
+        for (i, points) in [2usize, 3, 4].into_iter().enumerate() {
+            let c = chunk("gauges", points);
+            bytes += (HEADER_BYTES + c.lines.len()) as f64;
+            seqs.push(buffer.append(&c).expect("append"));
+            let expected_points = [2.0, 5.0, 9.0][i];
+            assert_eq!(
+                gauges(),
+                (Some(expected_points), Some(i as f64 + 1.0), Some(bytes)),
+                "after append {}",
+                i + 1
+            );
+        }
+        buffer.ack_through(seqs[0]).expect("ack");
+        let first = (HEADER_BYTES + chunk("gauges", 2).lines.len()) as f64;
+        assert_eq!(gauges(), (Some(7.0), Some(2.0), Some(bytes - first)));
+        buffer.ack_through(seqs[2]).expect("ack");
+        assert_eq!(gauges(), (Some(0.0), Some(0.0), Some(0.0)));
+    });
+}
