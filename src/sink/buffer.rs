@@ -61,6 +61,8 @@ pub const HEADER_BYTES: usize = 20;
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQ: &str = "next_seq";
+/// Key prefix in `meta` of a named reader's delivery position (`delivered:<target>`).
+const POSITION_PREFIX: &str = "delivered:";
 /// How long a blocked append sleeps between checks of the closed flag.
 const BLOCK_POLL: Duration = Duration::from_millis(100);
 /// Least time between two "dropped the oldest records" log lines.
@@ -767,6 +769,48 @@ impl Buffer {
     /// Makes every commit so far durable now; returns the durable sequence number.
     pub fn sync(&self) -> Result<u64, BufferError> {
         self.inner.sync()
+    }
+
+    /// The delivery position saved for each named reader (`None`: none saved), never past the last record.
+    ///
+    /// With several InfluxDB targets each reads the buffer on its own; a target
+    /// that was ahead of the others resumes after its own position at the next
+    /// start instead of receiving again what it already delivered.
+    pub fn positions(&self, names: &[&str]) -> Result<Vec<Option<u64>>, BufferError> {
+        let txn = self.inner.db.begin_read().map_err(store("positions"))?;
+        let meta = txn.open_table(META).map_err(store("positions"))?;
+        let last = self.last_seq();
+        names
+            .iter()
+            .map(|name| {
+                let key = format!("{POSITION_PREFIX}{name}");
+                let saved = meta.get(key.as_str()).map_err(store("positions"))?;
+                Ok(saved.map(|g| g.value().min(last)))
+            })
+            .collect()
+    }
+
+    /// Saves each named reader's delivery position: every record up to it was delivered by that reader.
+    ///
+    /// Committed like appends (durable within `fsync_interval`); a position lost in a
+    /// crash only means records are delivered again, which is harmless.
+    pub fn save_positions(&self, positions: &[(&str, u64)]) -> Result<(), BufferError> {
+        let _st = lock(&self.inner.state);
+        let result = (|| -> Result<(), redb::Error> {
+            let txn = self.begin()?;
+            {
+                let mut meta = txn.open_table(META)?;
+                for (name, seq) in positions {
+                    let key = format!("{POSITION_PREFIX}{name}");
+                    meta.insert(key.as_str(), *seq)?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        result.map_err(store("positions"))?;
+        self.committed();
+        Ok(())
     }
 
     /// Points removed undelivered by `when_full = "drop_oldest"` since open (a cheap counter read).

@@ -691,3 +691,74 @@ fn the_size_gauges_follow_appends_as_well_as_acknowledgements() {
         assert_eq!(gauges(), (Some(0.0), Some(0.0), Some(0.0)));
     });
 }
+
+#[test]
+fn saved_positions_survive_a_reopen_and_never_point_past_the_last_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::from_millis(50))).expect("open");
+        for tag in ["a", "b", "c"] {
+            buffer.append(&chunk(tag, 1)).expect("append");
+        }
+        assert_eq!(
+            buffer.positions(&["local", "offsite"]).expect("read"),
+            [None, None]
+        );
+        buffer
+            .save_positions(&[("local", 3), ("offsite", 1)])
+            .expect("save");
+        buffer.save_positions(&[("spare", 99)]).expect("save");
+    }
+    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::from_millis(50))).expect("reopen");
+    assert_eq!(
+        buffer
+            .positions(&["local", "offsite", "spare", "new"])
+            .expect("read"),
+        [Some(3), Some(1), Some(3), None],
+        "a position past the last record is read as the last record"
+    );
+}
+
+#[tokio::test]
+async fn each_target_resumes_after_its_own_saved_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("open");
+    for tag in ["a", "b", "c", "d"] {
+        buffer.append(&chunk(tag, 1)).expect("append");
+    }
+    // Target "local" delivered up to 3, "offsite" up to 1: records 2..4 stay, both positions are saved.
+    let (local, local_rx) = crate::sink::Acks::channel();
+    let (offsite, offsite_rx) = crate::sink::Acks::channel();
+    let acknowledger = tokio::spawn(tasks::acknowledge_all_saving(
+        buffer.clone(),
+        vec![local_rx, offsite_rx],
+        vec!["local".into(), "offsite".into()],
+    ));
+    local.delivered(3);
+    offsite.delivered(1);
+    drop((local, offsite));
+    acknowledger.await.expect("acknowledger ends");
+    assert_eq!(buffer.stats().expect("stats").oldest_seq, Some(2));
+    drop(buffer);
+
+    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("reopen");
+    let positions = buffer.positions(&["local", "offsite"]).expect("read");
+    assert_eq!(positions, [Some(3), Some(1)]);
+    let mut sent = Vec::new();
+    for position in positions {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let stop = tokio_util::sync::CancellationToken::new();
+        stop.cancel();
+        tasks::feed_from(buffer.clone(), tx, stop, Duration::from_secs(5), position).await;
+        let mut seqs = Vec::new();
+        while let Some(c) = rx.recv().await {
+            seqs.push(c.seq.expect("seq"));
+        }
+        sent.push(seqs);
+    }
+    assert_eq!(
+        sent,
+        [vec![4], vec![2, 3, 4]],
+        "local gets only what it lacks"
+    );
+}
