@@ -219,10 +219,15 @@ if outage:
     print(f"outage (t {outage[0]['t']}..{outage[-1]['t']} s): buffer points {outage[0]['bpoints']:,} -> {outage[-1]['bpoints']:,}, "
           f"buffer bytes {outage[0]['bbytes']:,} -> {outage[-1]['bbytes']:,}, file {outage[0]['file']:,} -> {outage[-1]['file']:,} bytes; "
           f"RSS {outage[0]['rss'] / 1024:.1f} -> {outage[-1]['rss'] / 1024:.1f} MiB (peak {max(r['rss'] for r in outage) / 1024:.1f} MiB)")
-back = [r for r in rows if r["t"] >= at + dur]
-drained = next((r["t"] for r in back if r["bpoints"] == 0 and r["t"] > at + dur), None)
-if back:
-    print(f"after the restart: buffer empty at t {drained} s ({(drained - at - dur) if drained else 'n/a'} s after the restart)")
+back = [r for r in rows if r["t"] > at + dur]
+# Caught up: the buffer holds no more than it did in steady state before the outage
+# (the points waiting for their batch, up to flush_interval's worth).
+steady = [r["bpoints"] for r in rows if 3 < r["t"] < at]
+level = max(steady) if steady else 0
+drained = next((r["t"] for r in back if r["bpoints"] <= level), None)
+if back and dur > 0:
+    print(f"after the restart: buffer back to its steady level ({level:,} points) at t {drained} s "
+          f"({(drained - at - dur) if drained else 'n/a'} s after the restart)")
     if drained:
         window(at + dur, drained, "catching up (backlog + live load)")
 print(f"peak RSS over the run {max(r['rss'] for r in rows) / 1024:.1f} MiB; peak buffer file {max(r['file'] for r in rows):,} bytes")
