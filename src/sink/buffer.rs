@@ -69,6 +69,11 @@ const BLOCK_POLL: Duration = Duration::from_millis(100);
 const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Corrupt records logged one by one at open; the rest are summarised.
 const CORRUPT_LOGGED: usize = 20;
+/// Memory redb may use to cache the file (its default is 1 GiB). Its write buffer
+/// keeps the pages of non-durable commits, so with the default the process grew with
+/// the buffer during an outage (by ~120 MiB in 60 s at 10,000 points/s); reads of
+/// fresh records are served by the OS page cache just as well.
+pub const CACHE_BYTES: usize = 32 << 20;
 
 /// Why a buffer operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -421,7 +426,11 @@ impl Buffer {
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let create = || Database::create(&path);
+        let create = || {
+            redb::Builder::new()
+                .set_cache_size(CACHE_BYTES)
+                .create(&path)
+        };
         let mut moved_aside = None;
         let (db, loaded) = match open_and_load(&create) {
             Ok(ok) => ok,
@@ -462,7 +471,11 @@ impl Buffer {
         backend: B,
         cfg: &BufferConfig,
     ) -> Result<(Buffer, OpenReport), BufferError> {
-        let create = || redb::Builder::new().create_with_backend(backend.clone());
+        let create = || {
+            redb::Builder::new()
+                .set_cache_size(CACHE_BYTES)
+                .create_with_backend(backend.clone())
+        };
         let (db, loaded) = open_and_load(&create).map_err(|(_, source)| BufferError::Open {
             path: PathBuf::from("<backend>"),
             source,
