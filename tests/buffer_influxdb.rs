@@ -415,3 +415,82 @@ async fn a_full_blocking_buffer_with_influxdb_unreachable_still_stops_and_accoun
     );
     sim.shutdown().await;
 }
+
+/// Config text of one Home Assistant source and two targets `a` and `b`.
+fn two_targets_config(data: &Path, ha_url: &str, token: &str, a: &Influxd, b: &Influxd) -> Config {
+    let target = |name: &str, db: &Influxd| {
+        format!(
+            "[[influxdb]]\nname = \"{name}\"\nurl = \"{}\"\ndatabase = \"{}\"\n\
+             flush_interval = \"100ms\"\nretry_min = \"50ms\"\nretry_max = \"200ms\"\n",
+            db.url(),
+            db.database()
+        )
+    };
+    let text = format!(
+        "data_dir = {data:?}\n[homeassistant]\nurl = \"{ha_url}\"\ntoken = \"{token}\"\n\
+         [buffer]\nfsync_interval = \"100ms\"\n[monitor]\nenabled = false\n{}{}",
+        target("a", a),
+        target("b", b),
+    );
+    Config::from_toml_with_env(&text, &data.join("config.toml"), &[]).expect("[[influxdb]] config")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_each_target_resumes_at_its_own_position() {
+    ha_ingestor::ensure_crypto_provider();
+    let a = Influxd::start("resume_a").await;
+    let mut b = Influxd::start("resume_b").await;
+    b.stop();
+    let token = "resume-token";
+    let sim = simulator(token, 1000.0, 1000, 21).await;
+    let data = tempfile::tempdir().expect("tempdir");
+
+    // First run: a gets everything, b is down and gets nothing.
+    let cfg = two_targets_config(data.path(), &sim.url(), token, &a, &b);
+    let running = app::start(&cfg).await.expect("starts");
+    let stats = running.stats();
+    wait_for("every event received", Duration::from_secs(30), || async {
+        (sim.finished() && stats.totals().received == sim.emitted_count()).then_some(())
+    })
+    .await;
+    let expected = expected_points(&sim.emitted());
+    wait_for("every point in a", Duration::from_secs(30), || async {
+        (a.point_count().await == expected).then_some(())
+    })
+    .await;
+    let first = running.stop().await;
+    assert_eq!(first.written as usize, expected, "only a wrote: {first:?}");
+    let (left, points) = buffer_contents(data.path());
+    assert!(
+        !left.is_empty() && points as usize == expected,
+        "b's points wait"
+    );
+
+    // Second run, b back, no new events: b gets everything, a nothing again.
+    b.restart().await;
+    b.create_database("resume_b").await;
+    let quiet = simulator(token, 1.0, 0, 22).await;
+    let cfg = two_targets_config(data.path(), &quiet.url(), token, &a, &b);
+    let running = app::start(&cfg).await.expect("restarts");
+    let stats = running.stats();
+    wait_for("every point in b", Duration::from_secs(60), || async {
+        (b.point_count().await == expected).then_some(())
+    })
+    .await;
+    wait_for(
+        "b's deliveries counted",
+        Duration::from_secs(30),
+        || async { (stats.totals().written as usize >= expected).then_some(()) },
+    )
+    .await;
+    let second = running.stop().await;
+    assert_eq!(
+        second.written as usize, expected,
+        "a resumed after its saved position and sent nothing again: {second:?}"
+    );
+    assert_eq!(a.point_count().await, expected);
+    let (left, _) = buffer_contents(data.path());
+    assert!(left.is_empty(), "records left: {left:?}");
+    sim.shutdown().await;
+    quiet.shutdown().await;
+}
