@@ -311,6 +311,7 @@ async fn acknowledge_and_save(
 ) {
     // What was last saved; `None` until the first save of this run.
     let mut saved: Option<Vec<u64>> = None;
+    let mut save_failing = false;
     let mut done = 0u64;
     let mut open = vec![true; delivered.len()];
     loop {
@@ -345,11 +346,16 @@ async fn acknowledge_and_save(
             })
             .await;
             match result {
-                Ok(Ok(())) => saved = Some(positions),
-                // Unsaved positions only mean records are delivered again after a restart.
-                Ok(Err(error)) => {
-                    tracing::warn!(message = "Cannot save the targets' delivery positions.", %error)
+                Ok(Ok(())) => {
+                    saved = Some(positions);
+                    save_failing = false;
                 }
+                // Unsaved positions only mean records are delivered again after a restart.
+                Ok(Err(error)) if !save_failing => {
+                    save_failing = true;
+                    tracing::warn!(message = "Cannot save the targets' delivery positions (logged once until it works again).", %error)
+                }
+                Ok(Err(_)) => {}
                 Err(error) => tracing::error!(message = "The position-saving task failed.", %error),
             }
         }
