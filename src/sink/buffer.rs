@@ -14,7 +14,9 @@
 //! | 20.. | the line protocol, UTF-8 |
 //!
 //! Table `meta` keeps `next_seq`, so sequence numbers never repeat, even after
-//! every record was acknowledged.
+//! every record was acknowledged, and, with several InfluxDB targets,
+//! `delivered:<target name>`: the last record each target delivered, so that
+//! after a restart each resumes after its own position ([`Buffer::positions`]).
 //!
 //! Durability: with `fsync_interval > 0`, appends and acknowledgements are
 //! committed with redb's non-durable commits (visible at once, not fsynced) and
