@@ -189,11 +189,13 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL);
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
     let targets = sink.targets();
+    let target_names = target_names(cfg, targets);
     let (sink_rxs, acks, buffered) = if cfg.buffer.enabled {
         let buffer = open_buffer(cfg).await?;
         // Also sets the capacity gauge the alert rules read.
         register_buffer_probe(&stats, &buffer, &cfg.buffer);
-        let (sink_rxs, acks, buffered) = start_buffer(buffer, chunk_rx, &stats, &handoff, targets)?;
+        let (sink_rxs, acks, buffered) =
+            start_buffer(buffer, chunk_rx, &stats, &handoff, &target_names)?;
         (
             sink_rxs,
             acks.into_iter().map(Some).collect(),
@@ -400,9 +402,25 @@ fn start_buffer(
     from_pipeline: mpsc::Receiver<Chunk>,
     stats: &Arc<Stats>,
     handoff: &Arc<Handoff>,
-    targets: usize,
+    names: &[String],
 ) -> Result<(TargetInputs, Vec<Acks>, Buffered), StartError> {
-    let (acks, delivered): (Vec<Acks>, Vec<_>) = (0..targets).map(|_| Acks::channel()).unzip();
+    let targets = names.len();
+    // With several targets each resumes after its own saved position (one target needs none:
+    // the oldest record left is the first it has not delivered).
+    let save = targets > 1 && names.iter().all(|n| !n.is_empty());
+    let positions = if save {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        buffer.positions(&refs).unwrap_or_else(|error| {
+            tracing::warn!(message = "Cannot read the targets' delivery positions; every target starts from the oldest record.", %error);
+            vec![None; targets]
+        })
+    } else {
+        vec![None; targets]
+    };
+    let (acks, delivered): (Vec<Acks>, Vec<_>) = positions
+        .iter()
+        .map(|p| Acks::channel_from(p.unwrap_or(0)))
+        .unzip();
     let pending = Arc::new(tasks::PendingMarks::default());
     let appender = tasks::spawn_appender(
         buffer.clone(),
@@ -421,14 +439,15 @@ fn start_buffer(
     ));
     let mut sink_rxs = Vec::with_capacity(targets);
     let mut feeders = Vec::with_capacity(targets);
-    for _ in 0..targets {
+    for position in &positions {
         let (sink_tx, sink_rx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
         sink_rxs.push(sink_rx);
-        feeders.push(tokio::spawn(tasks::feed(
+        feeders.push(tokio::spawn(tasks::feed_from(
             buffer.clone(),
             sink_tx,
             feeder_token.clone(),
             BUFFER_DRAIN_DEADLINE,
+            *position,
         )));
     }
     let feeder = tokio::spawn(async move {
@@ -438,7 +457,15 @@ fn start_buffer(
             }
         }
     });
-    let acknowledger = tokio::spawn(tasks::acknowledge_all(buffer.clone(), delivered));
+    let acknowledger = if save {
+        tokio::spawn(tasks::acknowledge_all_saving(
+            buffer.clone(),
+            delivered,
+            names.to_vec(),
+        ))
+    } else {
+        tokio::spawn(tasks::acknowledge_all(buffer.clone(), delivered))
+    };
     Ok((
         sink_rxs,
         acks,
@@ -452,6 +479,23 @@ fn start_buffer(
             releaser,
         },
     ))
+}
+
+/// The sink targets' names, in the order of their buffer readers (`file` for the file sink).
+fn target_names(cfg: &Config, targets: usize) -> Vec<String> {
+    let names: Vec<String> = match &cfg.influxdb {
+        Some(influx) => influx
+            .targets()
+            .map(|t| t.target_name().to_string())
+            .collect(),
+        None => vec!["file".to_string()],
+    };
+    if names.len() == targets {
+        names
+    } else {
+        // Unnamed: no saved positions.
+        vec![String::new(); targets]
+    }
 }
 
 /// Without the durable buffer: passes chunks with points on to the sink and releases

@@ -934,6 +934,9 @@ pub struct InfluxConfig {
     /// Write requests in flight at once; points are split by series so each series stays in order.
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: usize,
+    /// Which failures of this target make `/ready` answer 503 (a mirror far away may be allowed to be down).
+    #[serde(default)]
+    pub readiness: TargetReadiness,
     /// The further `[[influxdb]]` targets after this first one (filled by the config reader only).
     #[serde(skip)]
     pub more: Vec<InfluxConfig>,
@@ -965,6 +968,20 @@ fn influx_one_or_many<'de, D: serde::Deserializer<'de>>(
         }
     }
     d.deserialize_any(OneOrMany)
+}
+
+/// When a failing InfluxDB target makes the process not ready (`/ready` answers 503).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetReadiness {
+    /// Any failed last write: an outage, a server error, refused credentials.
+    #[default]
+    AnyFailure,
+    /// Only a refusal that does not heal by itself (401, 403, 404, other 4xx: credentials,
+    /// a missing database); outages and server errors are absorbed by the durable buffer.
+    Refused,
+    /// Never; the target is still listed in `/ready`.
+    Ignore,
 }
 
 /// How the writer resolves a field value whose type differs from what InfluxDB already stores for that field.
@@ -1035,6 +1052,7 @@ impl InfluxConfig {
             name: None,
             measurements: Vec::new(),
             max_concurrent_requests: default_max_concurrent_requests(),
+            readiness: TargetReadiness::default(),
             more: Vec::new(),
         }
     }
@@ -2047,6 +2065,7 @@ impl std::fmt::Debug for InfluxConfig {
             .field("name", &self.name)
             .field("measurements", &self.measurements)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("readiness", &self.readiness)
             .field("more", &self.more)
             .finish()
     }

@@ -1,5 +1,5 @@
-//! The durable buffer against a real `influxd`: an outage under load, and a
-//! `kill -9` of the `ha-ingestor run` process while InfluxDB is down.
+//! The durable buffer against a real `influxd`: a one-minute outage under a
+//! steady load, and a `kill -9` of the `ha-ingestor run` process while InfluxDB is down.
 
 mod support;
 
@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use ha_ingestor::app;
 use ha_ingestor::config::{BufferConfig, Config, HomeAssistantConfig, InfluxConfig, MonitorConfig};
+use ha_ingestor::event::EventKind;
 use ha_ingestor::sink::buffer::Buffer;
 use ha_ingestor::source::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
+use support::ha_schema::{all_rows, assert_state_point, is_written};
 use support::{Influxd, expected_points, spawn_run, wait_for};
 
 async fn simulator(token: &str, rate: f64, max_events: u64, seed: u64) -> SimulatorHandle {
@@ -44,17 +46,36 @@ fn buffer_contents(data: &Path) -> (Vec<u64>, u64) {
     (seqs, report.points)
 }
 
+/// How long influxd stays down in the outage test, from its stop to its restart.
+const OUTAGE: Duration = Duration::from_secs(60);
+/// The steady load during that test, events per second.
+const OUTAGE_RATE: f64 = 200.0;
+
+/// influxd killed for 60 s under a steady load that goes on through the outage and
+/// after the restart: every point arrives once, with its value, and the buffer empties.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_influxdb_outage_under_load_loses_and_duplicates_nothing() {
+async fn an_influxdb_outage_of_a_minute_under_steady_load_loses_and_duplicates_nothing() {
     ha_ingestor::ensure_crypto_provider();
     let mut influx = Influxd::start("outage").await;
     let token = "outage-token";
-    let sim = simulator(token, 1000.0, 4000, 11).await;
+    let sim = Simulator::start(
+        SimulatorConfig {
+            entities: 50,
+            rate: OUTAGE_RATE,
+            token: token.into(),
+            seed: 11,
+            max_events: None,
+            ..SimulatorConfig::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .expect("simulator starts");
     let data = tempfile::tempdir().expect("tempdir");
     let mut influx_cfg = InfluxConfig::v1(influx.url(), "outage");
     influx_cfg.flush_interval = Duration::from_millis(100);
     influx_cfg.retry_min = Duration::from_millis(50);
-    influx_cfg.retry_max = Duration::from_millis(200);
+    influx_cfg.retry_max = Duration::from_millis(500);
     let cfg = Config {
         data_dir: data.path().to_path_buf(),
         homeassistant: vec![HomeAssistantConfig::new(sim.url(), token)],
@@ -79,31 +100,81 @@ async fn an_influxdb_outage_under_load_loses_and_duplicates_nothing() {
     .await;
 
     influx.stop();
-    wait_for("every event received", Duration::from_secs(30), || async {
-        (sim.finished() && stats.totals().received == sim.emitted_count()).then_some(())
-    })
-    .await;
-    let during = stats.totals();
+    let stopped = tokio::time::Instant::now();
+    let at_stop = stats.totals();
+    // The outage itself: influxd stays down for its whole length while the load goes on.
+    tokio::time::sleep_until(stopped + OUTAGE).await;
+    let before_restart = stats.totals();
+    let during = before_restart.received - at_stop.received;
     assert!(
-        during.written < during.encoded,
-        "the outage left nothing waiting: {during:?}"
+        during as f64 >= OUTAGE_RATE * OUTAGE.as_secs_f64() / 2.0,
+        "the load did not go on during the outage: {during} events in {OUTAGE:?}"
+    );
+    let waiting = before_restart.encoded - before_restart.written;
+    assert!(
+        waiting as f64 >= OUTAGE_RATE * OUTAGE.as_secs_f64() / 4.0,
+        "too few points waited for InfluxDB: {before_restart:?}"
     );
 
     influx.restart().await;
+    let outage = stopped.elapsed();
+    assert!(outage >= OUTAGE, "influxd was down only {outage:?}");
+    // The load goes on after the restart, then stops.
+    let at_restart = stats.totals().received;
+    wait_for(
+        "events received after the restart",
+        Duration::from_secs(30),
+        || async { (stats.totals().received >= at_restart + OUTAGE_RATE as u64 * 3).then_some(()) },
+    )
+    .await;
+    sim.stop_generating();
+    wait_for("every event received", Duration::from_secs(30), || async {
+        (stats.totals().received == sim.emitted_count()).then_some(())
+    })
+    .await;
     wait_for("every point written", Duration::from_secs(60), || async {
         let t = stats.totals();
         (t.written == t.encoded).then_some(())
     })
     .await;
     let totals = running.stop().await;
-    let expected = expected_points(&sim.emitted());
+
+    let emitted = sim.emitted();
+    assert_eq!(
+        emitted.len() as u64,
+        sim.emitted_count(),
+        "history kept whole"
+    );
+    let expected = expected_points(&emitted);
     assert_eq!(totals.dropped, 0);
     assert_eq!(totals.dead_lettered, 0);
     assert_eq!(
         totals.written as usize, expected,
-        "every point accepted exactly once"
+        "every point accepted exactly once (a point sent twice would count twice)"
     );
-    assert_eq!(influx.point_count().await, expected);
+    // Exact values: each state change's point with its value, each bus event's point.
+    let rows = all_rows(&influx).await;
+    assert_eq!(rows.len(), expected, "rows in InfluxDB");
+    let bus_times: std::collections::HashSet<i64> = rows
+        .keys()
+        .filter(|(m, _, _)| m == "ha_events")
+        .map(|(_, _, t)| *t)
+        .collect();
+    for event in &emitted {
+        match &event.kind {
+            EventKind::StateChanged(sc) => {
+                if let Some(new) = sc.new_state.as_ref().filter(|s| is_written(s)) {
+                    assert_state_point(&rows, new);
+                }
+            }
+            EventKind::Bus(bus) => assert!(
+                bus_times.contains(&event.time_fired.as_nanos()),
+                "no ha_events point for {} at {}",
+                bus.event_type,
+                event.time_fired
+            ),
+        }
+    }
     let (left, _) = buffer_contents(data.path());
     assert!(
         left.is_empty(),
@@ -343,4 +414,83 @@ async fn a_full_blocking_buffer_with_influxdb_unreachable_still_stops_and_accoun
         "every point is either in the buffer or counted as dropped"
     );
     sim.shutdown().await;
+}
+
+/// Config text of one Home Assistant source and two targets `a` and `b`.
+fn two_targets_config(data: &Path, ha_url: &str, token: &str, a: &Influxd, b: &Influxd) -> Config {
+    let target = |name: &str, db: &Influxd| {
+        format!(
+            "[[influxdb]]\nname = \"{name}\"\nurl = \"{}\"\ndatabase = \"{}\"\n\
+             flush_interval = \"100ms\"\nretry_min = \"50ms\"\nretry_max = \"200ms\"\n",
+            db.url(),
+            db.database()
+        )
+    };
+    let text = format!(
+        "data_dir = {data:?}\n[homeassistant]\nurl = \"{ha_url}\"\ntoken = \"{token}\"\n\
+         [buffer]\nfsync_interval = \"100ms\"\n[monitor]\nenabled = false\n{}{}",
+        target("a", a),
+        target("b", b),
+    );
+    Config::from_toml_with_env(&text, &data.join("config.toml"), &[]).expect("[[influxdb]] config")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_each_target_resumes_at_its_own_position() {
+    ha_ingestor::ensure_crypto_provider();
+    let a = Influxd::start("resume_a").await;
+    let mut b = Influxd::start("resume_b").await;
+    b.stop();
+    let token = "resume-token";
+    let sim = simulator(token, 1000.0, 1000, 21).await;
+    let data = tempfile::tempdir().expect("tempdir");
+
+    // First run: a gets everything, b is down and gets nothing.
+    let cfg = two_targets_config(data.path(), &sim.url(), token, &a, &b);
+    let running = app::start(&cfg).await.expect("starts");
+    let stats = running.stats();
+    wait_for("every event received", Duration::from_secs(30), || async {
+        (sim.finished() && stats.totals().received == sim.emitted_count()).then_some(())
+    })
+    .await;
+    let expected = expected_points(&sim.emitted());
+    wait_for("every point in a", Duration::from_secs(30), || async {
+        (a.point_count().await == expected).then_some(())
+    })
+    .await;
+    let first = running.stop().await;
+    assert_eq!(first.written as usize, expected, "only a wrote: {first:?}");
+    let (left, points) = buffer_contents(data.path());
+    assert!(
+        !left.is_empty() && points as usize == expected,
+        "b's points wait"
+    );
+
+    // Second run, b back, no new events: b gets everything, a nothing again.
+    b.restart().await;
+    b.create_database("resume_b").await;
+    let quiet = simulator(token, 1.0, 0, 22).await;
+    let cfg = two_targets_config(data.path(), &quiet.url(), token, &a, &b);
+    let running = app::start(&cfg).await.expect("restarts");
+    let stats = running.stats();
+    wait_for("every point in b", Duration::from_secs(60), || async {
+        (b.point_count().await == expected).then_some(())
+    })
+    .await;
+    wait_for(
+        "b's deliveries counted",
+        Duration::from_secs(30),
+        || async { (stats.totals().written as usize >= expected).then_some(()) },
+    )
+    .await;
+    let second = running.stop().await;
+    assert_eq!(
+        second.written as usize, expected,
+        "a resumed after its saved position and sent nothing again: {second:?}"
+    );
+    assert_eq!(a.point_count().await, expected);
+    let (left, _) = buffer_contents(data.path());
+    assert!(left.is_empty(), "records left: {left:?}");
+    sim.shutdown().await;
+    quiet.shutdown().await;
 }

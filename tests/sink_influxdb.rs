@@ -642,3 +642,137 @@ async fn concurrent_requests_keep_each_series_in_order_and_acknowledge_in_order(
         (ENTITIES * ROUNDS, 0, 0)
     );
 }
+
+/// A loopback URL where nothing listens (a port just freed).
+fn unreachable_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    format!("http://127.0.0.1:{port}")
+}
+
+/// `/ready` of a monitor serving `stats`: status code and JSON body.
+async fn ready(addr: std::net::SocketAddr) -> (u16, Value) {
+    let reply = reqwest::get(format!("http://{addr}/ready"))
+        .await
+        .expect("GET /ready");
+    let code = reply.status().as_u16();
+    let text = reply.text().await.expect("read the body");
+    (code, serde_json::from_str(&text).expect("JSON body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_reports_each_target_and_follows_each_targets_policy() {
+    use ha_ingestor::config::TargetReadiness;
+    let db = Influxd::start("ready_targets").await;
+    let stats = Arc::new(Stats::default());
+    let dl_dir = tempfile::tempdir().unwrap();
+    let monitor_stop = CancellationToken::new();
+    let (addr, serve) = ha_ingestor::monitor::http::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        stats.clone(),
+        monitor_stop.clone(),
+    )
+    .await
+    .expect("monitor listens");
+    tokio::spawn(serve);
+    let mut tasks = Vec::new();
+    let mut inputs = Vec::new();
+    let mut start = |name: &str, url: String, readiness: TargetReadiness| {
+        let mut cfg = config(&db);
+        cfg.url = url;
+        cfg.name = Some(name.into());
+        cfg.readiness = readiness;
+        let ctx = SinkContext {
+            stats: stats.clone(),
+            dead_letters: Arc::new(DeadLetters::new(dl_dir.path().join(name))),
+            shutdown: CancellationToken::new(),
+            acks: None,
+        };
+        let (tx, rx) = mpsc::channel(16);
+        tasks.push(tokio::spawn(InfluxWriter::new(&cfg).unwrap().run(rx, ctx)));
+        inputs.push(tx.clone());
+        tx
+    };
+    let chunk = || Chunk {
+        lines: "ready value=1 1700000000000000001\n".into(),
+        points: 1,
+        seq: None,
+        marks: Default::default(),
+    };
+    let target = |body: &Value, name: &str| -> Value {
+        body["sinks"]
+            .as_array()
+            .and_then(|s| s.iter().find(|t| t["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no target {name} in {body}"))
+    };
+
+    // A local target that writes, and an unreachable mirror allowed to be down.
+    let local = start("local", db.url(), TargetReadiness::AnyFailure);
+    let offsite_url = unreachable_url();
+    let offsite = start("offsite", offsite_url.clone(), TargetReadiness::Refused);
+    local.send(chunk()).await.unwrap();
+    offsite.send(chunk()).await.unwrap();
+    let body = wait_for("both targets reported", WAIT, || async {
+        let (code, body) = ready(addr).await;
+        let written = target(&body, "local")["last_write_age_seconds"].is_number();
+        let failed = target(&body, "offsite")["writing"] == false;
+        (written && failed).then_some((code, body))
+    })
+    .await;
+    let (code, body) = body;
+    assert_eq!(
+        code, 200,
+        "an outage of a `refused`-policy target keeps it ready: {body}"
+    );
+    let off = target(&body, "offsite");
+    assert_eq!(off["url"], Value::String(format!("{offsite_url}/")));
+    assert_eq!(off["readiness"], "refused");
+    assert_eq!(off["refused"], false);
+    assert!(off["last_error"].is_string(), "{off}");
+    assert_eq!(target(&body, "local")["writing"], true);
+
+    // A target refusing the credentials makes it not ready, even with that policy.
+    let vault = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path("/write"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(401)
+                .set_body_string("{\"error\":\"authorization failed\"}"),
+        )
+        .mount(&vault)
+        .await;
+    let refused = start("vault", vault.uri(), TargetReadiness::Refused);
+    refused.send(chunk()).await.unwrap();
+    let (code, body) = wait_for("the refusal reported", WAIT, || async {
+        let (code, body) = ready(addr).await;
+        (target(&body, "vault")["refused"] == true).then_some((code, body))
+    })
+    .await;
+    assert_eq!(code, 503, "{body}");
+    let reasons = body["reasons"].to_string();
+    assert!(
+        reasons.contains("vault") && reasons.contains("401"),
+        "{reasons}"
+    );
+    assert!(!reasons.contains("offsite"), "{reasons}");
+
+    // With the default policy, the unreachable target's outage makes it not ready too.
+    let backup = start("backup", unreachable_url(), TargetReadiness::AnyFailure);
+    backup.send(chunk()).await.unwrap();
+    let reasons = wait_for("the outage counted", WAIT, || async {
+        let (code, body) = ready(addr).await;
+        let reasons = body["reasons"].to_string();
+        (code == 503 && reasons.contains("backup")).then_some(reasons)
+    })
+    .await;
+    assert!(reasons.contains("vault"), "{reasons}");
+    assert_eq!(db.rows("ready").await.len(), 1);
+    for task in tasks {
+        task.abort();
+    }
+    monitor_stop.cancel();
+    drop(inputs);
+}

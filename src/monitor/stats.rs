@@ -10,6 +10,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::config::TargetReadiness;
+
 /// Totals across all sources and sinks.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -41,7 +43,8 @@ pub struct Stats {
 #[derive(Debug, Default)]
 struct Health {
     sources: BTreeMap<String, SourceHealth>,
-    sink: Option<SinkHealth>,
+    /// Per sink target, by name (one entry per `[[influxdb]]` target, or the file sink).
+    sinks: BTreeMap<String, SinkHealth>,
 }
 
 /// What `/ready` knows about one source.
@@ -53,13 +56,19 @@ pub struct SourceHealth {
     pub last_error: Option<String>,
 }
 
-/// What `/ready` knows about the sink.
+/// What `/ready` knows about one sink target.
 #[derive(Debug, Clone)]
 pub struct SinkHealth {
-    /// The name (`influxdb`, `file`).
+    /// The name (`influxdb`, `file`, or the target's `name`).
     pub name: String,
+    /// Where it writes (credentials removed), when it is a server.
+    pub url: Option<String>,
+    /// Which of its failures make the process not ready.
+    pub readiness: TargetReadiness,
     /// Whether the last write succeeded.
     pub last_write_ok: bool,
+    /// The last failure was a refusal that does not heal by itself (401/403/404…), not an outage.
+    pub refused: bool,
     /// The last write error, if any.
     pub last_error: Option<String>,
     /// When the last write succeeded.
@@ -75,9 +84,30 @@ pub struct Readiness {
     pub reasons: Vec<String>,
     /// Per-source state.
     pub sources: BTreeMap<String, SourceHealth>,
-    /// Sink name, if one reported.
+    /// Sink name, if one reported (several targets: their names, comma-separated).
     pub sink: Option<String>,
-    /// Seconds since the last successful write.
+    /// Seconds since the last successful write (several targets: of the one that wrote longest ago).
+    pub last_write_age_seconds: Option<f64>,
+    /// Every sink target, in name order.
+    pub sinks: Vec<SinkReport>,
+}
+
+/// One sink target as `/ready` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkReport {
+    /// The target's name.
+    pub name: String,
+    /// Where it writes (credentials removed).
+    pub url: Option<String>,
+    /// Its `readiness` policy: which failures make the process not ready.
+    pub readiness: TargetReadiness,
+    /// The last write succeeded (or none was tried yet).
+    pub writing: bool,
+    /// The last failure was a refusal (credentials, missing database) rather than an outage.
+    pub refused: bool,
+    /// The last write error, if any.
+    pub last_error: Option<String>,
+    /// Seconds since its last successful write.
     pub last_write_age_seconds: Option<f64>,
 }
 
@@ -155,28 +185,52 @@ impl Stats {
         }
     }
 
-    /// Records the outcome of a sink write.
-    pub fn sink_result(&self, name: &str, result: Result<(), String>) {
+    /// Registers a sink target before its first write, so `/ready` lists it and applies its policy.
+    pub fn register_sink(&self, name: &str, url: Option<String>, readiness: TargetReadiness) {
         let mut h = self.health();
-        let sink = h.sink.get_or_insert_with(|| SinkHealth {
-            name: name.to_string(),
-            last_write_ok: true,
-            last_error: None,
-            last_success: None,
-        });
+        let sink = Self::sink_entry(&mut h, name);
+        sink.url = url;
+        sink.readiness = readiness;
+    }
+
+    fn sink_entry<'h>(h: &'h mut Health, name: &str) -> &'h mut SinkHealth {
+        h.sinks
+            .entry(name.to_string())
+            .or_insert_with(|| SinkHealth {
+                name: name.to_string(),
+                url: None,
+                readiness: TargetReadiness::default(),
+                last_write_ok: true,
+                refused: false,
+                last_error: None,
+                last_success: None,
+            })
+    }
+
+    /// Records the outcome of a sink write (a failure counts as an outage, not a refusal).
+    pub fn sink_result(&self, name: &str, result: Result<(), String>) {
         match result {
             Ok(()) => {
+                let mut h = self.health();
+                let sink = Self::sink_entry(&mut h, name);
                 sink.last_write_ok = true;
+                sink.refused = false;
                 sink.last_success = Some(Instant::now());
             }
-            Err(e) => {
-                sink.last_write_ok = false;
-                sink.last_error = Some(e);
-            }
+            Err(e) => self.sink_failed(name, e, false),
         }
     }
 
-    /// Ready when every registered source is connected and the last write (if any) succeeded.
+    /// Records a failed sink write; `refused`: the server refuses it for a reason that does not heal by itself.
+    pub fn sink_failed(&self, name: &str, error: String, refused: bool) {
+        let mut h = self.health();
+        let sink = Self::sink_entry(&mut h, name);
+        sink.last_write_ok = false;
+        sink.refused = refused;
+        sink.last_error = Some(error);
+    }
+
+    /// Ready when every registered source is connected and no sink target fails in a way its `readiness` policy counts.
     pub fn readiness(&self) -> Readiness {
         let h = self.health();
         let mut reasons = Vec::new();
@@ -188,25 +242,57 @@ impl Stats {
                 });
             }
         }
-        if let Some(sink) = &h.sink
-            && !sink.last_write_ok
-        {
+        for sink in h.sinks.values() {
+            let counts = match sink.readiness {
+                TargetReadiness::AnyFailure => true,
+                TargetReadiness::Refused => sink.refused,
+                TargetReadiness::Ignore => false,
+            };
+            if sink.last_write_ok || !counts {
+                continue;
+            }
+            let at = sink
+                .url
+                .as_deref()
+                .map(|u| format!(" ({u})"))
+                .unwrap_or_default();
             reasons.push(format!(
-                "last write to {} failed: {}",
+                "last write to {}{at} failed: {}",
                 sink.name,
                 sink.last_error.as_deref().unwrap_or("unknown error")
             ));
         }
+        let sinks: Vec<SinkReport> = h
+            .sinks
+            .values()
+            .map(|s| SinkReport {
+                name: s.name.clone(),
+                url: s.url.clone(),
+                readiness: s.readiness,
+                writing: s.last_write_ok,
+                refused: s.refused,
+                last_error: s.last_error.clone(),
+                last_write_age_seconds: s.last_success.map(|t| t.elapsed().as_secs_f64()),
+            })
+            .collect();
+        let sink = (!sinks.is_empty()).then(|| {
+            sinks
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        let last_write_age_seconds = sinks
+            .iter()
+            .filter_map(|s| s.last_write_age_seconds)
+            .reduce(f64::max);
         Readiness {
             ready: reasons.is_empty(),
             reasons,
             sources: h.sources.clone(),
-            sink: h.sink.as_ref().map(|s| s.name.clone()),
-            last_write_age_seconds: h
-                .sink
-                .as_ref()
-                .and_then(|s| s.last_success)
-                .map(|t| t.elapsed().as_secs_f64()),
+            sink,
+            last_write_age_seconds,
+            sinks,
         }
     }
 }
@@ -232,5 +318,53 @@ mod tests {
         );
         s.sink_result("influxdb", Ok(()));
         assert!(s.readiness().ready);
+    }
+
+    #[test]
+    fn each_target_is_reported_and_counts_by_its_policy() {
+        let s = Stats::default();
+        s.register_sink(
+            "local",
+            Some("http://a:8086/".into()),
+            TargetReadiness::AnyFailure,
+        );
+        s.register_sink(
+            "offsite",
+            Some("http://b:8086/".into()),
+            TargetReadiness::Refused,
+        );
+        s.register_sink("spare", None, TargetReadiness::Ignore);
+        let r = s.readiness();
+        assert!(r.ready, "{:?}", r.reasons);
+        let names: Vec<&str> = r.sinks.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["local", "offsite", "spare"]);
+        assert_eq!(r.sink.as_deref(), Some("local, offsite, spare"));
+
+        // An outage of the `refused`-policy target and any failure of an ignored one keep it ready.
+        s.sink_result("local", Ok(()));
+        s.sink_failed("offsite", "connection refused".into(), false);
+        s.sink_failed("spare", "401 unauthorized".into(), true);
+        let r = s.readiness();
+        assert!(r.ready, "{:?}", r.reasons);
+        assert!(!r.sinks[1].writing && !r.sinks[1].refused);
+        assert!(r.sinks[0].last_write_age_seconds.is_some());
+
+        // Refused credentials on it do not.
+        s.sink_failed("offsite", "401 unauthorized".into(), true);
+        let r = s.readiness();
+        assert!(!r.ready);
+        assert_eq!(r.reasons.len(), 1, "{:?}", r.reasons);
+        assert!(
+            r.reasons[0].contains("offsite (http://b:8086/)"),
+            "{:?}",
+            r.reasons
+        );
+
+        // Any failure of the default-policy target does.
+        s.sink_result("offsite", Ok(()));
+        s.sink_failed("local", "connection refused".into(), false);
+        let r = s.readiness();
+        assert!(!r.ready);
+        assert!(r.reasons[0].contains("local"), "{:?}", r.reasons);
     }
 }

@@ -14,7 +14,9 @@
 //! | 20.. | the line protocol, UTF-8 |
 //!
 //! Table `meta` keeps `next_seq`, so sequence numbers never repeat, even after
-//! every record was acknowledged.
+//! every record was acknowledged, and, with several InfluxDB targets,
+//! `delivered:<target name>`: the last record each target delivered, so that
+//! after a restart each resumes after its own position ([`Buffer::positions`]).
 //!
 //! Durability: with `fsync_interval > 0`, appends and acknowledgements are
 //! committed with redb's non-durable commits (visible at once, not fsynced) and
@@ -61,12 +63,19 @@ pub const HEADER_BYTES: usize = 20;
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQ: &str = "next_seq";
+/// Key prefix in `meta` of a named reader's delivery position (`delivered:<target>`).
+const POSITION_PREFIX: &str = "delivered:";
 /// How long a blocked append sleeps between checks of the closed flag.
 const BLOCK_POLL: Duration = Duration::from_millis(100);
 /// Least time between two "dropped the oldest records" log lines.
 const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Corrupt records logged one by one at open; the rest are summarised.
 const CORRUPT_LOGGED: usize = 20;
+/// Memory redb may use to cache the file (its default is 1 GiB). Its write buffer
+/// keeps the pages of non-durable commits, so with the default the process grew with
+/// the buffer during an outage (by ~120 MiB in 60 s at 10,000 points/s); reads of
+/// fresh records are served by the OS page cache just as well.
+pub const CACHE_BYTES: usize = 32 << 20;
 
 /// Why a buffer operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -419,7 +428,11 @@ impl Buffer {
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let create = || Database::create(&path);
+        let create = || {
+            redb::Builder::new()
+                .set_cache_size(CACHE_BYTES)
+                .create(&path)
+        };
         let mut moved_aside = None;
         let (db, loaded) = match open_and_load(&create) {
             Ok(ok) => ok,
@@ -460,7 +473,11 @@ impl Buffer {
         backend: B,
         cfg: &BufferConfig,
     ) -> Result<(Buffer, OpenReport), BufferError> {
-        let create = || redb::Builder::new().create_with_backend(backend.clone());
+        let create = || {
+            redb::Builder::new()
+                .set_cache_size(CACHE_BYTES)
+                .create_with_backend(backend.clone())
+        };
         let (db, loaded) = open_and_load(&create).map_err(|(_, source)| BufferError::Open {
             path: PathBuf::from("<backend>"),
             source,
@@ -767,6 +784,48 @@ impl Buffer {
     /// Makes every commit so far durable now; returns the durable sequence number.
     pub fn sync(&self) -> Result<u64, BufferError> {
         self.inner.sync()
+    }
+
+    /// The delivery position saved for each named reader (`None`: none saved), never past the last record.
+    ///
+    /// With several InfluxDB targets each reads the buffer on its own; a target
+    /// that was ahead of the others resumes after its own position at the next
+    /// start instead of receiving again what it already delivered.
+    pub fn positions(&self, names: &[&str]) -> Result<Vec<Option<u64>>, BufferError> {
+        let txn = self.inner.db.begin_read().map_err(store("positions"))?;
+        let meta = txn.open_table(META).map_err(store("positions"))?;
+        let last = self.last_seq();
+        names
+            .iter()
+            .map(|name| {
+                let key = format!("{POSITION_PREFIX}{name}");
+                let saved = meta.get(key.as_str()).map_err(store("positions"))?;
+                Ok(saved.map(|g| g.value().min(last)))
+            })
+            .collect()
+    }
+
+    /// Saves each named reader's delivery position: every record up to it was delivered by that reader.
+    ///
+    /// Committed like appends (durable within `fsync_interval`); a position lost in a
+    /// crash only means records are delivered again, which is harmless.
+    pub fn save_positions(&self, positions: &[(&str, u64)]) -> Result<(), BufferError> {
+        let _st = lock(&self.inner.state);
+        let result = (|| -> Result<(), redb::Error> {
+            let txn = self.begin()?;
+            {
+                let mut meta = txn.open_table(META)?;
+                for (name, seq) in positions {
+                    let key = format!("{POSITION_PREFIX}{name}");
+                    meta.insert(key.as_str(), *seq)?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        result.map_err(store("positions"))?;
+        self.committed();
+        Ok(())
     }
 
     /// Points removed undelivered by `when_full = "drop_oldest"` since open (a cheap counter read).

@@ -170,6 +170,8 @@ pub struct InfluxWriter {
     routes: Option<Arc<globset::GlobSet>>,
     /// Lanes, each with one request in flight (`max_concurrent_requests`).
     lanes: usize,
+    /// Which of this target's failures make the process not ready.
+    readiness: crate::config::TargetReadiness,
 }
 
 impl std::fmt::Debug for InfluxWriter {
@@ -272,6 +274,7 @@ impl InfluxWriter {
             name: target_name(cfg.target_name()),
             routes: routes(&cfg.measurements)?,
             lanes: cfg.max_concurrent_requests.clamp(1, MAX_LANES),
+            readiness: cfg.readiness,
         })
     }
 
@@ -493,6 +496,11 @@ impl InfluxWriter {
     /// while every series' points still arrive in order. A buffer record is
     /// reported delivered once every lane has delivered its part of it.
     pub async fn run(self, rx: Receiver<Chunk>, ctx: SinkContext) {
+        ctx.stats.register_sink(
+            self.name,
+            Some(crate::config::redact_url(&self.base)),
+            self.readiness,
+        );
         if self.lanes <= 1 {
             return self.run_lane(rx, ctx).await;
         }
@@ -1139,7 +1147,7 @@ impl<'a> Delivery<'a> {
 
     fn not_ready(&mut self, error: &WriteError, hold: bool) {
         if let Some(stats) = self.stats {
-            stats.sink_result(self.writer.name, Err(error.to_string()));
+            stats.sink_failed(self.writer.name, error.to_string(), hold);
         }
         if !hold {
             // Retry streaks are logged by the caller; this marks them for the recovery message.

@@ -56,6 +56,12 @@ impl Acks {
         (Acks(tx), rx)
     }
 
+    /// A reporter whose receiver starts at `seq` (a target's saved position: reports at or below it change nothing).
+    pub fn channel_from(seq: u64) -> (Acks, tokio::sync::watch::Receiver<u64>) {
+        let (tx, rx) = tokio::sync::watch::channel(seq);
+        (Acks(tx), rx)
+    }
+
     /// Records up to and including `seq` are delivered (or set aside as dead letters).
     pub fn delivered(&self, seq: u64) {
         self.0.send_if_modified(|v| {

@@ -171,8 +171,19 @@ pub async fn feed(
     stop: CancellationToken,
     drain_deadline: Duration,
 ) {
+    feed_from(buffer, tx, stop, drain_deadline, None).await;
+}
+
+/// As [`feed`], starting after record `after` (a target's saved delivery position) instead of the oldest.
+pub async fn feed_from(
+    buffer: Buffer,
+    tx: mpsc::Sender<Chunk>,
+    stop: CancellationToken,
+    drain_deadline: Duration,
+    after: Option<u64>,
+) {
     let mut appended = buffer.subscribe();
-    let mut cursor: Option<u64> = None;
+    let mut cursor: Option<u64> = after;
     // `Some` once stopping: drain until empty, by the deadline (`None` when it is too far to represent).
     let mut draining: Option<Option<Instant>> = None;
     loop {
@@ -278,7 +289,29 @@ pub async fn acknowledge(buffer: Buffer, delivered: watch::Receiver<u64>) {
 
 /// The acknowledger of several sinks (one per InfluxDB target, each with its own feeder):
 /// a record is removed once every sink has reported it delivered; ends when every reporter is gone.
-pub async fn acknowledge_all(buffer: Buffer, mut delivered: Vec<watch::Receiver<u64>>) {
+pub async fn acknowledge_all(buffer: Buffer, delivered: Vec<watch::Receiver<u64>>) {
+    acknowledge_and_save(buffer, delivered, None).await;
+}
+
+/// As [`acknowledge_all`], and saves each sink's delivery position under its name
+/// (`names[i]` for `delivered[i]`) as it moves, so that after a restart each target
+/// resumes after its own position ([`Buffer::positions`]).
+pub async fn acknowledge_all_saving(
+    buffer: Buffer,
+    delivered: Vec<watch::Receiver<u64>>,
+    names: Vec<String>,
+) {
+    acknowledge_and_save(buffer, delivered, Some(names)).await;
+}
+
+async fn acknowledge_and_save(
+    buffer: Buffer,
+    mut delivered: Vec<watch::Receiver<u64>>,
+    names: Option<Vec<String>>,
+) {
+    // What was last saved; `None` until the first save of this run.
+    let mut saved: Option<Vec<u64>> = None;
+    let mut save_failing = false;
     let mut done = 0u64;
     let mut open = vec![true; delivered.len()];
     loop {
@@ -292,11 +325,40 @@ pub async fn acknowledge_all(buffer: Buffer, mut delivered: Vec<watch::Receiver<
             drop(rest);
             open[i] = still_open;
         }
-        let seq = delivered
+        let positions: Vec<u64> = delivered
             .iter_mut()
             .map(|rx| *rx.borrow_and_update())
-            .min()
-            .unwrap_or(0);
+            .collect();
+        let seq = positions.iter().copied().min().unwrap_or(0);
+        if let Some(names) = names
+            .as_ref()
+            .filter(|_| saved.as_ref() != Some(&positions))
+        {
+            let b = buffer.clone();
+            let pairs: Vec<(String, u64)> = names
+                .iter()
+                .cloned()
+                .zip(positions.iter().copied())
+                .collect();
+            let result = tokio::task::spawn_blocking(move || {
+                let pairs: Vec<(&str, u64)> = pairs.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+                b.save_positions(&pairs)
+            })
+            .await;
+            match result {
+                Ok(Ok(())) => {
+                    saved = Some(positions);
+                    save_failing = false;
+                }
+                // Unsaved positions only mean records are delivered again after a restart.
+                Ok(Err(error)) if !save_failing => {
+                    save_failing = true;
+                    tracing::warn!(message = "Cannot save the targets' delivery positions (logged once until it works again).", %error)
+                }
+                Ok(Err(_)) => {}
+                Err(error) => tracing::error!(message = "The position-saving task failed.", %error),
+            }
+        }
         if seq > done {
             let b = buffer.clone();
             match tokio::task::spawn_blocking(move || b.ack_through(seq)).await {

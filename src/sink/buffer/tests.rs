@@ -647,3 +647,118 @@ fn the_appender_joins_queued_chunks_into_one_record_in_order() {
     assert_eq!(records[0].1.lines, joined);
     assert_eq!(records[0].1.points, 6);
 }
+
+/// The value of an unlabelled metric in Prometheus text.
+fn rendered(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn the_size_gauges_follow_appends_as_well_as_acknowledgements() {
+    // During an InfluxDB outage nothing is acknowledged: the gauges must grow with the appends.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let dir = tempfile::tempdir().expect("tempdir");
+    metrics::with_local_recorder(&recorder, || {
+        let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::from_secs(60))).expect("open");
+        let gauges = || {
+            let text = handle.render();
+            (
+                rendered(&text, BUFFER_POINTS),
+                rendered(&text, BUFFER_RECORDS),
+                rendered(&text, BUFFER_BYTES),
+            )
+        };
+        let mut bytes = 0.0;
+        let mut seqs = Vec::new();
+        for (i, points) in [2usize, 3, 4].into_iter().enumerate() {
+            let c = chunk("gauges", points);
+            bytes += (HEADER_BYTES + c.lines.len()) as f64;
+            seqs.push(buffer.append(&c).expect("append"));
+            let expected_points = [2.0, 5.0, 9.0][i];
+            assert_eq!(
+                gauges(),
+                (Some(expected_points), Some(i as f64 + 1.0), Some(bytes)),
+                "after append {}",
+                i + 1
+            );
+        }
+        buffer.ack_through(seqs[0]).expect("ack");
+        let first = (HEADER_BYTES + chunk("gauges", 2).lines.len()) as f64;
+        assert_eq!(gauges(), (Some(7.0), Some(2.0), Some(bytes - first)));
+        buffer.ack_through(seqs[2]).expect("ack");
+        assert_eq!(gauges(), (Some(0.0), Some(0.0), Some(0.0)));
+    });
+}
+
+#[test]
+fn saved_positions_survive_a_reopen_and_never_point_past_the_last_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::from_millis(50))).expect("open");
+        for tag in ["a", "b", "c"] {
+            buffer.append(&chunk(tag, 1)).expect("append");
+        }
+        assert_eq!(
+            buffer.positions(&["local", "offsite"]).expect("read"),
+            [None, None]
+        );
+        buffer
+            .save_positions(&[("local", 3), ("offsite", 1)])
+            .expect("save");
+        buffer.save_positions(&[("spare", 99)]).expect("save");
+    }
+    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::from_millis(50))).expect("reopen");
+    assert_eq!(
+        buffer
+            .positions(&["local", "offsite", "spare", "new"])
+            .expect("read"),
+        [Some(3), Some(1), Some(3), None],
+        "a position past the last record is read as the last record"
+    );
+}
+
+#[tokio::test]
+async fn each_target_resumes_after_its_own_saved_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("open");
+    for tag in ["a", "b", "c", "d"] {
+        buffer.append(&chunk(tag, 1)).expect("append");
+    }
+    // Target "local" delivered up to 3, "offsite" up to 1: records 2..4 stay, both positions are saved.
+    let (local, local_rx) = crate::sink::Acks::channel();
+    let (offsite, offsite_rx) = crate::sink::Acks::channel();
+    let acknowledger = tokio::spawn(tasks::acknowledge_all_saving(
+        buffer.clone(),
+        vec![local_rx, offsite_rx],
+        vec!["local".into(), "offsite".into()],
+    ));
+    local.delivered(3);
+    offsite.delivered(1);
+    drop((local, offsite));
+    acknowledger.await.expect("acknowledger ends");
+    assert_eq!(buffer.stats().expect("stats").oldest_seq, Some(2));
+    drop(buffer);
+
+    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("reopen");
+    let positions = buffer.positions(&["local", "offsite"]).expect("read");
+    assert_eq!(positions, [Some(3), Some(1)]);
+    let mut sent = Vec::new();
+    for position in positions {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let stop = tokio_util::sync::CancellationToken::new();
+        stop.cancel();
+        tasks::feed_from(buffer.clone(), tx, stop, Duration::from_secs(5), position).await;
+        let mut seqs = Vec::new();
+        while let Some(c) = rx.recv().await {
+            seqs.push(c.seq.expect("seq"));
+        }
+        sent.push(seqs);
+    }
+    assert_eq!(
+        sent,
+        [vec![4], vec![2, 3, 4]],
+        "local gets only what it lacks"
+    );
+}
