@@ -191,24 +191,7 @@ async fn two_targets_one_down_the_other_keeps_up_and_both_end_exact() {
     let token = "mirror-token";
     let sim = simulator(token, 1000.0, 3000, 12).await;
     let data = tempfile::tempdir().expect("tempdir");
-    let target = |name: &str, db: &Influxd| {
-        format!(
-            "[[influxdb]]\nname = \"{name}\"\nurl = \"{}\"\ndatabase = \"{}\"\n\
-             flush_interval = \"100ms\"\nretry_min = \"50ms\"\nretry_max = \"200ms\"\n",
-            db.url(),
-            db.database()
-        )
-    };
-    let text = format!(
-        "data_dir = {:?}\n[homeassistant]\nurl = \"{}\"\ntoken = \"{token}\"\n\
-         [buffer]\nfsync_interval = \"100ms\"\n[monitor]\nenabled = false\n{}{}",
-        data.path(),
-        sim.url(),
-        target("a", &a),
-        target("b", &b),
-    );
-    let cfg = Config::from_toml_with_env(&text, &data.path().join("config.toml"), &[])
-        .expect("[[influxdb]] config");
+    let cfg = two_targets_config(data.path(), &sim.url(), token, &a, &b);
     let names: Vec<&str> = cfg
         .influxdb
         .as_ref()

@@ -105,40 +105,35 @@ fn pipeline_build_refuses_a_bad_rule() {
     assert!(err.contains("two rules are named \"a\""), "{err}");
 }
 
-/// The pipeline task adds per-rule counts to the metrics once per batch.
-#[test]
-fn pipeline_task_reports_rule_matches_and_errors() {
+/// Two rules: a static one on lights and an expression on sensors.
+const TWO_RULES: &str = r#"
+    [[filter.rules]]
+    name = "drop lights"
+    action = "exclude"
+    match = { domain = ["light"] }
+    [[filter.rules]]
+    name = "numeric"
+    action = "include"
+    match = { domain = ["sensor"], expression = "state | float > 1" }
+"#;
+
+/// Runs the pipeline task over `events` with a local metrics recorder; the rendered metrics and the points written.
+fn run_pipeline_task(rules: &str, events: Vec<Event>, stats: Arc<Stats>) -> (String, usize) {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
-    let text = r#"
-        [[filter.rules]]
-        name = "drop lights"
-        action = "exclude"
-        match = { domain = ["light"] }
-        [[filter.rules]]
-        name = "numeric"
-        action = "include"
-        match = { domain = ["sensor"], expression = "state | float > 1" }
-    "#;
-    let cfg: FilterConfig = toml::from_str::<Config>(text).unwrap().filter;
+    let cfg: FilterConfig = toml::from_str::<Config>(rules).unwrap().filter;
     let pipeline = Pipeline::new(&cfg, &SchemaConfig::default()).unwrap();
-    let stats = Arc::new(Stats::default());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    metrics::with_local_recorder(&recorder, || {
+    let points = metrics::with_local_recorder(&recorder, || {
         runtime.block_on(async {
-            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            let (tx, rx) = tokio::sync::mpsc::channel(events.len().max(1));
             let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(16);
-            let task = tokio::spawn(pipeline.run(rx, out_tx, stats.clone()));
-            for (id, state) in [
-                ("light.a", "on"),
-                ("light.b", "off"),
-                ("sensor.t", "5"),
-                ("sensor.t", "n/a"),
-            ] {
-                tx.send(state_event(id, state, vec![], None)).await.unwrap();
+            let task = tokio::spawn(pipeline.run(rx, out_tx, stats));
+            for event in events {
+                tx.send(event).await.unwrap();
             }
             drop(tx);
             let mut points = 0;
@@ -146,11 +141,28 @@ fn pipeline_task_reports_rule_matches_and_errors() {
                 points += chunk.points;
             }
             task.await.unwrap();
-            // sensor.t 5 (matched) and sensor.t n/a (error, on_error skip, default include).
-            assert_eq!(points, 2);
+            points
         })
     });
-    let text = handle.render();
+    (handle.render(), points)
+}
+
+/// The pipeline task adds per-rule counts to the metrics once per batch.
+#[test]
+fn pipeline_task_reports_rule_matches_and_errors() {
+    let stats = Arc::new(Stats::default());
+    let events = [
+        ("light.a", "on"),
+        ("light.b", "off"),
+        ("sensor.t", "5"),
+        ("sensor.t", "n/a"),
+    ]
+    .into_iter()
+    .map(|(id, state)| state_event(id, state, vec![], None))
+    .collect();
+    let (text, points) = run_pipeline_task(TWO_RULES, events, stats.clone());
+    // sensor.t 5 (matched) and sensor.t n/a (error, on_error skip, default include).
+    assert_eq!(points, 2);
     assert!(
         text.contains("ha_ingestor_filter_rule_matches_total{rule=\"drop lights\"} 2"),
         "{text}"
@@ -169,42 +181,11 @@ fn pipeline_task_reports_rule_matches_and_errors() {
 /// The per-rule evaluation time is sampled: one event in 64 has each rule it runs timed.
 #[test]
 fn pipeline_task_samples_rule_evaluation_time() {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    let text = r#"
-        [[filter.rules]]
-        name = "drop lights"
-        action = "exclude"
-        match = { domain = ["light"] }
-        [[filter.rules]]
-        name = "numeric"
-        action = "include"
-        match = { domain = ["sensor"], expression = "state | float > 1" }
-    "#;
-    let cfg: FilterConfig = toml::from_str::<Config>(text).unwrap().filter;
-    let pipeline = Pipeline::new(&cfg, &SchemaConfig::default()).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let (tx, rx) = tokio::sync::mpsc::channel(256);
-            let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(16);
-            let task = tokio::spawn(pipeline.run(rx, out_tx, Arc::new(Stats::default())));
-            // 200 events: the 64th, 128th and 192nd are timed; all are sensors, so "numeric" runs.
-            for i in 0..200 {
-                let value = (i % 7).to_string();
-                tx.send(state_event("sensor.t", &value, vec![], None))
-                    .await
-                    .unwrap();
-            }
-            drop(tx);
-            while out_rx.recv().await.is_some() {}
-            task.await.unwrap();
-        })
-    });
-    let text = handle.render();
+    // 200 events: the 64th, 128th and 192nd are timed; all are sensors, so "numeric" runs.
+    let events = (0..200)
+        .map(|i| state_event("sensor.t", &(i % 7).to_string(), vec![], None))
+        .collect();
+    let (text, _) = run_pipeline_task(TWO_RULES, events, Arc::new(Stats::default()));
     assert!(
         text.contains("ha_ingestor_filter_rule_eval_seconds_count{rule=\"numeric\"} 3"),
         "{text}"

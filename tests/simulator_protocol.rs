@@ -1,6 +1,8 @@
 //! The simulator speaks Home Assistant's WebSocket protocol: checked with a raw
 //! WebSocket client over 127.0.0.1, independent of the ingestor's own client.
 
+mod support;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -57,18 +59,6 @@ async fn connect(sim: &SimulatorHandle, token: &str) -> (Ws, Value) {
     send(&mut ws, json!({"type": "auth", "access_token": token})).await;
     let reply = next_json(&mut ws).await.unwrap();
     (ws, reply)
-}
-
-/// Polls `cond` until it holds or `within` has passed; returns whether it held.
-async fn wait_for(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    while !cond() {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    true
 }
 
 /// Reads until the reply to command `id` (skipping events).
@@ -275,7 +265,7 @@ async fn a_client_that_does_not_read_is_disconnected_like_ha_does() {
     // Read nothing: socket buffers fill, then 4096 pending messages end the connection
     // (at 20,000 events/s long before the 10 s of the peak rule).
     assert!(
-        wait_for(Duration::from_secs(20), || sim.clients() == 0).await,
+        support::holds_within(Duration::from_secs(20), || sim.clients() == 0).await,
         "the slow client was dropped"
     );
     assert_eq!(sim.slow_client_drops().over_max, 1);
@@ -302,7 +292,7 @@ async fn a_client_that_stays_over_the_peak_is_disconnected_like_ha_does() {
     let (mut ws, _) = connect(&sim, TOKEN).await;
     send(&mut ws, json!({"id": 1, "type": "subscribe_events"})).await;
     assert!(
-        wait_for(Duration::from_secs(60), || sim.clients() == 0).await,
+        support::holds_within(Duration::from_secs(60), || sim.clients() == 0).await,
         "the slow client was dropped"
     );
     let drops = sim.slow_client_drops();
@@ -325,7 +315,7 @@ async fn shutdown_completes_with_a_client_that_does_not_read() {
     let sim = start(5_000.0, None).await;
     let (mut ws, _) = connect(&sim, TOKEN).await;
     send(&mut ws, json!({"id": 1, "type": "subscribe_events"})).await;
-    assert!(wait_for(WAIT, || sim.emitted_count() >= 1_000).await);
+    assert!(support::holds_within(WAIT, || sim.emitted_count() >= 1_000).await);
     tokio::time::timeout(WAIT, sim.shutdown())
         .await
         .expect("shutdown does not wait for a blocked write");
@@ -347,7 +337,7 @@ async fn history_is_answered_from_the_record_in_home_assistants_shape() {
     send(&mut ws, json!({"id": 1, "type": "subscribe_events"})).await;
     assert_eq!(reply_to(&mut ws, 1).await["success"], true);
     assert!(
-        wait_for(WAIT, || sim.state_changes().len() >= 200).await,
+        support::holds_within(WAIT, || sim.state_changes().len() >= 200).await,
         "no changes made"
     );
     sim.stop_generating();
@@ -449,7 +439,7 @@ async fn next_message(
 async fn subscribe_entities_is_served_in_home_assistants_compressed_shape() {
     let sim = start(500.0, None).await;
     sim.keep_running_while_disconnected(true);
-    assert!(wait_for(WAIT, || sim.state_changes().len() >= 200).await);
+    assert!(support::holds_within(WAIT, || sim.state_changes().len() >= 200).await);
     let (mut ws, _) = connect(&sim, TOKEN).await;
     send(
         &mut ws,

@@ -1,6 +1,8 @@
 //! The Home Assistant WebSocket source: recorded frames, and the client against
 //! the simulator over real sockets on 127.0.0.1.
 
+mod support;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,16 +35,9 @@ fn source() -> SourceId {
     SourceId::from("homeassistant")
 }
 
-/// Polls `cond` until it holds or the deadline passes; returns whether it held.
-async fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    cond()
+/// Polls `cond` until it holds or [`WAIT`] passes; returns whether it held.
+async fn wait_for(cond: impl FnMut() -> bool) -> bool {
+    support::holds_within(WAIT, cond).await
 }
 
 async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {

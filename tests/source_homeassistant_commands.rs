@@ -2,6 +2,8 @@
 //! connection takes only the commands addressed to it, two simulators on
 //! 127.0.0.1 standing in for two Home Assistant instances.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,16 +34,9 @@ async fn home(seed: u64) -> SimulatorHandle {
         .expect("simulator starts")
 }
 
-/// Polls `cond` until it holds or the deadline passes; returns whether it held.
-async fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    cond()
+/// Polls `cond` until it holds or [`WAIT`] passes; returns whether it held.
+async fn wait_for(cond: impl FnMut() -> bool) -> bool {
+    support::holds_within(WAIT, cond).await
 }
 
 fn notification(rule: &str) -> Notification {

@@ -490,18 +490,7 @@ pub async fn migrate(db: &InfluxQl, opts: &MigrateOptions) -> Result<MigrateRepo
         }
     };
     let total_chunks = ((state.until - state.from) + chunk_ns - 1) / chunk_ns;
-    let bar = if opts.progress {
-        indicatif::ProgressBar::new(total_chunks.max(0) as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} chunks, {msg} [{elapsed} elapsed, ETA {eta}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_position(state.chunks_done);
+    let bar = super::chunk_progress(opts.progress, total_chunks, state.chunks_done);
     let mut lines = String::new();
     while state.next < state.until {
         if opts.max_chunks.is_some_and(|m| report.chunks as usize >= m) {

@@ -60,6 +60,18 @@ where
     }
 }
 
+/// Polls `cond` every 10 ms until it holds or `within` passes; whether it held (the caller asserts, with its own message).
+pub async fn holds_within(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
 /// An `Event` from a recorded event object (`event_type`, `data`, `origin`, `time_fired`, `context`).
 pub fn event_from_json(v: &serde_json::Value) -> Event {
     let event_type = v["event_type"].as_str().expect("fixture event_type");
