@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::acks::{AckQueue, Unacked};
-use super::conn::{Conn, ConnError, Polled, Received};
+use super::conn::{Conn, ConnError, INVALID_TOPIC, Polled, Received};
 use super::decode::{Decoders, Message};
 use crate::config::{MqttConfig, TlsConfig};
 use crate::dead_letter::DeadLetter;
@@ -153,6 +153,7 @@ impl MqttSource {
             subscribed: false,
             last_error: "none",
             failing: false,
+            refused_topic_logged: false,
             backoff,
         };
         task.run().await;
@@ -265,6 +266,8 @@ struct Task {
     last_error: &'static str,
     /// Connection attempts are failing (log the first at WARN, the rest at DEBUG).
     failing: bool,
+    /// The advice for a refused non-UTF-8 topic was logged.
+    refused_topic_logged: bool,
     backoff: Backoff,
 }
 
@@ -398,7 +401,7 @@ impl Task {
                 let i = self.metrics.index(None);
                 self.metrics.received[i].increment(1);
                 let detail = format!("topic is not UTF-8: {}", String::from_utf8_lossy(&r.topic));
-                self.bad_input(i, "invalid_topic", &detail, &r.payload);
+                self.bad_input(i, INVALID_TOPIC, &detail, &r.payload);
             }
         }
         let emitted = !self.out.is_empty();
@@ -431,6 +434,26 @@ impl Task {
             source: &source,
             input: payload,
         });
+    }
+
+    /// An MQTT 3.1.1 PUBLISH with a non-UTF-8 topic: the client had to close the connection
+    /// (the protocol says so) without reading its packet id, so it cannot be acknowledged; a
+    /// broker that keeps it for the session sends it again on every reconnect. Counted and
+    /// set aside each time; MQTT 5 (`protocol = "v5"`) hands the topic over and acknowledges it.
+    fn refused_topic(&mut self, e: &ConnError) {
+        let i = self.metrics.index(None);
+        self.metrics.received[i].increment(1);
+        if !self.refused_topic_logged {
+            self.refused_topic_logged = true;
+            tracing::error!(
+                message = "The broker delivered a topic that is not UTF-8; an MQTT 3.1.1 client must close the connection on it and cannot acknowledge it, so a persistent session gets it again on every reconnect. Use protocol = \"v5\" for this broker: MQTT 5 sets such a message aside and acknowledges it.",
+                source = %self.name,
+                error = %e,
+            );
+        }
+        let detail =
+            format!("topic is not UTF-8 (MQTT 3.1.1: connection closed, not acknowledged): {e}");
+        self.bad_input(i, INVALID_TOPIC, &detail, b"");
     }
 
     /// Stamps and sends the decoded events; `false` once the pipeline is gone.
@@ -491,6 +514,9 @@ impl Task {
     async fn on_lost(&mut self, e: ConnError) -> Step {
         metrics::counter!(names::SOURCE_ERRORS, "source" => self.name.to_string(), "error_type" => e.kind).increment(1);
         self.last_error = e.kind;
+        if e.kind == INVALID_TOPIC {
+            self.refused_topic(&e);
+        }
         if self.connected {
             self.connected = false;
             self.metrics.connected.set(0.0);

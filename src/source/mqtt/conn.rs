@@ -40,11 +40,15 @@ pub struct Received {
     pub pkid: u16,
 }
 
+/// The connection error kind of a PUBLISH whose topic is not UTF-8 that the client had to refuse
+/// (MQTT 3.1.1 topics are strings to rumqttc; MQTT 5 ones are bytes and reach the task).
+pub const INVALID_TOPIC: &str = "invalid_topic";
+
 /// Why the connection failed; `kind` is a bounded label for metrics.
 #[derive(Debug, thiserror::Error)]
 #[error("{detail}")]
 pub struct ConnError {
-    /// `refused`, `auth`, `tls`, `timeout`, `io`, `protocol`.
+    /// `refused`, `auth`, `tls`, `timeout`, `io`, `protocol`, `invalid_topic`.
     pub kind: &'static str,
     /// The client's message.
     pub detail: String,
@@ -303,6 +307,9 @@ fn v4_error(e: rumqttc::ConnectionError) -> ConnError {
         E::Io(_) => "io",
         E::MqttState(rumqttc::StateError::Io(_)) => "io",
         E::MqttState(rumqttc::StateError::AwaitPingResp) => "ping_timeout",
+        E::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::TopicNotUtf8,
+        )) => INVALID_TOPIC,
         E::MqttState(
             rumqttc::StateError::ConnectionAborted | rumqttc::StateError::Deserialization(_),
         ) => "closed",
@@ -328,6 +335,9 @@ fn v5_error(e: rumqttc::v5::ConnectionError) -> ConnError {
         E::Io(_) => "io",
         E::MqttState(rumqttc::v5::StateError::Io(_)) => "io",
         E::MqttState(rumqttc::v5::StateError::AwaitPingResp) => "ping_timeout",
+        E::MqttState(rumqttc::v5::StateError::Deserialization(
+            rumqttc::v5::mqttbytes::Error::TopicNotUtf8,
+        )) => INVALID_TOPIC,
         E::MqttState(
             rumqttc::v5::StateError::ConnectionAborted
             | rumqttc::v5::StateError::Deserialization(_),
