@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use crate::source::backoff::Backoff;
 use metrics::{Counter, Gauge};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::acks::{AckQueue, Unacked};
@@ -36,6 +36,9 @@ use crate::handoff::Tracker;
 use crate::monitor::Stats;
 use crate::monitor::metrics as names;
 use crate::source::SourceContext;
+
+/// Config reloads that may wait for the task (a second SIGHUP while one is applied).
+const RELOAD_QUEUE: usize = 4;
 
 /// At shutdown, how long the task still waits for its last events to be released so it can acknowledge them.
 pub const ACK_DRAIN_DEADLINE: Duration = Duration::from_secs(3);
@@ -61,6 +64,27 @@ pub struct MqttSource {
     host: String,
     port: u16,
     tls: Option<Arc<rustls::ClientConfig>>,
+    reload_tx: mpsc::Sender<MqttConfig>,
+    reload_rx: mpsc::Receiver<MqttConfig>,
+}
+
+/// Hands a re-read `[[mqtt]]` section to a running source (config reload on SIGHUP).
+#[derive(Clone, Debug)]
+pub struct MqttReload {
+    name: String,
+    tx: mpsc::Sender<MqttConfig>,
+}
+
+impl MqttReload {
+    /// The broker's `name`, which ties a re-read section to its running source.
+    pub fn broker(&self) -> &str {
+        &self.name
+    }
+
+    /// Queues the new section; `false` if the source has stopped or a reload is already queued.
+    pub fn send(&self, cfg: MqttConfig) -> bool {
+        self.tx.try_send(cfg).is_ok()
+    }
 }
 
 impl MqttSource {
@@ -93,6 +117,7 @@ impl MqttSource {
             .client_id
             .clone()
             .unwrap_or_else(|| default_client_id(&cfg.name, data_dir));
+        let (reload_tx, reload_rx) = mpsc::channel(RELOAD_QUEUE);
         Ok(MqttSource {
             cfg: cfg.clone(),
             decoders,
@@ -100,7 +125,17 @@ impl MqttSource {
             host,
             port,
             tls,
+            reload_tx,
+            reload_rx,
         })
+    }
+
+    /// A handle that forwards a re-read config section to this source once it runs.
+    pub fn reloader(&self) -> MqttReload {
+        MqttReload {
+            name: self.cfg.name.clone(),
+            tx: self.reload_tx.clone(),
+        }
     }
 
     /// The client id the broker knows this source by.
@@ -155,7 +190,10 @@ impl MqttSource {
             failing: false,
             refused_topic_logged: false,
             backoff,
+            reload_rx: self.reload_rx,
+            unsubscribe_pending: Vec::new(),
         };
+        drop(self.reload_tx);
         task.run().await;
     }
 }
@@ -268,6 +306,10 @@ struct Task {
     failing: bool,
     /// The advice for a refused non-UTF-8 topic was logged.
     refused_topic_logged: bool,
+    /// Re-read `[[mqtt]]` sections (SIGHUP).
+    reload_rx: mpsc::Receiver<MqttConfig>,
+    /// Filters removed by a reload while disconnected: unsubscribed after the next CONNACK.
+    unsubscribe_pending: Vec<String>,
     backoff: Backoff,
 }
 
@@ -280,6 +322,7 @@ enum Step {
 impl Task {
     async fn run(&mut self) {
         let mut watch_open = true;
+        let mut reload_open = true;
         loop {
             let deadline = self.decoders.next_deadline().map(Instant::from_std);
             let step = tokio::select! {
@@ -291,6 +334,13 @@ impl Task {
                     Step::Go
                 }
                 _ = sleep_until(deadline) => self.flush_due().await,
+                reload = self.reload_rx.recv(), if reload_open => match reload {
+                    Some(cfg) => self.on_reload(cfg).await,
+                    None => {
+                        reload_open = false;
+                        Step::Go
+                    }
+                },
                 polled = self.conn.poll() => match polled {
                     Ok(p) => self.on_polled(p).await,
                     Err(e) => self.on_lost(e).await,
@@ -310,6 +360,12 @@ impl Task {
             Polled::SubAck(codes) => {
                 // Connected and subscribed: ready.
                 self.ctx.stats.source_state(&self.name, true, None);
+                tracing::info!(
+                    message = "The broker confirmed a subscription.",
+                    source = %self.name,
+                    filters = codes.len(),
+                    refused = codes.iter().filter(|c| c.is_none()).count(),
+                );
                 for code in codes.iter().filter(|c| c.is_none()) {
                     let _ = code;
                     metrics::counter!(names::SOURCE_ERRORS, "source" => self.name.to_string(), "error_type" => "subscribe_refused").increment(1);
@@ -322,6 +378,9 @@ impl Task {
                         filters = ?self.filters(),
                     );
                 }
+            }
+            Polled::UnsubAck => {
+                tracing::info!(message = "The broker confirmed an unsubscription.", source = %self.name);
             }
             Polled::Other => {}
         }
@@ -368,6 +427,12 @@ impl Task {
             }
         } else {
             self.ctx.stats.source_state(&self.name, true, None);
+        }
+        if !self.unsubscribe_pending.is_empty() {
+            let gone = std::mem::take(&mut self.unsubscribe_pending);
+            if let Err(error) = self.conn.unsubscribe(&gone) {
+                tracing::error!(message = "Cannot unsubscribe.", source = %self.name, %error);
+            }
         }
         self.ever_connected = true;
     }
@@ -434,6 +499,83 @@ impl Task {
             source: &source,
             input: payload,
         });
+    }
+
+    /// Applies a re-read `[[mqtt]]` section: the subscriptions change on the live connection
+    /// (SUBSCRIBE for new or changed filters, UNSUBSCRIBE for removed ones); what decoders held
+    /// is emitted first, so nothing received is lost. Settings that need a new connection are
+    /// named in a "needs restart" warning and keep their old values.
+    async fn on_reload(&mut self, new: MqttConfig) -> Step {
+        let restart = needs_restart(&self.cfg, &new);
+        if !restart.is_empty() {
+            tracing::warn!(
+                message = "Changed MQTT settings need a restart; they keep their old values until then.",
+                source = %self.name,
+                keys = %restart.join(", "),
+            );
+        }
+        if new.subscriptions == self.cfg.subscriptions {
+            tracing::info!(message = "Configuration reloaded; the subscriptions are unchanged.", source = %self.name);
+            return Step::Go;
+        }
+        let decoders = match Decoders::new(&new.subscriptions) {
+            Ok(d) => d,
+            Err(error) => {
+                tracing::error!(message = "The reloaded subscriptions are invalid; the old ones stay.", source = %self.name, %error);
+                return Step::Go;
+            }
+        };
+        let old_filters = self.filters();
+        // What the old decoders hold goes out now, like at a deadline.
+        let held_before = self.decoders.oldest_held();
+        self.decoders.flush_all(&mut self.out);
+        let emitted = !self.out.is_empty();
+        if !self.emit().await {
+            return Step::Stop;
+        }
+        if emitted && let Some(h) = held_before {
+            self.queue.raise_from(h, self.last_mark);
+        }
+        self.decoders = decoders;
+        self.cfg.subscriptions = new.subscriptions;
+        self.metrics = Metrics::new(&self.cfg.name, &self.name, &self.decoders);
+        let new_filters = self.filters();
+        let added: Vec<(String, u8)> = new_filters
+            .iter()
+            .filter(|f| !old_filters.contains(f))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = old_filters
+            .iter()
+            .filter(|(t, _)| !new_filters.iter().any(|(n, _)| n == t))
+            .map(|(t, _)| t.clone())
+            .collect();
+        tracing::info!(
+            message = "Subscriptions reloaded.",
+            source = %self.name,
+            subscriptions = self.decoders.subscriptions().len(),
+            subscribe = ?added,
+            unsubscribe = ?removed,
+            connected = self.connected,
+        );
+        if self.connected {
+            if !added.is_empty()
+                && let Err(error) = self.conn.subscribe(&added)
+            {
+                tracing::error!(message = "Cannot subscribe.", source = %self.name, %error);
+            }
+            if !removed.is_empty()
+                && let Err(error) = self.conn.unsubscribe(&removed)
+            {
+                tracing::error!(message = "Cannot unsubscribe.", source = %self.name, %error);
+            }
+        } else {
+            // The next CONNACK subscribes to every filter and drops the removed ones.
+            self.subscribed = false;
+            self.unsubscribe_pending.extend(removed);
+        }
+        self.ack_ready();
+        Step::Go
     }
 
     /// An MQTT 3.1.1 PUBLISH with a non-UTF-8 topic: the client had to close the connection
@@ -578,6 +720,27 @@ impl Task {
             .source_state(&self.name, false, Some("stopped".into()));
         tracing::info!(message = "MQTT source stopped.", source = %self.name, unacked_left = self.queue.len());
     }
+}
+
+/// The keys of a broker's section, other than `subscriptions`, whose change needs a new connection.
+fn needs_restart(old: &MqttConfig, new: &MqttConfig) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return Vec::new();
+    };
+    let mut keys: Vec<String> = a
+        .keys()
+        .chain(b.keys().filter(|k| !a.contains_key(*k)))
+        .filter(|k| *k != "subscriptions" && a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    // Not serialized (a secret), compared here.
+    if old.password != new.password {
+        keys.push("password".to_string());
+    }
+    keys.sort();
+    keys
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

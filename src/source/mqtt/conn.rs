@@ -21,6 +21,8 @@ pub enum Polled {
     Publish(Received),
     /// The broker answered a SUBSCRIBE: one entry per filter, `None` for a refused one.
     SubAck(Vec<Option<u8>>),
+    /// The broker answered an UNSUBSCRIBE.
+    UnsubAck,
     /// Anything the task does not act on (pings, our own acks going out).
     Other,
 }
@@ -187,6 +189,7 @@ impl Conn {
                             })
                             .collect(),
                     ),
+                    rumqttc::Packet::UnsubAck(_) => Polled::UnsubAck,
                     _ => Polled::Other,
                 }),
                 Ok(rumqttc::Event::Outgoing(_)) => Ok(Polled::Other),
@@ -213,6 +216,7 @@ impl Conn {
                             })
                             .collect(),
                     ),
+                    v5b::Packet::UnsubAck(_) => Polled::UnsubAck,
                     _ => Polled::Other,
                 }),
                 Ok(rumqttc::v5::Event::Outgoing(_)) => Ok(Polled::Other),
