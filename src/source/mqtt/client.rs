@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::source::backoff::Backoff;
+use futures_util::FutureExt;
 use metrics::{Counter, Gauge};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -36,6 +37,14 @@ use crate::handoff::Tracker;
 use crate::monitor::Stats;
 use crate::monitor::metrics as names;
 use crate::source::SourceContext;
+
+/// Messages taken from the event loop without waiting, before their events go to the
+/// pipeline in one send and the ready acknowledgements go out: one wake-up of the pipeline
+/// and one pass over the acknowledgement queue per batch instead of per message.
+const READ_BATCH: usize = 512;
+
+/// Events sent to the pipeline per channel reservation (well below its capacity).
+const SEND_CHUNK: usize = 256;
 
 /// Config reloads that may wait for the task (a second SIGHUP while one is applied).
 const RELOAD_QUEUE: usize = 4;
@@ -182,6 +191,7 @@ impl MqttSource {
             seq: 0,
             last_mark: 0,
             out: Vec::new(),
+            stamped: 0,
             metrics,
             connected: false,
             ever_connected: false,
@@ -295,6 +305,8 @@ struct Task {
     last_mark: u64,
     /// Events decoded and not yet sent.
     out: Vec<Event>,
+    /// How many of `out` (from the front) carry their handoff mark already.
+    stamped: usize,
     metrics: Metrics,
     connected: bool,
     ever_connected: bool,
@@ -342,7 +354,7 @@ impl Task {
                     }
                 },
                 polled = self.conn.poll() => match polled {
-                    Ok(p) => self.on_polled(p).await,
+                    Ok(p) => self.on_batch(p).await,
                     Err(e) => self.on_lost(e).await,
                 },
             };
@@ -353,9 +365,35 @@ impl Task {
         self.stop().await;
     }
 
-    async fn on_polled(&mut self, polled: Polled) -> Step {
+    /// Handles `first` and whatever else the event loop has ready (up to [`READ_BATCH`]),
+    /// then sends the batch's events and acknowledges what is safe.
+    async fn on_batch(&mut self, first: Polled) -> Step {
+        self.on_polled(first);
+        let mut lost = None;
+        for _ in 1..READ_BATCH {
+            // Cancel-safe (see `Conn::poll`): a poll that would wait is dropped at once.
+            match self.conn.poll().now_or_never() {
+                Some(Ok(p)) => self.on_polled(p),
+                Some(Err(e)) => {
+                    lost = Some(e);
+                    break;
+                }
+                None => break,
+            }
+        }
+        if !self.emit().await {
+            return Step::Stop;
+        }
+        if let Some(e) = lost {
+            return self.on_lost(e).await;
+        }
+        self.ack_ready();
+        Step::Go
+    }
+
+    fn on_polled(&mut self, polled: Polled) {
         match polled {
-            Polled::Publish(r) => return self.on_publish(r).await,
+            Polled::Publish(r) => self.on_publish(r),
             Polled::ConnAck { session_present } => self.on_connack(session_present),
             Polled::SubAck(codes) => {
                 // Connected and subscribed: ready.
@@ -384,7 +422,6 @@ impl Task {
             }
             Polled::Other => {}
         }
-        Step::Go
     }
 
     fn filters(&self) -> Vec<(String, u8)> {
@@ -437,7 +474,8 @@ impl Task {
         self.ever_connected = true;
     }
 
-    async fn on_publish(&mut self, r: Received) -> Step {
+    /// Decodes one message into `out` (stamped, sent with its batch) and queues its acknowledgement.
+    fn on_publish(&mut self, r: Received) {
         self.seq += 1;
         let seq = self.seq;
         self.metrics.bytes.increment(r.payload.len() as u64);
@@ -454,7 +492,7 @@ impl Task {
                     received: Timestamp::now(),
                     seq,
                 };
-                match self.decoders.decode(&msg, &mut self.out) {
+                match self.decoders.decode_routed(sub, &msg, &mut self.out) {
                     Ok(n) => self.metrics.decoded[i].increment(n as u64),
                     Err(e) => {
                         let detail = format!("topic {topic}: {e}");
@@ -469,10 +507,8 @@ impl Task {
                 self.bad_input(i, INVALID_TOPIC, &detail, &r.payload);
             }
         }
-        let emitted = !self.out.is_empty();
-        if !self.emit().await {
-            return Step::Stop;
-        }
+        let emitted = self.out.len() > self.stamped;
+        self.stamp();
         if emitted && let Some(h) = held_before {
             self.queue.raise_from(h, self.last_mark);
         }
@@ -484,8 +520,16 @@ impl Task {
                 needs: self.last_mark,
             });
         }
-        self.ack_ready();
-        Step::Go
+    }
+
+    /// Gives the events not yet stamped their handoff marks, in order.
+    fn stamp(&mut self) {
+        for event in &mut self.out[self.stamped..] {
+            let mark = self.tracker.mark();
+            self.last_mark = mark.seq();
+            event.meta.mark = mark;
+        }
+        self.stamped = self.out.len();
     }
 
     fn bad_input(&mut self, sub: usize, reason: &'static str, detail: &str, payload: &[u8]) {
@@ -603,15 +647,21 @@ impl Task {
         if self.out.is_empty() {
             return true;
         }
+        self.stamp();
         Stats::add(&self.ctx.stats.received, self.out.len() as u64);
-        for mut event in self.out.drain(..) {
-            let mark = self.tracker.mark();
-            self.last_mark = mark.seq();
-            event.meta.mark = mark;
-            if self.ctx.tx.send(event).await.is_err() {
+        // One reservation per chunk: the pipeline is woken once, not once per event.
+        while !self.out.is_empty() {
+            let n = self.out.len().min(SEND_CHUNK);
+            let Ok(permits) = self.ctx.tx.reserve_many(n).await else {
+                self.out.clear();
+                self.stamped = 0;
                 return false;
+            };
+            for (permit, event) in permits.zip(self.out.drain(..n)) {
+                permit.send(event);
             }
         }
+        self.stamped = 0;
         true
     }
 
