@@ -69,6 +69,18 @@ fn publish(port: u16, topic: &str, v: i64) {
     assert!(status.success(), "mosquitto_pub {topic}");
 }
 
+/// The `run` process this test started; killed (by its own id) if the test fails midway.
+struct Run(Child);
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
 fn hangup(child: &Child) {
     let status = Command::new("kill")
         .args(["-HUP", &child.id().to_string()])
@@ -148,7 +160,7 @@ async fn sighup_adds_and_removes_subscriptions_on_the_live_connection() {
     let monitor = free_port();
     let port = broker.port();
     write_config(&config, &data, &influx, port, monitor, &["a"], "30s");
-    let mut child = spawn_run(&config, &log);
+    let mut run = Run(spawn_run(&config, &log));
     let subscribed = "The broker confirmed a subscription.";
     wait_log(&log, subscribed, 1).await;
 
@@ -159,7 +171,7 @@ async fn sighup_adds_and_removes_subscriptions_on_the_live_connection() {
 
     // Add `rb/#`: SIGHUP, the broker confirms the new filter, its messages become points.
     write_config(&config, &data, &influx, port, monitor, &["a", "b"], "30s");
-    hangup(&child);
+    hangup(&run.0);
     wait_log(&log, subscribed, 2).await;
     publish(port, "rb/b1", 3);
     publish(port, "ra/a1", 4);
@@ -168,7 +180,7 @@ async fn sighup_adds_and_removes_subscriptions_on_the_live_connection() {
 
     // Remove `ra/#` (and change a setting that needs a new connection).
     write_config(&config, &data, &influx, port, monitor, &["b"], "45s");
-    hangup(&child);
+    hangup(&run.0);
     wait_log(&log, "The broker confirmed an unsubscription.", 1).await;
     publish(port, "ra/a1", 5);
     publish(port, "rb/b1", 6);
@@ -211,19 +223,19 @@ async fn sighup_adds_and_removes_subscriptions_on_the_live_connection() {
     );
 
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &run.0.id().to_string()])
         .status()
         .expect("run kill");
     assert!(status.success());
     let exited = tokio::task::spawn_blocking(move || {
         let deadline = std::time::Instant::now() + DEADLINE;
         while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = run.0.try_wait() {
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = child.kill();
+        // Still running: `Run`'s drop kills it.
         None
     })
     .await
