@@ -202,6 +202,7 @@ impl MqttSource {
             backoff,
             reload_rx: self.reload_rx,
             unsubscribe_pending: Vec::new(),
+            pubacks: Vec::new(),
         };
         drop(self.reload_tx);
         task.run().await;
@@ -322,6 +323,8 @@ struct Task {
     reload_rx: mpsc::Receiver<MqttConfig>,
     /// Filters removed by a reload while disconnected: unsubscribed after the next CONNACK.
     unsubscribe_pending: Vec<String>,
+    /// Packet ids of one run of direct PUBACKs (reused).
+    pubacks: Vec<u16>,
     backoff: Backoff,
 }
 
@@ -342,7 +345,7 @@ impl Task {
                 _ = self.ctx.shutdown.cancelled() => Step::Stop,
                 changed = self.safe_rx.changed(), if watch_open => {
                     watch_open = changed.is_ok();
-                    self.ack_ready();
+                    self.ack_ready().await;
                     Step::Go
                 }
                 _ = sleep_until(deadline) => self.flush_due().await,
@@ -387,7 +390,7 @@ impl Task {
         if let Some(e) = lost {
             return self.on_lost(e).await;
         }
-        self.ack_ready();
+        self.ack_ready().await;
         Step::Go
     }
 
@@ -618,7 +621,7 @@ impl Task {
             self.subscribed = false;
             self.unsubscribe_pending.extend(removed);
         }
-        self.ack_ready();
+        self.ack_ready().await;
         Step::Go
     }
 
@@ -676,27 +679,40 @@ impl Task {
         if emitted && let Some(h) = held_before {
             self.queue.raise_from(h, self.last_mark);
         }
-        self.ack_ready();
+        self.ack_ready().await;
         Step::Go
     }
 
-    /// Acknowledges the ready prefix of the queue, in order.
-    fn ack_ready(&mut self) {
+    /// Acknowledges the ready prefix of the queue, in order. Over MQTT 3.1.1 the QoS 1
+    /// acknowledgements of the run go out in one socket write ([`Conn::write_pubacks`]);
+    /// otherwise each is one request to rumqttc's event loop.
+    async fn ack_ready(&mut self) {
         if self.queue.is_empty() {
             self.metrics.unacked.set(0.0);
             return;
         }
         let safe = self.tracker.safe();
         let held = self.decoders.oldest_held();
+        let direct = self.conn.direct_pubacks();
+        let mut pubacks = std::mem::take(&mut self.pubacks);
+        pubacks.clear();
         let mut n = 0u64;
         while let Some(m) = self.queue.ready_front(safe, held) {
-            if !self.conn.ack(m.pkid, m.qos) {
+            if direct && m.qos == 1 {
+                pubacks.push(m.pkid);
+            } else if !self.conn.ack(m.pkid, m.qos) {
                 // The request queue is full (cannot happen within the receive window); retried on the next wake-up.
                 break;
             }
             self.queue.pop_front();
             n += 1;
         }
+        if !pubacks.is_empty() {
+            self.conn
+                .write_pubacks(&pubacks, self.cfg.connect_timeout)
+                .await;
+        }
+        self.pubacks = pubacks;
         if n > 0 {
             self.metrics.acked.increment(n);
         }
@@ -751,7 +767,7 @@ impl Task {
                 _ = tokio::time::sleep_until(deadline) => break,
                 changed = self.safe_rx.changed() => {
                     if changed.is_err() { break; }
-                    self.ack_ready();
+                    self.ack_ready().await;
                 }
                 // Keeps the socket moving (acks out); messages arriving now are not
                 // acknowledged, so the broker sends them again next time.

@@ -254,6 +254,37 @@ impl Conn {
         }
     }
 
+    /// Whether QoS 1 acknowledgements can go straight into the connection's write buffer
+    /// ([`Conn::write_pubacks`]): MQTT 3.1.1 with a live connection (rumqttc exposes its
+    /// network for that protocol only).
+    pub fn direct_pubacks(&self) -> bool {
+        matches!(self, Conn::V4 { events, .. } if events.network.is_some())
+    }
+
+    /// Writes one PUBACK per packet id into the connection's buffer and flushes once: one
+    /// socket write for a whole run of acknowledgements instead of one per message. Only
+    /// QoS 1 (rumqttc keeps no state for those with manual acks). A failed write leaves the
+    /// error to the next poll, which reports the lost connection; the broker then sends the
+    /// messages again.
+    pub async fn write_pubacks(&mut self, pkids: &[u16], deadline: Duration) {
+        let Conn::V4 { events, .. } = self else {
+            return;
+        };
+        let Some(network) = events.network.as_mut() else {
+            return;
+        };
+        for &pkid in pkids {
+            if network
+                .write(rumqttc::Packet::PubAck(rumqttc::PubAck::new(pkid)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = tokio::time::timeout(deadline, network.flush()).await;
+    }
+
     /// Queues one SUBSCRIBE for every `(filter, qos)`.
     pub fn subscribe(&self, filters: &[(String, u8)]) -> Result<(), String> {
         match self {
