@@ -127,6 +127,10 @@ pub struct Running {
     monitor: Option<JoinHandle<()>>,
     alerting: Option<crate::monitor::alerts::Alerting>,
     _lock: File,
+    /// The config the process started with (or last reloaded), to tell what a reload changes.
+    config: Config,
+    /// One per running MQTT source: takes its re-read `[[mqtt]]` section on SIGHUP.
+    mqtt_reloaders: Vec<crate::source::mqtt::MqttReload>,
 }
 
 /// Takes the data directory's lock so two processes never share a buffer or cursor.
@@ -251,6 +255,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
             tokio::spawn(client::run(ha.clone(), source_id, ctx.clone()))
         })
         .collect();
+    let mqtt_reloaders = mqtt_sources.iter().map(|m| m.reloader()).collect();
     // One task per MQTT broker, each reading its socket continuously.
     for mqtt in mqtt_sources {
         sources.push(tokio::spawn(mqtt.run(ctx.clone())));
@@ -272,6 +277,8 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         monitor,
         alerting,
         _lock: lock,
+        config: cfg.clone(),
+        mqtt_reloaders,
     })
 }
 
@@ -785,6 +792,108 @@ impl Running {
             dead_lettered = totals.dead_lettered
         );
         totals
+    }
+}
+
+impl Running {
+    /// Waits for SIGINT or SIGTERM; on each SIGHUP meanwhile re-reads `config_path` and
+    /// applies it with [`Running::reload`] (a file that does not load is logged and ignored).
+    pub async fn serve_until_shutdown(&mut self, config_path: &Path) {
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        #[cfg(unix)]
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(error) => {
+                tracing::error!(message = "Cannot listen for SIGHUP; config reload is off.", %error);
+                None
+            }
+        };
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<Option<()>>();
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = hangup => {
+                    tracing::info!(message = "SIGHUP: reloading the configuration.", config = %config_path.display());
+                    match Config::load(config_path) {
+                        Ok(cfg) => self.reload(cfg),
+                        Err(error) => tracing::error!(
+                            message = "The reloaded configuration is invalid; nothing changes.",
+                            %error
+                        ),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies a re-read config: each MQTT broker's subscriptions change on its live
+    /// connection; any other change (brokers added or removed, other sections) is logged as
+    /// needing a restart and keeps its old value.
+    pub fn reload(&mut self, new: Config) {
+        let mut restart: Vec<String> = Vec::new();
+        for m in &new.mqtt {
+            match self.mqtt_reloaders.iter().find(|r| r.broker() == m.name) {
+                Some(r) => {
+                    if !r.send(m.clone()) {
+                        tracing::error!(message = "The MQTT source cannot take the reload now (stopped, or busy with the last one); try again.", broker = %m.name);
+                    }
+                }
+                None => restart.push(format!("mqtt[{}] (added)", m.name)),
+            }
+        }
+        for r in &self.mqtt_reloaders {
+            if !new.mqtt.iter().any(|m| m.name == r.broker()) {
+                restart.push(format!("mqtt[{}] (removed)", r.broker()));
+            }
+        }
+        let mut others = new.clone();
+        others.mqtt = self.config.mqtt.clone();
+        if others != self.config {
+            restart.extend(changed_sections(&self.config, &others));
+        }
+        if !restart.is_empty() {
+            tracing::warn!(
+                message = "Changed settings need a restart; they keep their old values until then.",
+                changed = %restart.join(", "),
+            );
+        }
+        // What took effect: the MQTT subscriptions; the rest stays as started.
+        let mut applied = self.config.clone();
+        for m in &mut applied.mqtt {
+            if let Some(n) = new.mqtt.iter().find(|n| n.name == m.name) {
+                m.subscriptions = n.subscriptions.clone();
+            }
+        }
+        self.config = applied;
+    }
+}
+
+/// The top-level keys (sections) that differ between two configs, for a "needs restart" log.
+fn changed_sections(old: &Config, new: &Config) -> Vec<String> {
+    match (serde_json::to_value(old), serde_json::to_value(new)) {
+        (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) => {
+            let mut keys: Vec<String> = a
+                .keys()
+                .chain(b.keys().filter(|k| !a.contains_key(*k)))
+                .filter(|k| a.get(*k) != b.get(*k))
+                .cloned()
+                .collect();
+            if keys.is_empty() {
+                // A difference serde does not show (a secret): say so without naming it.
+                keys.push("a setting not shown (secret)".to_string());
+            }
+            keys
+        }
+        _ => vec!["(unknown)".to_string()],
     }
 }
 

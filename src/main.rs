@@ -404,9 +404,10 @@ fn main() -> ExitCode {
             };
             init_logging(flag_format.unwrap_or(cfg.log.format), &cfg.log.level);
             let result = runtime.block_on(async {
-                let running = app::start(&cfg).await?;
+                let mut running = app::start(&cfg).await?;
                 tracing::info!(message = "Started.", version = env!("CARGO_PKG_VERSION"), config = %config.display());
-                app::shutdown_signal().await;
+                // SIGHUP re-reads the config (MQTT subscriptions change live) until SIGINT/SIGTERM.
+                running.serve_until_shutdown(&config).await;
                 tracing::info!(message = "Stopping: sources first, then flushing the sink.");
                 running.stop().await;
                 anyhow::Ok(())

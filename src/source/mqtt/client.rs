@@ -22,12 +22,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::source::backoff::Backoff;
+use futures_util::FutureExt;
 use metrics::{Counter, Gauge};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::acks::{AckQueue, Unacked};
-use super::conn::{Conn, ConnError, Polled, Received};
+use super::conn::{Conn, ConnError, INVALID_TOPIC, Polled, Received};
 use super::decode::{Decoders, Message};
 use crate::config::{MqttConfig, TlsConfig};
 use crate::dead_letter::DeadLetter;
@@ -36,6 +37,17 @@ use crate::handoff::Tracker;
 use crate::monitor::Stats;
 use crate::monitor::metrics as names;
 use crate::source::SourceContext;
+
+/// Messages taken from the event loop without waiting, before their events go to the
+/// pipeline in one send and the ready acknowledgements go out: one wake-up of the pipeline
+/// and one pass over the acknowledgement queue per batch instead of per message.
+const READ_BATCH: usize = 512;
+
+/// Events sent to the pipeline per channel reservation (well below its capacity).
+const SEND_CHUNK: usize = 256;
+
+/// Config reloads that may wait for the task (a second SIGHUP while one is applied).
+const RELOAD_QUEUE: usize = 4;
 
 /// At shutdown, how long the task still waits for its last events to be released so it can acknowledge them.
 pub const ACK_DRAIN_DEADLINE: Duration = Duration::from_secs(3);
@@ -61,6 +73,27 @@ pub struct MqttSource {
     host: String,
     port: u16,
     tls: Option<Arc<rustls::ClientConfig>>,
+    reload_tx: mpsc::Sender<MqttConfig>,
+    reload_rx: mpsc::Receiver<MqttConfig>,
+}
+
+/// Hands a re-read `[[mqtt]]` section to a running source (config reload on SIGHUP).
+#[derive(Clone, Debug)]
+pub struct MqttReload {
+    name: String,
+    tx: mpsc::Sender<MqttConfig>,
+}
+
+impl MqttReload {
+    /// The broker's `name`, which ties a re-read section to its running source.
+    pub fn broker(&self) -> &str {
+        &self.name
+    }
+
+    /// Queues the new section; `false` if the source has stopped or a reload is already queued.
+    pub fn send(&self, cfg: MqttConfig) -> bool {
+        self.tx.try_send(cfg).is_ok()
+    }
 }
 
 impl MqttSource {
@@ -93,6 +126,7 @@ impl MqttSource {
             .client_id
             .clone()
             .unwrap_or_else(|| default_client_id(&cfg.name, data_dir));
+        let (reload_tx, reload_rx) = mpsc::channel(RELOAD_QUEUE);
         Ok(MqttSource {
             cfg: cfg.clone(),
             decoders,
@@ -100,7 +134,17 @@ impl MqttSource {
             host,
             port,
             tls,
+            reload_tx,
+            reload_rx,
         })
+    }
+
+    /// A handle that forwards a re-read config section to this source once it runs.
+    pub fn reloader(&self) -> MqttReload {
+        MqttReload {
+            name: self.cfg.name.clone(),
+            tx: self.reload_tx.clone(),
+        }
     }
 
     /// The client id the broker knows this source by.
@@ -147,14 +191,20 @@ impl MqttSource {
             seq: 0,
             last_mark: 0,
             out: Vec::new(),
+            stamped: 0,
             metrics,
             connected: false,
             ever_connected: false,
             subscribed: false,
             last_error: "none",
             failing: false,
+            refused_topic_logged: false,
             backoff,
+            reload_rx: self.reload_rx,
+            unsubscribe_pending: Vec::new(),
+            pubacks: Vec::new(),
         };
+        drop(self.reload_tx);
         task.run().await;
     }
 }
@@ -256,6 +306,8 @@ struct Task {
     last_mark: u64,
     /// Events decoded and not yet sent.
     out: Vec<Event>,
+    /// How many of `out` (from the front) carry their handoff mark already.
+    stamped: usize,
     metrics: Metrics,
     connected: bool,
     ever_connected: bool,
@@ -265,6 +317,14 @@ struct Task {
     last_error: &'static str,
     /// Connection attempts are failing (log the first at WARN, the rest at DEBUG).
     failing: bool,
+    /// The advice for a refused non-UTF-8 topic was logged.
+    refused_topic_logged: bool,
+    /// Re-read `[[mqtt]]` sections (SIGHUP).
+    reload_rx: mpsc::Receiver<MqttConfig>,
+    /// Filters removed by a reload while disconnected: unsubscribed after the next CONNACK.
+    unsubscribe_pending: Vec<String>,
+    /// Packet ids of one run of direct PUBACKs (reused).
+    pubacks: Vec<u16>,
     backoff: Backoff,
 }
 
@@ -277,6 +337,7 @@ enum Step {
 impl Task {
     async fn run(&mut self) {
         let mut watch_open = true;
+        let mut reload_open = true;
         loop {
             let deadline = self.decoders.next_deadline().map(Instant::from_std);
             let step = tokio::select! {
@@ -284,12 +345,19 @@ impl Task {
                 _ = self.ctx.shutdown.cancelled() => Step::Stop,
                 changed = self.safe_rx.changed(), if watch_open => {
                     watch_open = changed.is_ok();
-                    self.ack_ready();
+                    self.ack_ready().await;
                     Step::Go
                 }
                 _ = sleep_until(deadline) => self.flush_due().await,
+                reload = self.reload_rx.recv(), if reload_open => match reload {
+                    Some(cfg) => self.on_reload(cfg).await,
+                    None => {
+                        reload_open = false;
+                        Step::Go
+                    }
+                },
                 polled = self.conn.poll() => match polled {
-                    Ok(p) => self.on_polled(p).await,
+                    Ok(p) => self.on_batch(p).await,
                     Err(e) => self.on_lost(e).await,
                 },
             };
@@ -300,13 +368,45 @@ impl Task {
         self.stop().await;
     }
 
-    async fn on_polled(&mut self, polled: Polled) -> Step {
+    /// Handles `first` and whatever else the event loop has ready (up to [`READ_BATCH`]),
+    /// then sends the batch's events and acknowledges what is safe.
+    async fn on_batch(&mut self, first: Polled) -> Step {
+        self.on_polled(first);
+        let mut lost = None;
+        for _ in 1..READ_BATCH {
+            // Cancel-safe (see `Conn::poll`): a poll that would wait is dropped at once.
+            match self.conn.poll().now_or_never() {
+                Some(Ok(p)) => self.on_polled(p),
+                Some(Err(e)) => {
+                    lost = Some(e);
+                    break;
+                }
+                None => break,
+            }
+        }
+        if !self.emit().await {
+            return Step::Stop;
+        }
+        if let Some(e) = lost {
+            return self.on_lost(e).await;
+        }
+        self.ack_ready().await;
+        Step::Go
+    }
+
+    fn on_polled(&mut self, polled: Polled) {
         match polled {
-            Polled::Publish(r) => return self.on_publish(r).await,
+            Polled::Publish(r) => self.on_publish(r),
             Polled::ConnAck { session_present } => self.on_connack(session_present),
             Polled::SubAck(codes) => {
                 // Connected and subscribed: ready.
                 self.ctx.stats.source_state(&self.name, true, None);
+                tracing::info!(
+                    message = "The broker confirmed a subscription.",
+                    source = %self.name,
+                    filters = codes.len(),
+                    refused = codes.iter().filter(|c| c.is_none()).count(),
+                );
                 for code in codes.iter().filter(|c| c.is_none()) {
                     let _ = code;
                     metrics::counter!(names::SOURCE_ERRORS, "source" => self.name.to_string(), "error_type" => "subscribe_refused").increment(1);
@@ -320,9 +420,11 @@ impl Task {
                     );
                 }
             }
+            Polled::UnsubAck => {
+                tracing::info!(message = "The broker confirmed an unsubscription.", source = %self.name);
+            }
             Polled::Other => {}
         }
-        Step::Go
     }
 
     fn filters(&self) -> Vec<(String, u8)> {
@@ -366,10 +468,17 @@ impl Task {
         } else {
             self.ctx.stats.source_state(&self.name, true, None);
         }
+        if !self.unsubscribe_pending.is_empty() {
+            let gone = std::mem::take(&mut self.unsubscribe_pending);
+            if let Err(error) = self.conn.unsubscribe(&gone) {
+                tracing::error!(message = "Cannot unsubscribe.", source = %self.name, %error);
+            }
+        }
         self.ever_connected = true;
     }
 
-    async fn on_publish(&mut self, r: Received) -> Step {
+    /// Decodes one message into `out` (stamped, sent with its batch) and queues its acknowledgement.
+    fn on_publish(&mut self, r: Received) {
         self.seq += 1;
         let seq = self.seq;
         self.metrics.bytes.increment(r.payload.len() as u64);
@@ -386,7 +495,7 @@ impl Task {
                     received: Timestamp::now(),
                     seq,
                 };
-                match self.decoders.decode(&msg, &mut self.out) {
+                match self.decoders.decode_routed(sub, &msg, &mut self.out) {
                     Ok(n) => self.metrics.decoded[i].increment(n as u64),
                     Err(e) => {
                         let detail = format!("topic {topic}: {e}");
@@ -398,13 +507,11 @@ impl Task {
                 let i = self.metrics.index(None);
                 self.metrics.received[i].increment(1);
                 let detail = format!("topic is not UTF-8: {}", String::from_utf8_lossy(&r.topic));
-                self.bad_input(i, "invalid_topic", &detail, &r.payload);
+                self.bad_input(i, INVALID_TOPIC, &detail, &r.payload);
             }
         }
-        let emitted = !self.out.is_empty();
-        if !self.emit().await {
-            return Step::Stop;
-        }
+        let emitted = self.out.len() > self.stamped;
+        self.stamp();
         if emitted && let Some(h) = held_before {
             self.queue.raise_from(h, self.last_mark);
         }
@@ -416,8 +523,16 @@ impl Task {
                 needs: self.last_mark,
             });
         }
-        self.ack_ready();
-        Step::Go
+    }
+
+    /// Gives the events not yet stamped their handoff marks, in order.
+    fn stamp(&mut self) {
+        for event in &mut self.out[self.stamped..] {
+            let mark = self.tracker.mark();
+            self.last_mark = mark.seq();
+            event.meta.mark = mark;
+        }
+        self.stamped = self.out.len();
     }
 
     fn bad_input(&mut self, sub: usize, reason: &'static str, detail: &str, payload: &[u8]) {
@@ -433,20 +548,123 @@ impl Task {
         });
     }
 
+    /// Applies a re-read `[[mqtt]]` section: the subscriptions change on the live connection
+    /// (SUBSCRIBE for new or changed filters, UNSUBSCRIBE for removed ones); what decoders held
+    /// is emitted first, so nothing received is lost. Settings that need a new connection are
+    /// named in a "needs restart" warning and keep their old values.
+    async fn on_reload(&mut self, new: MqttConfig) -> Step {
+        let restart = needs_restart(&self.cfg, &new);
+        if !restart.is_empty() {
+            tracing::warn!(
+                message = "Changed MQTT settings need a restart; they keep their old values until then.",
+                source = %self.name,
+                keys = %restart.join(", "),
+            );
+        }
+        if new.subscriptions == self.cfg.subscriptions {
+            tracing::info!(message = "Configuration reloaded; the subscriptions are unchanged.", source = %self.name);
+            return Step::Go;
+        }
+        let decoders = match Decoders::new(&new.subscriptions) {
+            Ok(d) => d,
+            Err(error) => {
+                tracing::error!(message = "The reloaded subscriptions are invalid; the old ones stay.", source = %self.name, %error);
+                return Step::Go;
+            }
+        };
+        let old_filters = self.filters();
+        // What the old decoders hold goes out now, like at a deadline.
+        let held_before = self.decoders.oldest_held();
+        self.decoders.flush_all(&mut self.out);
+        let emitted = !self.out.is_empty();
+        if !self.emit().await {
+            return Step::Stop;
+        }
+        if emitted && let Some(h) = held_before {
+            self.queue.raise_from(h, self.last_mark);
+        }
+        self.decoders = decoders;
+        self.cfg.subscriptions = new.subscriptions;
+        self.metrics = Metrics::new(&self.cfg.name, &self.name, &self.decoders);
+        let new_filters = self.filters();
+        let added: Vec<(String, u8)> = new_filters
+            .iter()
+            .filter(|f| !old_filters.contains(f))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = old_filters
+            .iter()
+            .filter(|(t, _)| !new_filters.iter().any(|(n, _)| n == t))
+            .map(|(t, _)| t.clone())
+            .collect();
+        tracing::info!(
+            message = "Subscriptions reloaded.",
+            source = %self.name,
+            subscriptions = self.decoders.subscriptions().len(),
+            subscribe = ?added,
+            unsubscribe = ?removed,
+            connected = self.connected,
+        );
+        if self.connected {
+            if !added.is_empty()
+                && let Err(error) = self.conn.subscribe(&added)
+            {
+                tracing::error!(message = "Cannot subscribe.", source = %self.name, %error);
+            }
+            if !removed.is_empty()
+                && let Err(error) = self.conn.unsubscribe(&removed)
+            {
+                tracing::error!(message = "Cannot unsubscribe.", source = %self.name, %error);
+            }
+        } else {
+            // The next CONNACK subscribes to every filter and drops the removed ones.
+            self.subscribed = false;
+            self.unsubscribe_pending.extend(removed);
+        }
+        self.ack_ready().await;
+        Step::Go
+    }
+
+    /// An MQTT 3.1.1 PUBLISH with a non-UTF-8 topic: the client had to close the connection
+    /// (the protocol says so) without reading its packet id, so it cannot be acknowledged; a
+    /// broker that keeps it for the session sends it again on every reconnect. Counted and
+    /// set aside each time; MQTT 5 (`protocol = "v5"`) hands the topic over and acknowledges it.
+    fn refused_topic(&mut self, e: &ConnError) {
+        let i = self.metrics.index(None);
+        self.metrics.received[i].increment(1);
+        if !self.refused_topic_logged {
+            self.refused_topic_logged = true;
+            tracing::error!(
+                message = "The broker delivered a topic that is not UTF-8; an MQTT 3.1.1 client must close the connection on it and cannot acknowledge it, so a persistent session gets it again on every reconnect. Use protocol = \"v5\" for this broker: MQTT 5 sets such a message aside and acknowledges it.",
+                source = %self.name,
+                error = %e,
+            );
+        }
+        let detail =
+            format!("topic is not UTF-8 (MQTT 3.1.1: connection closed, not acknowledged): {e}");
+        self.bad_input(i, INVALID_TOPIC, &detail, b"");
+    }
+
     /// Stamps and sends the decoded events; `false` once the pipeline is gone.
     async fn emit(&mut self) -> bool {
         if self.out.is_empty() {
             return true;
         }
+        self.stamp();
         Stats::add(&self.ctx.stats.received, self.out.len() as u64);
-        for mut event in self.out.drain(..) {
-            let mark = self.tracker.mark();
-            self.last_mark = mark.seq();
-            event.meta.mark = mark;
-            if self.ctx.tx.send(event).await.is_err() {
+        // One reservation per chunk: the pipeline is woken once, not once per event.
+        while !self.out.is_empty() {
+            let n = self.out.len().min(SEND_CHUNK);
+            let Ok(permits) = self.ctx.tx.reserve_many(n).await else {
+                self.out.clear();
+                self.stamped = 0;
                 return false;
+            };
+            for (permit, event) in permits.zip(self.out.drain(..n)) {
+                permit.send(event);
             }
         }
+        self.stamped = 0;
         true
     }
 
@@ -461,27 +679,40 @@ impl Task {
         if emitted && let Some(h) = held_before {
             self.queue.raise_from(h, self.last_mark);
         }
-        self.ack_ready();
+        self.ack_ready().await;
         Step::Go
     }
 
-    /// Acknowledges the ready prefix of the queue, in order.
-    fn ack_ready(&mut self) {
+    /// Acknowledges the ready prefix of the queue, in order. Over MQTT 3.1.1 the QoS 1
+    /// acknowledgements of the run go out in one socket write ([`Conn::write_pubacks`]);
+    /// otherwise each is one request to rumqttc's event loop.
+    async fn ack_ready(&mut self) {
         if self.queue.is_empty() {
             self.metrics.unacked.set(0.0);
             return;
         }
         let safe = self.tracker.safe();
         let held = self.decoders.oldest_held();
+        let direct = self.conn.direct_pubacks();
+        let mut pubacks = std::mem::take(&mut self.pubacks);
+        pubacks.clear();
         let mut n = 0u64;
         while let Some(m) = self.queue.ready_front(safe, held) {
-            if !self.conn.ack(m.pkid, m.qos) {
+            if direct && m.qos == 1 {
+                pubacks.push(m.pkid);
+            } else if !self.conn.ack(m.pkid, m.qos) {
                 // The request queue is full (cannot happen within the receive window); retried on the next wake-up.
                 break;
             }
             self.queue.pop_front();
             n += 1;
         }
+        if !pubacks.is_empty() {
+            self.conn
+                .write_pubacks(&pubacks, self.cfg.connect_timeout)
+                .await;
+        }
+        self.pubacks = pubacks;
         if n > 0 {
             self.metrics.acked.increment(n);
         }
@@ -491,6 +722,9 @@ impl Task {
     async fn on_lost(&mut self, e: ConnError) -> Step {
         metrics::counter!(names::SOURCE_ERRORS, "source" => self.name.to_string(), "error_type" => e.kind).increment(1);
         self.last_error = e.kind;
+        if e.kind == INVALID_TOPIC {
+            self.refused_topic(&e);
+        }
         if self.connected {
             self.connected = false;
             self.metrics.connected.set(0.0);
@@ -533,7 +767,7 @@ impl Task {
                 _ = tokio::time::sleep_until(deadline) => break,
                 changed = self.safe_rx.changed() => {
                     if changed.is_err() { break; }
-                    self.ack_ready();
+                    self.ack_ready().await;
                 }
                 // Keeps the socket moving (acks out); messages arriving now are not
                 // acknowledged, so the broker sends them again next time.
@@ -552,6 +786,27 @@ impl Task {
             .source_state(&self.name, false, Some("stopped".into()));
         tracing::info!(message = "MQTT source stopped.", source = %self.name, unacked_left = self.queue.len());
     }
+}
+
+/// The keys of a broker's section, other than `subscriptions`, whose change needs a new connection.
+fn needs_restart(old: &MqttConfig, new: &MqttConfig) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return Vec::new();
+    };
+    let mut keys: Vec<String> = a
+        .keys()
+        .chain(b.keys().filter(|k| !a.contains_key(*k)))
+        .filter(|k| *k != "subscriptions" && a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    // Not serialized (a secret), compared here.
+    if old.password != new.password {
+        keys.push("password".to_string());
+    }
+    keys.sort();
+    keys
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -21,6 +21,8 @@ pub enum Polled {
     Publish(Received),
     /// The broker answered a SUBSCRIBE: one entry per filter, `None` for a refused one.
     SubAck(Vec<Option<u8>>),
+    /// The broker answered an UNSUBSCRIBE.
+    UnsubAck,
     /// Anything the task does not act on (pings, our own acks going out).
     Other,
 }
@@ -40,11 +42,15 @@ pub struct Received {
     pub pkid: u16,
 }
 
+/// The connection error kind of a PUBLISH whose topic is not UTF-8 that the client had to refuse
+/// (MQTT 3.1.1 topics are strings to rumqttc; MQTT 5 ones are bytes and reach the task).
+pub const INVALID_TOPIC: &str = "invalid_topic";
+
 /// Why the connection failed; `kind` is a bounded label for metrics.
 #[derive(Debug, thiserror::Error)]
 #[error("{detail}")]
 pub struct ConnError {
-    /// `refused`, `auth`, `tls`, `timeout`, `io`, `protocol`.
+    /// `refused`, `auth`, `tls`, `timeout`, `io`, `protocol`, `invalid_topic`.
     pub kind: &'static str,
     /// The client's message.
     pub detail: String,
@@ -183,6 +189,7 @@ impl Conn {
                             })
                             .collect(),
                     ),
+                    rumqttc::Packet::UnsubAck(_) => Polled::UnsubAck,
                     _ => Polled::Other,
                 }),
                 Ok(rumqttc::Event::Outgoing(_)) => Ok(Polled::Other),
@@ -209,6 +216,7 @@ impl Conn {
                             })
                             .collect(),
                     ),
+                    v5b::Packet::UnsubAck(_) => Polled::UnsubAck,
                     _ => Polled::Other,
                 }),
                 Ok(rumqttc::v5::Event::Outgoing(_)) => Ok(Polled::Other),
@@ -244,6 +252,37 @@ impl Conn {
                 client.try_ack(&p).is_ok()
             }
         }
+    }
+
+    /// Whether QoS 1 acknowledgements can go straight into the connection's write buffer
+    /// ([`Conn::write_pubacks`]): MQTT 3.1.1 with a live connection (rumqttc exposes its
+    /// network for that protocol only).
+    pub fn direct_pubacks(&self) -> bool {
+        matches!(self, Conn::V4 { events, .. } if events.network.is_some())
+    }
+
+    /// Writes one PUBACK per packet id into the connection's buffer and flushes once: one
+    /// socket write for a whole run of acknowledgements instead of one per message. Only
+    /// QoS 1 (rumqttc keeps no state for those with manual acks). A failed write leaves the
+    /// error to the next poll, which reports the lost connection; the broker then sends the
+    /// messages again.
+    pub async fn write_pubacks(&mut self, pkids: &[u16], deadline: Duration) {
+        let Conn::V4 { events, .. } = self else {
+            return;
+        };
+        let Some(network) = events.network.as_mut() else {
+            return;
+        };
+        for &pkid in pkids {
+            if network
+                .write(rumqttc::Packet::PubAck(rumqttc::PubAck::new(pkid)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = tokio::time::timeout(deadline, network.flush()).await;
     }
 
     /// Queues one SUBSCRIBE for every `(filter, qos)`.
@@ -303,6 +342,9 @@ fn v4_error(e: rumqttc::ConnectionError) -> ConnError {
         E::Io(_) => "io",
         E::MqttState(rumqttc::StateError::Io(_)) => "io",
         E::MqttState(rumqttc::StateError::AwaitPingResp) => "ping_timeout",
+        E::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::TopicNotUtf8,
+        )) => INVALID_TOPIC,
         E::MqttState(
             rumqttc::StateError::ConnectionAborted | rumqttc::StateError::Deserialization(_),
         ) => "closed",
@@ -328,6 +370,9 @@ fn v5_error(e: rumqttc::v5::ConnectionError) -> ConnError {
         E::Io(_) => "io",
         E::MqttState(rumqttc::v5::StateError::Io(_)) => "io",
         E::MqttState(rumqttc::v5::StateError::AwaitPingResp) => "ping_timeout",
+        E::MqttState(rumqttc::v5::StateError::Deserialization(
+            rumqttc::v5::mqttbytes::Error::TopicNotUtf8,
+        )) => INVALID_TOPIC,
         E::MqttState(
             rumqttc::v5::StateError::ConnectionAborted
             | rumqttc::v5::StateError::Deserialization(_),

@@ -7,4 +7,4 @@ pub mod decode;
 pub mod loadgen;
 pub mod topic;
 
-pub use client::{MqttError, MqttSource};
+pub use client::{MqttError, MqttReload, MqttSource};

@@ -287,7 +287,19 @@ impl Decoders {
         out: &mut Vec<Event>,
     ) -> Result<usize, DecodeError> {
         // Only statestream windows need the monotonic clock: read it only for them.
-        self.decode_with(msg, Instant::now, out)
+        let idx = self.router.route(msg.topic);
+        self.decode_with(idx, msg, Instant::now, out)
+    }
+
+    /// [`Decoders::decode`] for a message already routed with [`Decoders::route`] (one
+    /// pattern pass per message instead of two when the caller needs the index too).
+    pub fn decode_routed(
+        &mut self,
+        idx: Option<usize>,
+        msg: &Message<'_>,
+        out: &mut Vec<Event>,
+    ) -> Result<usize, DecodeError> {
+        self.decode_with(idx, msg, Instant::now, out)
     }
 
     /// [`Decoders::decode`] with the monotonic arrival time given (statestream windows start there).
@@ -297,16 +309,18 @@ impl Decoders {
         now: Instant,
         out: &mut Vec<Event>,
     ) -> Result<usize, DecodeError> {
-        self.decode_with(msg, || now, out)
+        let idx = self.router.route(msg.topic);
+        self.decode_with(idx, msg, || now, out)
     }
 
     fn decode_with(
         &mut self,
+        idx: Option<usize>,
         msg: &Message<'_>,
         now: impl FnOnce() -> Instant,
         out: &mut Vec<Event>,
     ) -> Result<usize, DecodeError> {
-        let Some(idx) = self.router.route(msg.topic) else {
+        let Some(idx) = idx.filter(|i| *i < self.subs.len()) else {
             return Err(DecodeError::new("", "no_subscription", msg.topic));
         };
         let before = out.len();
