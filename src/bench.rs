@@ -131,13 +131,16 @@ const PIPELINE_BATCH: usize = 1024;
 /// The metric updates the service makes on the hot path, for `bench pipeline --metrics`:
 /// per frame the source's bytes, per event its received counter (by event type) and
 /// `Stats`, per batch of [`PIPELINE_BATCH`] events the pipeline's gauge and
-/// counters. They go to whatever recorder is installed.
+/// counters and the status page's rate tracker (which keeps the per-domain
+/// counter). They go to whatever recorder is installed.
 struct HotPathMetrics {
     stats: crate::monitor::Stats,
     bytes: metrics::Counter,
     by_type: std::collections::HashMap<String, metrics::Counter>,
     in_batch: usize,
     batch_points: u64,
+    /// The batch's events, kept until the batch is handed to the rate tracker.
+    batch: Vec<crate::event::Event>,
 }
 
 impl HotPathMetrics {
@@ -148,6 +151,7 @@ impl HotPathMetrics {
             by_type: std::collections::HashMap::new(),
             in_batch: 0,
             batch_points: 0,
+            batch: Vec::with_capacity(PIPELINE_BATCH),
         }
     }
 
@@ -155,7 +159,8 @@ impl HotPathMetrics {
         self.bytes.increment(len as u64);
     }
 
-    fn event(&mut self, event_type: &str, points: u64) {
+    fn event(&mut self, event: crate::event::Event, points: u64) {
+        let event_type = event.event_type();
         // As the HA source's meters: one handle per event type, made once.
         match self.by_type.get(event_type) {
             Some(c) => c.increment(1),
@@ -165,6 +170,7 @@ impl HotPathMetrics {
                 self.by_type.insert(event_type.to_string(), c);
             }
         }
+        self.batch.push(event);
         crate::monitor::Stats::add(&self.stats.received, 1);
         self.in_batch += 1;
         self.batch_points += points;
@@ -172,6 +178,9 @@ impl HotPathMetrics {
             metrics::gauge!(crate::monitor::metrics::QUEUE_DEPTH, "queue" => "pipeline").set(0.0);
             crate::monitor::Stats::add(&self.stats.encoded, self.batch_points);
             metrics::counter!(crate::monitor::metrics::ENCODER_POINTS).increment(self.batch_points);
+            // The service hands the batch to the tracker before processing it; the count is the same.
+            self.stats.rates.observe(&self.batch);
+            self.batch.clear();
             self.in_batch = 0;
             self.batch_points = 0;
         }
@@ -216,7 +225,7 @@ pub fn run_monitored(
                                 Outcome::Points(n) => n as u64,
                                 _ => 0,
                             };
-                            m.event(event.event_type(), points);
+                            m.event(event, points);
                         }
                         if let Outcome::Points(n) = outcome
                             && count
