@@ -195,6 +195,9 @@ impl Series {
 }
 
 /// One dimension (source, domain, event type): bounded keys, each with its series.
+///
+/// Events are tallied per key in a plain array and added to the series once
+/// per batch ([`Dimension::flush`]), so the per-event work is finding the key.
 #[derive(Debug, Default)]
 struct Dimension {
     index: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
@@ -202,6 +205,10 @@ struct Dimension {
     series: Vec<Series>,
     /// The previous event's key and index: consecutive events mostly share it.
     last: Option<usize>,
+    /// Events per key in the current batch.
+    pending: Vec<u32>,
+    /// Keys with pending events, each once.
+    touched: Vec<usize>,
 }
 
 impl Dimension {
@@ -224,6 +231,7 @@ impl Dimension {
                     None => {
                         self.keys.push(name.into());
                         self.series.push(Series::new(epoch));
+                        self.pending.push(0);
                         self.index.insert(name.into(), self.keys.len() - 1);
                         self.keys.len() - 1
                     }
@@ -235,11 +243,24 @@ impl Dimension {
         i
     }
 
-    /// Counts one event of `key`; returns its slot.
-    fn add(&mut self, key: &str, epoch: u64) -> usize {
+    /// Tallies one event of `key`.
+    #[inline]
+    fn add(&mut self, key: &str, epoch: u64) {
         let i = self.slot(key, epoch);
-        self.series[i].add(epoch, 1);
-        i
+        let n = &mut self.pending[i];
+        if *n == 0 {
+            self.touched.push(i);
+        }
+        *n = n.saturating_add(1);
+    }
+
+    /// Adds the batch's tallies to the series of bucket `epoch`.
+    fn flush(&mut self, epoch: u64) {
+        for &i in &self.touched {
+            self.series[i].add(epoch, self.pending[i]);
+            self.pending[i] = 0;
+        }
+        self.touched.clear();
     }
 
     fn report(&self, at: &WindowAt) -> BTreeMap<String, WindowRates> {
@@ -422,39 +443,25 @@ impl TopK {
 /// The Prometheus counter of events by domain ([`names::PIPELINE_RECEIVED_EVENTS`]):
 /// the first [`MAX_DOMAIN_LABELS`] domains get their own label value, later ones
 /// count under [`OTHER_DOMAIN`], events without a domain under [`NO_DOMAIN`].
-/// Counted per event in a plain array, added to the counters once per batch.
+/// Added once per batch from the domain dimension's tallies.
 #[derive(Debug, Default)]
 struct DomainCounter {
-    /// One handle per slot of the domain dimension (made when the slot first counts).
+    /// One handle per key of the domain dimension (made when the key first counts).
     handles: Vec<metrics::Counter>,
-    /// Events per slot in the current batch.
-    pending: Vec<u64>,
-    /// Slots with pending events, each once.
-    touched: Vec<usize>,
     /// Events without a domain in the current batch.
     none: u64,
     none_handle: Option<metrics::Counter>,
 }
 
 impl DomainCounter {
-    #[inline]
-    fn note(&mut self, slot: usize) {
-        if slot >= self.pending.len() {
-            self.pending.resize(slot + 1, 0);
-        }
-        if self.pending[slot] == 0 {
-            self.touched.push(slot);
-        }
-        self.pending[slot] += 1;
-    }
-
-    /// Adds the batch's counts to the counters; `keys` names the domain dimension's slots.
-    fn flush(&mut self, keys: &[Box<str>]) {
-        for &slot in &self.touched {
+    /// Adds the batch's tallies of `domains` (before it flushes them) to the counters.
+    fn flush(&mut self, domains: &Dimension) {
+        for &slot in &domains.touched {
             while self.handles.len() <= slot {
                 let i = self.handles.len();
-                let label = if i < MAX_DOMAIN_LABELS && *keys[i] != *OTHER {
-                    keys[i].to_string()
+                let key = &domains.keys[i];
+                let label = if i < MAX_DOMAIN_LABELS && **key != *OTHER {
+                    key.to_string()
                 } else {
                     OTHER_DOMAIN.to_string()
                 };
@@ -463,10 +470,8 @@ impl DomainCounter {
                     "domain" => label
                 ));
             }
-            self.handles[slot].increment(self.pending[slot]);
-            self.pending[slot] = 0;
+            self.handles[slot].increment(u64::from(domains.pending[slot]));
         }
-        self.touched.clear();
         if self.none > 0 {
             self.none_handle
                 .get_or_insert_with(
@@ -548,20 +553,19 @@ impl Inner {
             self.event_type.add(event.event_type(), epoch);
             match &event.kind {
                 EventKind::StateChanged(sc) => {
-                    let i = self.domain.add(sc.entity_id.domain(), epoch);
-                    self.domain_counter.note(i);
+                    self.domain.add(sc.entity_id.domain(), epoch);
                     self.entities.add(sc.entity_id.as_str());
                 }
                 EventKind::Bus(bus) => match bus.data.get("domain").and_then(|d| d.as_str()) {
-                    Some(domain) => {
-                        let i = self.domain.add(domain, epoch);
-                        self.domain_counter.note(i);
-                    }
+                    Some(domain) => self.domain.add(domain, epoch),
                     None => self.domain_counter.none += 1,
                 },
             }
         }
-        self.domain_counter.flush(&self.domain.keys);
+        self.domain_counter.flush(&self.domain);
+        self.source.flush(epoch);
+        self.event_type.flush(epoch);
+        self.domain.flush(epoch);
     }
 
     fn sample(&mut self, now: Instant, totals: Totals) {
