@@ -6,7 +6,8 @@
 //! takes them, with a Prometheus recorder installed as in the service. Each case
 //! reports wall-clock and this thread's CPU time (`/proc/thread-self/schedstat`) per
 //! event; the two alternate, `BENCH_ROUNDS` rounds (default 5), best of each.
-//! `BENCH_SECONDS` sets the time per run (default 3).
+//! `BENCH_SECONDS` sets the time per run (default 3); `BENCH_EVENTS` keeps only the
+//! first N events of each input (e.g. 1024: a working set that stays in cache).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -96,7 +97,13 @@ fn main() {
         ("recorded frames", recorded),
         ("built-in corpus", ha_ingestor::bench::builtin_frames()),
     ] {
-        let events = events(&frames);
+        let mut events = events(&frames);
+        if let Some(n) = std::env::var("BENCH_EVENTS")
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+        {
+            events.truncate(n);
+        }
         // Alternate the two so machine noise hits both alike; keep the best of each.
         let best = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
