@@ -3,11 +3,13 @@
 //!
 //! Fed once per batch by the pipeline ([`Rates::observe`]): one lock, then per
 //! event a few string compares and, when the key changed from the previous
-//! event, one hash lookup. Counts live in 5-second buckets (a ring covering 15
-//! minutes) per key; keys per dimension are capped (the rest count as
-//! [`OTHER`]), and entities are kept in a bounded space-saving top-k whose
-//! counts decay with a one-minute time constant — memory never grows with the
-//! number of entities.
+//! event, one hash lookup; the tallies go into the buckets once per batch.
+//! Counts live in 5-second buckets (a ring covering 15 minutes) per key; keys
+//! per dimension are capped (the rest count as [`OTHER`]), and entities are
+//! kept in a bounded space-saving top-k whose counts decay with a one-minute
+//! time constant, fed a random sample of the state changes above
+//! [`SAMPLE_ABOVE`] per second — memory never grows with the number of
+//! entities. The same pass keeps the per-domain Prometheus counter.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
