@@ -1,7 +1,8 @@
 //! `deploy/prometheus` and `deploy/grafana`: the rules and dashboards name only metrics
 //! that exist (`src/monitor/metrics.rs`), the built-in default alerts all have a Prometheus
 //! twin, and every InfluxQL query of the dashboards runs on a real influxd holding what the
-//! pipeline wrote from the simulator (returning data where the simulator has that kind of entity).
+//! pipeline wrote from the simulator in the dashboard's schema mode (returning data where the
+//! simulator has that kind of entity).
 
 mod support;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use ha_ingestor::app;
 use ha_ingestor::config::Config;
+use ha_ingestor::monitor::metrics as names;
 use ha_ingestor::source::simulator::{Simulator, SimulatorConfig};
 use serde_json::Value;
 use support::{Influxd, wait_for};
@@ -292,6 +294,31 @@ fn dashboards_are_valid_and_name_existing_metrics() {
             }
         }
     }
+    // The ingestor's board shows the process metrics and the events by domain.
+    let ingestor = &boards
+        .iter()
+        .find(|(n, _)| n == "ha-ingestor.json")
+        .expect("ingestor board")
+        .1;
+    let shown: BTreeSet<String> = targets(ingestor)
+        .iter()
+        .flat_map(|(_, _, q)| used_metrics(q))
+        .collect();
+    for name in [
+        names::PROCESS_CPU_SECONDS,
+        names::PROCESS_RESIDENT_MEMORY,
+        names::PROCESS_OPEN_FDS,
+        names::PROCESS_MAX_FDS,
+        names::PROCESS_THREADS,
+        names::UPTIME,
+        names::BUILD_INFO,
+        names::PIPELINE_RECEIVED_EVENTS,
+    ] {
+        assert!(
+            shown.contains(name),
+            "ha-ingestor.json has no panel for {name}"
+        );
+    }
     // Provisioning files are YAML with what Grafana needs.
     let prov = root().join("deploy/grafana/provisioning");
     let ds: serde_yaml::Value = serde_yaml::from_str(
@@ -321,10 +348,11 @@ fn concrete(query: &str, measurement: &str) -> String {
         .replace("$entity", ".*")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn influxql_dashboards_run_on_what_the_pipeline_wrote() {
+/// A private influxd holding what the pipeline wrote from the simulator (60 entities of every
+/// kind, 1500 events), with `schema` as the config's `[schema]` section.
+async fn influxd_with_simulated_data(database: &str, schema: &str) -> Influxd {
     ha_ingestor::ensure_crypto_provider();
-    let influx = Influxd::start("dashboards").await;
+    let influx = Influxd::start(database).await;
     let token = "dash-token";
     let sim = Simulator::start(
         SimulatorConfig {
@@ -345,8 +373,8 @@ async fn influxql_dashboards_run_on_what_the_pipeline_wrote() {
         &config,
         format!(
             "data_dir = {:?}\n[homeassistant]\nurl = \"{}\"\ntoken = \"{token}\"\n\
-             [influxdb]\nurl = \"{}\"\ndatabase = \"dashboards\"\nflush_interval = \"200ms\"\n\
-             [monitor]\nenabled = false\n",
+             [influxdb]\nurl = \"{}\"\ndatabase = \"{database}\"\nflush_interval = \"200ms\"\n\
+             [monitor]\nenabled = false\n[schema]\n{schema}\n",
             dir.path().join("data"),
             sim.url(),
             influx.url(),
@@ -371,15 +399,21 @@ async fn influxql_dashboards_run_on_what_the_pipeline_wrote() {
     })
     .await;
     running.stop().await;
+    influx
+}
 
-    let run = |q: String| {
-        let influx = &influx;
-        async move {
-            let v = influx.query(&q).await;
-            assert!(v["results"][0]["error"].is_null(), "{q}: {v}");
-            v["results"][0]["series"].as_array().map_or(0, Vec::len)
-        }
-    };
+/// Runs an InfluxQL query; asserts it ran without error; returns how many series it gave.
+async fn series_of(influx: &Influxd, q: String) -> usize {
+    let v = influx.query(&q).await;
+    assert!(v["results"][0]["error"].is_null(), "{q}: {v}");
+    v["results"][0]["series"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn influxql_dashboards_run_on_what_the_pipeline_wrote() {
+    let influx = influxd_with_simulated_data("dashboards", "mode = \"homeassistant\"").await;
+
+    let run = |q: String| series_of(&influx, q);
     let boards = dashboards();
     let ha = &boards
         .iter()
@@ -415,19 +449,46 @@ async fn influxql_dashboards_run_on_what_the_pipeline_wrote() {
             assert!(run(concrete(q, "°C")).await > 0, "{q}");
         }
     }
-    // The optimized board's queries parse and run (this database holds the other schema, so
-    // they find nothing; tests of the optimized schema's own data live with that schema).
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optimized_dashboard_runs_on_what_the_optimized_schema_wrote() {
+    let influx = influxd_with_simulated_data("optimized", "mode = \"optimized\"").await;
+    let boards = dashboards();
     let opt = &boards
         .iter()
         .find(|(n, _)| n == "home-assistant-optimized.json")
         .expect("optimized board")
         .1;
-    for (_, _, q) in targets(opt) {
-        run(concrete(&q, "sensor__temperature")).await;
+    let mut returned = BTreeMap::new();
+    for (title, _, q) in targets(opt) {
+        let series = series_of(&influx, concrete(&q, "sensor__temperature")).await;
+        *returned.entry(title).or_insert(0) += series;
+    }
+    // The simulator has every kind of entity these panels read: each shows data.
+    for title in [
+        "$measurement: value of $entity",
+        "Temperature",
+        "Humidity",
+        "Power",
+        "Energy, last value",
+        "Light brightness",
+        "Thermostats: current and target",
+        "Last state of lights, switches and binary sensors",
+        "Events by type",
+        "Service calls",
+    ] {
+        assert!(
+            returned.get(title).copied().unwrap_or(0) > 0,
+            "{title}: no data in {returned:?}"
+        );
     }
     for var in opt["templating"]["list"].as_array().expect("variables") {
         if let Some(q) = var["query"].as_str().filter(|q| q.starts_with("SHOW")) {
-            run(concrete(q, "sensor__temperature")).await;
+            assert!(
+                series_of(&influx, concrete(q, "sensor__temperature")).await > 0,
+                "{q}"
+            );
         }
     }
 }

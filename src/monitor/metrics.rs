@@ -27,6 +27,8 @@ pub const SOURCE_UNRECOVERABLE_GAP_SECONDS: &str = "ha_ingestor_source_unrecover
 pub const SOURCE_LAG_SECONDS: &str = "ha_ingestor_source_lag_seconds";
 /// Gauge `{source}`: HA's `time_fired` of the last live event, as Unix seconds (`time() - it` is the last event's age).
 pub const SOURCE_LAST_EVENT_TIMESTAMP: &str = "ha_ingestor_source_last_event_timestamp_seconds";
+/// Counter `{domain}`: events the pipeline stage took in, by HA domain (the entity's; a service call's service domain); at most 64 domains, later ones as `_other`, events without one as `_none`.
+pub const PIPELINE_RECEIVED_EVENTS: &str = "ha_ingestor_pipeline_received_events_total";
 /// Counter `{reason}`: events the pipeline removed (`filtered`).
 pub const PIPELINE_DISCARDED: &str = "ha_ingestor_pipeline_discarded_events_total";
 /// Counter `{rule}`: events a filter rule decided (it was the first match); rule names come from the config.

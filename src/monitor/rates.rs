@@ -3,11 +3,13 @@
 //!
 //! Fed once per batch by the pipeline ([`Rates::observe`]): one lock, then per
 //! event a few string compares and, when the key changed from the previous
-//! event, one hash lookup. Counts live in 5-second buckets (a ring covering 15
-//! minutes) per key; keys per dimension are capped (the rest count as
-//! [`OTHER`]), and entities are kept in a bounded space-saving top-k whose
-//! counts decay with a one-minute time constant — memory never grows with the
-//! number of entities.
+//! event, one hash lookup; the tallies go into the buckets once per batch.
+//! Counts live in 5-second buckets (a ring covering 15 minutes) per key; keys
+//! per dimension are capped (the rest count as [`OTHER`]), and entities are
+//! kept in a bounded space-saving top-k whose counts decay with a one-minute
+//! time constant, fed a random sample of the state changes above
+//! [`SAMPLE_ABOVE`] per second — memory never grows with the number of
+//! entities. The same pass keeps the per-domain Prometheus counter.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::Totals;
+use super::metrics as names;
 use crate::event::{Event, EventKind};
 
 /// Width of one counting bucket.
@@ -32,6 +35,18 @@ pub const OTHER: &str = "(other)";
 pub const TRACKED_ENTITIES: usize = 64;
 /// Time constant of the entity counts' decay: their rates are per-minute averages.
 pub const ENTITY_TAU: Duration = Duration::from_secs(60);
+/// Entity events per second up to which the top-k counts every one; above, a random sample of about this many.
+pub const SAMPLE_ABOVE: f64 = 2000.0;
+/// Largest sampling stride of the top-k (one event in this many counted, on average).
+pub const MAX_STRIDE: u32 = 256;
+/// Events after which the top-k re-chooses its stride even before a second has passed.
+const STRIDE_EVENTS: u64 = 2048;
+/// Most distinct `domain` label values of [`names::PIPELINE_RECEIVED_EVENTS`]; later domains count as [`OTHER_DOMAIN`].
+pub const MAX_DOMAIN_LABELS: usize = 64;
+/// The `domain` label value of domains beyond [`MAX_DOMAIN_LABELS`] (HA domains never begin with `_`).
+pub const OTHER_DOMAIN: &str = "_other";
+/// The `domain` label value of events without a domain (bus events other than service calls, …).
+pub const NO_DOMAIN: &str = "_none";
 /// Samples of the totals kept for the write-rate windows and the history chart.
 const TOTAL_SAMPLES: usize = 1024;
 /// Least spacing between two kept total samples.
@@ -182,6 +197,9 @@ impl Series {
 }
 
 /// One dimension (source, domain, event type): bounded keys, each with its series.
+///
+/// Events are tallied per key in a plain array and added to the series once
+/// per batch ([`Dimension::flush`]), so the per-event work is finding the key.
 #[derive(Debug, Default)]
 struct Dimension {
     index: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
@@ -189,6 +207,10 @@ struct Dimension {
     series: Vec<Series>,
     /// The previous event's key and index: consecutive events mostly share it.
     last: Option<usize>,
+    /// Events per key in the current batch.
+    pending: Vec<u32>,
+    /// Keys with pending events, each once.
+    touched: Vec<usize>,
 }
 
 impl Dimension {
@@ -211,6 +233,7 @@ impl Dimension {
                     None => {
                         self.keys.push(name.into());
                         self.series.push(Series::new(epoch));
+                        self.pending.push(0);
                         self.index.insert(name.into(), self.keys.len() - 1);
                         self.keys.len() - 1
                     }
@@ -222,9 +245,24 @@ impl Dimension {
         i
     }
 
+    /// Tallies one event of `key`.
+    #[inline]
     fn add(&mut self, key: &str, epoch: u64) {
         let i = self.slot(key, epoch);
-        self.series[i].add(epoch, 1);
+        let n = &mut self.pending[i];
+        if *n == 0 {
+            self.touched.push(i);
+        }
+        *n = n.saturating_add(1);
+    }
+
+    /// Adds the batch's tallies to the series of bucket `epoch`.
+    fn flush(&mut self, epoch: u64) {
+        for &i in &self.touched {
+            self.series[i].add(epoch, self.pending[i]);
+            self.pending[i] = 0;
+        }
+        self.touched.clear();
     }
 
     fn report(&self, at: &WindowAt) -> BTreeMap<String, WindowRates> {
@@ -237,38 +275,141 @@ impl Dimension {
 }
 
 /// Space-saving top-k with exponential decay: bounded, estimates per-entity rates.
-#[derive(Debug, Default)]
+///
+/// Cheap per event: one hash of the entity id and one probe; a miss replaces the
+/// smallest entry in place (its id's allocation is reused). When entity events
+/// come faster than [`SAMPLE_ABOVE`] per second, only a random sample of about
+/// that many per second is counted, each weighted by the sampling stride, so the
+/// cost per event falls as the rate grows while the estimates stay unbiased.
+#[derive(Debug)]
 struct TopK {
-    index: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
-    entries: Vec<(Box<str>, f64)>,
+    /// Entry by the 64-bit hash of its entity id (the entry holds the id).
+    index: HashMap<u64, u32, foldhash::fast::RandomState>,
+    entries: Vec<Tracked>,
+    /// Hashes entity ids; fixed seed so runs are reproducible.
+    hasher: foldhash::fast::FixedState,
     /// The bucket of the last decay.
     decayed_at: u64,
+    /// Mean events between two counted ones (1: every event counts).
+    stride: u32,
+    /// Events still to pass over before the next counted one.
+    skip: u32,
+    /// State of the xorshift generator that draws the gaps between counted events.
+    rng: u64,
+    /// Entity events seen since `window_start`, for choosing the stride.
+    window_events: u64,
+    window_start: Option<Instant>,
+}
+
+/// One tracked entity.
+#[derive(Debug)]
+struct Tracked {
+    id: String,
+    hash: u64,
+    count: f64,
+}
+
+impl Default for TopK {
+    fn default() -> Self {
+        TopK {
+            index: HashMap::default(),
+            entries: Vec::with_capacity(TRACKED_ENTITIES),
+            hasher: foldhash::fast::FixedState::with_seed(0x5eed_7091_6e17_a11c),
+            decayed_at: 0,
+            stride: 1,
+            skip: 0,
+            rng: 0x9e37_79b9_7f4a_7c15,
+            window_events: 0,
+            window_start: None,
+        }
+    }
 }
 
 impl TopK {
+    /// Counts one event of `key`, or passes over it when sampling.
+    #[inline]
     fn add(&mut self, key: &str) {
-        if let Some(&i) = self.index.get(key) {
-            self.entries[i].1 += 1.0;
+        self.window_events += 1;
+        if self.skip > 0 {
+            self.skip -= 1;
+            return;
+        }
+        if self.stride > 1 {
+            // Gaps uniform in 0..=2(stride-1): a mean of stride-1 events passed over per counted one.
+            self.skip = (self.next_random() % (2 * u64::from(self.stride) - 1)) as u32;
+        }
+        self.count(key, f64::from(self.stride));
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64: plenty for spacing samples, and deterministic.
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
+
+    fn count(&mut self, key: &str, weight: f64) {
+        use std::hash::BuildHasher;
+        let hash = self.hasher.hash_one(key);
+        if let Some(&i) = self.index.get(&hash) {
+            let e = &mut self.entries[i as usize];
+            if e.id != key {
+                // Two ids with one 64-bit hash: the newcomer takes the entry over, as a
+                // space-saving replacement would (its count is an overestimate anyway).
+                e.id.clear();
+                e.id.push_str(key);
+            }
+            e.count += weight;
             return;
         }
         if self.entries.len() < TRACKED_ENTITIES {
-            self.entries.push((key.into(), 1.0));
-            self.index.insert(key.into(), self.entries.len() - 1);
+            self.index.insert(hash, self.entries.len() as u32);
+            self.entries.push(Tracked {
+                id: key.to_string(),
+                hash,
+                count: weight,
+            });
             return;
         }
         // Replace the smallest: the newcomer inherits its count (space-saving's overestimate).
-        let Some((i, min)) = self
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (i, e.1))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-        else {
+        let mut min_i = 0;
+        let mut min = f64::INFINITY;
+        for (i, e) in self.entries.iter().enumerate() {
+            if e.count < min {
+                min = e.count;
+                min_i = i;
+            }
+        }
+        let e = &mut self.entries[min_i];
+        self.index.remove(&e.hash);
+        e.id.clear();
+        e.id.push_str(key);
+        e.hash = hash;
+        e.count = min + weight;
+        self.index.insert(hash, min_i as u32);
+    }
+
+    /// Re-chooses the sampling stride from the entity event rate, at most once a second
+    /// or every [`STRIDE_EVENTS`] events.
+    fn pace(&mut self, now: Instant) {
+        let Some(start) = self.window_start else {
+            self.window_start = Some(now);
             return;
         };
-        let old = std::mem::replace(&mut self.entries[i], (key.into(), min + 1.0));
-        self.index.remove(&old.0);
-        self.index.insert(key.into(), i);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed < Duration::from_secs(1) && self.window_events < STRIDE_EVENTS {
+            return;
+        }
+        let rate = self.window_events as f64 / elapsed.as_secs_f64().max(1e-3);
+        self.stride = (rate / SAMPLE_ABOVE)
+            .ceil()
+            .clamp(1.0, f64::from(MAX_STRIDE)) as u32;
+        self.skip = self.skip.min(2 * (self.stride - 1));
+        self.window_events = 0;
+        self.window_start = Some(now);
     }
 
     fn decay(&mut self, epoch: u64) {
@@ -278,26 +419,69 @@ impl TopK {
         let steps = (epoch - self.decayed_at) as f64;
         let factor = (-steps * BUCKET.as_secs_f64() / ENTITY_TAU.as_secs_f64()).exp();
         for e in &mut self.entries {
-            e.1 *= factor;
+            e.count *= factor;
         }
         self.decayed_at = epoch;
     }
 
     /// The `show` busiest; `elapsed` is how long counting has run (seconds).
     fn top(&self, show: usize, elapsed: f64) -> Vec<EntityRate> {
-        let mut v: Vec<&(Box<str>, f64)> = self.entries.iter().collect();
-        v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut v: Vec<&Tracked> = self.entries.iter().collect();
+        v.sort_by(|a, b| b.count.total_cmp(&a.count).then_with(|| a.id.cmp(&b.id)));
         // A decaying count of a steady rate approaches rate × tau; before tau has passed,
         // rate × tau × (1 − e^(−elapsed/tau)).
         let tau = ENTITY_TAU.as_secs_f64();
         let span = tau * (1.0 - (-elapsed.max(BUCKET.as_secs_f64()) / tau).exp());
         v.into_iter()
             .take(show)
-            .map(|(k, c)| EntityRate {
-                entity_id: k.to_string(),
-                rate: c / span,
+            .map(|e| EntityRate {
+                entity_id: e.id.clone(),
+                rate: e.count / span,
             })
             .collect()
+    }
+}
+
+/// The Prometheus counter of events by domain ([`names::PIPELINE_RECEIVED_EVENTS`]):
+/// the first [`MAX_DOMAIN_LABELS`] domains get their own label value, later ones
+/// count under [`OTHER_DOMAIN`], events without a domain under [`NO_DOMAIN`].
+/// Added once per batch from the domain dimension's tallies.
+#[derive(Debug, Default)]
+struct DomainCounter {
+    /// One handle per key of the domain dimension (made when the key first counts).
+    handles: Vec<metrics::Counter>,
+    /// Events without a domain in the current batch.
+    none: u64,
+    none_handle: Option<metrics::Counter>,
+}
+
+impl DomainCounter {
+    /// Adds the batch's tallies of `domains` (before it flushes them) to the counters.
+    fn flush(&mut self, domains: &Dimension) {
+        for &slot in &domains.touched {
+            while self.handles.len() <= slot {
+                let i = self.handles.len();
+                let key = &domains.keys[i];
+                let label = if i < MAX_DOMAIN_LABELS && **key != *OTHER {
+                    key.to_string()
+                } else {
+                    OTHER_DOMAIN.to_string()
+                };
+                self.handles.push(metrics::counter!(
+                    names::PIPELINE_RECEIVED_EVENTS,
+                    "domain" => label
+                ));
+            }
+            self.handles[slot].increment(u64::from(domains.pending[slot]));
+        }
+        if self.none > 0 {
+            self.none_handle
+                .get_or_insert_with(
+                    || metrics::counter!(names::PIPELINE_RECEIVED_EVENTS, "domain" => NO_DOMAIN),
+                )
+                .increment(self.none);
+            self.none = 0;
+        }
     }
 }
 
@@ -341,6 +525,7 @@ struct Inner {
     domain: Dimension,
     event_type: Dimension,
     entities: TopK,
+    domain_counter: DomainCounter,
     samples: VecDeque<(Instant, Totals)>,
 }
 
@@ -352,6 +537,7 @@ impl Inner {
             domain: Dimension::default(),
             event_type: Dimension::default(),
             entities: TopK::default(),
+            domain_counter: DomainCounter::default(),
             samples: VecDeque::new(),
         }
     }
@@ -363,6 +549,7 @@ impl Inner {
     fn observe(&mut self, now: Instant, events: &[Event]) {
         let epoch = self.epoch(now);
         self.entities.decay(epoch);
+        self.entities.pace(now);
         for event in events {
             self.source.add(&event.source, epoch);
             self.event_type.add(event.event_type(), epoch);
@@ -371,13 +558,16 @@ impl Inner {
                     self.domain.add(sc.entity_id.domain(), epoch);
                     self.entities.add(sc.entity_id.as_str());
                 }
-                EventKind::Bus(bus) => {
-                    if let Some(domain) = bus.data.get("domain").and_then(|d| d.as_str()) {
-                        self.domain.add(domain, epoch);
-                    }
-                }
+                EventKind::Bus(bus) => match bus.data.get("domain").and_then(|d| d.as_str()) {
+                    Some(domain) => self.domain.add(domain, epoch),
+                    None => self.domain_counter.none += 1,
+                },
             }
         }
+        self.domain_counter.flush(&self.domain);
+        self.source.flush(epoch);
+        self.event_type.flush(epoch);
+        self.domain.flush(epoch);
     }
 
     fn sample(&mut self, now: Instant, totals: Totals) {
@@ -628,5 +818,156 @@ mod tests {
                 .iter()
                 .all(|p| (p.received - 10.0).abs() < 1e-9 && (p.written - 8.0).abs() < 1e-9)
         );
+    }
+
+    /// A skewed stream: 8 heavy entities with `heavy` of the events between them, the rest
+    /// spread over 5,000 light ones; `per_second` events for `seconds`, in batches of a
+    /// tenth of a second (20 different random batches, made once, taken in turn).
+    /// Returns the tracker, the end time and each heavy entity's true rate.
+    fn skewed(per_second: usize, seconds: u64, heavy: f64) -> (Inner, Instant, Vec<(String, f64)>) {
+        let t0 = Instant::now();
+        let mut inner = Inner::new(t0);
+        let mut rng = 0x1234_5678_9abc_def1u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let light: Vec<Event> = (0..5000)
+            .map(|i| state_change(&format!("sensor.light_{i}")))
+            .collect();
+        let heavy_ones: Vec<Event> = (0..8)
+            .map(|i| state_change(&format!("sensor.heavy_{i}")))
+            .collect();
+        let per_batch = per_second / 10;
+        let batches: Vec<Vec<Event>> = (0..20)
+            .map(|_| {
+                (0..per_batch)
+                    .map(|_| {
+                        let r = next();
+                        let pick = (r >> 32) as usize;
+                        if (r % 10_000) as f64 / 10_000.0 < heavy {
+                            heavy_ones[pick % heavy_ones.len()].clone()
+                        } else {
+                            light[pick % light.len()].clone()
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        for tenth in 0..seconds * 10 {
+            let batch = &batches[tenth as usize % batches.len()];
+            inner.observe(t0 + Duration::from_millis(tenth * 100), batch);
+        }
+        // The batches repeat every 2 s: an entity's rate is its events in them over 2 s.
+        let truth = heavy_ones
+            .iter()
+            .map(|h| {
+                let n = batches.iter().flatten().filter(|e| *e == h).count();
+                let id = h
+                    .entity_id()
+                    .map_or(String::new(), |id| id.as_str().to_string());
+                (id, n as f64 / 2.0)
+            })
+            .collect();
+        (inner, t0 + Duration::from_secs(seconds), truth)
+    }
+
+    fn check_heavy_hitters(inner: &mut Inner, now: Instant, truth: &[(String, f64)]) {
+        let snap = inner.snapshot(now, Totals::default(), 10);
+        for e in snap.top_entities.iter().take(truth.len()) {
+            let Some((_, rate)) = truth.iter().find(|(id, _)| *id == e.entity_id) else {
+                panic!(
+                    "{} is not a heavy one: {:?}",
+                    e.entity_id, snap.top_entities
+                );
+            };
+            // The decayed estimate of a steady rate (about 4 % low by the bucketed decay),
+            // with sampling noise: within 10 %.
+            assert!(
+                (e.rate - rate).abs() < 0.1 * rate,
+                "{} at {} /s, truly {rate}",
+                e.entity_id,
+                e.rate
+            );
+        }
+        // The next ones are light entities, far below (space-saving overestimates them:
+        // each of the other 56 entries carries about 1/56 of the light events).
+        let least = truth.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
+        let next = &snap.top_entities[truth.len()];
+        assert!(next.rate < least / 2.0, "{next:?} vs {least}");
+    }
+
+    #[test]
+    fn heavy_hitters_are_found_in_a_skewed_stream() {
+        // Slow enough that every event is counted: 500/s, 40 % on 8 entities (25/s each).
+        let (mut inner, now, truth) = skewed(500, 180, 0.4);
+        assert_eq!(inner.entities.stride, 1);
+        check_heavy_hitters(&mut inner, now, &truth);
+    }
+
+    #[test]
+    fn heavy_hitters_are_found_when_sampling() {
+        // 19,000/s: sampled about 1 in 10; 8 entities with 5 % each (950/s) among 5,000.
+        let (mut inner, now, truth) = skewed(19_000, 120, 0.4);
+        assert_eq!(inner.entities.stride, 10);
+        check_heavy_hitters(&mut inner, now, &truth);
+        // The per-domain rates are exact, not sampled.
+        let snap = inner.snapshot(now, Totals::default(), 1);
+        assert!(
+            (snap.domain["sensor"].m1 - 19_000.0).abs() < 1e-6,
+            "{:?}",
+            snap.domain
+        );
+    }
+
+    #[test]
+    fn sampling_follows_the_rate_down() {
+        let t0 = Instant::now();
+        let mut inner = Inner::new(t0);
+        let batch: Vec<Event> = (0..1100)
+            .map(|i| state_change(&format!("sensor.s{i}")))
+            .collect();
+        // About 157,000 events/s for two seconds (stride 79), then 10 events/s.
+        for ms in (0..2000).step_by(7) {
+            inner.observe(t0 + Duration::from_millis(ms), &batch);
+        }
+        assert_eq!(inner.entities.stride, 79);
+        let one = vec![state_change("sensor.quiet")];
+        for tenth in 0..30 {
+            inner.observe(t0 + Duration::from_millis(2000 + tenth * 100), &one);
+        }
+        assert_eq!(inner.entities.stride, 1);
+    }
+
+    #[test]
+    fn events_by_domain_are_counted_with_bounded_labels() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let t0 = Instant::now();
+        let mut inner = Inner::new(t0);
+        let mut batch: Vec<Event> = (0..100).map(|i| state_change(&format!("d{i}.e"))).collect();
+        batch.extend((0..5).map(|_| state_change("light.a")));
+        batch.push(bus("call_service", Some("light")));
+        batch.push(bus("automation_triggered", None));
+        metrics::with_local_recorder(&recorder, || {
+            inner.observe(t0, &batch);
+            inner.observe(t0, &batch[100..]);
+        });
+        let snap = crate::monitor::alerts::Snapshot::parse(&recorder.handle().render());
+        let name = names::PIPELINE_RECEIVED_EVENTS;
+        assert_eq!(snap.sum_where(name, "domain", "d0"), Some(1.0));
+        assert_eq!(snap.sum_where(name, "domain", "d63"), Some(1.0));
+        assert_eq!(snap.sum_where(name, "domain", "d64"), None);
+        // 36 domains past the 64th, then light: 37 label values' worth under one.
+        assert_eq!(
+            snap.sum_where(name, "domain", OTHER_DOMAIN),
+            Some(36.0 + 12.0)
+        );
+        assert_eq!(snap.sum_where(name, "domain", NO_DOMAIN), Some(2.0));
+        // Every event counted once.
+        assert_eq!(snap.sum(name), Some(107.0 + 7.0));
+        let labels = snap.series().iter().filter(|s| s.name == name).count();
+        assert_eq!(labels, MAX_DOMAIN_LABELS + 2);
     }
 }

@@ -201,11 +201,14 @@ pub enum Condition {
         #[serde(default = "default_min_increase")]
         min_increase: f64,
     },
-    /// The rate of a counter (events of a source, by default) deviates from its learned baseline.
+    /// The rate of a counter (events of a source, or of a domain) deviates from its learned baseline.
     Anomaly {
-        /// Counter whose rate is learned.
-        #[serde(default = "default_anomaly_metric")]
-        metric: String,
+        /// Counter whose rate is learned; unset: events received by source, or by domain when `domain` is set.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metric: Option<String>,
+        /// Watch the events of this Home Assistant domain (`light`): the pipeline's per-domain counter.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        domain: Option<String>,
         /// Only series with these label values (`source`, `event_type`, `domain` where a metric has it).
         #[serde(default)]
         labels: BTreeMap<String, String>,
@@ -238,9 +241,6 @@ fn default_window() -> Duration {
 }
 fn default_min_increase() -> f64 {
     1.0
-}
-fn default_anomaly_metric() -> String {
-    names::SOURCE_RECEIVED_EVENTS.to_string()
 }
 fn default_warmup() -> Duration {
     Duration::from_secs(3600)
@@ -470,7 +470,8 @@ pub fn builtin_rules() -> Vec<RuleConfig> {
         rule(
             "event_rate_anomaly",
             Condition::Anomaly {
-                metric: default_anomaly_metric(),
+                metric: Some(names::SOURCE_RECEIVED_EVENTS.to_string()),
+                domain: None,
                 labels: BTreeMap::from([("source".to_string(), default_source())]),
                 window: default_window(),
                 warmup: Duration::from_secs(6 * 3600),
@@ -483,6 +484,33 @@ pub fn builtin_rules() -> Vec<RuleConfig> {
             Severity::Warning,
         ),
     ]
+}
+
+impl Condition {
+    /// The counter an `anomaly` condition learns and the labels that select its series
+    /// (`domain` folded in); `None` for other conditions.
+    pub fn anomaly_series(&self) -> Option<(&str, BTreeMap<String, String>)> {
+        let Condition::Anomaly {
+            metric,
+            domain,
+            labels,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let mut labels = labels.clone();
+        if let Some(domain) = domain {
+            labels.insert("domain".to_string(), domain.clone());
+        }
+        let default = if domain.is_some() {
+            names::PIPELINE_RECEIVED_EVENTS
+        } else {
+            names::SOURCE_RECEIVED_EVENTS
+        };
+        let metric = metric.as_deref().unwrap_or(default);
+        Some((metric, labels))
+    }
 }
 
 impl AlertsConfig {
@@ -635,6 +663,9 @@ impl Condition {
             }
             Condition::DeadLetters { window, .. } => positive(window, "window"),
             Condition::Anomaly {
+                metric,
+                domain,
+                labels,
                 window,
                 half_life,
                 z,
@@ -644,6 +675,26 @@ impl Condition {
                 positive(half_life, "half_life")?;
                 if z.is_nan() || *z <= 0.0 {
                     return Err("z must be above 0".into());
+                }
+                if metric.as_ref().is_some_and(String::is_empty) {
+                    return Err("metric must not be empty".into());
+                }
+                if let Some(domain) = domain {
+                    if domain.is_empty() {
+                        return Err("domain must not be empty".into());
+                    }
+                    if metric
+                        .as_ref()
+                        .is_some_and(|m| m != names::PIPELINE_RECEIVED_EVENTS)
+                    {
+                        return Err(format!(
+                            "domain reads {}; leave metric out",
+                            names::PIPELINE_RECEIVED_EVENTS
+                        ));
+                    }
+                    if labels.get("domain").is_some_and(|d| d != domain) {
+                        return Err("labels.domain differs from domain".into());
+                    }
                 }
                 Ok(())
             }
@@ -748,6 +799,44 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn an_anomaly_rule_can_watch_a_domain() {
+        let c = parse(
+            r#"[[rules]]
+            name = "lights"
+            condition = { type = "anomaly", domain = "light", labels = { source = "homeassistant" } }"#,
+        );
+        c.validate().expect("valid");
+        let rule = c.effective_rules().pop().expect("rule");
+        let (metric, labels) = rule.condition.anomaly_series().expect("anomaly");
+        assert_eq!(metric, names::PIPELINE_RECEIVED_EVENTS);
+        assert_eq!(
+            labels,
+            BTreeMap::from([
+                ("domain".to_string(), "light".to_string()),
+                ("source".to_string(), "homeassistant".to_string())
+            ])
+        );
+        // Without a domain: the source's received events, as before.
+        let builtin = builtin_rules().pop().expect("anomaly built-in");
+        let (metric, labels) = builtin.condition.anomaly_series().expect("anomaly");
+        assert_eq!(metric, names::SOURCE_RECEIVED_EVENTS);
+        assert_eq!(labels["source"], "homeassistant");
+        // A domain with another metric, or another domain label, is refused.
+        let key = |text: &str| parse(text).validate().expect_err("invalid").0;
+        for cond in [
+            r#"{ type = "anomaly", domain = "light", metric = "ha_ingestor_sink_sent_points_total" }"#,
+            r#"{ type = "anomaly", domain = "light", labels = { domain = "switch" } }"#,
+            r#"{ type = "anomaly", domain = "" }"#,
+        ] {
+            assert_eq!(
+                key(&format!("[[rules]]\nname = \"r\"\ncondition = {cond}")),
+                "alerts.rules[0].condition",
+                "{cond}"
+            );
+        }
     }
 
     #[test]

@@ -386,12 +386,11 @@ impl Rule {
                     ),
                 }
             }
-            Condition::Anomaly {
-                metric,
-                labels,
-                window,
-                ..
-            } => {
+            Condition::Anomaly { window, .. } => {
+                let Some((metric, labels)) = self.cfg.condition.anomaly_series() else {
+                    return inactive("no anomaly condition".to_string());
+                };
+                let metric = metric.to_string();
                 let v = snap.select(&metric, &labels, Aggregate::Sum).unwrap_or(0.0);
                 self.remember(now, v, window);
                 let rate = match self.increase() {

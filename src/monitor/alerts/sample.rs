@@ -35,6 +35,11 @@ impl Snapshot {
         Snapshot { series }
     }
 
+    /// Every series, in the order read.
+    pub fn series(&self) -> &[Series] {
+        &self.series
+    }
+
     /// Parses Prometheus text exposition; lines it cannot read are skipped.
     pub fn parse(text: &str) -> Self {
         Snapshot {
