@@ -198,8 +198,14 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         let buffer = open_buffer(cfg).await?;
         // Also sets the capacity gauge the alert rules read.
         register_buffer_probe(&stats, &buffer, &cfg.buffer);
-        let (sink_rxs, acks, buffered) =
-            start_buffer(buffer, chunk_rx, &stats, &handoff, &target_names)?;
+        let (sink_rxs, acks, buffered) = start_buffer(
+            buffer,
+            chunk_rx,
+            &stats,
+            &handoff,
+            &target_names,
+            tasks::group_commit_for(cfg),
+        )?;
         (
             sink_rxs,
             acks.into_iter().map(Some).collect(),
@@ -410,6 +416,7 @@ fn start_buffer(
     stats: &Arc<Stats>,
     handoff: &Arc<Handoff>,
     names: &[String],
+    group_commit: Option<Duration>,
 ) -> Result<(TargetInputs, Vec<Acks>, Buffered), StartError> {
     let targets = names.len();
     // With several targets each resumes after its own saved position (one target needs none:
@@ -443,6 +450,7 @@ fn start_buffer(
         pending,
         handoff.clone(),
         release_token.clone(),
+        group_commit,
     ));
     let mut sink_rxs = Vec::with_capacity(targets);
     let mut feeders = Vec::with_capacity(targets);

@@ -235,32 +235,66 @@ pub async fn feed_from(
 }
 
 /// How long upstream marks wait for their record to become durable before the releaser
-/// commits it itself (a group commit), instead of waiting for the next `fsync_interval` tick.
+/// commits it itself (a group commit), instead of waiting for the next `fsync_interval` tick,
+/// when a source's in-flight window is small.
 ///
 /// An MQTT broker lets only a bounded number of messages wait for acknowledgement
 /// (Mosquitto: 20 for MQTT 3.1.1 clients); holding them for a whole second would cap
 /// throughput at that many messages per second. Measured cost in `docs/mqtt.md`.
 pub const GROUP_COMMIT: Duration = Duration::from_millis(20);
 
+/// The group commit when every source's window is wide ([`WIDE_WINDOW`] or more in flight).
+///
+/// Each commit is an fsync; at 20 ms that is 50 a second whatever the message rate, about a
+/// quarter of the ingestor's CPU at 5,000 MQTT messages/s (docs/BENCHMARKS.md). A window of
+/// 5,000 messages acknowledged every 100 ms still allows 50,000 messages/s.
+pub const GROUP_COMMIT_WIDE: Duration = Duration::from_millis(100);
+
+/// The smallest in-flight window for which [`GROUP_COMMIT_WIDE`] is used.
+pub const WIDE_WINDOW: u32 = 5_000;
+
+/// The releaser's group commit for a configuration: `None` when no source waits for
+/// acknowledgements (the Home Assistant cursor is content with the `fsync_interval` tick),
+/// [`GROUP_COMMIT_WIDE`] when every MQTT broker is MQTT 5 with a wide `receive_maximum`,
+/// else [`GROUP_COMMIT`].
+pub fn group_commit_for(cfg: &crate::config::Config) -> Option<Duration> {
+    use crate::config::MqttProtocol;
+    if cfg.mqtt.is_empty() {
+        return None;
+    }
+    let wide = cfg.mqtt.iter().all(|m| {
+        matches!(m.protocol, MqttProtocol::V5) && u32::from(m.receive_maximum) >= WIDE_WINDOW
+    });
+    Some(if wide {
+        GROUP_COMMIT_WIDE
+    } else {
+        GROUP_COMMIT
+    })
+}
+
 /// The releaser: as records become durable, releases the upstream marks waiting on them; ends with `stop`.
 ///
 /// While marks wait on records that are not durable yet, it makes them durable itself
-/// after [`GROUP_COMMIT`] (one fsync for everything appended meanwhile).
+/// after `group_commit` (one fsync for everything appended meanwhile); with `None` they
+/// wait for the buffer's own `fsync_interval` tick.
 pub async fn release(
     buffer: Buffer,
     pending: Arc<PendingMarks>,
     handoff: Arc<Handoff>,
     stop: CancellationToken,
+    group_commit: Option<Duration>,
 ) {
     let mut durable = buffer.subscribe_durable();
     loop {
         let seq = *durable.borrow_and_update();
         handoff.release(&pending.take_through(seq));
-        let waiting = pending.is_waiting();
+        // With a group commit: sleep it out while marks wait, else wake when marks are added.
+        // Without: only the buffer's own syncs (`durable`) release marks.
+        let forced = group_commit.filter(|_| pending.is_waiting());
         tokio::select! {
             changed = durable.changed() => if changed.is_err() { return },
-            _ = pending.added.notified(), if !waiting => {}
-            _ = tokio::time::sleep(GROUP_COMMIT), if waiting => {
+            _ = pending.added.notified(), if group_commit.is_some() && forced.is_none() => {}
+            _ = tokio::time::sleep(forced.unwrap_or(GROUP_COMMIT)), if forced.is_some() => {
                 let b = buffer.clone();
                 match tokio::task::spawn_blocking(move || b.sync()).await {
                     Ok(Ok(_)) => {}

@@ -583,6 +583,7 @@ async fn upstream_marks_are_released_only_once_their_record_is_durable() {
         pending,
         handoff.clone(),
         stop.clone(),
+        None,
     ));
 
     let mut with_points = chunk("a", 3);
@@ -624,6 +625,85 @@ async fn upstream_marks_are_released_only_once_their_record_is_durable() {
         .expect("appender ends");
     stop.cancel();
     releaser.await.expect("releaser ends");
+}
+
+/// With a group commit, waiting marks make their record durable themselves, long before the
+/// buffer's own `fsync_interval` tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_commit_makes_waiting_marks_durable_without_the_tick() {
+    use crate::handoff::Handoff;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::from_secs(3600))).expect("open");
+    let handoff = Handoff::new();
+    let mut tracker = handoff.register("mqtt:test");
+    let pending = Arc::new(tasks::PendingMarks::default());
+    let stats = Arc::new(crate::monitor::Stats::default());
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let appender =
+        tasks::spawn_appender(buffer.clone(), rx, stats, pending.clone()).expect("appender starts");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let releaser = tokio::spawn(tasks::release(
+        buffer.clone(),
+        pending,
+        handoff.clone(),
+        stop.clone(),
+        Some(tasks::GROUP_COMMIT_WIDE),
+    ));
+    let mut with_points = chunk("a", 3);
+    with_points.marks.note(tracker.mark());
+    tx.send(with_points).await.expect("send");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), tracker.wait_safe(1))
+            .await
+            .expect("released by the group commit, not the hour-long tick"),
+        "the mark is released"
+    );
+    assert!(buffer.durable_seq() >= 1, "the record was made durable");
+    drop(tx);
+    tokio::task::spawn_blocking(move || appender.join())
+        .await
+        .expect("join")
+        .expect("appender ends");
+    stop.cancel();
+    releaser.await.expect("releaser ends");
+}
+
+#[test]
+fn the_group_commit_follows_the_narrowest_mqtt_window() {
+    use crate::config::{Config, MqttConfig, MqttProtocol};
+    let mqtt = |protocol, receive_maximum| MqttConfig {
+        protocol,
+        receive_maximum,
+        ..MqttConfig::new("mqtt://127.0.0.1:1883")
+    };
+    let with = |brokers: Vec<MqttConfig>| Config {
+        mqtt: brokers,
+        ..Config::default()
+    };
+    let cases = [
+        ("no MQTT: the fsync tick suffices", with(vec![]), None),
+        (
+            "MQTT 5, default window",
+            with(vec![mqtt(MqttProtocol::V5, u16::MAX)]),
+            Some(tasks::GROUP_COMMIT_WIDE),
+        ),
+        (
+            "MQTT 5, a narrow window",
+            with(vec![mqtt(MqttProtocol::V5, 100)]),
+            Some(tasks::GROUP_COMMIT),
+        ),
+        (
+            "one MQTT 3.1.1 broker among MQTT 5 ones",
+            with(vec![
+                mqtt(MqttProtocol::V5, u16::MAX),
+                mqtt(MqttProtocol::V311, u16::MAX),
+            ]),
+            Some(tasks::GROUP_COMMIT),
+        ),
+    ];
+    for (name, config, want) in cases {
+        assert_eq!(tasks::group_commit_for(&config), want, "{name}");
+    }
 }
 
 #[test]
