@@ -564,27 +564,76 @@ async fn the_feeder_sends_in_order_and_wakes_on_appends_and_acks_remove() {
     assert!(rx.recv().await.is_none(), "nothing sent twice");
 }
 
+/// A buffer whose own `fsync_interval` tick never comes (an hour), with its appender and the
+/// marks releaser running: what the tests of upstream marks need.
+struct MarksRig {
+    _dir: tempfile::TempDir,
+    buffer: Buffer,
+    tracker: crate::handoff::Tracker,
+    tx: tokio::sync::mpsc::Sender<Chunk>,
+    appender: std::thread::JoinHandle<()>,
+    stop: tokio_util::sync::CancellationToken,
+    releaser: tokio::task::JoinHandle<()>,
+}
+
+impl MarksRig {
+    fn start(group_commit: Option<Duration>) -> MarksRig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::from_secs(3600))).expect("open");
+        let handoff = crate::handoff::Handoff::new();
+        let tracker = handoff.register("mqtt:test");
+        let pending = Arc::new(tasks::PendingMarks::default());
+        let stats = Arc::new(crate::monitor::Stats::default());
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let appender = tasks::spawn_appender(buffer.clone(), rx, stats, pending.clone())
+            .expect("appender starts");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let releaser = tokio::spawn(tasks::release(
+            buffer.clone(),
+            pending,
+            handoff,
+            stop.clone(),
+            group_commit,
+        ));
+        MarksRig {
+            _dir: dir,
+            buffer,
+            tracker,
+            tx,
+            appender,
+            stop,
+            releaser,
+        }
+    }
+
+    async fn finish(
+        tx: tokio::sync::mpsc::Sender<Chunk>,
+        appender: std::thread::JoinHandle<()>,
+        stop: tokio_util::sync::CancellationToken,
+        releaser: tokio::task::JoinHandle<()>,
+    ) {
+        drop(tx);
+        tokio::task::spawn_blocking(move || appender.join())
+            .await
+            .expect("join")
+            .expect("appender ends");
+        stop.cancel();
+        releaser.await.expect("releaser ends");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_marks_are_released_only_once_their_record_is_durable() {
-    use crate::handoff::Handoff;
-    let dir = tempfile::tempdir().expect("tempdir");
     // Nothing becomes durable by itself during the test: only the explicit sync does.
-    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::from_secs(3600))).expect("open");
-    let handoff = Handoff::new();
-    let mut tracker = handoff.register("mqtt:test");
-    let pending = Arc::new(tasks::PendingMarks::default());
-    let stats = Arc::new(crate::monitor::Stats::default());
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let appender =
-        tasks::spawn_appender(buffer.clone(), rx, stats, pending.clone()).expect("appender starts");
-    let stop = tokio_util::sync::CancellationToken::new();
-    let releaser = tokio::spawn(tasks::release(
-        buffer.clone(),
-        pending,
-        handoff.clone(),
-        stop.clone(),
-        None,
-    ));
+    let MarksRig {
+        _dir,
+        buffer,
+        mut tracker,
+        tx,
+        appender,
+        stop,
+        releaser,
+    } = MarksRig::start(None);
 
     let mut with_points = chunk("a", 3);
     with_points.marks.note(tracker.mark());
@@ -618,37 +667,22 @@ async fn upstream_marks_are_released_only_once_their_record_is_durable() {
             .expect("released within the deadline"),
         "both marks released after the sync"
     );
-    drop(tx);
-    tokio::task::spawn_blocking(move || appender.join())
-        .await
-        .expect("join")
-        .expect("appender ends");
-    stop.cancel();
-    releaser.await.expect("releaser ends");
+    MarksRig::finish(tx, appender, stop, releaser).await;
 }
 
 /// With a group commit, waiting marks make their record durable themselves, long before the
 /// buffer's own `fsync_interval` tick.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_commit_makes_waiting_marks_durable_without_the_tick() {
-    use crate::handoff::Handoff;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::from_secs(3600))).expect("open");
-    let handoff = Handoff::new();
-    let mut tracker = handoff.register("mqtt:test");
-    let pending = Arc::new(tasks::PendingMarks::default());
-    let stats = Arc::new(crate::monitor::Stats::default());
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let appender =
-        tasks::spawn_appender(buffer.clone(), rx, stats, pending.clone()).expect("appender starts");
-    let stop = tokio_util::sync::CancellationToken::new();
-    let releaser = tokio::spawn(tasks::release(
-        buffer.clone(),
-        pending,
-        handoff.clone(),
-        stop.clone(),
-        Some(tasks::GROUP_COMMIT_WIDE),
-    ));
+    let MarksRig {
+        _dir,
+        buffer,
+        mut tracker,
+        tx,
+        appender,
+        stop,
+        releaser,
+    } = MarksRig::start(Some(tasks::GROUP_COMMIT_WIDE));
     let mut with_points = chunk("a", 3);
     with_points.marks.note(tracker.mark());
     tx.send(with_points).await.expect("send");
@@ -659,13 +693,7 @@ async fn a_group_commit_makes_waiting_marks_durable_without_the_tick() {
         "the mark is released"
     );
     assert!(buffer.durable_seq() >= 1, "the record was made durable");
-    drop(tx);
-    tokio::task::spawn_blocking(move || appender.join())
-        .await
-        .expect("join")
-        .expect("appender ends");
-    stop.cancel();
-    releaser.await.expect("releaser ends");
+    MarksRig::finish(tx, appender, stop, releaser).await;
 }
 
 #[test]
