@@ -749,6 +749,23 @@ pub struct EventMeta {
 pub const STATE_CHANGED: &str = "state_changed";
 
 impl Event {
+    /// A state as a `state_changed` event with no old state, at the state's `last_updated` and with its
+    /// context: how snapshots, MQTT decoders, migrations and generated histories hand on a state.
+    pub fn from_state(source: SourceId, state: State) -> Event {
+        Event {
+            meta: EventMeta::default(),
+            source,
+            time_fired: state.last_updated,
+            origin: Origin::Local,
+            context: state.context.clone().unwrap_or_default(),
+            kind: EventKind::StateChanged(Box::new(StateChanged {
+                entity_id: state.entity_id.clone(),
+                old_state: None,
+                new_state: Some(state),
+            })),
+        }
+    }
+
     /// HA's `event_type`.
     pub fn event_type(&self) -> &str {
         match &self.kind {

@@ -32,7 +32,7 @@ use crate::config::{
     DownsampleConfig, FilterConfig, InfluxConfig, RetentionConfig, SchemaConfig, SchemaMode,
     TierAggregate, TierConfig, parse_keep,
 };
-use crate::event::{Context, EntityId, Event, EventKind, Origin, State, StateChanged, Timestamp};
+use crate::event::{EntityId, Event, State, Timestamp};
 use crate::pipeline::{Outcome, Pipeline};
 
 /// Lines per write request: InfluxDB's recommended batch size.
@@ -427,26 +427,18 @@ fn generate(
             _ => Default::default(),
         };
         let ts = Timestamp::from_nanos(t);
-        let event = Event {
-            meta: Default::default(),
-            source: source.clone(),
-            time_fired: ts,
-            origin: Origin::Local,
-            context: Context::default(),
-            kind: EventKind::StateChanged(Box::new(StateChanged {
+        let event = Event::from_state(
+            source.clone(),
+            State {
                 entity_id: sim.id.clone(),
-                old_state: None,
-                new_state: Some(State {
-                    entity_id: sim.id.clone(),
-                    state,
-                    attributes,
-                    last_changed: ts,
-                    last_reported: None,
-                    last_updated: ts,
-                    context: None,
-                }),
-            })),
-        };
+                state,
+                attributes,
+                last_changed: ts,
+                last_reported: None,
+                last_updated: ts,
+                context: None,
+            },
+        );
         each(&event)?;
         events += 1;
         // Exponential gaps around the entity's mean, at least one second.
@@ -1498,6 +1490,7 @@ pub fn render_text(r: &BenchReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::EventKind;
 
     fn history(seed: u64) -> Vec<(String, String, i64)> {
         let opts = BenchOptions {

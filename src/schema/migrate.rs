@@ -30,10 +30,7 @@ use serde_json::Value;
 use super::analyze::{MeasurementKind, measurement_kind};
 use super::influxql::{InfluxQl, QueryError, Series, ident};
 use crate::config::SchemaConfig;
-use crate::event::{
-    Attributes, Context, EntityId, Event, EventKind, EventMeta, Origin, State, StateChanged,
-    Timestamp,
-};
+use crate::event::{Attributes, EntityId, Event, State, Timestamp};
 use crate::sink::line_protocol::LineBuilder;
 use crate::sink::schema::{Encoded, Encoder, SchemaError};
 
@@ -317,26 +314,18 @@ fn rebuild(
         attributes.insert(name.to_string(), value);
     }
     let ts = Timestamp(time);
-    Some(Event {
-        source: Arc::from("migrate"),
-        time_fired: ts,
-        origin: Origin::Local,
-        context: Context::default(),
-        kind: EventKind::StateChanged(Box::new(StateChanged {
-            entity_id: entity_id.clone(),
-            old_state: None,
-            new_state: Some(State {
-                entity_id,
-                state,
-                attributes,
-                last_changed: ts,
-                last_reported: None,
-                last_updated: ts,
-                context: None,
-            }),
-        })),
-        meta: EventMeta::default(),
-    })
+    Some(Event::from_state(
+        Arc::from("migrate"),
+        State {
+            entity_id,
+            state,
+            attributes,
+            last_changed: ts,
+            last_reported: None,
+            last_updated: ts,
+            context: None,
+        },
+    ))
 }
 
 /// A row of the events measurement as its line, unchanged.
@@ -661,6 +650,7 @@ fn collect_rows(s: &Series, out: &mut Stored) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::EventKind;
 
     #[test]
     fn our_lines_parse_back() {

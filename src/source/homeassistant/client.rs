@@ -77,9 +77,7 @@ use super::history;
 use super::protocol::{ClientMessage, ErrorInfo, Features};
 use crate::config::{HaSubscription, HomeAssistantConfig};
 use crate::dead_letter::DeadLetter;
-use crate::event::{
-    EntityId, Event, EventKind, Origin, STATE_CHANGED, SourceId, State, StateChanged, Timestamp,
-};
+use crate::event::{EntityId, Event, STATE_CHANGED, SourceId, State, StateChanged, Timestamp};
 use crate::monitor::Stats;
 use crate::monitor::metrics::{
     SOURCE_BACKFILLED_POINTS, SOURCE_CONNECTED, SOURCE_CONNECTS, SOURCE_ERRORS, SOURCE_GAP_SECONDS,
@@ -1097,18 +1095,7 @@ fn states_from_result(
 
 /// A current state as a `state_changed` event at HA's own `last_updated`, so re-writing it is idempotent.
 fn snapshot_event(state: State, source: &SourceId) -> Event {
-    Event {
-        meta: Default::default(),
-        source: source.clone(),
-        time_fired: state.last_updated,
-        origin: Origin::Local,
-        context: state.context.clone().unwrap_or_default(),
-        kind: EventKind::StateChanged(Box::new(StateChanged {
-            entity_id: state.entity_id.clone(),
-            old_state: None,
-            new_state: Some(state),
-        })),
-    }
+    Event::from_state(source.clone(), state)
 }
 
 /// Hands every current state on as a snapshot event; false when the pipeline closed its channel.

@@ -24,8 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::event::{
-    Attributes, Context, Event, EventKind, EventMeta, Origin, SourceId, State, StateChanged,
-    Timestamp,
+    Attributes, Context, Event, EventKind, EventMeta, Origin, SourceId, State, Timestamp,
 };
 use crate::source::mqtt::topic::{self, Capture, Pattern, Router, TopicError};
 
@@ -481,29 +480,20 @@ fn state_event(
     last_changed: Timestamp,
     retained: bool,
 ) -> Event {
-    Event {
-        source: sub.source.clone(),
-        time_fired: time,
-        origin: Origin::Local,
-        context: Context::default(),
-        kind: EventKind::StateChanged(Box::new(StateChanged {
-            entity_id: entity_id.clone(),
-            old_state: None,
-            new_state: Some(State {
-                entity_id,
-                state,
-                attributes,
-                last_changed,
-                last_reported: None,
-                last_updated: time,
-                context: None,
-            }),
-        })),
-        meta: EventMeta {
-            mark: crate::handoff::Mark::NONE,
-            retained,
+    let mut event = Event::from_state(
+        sub.source.clone(),
+        State {
+            entity_id,
+            state,
+            attributes,
+            last_changed,
+            last_reported: None,
+            last_updated: time,
+            context: None,
         },
-    }
+    );
+    event.meta.retained = retained;
+    event
 }
 
 /// A bus event of the subscription's `event_type`.
