@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::config::{InfluxApi, InfluxConfig};
+use crate::sink::influxdb::Auth;
 
 /// Largest error body kept from a reply.
 const MAX_ERROR_BODY: usize = 4096;
@@ -98,13 +99,6 @@ pub fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-#[derive(Clone)]
-enum Auth {
-    None,
-    Basic { user: String, password: String },
-    Token(String),
-}
-
 /// An InfluxQL connection to one server and database; cheap to clone.
 #[derive(Clone)]
 pub struct InfluxQl {
@@ -134,25 +128,11 @@ impl InfluxQl {
                 "influxdb.url: scheme must be http or https".into(),
             ));
         }
-        let (database, auth) = match cfg.api {
-            InfluxApi::V1 => (
-                cfg.database.clone().unwrap_or_default(),
-                match (&cfg.username, &cfg.password) {
-                    (Some(user), Some(password)) => Auth::Basic {
-                        user: user.clone(),
-                        password: password.clone(),
-                    },
-                    _ => Auth::None,
-                },
-            ),
-            InfluxApi::V2 => (
-                cfg.bucket.clone().unwrap_or_default(),
-                match &cfg.token {
-                    Some(t) if !t.is_empty() => Auth::Token(t.clone()),
-                    _ => Auth::None,
-                },
-            ),
+        let database = match cfg.api {
+            InfluxApi::V1 => cfg.database.clone().unwrap_or_default(),
+            InfluxApi::V2 => cfg.bucket.clone().unwrap_or_default(),
         };
+        let auth = Auth::from_config(cfg);
         if database.is_empty() {
             return Err(QueryError::Config(
                 "influxdb.database (v1) or influxdb.bucket (v2) is required".into(),
@@ -191,11 +171,7 @@ impl InfluxQl {
     }
 
     fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.auth {
-            Auth::None => req,
-            Auth::Basic { user, password } => req.basic_auth(user, Some(password)),
-            Auth::Token(t) => req.header(reqwest::header::AUTHORIZATION, format!("Token {t}")),
-        }
+        self.auth.apply(req)
     }
 
     fn transport(&self, e: reqwest::Error) -> QueryError {

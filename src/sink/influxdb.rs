@@ -138,11 +138,40 @@ fn status_kind(code: u16) -> &'static str {
     }
 }
 
+/// How requests to one InfluxDB authenticate; shared by the writer and the InfluxQL tools.
 #[derive(Clone)]
-enum Auth {
+pub(crate) enum Auth {
     None,
     Basic { user: String, password: String },
     Token(String),
+}
+
+impl Auth {
+    /// v1: basic auth when both user and password are set; v2: the token when it is not empty.
+    pub(crate) fn from_config(cfg: &InfluxConfig) -> Auth {
+        match cfg.api {
+            InfluxApi::V1 => match (&cfg.username, &cfg.password) {
+                (Some(user), Some(password)) => Auth::Basic {
+                    user: user.clone(),
+                    password: password.clone(),
+                },
+                _ => Auth::None,
+            },
+            InfluxApi::V2 => match &cfg.token {
+                Some(t) if !t.is_empty() => Auth::Token(t.clone()),
+                _ => Auth::None,
+            },
+        }
+    }
+
+    /// Adds the credentials to a request.
+    pub(crate) fn apply(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self {
+            Auth::None => req,
+            Auth::Basic { user, password } => req.basic_auth(user, Some(password)),
+            Auth::Token(t) => req.header(reqwest::header::AUTHORIZATION, format!("Token {t}")),
+        }
+    }
 }
 
 /// Sends line protocol to one InfluxDB; cheap to clone (the HTTP client is shared).
@@ -232,23 +261,12 @@ impl InfluxWriter {
         let mut write_url = url::Url::parse(&format!("{base}{path}"))
             .map_err(|e| WriteError::Config(format!("influxdb.url: {e}")))?;
         write_url.query_pairs_mut().extend_pairs(query);
-        let auth = match cfg.api {
-            InfluxApi::V1 => match (&cfg.username, &cfg.password) {
-                (Some(user), Some(password)) => Auth::Basic {
-                    user: user.clone(),
-                    password: password.clone(),
-                },
-                _ => Auth::None,
-            },
-            InfluxApi::V2 => match &cfg.token {
-                Some(t) if !t.is_empty() => Auth::Token(t.clone()),
-                _ => {
-                    return Err(WriteError::Config(
-                        "influxdb.token is required with api = \"v2\"".into(),
-                    ));
-                }
-            },
-        };
+        let auth = Auth::from_config(cfg);
+        if cfg.api == InfluxApi::V2 && matches!(auth, Auth::None) {
+            return Err(WriteError::Config(
+                "influxdb.token is required with api = \"v2\"".into(),
+            ));
+        }
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls_config(&cfg.tls)?)
             .timeout(cfg.timeout)
@@ -279,11 +297,7 @@ impl InfluxWriter {
     }
 
     fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.auth {
-            Auth::None => req,
-            Auth::Basic { user, password } => req.basic_auth(user, Some(password)),
-            Auth::Token(t) => req.header(reqwest::header::AUTHORIZATION, format!("Token {t}")),
-        }
+        self.auth.apply(req)
     }
 
     fn transport(&self, url: &str, e: reqwest::Error) -> WriteError {
