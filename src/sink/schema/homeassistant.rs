@@ -43,7 +43,7 @@ use serde_json::Value;
 use super::pyrepr::{digit_tail, py_float, value_as_float, write_py_str};
 use super::{Encoded, PointOverrides, SchemaError, Scratch, SkipReason};
 use crate::config::{ComponentOverride, MeasurementAttr, SchemaConfig};
-use crate::event::{EntityId, StateChanged, Timestamp};
+use crate::event::{EntityId, State, Timestamp};
 use crate::sink::line_protocol::LineBuilder;
 
 /// A slice of the scratch text.
@@ -267,21 +267,15 @@ impl StateEncoder {
         })
     }
 
-    /// Appends the point for one state change, or says why there is none.
+    /// Appends the point for a state change's new state (one [`super::writable_state`] let through).
     pub(crate) fn encode(
         &mut self,
-        sc: &StateChanged,
+        state: &State,
         time_fired: Timestamp,
         overrides: Option<&PointOverrides>,
         scratch: &mut Scratch,
         out: &mut String,
     ) -> Encoded {
-        let Some(state) = &sc.new_state else {
-            return Encoded::Skipped(SkipReason::EntityRemoved);
-        };
-        if matches!(state.state.as_str(), "unknown" | "unavailable" | "") {
-            return Encoded::Skipped(SkipReason::UnknownState);
-        }
         let Scratch { text, num, .. } = scratch;
         text.clear();
         self.fields.clear();

@@ -14,7 +14,7 @@ pub(crate) mod pyrepr;
 mod pytables;
 
 use crate::config::{SchemaConfig, SchemaMode};
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, State, StateChanged};
 
 /// What [`Encoder::encode`] did with one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +119,16 @@ impl PointOverrides {
     }
 }
 
+/// The new state a state change writes, or why it writes none — HA's rule, the same in every layout:
+/// a removed entity and `unknown`/`unavailable`/empty states give no point.
+fn writable_state(sc: &StateChanged) -> Result<&State, SkipReason> {
+    let state = sc.new_state.as_ref().ok_or(SkipReason::EntityRemoved)?;
+    if matches!(state.state.as_str(), "unknown" | "unavailable" | "") {
+        return Err(SkipReason::UnknownState);
+    }
+    Ok(state)
+}
+
 /// The `state_changed` encoder of the configured mode.
 #[derive(Debug)]
 enum States {
@@ -197,14 +207,20 @@ impl Encoder {
         out: &mut String,
     ) -> Encoded {
         match &event.kind {
-            EventKind::StateChanged(sc) => match &mut self.states {
-                States::Homeassistant(enc) => {
-                    enc.encode(sc, event.time_fired, overrides, &mut self.scratch, out)
+            EventKind::StateChanged(sc) => {
+                let state = match writable_state(sc) {
+                    Ok(state) => state,
+                    Err(reason) => return Encoded::Skipped(reason),
+                };
+                match &mut self.states {
+                    States::Homeassistant(enc) => {
+                        enc.encode(state, event.time_fired, overrides, &mut self.scratch, out)
+                    }
+                    States::Optimized(enc) => {
+                        enc.encode(state, event.time_fired, overrides, &mut self.scratch, out)
+                    }
                 }
-                States::Optimized(enc) => {
-                    enc.encode(sc, event.time_fired, overrides, &mut self.scratch, out)
-                }
-            },
+            }
             EventKind::Bus(bus) => match &mut self.events {
                 Some(enc) => enc.encode(event, bus, overrides, &mut self.scratch, out),
                 None => Encoded::Skipped(SkipReason::OtherEventsDisabled),

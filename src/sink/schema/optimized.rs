@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use super::{Encoded, PointOverrides, SchemaError, Scratch, SkipReason};
 use crate::config::{AttributeType, SchemaConfig};
-use crate::event::{StateChanged, Timestamp};
+use crate::event::{State, Timestamp};
 use crate::monitor::metrics as names;
 use crate::sink::line_protocol::LineBuilder;
 
@@ -167,21 +167,15 @@ impl OptimizedEncoder {
         })
     }
 
-    /// Appends the point for one state change, or says why there is none.
+    /// Appends the point for a state change's new state (one [`super::writable_state`] let through).
     pub(crate) fn encode(
         &mut self,
-        sc: &StateChanged,
+        state: &State,
         time_fired: Timestamp,
         overrides: Option<&PointOverrides>,
         scratch: &mut Scratch,
         out: &mut String,
     ) -> Encoded {
-        let Some(state) = &sc.new_state else {
-            return Encoded::Skipped(SkipReason::EntityRemoved);
-        };
-        if matches!(state.state.as_str(), "unknown" | "unavailable" | "") {
-            return Encoded::Skipped(SkipReason::UnknownState);
-        }
         let text = &mut scratch.text;
         text.clear();
         self.tags.clear();
