@@ -155,7 +155,7 @@ async fn webhook_gives_up_after_its_retries_and_goes_on() {
 
 #[tokio::test]
 async fn mqtt_publishes_retained_state_per_rule() {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    use rumqttc::{Event, Packet, QoS};
     let prefix = format!("ha-ingestor-test/alerts-{}", std::process::id());
     let stop = CancellationToken::new();
     let cfg = NotifierConfig::Mqtt {
@@ -173,36 +173,12 @@ async fn mqtt_publishes_retained_state_per_rule() {
     target.offer(&notification("no_writes", Status::Firing));
 
     // A subscriber arriving afterwards gets the retained state.
-    let subscribe = |id: &str| {
-        let mut opts = MqttOptions::new(id, "127.0.0.1", 1883);
-        opts.set_keep_alive(Duration::from_secs(5));
-        AsyncClient::new(opts, 10)
-    };
     let topic = format!("{prefix}/no_writes");
     let retained = {
         let topic = topic.clone();
-        let pid = std::process::id();
         wait_for("a retained firing state", WAIT, move || {
             let topic = topic.clone();
-            async move {
-                let (client, mut events) = subscribe(&format!("alerts-test-sub-{pid}"));
-                client.subscribe(&topic, QoS::AtLeastOnce).await.ok()?;
-                let got = tokio::time::timeout(Duration::from_secs(2), async {
-                    loop {
-                        match events.poll().await {
-                            Ok(Event::Incoming(Packet::Publish(p))) => return Some(p),
-                            Ok(_) => {}
-                            Err(_) => return None,
-                        }
-                    }
-                })
-                .await
-                .ok()
-                .flatten();
-                let _ = client.disconnect().await;
-                // A subscriber that was there before the publish gets it live (not retained): ask again.
-                got.filter(|p| p.retain)
-            }
+            async move { retained_message(&topic, "alerts-test-sub").await }
         })
         .await
     };
@@ -213,27 +189,11 @@ async fn mqtt_publishes_retained_state_per_rule() {
 
     // The recovery replaces the retained state.
     target.offer(&notification("no_writes", Status::Resolved));
-    let pid = std::process::id();
     let t2 = topic.clone();
     let resolved = wait_for("the retained state to become resolved", WAIT, move || {
         let topic = t2.clone();
         async move {
-            let (client, mut events) = subscribe(&format!("alerts-test-sub2-{pid}"));
-            client.subscribe(&topic, QoS::AtLeastOnce).await.ok()?;
-            let got = tokio::time::timeout(Duration::from_secs(2), async {
-                loop {
-                    match events.poll().await {
-                        Ok(Event::Incoming(Packet::Publish(p))) => return Some(p),
-                        Ok(_) => {}
-                        Err(_) => return None,
-                    }
-                }
-            })
-            .await
-            .ok()
-            .flatten();
-            let _ = client.disconnect().await;
-            let got = got.filter(|p| p.retain)?;
+            let got = retained_message(&topic, "alerts-test-sub2").await?;
             let body: Value = serde_json::from_slice(&got.payload).ok()?;
             (body["status"] == "resolved").then_some(body)
         }
@@ -242,7 +202,7 @@ async fn mqtt_publishes_retained_state_per_rule() {
     assert_eq!(resolved["rule"], "no_writes");
 
     // Leave the broker clean: an empty retained message deletes the state.
-    let (client, mut events) = subscribe(&format!("alerts-test-clean-{pid}"));
+    let (client, mut events) = mqtt_client(&format!("alerts-test-clean-{}", std::process::id()));
     client
         .publish(&topic, QoS::AtLeastOnce, true, Vec::<u8>::new())
         .await
@@ -360,4 +320,34 @@ async fn home_assistant_gets_a_notification_and_an_event() {
     source.await.unwrap();
     drain.await.unwrap();
     sim.shutdown().await;
+}
+
+/// The retained message on `topic`, read by a fresh subscriber (`<client>-<pid>`) within 2 s;
+/// `None` when there is none yet (a subscriber that was there before the publish would get it
+/// live, not retained: the caller asks again).
+async fn retained_message(topic: &str, client: &str) -> Option<rumqttc::Publish> {
+    use rumqttc::{Event, Packet, QoS};
+    let (client, mut events) = mqtt_client(&format!("{client}-{}", std::process::id()));
+    client.subscribe(topic, QoS::AtLeastOnce).await.ok()?;
+    let got = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => return Some(p),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    let _ = client.disconnect().await;
+    got.filter(|p| p.retain)
+}
+
+/// A client of the shared broker on 127.0.0.1:1883.
+fn mqtt_client(id: &str) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
+    let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", 1883);
+    opts.set_keep_alive(Duration::from_secs(5));
+    rumqttc::AsyncClient::new(opts, 10)
 }
