@@ -90,6 +90,18 @@ impl Harness {
         panic!("the evaluator did not reach {n} evaluations");
     }
 
+    /// Feeds and ticks once at a time, at most `max` times, until `rule` is in state `want`; whether it got there.
+    async fn tick_until(&self, rule: &str, want: State, max: u32, mut feed: impl FnMut()) -> bool {
+        for _ in 0..max {
+            feed();
+            self.ticks(1).await;
+            if self.state(rule) == want {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Lets `n` ticks pass (virtual time) and waits until each was evaluated.
     async fn ticks(&self, n: u32) {
         for _ in 0..n {
@@ -437,29 +449,17 @@ async fn event_rate_anomaly() {
         h.status("rate")
     );
     // The source goes nearly silent: the 60 s rate drops, pending, then firing.
-    let mut fired = false;
-    for _ in 0..12 {
-        h.set(add(&count, 2.0));
-        h.ticks(1).await;
-        if h.state("rate") == State::Firing {
-            fired = true;
-            break;
-        }
-    }
+    let fired = h
+        .tick_until("rate", State::Firing, 12, || h.set(add(&count, 2.0)))
+        .await;
     assert!(fired, "{:?}", h.status("rate"));
     let n = h.note().expect("firing");
     assert_eq!(n.status, Status::Firing);
     assert!(n.summary.contains("z = -"), "{}", n.summary);
     // Back to normal: resolves.
-    let mut resolved = false;
-    for _ in 0..15 {
-        h.set(add(&count, 100.0));
-        h.ticks(1).await;
-        if h.state("rate") == State::Inactive {
-            resolved = true;
-            break;
-        }
-    }
+    let resolved = h
+        .tick_until("rate", State::Inactive, 15, || h.set(add(&count, 100.0)))
+        .await;
     assert!(resolved, "{:?}", h.status("rate"));
     assert_eq!(h.note().map(|n| n.status), Some(Status::Resolved));
     h.stop().await;
@@ -639,15 +639,11 @@ async fn domain_rate_anomaly() {
     assert_eq!((n.rule.as_str(), n.status), ("lights", Status::Firing));
     assert!(n.summary.contains("z = -"), "{}", n.summary);
     // Back to normal: resolves.
-    let mut resolved = false;
-    for _ in 0..15 {
-        h.set(feed(&recorder, &rates, 100, 1000));
-        h.ticks(1).await;
-        if h.state("lights") == State::Inactive {
-            resolved = true;
-            break;
-        }
-    }
+    let resolved = h
+        .tick_until("lights", State::Inactive, 15, || {
+            h.set(feed(&recorder, &rates, 100, 1000))
+        })
+        .await;
     assert!(resolved, "{:?}", h.status("lights"));
     let n = h.note().expect("resolved");
     assert_eq!((n.rule.as_str(), n.status), ("lights", Status::Resolved));
