@@ -5,7 +5,6 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use ha_ingestor::app;
@@ -319,7 +318,7 @@ async fn sigkill_mid_stream_loses_nothing_that_was_durable() {
     influx.create_database("killed").await;
     let quiet = simulator(token, 1.0, 0, 6).await;
     write_config(&config, &data, &quiet.url(), &influx.url(), port);
-    let mut child = spawn_run(&config, &dir.path().join("second.log"));
+    let child = spawn_run(&config, &dir.path().join("second.log"));
     wait_for(
         "the buffered points in InfluxDB",
         Duration::from_secs(30),
@@ -332,15 +331,7 @@ async fn sigkill_mid_stream_loses_nothing_that_was_durable() {
             .filter(|r| *r == 0.0)
     })
     .await;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    let exit = support::terminate(child).await;
     assert!(exit.success(), "run exited with {exit}");
     assert_eq!(influx.point_count().await as u64, points);
     let (left, _) = buffer_contents(&data);

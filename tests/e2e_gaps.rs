@@ -10,7 +10,6 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ha_ingestor::app;
@@ -188,7 +187,7 @@ async fn a_killed_ingestor_fills_its_gap_from_history_after_restart() {
     .await;
     let gap = sim.state_changes().len() - before;
 
-    let mut child = spawn_run(&config, &dir.path().join("second.log"));
+    let child = spawn_run(&config, &dir.path().join("second.log"));
     wait_for(
         "the restarted process backfilled",
         Duration::from_secs(30),
@@ -205,15 +204,7 @@ async fn a_killed_ingestor_fills_its_gap_from_history_after_restart() {
     sim.stop_generating();
     let made = sim.state_changes();
     assert_every_change_stored_once(&influx, &made, gap).await;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    let exit = support::terminate(child).await;
     assert!(exit.success(), "run exited with {exit}");
     sim.shutdown().await;
 }

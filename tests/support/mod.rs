@@ -42,6 +42,19 @@ pub fn spawn_run(config: &std::path::Path, log: &std::path::Path) -> std::proces
         .expect("ha-ingestor starts")
 }
 
+/// Stops a spawned `ha-ingestor run` with SIGTERM (as a service manager does) and waits for its exit.
+pub async fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success(), "kill -TERM failed");
+    tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait")
+}
+
 /// Polls `probe` every 50 ms until it returns `Some`, panicking with `what` after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
 where
