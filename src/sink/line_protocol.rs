@@ -71,36 +71,6 @@ pub fn push_escaped_name(out: &mut String, name: &str) {
     }
 }
 
-/// Adds the tag `key=value` right after the measurement of every line in `lines[from..]`.
-///
-/// InfluxDB sorts tags itself, so the tag need not be in key order. A name that
-/// ends in a backslash is written with a trailing space by [`push_escaped_name`],
-/// which this scan reads as the end of the measurement, as InfluxDB does.
-pub fn insert_tag(lines: &mut String, from: usize, key: &str, value: &str) {
-    let mut tag = String::with_capacity(key.len() + value.len() + 2);
-    tag.push(',');
-    push_escaped_name(&mut tag, key);
-    tag.push('=');
-    push_escaped_name(&mut tag, value);
-    let tail = lines.split_off(from);
-    lines.reserve(tail.len() + tag.len() * 2);
-    for line in tail.split_inclusive('\n') {
-        let bytes = line.as_bytes();
-        let mut end = 0;
-        while end < bytes.len() {
-            match bytes[end] {
-                b'\\' => end += 2,
-                b',' | b' ' => break,
-                _ => end += 1,
-            }
-        }
-        let end = end.min(line.len());
-        lines.push_str(&line[..end]);
-        lines.push_str(&tag);
-        lines.push_str(&line[end..]);
-    }
-}
-
 /// Appends `value` as a quoted string field value.
 pub fn push_quoted_string(out: &mut String, value: &str) {
     out.push('"');
@@ -238,22 +208,6 @@ mod tests {
         let mut out = String::new();
         push_quoted_string(&mut out, s);
         out
-    }
-
-    #[test]
-    fn a_tag_is_inserted_after_each_lines_measurement() {
-        let mut out = String::from("kept as is\n");
-        let from = out.len();
-        out.push_str(
-            "°C,domain=sensor value=1 10\nha\\ events\\,x,a=b c=\"d e\" 20\nplain f=1 30\n",
-        );
-        insert_tag(&mut out, from, "instance", "my home,1");
-        assert_eq!(
-            out,
-            "kept as is\n°C,instance=my\\ home\\,1,domain=sensor value=1 10\n\
-             ha\\ events\\,x,instance=my\\ home\\,1,a=b c=\"d e\" 20\n\
-             plain,instance=my\\ home\\,1 f=1 30\n"
-        );
     }
 
     #[test]

@@ -144,6 +144,8 @@ pub struct Encoder {
     scratch: Scratch,
     /// `schema.instance_tag`: the tag key that names each point's source instance.
     instance_tag: Option<String>,
+    /// The overrides of one point plus its instance tag (reused per event).
+    with_instance: PointOverrides,
 }
 
 impl Encoder {
@@ -164,6 +166,7 @@ impl Encoder {
             events,
             scratch: Scratch::default(),
             instance_tag: cfg.instance_tag.clone().filter(|k| !k.is_empty()),
+            with_instance: PointOverrides::default(),
         })
     }
 
@@ -189,14 +192,23 @@ impl Encoder {
         overrides: Option<&PointOverrides>,
         out: &mut String,
     ) -> Encoded {
-        let start = out.len();
-        let encoded = self.encode_point(event, overrides, out);
-        if let (Some(key), Encoded::Points(_)) = (&self.instance_tag, encoded) {
-            // The instance is the source's name without its `/backfill` or `/snapshot` part.
-            let source: &str = &event.source;
-            let instance = source.split('/').next().unwrap_or(source);
-            crate::sink::line_protocol::insert_tag(out, start, key, instance);
+        let Some(key) = &self.instance_tag else {
+            return self.encode_point(event, overrides, out);
+        };
+        // The instance tag goes in as the last override, so the layouts write it sorted among the
+        // others and it wins over any tag of the same key: points of two homes never mix.
+        // The instance is the source's name without its `/backfill` or `/snapshot` part.
+        let source: &str = &event.source;
+        let instance = source.split('/').next().unwrap_or(source);
+        let mut all = std::mem::take(&mut self.with_instance);
+        all.clear();
+        if let Some(o) = overrides {
+            all.measurement.clone_from(&o.measurement);
+            all.tags.extend(o.tags.iter().cloned());
         }
+        all.set_tag(key, instance.to_string());
+        let encoded = self.encode_point(event, Some(&all), out);
+        self.with_instance = all;
         encoded
     }
 
@@ -232,6 +244,66 @@ impl Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The instance tag is written sorted among the point's tags, in both layouts, and wins over a
+    /// transform's tag of the same key, so the points of two homes never mix.
+    #[test]
+    fn the_instance_tag_is_sorted_in_and_wins() {
+        use crate::event::{EntityId, Timestamp};
+        let ts = Timestamp::from_nanos(1_000);
+        let event = Event::from_state(
+            std::sync::Arc::from("cabin/backfill"),
+            State {
+                entity_id: EntityId::new("switch.fan").expect("entity id"),
+                state: "off".to_string(),
+                attributes: Default::default(),
+                last_changed: ts,
+                last_reported: None,
+                last_updated: ts,
+                context: None,
+            },
+        );
+        let rule = PointOverrides {
+            measurement: None,
+            tags: vec![
+                ("instance".to_string(), "forged".to_string()),
+                ("zone".to_string(), "attic".to_string()),
+            ],
+        };
+        for mode in [SchemaMode::Homeassistant, SchemaMode::Optimized] {
+            let cfg = SchemaConfig {
+                mode,
+                instance_tag: Some("instance".to_string()),
+                ..SchemaConfig::default()
+            };
+            let mut enc = Encoder::new(&cfg).expect("encoder");
+            let mut plain = String::new();
+            assert_eq!(enc.encode(&event, &mut plain), Encoded::Points(1));
+            let mut shaped = String::new();
+            assert_eq!(
+                enc.encode_with(&event, &rule, &mut shaped),
+                Encoded::Points(1)
+            );
+            for line in [&plain, &shaped] {
+                let series = line.split(' ').next().unwrap_or_default();
+                let keys: Vec<&str> = series
+                    .split(',')
+                    .skip(1)
+                    .map(|t| t.split('=').next().unwrap_or_default())
+                    .collect();
+                let mut sorted = keys.clone();
+                sorted.sort_unstable();
+                assert_eq!(keys, sorted, "{mode:?}: tags sorted: {line}");
+                assert_eq!(
+                    series.matches("instance=").count(),
+                    1,
+                    "{mode:?}: one instance tag: {line}"
+                );
+                assert!(series.contains(",instance=cabin"), "{mode:?}: {line}");
+            }
+            assert!(shaped.contains(",zone=attic"), "{mode:?}: {shaped}");
+        }
+    }
 
     #[test]
     fn skip_reasons_have_distinct_labels() {
