@@ -62,6 +62,21 @@ async fn every_layout_answers_every_query_the_same_tiers_included() {
             q.optimized_tiers.query
         );
     }
+    // The floor: HA's answer stored as plain points reads back row for row
+    // (the top-10 stores every entity's counts, of which the report ranks ten).
+    for (i, q) in r.queries.iter().enumerate() {
+        if i == 5 {
+            assert!(q.stored_answer.rows >= q.homeassistant.rows, "{}", q.name);
+        } else {
+            assert_eq!(q.stored_answer.rows, q.homeassistant.rows, "{}", q.name);
+        }
+        assert!(
+            q.stored_answer.query.contains("\"answers\""),
+            "{}",
+            q.stored_answer.query
+        );
+        assert!(q.bound > 0.0, "{}", q.name);
+    }
     // The aggregate queries over a day or more read a tier, the others raw points.
     let tiers_read: Vec<&str> = r.queries.iter().map(|q| q.tier.as_str()).collect();
     assert_eq!(

@@ -43,6 +43,8 @@ const END_NS: i64 = 1_793_491_200_000_000_000;
 const DAY_NS: i64 = 86_400_000_000_000;
 /// The database the bench writes into.
 const DB: &str = "bench";
+/// Times in replies in milliseconds, as Grafana asks for them (`epoch=ms`).
+const EPOCH: &str = "ms";
 
 /// What to generate and how often to run each query.
 #[derive(Debug, Clone)]
@@ -127,6 +129,10 @@ pub struct QueryRow {
     pub speedup: f64,
     /// `homeassistant` median / `optimized_tiers` median.
     pub speedup_tiers: f64,
+    /// HA's answer stored as plain points and read back: the least any layout can cost.
+    pub stored_answer: QueryRun,
+    /// `homeassistant` median / `stored_answer` median: the most any layout can gain.
+    pub bound: f64,
     /// Whether the optimized raw answer equals HA's (rows and values, floats within 1e-9 relative).
     pub equal: bool,
     /// Whether the answer from the tiers equals HA's.
@@ -177,6 +183,8 @@ pub struct BenchReport {
     pub median_speedup_tiers: f64,
     /// Sum of `homeassistant` medians / sum of `optimized_tiers` medians.
     pub total_speedup_tiers: f64,
+    /// Median over the queries of [`QueryRow::bound`]: the most any layout could reach.
+    pub median_bound: f64,
 }
 
 impl BenchReport {
@@ -609,9 +617,16 @@ bind-address = "127.0.0.1:{rpc}"
     }
 
     async fn query(&self, q: &str) -> anyhow::Result<Value> {
+        Ok(self.query_timed(q).await?.0)
+    }
+
+    /// A query's reply and the milliseconds until its last byte arrived: what
+    /// influxd and the round trip cost, not the parsing of the reply here.
+    async fn query_timed(&self, q: &str) -> anyhow::Result<(Value, f64)> {
         let mut url = url::Url::parse(&format!("{}/query", self.url)).context("query URL")?;
         url.query_pairs_mut()
-            .extend_pairs([("db", DB), ("q", q), ("epoch", "ns")]);
+            .extend_pairs([("db", DB), ("q", q), ("epoch", EPOCH)]);
+        let started = Instant::now();
         let r = self
             .client
             .post(url)
@@ -620,18 +635,23 @@ bind-address = "127.0.0.1:{rpc}"
             .with_context(|| format!("query {q}"))?;
         let status = r.status();
         let body = r.text().await.context("reading the query reply")?;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
         let json: Value = serde_json::from_str(&body)
             .with_context(|| format!("query reply is not JSON: {body}"))?;
         if !status.is_success() || json.pointer("/results/0/error").is_some() {
             bail!("query {q} failed: {status} {body}");
         }
-        Ok(json)
+        Ok((json, ms))
     }
 
     async fn write(&self, body: String) -> anyhow::Result<()> {
+        self.write_to(DB, "ns", body).await
+    }
+
+    async fn write_to(&self, db: &str, precision: &str, body: String) -> anyhow::Result<()> {
         let r = self
             .client
-            .post(format!("{}/write?db={DB}&precision=ns", self.url))
+            .post(format!("{}/write?db={db}&precision={precision}", self.url))
             .body(body)
             .send()
             .await
@@ -841,12 +861,13 @@ fn query_text(i: usize, layout: Layout, days: u32) -> String {
     {
         let from = |m: &str| format!("\"{DB}\".\"{rp}\".{m}");
         match i {
-            // Buckets as wide as the tier's: each holds one stored mean, read as
-            // a dashboard reads it. (Wider buckets would need the exact mean of
-            // means, `sum("value_sum") / sum("value_count")`.)
+            // Buckets as wide as the tier's: each stored point is the bucket's
+            // mean, stamped at the bucket's start like `GROUP BY time(5m)`, so
+            // the panel reads them as they are. (Wider buckets would need the
+            // exact mean of means, `sum("value_sum") / sum("value_count")`.)
             1 | 2 => {
                 return format!(
-                    "SELECT mean(\"value\") FROM {} WHERE \"entity_id\" = 'sensor.temperature_0' AND {} GROUP BY time(5m) fill(none)",
+                    "SELECT \"value\" AS \"mean\" FROM {} WHERE \"entity_id\" = 'sensor.temperature_0' AND {}",
                     from("\"sensor__temperature\""),
                     since(if i == 1 { 1 } else { 7 })
                 );
@@ -1297,21 +1318,119 @@ async fn add_tiers(
     ))
 }
 
-/// Times one query once; checks it still gives `rows` rows.
+/// Times one query once; checks it still gives `rows` rows (`count` counts them).
 async fn timed(
     server: &Server,
-    i: usize,
-    layout: Layout,
     q: &str,
     rows: usize,
+    count: impl Fn(&Value) -> usize,
 ) -> anyhow::Result<f64> {
-    let t = Instant::now();
-    let reply = server.query(q).await?;
-    let ms = t.elapsed().as_secs_f64() * 1e3;
-    if rows_of(i, layout, &reply) != rows {
+    let (reply, ms) = server.query_timed(q).await?;
+    if count(&reply) != rows {
         bail!("query {q} gave a different result on a repeat");
     }
     Ok(ms)
+}
+
+/// Values over every series of a reply.
+fn values_in(reply: &Value) -> usize {
+    series_of(reply)
+        .iter()
+        .map(|s| s["values"].as_array().map_or(0, Vec::len))
+        .sum()
+}
+
+/// The database holding each query's answer as plain points: the floor.
+const ANSWERS_DB: &str = "answers";
+
+/// Escapes a measurement name, tag key or tag value for line protocol.
+fn escape_key(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, ',' | '=' | ' ' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Stores HA's reply to query `i` as points (one per row, the series' name or
+/// `entity_id` tag as an `answer` tag, the columns as fields) in [`ANSWERS_DB`],
+/// and returns the query that reads it back: the least work influxd can do to
+/// hand out that answer — what a layout holding the answer ready-made would
+/// cost. No layout can be faster than this, so HA's time over it bounds the
+/// speedup any schema can give on that query.
+async fn store_answer(server: &Server, i: usize, reply: &Value) -> anyhow::Result<(String, usize)> {
+    use std::fmt::Write as _;
+    let measurement = format!("q{i}");
+    let mut body = String::new();
+    let mut rows = 0;
+    let mut columns: Vec<String> = Vec::new();
+    for s in series_of(reply) {
+        let tag = s
+            .pointer("/tags/entity_id")
+            .and_then(Value::as_str)
+            .or_else(|| s["name"].as_str())
+            .unwrap_or("");
+        let names: Vec<&str> = s["columns"]
+            .as_array()
+            .map(|c| c.iter().skip(1).filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        for name in &names {
+            if !columns.iter().any(|c| c == name) {
+                columns.push((*name).to_string());
+            }
+        }
+        for row in s["values"].as_array().into_iter().flatten() {
+            let Some(cells) = row.as_array() else {
+                continue;
+            };
+            let time = cells.first().and_then(Value::as_i64).unwrap_or(0);
+            let fields: Vec<String> = names
+                .iter()
+                .zip(cells.iter().skip(1))
+                .filter_map(|(name, v)| {
+                    let value = match v {
+                        Value::Number(n) => format!("{}", n.as_f64()?),
+                        Value::String(t) => {
+                            format!("\"{}\"", t.replace('\\', "\\\\").replace('"', "\\\""))
+                        }
+                        Value::Bool(b) => b.to_string(),
+                        _ => return None,
+                    };
+                    Some(format!("{}={value}", escape_key(name)))
+                })
+                .collect();
+            if fields.is_empty() {
+                continue;
+            }
+            rows += 1;
+            let _ = writeln!(
+                body,
+                "{measurement},answer={} {} {time}",
+                escape_key(if tag.is_empty() { "-" } else { tag }),
+                fields.join(",")
+            );
+        }
+    }
+    if !body.is_empty() {
+        server.write_to(ANSWERS_DB, EPOCH, body).await?;
+    }
+    let fields = columns
+        .iter()
+        .map(|c| format!("\"{}\"", c.replace('"', "\\\"")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let q = format!(
+        "SELECT {} FROM \"{ANSWERS_DB}\".\"autogen\".\"{measurement}\" GROUP BY \"answer\"",
+        if fields.is_empty() {
+            "*".to_string()
+        } else {
+            fields
+        }
+    );
+    Ok((q, rows))
 }
 
 /// Runs the whole comparison: both modes loaded, one after the other, into
@@ -1328,18 +1447,28 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let (opt_server, opt, _) = load_mode(opts, &binary, SchemaMode::Optimized).await?;
     let (backfill, tiers) = add_tiers(opts, &opt_server, &opt).await?;
     let servers = [&ha_server, &opt_server, &opt_server];
+    opt_server
+        .query(&format!("CREATE DATABASE \"{ANSWERS_DB}\""))
+        .await?;
     let mut queries = Vec::with_capacity(QUERIES.len());
     for (i, name) in QUERIES.iter().enumerate() {
         let mut texts = Vec::with_capacity(3);
         let mut rows = Vec::with_capacity(3);
         let mut answers = Vec::with_capacity(3);
+        let mut ha_reply = Value::Null;
         for (layout, server) in LAYOUTS.into_iter().zip(servers) {
             let q = query_text(i, layout, opts.days);
             let warm = server.query(&q).await?;
             rows.push(rows_of(i, layout, &warm));
             answers.push(canonical(i, layout, &warm));
             texts.push(q);
+            if layout == Layout::Homeassistant {
+                ha_reply = warm;
+            }
         }
+        let (floor_text, floor_rows) = store_answer(&opt_server, i, &ha_reply).await?;
+        // Warm the stored answer like the layouts' queries.
+        opt_server.query(&floor_text).await?;
         let mut values_read = Vec::with_capacity(3);
         for (layout, server) in LAYOUTS.into_iter().zip(servers) {
             values_read.push(match values_read_text(i, layout, opts.days) {
@@ -1350,12 +1479,26 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         let diff_raw = difference(&answers[0], &answers[1]);
         let diff_tiers = difference(&answers[0], &answers[2]);
         let mut times: [Vec<f64>; 3] = Default::default();
+        let mut floor = Vec::with_capacity(opts.runs);
         for run in 0..opts.runs.max(1) {
-            for k in 0..3 {
-                let m = (run + k) % 3;
-                times[m].push(timed(servers[m], i, LAYOUTS[m], &texts[m], rows[m]).await?);
+            for k in 0..4 {
+                let m = (run + k) % 4;
+                if m == 3 {
+                    floor.push(timed(&opt_server, &floor_text, floor_rows, values_in).await?);
+                    continue;
+                }
+                let layout = LAYOUTS[m];
+                let count = |r: &Value| rows_of(i, layout, r);
+                times[m].push(timed(servers[m], &texts[m], rows[m], count).await?);
             }
         }
+        let stored_answer = QueryRun {
+            query: floor_text,
+            median_ms: median(&floor),
+            runs_ms: floor,
+            rows: floor_rows,
+            values_read: Some(floor_rows as u64),
+        };
         let mut out = times.into_iter().zip(texts).zip(rows).zip(values_read).map(
             |(((t, q), rows), values_read)| QueryRun {
                 query: q,
@@ -1373,6 +1516,8 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             tier: tier_of(i, opts.days).unwrap_or_else(|| "raw".into()),
             speedup: h.median_ms / o.median_ms.max(1e-6),
             speedup_tiers: h.median_ms / t.median_ms.max(1e-6),
+            bound: h.median_ms / stored_answer.median_ms.max(1e-6),
+            stored_answer,
             equal: diff_raw.is_none(),
             equal_tiers: diff_tiers.is_none(),
             difference: diff_raw
@@ -1403,6 +1548,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         total_speedup: total_ha / total(&|q| q.optimized.median_ms).max(1e-6),
         median_speedup_tiers: ratio(&|q| q.speedup_tiers),
         total_speedup_tiers: total_ha / total(&|q| q.optimized_tiers.median_ms).max(1e-6),
+        median_bound: ratio(&|q| q.bound),
         queries,
     })
 }
@@ -1418,20 +1564,25 @@ pub fn render_text(r: &BenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "| query | tier read | homeassistant ms | optimized raw ms | optimized + tiers ms | speedup raw | speedup tiers | rows (ha / raw / tiers) | values read (ha / raw / tiers) | same answer |"
+        "| query | tier read | homeassistant ms | optimized raw ms | optimized + tiers ms | stored answer ms | speedup raw | speedup tiers | bound | rows (ha / raw / tiers) | values read (ha / raw / tiers) | same answer |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|---|---|");
+    let _ = writeln!(
+        s,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|"
+    );
     for q in &r.queries {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x | {} / {} / {} | {} | {} |",
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2}x | {:.2}x | {:.2}x | {} / {} / {} | {} | {} |",
             q.name,
             q.tier,
             q.homeassistant.median_ms,
             q.optimized.median_ms,
             q.optimized_tiers.median_ms,
+            q.stored_answer.median_ms,
             q.speedup,
             q.speedup_tiers,
+            q.bound,
             q.homeassistant.rows,
             q.optimized.rows,
             q.optimized_tiers.rows,
@@ -1446,8 +1597,13 @@ pub fn render_text(r: &BenchReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\nmedian speedup: optimized raw {:.2}x, optimized + tiers {:.2}x; total time speedup: {:.2}x, {:.2}x\n",
-        r.median_speedup, r.median_speedup_tiers, r.total_speedup, r.total_speedup_tiers
+        "\nmedian speedup: optimized raw {:.2}x, optimized + tiers {:.2}x; total time speedup: {:.2}x, {:.2}x\n\
+         bound (HA's time over reading its answer stored ready-made): median {:.2}x\n",
+        r.median_speedup,
+        r.median_speedup_tiers,
+        r.total_speedup,
+        r.total_speedup_tiers,
+        r.median_bound
     );
     let _ = writeln!(
         s,
