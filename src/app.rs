@@ -441,6 +441,7 @@ fn start_buffer(
         from_pipeline,
         stats.clone(),
         pending.clone(),
+        tasks::append_linger(group_commit),
     )
     .map_err(|e| StartError::BufferTask(e.to_string()))?;
     let feeder_token = CancellationToken::new();

@@ -141,11 +141,17 @@ pub fn run(
         let (buffer, _) = Buffer::open(dir, &cfg)?;
         let stats = std::sync::Arc::new(crate::monitor::Stats::default());
         let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(64);
-        let appender = super::tasks::spawn_appender(buffer.clone(), rx, stats, Default::default())
-            .map_err(|e| BufferError::Dir {
-                path: dir.to_path_buf(),
-                source: e,
-            })?;
+        let appender = super::tasks::spawn_appender(
+            buffer.clone(),
+            rx,
+            stats,
+            Default::default(),
+            Duration::ZERO,
+        )
+        .map_err(|e| BufferError::Dir {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
         let started = Instant::now();
         let sent = runtime.block_on(async {
             let mut sent = 0u64;

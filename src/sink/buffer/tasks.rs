@@ -76,12 +76,21 @@ const READ_RETRY: Duration = Duration::from_secs(1);
 /// A chunk's upstream marks go to `pending` with its record's sequence number; a
 /// chunk with no points (all its events filtered) is not stored, and its marks wait
 /// on the last record appended before it.
+///
+/// With a `linger` (and a runtime to time it), a record not yet full waits up to
+/// `linger` after its first chunk for more: one commit per linger instead of one per
+/// chunk at moderate rates, where the commits were the appender's whole cost.
 pub fn spawn_appender(
     buffer: Buffer,
     mut rx: mpsc::Receiver<Chunk>,
     stats: Arc<Stats>,
     pending: Arc<PendingMarks>,
+    linger: Duration,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let timer = tokio::runtime::Handle::try_current()
+        .ok()
+        .filter(|_| !linger.is_zero())
+        .map(|handle| (handle, linger));
     std::thread::Builder::new()
         .name("buffer-appender".into())
         .spawn(move || {
@@ -90,7 +99,7 @@ pub fn spawn_appender(
             // A joined record stays small against the buffer, so `when_full` keeps its granularity.
             let limit = COALESCE_BYTES.min(usize::try_from(buffer.max_bytes() / 16).unwrap_or(usize::MAX));
             while let Some(first) = rx.blocking_recv() {
-                let mut chunk = coalesce(first, &mut rx, limit);
+                let mut chunk = coalesce(first, &mut rx, limit, timer.as_ref());
                 if chunk.points == 0 {
                     pending.push(buffer.last_seq(), std::mem::take(&mut chunk.marks));
                     continue;
@@ -133,15 +142,47 @@ pub fn spawn_appender(
 /// Largest record the appender builds from queued chunks.
 const COALESCE_BYTES: usize = 1 << 20;
 
-/// Joins the chunks already waiting behind `first` (up to `limit` bytes) into one record.
+/// The longest an append waits for more chunks (see [`append_linger`]).
+pub const APPEND_LINGER: Duration = Duration::from_millis(10);
+
+/// How long the appender lets a record gather chunks: a tenth of the group commit
+/// (acknowledgements wait for that fsync anyway, so this adds at most a tenth to their
+/// delay), at most [`APPEND_LINGER`]; [`APPEND_LINGER`] without one (nothing waits on the
+/// commit but the feeder, whose batches to InfluxDB are far longer).
+pub fn append_linger(group_commit: Option<Duration>) -> Duration {
+    group_commit.map_or(APPEND_LINGER, |g| (g / 10).min(APPEND_LINGER))
+}
+
+/// Joins the chunks already waiting behind `first` (up to `limit` bytes) into one record,
+/// and with a `linger` also those arriving within it.
 ///
 /// One commit per record is the appender's cost; at a few events per chunk (a
 /// quiet pipeline hands on each frame's events at once) a commit per chunk would
 /// make the disk, not the stream, set the pace — and a reader that waits is a
 /// reader Home Assistant drops. Joining keeps order, points and marks.
-fn coalesce(mut first: Chunk, rx: &mut mpsc::Receiver<Chunk>, limit: usize) -> Chunk {
+fn coalesce(
+    mut first: Chunk,
+    rx: &mut mpsc::Receiver<Chunk>,
+    limit: usize,
+    linger: Option<&(tokio::runtime::Handle, Duration)>,
+) -> Chunk {
+    let deadline = linger.map(|(_, d)| Instant::now() + *d);
     while first.lines.len() < limit {
-        let Ok(next) = rx.try_recv() else { break };
+        let next = match rx.try_recv() {
+            Ok(next) => next,
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                let (Some((handle, _)), Some(deadline)) = (linger, deadline) else {
+                    break;
+                };
+                // The timer is made inside `block_on`, where the runtime's context is.
+                match handle.block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await })
+                {
+                    Ok(Some(next)) => next,
+                    _ => break,
+                }
+            }
+        };
         first.lines.push_str(&next.lines);
         first.points += next.points;
         first.marks.merge(&next.marks);

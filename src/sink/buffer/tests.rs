@@ -504,8 +504,14 @@ fn the_appender_counts_points_drop_oldest_removed_as_dropped() {
     let (buffer, _) = Buffer::open(dir.path(), &config).expect("open");
     let stats = Arc::new(crate::monitor::Stats::default());
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let appender = tasks::spawn_appender(buffer.clone(), rx, stats.clone(), Default::default())
-        .expect("appender starts");
+    let appender = tasks::spawn_appender(
+        buffer.clone(),
+        rx,
+        stats.clone(),
+        Default::default(),
+        Duration::ZERO,
+    )
+    .expect("appender starts");
     for tag in ["a", "b", "c", "d", "e"] {
         tx.blocking_send(chunk(tag, 10)).expect("send");
     }
@@ -585,8 +591,9 @@ impl MarksRig {
         let pending = Arc::new(tasks::PendingMarks::default());
         let stats = Arc::new(crate::monitor::Stats::default());
         let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let appender = tasks::spawn_appender(buffer.clone(), rx, stats, pending.clone())
-            .expect("appender starts");
+        let appender =
+            tasks::spawn_appender(buffer.clone(), rx, stats, pending.clone(), Duration::ZERO)
+                .expect("appender starts");
         let stop = tokio_util::sync::CancellationToken::new();
         let releaser = tokio::spawn(tasks::release(
             buffer.clone(),
@@ -746,8 +753,14 @@ fn the_appender_joins_queued_chunks_into_one_record_in_order() {
         tx.blocking_send(c.clone()).expect("send");
     }
     drop(tx);
-    let appender = tasks::spawn_appender(buffer.clone(), rx, stats, Default::default())
-        .expect("appender starts");
+    let appender = tasks::spawn_appender(
+        buffer.clone(),
+        rx,
+        stats,
+        Default::default(),
+        Duration::ZERO,
+    )
+    .expect("appender starts");
     appender.join().expect("appender ends");
     let records = buffer.read_after(None, usize::MAX).expect("read");
     assert_eq!(records.len(), 1, "one commit for what was waiting");
@@ -869,4 +882,51 @@ async fn each_target_resumes_after_its_own_saved_position() {
         [vec![4], vec![2, 3, 4]],
         "local gets only what it lacks"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lingering_appender_joins_the_chunks_of_its_linger_into_one_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("open");
+    let stats = Arc::new(crate::monitor::Stats::default());
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    // A linger far longer than the test: only more chunks or the end of input close the record.
+    let appender = tasks::spawn_appender(
+        buffer.clone(),
+        rx,
+        stats,
+        Default::default(),
+        Duration::from_secs(600),
+    )
+    .expect("appender starts");
+    tx.send(chunk("a", 3)).await.expect("send");
+    // The appender has taken the first chunk and waits in its linger.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tx.capacity() < tx.max_capacity() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the appender never took the chunk"
+        );
+        tokio::task::yield_now().await;
+    }
+    tx.send(chunk("b", 4)).await.expect("send");
+    tx.send(chunk("c", 5)).await.expect("send");
+    drop(tx);
+    tokio::task::spawn_blocking(move || appender.join().expect("appender ends"))
+        .await
+        .expect("join");
+    let s = buffer.stats().expect("stats");
+    assert_eq!((s.records, s.points), (1, 12));
+}
+
+#[test]
+fn the_append_linger_is_a_tenth_of_the_group_commit_at_most_ten_milliseconds() {
+    use tasks::{APPEND_LINGER, GROUP_COMMIT, GROUP_COMMIT_WIDE, append_linger};
+    assert_eq!(append_linger(None), APPEND_LINGER);
+    assert_eq!(append_linger(Some(GROUP_COMMIT)), Duration::from_millis(2));
+    assert_eq!(
+        append_linger(Some(GROUP_COMMIT_WIDE)),
+        Duration::from_millis(10)
+    );
+    assert_eq!(append_linger(Some(Duration::from_secs(5))), APPEND_LINGER);
 }
