@@ -171,6 +171,15 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let dead_letters = Arc::new(DeadLetters::new(cfg.dead_letter_dir()));
     let pipeline = Pipeline::new(&cfg.filter, &cfg.effective_schema())?;
 
+    // Every source is listed, not connected, before `/ready` can be asked: until each has
+    // connected the ingestor is not ready (else it would answer ready while the buffer opens).
+    for ha in &cfg.homeassistant {
+        stats.register_source(&ha.name);
+    }
+    for mqtt in &mqtt_sources {
+        stats.register_source(&mqtt.name());
+    }
+
     let monitor_token = CancellationToken::new();
     let (monitor_addr, monitor) = if cfg.monitor.enabled {
         let (addr, fut) =

@@ -76,3 +76,55 @@ async fn health_ready_and_metrics() {
     token.cancel();
     server.await.unwrap();
 }
+
+/// `/ready` must not answer "ready" in the moment between the monitor starting to listen
+/// and the sources' tasks first running (nor while the buffer opens before them).
+#[tokio::test]
+async fn ready_is_false_from_the_first_moment_until_every_source_has_connected() {
+    ha_ingestor::ensure_crypto_provider();
+    let data = tempfile::tempdir().expect("tempdir");
+    // A port nothing listens on: the source cannot connect.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let text = format!(
+        r#"
+data_dir = "{data}"
+[monitor]
+listen = "127.0.0.1:0"
+[[mqtt]]
+name = "upstairs"
+url = "mqtt://127.0.0.1:{closed}"
+reconnect_min = "200ms"
+reconnect_max = "1s"
+[[mqtt.subscriptions]]
+name = "all"
+topic = "probe/#"
+decoder = "value"
+"#,
+        data = data.path().display(),
+    );
+    let cfg = ha_ingestor::config::Config::from_toml_with_env(
+        &text,
+        std::path::Path::new("test.toml"),
+        &[],
+    )
+    .expect("test config is valid");
+    let running = ha_ingestor::app::start(&cfg).await.expect("starts");
+    // Nothing awaited since `start` returned: on this single-threaded runtime no source
+    // task has run yet, so only what `start` itself registered can make this false.
+    let now = running.stats().readiness();
+    assert!(!now.ready, "ready before any source ran: {now:?}");
+    assert!(
+        now.reasons.iter().any(|r| r.contains("mqtt:upstairs")),
+        "{:?}",
+        now.reasons
+    );
+    let addr = running.monitor_addr().expect("monitor enabled");
+    let reply = reqwest::get(format!("http://{addr}/ready"))
+        .await
+        .expect("the monitor answers");
+    assert_eq!(reply.status(), 503);
+    running.stop().await;
+}
