@@ -524,6 +524,22 @@ pub struct State {
     pub context: Option<Context>,
 }
 
+impl State {
+    /// A state set at one moment (changed and updated then), with no HA context: what a
+    /// migration or a generated history rebuilds from a stored point.
+    pub fn at(entity_id: EntityId, state: String, attributes: Attributes, at: Timestamp) -> State {
+        State {
+            entity_id,
+            state,
+            attributes,
+            last_changed: at,
+            last_reported: None,
+            last_updated: at,
+            context: None,
+        }
+    }
+}
+
 /// Where HA says an event was fired: this instance or a remote one (eventstream).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Origin {
@@ -957,15 +973,12 @@ mod tests {
             assert_eq!(l.peek_state().as_deref(), want, "{json}");
             assert!(l.decoded.get().is_none(), "{json}: peeking decodes nothing");
         }
-        let state = State {
-            entity_id: EntityId::new("a.b").unwrap(),
-            state: "off".into(),
-            attributes: Attributes::new(),
-            last_changed: Timestamp::from_nanos(0),
-            last_reported: None,
-            last_updated: Timestamp::from_nanos(0),
-            context: None,
-        };
+        let state = State::at(
+            EntityId::new("a.b").unwrap(),
+            "off".into(),
+            Attributes::new(),
+            Timestamp::from_nanos(0),
+        );
         assert_eq!(LazyState::from(state).peek_state().as_deref(), Some("off"));
     }
 

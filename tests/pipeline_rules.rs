@@ -200,15 +200,12 @@ fn pipeline_task_samples_rule_evaluation_time() {
 }
 
 fn state(entity: &str, value: &str, attributes: Vec<(String, serde_json::Value)>) -> State {
-    State {
-        entity_id: EntityId::new(entity).unwrap(),
-        state: value.to_string(),
-        attributes: attributes.into_iter().collect::<Attributes>(),
-        last_changed: Timestamp::from_nanos(1_790_000_000_000_000_000),
-        last_reported: None,
-        last_updated: Timestamp::from_nanos(1_790_000_000_000_000_000),
-        context: None,
-    }
+    State::at(
+        EntityId::new(entity).unwrap(),
+        value.to_string(),
+        attributes.into_iter().collect::<Attributes>(),
+        Timestamp::from_nanos(1_790_000_000_000_000_000),
+    )
 }
 
 fn state_event(

@@ -16,9 +16,7 @@ use std::sync::Arc;
 use support::event_from_json;
 
 use ha_ingestor::config::{AttributeType, SchemaConfig, SchemaMode};
-use ha_ingestor::event::{
-    Context, EntityId, Event, EventKind, Origin, State, StateChanged, Timestamp,
-};
+use ha_ingestor::event::{EntityId, Event, State, Timestamp};
 use ha_ingestor::sink::schema::optimized::SCHEMA_VERSION;
 use ha_ingestor::sink::schema::{Encoded, Encoder, SchemaError, SkipReason};
 use proptest::prelude::*;
@@ -40,26 +38,10 @@ fn state_event(entity: &str, state: &str, attributes: Value) -> Event {
         Value::Object(m) => m.into(),
         _ => Default::default(),
     };
-    Event {
-        meta: Default::default(),
-        source: Arc::from("test"),
-        time_fired: Timestamp::from_nanos(T),
-        origin: Origin::Local,
-        context: Context::default(),
-        kind: EventKind::StateChanged(Box::new(StateChanged {
-            entity_id: id.clone(),
-            old_state: None,
-            new_state: Some(State {
-                entity_id: id,
-                state: state.to_string(),
-                attributes: attrs,
-                last_changed: Timestamp::from_nanos(T),
-                last_reported: None,
-                last_updated: Timestamp::from_nanos(T),
-                context: None,
-            }),
-        })),
-    }
+    Event::from_state(
+        Arc::from("test"),
+        State::at(id, state.to_string(), attrs, Timestamp::from_nanos(T)),
+    )
 }
 
 fn encode_one(cfg: &SchemaConfig, event: &Event) -> String {

@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use ha_ingestor::config::{InfluxConfig, SchemaConfig, SchemaMode};
 use ha_ingestor::event::{
-    Attributes, BusEvent, Context, EntityId, Event, EventKind, EventMeta, Origin, State,
-    StateChanged, Timestamp,
+    Attributes, BusEvent, Context, EntityId, Event, EventKind, EventMeta, Origin, State, Timestamp,
 };
 use ha_ingestor::schema::influxql::InfluxQl;
 use ha_ingestor::schema::migrate::{MigrateOptions, migrate};
@@ -35,26 +34,10 @@ fn state_changed(t: i64, entity: &str, state: &str, attrs: Value) -> Event {
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    Event {
-        source: Arc::from("test"),
-        time_fired: ts,
-        origin: Origin::Local,
-        context: Context::default(),
-        kind: EventKind::StateChanged(Box::new(StateChanged {
-            entity_id: id.clone(),
-            old_state: None,
-            new_state: Some(State {
-                entity_id: id,
-                state: state.to_string(),
-                attributes,
-                last_changed: ts,
-                last_reported: None,
-                last_updated: ts,
-                context: None,
-            }),
-        })),
-        meta: EventMeta::default(),
-    }
+    Event::from_state(
+        Arc::from("test"),
+        State::at(id, state.to_string(), attributes, ts),
+    )
 }
 
 /// Four days of a small home: attributes of every kind HA's layout mangles.

@@ -1174,15 +1174,12 @@ pub(crate) mod test_support {
             serde_json::Value::Object(map) => map.into(),
             _ => Attributes::new(),
         };
-        State {
-            entity_id: EntityId::new(entity).unwrap(),
-            state: value.to_string(),
+        State::at(
+            EntityId::new(entity).unwrap(),
+            value.to_string(),
             attributes,
-            last_changed: Timestamp::from_nanos(1_790_000_000_000_000_000),
-            last_reported: None,
-            last_updated: Timestamp::from_nanos(1_790_000_000_000_000_000),
-            context: None,
-        }
+            Timestamp::from_nanos(1_790_000_000_000_000_000),
+        )
     }
 
     /// A `state_changed` for `entity`; `old` gives the old state's value (same attributes).

@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::backfill::{self, BackfillOptions};
-use super::influxql::InfluxQl;
+use super::influxql::{InfluxQl, ident};
 use super::retention::{self, tier_policy_name};
 use crate::config::{
     DownsampleConfig, FilterConfig, InfluxConfig, RetentionConfig, SchemaConfig, SchemaMode,
@@ -45,6 +45,8 @@ const DAY_NS: i64 = 86_400_000_000_000;
 const DB: &str = "bench";
 /// Times in replies in milliseconds, as Grafana asks for them (`epoch=ms`).
 const EPOCH: &str = "ms";
+/// Nanoseconds in one [`EPOCH`] unit.
+const EPOCH_NS: i64 = 1_000_000;
 
 /// What to generate and how often to run each query.
 #[derive(Debug, Clone)]
@@ -437,15 +439,7 @@ fn generate(
         let ts = Timestamp::from_nanos(t);
         let event = Event::from_state(
             source.clone(),
-            State {
-                entity_id: sim.id.clone(),
-                state,
-                attributes,
-                last_changed: ts,
-                last_reported: None,
-                last_updated: ts,
-                context: None,
-            },
+            State::at(sim.id.clone(), state, attributes, ts),
         );
         each(&event)?;
         events += 1;
@@ -645,13 +639,13 @@ bind-address = "127.0.0.1:{rpc}"
     }
 
     async fn write(&self, body: String) -> anyhow::Result<()> {
-        self.write_to(DB, "ns", body).await
+        self.write_to(DB, body).await
     }
 
-    async fn write_to(&self, db: &str, precision: &str, body: String) -> anyhow::Result<()> {
+    async fn write_to(&self, db: &str, body: String) -> anyhow::Result<()> {
         let r = self
             .client
-            .post(format!("{}/write?db={db}&precision={precision}", self.url))
+            .post(format!("{}/write?db={db}&precision=ns", self.url))
             .body(body)
             .send()
             .await
@@ -1343,18 +1337,6 @@ fn values_in(reply: &Value) -> usize {
 /// The database holding each query's answer as plain points: the floor.
 const ANSWERS_DB: &str = "answers";
 
-/// Escapes a measurement name, tag key or tag value for line protocol.
-fn escape_key(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, ',' | '=' | ' ' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// Stores HA's reply to query `i` as points (one per row, the series' name or
 /// `entity_id` tag as an `answer` tag, the columns as fields) in [`ANSWERS_DB`],
 /// and returns the query that reads it back: the least work influxd can do to
@@ -1362,12 +1344,13 @@ fn escape_key(s: &str) -> String {
 /// cost. No layout can be faster than this, so HA's time over it bounds the
 /// speedup any schema can give on that query.
 async fn store_answer(server: &Server, i: usize, reply: &Value) -> anyhow::Result<(String, usize)> {
-    use std::fmt::Write as _;
+    use crate::sink::line_protocol::LineBuilder;
     let measurement = format!("q{i}");
     let mut body = String::new();
     let mut rows = 0;
-    let mut columns: Vec<String> = Vec::new();
-    for s in series_of(reply) {
+    let mut columns: Vec<&str> = Vec::new();
+    let series = series_of(reply);
+    for s in &series {
         let tag = s
             .pointer("/tags/entity_id")
             .and_then(Value::as_str)
@@ -1378,8 +1361,8 @@ async fn store_answer(server: &Server, i: usize, reply: &Value) -> anyhow::Resul
             .map(|c| c.iter().skip(1).filter_map(Value::as_str).collect())
             .unwrap_or_default();
         for name in &names {
-            if !columns.iter().any(|c| c == name) {
-                columns.push((*name).to_string());
+            if !columns.contains(name) {
+                columns.push(name);
             }
         }
         for row in s["values"].as_array().into_iter().flatten() {
@@ -1387,48 +1370,45 @@ async fn store_answer(server: &Server, i: usize, reply: &Value) -> anyhow::Resul
                 continue;
             };
             let time = cells.first().and_then(Value::as_i64).unwrap_or(0);
-            let fields: Vec<String> = names
-                .iter()
-                .zip(cells.iter().skip(1))
-                .filter_map(|(name, v)| {
-                    let value = match v {
-                        Value::Number(n) => format!("{}", n.as_f64()?),
-                        Value::String(t) => {
-                            format!("\"{}\"", t.replace('\\', "\\\\").replace('"', "\\\""))
-                        }
-                        Value::Bool(b) => b.to_string(),
-                        _ => return None,
-                    };
-                    Some(format!("{}={value}", escape_key(name)))
-                })
-                .collect();
-            if fields.is_empty() {
-                continue;
+            let mut line = LineBuilder::new(&mut body, &measurement);
+            line.tag("answer", tag);
+            let mut fields = line.fields();
+            for (name, v) in names.iter().zip(cells.iter().skip(1)) {
+                match v {
+                    Value::Number(n) => {
+                        fields.float(name, n.as_f64().unwrap_or(f64::NAN));
+                    }
+                    Value::String(t) => {
+                        fields.string(name, t);
+                    }
+                    Value::Bool(b) => {
+                        fields.boolean(name, *b);
+                    }
+                    _ => {}
+                }
             }
-            rows += 1;
-            let _ = writeln!(
-                body,
-                "{measurement},answer={} {} {time}",
-                escape_key(if tag.is_empty() { "-" } else { tag }),
-                fields.join(",")
-            );
+            // Reply times are in `EPOCH` units; lines take nanoseconds.
+            if fields.finish(time.saturating_mul(EPOCH_NS)) {
+                rows += 1;
+            }
         }
     }
     if !body.is_empty() {
-        server.write_to(ANSWERS_DB, EPOCH, body).await?;
+        server.write_to(ANSWERS_DB, body).await?;
     }
-    let fields = columns
-        .iter()
-        .map(|c| format!("\"{}\"", c.replace('"', "\\\"")))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let fields = if columns.is_empty() {
+        "*".to_string()
+    } else {
+        columns
+            .iter()
+            .map(|c| ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let q = format!(
-        "SELECT {} FROM \"{ANSWERS_DB}\".\"autogen\".\"{measurement}\" GROUP BY \"answer\"",
-        if fields.is_empty() {
-            "*".to_string()
-        } else {
-            fields
-        }
+        "SELECT {fields} FROM {}.\"autogen\".{} GROUP BY \"answer\"",
+        ident(ANSWERS_DB),
+        ident(&measurement)
     );
     Ok((q, rows))
 }

@@ -316,15 +316,7 @@ fn rebuild(
     let ts = Timestamp(time);
     Some(Event::from_state(
         Arc::from("migrate"),
-        State {
-            entity_id,
-            state,
-            attributes,
-            last_changed: ts,
-            last_reported: None,
-            last_updated: ts,
-            context: None,
-        },
+        State::at(entity_id, state, attributes, ts),
     ))
 }
 

@@ -253,15 +253,12 @@ mod tests {
         let ts = Timestamp::from_nanos(1_000);
         let event = Event::from_state(
             std::sync::Arc::from("cabin/backfill"),
-            State {
-                entity_id: EntityId::new("switch.fan").expect("entity id"),
-                state: "off".to_string(),
-                attributes: Default::default(),
-                last_changed: ts,
-                last_reported: None,
-                last_updated: ts,
-                context: None,
-            },
+            State::at(
+                EntityId::new("switch.fan").expect("entity id"),
+                "off".to_string(),
+                Default::default(),
+                ts,
+            ),
         );
         let rule = PointOverrides {
             measurement: None,
