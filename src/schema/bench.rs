@@ -986,24 +986,19 @@ fn sum_of_counts(reply: &Value) -> u64 {
         .sum()
 }
 
-fn series_of(reply: &Value) -> Vec<Value> {
+fn series_of(reply: &Value) -> &[Value] {
     reply
         .pointer("/results/0/series")
         .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
+        .map_or(&[], Vec::as_slice)
 }
 
 /// Rows of a reply: values over every series; for the top-10 query, the number of entities ranked.
 fn rows_of(i: usize, layout: Layout, reply: &Value) -> usize {
-    let series = series_of(reply);
     if i != 5 {
-        return series
-            .iter()
-            .map(|s| s["values"].as_array().map_or(0, Vec::len))
-            .sum();
+        return values_in(reply);
     }
-    top_entities(layout, &series).len()
+    top_entities(layout, series_of(reply)).len()
 }
 
 /// An entity's name without its domain: HA's layout tags `light_0`, names
@@ -1048,13 +1043,13 @@ type Row = (String, i64, Vec<Value>);
 fn canonical(i: usize, layout: Layout, reply: &Value) -> Vec<Row> {
     let series = series_of(reply);
     if i == 5 {
-        return top_entities(layout, &series)
+        return top_entities(layout, series)
             .into_iter()
             .map(|(name, n)| (name, 0, vec![Value::from(n)]))
             .collect();
     }
     let mut rows = Vec::new();
-    for s in &series {
+    for s in series {
         // All lights: HA's layout has one measurement per light, the optimized one a tag.
         let entity = if i == 3 {
             let name = if layout == Layout::Homeassistant {
@@ -1350,7 +1345,7 @@ async fn store_answer(server: &Server, i: usize, reply: &Value) -> anyhow::Resul
     let mut rows = 0;
     let mut columns: Vec<&str> = Vec::new();
     let series = series_of(reply);
-    for s in &series {
+    for s in series {
         let tag = s
             .pointer("/tags/entity_id")
             .and_then(Value::as_str)
