@@ -88,6 +88,14 @@ pub(crate) struct FieldTypes {
     policy: TypeConflict,
     types: HashMap<String, HashMap<String, FieldType>>,
     labelled: HashSet<String>,
+    /// Shapes (measurement, then each field's key and value type, as written) of lines
+    /// found fine as they were: a line of a known shape needs no other check. Emptied
+    /// whenever a stored type changes.
+    shapes: HashSet<Box<[u8]>, foldhash::fast::RandomState>,
+    /// The shape of the line in hand.
+    shape: Vec<u8>,
+    /// The field vector the parser reuses.
+    spare: Vec<Field>,
     /// `SHOW FIELD KEYS` has been read (or is not available for this API).
     pub learned: bool,
     /// When it was last tried.
@@ -95,6 +103,7 @@ pub(crate) struct FieldTypes {
 }
 
 /// One field of a parsed line: byte ranges of its (escaped) key and its value.
+#[derive(Debug)]
 struct Field {
     key: Range<usize>,
     value: Range<usize>,
@@ -109,7 +118,14 @@ struct Parsed {
 }
 
 /// Splits `line` into measurement, tags, fields and timestamp; `None` when it does not scan.
+#[cfg(test)]
 fn parse(line: &str) -> Option<Parsed> {
+    parse_with(line, Vec::new())
+}
+
+/// [`parse`] into `fields` (cleared first): the guard reuses one vector for every line.
+fn parse_with(line: &str, mut fields: Vec<Field>) -> Option<Parsed> {
+    fields.clear();
     let b = line.as_bytes();
     let n = b.len();
     let unescaped = |i: usize| i == 0 || b[i - 1] != b'\\';
@@ -131,7 +147,6 @@ fn parse(line: &str) -> Option<Parsed> {
     }
     let start = i + 1;
     let mut j = start;
-    let mut fields = Vec::new();
     loop {
         let key_start = j;
         while j < n && !(b[j] == b'=' && unescaped(j)) {
@@ -184,6 +199,24 @@ fn parse(line: &str) -> Option<Parsed> {
         fields,
         field_set: start..j,
     })
+}
+
+/// Most line shapes the guard remembers (emptied when full: a new start, not a failure).
+const MAX_SHAPES: usize = 100_000;
+
+/// Writes the shape of a parsed line into `out`: the measurement and every field's key as
+/// written, each with its value's type (0xFF and 0xFE never occur in UTF-8, so shapes of
+/// different lines cannot run together).
+fn shape_of(line: &str, parsed: &Parsed, out: &mut Vec<u8>) {
+    let b = line.as_bytes();
+    out.clear();
+    out.extend_from_slice(&b[parsed.measurement.clone()]);
+    for field in &parsed.fields {
+        out.push(0xFF);
+        out.extend_from_slice(&b[field.key.clone()]);
+        out.push(0xFE);
+        out.push(FieldType::of_value(&line[field.value.clone()]) as u8);
+    }
 }
 
 /// The measurement of a line as InfluxDB stores it; `None` when the line does not scan.
@@ -276,6 +309,9 @@ impl FieldTypes {
             policy,
             types: HashMap::new(),
             labelled: HashSet::new(),
+            shapes: HashSet::default(),
+            shape: Vec::new(),
+            spare: Vec::new(),
             learned: false,
             last_try: None,
         }
@@ -291,6 +327,8 @@ impl FieldTypes {
             Some(t) if *t == ty => false,
             Some(t) => {
                 *t = ty;
+                // A shape found fine may not be any more.
+                self.shapes.clear();
                 true
             }
             None => {
@@ -353,8 +391,24 @@ impl FieldTypes {
             let start = offset;
             offset += raw.len();
             let line = raw.trim_end_matches(['\n', '\r']);
-            let Some(parsed) = parse(line) else { continue };
-            match self.check_line(line, &parsed, sink) {
+            let Some(parsed) = parse_with(line, std::mem::take(&mut self.spare)) else {
+                continue;
+            };
+            shape_of(line, &parsed, &mut self.shape);
+            let checked = if self.shapes.contains(self.shape.as_slice()) {
+                Ok(None)
+            } else {
+                let checked = self.check_line(line, &parsed, sink);
+                if matches!(checked, Ok(None)) {
+                    if self.shapes.len() >= MAX_SHAPES {
+                        self.shapes.clear();
+                    }
+                    self.shapes.insert(self.shape.as_slice().into());
+                }
+                checked
+            };
+            self.spare = parsed.fields;
+            match checked {
                 Ok(None) => {}
                 Ok(Some(fixed)) => {
                     let text = out
@@ -640,6 +694,33 @@ mod tests {
         let g = guard(&mut types, "c value=2.5 4\nd flag=t 5\n");
         assert!(g.body.is_none() && g.set_aside.is_empty());
         assert_eq!(types.get("d", "flag"), Some(FieldType::Boolean));
+    }
+
+    #[test]
+    fn a_remembered_line_shape_is_checked_again_once_a_stored_type_changes() {
+        let mut types = FieldTypes::new(TypeConflict::Convert);
+        let body = "c,e=x value=3i,on=t 1\nc,e=y value=4i,on=f 2\n";
+        for _ in 0..2 {
+            let g = guard(&mut types, body);
+            assert!(g.body.is_none() && g.set_aside.is_empty(), "{g:?}");
+        }
+        assert_eq!(
+            types.shapes.len(),
+            1,
+            "one shape for both lines (tags are not part of it)"
+        );
+        // Another value type or another field set is another shape, checked in full.
+        let g = guard(&mut types, "c value=5.5 3\n");
+        assert_eq!(g.body.as_deref(), Some("c value_str=\"5.5\" 3\n"));
+        // The server says the field is a float after all: the remembered shape goes.
+        let msg = "partial write: field type conflict: input field \"value\" on measurement \"c\" is type integer, already exists as type float dropped=1";
+        assert!(types.learn_from_conflict(msg));
+        let g = guard(&mut types, body);
+        assert_eq!(
+            g.body.as_deref(),
+            Some("c,e=x value=3.0,on=t 1\nc,e=y value=4.0,on=f 2\n")
+        );
+        assert_eq!(g.converted, 2);
     }
 
     #[test]
