@@ -241,14 +241,18 @@ pub(super) fn decode(
     out: &mut Vec<Event>,
 ) -> Result<(), DecodeError> {
     let cfg = &ctx.sub.cfg;
-    let text = ctx.text()?;
-    flatten(
-        text.as_bytes(),
+    // serde_json checks the UTF-8 of strings as it reads them, and a byte outside a string
+    // that is not JSON is an error anyway: the payload is read once, and only a refused one
+    // is checked on its own to give the right reason.
+    if let Err((reason, detail)) = flatten(
+        ctx.msg.payload,
         &cfg.separator,
         &mut scratch.prefix,
         &mut scratch.pairs,
-    )
-    .map_err(|(reason, detail)| ctx.err(reason, format_args!("{detail} on {:?}", ctx.msg.topic)))?;
+    ) {
+        ctx.text()?;
+        return Err(ctx.err(reason, format_args!("{detail} on {:?}", ctx.msg.topic)));
+    }
     let mut time = ctx.msg.received;
     if let Some(key) = &ctx.sub.ts_key
         && let Some(pos) = scratch.pairs.iter().position(|(k, _)| k == key)
