@@ -865,6 +865,77 @@ pub enum InfluxApi {
     V2,
 }
 
+/// Whether write bodies are gzipped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Gzip {
+    /// Always (`true`).
+    On,
+    /// Never (`false`).
+    Off,
+    /// Except to a loopback address, where compressing costs both processes CPU and saves
+    /// no network (`"auto"`, the default).
+    #[default]
+    Auto,
+}
+
+impl Gzip {
+    /// Whether to gzip the bodies sent to `url`.
+    pub fn for_url(self, url: &str) -> bool {
+        match self {
+            Gzip::On => true,
+            Gzip::Off => false,
+            Gzip::Auto => !is_loopback_url(url),
+        }
+    }
+}
+
+/// Whether `url` names this machine (`localhost`, 127.0.0.0/8, `::1`).
+fn is_loopback_url(url: &str) -> bool {
+    match url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+impl Serialize for Gzip {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Gzip::On => s.serialize_bool(true),
+            Gzip::Off => s.serialize_bool(false),
+            Gzip::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Gzip {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Gzip;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or \"auto\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Gzip, E> {
+                Ok(if v { Gzip::On } else { Gzip::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Gzip, E> {
+                match v {
+                    "auto" => Ok(Gzip::Auto),
+                    "true" => Ok(Gzip::On),
+                    "false" => Ok(Gzip::Off),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// The InfluxDB sink (`Debug` hides the password and token).
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -907,9 +978,9 @@ pub struct InfluxConfig {
     /// Longest time a point waits for its batch to fill.
     #[serde(default = "default_flush_interval", with = "humantime_serde")]
     pub flush_interval: Duration,
-    /// Gzip request bodies.
-    #[serde(default = "default_true")]
-    pub gzip: bool,
+    /// Gzip request bodies: `true`, `false`, or `"auto"` (default: all but a loopback InfluxDB).
+    #[serde(default)]
+    pub gzip: Gzip,
     /// Timeout of one write request.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -1043,7 +1114,7 @@ impl InfluxConfig {
             token_file: None,
             batch_size: default_batch_size(),
             flush_interval: default_flush_interval(),
-            gzip: true,
+            gzip: Gzip::Auto,
             timeout: default_request_timeout(),
             retry_min: default_retry_min(),
             retry_max: default_retry_max(),
@@ -2139,6 +2210,55 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_toml_with_env(text, Path::new("test.toml"), &env)
+    }
+
+    #[test]
+    fn gzip_is_true_false_or_auto_and_auto_spares_a_loopback_influxdb() {
+        let with = |value: &str, url: &str| {
+            load(
+                &format!("[influxdb]\nurl = \"{url}\"\ndatabase = \"d\"\n{value}"),
+                &[],
+            )
+        };
+        let gzip = |value: &str, url: &str| {
+            let c = with(value, url).unwrap();
+            let i = c.influxdb.unwrap();
+            (i.gzip, i.gzip.for_url(&i.url))
+        };
+        assert_eq!(gzip("", "http://127.0.0.1:8086"), (Gzip::Auto, false));
+        assert_eq!(gzip("", "http://localhost:8086"), (Gzip::Auto, false));
+        assert_eq!(gzip("", "http://[::1]:8086"), (Gzip::Auto, false));
+        assert_eq!(gzip("", "http://127.1.2.3:8086"), (Gzip::Auto, false));
+        assert_eq!(gzip("", "http://nas.lan:8086"), (Gzip::Auto, true));
+        assert_eq!(gzip("", "https://192.168.1.5:8086"), (Gzip::Auto, true));
+        assert_eq!(
+            gzip("gzip = \"auto\"", "http://nas.lan:8086"),
+            (Gzip::Auto, true)
+        );
+        assert_eq!(
+            gzip("gzip = true", "http://127.0.0.1:8086"),
+            (Gzip::On, true)
+        );
+        assert_eq!(
+            gzip("gzip = false", "http://nas.lan:8086"),
+            (Gzip::Off, false)
+        );
+        let err = with("gzip = \"yes\"", "http://a:8086")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gzip") || err.contains("auto"), "{err}");
+        let written: Vec<serde_json::Value> = [Gzip::On, Gzip::Off, Gzip::Auto]
+            .iter()
+            .map(|g| serde_json::to_value(g).unwrap())
+            .collect();
+        assert_eq!(
+            written,
+            [
+                serde_json::json!(true),
+                serde_json::json!(false),
+                serde_json::json!("auto")
+            ]
+        );
     }
 
     #[test]

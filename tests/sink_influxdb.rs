@@ -5,7 +5,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ha_ingestor::config::{InfluxConfig, TypeConflict};
+use ha_ingestor::config::{Gzip, InfluxConfig, TypeConflict};
 use ha_ingestor::dead_letter::DeadLetters;
 use ha_ingestor::monitor::Stats;
 use ha_ingestor::sink::influxdb::{InfluxWriter, WriteError};
@@ -113,7 +113,7 @@ fn fields(row: &serde_json::Map<String, Value>, keys: &[&str]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_reads_back_exactly_with_and_without_gzip() {
     let db = Influxd::start("home_assistant").await;
-    for (gzip, m) in [(true, "gz"), (false, "plain")] {
+    for (gzip, m) in [(Gzip::On, "gz"), (Gzip::Off, "plain")] {
         let mut cfg = config(&db);
         cfg.gzip = gzip;
         let writer = InfluxWriter::new(&cfg).unwrap();
@@ -133,7 +133,7 @@ async fn a_batch_reads_back_exactly_with_and_without_gzip() {
                 json!({"time": 1700000000123456789u64, "entity_id": "sensor.a", "value": 21.5, "state": "21.5", "count": 3, "on": true}),
                 json!({"time": 1700000000123456790u64, "entity_id": "sensor.b", "value": -0.25, "state": "a \"quoted\" str", "count": -7, "on": false}),
             ],
-            "gzip = {gzip}"
+            "gzip = {gzip:?}"
         );
         // Types as stored, not as JSON guesses.
         let keys = db.query(&format!("SHOW FIELD KEYS FROM \"{m}\"")).await;

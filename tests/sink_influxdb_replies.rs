@@ -7,7 +7,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ha_ingestor::config::{InfluxApi, InfluxConfig};
+use ha_ingestor::config::{Gzip, InfluxApi, InfluxConfig};
 use ha_ingestor::dead_letter::DeadLetters;
 use ha_ingestor::monitor::Stats;
 use ha_ingestor::sink::influxdb::InfluxWriter;
@@ -22,7 +22,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn v1(url: &str) -> InfluxConfig {
     let mut cfg = InfluxConfig::v1(url, "home_assistant");
-    cfg.gzip = false;
+    cfg.gzip = Gzip::Off;
     cfg.retry_min = Duration::from_millis(5);
     cfg.retry_max = Duration::from_millis(50);
     cfg.flush_interval = Duration::from_millis(20);
@@ -132,10 +132,36 @@ async fn v2_writes_to_the_bucket_with_a_token_and_gzip() {
     cfg.org = Some("my org".into());
     cfg.bucket = Some("ha/raw".into());
     cfg.token = Some("s3cr3t".into());
-    cfg.gzip = true;
+    cfg.gzip = Gzip::On;
     let writer = InfluxWriter::new(&cfg).unwrap();
     writer.write(&lines(3).lines).await.unwrap();
     let reqs = writes(&server).await;
+    assert_eq!(
+        body_lines(&reqs[0]),
+        lines(3).lines.lines().collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn auto_gzip_sends_plain_bodies_to_a_loopback_influxdb() {
+    let server = MockServer::start().await;
+    assert!(
+        server.uri().starts_with("http://127.0.0.1:"),
+        "{}",
+        server.uri()
+    );
+    Mock::given(method("POST"))
+        .and(path("/write"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let mut cfg = v1(&server.uri());
+    cfg.gzip = Gzip::Auto;
+    let writer = InfluxWriter::new(&cfg).unwrap();
+    writer.write(&lines(3).lines).await.unwrap();
+    let reqs = writes(&server).await;
+    assert_eq!(reqs[0].headers.get("content-encoding"), None);
     assert_eq!(
         body_lines(&reqs[0]),
         lines(3).lines.lines().collect::<Vec<_>>()

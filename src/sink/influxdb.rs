@@ -282,7 +282,7 @@ impl InfluxWriter {
             database: cfg.database.clone(),
             org: cfg.org.clone(),
             bucket: cfg.bucket.clone(),
-            gzip: cfg.gzip,
+            gzip: cfg.gzip.for_url(&cfg.url),
             timeout: cfg.timeout,
             batch_size: cfg.batch_size.max(1),
             flush_interval: cfg.flush_interval,
