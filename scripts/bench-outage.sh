@@ -24,6 +24,8 @@ OUTAGE_AT=${3:-20}
 OUTAGE_FOR=${4:-60}
 BIN=${BIN:-target/release/ha-ingestor}
 INFLUXD=${INFLUXD:-influxd}
+. "$(dirname "$0")/need.sh"
+[ "$INFLUXD" != influxd ] || need influxd influxdb influxdb-client
 TOPICS=${TOPICS:-500}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -1,0 +1,17 @@
+# Installs what a script needs from Debian when it is missing (sourced, not run).
+#   need COMMAND [apt-get install arguments: packages, options]
+# Installs when COMMAND is not on the PATH, then fails clearly if it still is not.
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need() {
+  local cmd=$1
+  shift
+  if ! command -v "$cmd" >/dev/null 2>&1; then
+    echo "$(basename "$0"): $cmd is missing; installing from Debian: $*"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq "$@" >/dev/null
+  fi
+  command -v "$cmd" >/dev/null 2>&1 || { echo "$(basename "$0"): $cmd still missing after installing $*" >&2; exit 1; }
+}
