@@ -920,13 +920,16 @@ async fn a_lingering_appender_joins_the_chunks_of_its_linger_into_one_record() {
 }
 
 #[test]
-fn the_append_linger_is_a_tenth_of_the_group_commit_at_most_ten_milliseconds() {
-    use tasks::{APPEND_LINGER, GROUP_COMMIT, GROUP_COMMIT_WIDE, append_linger};
+fn the_append_linger_is_a_quarter_of_the_group_commit_at_most_25_milliseconds() {
+    use tasks::{APPEND_LINGER, APPEND_LINGER_MAX, GROUP_COMMIT, GROUP_COMMIT_WIDE, append_linger};
     assert_eq!(append_linger(None), APPEND_LINGER);
-    assert_eq!(append_linger(Some(GROUP_COMMIT)), Duration::from_millis(2));
+    assert_eq!(append_linger(Some(GROUP_COMMIT)), Duration::from_millis(5));
     assert_eq!(
         append_linger(Some(GROUP_COMMIT_WIDE)),
-        Duration::from_millis(10)
+        Duration::from_millis(25)
     );
-    assert_eq!(append_linger(Some(Duration::from_secs(5))), APPEND_LINGER);
+    assert_eq!(
+        append_linger(Some(Duration::from_secs(5))),
+        APPEND_LINGER_MAX
+    );
 }
