@@ -111,6 +111,17 @@ fn body_lines(req: &Request) -> Vec<String> {
     text.lines().map(str::to_string).collect()
 }
 
+/// Writes three lines with `cfg`, checks the server got them (gzipped or not) and returns its request.
+async fn write_three_lines(cfg: &InfluxConfig, server: &MockServer) -> Request {
+    let writer = InfluxWriter::new(cfg).unwrap();
+    writer.write(&lines(3).lines).await.unwrap();
+    let mut reqs = writes(server).await;
+    assert_eq!(reqs.len(), 1);
+    let req = reqs.remove(0);
+    assert_eq!(body_lines(&req), lines(3).lines.lines().collect::<Vec<_>>());
+    req
+}
+
 #[tokio::test]
 async fn v2_writes_to_the_bucket_with_a_token_and_gzip() {
     let server = MockServer::start().await;
@@ -133,13 +144,7 @@ async fn v2_writes_to_the_bucket_with_a_token_and_gzip() {
     cfg.bucket = Some("ha/raw".into());
     cfg.token = Some("s3cr3t".into());
     cfg.gzip = Gzip::On;
-    let writer = InfluxWriter::new(&cfg).unwrap();
-    writer.write(&lines(3).lines).await.unwrap();
-    let reqs = writes(&server).await;
-    assert_eq!(
-        body_lines(&reqs[0]),
-        lines(3).lines.lines().collect::<Vec<_>>()
-    );
+    write_three_lines(&cfg, &server).await;
 }
 
 #[tokio::test]
@@ -158,14 +163,8 @@ async fn auto_gzip_sends_plain_bodies_to_a_loopback_influxdb() {
         .await;
     let mut cfg = v1(&server.uri());
     cfg.gzip = Gzip::Auto;
-    let writer = InfluxWriter::new(&cfg).unwrap();
-    writer.write(&lines(3).lines).await.unwrap();
-    let reqs = writes(&server).await;
-    assert_eq!(reqs[0].headers.get("content-encoding"), None);
-    assert_eq!(
-        body_lines(&reqs[0]),
-        lines(3).lines.lines().collect::<Vec<_>>()
-    );
+    let sent = write_three_lines(&cfg, &server).await;
+    assert_eq!(sent.headers.get("content-encoding"), None);
 }
 
 #[tokio::test]
