@@ -926,8 +926,6 @@ impl<'de> Deserialize<'de> for Gzip {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Gzip, E> {
                 match v {
                     "auto" => Ok(Gzip::Auto),
-                    "true" => Ok(Gzip::On),
-                    "false" => Ok(Gzip::Off),
                     other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
                 }
             }
@@ -2243,6 +2241,13 @@ mod tests {
             gzip("gzip = false", "http://nas.lan:8086"),
             (Gzip::Off, false)
         );
+        // An environment override is read as TOML, so `false` is the boolean.
+        let env = load(
+            "[influxdb]\nurl = \"http://nas.lan:8086\"\ndatabase = \"d\"\n",
+            &[("HA_INGESTOR_INFLUXDB__GZIP", "false")],
+        )
+        .unwrap();
+        assert_eq!(env.influxdb.map(|i| i.gzip), Some(Gzip::Off));
         let err = with("gzip = \"yes\"", "http://a:8086")
             .unwrap_err()
             .to_string();
