@@ -1,8 +1,12 @@
-# Shared set-up of the MQTT benchmark scripts (sourced, not run): the release binary,
-# a scratch directory whose processes are stopped and which is removed on exit, free
-# loopback ports, and a process's CPU time.
+# Shared set-up of the MQTT benchmark scripts (sourced, not run): the broker installed
+# when missing (and `need` for what else a script starts), the release binary, a scratch
+# directory whose processes are stopped and which is removed on exit, free loopback
+# ports, and a process's CPU time.
 
 cd "$(dirname "$0")/.."
+. scripts/need.sh
+need mosquitto mosquitto
+need mosquitto_sub mosquitto-clients
 # BENCH_NO_BUILD=1 uses the release binary as it is (e.g. to measure a build of an earlier commit).
 [ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release --quiet
 BIN=${BENCH_BIN:-$PWD/target/release/ha-ingestor}   # BENCH_BIN: another build to compare
