@@ -373,10 +373,20 @@ impl Task {
     async fn on_batch(&mut self, first: Polled) -> Step {
         self.on_polled(first);
         let mut lost = None;
-        for _ in 1..READ_BATCH {
+        let mut n = 1;
+        while n < READ_BATCH {
+            // What the last read parsed first; a new poll (a socket read) only when that is used up.
+            if let Some(p) = self.conn.buffered() {
+                self.on_polled(p);
+                n += 1;
+                continue;
+            }
             // Cancel-safe (see `Conn::poll`): a poll that would wait is dropped at once.
             match self.conn.poll().now_or_never() {
-                Some(Ok(p)) => self.on_polled(p),
+                Some(Ok(p)) => {
+                    self.on_polled(p);
+                    n += 1;
+                }
                 Some(Err(e)) => {
                     lost = Some(e);
                     break;
