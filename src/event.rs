@@ -111,6 +111,15 @@ impl<'a> IntoIterator for &'a Attributes {
     }
 }
 
+/// Entries gathered by the caller (sized once), with repeated keys resolved as [`FromIterator`] does.
+impl From<Vec<(String, serde_json::Value)>> for Attributes {
+    fn from(entries: Vec<(String, serde_json::Value)>) -> Self {
+        let mut a = Attributes(entries);
+        a.dedup_keys();
+        a
+    }
+}
+
 impl FromIterator<(String, serde_json::Value)> for Attributes {
     fn from_iter<I: IntoIterator<Item = (String, serde_json::Value)>>(iter: I) -> Self {
         let mut a = Attributes(iter.into_iter().collect());

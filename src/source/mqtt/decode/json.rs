@@ -309,11 +309,14 @@ pub(super) fn decode(
                 Some(pos) => state_text(scratch.pairs.remove(pos).1, cfg.bools),
                 None => NO_STATE_KEY.to_string(),
             };
-            let attributes: Attributes = ctx
-                .extras()
-                .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
-                .chain(scratch.pairs.drain(..))
-                .collect();
+            // Sized once: collecting a chain of a filtered iterator grows the vector step by step.
+            let mut entries = Vec::with_capacity(ctx.caps.len() + scratch.pairs.len());
+            entries.extend(
+                ctx.extras()
+                    .map(|(k, v)| (k.to_string(), Value::String(v.to_string()))),
+            );
+            entries.append(&mut scratch.pairs);
+            let attributes = Attributes::from(entries);
             out.push(state_event(
                 ctx.sub, id, state, attributes, time, time, retained,
             ));
