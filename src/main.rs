@@ -324,6 +324,27 @@ enum BenchCommand {
         #[arg(long, default_value = "bench")]
         prefix: String,
     },
+    /// Read and acknowledge MQTT as the source does, with nothing after it: the floor of the MQTT path; prints JSON.
+    MqttConsume {
+        /// Broker host.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Broker port.
+        #[arg(long, default_value_t = 1883)]
+        port: u16,
+        /// Subscription filter.
+        #[arg(long, default_value = "bench/+")]
+        topic: String,
+        /// QoS 0, 1 or 2.
+        #[arg(long, default_value_t = 1)]
+        qos: u8,
+        /// `v5` or `v3.1.1`.
+        #[arg(long, default_value = "v5")]
+        protocol: String,
+        /// Stop after this many seconds without a message (once one came).
+        #[arg(long, default_value_t = 3.0)]
+        idle: f64,
+    },
     /// Append to and read from the durable buffer; prints points/s and MB/s.
     Buffer {
         /// Folder for the temporary buffer file (removed afterwards).
@@ -555,6 +576,35 @@ fn main() -> ExitCode {
         Command::Retention { what } => {
             init_logging(flag_format.unwrap_or_default(), "warn");
             report(runtime.block_on(retention_command(what)))
+        }
+        Command::Bench {
+            what:
+                BenchCommand::MqttConsume {
+                    host,
+                    port,
+                    topic,
+                    qos,
+                    protocol,
+                    idle,
+                },
+        } => {
+            init_logging(flag_format.unwrap_or_default(), "warn");
+            let cfg = ha_ingestor::source::mqtt::floor::FloorConfig {
+                host,
+                port,
+                topic,
+                qos,
+                protocol,
+                idle: std::time::Duration::from_secs_f64(idle.max(0.1)),
+            };
+            let result = runtime.block_on(async {
+                // The benchmark script starts publishing when it reads this line.
+                let r = ha_ingestor::source::mqtt::floor::consume(&cfg, || eprintln!("subscribed"))
+                    .await?;
+                println!("{}", serde_json::to_string(&r)?);
+                anyhow::Ok(())
+            });
+            report(result)
         }
         Command::Bench {
             what:

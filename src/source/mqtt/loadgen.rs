@@ -69,7 +69,13 @@ pub fn payload(i: u64, base_ms: i64) -> String {
 
 /// Publishes per `cfg` and waits (up to 60 s) for the broker's acknowledgement of every QoS 1 message.
 pub async fn publish(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
-    let id = format!("ha-ingestor-loadgen-{}", std::process::id());
+    // Unique per call too: a second client with the same id would take the session over.
+    static CLIENTS: AtomicU64 = AtomicU64::new(0);
+    let id = format!(
+        "ha-ingestor-loadgen-{}-{}",
+        std::process::id(),
+        CLIENTS.fetch_add(1, Ordering::Relaxed)
+    );
     let mut opts = rumqttc::MqttOptions::new(id, cfg.host.clone(), cfg.port);
     opts.set_keep_alive(Duration::from_secs(30))
         .set_clean_session(true)

@@ -4,6 +4,7 @@ pub mod acks;
 pub mod client;
 pub mod conn;
 pub mod decode;
+pub mod floor;
 pub mod loadgen;
 pub mod topic;
 
