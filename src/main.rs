@@ -344,6 +344,9 @@ enum BenchCommand {
         /// Stop after this many seconds without a message (once one came).
         #[arg(long, default_value_t = 3.0)]
         idle: f64,
+        /// Acknowledge at most every this many milliseconds (0: after every read batch); the source's rhythm is its group commit, 20–100 ms.
+        #[arg(long, default_value_t = 0)]
+        ack_every_ms: u64,
     },
     /// Append to and read from the durable buffer; prints points/s and MB/s.
     Buffer {
@@ -586,6 +589,7 @@ fn main() -> ExitCode {
                     qos,
                     protocol,
                     idle,
+                    ack_every_ms,
                 },
         } => {
             init_logging(flag_format.unwrap_or_default(), "warn");
@@ -596,6 +600,7 @@ fn main() -> ExitCode {
                 qos,
                 protocol,
                 idle: std::time::Duration::from_secs_f64(idle.max(0.1)),
+                ack_every: std::time::Duration::from_millis(ack_every_ms),
             };
             let result = runtime.block_on(async {
                 // The benchmark script starts publishing when it reads this line.

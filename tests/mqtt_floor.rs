@@ -7,12 +7,13 @@ use std::time::Duration;
 use ha_ingestor::source::mqtt::floor::{FloorConfig, consume};
 use ha_ingestor::source::mqtt::loadgen::{LoadConfig, publish};
 
-async fn every_message_is_received(protocol: &str, qos: u8) {
+async fn every_message_is_received(protocol: &str, qos: u8, ack_every: Duration) {
     let prefix = format!(
-        "floor-test-{}-{}-{}",
+        "floor-test-{}-{}-{}-{}",
         std::process::id(),
         protocol.replace('.', ""),
-        qos
+        qos,
+        ack_every.as_millis()
     );
     let cfg = FloorConfig {
         host: "127.0.0.1".into(),
@@ -21,6 +22,7 @@ async fn every_message_is_received(protocol: &str, qos: u8) {
         qos,
         protocol: protocol.into(),
         idle: Duration::from_secs(2),
+        ack_every,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let mut tx = Some(tx);
@@ -71,15 +73,20 @@ async fn every_message_is_received(protocol: &str, qos: u8) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_mqtt5_every_qos1_message_is_received() {
-    every_message_is_received("v5", 1).await;
+    every_message_is_received("v5", 1, Duration::ZERO).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_mqtt311_every_qos1_message_is_received() {
-    every_message_is_received("v3.1.1", 1).await;
+    every_message_is_received("v3.1.1", 1, Duration::ZERO).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_qos0_every_message_is_received() {
-    every_message_is_received("v5", 0).await;
+    every_message_is_received("v5", 0, Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_acknowledgements_every_100_ms_every_qos1_message_is_received() {
+    every_message_is_received("v5", 1, Duration::from_millis(100)).await;
 }

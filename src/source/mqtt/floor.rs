@@ -30,6 +30,10 @@ pub struct FloorConfig {
     pub protocol: String,
     /// Stop once this long passes without a message (after the first one).
     pub idle: Duration,
+    /// Acknowledge at most this often (zero: after every read batch). The source
+    /// acknowledges once the buffer's group commit made messages durable, every
+    /// 20–100 ms; this gives the floor the same rhythm.
+    pub ack_every: Duration,
 }
 
 /// What was read, and the CPU it cost.
@@ -68,14 +72,21 @@ pub async fn consume(
     let mut cpu_start = None;
     let mut unacked: Vec<(u16, u8)> = Vec::with_capacity(BATCH);
     let mut pkids: Vec<u16> = Vec::with_capacity(BATCH);
+    let mut last_ack = tokio::time::Instant::now();
     loop {
-        let first = match tokio::time::timeout(cfg.idle, conn.poll()).await {
+        let wait = if unacked.is_empty() {
+            cfg.idle
+        } else {
+            cfg.ack_every.saturating_sub(last_ack.elapsed())
+        };
+        let first = match tokio::time::timeout(wait, conn.poll()).await {
+            Err(_) if !unacked.is_empty() => None,
             Err(_) if received > 0 => break,
             Err(_) => continue,
             Ok(Err(e)) => bail!("connection to {}:{} lost: {e}", cfg.host, cfg.port),
-            Ok(Ok(p)) => p,
+            Ok(Ok(p)) => Some(p),
         };
-        let mut next = Some(first);
+        let mut next = first;
         let mut n = 0;
         while let Some(polled) = next.take() {
             match polled {
@@ -106,6 +117,10 @@ pub async fn consume(
                 };
             }
         }
+        if unacked.is_empty() || last_ack.elapsed() < cfg.ack_every {
+            continue;
+        }
+        last_ack = tokio::time::Instant::now();
         if conn.direct_pubacks() && unacked.iter().all(|(_, q)| *q == 1) {
             pkids.clear();
             pkids.extend(unacked.iter().map(|(p, _)| *p));
