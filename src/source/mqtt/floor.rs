@@ -1,7 +1,7 @@
 //! The floor of the MQTT path (`ha-ingestor bench mqtt-consume`): the source's own
 //! connection ([`Conn`], rumqttc underneath) reading and acknowledging as the source
-//! does (batched reads, acknowledgements after each batch), with no decoding, pipeline,
-//! buffer or InfluxDB. Its CPU per message, beside `mosquitto_sub`'s and the whole
+//! does (batched reads; acknowledgements after each batch, or in the source's rhythm
+//! with [`FloorConfig::ack_every`]), with no decoding, pipeline, buffer or InfluxDB. Its CPU per message, beside `mosquitto_sub`'s and the whole
 //! ingestor's on the same load (`scripts/bench-mqtt-reference --client floor`), tells
 //! what the client library and runtime cost apart from everything after them.
 
