@@ -1,6 +1,8 @@
 //! `ha-ingestor bench mqtt-consume` (the floor of the MQTT path) against the machine's
-//! real Mosquitto on 127.0.0.1:1883: it must receive and acknowledge every message the
-//! load generator publishes, over both protocols, and report a CPU figure for them.
+//! real Mosquitto on 127.0.0.1:1883: it must receive every message the load generator
+//! publishes, over both protocols and in both acknowledgement rhythms, and report its CPU
+//! per message. Over MQTT 3.1.1 the broker's window is 20 messages, so a consumer that
+//! failed to acknowledge would stall there and the count would fall short.
 
 use std::time::Duration;
 
@@ -63,7 +65,6 @@ async fn every_message_is_received(protocol: &str, qos: u8, ack_every: Duration)
         .expect("the consumer task did not panic")
         .expect("the consumer read without error");
     assert_eq!(report.received, load.published, "{protocol} QoS {qos}");
-    assert!(report.cpu_seconds >= 0.0, "{report:?}");
     assert!(
         (report.micros_per_message - report.cpu_seconds / report.received as f64 * 1e6).abs()
             < 1e-6,
