@@ -111,7 +111,7 @@ impl<'a> IntoIterator for &'a Attributes {
     }
 }
 
-/// Entries gathered by the caller (sized once), with repeated keys resolved as [`FromIterator`] does.
+/// Entries gathered by the caller (sized once); a repeated key keeps its first position and last value.
 impl From<Vec<(String, serde_json::Value)>> for Attributes {
     fn from(entries: Vec<(String, serde_json::Value)>) -> Self {
         let mut a = Attributes(entries);
@@ -122,9 +122,7 @@ impl From<Vec<(String, serde_json::Value)>> for Attributes {
 
 impl FromIterator<(String, serde_json::Value)> for Attributes {
     fn from_iter<I: IntoIterator<Item = (String, serde_json::Value)>>(iter: I) -> Self {
-        let mut a = Attributes(iter.into_iter().collect());
-        a.dedup_keys();
-        a
+        Attributes::from(iter.into_iter().collect::<Vec<_>>())
     }
 }
 
