@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::source::backoff::Backoff;
-use futures_util::FutureExt;
 use metrics::{Counter, Gauge};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -373,20 +372,9 @@ impl Task {
     async fn on_batch(&mut self, first: Polled) -> Step {
         self.on_polled(first);
         let mut lost = None;
-        let mut n = 1;
-        while n < READ_BATCH {
-            // What the last read parsed first; a new poll (a socket read) only when that is used up.
-            if let Some(p) = self.conn.buffered() {
-                self.on_polled(p);
-                n += 1;
-                continue;
-            }
-            // Cancel-safe (see `Conn::poll`): a poll that would wait is dropped at once.
-            match self.conn.poll().now_or_never() {
-                Some(Ok(p)) => {
-                    self.on_polled(p);
-                    n += 1;
-                }
+        for _ in 1..READ_BATCH {
+            match self.conn.ready() {
+                Some(Ok(p)) => self.on_polled(p),
                 Some(Err(e)) => {
                     lost = Some(e);
                     break;

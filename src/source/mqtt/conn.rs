@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use rumqttc::v5::mqttbytes::v5 as v5b;
 
 use crate::config::{MqttConfig, MqttProtocol};
@@ -173,13 +174,18 @@ impl Conn {
         }
     }
 
-    /// What the event loop already read and parsed (a socket read yields up to ten packets),
-    /// taken without building a poll future: the future is ~2.7 KiB and costs a copy per
-    /// message when made for each one.
-    pub fn buffered(&mut self) -> Option<Polled> {
-        match self {
+    /// The next packet if one is there without waiting: first what the event loop already
+    /// read and parsed (a socket read yields up to ten packets), taken without building a
+    /// poll future (~2.7 KiB, a copy per message when made for each one); else one poll
+    /// that is dropped at once if it would wait (cancel-safe, see [`Conn::poll`]).
+    pub fn ready(&mut self) -> Option<Result<Polled, ConnError>> {
+        let buffered = match self {
             Conn::V4 { events, .. } => events.state.events.pop_front().map(polled_v4),
             Conn::V5 { events, .. } => events.state.events.pop_front().map(polled_v5),
+        };
+        match buffered {
+            Some(p) => Some(Ok(p)),
+            None => self.poll().now_or_never(),
         }
     }
 

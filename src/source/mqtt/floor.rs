@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures_util::FutureExt;
 use serde::Serialize;
 
 use super::conn::{Conn, Polled};
@@ -73,20 +72,19 @@ pub async fn consume(
     let mut unacked: Vec<(u16, u8)> = Vec::with_capacity(BATCH);
     let mut pkids: Vec<u16> = Vec::with_capacity(BATCH);
     let mut last_ack = tokio::time::Instant::now();
+    let lost = |e| anyhow::anyhow!("connection to {}:{} lost: {e}", cfg.host, cfg.port);
     loop {
         let wait = if unacked.is_empty() {
             cfg.idle
         } else {
             cfg.ack_every.saturating_sub(last_ack.elapsed())
         };
-        let first = match tokio::time::timeout(wait, conn.poll()).await {
+        let mut next = match tokio::time::timeout(wait, conn.poll()).await {
             Err(_) if !unacked.is_empty() => None,
             Err(_) if received > 0 => break,
             Err(_) => continue,
-            Ok(Err(e)) => bail!("connection to {}:{} lost: {e}", cfg.host, cfg.port),
-            Ok(Ok(p)) => Some(p),
+            Ok(polled) => Some(polled.map_err(lost)?),
         };
-        let mut next = first;
         let mut n = 0;
         while let Some(polled) = next.take() {
             match polled {
@@ -107,30 +105,25 @@ pub async fn consume(
             }
             n += 1;
             if n < BATCH {
-                next = match conn.buffered() {
-                    Some(p) => Some(p),
-                    None => match conn.poll().now_or_never() {
-                        Some(Ok(p)) => Some(p),
-                        Some(Err(e)) => bail!("connection to {}:{} lost: {e}", cfg.host, cfg.port),
-                        None => None,
-                    },
-                };
+                next = conn.ready().transpose().map_err(lost)?;
             }
         }
         if unacked.is_empty() || last_ack.elapsed() < cfg.ack_every {
             continue;
         }
         last_ack = tokio::time::Instant::now();
-        if conn.direct_pubacks() && unacked.iter().all(|(_, q)| *q == 1) {
-            pkids.clear();
-            pkids.extend(unacked.iter().map(|(p, _)| *p));
-            conn.write_pubacks(&pkids, Duration::from_secs(5)).await;
-        } else {
-            for (pkid, qos) in &unacked {
-                if !conn.ack(*pkid, *qos) {
-                    bail!("the client's request queue is full");
-                }
+        // As the source does: QoS 1 in one write where the protocol allows it, the rest queued.
+        let direct = conn.direct_pubacks();
+        pkids.clear();
+        for &(pkid, qos) in &unacked {
+            if direct && qos == 1 {
+                pkids.push(pkid);
+            } else if !conn.ack(pkid, qos) {
+                bail!("the client's request queue is full");
             }
+        }
+        if !pkids.is_empty() {
+            conn.write_pubacks(&pkids, Duration::from_secs(5)).await;
         }
         unacked.clear();
     }
