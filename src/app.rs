@@ -28,14 +28,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::dead_letter::DeadLetters;
+use crate::encode::Chunk;
 use crate::event::SourceId;
-use crate::handoff::Handoff;
+use crate::feedback::acks::Acks;
+use crate::feedback::handoff::Handoff;
 use crate::monitor::{Stats, Totals};
 use crate::pipeline::{Pipeline, PipelineError};
+use crate::sink::SinkContext;
 use crate::sink::buffer::{Buffer, BufferError, BufferStats, tasks};
 use crate::sink::file::FileSink;
 use crate::sink::influxdb::{InfluxWriter, WriteError};
-use crate::sink::{Acks, Chunk, SinkContext};
 use crate::source::SourceContext;
 use crate::source::homeassistant::client;
 
@@ -240,7 +242,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
 
     // Alert notifications to Home Assistant travel over the source's connection.
     // One queue per home, so a notifier's `instance` reaches that home's connection only.
-    let ha_commands = crate::source::homeassistant::commands::Commands::for_homes(
+    let ha_commands = crate::feedback::commands::Commands::for_homes(
         cfg.homeassistant.iter().map(|ha| ha.name.clone()),
     );
     let alerting =

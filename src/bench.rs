@@ -13,10 +13,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::config::{FilterConfig, SchemaConfig};
+use crate::encode::Encoder;
 use crate::event::{EventKind, SourceId};
 use crate::pipeline::rules::RuleChain;
 use crate::pipeline::{Outcome, Pipeline, PipelineError};
-use crate::sink::schema::Encoder;
 use crate::source::homeassistant::decode::{ServerMessage, decode_frame};
 
 /// Entities in the built-in corpus.

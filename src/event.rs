@@ -763,7 +763,7 @@ pub struct Event {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventMeta {
     /// Released once the event's points are safe, so the source may acknowledge upstream.
-    pub mark: crate::handoff::Mark,
+    pub mark: crate::feedback::handoff::Mark,
     /// Came from a retained MQTT message (a broker's stored last value, not a fresh one).
     pub retained: bool,
 }

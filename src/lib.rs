@@ -1,7 +1,8 @@
 //! ha-ingestor: every Home Assistant event, stored in InfluxDB without gaps.
 //!
-//! The data path, one stage per module: [`source`] → [`pipeline`] → [`sink`]
-//! (schema encoder, then a writer), observed by [`monitor`].
+//! The data path, one stage per module: [`source`] → [`pipeline`] → [`encode`] →
+//! [`sink`] (durable buffer, then a writer), observed by [`monitor`]; the only
+//! channels that run backwards live in [`feedback`]. `docs/architecture.md` is the map.
 
 pub mod alloc_counter;
 pub mod app;
@@ -10,8 +11,9 @@ pub mod check;
 pub mod config;
 pub mod dead_letter;
 pub mod demo;
+pub mod encode;
 pub mod event;
-pub mod handoff;
+pub mod feedback;
 pub mod monitor;
 pub mod pipeline;
 pub mod schema;

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use ha_ingestor::config::BufferConfig;
-use ha_ingestor::sink::Chunk;
+use ha_ingestor::encode::Chunk;
 use ha_ingestor::sink::buffer::Buffer;
 
 fn run(args: &[&str], config: &std::path::Path) -> (bool, String, String) {

@@ -14,12 +14,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use ha_ingestor::config::HomeAssistantConfig;
 use ha_ingestor::dead_letter::DeadLetters;
+use ha_ingestor::feedback::commands::Commands;
 use ha_ingestor::monitor::Stats;
 use ha_ingestor::monitor::alerts::NotifierConfig;
 use ha_ingestor::monitor::alerts::notify::{self, Notification, Status};
 use ha_ingestor::source::SourceContext;
 use ha_ingestor::source::homeassistant::client;
-use ha_ingestor::source::homeassistant::commands::Commands;
 use ha_ingestor::source::simulator::{Simulator, SimulatorConfig};
 use serde_json::Value;
 use support::wait_for;
@@ -241,7 +241,7 @@ async fn home_assistant_gets_a_notification_and_an_event() {
         dead_letters: Arc::new(DeadLetters::new(dir.path().join("dead-letter"))),
         shutdown: shutdown.clone(),
         cursor_dir: None,
-        handoff: ha_ingestor::handoff::Handoff::new(),
+        handoff: ha_ingestor::feedback::handoff::Handoff::new(),
         commands: commands.clone(),
         settled: tokio_util::sync::CancellationToken::new(),
         background: tokio_util::task::TaskTracker::new(),

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use support::event_from_json;
 
 use ha_ingestor::config::{ComponentOverride, MeasurementAttr, SchemaConfig};
+use ha_ingestor::encode::line_protocol::LineBuilder;
+use ha_ingestor::encode::{Encoded, Encoder, SkipReason};
 use ha_ingestor::event::{
     Context, EntityId, Event, EventKind, Origin, State, StateChanged, Timestamp,
 };
-use ha_ingestor::sink::line_protocol::LineBuilder;
-use ha_ingestor::sink::schema::{Encoded, Encoder, SkipReason};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

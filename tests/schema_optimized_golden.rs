@@ -16,9 +16,9 @@ use std::sync::Arc;
 use support::event_from_json;
 
 use ha_ingestor::config::{AttributeType, SchemaConfig, SchemaMode};
+use ha_ingestor::encode::optimized::SCHEMA_VERSION;
+use ha_ingestor::encode::{Encoded, Encoder, SchemaError, SkipReason};
 use ha_ingestor::event::{EntityId, Event, State, Timestamp};
-use ha_ingestor::sink::schema::optimized::SCHEMA_VERSION;
-use ha_ingestor::sink::schema::{Encoded, Encoder, SchemaError, SkipReason};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ha_ingestor::config::{InfluxConfig, SchemaConfig, SchemaMode};
+use ha_ingestor::encode::Encoder;
 use ha_ingestor::event::{
     Attributes, BusEvent, Context, EntityId, Event, EventKind, EventMeta, Origin, State, Timestamp,
 };
 use ha_ingestor::schema::influxql::InfluxQl;
 use ha_ingestor::schema::migrate::{MigrateOptions, migrate};
 use ha_ingestor::sink::influxdb::InfluxWriter;
-use ha_ingestor::sink::schema::Encoder;
 use serde_json::{Value, json};
 use support::influxd::Influxd;
 

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use ha_ingestor::config::{Gzip, InfluxConfig, TypeConflict};
 use ha_ingestor::dead_letter::DeadLetters;
+use ha_ingestor::encode::Chunk;
 use ha_ingestor::monitor::Stats;
+use ha_ingestor::sink::SinkContext;
 use ha_ingestor::sink::influxdb::{InfluxWriter, WriteError};
-use ha_ingestor::sink::{Chunk, SinkContext};
 use serde_json::{Value, json};
 use support::{Influxd, wait_for};
 use tokio::sync::mpsc;
@@ -536,7 +537,7 @@ async fn a_target_with_measurements_writes_only_those_and_acknowledges_the_rest(
     let mut cfg = config(&db);
     cfg.measurements = vec!["keep*".into()];
     let dl_dir = tempfile::tempdir().unwrap();
-    let (acks, mut delivered) = ha_ingestor::sink::Acks::channel();
+    let (acks, mut delivered) = ha_ingestor::feedback::acks::Acks::channel();
     let ctx = SinkContext {
         stats: Arc::new(Stats::default()),
         dead_letters: Arc::new(DeadLetters::new(dl_dir.path().join("dead-letter"))),
@@ -592,7 +593,7 @@ async fn concurrent_requests_keep_each_series_in_order_and_acknowledge_in_order(
     cfg.max_concurrent_requests = 4;
     cfg.batch_size = 10;
     let dl_dir = tempfile::tempdir().unwrap();
-    let (acks, mut delivered) = ha_ingestor::sink::Acks::channel();
+    let (acks, mut delivered) = ha_ingestor::feedback::acks::Acks::channel();
     let ctx = SinkContext {
         stats: Arc::new(Stats::default()),
         dead_letters: Arc::new(DeadLetters::new(dl_dir.path().join("dead-letter"))),

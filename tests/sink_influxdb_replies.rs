@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use ha_ingestor::config::{Gzip, InfluxApi, InfluxConfig};
 use ha_ingestor::dead_letter::DeadLetters;
+use ha_ingestor::encode::Chunk;
 use ha_ingestor::monitor::Stats;
+use ha_ingestor::sink::SinkContext;
 use ha_ingestor::sink::influxdb::InfluxWriter;
-use ha_ingestor::sink::{Chunk, SinkContext};
 use support::wait_for;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

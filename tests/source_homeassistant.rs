@@ -11,7 +11,7 @@ use std::time::Duration;
 use ha_ingestor::config::HomeAssistantConfig;
 use ha_ingestor::dead_letter::DeadLetters;
 use ha_ingestor::event::{Event, EventKind, SourceId, Timestamp};
-use ha_ingestor::handoff::{Handoff, Marks};
+use ha_ingestor::feedback::handoff::{Handoff, Marks};
 use ha_ingestor::monitor::Stats;
 use ha_ingestor::source::SourceContext;
 use ha_ingestor::source::homeassistant::client::{self, ClientError};

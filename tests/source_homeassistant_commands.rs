@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use ha_ingestor::config::HomeAssistantConfig;
 use ha_ingestor::dead_letter::DeadLetters;
-use ha_ingestor::handoff::Handoff;
+use ha_ingestor::feedback::commands::Commands;
+use ha_ingestor::feedback::handoff::Handoff;
 use ha_ingestor::monitor::Stats;
 use ha_ingestor::monitor::alerts::NotifierConfig;
 use ha_ingestor::monitor::alerts::notify::{self, Notification, Status};
 use ha_ingestor::source::SourceContext;
 use ha_ingestor::source::homeassistant::client;
-use ha_ingestor::source::homeassistant::commands::Commands;
 use ha_ingestor::source::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

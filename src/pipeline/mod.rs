@@ -19,11 +19,11 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::config::{FilterConfig, SchemaConfig};
+use crate::encode::Chunk;
+use crate::encode::{Encoded, Encoder, PointOverrides, SchemaError, SkipReason};
 use crate::event::Event;
 use crate::monitor::Stats;
 use crate::monitor::metrics as names;
-use crate::sink::Chunk;
-use crate::sink::schema::{Encoded, Encoder, PointOverrides, SchemaError, SkipReason};
 use rate::{Offer, ShapeReason, Shaper};
 use rules::{RuleChain, RuleError};
 
@@ -231,7 +231,7 @@ impl Pipeline {
         // Rate shaping needs the wall clock: throttle intervals end and heartbeats fall due without input.
         let mut tick = tokio::time::interval(SHAPE_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut released = crate::handoff::Marks::default();
+        let mut released = crate::feedback::handoff::Marks::default();
         let mut shaped: Vec<(ShapeReason, u64)> = Vec::new();
         loop {
             let (closed, ticked) = if self.shaper.is_some() {

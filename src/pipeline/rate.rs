@@ -17,7 +17,7 @@
 //!    wall-clock time the entity stays silent, at the last point's time plus
 //!    whole intervals (so a replay writes the same points), tagged `heartbeat=true`.
 //!
-//! Held events carry upstream marks ([`crate::handoff`]): a mark releases every
+//! Held events carry upstream marks ([`crate::feedback::handoff`]): a mark releases every
 //! earlier mark of its source, so while an event is held the [`MarkLedger`]
 //! caps what a chunk may release to just before the first held mark of that
 //! source; once the held value is written the cap lifts. The state is bounded:
@@ -30,9 +30,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{Aggregate, FilterRuleConfig, RateConfig};
+use crate::encode::PointOverrides;
 use crate::event::{Attributes, Event, EventKind, Timestamp};
-use crate::handoff::{Mark, Marks};
-use crate::sink::schema::PointOverrides;
+use crate::feedback::handoff::{Mark, Marks};
 
 /// Entities whose rate state is kept at most; beyond it the least recently seen is evicted.
 pub const ENTITY_LIMIT: usize = 100_000;
@@ -580,7 +580,7 @@ fn emit_held(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handoff::Handoff;
+    use crate::feedback::handoff::Handoff;
     use crate::pipeline::rules::test_support::state_event;
     use serde_json::json;
 

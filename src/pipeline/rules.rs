@@ -30,8 +30,8 @@ use crate::config::{
     AttributeMatchConfig, FilterAction, FilterConfig, FilterRuleConfig, OnError, StateMatchConfig,
     StateSide,
 };
+use crate::encode::PointOverrides;
 use crate::event::{Event, LazyState, State};
-use crate::sink::schema::PointOverrides;
 
 /// Cached plans kept at most (one per entity and event type: far above a large HA install); CLOCK-evicted beyond.
 pub const CACHE_LIMIT: usize = 100_000;

@@ -25,8 +25,8 @@ use minijinja::Value;
 use super::expression::EventExpression;
 use super::filter::glob_set;
 use crate::config::{ConvertTo, StepOnError, TransformStepConfig};
+use crate::encode::PointOverrides;
 use crate::event::{Attributes, Event, EventKind, State, Timestamp};
-use crate::sink::schema::PointOverrides;
 
 /// Why a step could not be compiled: the key at fault and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]

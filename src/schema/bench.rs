@@ -1339,7 +1339,7 @@ const ANSWERS_DB: &str = "answers";
 /// cost. No layout can be faster than this, so HA's time over it bounds the
 /// speedup any schema can give on that query.
 async fn store_answer(server: &Server, i: usize, reply: &Value) -> anyhow::Result<(String, usize)> {
-    use crate::sink::line_protocol::LineBuilder;
+    use crate::encode::line_protocol::LineBuilder;
     let measurement = format!("q{i}");
     let mut body = String::new();
     let mut rows = 0;

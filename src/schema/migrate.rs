@@ -30,9 +30,9 @@ use serde_json::Value;
 use super::analyze::{MeasurementKind, measurement_kind};
 use super::influxql::{InfluxQl, QueryError, Series, ident};
 use crate::config::SchemaConfig;
+use crate::encode::line_protocol::LineBuilder;
+use crate::encode::{Encoded, Encoder, SchemaError};
 use crate::event::{Attributes, EntityId, Event, State, Timestamp};
-use crate::sink::line_protocol::LineBuilder;
-use crate::sink::schema::{Encoded, Encoder, SchemaError};
 
 /// What to migrate and where.
 #[derive(Debug, Clone)]

@@ -49,11 +49,11 @@ use redb::{
 };
 
 use crate::config::{BufferConfig, WhenFull};
+use crate::encode::Chunk;
 use crate::monitor::metrics::{
     BUFFER_ACKED, BUFFER_APPENDS, BUFFER_BYTES, BUFFER_CORRUPT_RECORDS, BUFFER_DROPPED_POINTS,
     BUFFER_DURABLE_SEQUENCE, BUFFER_FULL_WAITS, BUFFER_OLDEST_AGE, BUFFER_POINTS, BUFFER_RECORDS,
 };
-use crate::sink::Chunk;
 
 /// The buffer's file name inside its directory.
 pub const FILE_NAME: &str = "buffer.redb";

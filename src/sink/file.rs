@@ -21,9 +21,10 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc::Receiver;
 use tokio::time::Instant;
 
+use crate::encode::Chunk;
 use crate::monitor::Stats;
 use crate::monitor::metrics::{SINK_ERRORS, SINK_SENT_BYTES, SINK_SENT_POINTS};
-use crate::sink::{Chunk, SinkContext};
+use crate::sink::SinkContext;
 
 /// The sink name in metrics, logs and health.
 const SINK: &str = "file";
@@ -53,7 +54,7 @@ pub struct FileSink {
     /// The last buffer record whose lines are all in the unflushed output.
     unflushed_seq: Option<u64>,
     /// Told about buffer records once they are flushed to the file.
-    acks: Option<crate::sink::Acks>,
+    acks: Option<crate::feedback::acks::Acks>,
     /// In a streak of failures: log the first at ERROR, the rest at DEBUG.
     failing: bool,
 }

@@ -42,12 +42,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{InfluxApi, InfluxConfig, TlsConfig};
 use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::encode::Chunk;
 use crate::monitor::Stats;
 use crate::monitor::metrics::{
     SINK_BATCH_DURATION, SINK_BATCH_POINTS, SINK_ERRORS, SINK_RETRIES, SINK_SENT_BYTES,
     SINK_SENT_POINTS,
 };
-use crate::sink::{Chunk, SinkContext};
+use crate::sink::SinkContext;
 
 /// Largest uncompressed body, well below InfluxDB's default 25 MB `max-body-size`.
 pub const MAX_BATCH_BYTES: usize = 5 << 20;
@@ -528,7 +529,7 @@ impl InfluxWriter {
         let mut reports = Vec::with_capacity(n);
         for _ in 0..n {
             let (tx, lane_rx) = tokio::sync::mpsc::channel::<Chunk>(LANE_CHANNEL);
-            let (acks, delivered) = crate::sink::Acks::channel();
+            let (acks, delivered) = crate::feedback::acks::Acks::channel();
             let lane_ctx = SinkContext {
                 acks: ctx.acks.as_ref().map(|_| acks),
                 ..ctx.clone()
@@ -699,7 +700,10 @@ fn series_hash(line: &str) -> u64 {
 }
 
 /// Forwards the lowest of the lanes' delivery reports to `acks` until every lane is gone.
-async fn lowest_of(mut reports: Vec<tokio::sync::watch::Receiver<u64>>, acks: crate::sink::Acks) {
+async fn lowest_of(
+    mut reports: Vec<tokio::sync::watch::Receiver<u64>>,
+    acks: crate::feedback::acks::Acks,
+) {
     let mut open = vec![true; reports.len()];
     while open.iter().any(|o| *o) {
         let waits = reports
@@ -815,7 +819,7 @@ pub(crate) struct Delivery<'a> {
     pub dead_letters: &'a DeadLetters,
     pub stats: Option<&'a Stats>,
     /// Told about buffer records once their batch is delivered.
-    pub acks: Option<&'a crate::sink::Acks>,
+    pub acks: Option<&'a crate::feedback::acks::Acks>,
     pub shutdown: Option<&'a CancellationToken>,
     /// Once set, waits end at this instant and what is left is given up.
     pub deadline: Option<Instant>,

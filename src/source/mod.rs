@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dead_letter::DeadLetters;
 use crate::event::Event;
-use crate::handoff::Handoff;
+use crate::feedback::handoff::Handoff;
 use crate::monitor::Stats;
 
 /// What a source task needs from the application.
@@ -37,5 +37,5 @@ pub struct SourceContext {
     /// A source's tasks that outlive it until `settled` (cursor writers); the application waits for them.
     pub background: tokio_util::task::TaskTracker,
     /// Commands to send to Home Assistant over this source's connection (alert notifications).
-    pub commands: homeassistant::commands::Commands,
+    pub commands: crate::feedback::commands::Commands,
 }

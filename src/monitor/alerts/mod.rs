@@ -26,8 +26,8 @@ pub use notify::{Notification, Status, Target};
 pub use rule::{Rule, State, Transition};
 pub use sample::{RegistrySampler, Sampler, Series, Snapshot};
 
+use crate::feedback::commands::Commands;
 use crate::monitor::metrics as names;
-use crate::source::homeassistant::commands::Commands;
 
 /// One rule as `/alerts` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]

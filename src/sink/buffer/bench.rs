@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::{Buffer, BufferError, tasks::READ_BATCH};
 use crate::config::BufferConfig;
-use crate::sink::Chunk;
+use crate::encode::Chunk;
 
 /// The measured figures, as `--json` prints them.
 #[derive(Debug, Clone, Serialize)]

@@ -17,9 +17,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Buffer, BufferError};
-use crate::handoff::{Handoff, Marks};
+use crate::encode::Chunk;
+use crate::feedback::handoff::{Handoff, Marks};
 use crate::monitor::Stats;
-use crate::sink::Chunk;
 
 /// Upstream marks waiting for their record to be durable: `(record seq, marks)`, in order.
 #[derive(Debug, Default)]

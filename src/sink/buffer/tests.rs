@@ -553,7 +553,7 @@ async fn the_feeder_sends_in_order_and_wakes_on_appends_and_acks_remove() {
         .expect("a chunk");
     assert_eq!(d.seq, Some(4));
 
-    let (acks, delivered) = crate::sink::Acks::channel();
+    let (acks, delivered) = crate::feedback::acks::Acks::channel();
     let acknowledger = tokio::spawn(tasks::acknowledge(buffer.clone(), delivered));
     acks.delivered(3);
     acks.delivered(2); // older reports change nothing
@@ -575,7 +575,7 @@ async fn the_feeder_sends_in_order_and_wakes_on_appends_and_acks_remove() {
 struct MarksRig {
     _dir: tempfile::TempDir,
     buffer: Buffer,
-    tracker: crate::handoff::Tracker,
+    tracker: crate::feedback::handoff::Tracker,
     tx: tokio::sync::mpsc::Sender<Chunk>,
     appender: std::thread::JoinHandle<()>,
     stop: tokio_util::sync::CancellationToken,
@@ -586,7 +586,7 @@ impl MarksRig {
     fn start(group_commit: Option<Duration>) -> MarksRig {
         let dir = tempfile::tempdir().expect("tempdir");
         let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::from_secs(3600))).expect("open");
-        let handoff = crate::handoff::Handoff::new();
+        let handoff = crate::feedback::handoff::Handoff::new();
         let tracker = handoff.register("mqtt:test");
         let pending = Arc::new(tasks::PendingMarks::default());
         let stats = Arc::new(crate::monitor::Stats::default());
@@ -848,8 +848,8 @@ async fn each_target_resumes_after_its_own_saved_position() {
         buffer.append(&chunk(tag, 1)).expect("append");
     }
     // Target "local" delivered up to 3, "offsite" up to 1: records 2..4 stay, both positions are saved.
-    let (local, local_rx) = crate::sink::Acks::channel();
-    let (offsite, offsite_rx) = crate::sink::Acks::channel();
+    let (local, local_rx) = crate::feedback::acks::Acks::channel();
+    let (offsite, offsite_rx) = crate::feedback::acks::Acks::channel();
     let acknowledger = tokio::spawn(tasks::acknowledge_all_saving(
         buffer.clone(),
         vec![local_rx, offsite_rx],

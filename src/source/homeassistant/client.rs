@@ -1343,8 +1343,8 @@ enum Wake {
     PongOverdue,
     /// Time to send the next ping.
     Ping,
-    /// A command from [`super::commands::Commands`] to send.
-    Command(super::commands::Command),
+    /// A command from [`crate::feedback::commands::Commands`] to send.
+    Command(crate::feedback::commands::Command),
 }
 
 /// Counts undecodable input and sets it aside; the stream goes on.

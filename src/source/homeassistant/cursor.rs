@@ -4,7 +4,7 @@
 //! the first live event is filled from HA's history. Two positions are kept:
 //! the latest time *handed on* (what an in-process reconnect resumes from: the
 //! events before it are on their way) and the latest time whose events are all
-//! *safe* — released by the durable buffer through the [`Handoff`](crate::handoff)
+//! *safe* — released by the durable buffer through the [`Handoff`](crate::feedback::handoff)
 //! marks the cursor stamps on every event. Only the safe position is persisted,
 //! so a crash never skips an event that was handed on but not yet on disk. The file
 //! (`<data_dir>/cursor/<source>.json`, `{"last_event": "<RFC 3339>"}`) is
@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{Event, Timestamp};
-use crate::handoff::Tracker;
+use crate::feedback::handoff::Tracker;
 
 /// How often the cursor file is rewritten at most.
 pub const WRITE_EVERY: Duration = Duration::from_secs(1);
@@ -153,18 +153,18 @@ impl Cursor {
     }
 
     /// Stamps the event with the next mark; call [`Cursor::advance`] with it once the event is handed on.
-    pub fn stamp(&self, event: &mut Event) -> crate::handoff::Mark {
+    pub fn stamp(&self, event: &mut Event) -> crate::feedback::handoff::Mark {
         let mut m = self.marks.lock().unwrap_or_else(|e| e.into_inner());
         let mark = m
             .tracker
             .as_mut()
-            .map_or(crate::handoff::Mark::NONE, Tracker::mark);
+            .map_or(crate::feedback::handoff::Mark::NONE, Tracker::mark);
         event.meta.mark = mark;
         mark
     }
 
     /// Notes that an event of time `t`, stamped with `mark`, was handed on.
-    pub fn advance(&self, t: Timestamp, mark: crate::handoff::Mark) {
+    pub fn advance(&self, t: Timestamp, mark: crate::feedback::handoff::Mark) {
         let last = self
             .last
             .fetch_max(t.as_nanos(), Ordering::AcqRel)
@@ -273,7 +273,7 @@ pub async fn keep_saved(cursor: Arc<Cursor>, path: PathBuf, stop: CancellationTo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handoff::{Handoff, Mark, Marks};
+    use crate::feedback::handoff::{Handoff, Mark, Marks};
 
     #[test]
     fn saves_atomically_and_reads_back() {

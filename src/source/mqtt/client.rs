@@ -32,7 +32,7 @@ use super::decode::{Decoders, Message};
 use crate::config::{MqttConfig, TlsConfig};
 use crate::dead_letter::DeadLetter;
 use crate::event::{Event, Timestamp};
-use crate::handoff::Tracker;
+use crate::feedback::handoff::Tracker;
 use crate::monitor::Stats;
 use crate::monitor::metrics as names;
 use crate::source::SourceContext;

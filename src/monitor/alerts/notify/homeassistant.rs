@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Notification, Status, failed, sent};
+use crate::feedback::commands::{Command, Commands, SendError};
 use crate::monitor::alerts::config::NotifierConfig;
-use crate::source::homeassistant::commands::{Command, Commands, SendError};
 
 /// The Home Assistant notifier.
 pub struct HomeAssistant {

@@ -12,8 +12,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::config::NotifierConfig;
+use crate::feedback::commands::Commands;
 use crate::monitor::metrics as names;
-use crate::source::homeassistant::commands::Commands;
 
 /// Notifications that may wait for one notifier.
 pub const QUEUE: usize = 256;

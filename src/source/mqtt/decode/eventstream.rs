@@ -74,7 +74,7 @@ pub(super) fn decode(ctx: &Ctx<'_>, out: &mut Vec<Event>) -> Result<(), DecodeEr
         context,
         kind,
         meta: EventMeta {
-            mark: crate::handoff::Mark::NONE,
+            mark: crate::feedback::handoff::Mark::NONE,
             retained: ctx.msg.retained,
         },
     });

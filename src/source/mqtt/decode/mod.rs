@@ -514,7 +514,7 @@ fn bus_event(
             data,
         }),
         meta: EventMeta {
-            mark: crate::handoff::Mark::NONE,
+            mark: crate::feedback::handoff::Mark::NONE,
             retained,
         },
     }

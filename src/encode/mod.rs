@@ -1,20 +1,38 @@
-//! Schema modes: how an event becomes line-protocol points.
+//! The encoder: how an event becomes line-protocol points (the schema modes).
 //!
 //! [`Encoder`] is built once from [`SchemaConfig`] (globs compiled, lists
 //! prepared) and then turns each [`Event`] into zero or more complete lines,
 //! appended to a caller's buffer. `state_changed` events follow HA's own
-//! `influxdb` integration ([`homeassistant`]); every other event goes to one
-//! measurement ([`events`]). Encoding never fails: odd input gives a point or
-//! a counted [`SkipReason`].
+//! `influxdb` integration ([`homeassistant`]) or the [`optimized`] layout; every
+//! other event goes to one measurement ([`events`]). Encoding never fails: odd
+//! input gives a point or a counted [`SkipReason`].
+//!
+//! The pipeline task runs the encoder right after its rules and hands the lines
+//! on as [`Chunk`]s to the sinks; [`line_protocol`] (escaping and the line
+//! builder) is shared by the encoder, the writers and the schema tools.
 
 pub mod events;
 pub mod homeassistant;
+pub mod line_protocol;
 pub mod optimized;
 pub(crate) mod pyrepr;
 mod pytables;
 
 use crate::config::{SchemaConfig, SchemaMode};
 use crate::event::{Event, EventKind, State, StateChanged};
+
+/// Encoded line protocol on its way to a sink: whole lines, each ending in `\n`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// The lines.
+    pub lines: String,
+    /// How many lines (points) `lines` holds.
+    pub points: usize,
+    /// The chunk's sequence number in the durable buffer; the sink acknowledges it once delivered. `None` when unbuffered.
+    pub seq: Option<u64>,
+    /// The highest upstream mark per source among the events behind these lines (filtered ones included); released once the chunk is safe. Not stored in the buffer.
+    pub marks: crate::feedback::handoff::Marks,
+}
 
 /// What [`Encoder::encode`] did with one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -43,8 +43,8 @@ use serde_json::Value;
 use super::pyrepr::{digit_tail, py_float, value_as_float, write_py_str};
 use super::{Encoded, PointOverrides, SchemaError, Scratch, SkipReason};
 use crate::config::{ComponentOverride, MeasurementAttr, SchemaConfig};
+use crate::encode::line_protocol::LineBuilder;
 use crate::event::{EntityId, State, Timestamp};
-use crate::sink::line_protocol::LineBuilder;
 
 /// A slice of the scratch text.
 #[derive(Debug, Clone, Copy)]

@@ -32,8 +32,8 @@ use serde_json::Value;
 
 use super::{Encoded, PointOverrides, SchemaError, Scratch, SkipReason};
 use crate::config::SchemaConfig;
+use crate::encode::line_protocol::LineBuilder;
 use crate::event::{BusEvent, Event};
-use crate::sink::line_protocol::LineBuilder;
 
 /// The largest string field value InfluxDB accepts.
 const MAX_STRING_FIELD: usize = 64 * 1024 - 1;

@@ -15,7 +15,7 @@
 //! - floats are spelled like Python's `repr(float)`; empty tag values, empty
 //!   tag keys and empty field keys are left out.
 
-use crate::sink::schema::pyrepr::write_float_repr;
+use crate::encode::pyrepr::write_float_repr;
 
 const LO: u64 = 0x0101_0101_0101_0101;
 const HI: u64 = 0x8080_8080_8080_8080;

@@ -28,9 +28,9 @@ use serde_json::Value;
 
 use super::{Encoded, PointOverrides, SchemaError, Scratch, SkipReason};
 use crate::config::{AttributeType, SchemaConfig};
+use crate::encode::line_protocol::LineBuilder;
 use crate::event::{State, Timestamp};
 use crate::monitor::metrics as names;
-use crate::sink::line_protocol::LineBuilder;
 
 /// The value of the `schema` tag on every state point: which layout (and revision) wrote it.
 pub const SCHEMA_VERSION: &str = "optimized-1";
@@ -318,7 +318,7 @@ fn set_tag(
 }
 
 fn write_main(
-    f: &mut crate::sink::line_protocol::FieldsBuilder<'_>,
+    f: &mut crate::encode::line_protocol::FieldsBuilder<'_>,
     value: Option<f64>,
     state: &str,
 ) {
