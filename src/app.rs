@@ -35,7 +35,7 @@ use crate::feedback::handoff::Handoff;
 use crate::monitor::{Stats, Totals};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::sink::SinkContext;
-use crate::sink::buffer::{Buffer, BufferError, BufferStats, tasks};
+use crate::sink::buffer::{Buffer, BufferError, tasks};
 use crate::sink::file::FileSink;
 use crate::sink::influxdb::{InfluxWriter, WriteError};
 use crate::source::SourceContext;
@@ -136,7 +136,7 @@ pub struct Running {
 }
 
 /// Takes the data directory's lock so two processes never share a buffer or cursor.
-fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
+pub(crate) fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
     std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
         path: dir.to_path_buf(),
         source,
@@ -300,7 +300,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
 }
 
 /// The sink the config asks for: the InfluxDB writer, else the file sink.
-enum Sink {
+pub(crate) enum Sink {
     Influx(InfluxWriter),
     File(FileSink),
     /// Several `[[influxdb]]` targets, each fed and acknowledged on its own.
@@ -308,7 +308,7 @@ enum Sink {
 }
 
 /// Builds the configured sink without starting it, so its errors come before any task runs.
-fn build_sink(cfg: &Config) -> Result<Sink, StartError> {
+pub(crate) fn build_sink(cfg: &Config) -> Result<Sink, StartError> {
     Ok(match &cfg.influxdb {
         Some(influx) if !influx.more.is_empty() => {
             let mut writers = Vec::new();
@@ -349,7 +349,7 @@ impl Sink {
     }
 
     /// How many inputs (and delivery reports) the sink takes: one per InfluxDB target.
-    fn targets(&self) -> usize {
+    pub(crate) fn targets(&self) -> usize {
         match self {
             Sink::Targets(writers) => writers.len(),
             Sink::Influx(_) | Sink::File(_) => 1,
@@ -357,7 +357,7 @@ impl Sink {
     }
 
     /// Starts the sink on one input and one delivery report per target (see [`Sink::targets`]).
-    fn spawn_targets(
+    pub(crate) fn spawn_targets(
         self,
         rxs: Vec<mpsc::Receiver<Chunk>>,
         acks: Vec<Option<Acks>>,
@@ -572,105 +572,8 @@ fn register_buffer_probe(stats: &Stats, buffer: &Buffer, cfg: &crate::config::Bu
     });
 }
 
-/// What the durable buffer holds, for `ha-ingestor buffer inspect` (takes the data directory's lock).
-pub async fn inspect_buffer(cfg: &Config) -> Result<BufferStats, StartError> {
-    let _lock = lock_data_dir(&cfg.data_dir)?;
-    let buffer = open_buffer(cfg).await?;
-    tokio::task::spawn_blocking(move || buffer.stats())
-        .await
-        .map_err(|e| StartError::BufferTask(e.to_string()))?
-        .map_err(StartError::from)
-}
-
-/// What `ha-ingestor buffer drain` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DrainReport {
-    /// Points the sink stored.
-    pub written: u64,
-    /// Points set aside as dead letters.
-    pub dead_lettered: u64,
-    /// Records still in the buffer afterwards (interrupted, or not delivered in time).
-    pub records_left: u64,
-    /// Points in those records.
-    pub points_left: u64,
-}
-
-/// Delivers everything in the durable buffer to the configured sink, then returns (`ha-ingestor buffer drain`).
-///
-/// Waits for the sink as long as it takes (InfluxDB down means retrying);
-/// `interrupt` resolving (Ctrl-C) ends it with the usual shutdown deadline,
-/// leaving what was not delivered in the buffer.
-pub async fn drain_buffer(
-    cfg: &Config,
-    interrupt: impl std::future::Future<Output = ()>,
-) -> Result<DrainReport, StartError> {
-    let _lock = lock_data_dir(&cfg.data_dir)?;
-    let sink = build_sink(cfg)?;
-    let buffer = open_buffer(cfg).await?;
-    let stats = Arc::new(Stats::default());
-    let targets = sink.targets();
-    let (acks, delivered): (Vec<Acks>, Vec<_>) = (0..targets).map(|_| Acks::channel()).unzip();
-    let (txs, rxs): (Vec<_>, Vec<_>) = (0..targets)
-        .map(|_| mpsc::channel::<Chunk>(CHUNK_CHANNEL))
-        .unzip();
-    let sink_token = CancellationToken::new();
-    let ctx = SinkContext {
-        stats: stats.clone(),
-        dead_letters: Arc::new(DeadLetters::new(cfg.dead_letter_dir())),
-        shutdown: sink_token.clone(),
-        acks: None,
-    };
-    let mut sink = sink.spawn_targets(rxs, acks.into_iter().map(Some).collect(), ctx);
-    let acknowledger = tokio::spawn(tasks::acknowledge_all(buffer.clone(), delivered));
-    let stop = CancellationToken::new();
-    // Everything on disk now; each feeder ends once it read all of it (or at the deadline after `stop`).
-    stop.cancel();
-    let feeders: Vec<JoinHandle<()>> = txs
-        .into_iter()
-        .map(|tx| tokio::spawn(tasks::feed(buffer.clone(), tx, stop.clone(), Duration::MAX)))
-        .collect();
-    let feeder = tokio::spawn(async move {
-        for f in feeders {
-            let _ = f.await;
-        }
-    });
-    tokio::pin!(interrupt);
-    let interrupted = tokio::select! {
-        _ = &mut sink => false,
-        _ = &mut interrupt => true,
-    };
-    if interrupted {
-        tracing::info!(
-            message = "Interrupted: flushing what the sink holds; the rest stays in the buffer."
-        );
-        feeder.abort();
-        sink_token.cancel();
-        if tokio::time::timeout(FLUSH_DEADLINE, &mut sink)
-            .await
-            .is_err()
-        {
-            sink.abort();
-        }
-    }
-    let _ = feeder.await;
-    let _ = acknowledger.await;
-    let left = tokio::task::spawn_blocking(move || {
-        buffer.close()?;
-        buffer.stats()
-    })
-    .await
-    .map_err(|e| StartError::BufferTask(e.to_string()))??;
-    let totals = stats.totals();
-    Ok(DrainReport {
-        written: totals.written,
-        dead_lettered: totals.dead_lettered,
-        records_left: left.records,
-        points_left: left.points,
-    })
-}
-
 /// Opens `<data_dir>/buffer` off the runtime and says what it found.
-async fn open_buffer(cfg: &Config) -> Result<Buffer, StartError> {
+pub(crate) async fn open_buffer(cfg: &Config) -> Result<Buffer, StartError> {
     let dir = cfg.buffer_dir();
     let buffer_cfg = cfg.buffer.clone();
     let (buffer, report) = tokio::task::spawn_blocking(move || Buffer::open(&dir, &buffer_cfg))

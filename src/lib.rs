@@ -7,10 +7,9 @@
 pub mod alloc_counter;
 pub mod app;
 pub mod bench;
-pub mod check;
+pub mod cli;
 pub mod config;
 pub mod dead_letter;
-pub mod demo;
 pub mod encode;
 pub mod event;
 pub mod feedback;

@@ -5,13 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ha_ingestor::cli::explain::event_from_json;
 use ha_ingestor::config::Config;
 use ha_ingestor::encode::Chunk;
 use ha_ingestor::event::Event;
 use ha_ingestor::feedback::handoff::Handoff;
 use ha_ingestor::monitor::Stats;
 use ha_ingestor::pipeline::Pipeline;
-use ha_ingestor::pipeline::explain::event_from_json;
 use tokio::sync::mpsc;
 
 const CONFIG: &str = r#"

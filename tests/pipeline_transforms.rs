@@ -6,8 +6,8 @@
 
 use std::path::Path;
 
+use ha_ingestor::cli::explain::event_from_json;
 use ha_ingestor::config::Config;
-use ha_ingestor::pipeline::explain::event_from_json;
 use ha_ingestor::pipeline::{Outcome, Pipeline};
 
 fn run_case(dir: &Path) -> (String, String) {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use ha_ingestor::cli::replay::{ReplayReport, replay};
 use ha_ingestor::config::InfluxConfig;
 use ha_ingestor::dead_letter::DeadLetters;
 use ha_ingestor::encode::Chunk;
@@ -14,7 +15,6 @@ use ha_ingestor::monitor::Stats;
 use ha_ingestor::sink::SinkContext;
 use ha_ingestor::sink::file::{FileSink, point_files};
 use ha_ingestor::sink::influxdb::InfluxWriter;
-use ha_ingestor::sink::replay::{ReplayReport, replay};
 use serde_json::Value;
 use support::{Influxd, wait_for};
 use tokio::sync::mpsc;

@@ -6,7 +6,6 @@
 //! what is kept into one [`Chunk`] per batch and hands that to the sink.
 //! Counters, per-rule ones included, are added once per batch, not per event.
 
-pub mod explain;
 pub mod expression;
 pub mod filter;
 pub mod rate;

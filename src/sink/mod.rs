@@ -4,7 +4,6 @@
 pub mod buffer;
 pub mod file;
 pub mod influxdb;
-pub mod replay;
 
 use std::sync::Arc;
 

@@ -4,6 +4,14 @@
 //! their timestamps, so replaying a file twice writes the same points again
 //! (InfluxDB overwrites a point with the same series and time).
 
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use tokio::runtime::Runtime;
+
+use crate::config::{Config, LogFormat};
+use crate::sink::file;
+
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
@@ -114,4 +122,57 @@ async fn send_file(
             return Ok(());
         }
     }
+}
+
+/// Arguments of `replay`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The config whose [influxdb] section receives the points.
+    #[arg(long)]
+    to_config: PathBuf,
+    /// Folder of point files (default: the config's <data_dir>/points).
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// Specific files instead of a folder.
+    files: Vec<PathBuf>,
+}
+
+/// Replays the files (or the config's point folder) into the config's InfluxDB and prints what was sent.
+pub fn main(args: Args, log_format: Option<LogFormat>, runtime: &Runtime) -> ExitCode {
+    let cfg = match super::load_config(&args.to_config) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    super::init_logging(log_format.unwrap_or(cfg.log.format), &cfg.log.level);
+    super::report(runtime.block_on(replay_config(cfg, args.from, args.files)))
+}
+
+async fn replay_config(
+    cfg: Config,
+    from: Option<PathBuf>,
+    files: Vec<PathBuf>,
+) -> anyhow::Result<()> {
+    let influx = cfg
+        .influxdb
+        .as_ref()
+        .context("the config has no [influxdb] section to replay into")?;
+    let files = if files.is_empty() {
+        let dir = from.unwrap_or_else(|| cfg.points_dir());
+        file::point_files(&dir).with_context(|| format!("listing {}", dir.display()))?
+    } else {
+        files
+    };
+    anyhow::ensure!(!files.is_empty(), "no point files to replay");
+    let writer = InfluxWriter::new(influx)?;
+    let dead_letters = DeadLetters::new(cfg.dead_letter_dir());
+    let report = replay(&files, &writer, influx.batch_size, &dead_letters).await?;
+    println!(
+        "replay: {} files, {} points sent to {}, {} set aside (see {})",
+        report.files,
+        report.points,
+        crate::config::redact_url(&influx.url),
+        report.dead_lettered,
+        cfg.dead_letter_dir().display()
+    );
+    Ok(())
 }

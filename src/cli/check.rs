@@ -3,6 +3,10 @@
 //! Exit codes: 0 all good, 2 the configuration is invalid, 3 a peer is
 //! unreachable or refused the credentials.
 
+use std::process::ExitCode;
+
+use tokio::runtime::Runtime;
+
 use std::path::Path;
 
 use crate::config::{Config, redact_url};
@@ -125,4 +129,23 @@ pub async fn run(path: &Path) -> i32 {
         }
     }
     code
+}
+
+/// Arguments of `check`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The TOML configuration file.
+    #[arg(long, short, env = "HA_INGESTOR_CONFIG")]
+    config: std::path::PathBuf,
+}
+
+/// Runs every check and exits with its code.
+pub fn main(
+    args: Args,
+    log_format: Option<crate::config::LogFormat>,
+    runtime: &Runtime,
+) -> ExitCode {
+    super::init_logging(log_format.unwrap_or_default(), "warn");
+    let code = runtime.block_on(run(&args.config));
+    ExitCode::from(code as u8)
 }

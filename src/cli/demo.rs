@@ -5,6 +5,12 @@
 //! prints a status line per second, waits until everything emitted has been
 //! received and flushed, and accounts for every event in the summary.
 
+use std::process::ExitCode;
+
+use tokio::runtime::Runtime;
+
+use crate::config::LogFormat;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -197,4 +203,75 @@ async fn create_database(url: &str, db: &str) -> anyhow::Result<()> {
         anyhow::bail!("InfluxDB refused CREATE DATABASE {db}: {status} {body}");
     }
     Ok(())
+}
+
+/// Arguments of `demo`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// How long the simulator emits (e.g. 30s, 2m).
+    #[arg(long = "for", default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Simulated entities.
+    #[arg(long, default_value_t = 200)]
+    entities: usize,
+    /// State changes per second.
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Data directory (the file sink writes to <DIR>/points).
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Write to this InfluxDB 1.x instead of files (e.g. http://127.0.0.1:8086).
+    #[arg(long)]
+    influx_url: Option<String>,
+    /// Database for --influx-url (created if missing).
+    #[arg(long, default_value = "home_assistant")]
+    influx_db: String,
+    /// Write {"received","written","dropped","dead_lettered",…} to this file at exit.
+    #[arg(long)]
+    summary_json: Option<PathBuf>,
+    /// Monitor listen address.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    monitor: SocketAddr,
+    /// No status lines, only the summary.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Runs the demo and prints its summary; fails if anything was lost.
+pub fn main(args: Args, log_format: Option<LogFormat>, runtime: &Runtime) -> ExitCode {
+    super::init_logging(log_format.unwrap_or_default(), "warn");
+    if args.entities == 0 || !(args.rate > 0.0 && args.rate.is_finite()) {
+        eprintln!("ha-ingestor demo: --entities and --rate must be above zero");
+        return ExitCode::from(2);
+    }
+    let opts = DemoOptions {
+        duration: args.duration,
+        entities: args.entities,
+        rate: args.rate,
+        data_dir: args.data_dir,
+        influx_url: args.influx_url,
+        influx_db: args.influx_db,
+        monitor: args.monitor,
+        status_lines: !args.quiet,
+    };
+    let result = runtime.block_on(async {
+        let summary = run(&opts).await?;
+        println!(
+            "demo summary: emitted={} received={} written={} dropped={} dead_lettered={} skipped={} (unknown/unavailable, as HA) filtered={}",
+            summary.emitted,
+            summary.received,
+            summary.written,
+            summary.dropped,
+            summary.dead_lettered,
+            summary.skipped,
+            summary.filtered
+        );
+        if let Some(path) = &args.summary_json {
+            let json = serde_json::to_string_pretty(&summary)?;
+            std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+        }
+        anyhow::ensure!(summary.dropped == 0, "{} events or points were lost", summary.dropped);
+        anyhow::Ok(())
+    });
+    super::report(result)
 }

@@ -5,13 +5,18 @@
 //! configured pipeline and reports each rule's verdict, the decision, the
 //! transforms applied and the line protocol written.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use super::rules::DecidedBy;
-use super::{Outcome, Pipeline, PipelineError};
 use crate::config::Config;
 use crate::event::Event;
+use crate::pipeline::rules::DecidedBy;
+use crate::pipeline::{Outcome, Pipeline, PipelineError};
 use crate::source::homeassistant::decode::{ServerMessage, decode_frame};
 
 /// Why `explain` could not run.
@@ -172,6 +177,37 @@ fn explain_one(pipeline: &mut Pipeline, event: &Event, text: &mut String) {
             );
         }
     }
+}
+
+/// Arguments of `explain`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The TOML configuration file.
+    #[arg(long, short, env = "HA_INGESTOR_CONFIG")]
+    config: PathBuf,
+    /// An HA event as JSON (bare, or a WebSocket event frame); JSON lines for several, taken in order.
+    #[arg(long)]
+    event: PathBuf,
+    /// The source id the event is taken to come from (`homeassistant`, `mqtt:<name>`).
+    #[arg(long, default_value = "homeassistant")]
+    source: String,
+}
+
+/// Prints the explanation of every event in the file.
+pub fn main(args: Args, log_format: Option<crate::config::LogFormat>) -> ExitCode {
+    super::init_logging(log_format.unwrap_or_default(), "warn");
+    let cfg = match super::load_config(&args.config) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    let result = (|| {
+        let text = std::fs::read_to_string(&args.event)
+            .with_context(|| format!("reading {}", args.event.display()))?;
+        let events = events_from_file_text(&text, &args.source)?;
+        print!("{}", explain_events(&cfg, &events)?);
+        anyhow::Ok(())
+    })();
+    super::report(result)
 }
 
 #[cfg(test)]

@@ -1,0 +1,140 @@
+//! The `ha-ingestor` command line: one file per subcommand.
+//!
+//! Each subcommand's file holds its arguments (clap), the work it asks of the
+//! library and the report it prints; `main.rs` only parses, builds the runtime
+//! and dispatches here. Exit codes: 0 success, 1 failure, 2 an invalid
+//! configuration (3 for a peer that failed `check`).
+
+pub mod bench;
+pub mod buffer;
+pub mod check;
+pub mod demo;
+pub mod explain;
+pub mod replay;
+pub mod retention;
+pub mod run;
+pub mod schema;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::runtime::Runtime;
+
+use crate::config::{Config, LogFormat};
+
+/// Captures every Home Assistant event and stores it in InfluxDB without gaps.
+#[derive(Parser)]
+#[command(version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log format (overrides `log.format`).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands; each variant's arguments live in the subcommand's own file.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the service.
+    Run(run::Args),
+    /// Run the whole path against the built-in simulator; no servers needed.
+    Demo(demo::Args),
+    /// Validate a config and test every connection (exit 0 ok, 2 invalid, 3 peer failed).
+    Check(check::Args),
+    /// Show which filter rules match an event, what they decide and transform, and the line protocol written.
+    Explain(explain::Args),
+    /// Send line-protocol files (the file sink's output) to the InfluxDB of a config.
+    Replay(replay::Args),
+    /// Show or empty the durable buffer (run them while the service is stopped).
+    Buffer {
+        /// Which buffer command.
+        #[command(subcommand)]
+        what: buffer::BufferCommand,
+    },
+    /// Measure the hot path.
+    Bench {
+        /// Which benchmark.
+        #[command(subcommand)]
+        what: bench::BenchCommand,
+    },
+    /// Measure the stored schema, plan a better one, migrate data into it, compare the schema modes.
+    Schema {
+        /// Which schema tool.
+        #[command(subcommand)]
+        what: schema::SchemaCommand,
+    },
+    /// Retention policies and downsampling of `[retention]` (InfluxDB 1.x).
+    Retention {
+        /// Which retention command.
+        #[command(subcommand)]
+        what: retention::RetentionCommand,
+    },
+}
+
+impl Command {
+    /// Runs the subcommand on `runtime`; `log_format` is the `--log-format` flag, if given.
+    pub fn run(self, log_format: Option<LogFormat>, runtime: &Runtime) -> ExitCode {
+        match self {
+            Command::Run(args) => run::main(args, log_format, runtime),
+            Command::Demo(args) => demo::main(args, log_format, runtime),
+            Command::Check(args) => check::main(args, log_format, runtime),
+            Command::Explain(args) => explain::main(args, log_format),
+            Command::Replay(args) => replay::main(args, log_format, runtime),
+            Command::Buffer { what } => buffer::main(what, log_format, runtime),
+            Command::Bench { what } => bench::main(what, log_format, runtime),
+            Command::Schema { what } => {
+                init_logging(log_format.unwrap_or_default(), "warn");
+                report(runtime.block_on(schema::main(what)))
+            }
+            Command::Retention { what } => {
+                init_logging(log_format.unwrap_or_default(), "warn");
+                report(runtime.block_on(retention::main(what)))
+            }
+        }
+    }
+}
+
+/// Installs the process's log subscriber: `format` on stderr at `level` (`RUST_LOG` wins), plus the status page's recent-errors layer.
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // The status page's "recent errors" come from this layer.
+    let recent = crate::monitor::page::RecentErrorsLayer;
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(recent)
+            .init(),
+        LogFormat::Human => builder.finish().with(recent).init(),
+    }
+}
+
+/// Loads a config for a subcommand, or prints why not and gives the invalid-config exit code.
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|error| {
+        eprintln!("ha-ingestor: {error}");
+        ExitCode::from(check::INVALID_CONFIG as u8)
+    })
+}
+
+/// Turns a subcommand's result into its exit code, printing the error chain on failure.
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ha-ingestor: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
