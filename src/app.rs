@@ -194,7 +194,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     };
 
     // Retention status for its gauges: checked now and every ten minutes until the monitor stops.
-    if let Some(watcher) = crate::schema::retention::watcher(cfg) {
+    if let Some(watcher) = crate::schema_tools::retention::watcher(cfg) {
         tokio::spawn(watcher.run(monitor_token.clone()));
     }
 

@@ -16,6 +16,7 @@ pub mod feedback;
 pub mod monitor;
 pub mod pipeline;
 pub mod schema;
+pub mod schema_tools;
 pub mod sink;
 pub mod source;
 pub mod tls;

@@ -8,9 +8,9 @@ mod support;
 use std::process::Command;
 
 use ha_ingestor::config::InfluxConfig;
-use ha_ingestor::schema::analyze::{AnalyzeOptions, MeasurementKind, analyze};
-use ha_ingestor::schema::influxql::InfluxQl;
-use ha_ingestor::schema::plan::{Addresses, plan};
+use ha_ingestor::schema_tools::analyze::{AnalyzeOptions, MeasurementKind, analyze};
+use ha_ingestor::schema_tools::influxql::InfluxQl;
+use ha_ingestor::schema_tools::plan::{Addresses, plan};
 use support::influxd::Influxd;
 
 /// 2026-01-05 and 2026-02-09 (Mondays): two different weekly shards.

@@ -15,8 +15,8 @@ use ha_ingestor::encode::Encoder;
 use ha_ingestor::event::{
     Attributes, BusEvent, Context, EntityId, Event, EventKind, EventMeta, Origin, State, Timestamp,
 };
-use ha_ingestor::schema::influxql::InfluxQl;
-use ha_ingestor::schema::migrate::{MigrateOptions, migrate};
+use ha_ingestor::schema_tools::influxql::InfluxQl;
+use ha_ingestor::schema_tools::migrate::{MigrateOptions, migrate};
 use ha_ingestor::sink::influxdb::InfluxWriter;
 use serde_json::{Value, json};
 use support::influxd::Influxd;

@@ -9,9 +9,9 @@ mod support;
 use std::process::Command;
 
 use ha_ingestor::config::Config;
-use ha_ingestor::schema::backfill::{self, BackfillOptions};
-use ha_ingestor::schema::influxql::InfluxQl;
-use ha_ingestor::schema::retention::{self, Change};
+use ha_ingestor::schema_tools::backfill::{self, BackfillOptions};
+use ha_ingestor::schema_tools::influxql::InfluxQl;
+use ha_ingestor::schema_tools::retention::{self, Change};
 use serde_json::Value;
 use support::influxd::Influxd;
 

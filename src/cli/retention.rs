@@ -46,8 +46,8 @@ pub enum RetentionCommand {
 
 /// Shows (and with `--yes` applies) the difference, then backfills when asked.
 pub async fn main(what: RetentionCommand) -> anyhow::Result<()> {
-    use crate::schema::backfill;
-    use crate::schema::{influxql::InfluxQl, retention};
+    use crate::schema_tools::backfill;
+    use crate::schema_tools::{influxql::InfluxQl, retention};
     let RetentionCommand::Apply {
         target,
         yes,

@@ -134,7 +134,7 @@ pub(crate) fn influx_target(
 
 /// Runs one schema tool and prints its report.
 pub async fn main(what: SchemaCommand) -> anyhow::Result<()> {
-    use crate::schema::{analyze, influxql::InfluxQl, migrate, plan};
+    use crate::schema_tools::{analyze, influxql::InfluxQl, migrate, plan};
     match what {
         SchemaCommand::Bench {
             entities,

@@ -317,7 +317,7 @@ pub async fn count_points(db: &InfluxQl, policy: &str, field: &str) -> Result<u6
 mod tests {
     use super::*;
     use crate::config::{DownsampleConfig, TierAggregate, TierConfig};
-    use crate::schema::influxql::literal;
+    use crate::schema_tools::influxql::literal;
 
     #[test]
     fn backfill_statement_is_the_continuous_query_over_a_range() {

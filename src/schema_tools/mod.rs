@@ -1,0 +1,32 @@
+//! Schema tools: measure the stored schema, plan a better one, migrate data into it,
+//! and keep it in shape with retention policies and downsampling.
+//!
+//! These are the library side of `ha-ingestor schema …` and `retention …`
+//! (`cli/`); they talk to InfluxDB through InfluxQL ([`influxql`]). Only one part
+//! runs inside the service: [`retention::watcher`], which `app` starts to keep
+//! the retention metrics current. The schema-mode comparison lives in
+//! `bench/` with the other benchmarks.
+
+pub mod analyze;
+pub mod backfill;
+pub mod influxql;
+pub mod migrate;
+pub mod plan;
+pub mod retention;
+
+/// The progress bar of a chunked, resumable run (migrate, backfill): one style, hidden when `show` is off.
+pub(crate) fn chunk_progress(show: bool, total_chunks: i64, done: u64) -> indicatif::ProgressBar {
+    let bar = if show {
+        indicatif::ProgressBar::new(total_chunks.max(0) as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} chunks, {msg} [{elapsed} elapsed, ETA {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_position(done);
+    bar
+}
