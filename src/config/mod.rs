@@ -11,6 +11,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod alerts;
+mod mqtt;
+
+pub use mqtt::{
+    BoolMode, DecoderKind, JsonSplit, RetainedPolicy, SubscriptionConfig, TimestampFormat,
+};
+
 /// Prefix of every environment override.
 pub const ENV_PREFIX: &str = "HA_INGESTOR_";
 
@@ -97,7 +104,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Alert rules and notifiers.
     #[serde(default)]
-    pub alerts: crate::monitor::alerts::AlertsConfig,
+    pub alerts: alerts::AlertsConfig,
     /// MQTT brokers (`[[mqtt]]`), each with its subscriptions; empty means no MQTT source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mqtt: Vec<MqttConfig>,
@@ -1266,7 +1273,7 @@ pub struct MqttConfig {
     pub tls: MqttTlsConfig,
     /// What to subscribe to and how to decode it (`[[mqtt.subscriptions]]`; documented in docs/mqtt.md, not serialised).
     #[serde(default, skip_serializing)]
-    pub subscriptions: Vec<crate::source::mqtt::decode::SubscriptionConfig>,
+    pub subscriptions: Vec<SubscriptionConfig>,
 }
 
 fn default_mqtt_name() -> String {
@@ -1740,7 +1747,7 @@ impl Config {
         }
         // A Home Assistant notifier's `instance` must name a configured home.
         for (i, notifier) in self.alerts.notifiers.iter().enumerate() {
-            if let crate::monitor::alerts::NotifierConfig::Homeassistant {
+            if let alerts::NotifierConfig::Homeassistant {
                 instance: Some(home),
                 ..
             } = notifier

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Notification, Status, failed, sent};
-use crate::monitor::alerts::config::NotifierConfig;
+use crate::config::alerts::NotifierConfig;
 use crate::source::homeassistant::commands::{Command, Commands, SendError};
 
 /// The Home Assistant notifier.

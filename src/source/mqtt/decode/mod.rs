@@ -7,22 +7,20 @@
 //! are safe. Entity-id rules and each decoder's mapping are in `docs/mqtt.md`.
 
 pub mod bench;
-mod config;
 mod entity;
 mod eventstream;
 mod json;
 mod statestream;
 mod value;
 
-pub use config::{
-    BoolMode, DecoderKind, JsonSplit, RetainedPolicy, SubscriptionConfig, TimestampFormat,
-};
-
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::config::{
+    BoolMode, DecoderKind, JsonSplit, RetainedPolicy, SubscriptionConfig, TimestampFormat,
+};
 use crate::event::{
     Attributes, Context, Event, EventKind, EventMeta, Origin, SourceId, State, Timestamp,
 };

@@ -362,7 +362,7 @@ impl std::fmt::Debug for NotifierConfig {
             } => f
                 .debug_struct("Webhook")
                 .field("name", name)
-                .field("url", &crate::config::redact_url(url))
+                .field("url", &super::redact_url(url))
                 .field("headers", &"<redacted>")
                 .field("retries", retries)
                 .finish_non_exhaustive(),
