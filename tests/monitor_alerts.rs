@@ -501,7 +501,11 @@ async fn a_flapping_value_does_not_flap_the_alert() {
 
 #[tokio::test(start_paused = true)]
 async fn rules_without_data_stay_inactive_and_say_why() {
-    let h = Harness::start(ha_ingestor::config::alerts::builtin_rules(), Vec::new()).await;
+    let h = Harness::start(
+        ha_ingestor::monitor::alerts::builtin::builtin_rules(),
+        Vec::new(),
+    )
+    .await;
     h.ticks(3).await;
     let view = h.board.view();
     assert_eq!(view.rules.len(), 5);

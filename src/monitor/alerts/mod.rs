@@ -7,6 +7,7 @@
 //! the [`Board`] that `/alerts` serves. Nothing here sits on the data path.
 
 pub mod anomaly;
+pub mod builtin;
 pub mod notify;
 pub mod rule;
 pub mod sample;

@@ -18,6 +18,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::config::validate::StageCheck;
 use crate::config::{
     BoolMode, DecoderKind, JsonSplit, RetainedPolicy, SubscriptionConfig, TimestampFormat,
 };
@@ -158,6 +159,14 @@ fn invalid(sub: &SubscriptionConfig, key: &'static str, reason: &str) -> DecodeC
         subscription: sub.name.clone(),
         key,
         reason: reason.to_string(),
+    }
+}
+
+/// Loading a config compiles each broker's subscriptions as the source will, so a
+/// subscription the decoders would refuse is refused with the config's other errors.
+impl StageCheck for [SubscriptionConfig] {
+    fn stage_check(&self) -> Result<(), String> {
+        Decoders::new(self).map(drop).map_err(|e| e.to_string())
     }
 }
 
