@@ -286,3 +286,20 @@ fn several_influxdb_targets_parse_and_validate() {
     .unwrap_err();
     assert!(err.to_string().contains("bogus"), "{err}");
 }
+
+#[test]
+fn a_broker_whose_subscriptions_the_decoders_refuse_is_refused() {
+    let broker = |topic: &str| {
+        format!(
+            "[[mqtt]]\nname = \"b\"\nurl = \"mqtt://h:1883\"\n\
+             [[mqtt.subscriptions]]\nname = \"s\"\ntopic = \"{topic}\"\ndecoder = \"value\"\n"
+        )
+    };
+    assert!(load(&broker("a/+/c"), &[]).is_ok());
+    // Only the MQTT source's decoders know topic filters: loading asks them.
+    let err = load(&broker("a/#/c"), &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("mqtt[b].subscriptions") && err.contains("invalid topic filter"),
+        "{err}"
+    );
+}
