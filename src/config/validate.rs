@@ -335,7 +335,7 @@ fn validate_schema(schema: &SchemaConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Checks `[buffer]`: room for at least one large batch.
+/// Checks `[buffer]`: `max_bytes` is at least 1 MiB.
 fn validate_buffer(buffer: &BufferConfig) -> Result<(), ConfigError> {
     if buffer.max_bytes < 1 << 20 {
         return Err(invalid(
