@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::TlsConfig;
+use crate::config::tls::TlsConfig;
 
 /// Why a TLS client could not be set up; the message names the setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

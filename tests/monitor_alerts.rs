@@ -8,11 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ha_ingestor::config::alerts::{Aggregate, Condition, Direction, RuleConfig, Severity};
 use ha_ingestor::event::{Context, EntityId, Event, EventKind, Origin, StateChanged, Timestamp};
-use ha_ingestor::monitor::alerts::config::{Aggregate, Direction};
 use ha_ingestor::monitor::alerts::{
-    Board, Condition, Evaluator, Notification, RuleConfig, RuleStatus, Series, Severity, Snapshot,
-    State, Status, Target,
+    Board, Evaluator, Notification, RuleStatus, Series, Snapshot, State, Status, Target,
 };
 use ha_ingestor::monitor::metrics as names;
 use ha_ingestor::monitor::rates::Rates;
@@ -503,7 +502,7 @@ async fn a_flapping_value_does_not_flap_the_alert() {
 #[tokio::test(start_paused = true)]
 async fn rules_without_data_stay_inactive_and_say_why() {
     let h = Harness::start(
-        ha_ingestor::monitor::alerts::config::builtin_rules(),
+        ha_ingestor::monitor::alerts::builtin::builtin_rules(),
         Vec::new(),
     )
     .await;

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use ha_ingestor::source::mqtt::decode::{DecoderKind, Decoders, SubscriptionConfig};
+use ha_ingestor::config::{DecoderKind, SubscriptionConfig};
+use ha_ingestor::source::mqtt::decode::Decoders;
 
 #[derive(serde::Deserialize)]
 struct Broker {

@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ha_ingestor::config::SchemaConfig;
+use ha_ingestor::config::SubscriptionConfig;
 use ha_ingestor::encode::{Encoded, Encoder};
 use ha_ingestor::event::{Event, EventKind, StateChanged, Timestamp};
-use ha_ingestor::source::mqtt::decode::{Decoders, Message, SubscriptionConfig};
+use ha_ingestor::source::mqtt::decode::{Decoders, Message};
 use serde_json::Value;
 
 fn path(rel: &str) -> PathBuf {

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ha_ingestor::config::HomeAssistantConfig;
+use ha_ingestor::config::alerts::NotifierConfig;
 use ha_ingestor::dead_letter::DeadLetters;
 use ha_ingestor::feedback::commands::Commands;
 use ha_ingestor::feedback::handoff::Handoff;
 use ha_ingestor::monitor::Stats;
-use ha_ingestor::monitor::alerts::NotifierConfig;
 use ha_ingestor::monitor::alerts::notify::{self, Notification, Status};
 use ha_ingestor::source::SourceContext;
 use ha_ingestor::source::homeassistant::client;

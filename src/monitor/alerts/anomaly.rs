@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use crate::monitor::alerts::config::Direction;
+use crate::config::alerts::Direction;
 
 /// Running mean and variance with exponential forgetting.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

@@ -7,7 +7,7 @@
 //! the [`Board`] that `/alerts` serves. Nothing here sits on the data path.
 
 pub mod anomaly;
-pub mod config;
+pub mod builtin;
 pub mod notify;
 pub mod rule;
 pub mod sample;
@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{AlertsConfig, Condition, NotifierConfig, RuleConfig, Severity};
+use crate::config::alerts::{AlertsConfig, RuleConfig};
 pub use notify::{Notification, Status, Target};
 pub use rule::{Rule, State, Transition};
 pub use sample::{RegistrySampler, Sampler, Series, Snapshot};

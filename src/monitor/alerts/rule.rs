@@ -16,8 +16,8 @@ use chrono::{DateTime, Timelike, Utc};
 use tokio::time::Instant;
 
 use super::anomaly::Baseline;
-use super::config::{Aggregate, Condition, RuleConfig};
 use super::sample::Snapshot;
+use crate::config::alerts::{Aggregate, Condition, RuleConfig};
 use crate::monitor::metrics as names;
 
 /// The state shown at `/alerts`.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::monitor::alerts::config::Aggregate;
+use crate::config::alerts::Aggregate;
 
 /// One series: a metric name, its labels, its value.
 #[derive(Debug, Clone, PartialEq)]

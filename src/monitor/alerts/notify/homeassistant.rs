@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Notification, Status, failed, sent};
+use crate::config::alerts::NotifierConfig;
 use crate::feedback::commands::{Command, Commands, SendError};
-use crate::monitor::alerts::config::NotifierConfig;
 
 /// The Home Assistant notifier.
 pub struct HomeAssistant {

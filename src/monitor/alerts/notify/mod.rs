@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::config::NotifierConfig;
+use crate::config::alerts::NotifierConfig;
 use crate::feedback::commands::Commands;
 use crate::monitor::metrics as names;
 

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Notification, Status, failed, sent};
-use crate::monitor::alerts::config::NotifierConfig;
+use crate::config::alerts::NotifierConfig;
 
 /// Publishes that may wait in the client for the connection.
 const CLIENT_QUEUE: usize = 64;

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Notification, failed, retried, sent};
 use crate::config::TlsConfig;
-use crate::monitor::alerts::config::NotifierConfig;
+use crate::config::alerts::NotifierConfig;
 
 /// The webhook notifier.
 pub struct Webhook {

@@ -7,22 +7,21 @@
 //! are safe. Entity-id rules and each decoder's mapping are in `docs/mqtt.md`.
 
 pub mod bench;
-mod config;
 mod entity;
 mod eventstream;
 mod json;
 mod statestream;
 mod value;
 
-pub use config::{
-    BoolMode, DecoderKind, JsonSplit, RetainedPolicy, SubscriptionConfig, TimestampFormat,
-};
-
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::config::validate::StageCheck;
+use crate::config::{
+    BoolMode, DecoderKind, JsonSplit, RetainedPolicy, SubscriptionConfig, TimestampFormat,
+};
 use crate::event::{
     Attributes, Context, Event, EventKind, EventMeta, Origin, SourceId, State, Timestamp,
 };
@@ -160,6 +159,14 @@ fn invalid(sub: &SubscriptionConfig, key: &'static str, reason: &str) -> DecodeC
         subscription: sub.name.clone(),
         key,
         reason: reason.to_string(),
+    }
+}
+
+/// Loading a config compiles each broker's subscriptions as the source will, so a
+/// subscription the decoders would refuse is refused with the config's other errors.
+impl StageCheck for [SubscriptionConfig] {
+    fn stage_check(&self) -> Result<(), String> {
+        Decoders::new(self).map(drop).map_err(|e| e.to_string())
     }
 }
 

@@ -1,11 +1,15 @@
-//! The `[alerts]` section: rules, notifiers and the built-in rule set.
+//! The `[alerts]` section: rules and notifiers, and the names of the built-in rules.
+//!
+//! The built-in rules themselves, the rules in force and the counter an anomaly rule
+//! learns name metrics, so they are the alert evaluator's: `monitor::alerts::builtin`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::monitor::metrics as names;
+use super::secret::redact_url;
+use super::validate::StageCheck;
 
 /// Alerting: rules evaluated on a fixed tick, notifications to webhooks, MQTT and Home Assistant.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -103,7 +107,8 @@ pub struct RuleConfig {
     pub description: Option<String>,
 }
 
-fn default_resolve_after() -> Duration {
+/// How long a condition stays clear before a firing rule resolves, by default: 1 min.
+pub(crate) fn default_resolve_after() -> Duration {
     Duration::from_secs(60)
 }
 
@@ -233,10 +238,12 @@ pub enum Condition {
     },
 }
 
-fn default_source() -> String {
+/// The source a rule watches by default: `homeassistant`.
+pub(crate) fn default_source() -> String {
     "homeassistant".to_string()
 }
-fn default_window() -> Duration {
+/// The window of rates and increases by default: 5 min.
+pub(crate) fn default_window() -> Duration {
     Duration::from_secs(300)
 }
 fn default_min_increase() -> f64 {
@@ -245,7 +252,8 @@ fn default_min_increase() -> f64 {
 fn default_warmup() -> Duration {
     Duration::from_secs(3600)
 }
-fn default_half_life() -> Duration {
+/// The half-life of an anomaly baseline by default: 1 h.
+pub(crate) fn default_half_life() -> Duration {
     Duration::from_secs(3600)
 }
 fn default_z() -> f64 {
@@ -362,7 +370,7 @@ impl std::fmt::Debug for NotifierConfig {
             } => f
                 .debug_struct("Webhook")
                 .field("name", name)
-                .field("url", &crate::config::redact_url(url))
+                .field("url", &redact_url(url))
                 .field("headers", &"<redacted>")
                 .field("retries", retries)
                 .finish_non_exhaustive(),
@@ -411,7 +419,7 @@ impl NotifierConfig {
     }
 }
 
-/// Names of the built-in rules, for `disabled_rules`.
+/// Names of the built-in rules, for `disabled_rules` (the rules are `monitor::alerts::builtin`).
 pub const BUILTIN_RULE_NAMES: &[&str] = &[
     "ha_disconnected",
     "no_writes",
@@ -420,116 +428,7 @@ pub const BUILTIN_RULE_NAMES: &[&str] = &[
     "event_rate_anomaly",
 ];
 
-/// The built-in rule set: HA disconnected > 2 min, no writes > 5 min, buffer > 80 %, dead letters rising, event-rate anomaly.
-pub fn builtin_rules() -> Vec<RuleConfig> {
-    let rule = |name: &str, condition, for_secs, severity| RuleConfig {
-        name: name.to_string(),
-        condition,
-        for_: Duration::from_secs(for_secs),
-        resolve_after: default_resolve_after(),
-        severity,
-        notifiers: None,
-        recovery: true,
-        description: None,
-    };
-    vec![
-        rule(
-            "ha_disconnected",
-            Condition::Disconnected {
-                source: default_source(),
-            },
-            120,
-            Severity::Critical,
-        ),
-        rule(
-            "no_writes",
-            Condition::NoWrites {
-                after: Duration::from_secs(300),
-            },
-            0,
-            Severity::Critical,
-        ),
-        rule(
-            "buffer_filling",
-            Condition::BufferFull {
-                above_percent: 80.0,
-                clear_percent: Some(70.0),
-            },
-            60,
-            Severity::Warning,
-        ),
-        rule(
-            "dead_letters_rising",
-            Condition::DeadLetters {
-                window: default_window(),
-                min_increase: 1.0,
-            },
-            0,
-            Severity::Warning,
-        ),
-        rule(
-            "event_rate_anomaly",
-            Condition::Anomaly {
-                metric: Some(names::SOURCE_RECEIVED_EVENTS.to_string()),
-                domain: None,
-                labels: BTreeMap::from([("source".to_string(), default_source())]),
-                window: default_window(),
-                warmup: Duration::from_secs(6 * 3600),
-                half_life: default_half_life(),
-                z: 5.0,
-                direction: Direction::Both,
-                daily: true,
-            },
-            600,
-            Severity::Warning,
-        ),
-    ]
-}
-
-impl Condition {
-    /// The counter an `anomaly` condition learns and the labels that select its series
-    /// (`domain` folded in); `None` for other conditions.
-    pub fn anomaly_series(&self) -> Option<(&str, BTreeMap<String, String>)> {
-        let Condition::Anomaly {
-            metric,
-            domain,
-            labels,
-            ..
-        } = self
-        else {
-            return None;
-        };
-        let mut labels = labels.clone();
-        if let Some(domain) = domain {
-            labels.insert("domain".to_string(), domain.clone());
-        }
-        let default = if domain.is_some() {
-            names::PIPELINE_RECEIVED_EVENTS
-        } else {
-            names::SOURCE_RECEIVED_EVENTS
-        };
-        let metric = metric.as_deref().unwrap_or(default);
-        Some((metric, labels))
-    }
-}
-
 impl AlertsConfig {
-    /// The rules in force: the built-ins not disabled or replaced, then the user's.
-    pub fn effective_rules(&self) -> Vec<RuleConfig> {
-        let mut rules = Vec::new();
-        if self.builtin_rules {
-            for rule in builtin_rules() {
-                let disabled = self.disabled_rules.contains(&rule.name);
-                let replaced = self.rules.iter().any(|r| r.name == rule.name);
-                if !disabled && !replaced {
-                    rules.push(rule);
-                }
-            }
-        }
-        rules.extend(self.rules.iter().cloned());
-        rules
-    }
-
     /// Checks names, references and numbers; the error names the key at fault.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |key: String, message: String| Err((key, message));
@@ -683,15 +582,8 @@ impl Condition {
                     if domain.is_empty() {
                         return Err("domain must not be empty".into());
                     }
-                    if metric
-                        .as_ref()
-                        .is_some_and(|m| m != names::PIPELINE_RECEIVED_EVENTS)
-                    {
-                        return Err(format!(
-                            "domain reads {}; leave metric out",
-                            names::PIPELINE_RECEIVED_EVENTS
-                        ));
-                    }
+                    // The counter a `domain` reads is the evaluator's to name.
+                    self.stage_check()?;
                     if labels.get("domain").is_some_and(|d| d != domain) {
                         return Err("labels.domain differs from domain".into());
                     }
@@ -708,45 +600,6 @@ mod tests {
 
     fn parse(text: &str) -> AlertsConfig {
         toml::from_str(text).expect("parses")
-    }
-
-    #[test]
-    fn built_ins_are_on_and_can_be_disabled_or_replaced() {
-        let names = |c: &AlertsConfig| -> Vec<String> {
-            c.effective_rules().into_iter().map(|r| r.name).collect()
-        };
-        assert_eq!(names(&AlertsConfig::default()), BUILTIN_RULE_NAMES);
-        let c = parse(
-            r#"
-            disabled_rules = ["event_rate_anomaly"]
-            [[rules]]
-            name = "no_writes"
-            condition = { type = "no_writes", after = "1m" }
-            for = "30s"
-            "#,
-        );
-        c.validate().expect("valid");
-        assert_eq!(
-            names(&c),
-            [
-                "ha_disconnected",
-                "buffer_filling",
-                "dead_letters_rising",
-                "no_writes"
-            ]
-        );
-        let mine = c.effective_rules().pop().unwrap();
-        assert_eq!(mine.for_, Duration::from_secs(30));
-        assert_eq!(mine.resolve_after, Duration::from_secs(60));
-        assert_eq!(mine.severity, Severity::Warning);
-        assert!(mine.recovery && mine.notifiers.is_none());
-        assert_eq!(
-            mine.condition,
-            Condition::NoWrites {
-                after: Duration::from_secs(60)
-            }
-        );
-        assert!(parse("builtin_rules = false").effective_rules().is_empty());
     }
 
     #[test]
@@ -799,44 +652,6 @@ mod tests {
             )
             .is_err()
         );
-    }
-
-    #[test]
-    fn an_anomaly_rule_can_watch_a_domain() {
-        let c = parse(
-            r#"[[rules]]
-            name = "lights"
-            condition = { type = "anomaly", domain = "light", labels = { source = "homeassistant" } }"#,
-        );
-        c.validate().expect("valid");
-        let rule = c.effective_rules().pop().expect("rule");
-        let (metric, labels) = rule.condition.anomaly_series().expect("anomaly");
-        assert_eq!(metric, names::PIPELINE_RECEIVED_EVENTS);
-        assert_eq!(
-            labels,
-            BTreeMap::from([
-                ("domain".to_string(), "light".to_string()),
-                ("source".to_string(), "homeassistant".to_string())
-            ])
-        );
-        // Without a domain: the source's received events, as before.
-        let builtin = builtin_rules().pop().expect("anomaly built-in");
-        let (metric, labels) = builtin.condition.anomaly_series().expect("anomaly");
-        assert_eq!(metric, names::SOURCE_RECEIVED_EVENTS);
-        assert_eq!(labels["source"], "homeassistant");
-        // A domain with another metric, or another domain label, is refused.
-        let key = |text: &str| parse(text).validate().expect_err("invalid").0;
-        for cond in [
-            r#"{ type = "anomaly", domain = "light", metric = "ha_ingestor_sink_sent_points_total" }"#,
-            r#"{ type = "anomaly", domain = "light", labels = { domain = "switch" } }"#,
-            r#"{ type = "anomaly", domain = "" }"#,
-        ] {
-            assert_eq!(
-                key(&format!("[[rules]]\nname = \"r\"\ncondition = {cond}")),
-                "alerts.rules[0].condition",
-                "{cond}"
-            );
-        }
     }
 
     #[test]

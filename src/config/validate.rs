@@ -1,0 +1,427 @@
+//! [`Config::validate`]: what types alone cannot check (complete credentials, sane
+//! sizes, valid URLs, unique names), one function per section, called in a fixed
+//! order so the first error reported is always the same.
+//!
+//! Two checks need a stage's own knowledge: that a broker's subscriptions compile
+//! (the MQTT decoders) and which counter an anomaly rule with a `domain` reads (the
+//! alert evaluator's metric names). Config imports no stage, so those stages
+//! implement [`StageCheck`] for the config types, beside their own code.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::alerts::{AlertsConfig, NotifierConfig};
+use super::{
+    BufferConfig, Config, ConfigError, FilterConfig, HaSubscription, HomeAssistantConfig,
+    InfluxApi, InfluxConfig, LogConfig, MqttConfig, SchemaConfig,
+};
+
+/// A check of a config value that only a stage can make, because it needs the stage's
+/// code or names; the stage implements it for the config type beside that code, so
+/// loading refuses what the stage would refuse without `config` importing the stage.
+pub(crate) trait StageCheck {
+    /// `Err` says what is wrong, to be reported under the value's config key.
+    fn stage_check(&self) -> Result<(), String>;
+}
+
+/// The error for `key`.
+fn invalid(key: &str, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message,
+    }
+}
+
+impl Config {
+    /// Checks what types alone cannot: complete credentials, sane sizes, valid URLs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.alerts
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        let homes = validate_homeassistant(&self.homeassistant)?;
+        validate_alert_homes(&self.alerts, &homes)?;
+        if let Some(influx) = &self.influxdb {
+            self.validate_influx_targets(influx)?;
+            validate_influxdb(influx)?;
+        }
+        validate_filter(&self.filter)?;
+        validate_schema(&self.schema)?;
+        validate_buffer(&self.buffer)?;
+        validate_log(&self.log)?;
+        self.retention.validate()?;
+        validate_mqtt(&self.mqtt)?;
+        Ok(())
+    }
+
+    /// Several `[[influxdb]]` targets: distinct names, valid measurement globs, and each one valid on its own.
+    fn validate_influx_targets(&self, influx: &InfluxConfig) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for target in influx.targets() {
+            let name = target.target_name();
+            if !names.insert(name) {
+                return Err(ConfigError::Invalid {
+                    key: "influxdb.name".into(),
+                    message: format!(
+                        "{name:?} is used by two targets; give each [[influxdb]] a distinct name"
+                    ),
+                });
+            }
+            for glob in &target.measurements {
+                globset::Glob::new(glob).map_err(|e| ConfigError::Invalid {
+                    key: "influxdb.measurements".into(),
+                    message: format!("target {name:?}: {glob:?}: {e}"),
+                })?;
+            }
+        }
+        for more in &influx.more {
+            let alone = Config {
+                influxdb: Some(more.clone()),
+                ..self.clone()
+            };
+            alone.validate().map_err(|e| match e {
+                ConfigError::Invalid { key, message } => ConfigError::Invalid {
+                    key,
+                    message: format!("target {:?}: {message}", more.target_name()),
+                },
+                other => other,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks the `[[homeassistant]]` sources and returns their names (each unique).
+fn validate_homeassistant(homes: &[HomeAssistantConfig]) -> Result<BTreeSet<&str>, ConfigError> {
+    let mut names = BTreeSet::new();
+    for ha in homes {
+        if ha.name.is_empty()
+            || !ha
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid(
+                "homeassistant.name",
+                format!("{:?}: use letters, digits, '_' and '-' only", ha.name),
+            ));
+        }
+        if !names.insert(ha.name.as_str()) {
+            return Err(invalid(
+                "homeassistant.name",
+                format!(
+                    "{:?} is used twice: give each [[homeassistant]] its own name (it names the cursor file and the instance tag)",
+                    ha.name
+                ),
+            ));
+        }
+        let ws = ha.websocket_url();
+        let parsed = url::Url::parse(&ws)
+            .map_err(|e| invalid("homeassistant.url", format!("{ws:?} is not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "ws" | "wss") {
+            return Err(invalid(
+                "homeassistant.url",
+                format!(
+                    "scheme must be ws, wss, http or https, not {}",
+                    parsed.scheme()
+                ),
+            ));
+        }
+        match ha.token.as_deref() {
+            None => {
+                return Err(invalid(
+                    "homeassistant.token",
+                    "a long-lived access token is required (token, token_file or HA_INGESTOR_HOMEASSISTANT__TOKEN)".into(),
+                ));
+            }
+            Some(t) if t.trim().is_empty() => {
+                return Err(invalid("homeassistant.token", "the token is empty".into()));
+            }
+            Some(_) => {}
+        }
+        if ha.reconnect_min.is_zero() || ha.reconnect_min > ha.reconnect_max {
+            return Err(invalid(
+                "homeassistant.reconnect_min",
+                "must be above zero and at most reconnect_max".into(),
+            ));
+        }
+        if ha.max_message_bytes < 1 << 16 {
+            return Err(invalid(
+                "homeassistant.max_message_bytes",
+                "must be at least 65536".into(),
+            ));
+        }
+        if ha.backfill_chunk == 0 {
+            return Err(invalid(
+                "homeassistant.backfill_chunk",
+                "must be at least 1".into(),
+            ));
+        }
+        if ha.backfill_window.is_zero() {
+            return Err(invalid(
+                "homeassistant.backfill_window",
+                "must be above zero".into(),
+            ));
+        }
+        if ha.ping_interval.is_zero() {
+            return Err(invalid(
+                "homeassistant.ping_interval",
+                "must be above zero".into(),
+            ));
+        }
+        if ha.pong_timeout.is_zero() {
+            return Err(invalid(
+                "homeassistant.pong_timeout",
+                "must be above zero".into(),
+            ));
+        }
+        match ha.subscription {
+            HaSubscription::Entities if !ha.event_types.is_empty() => {
+                return Err(invalid(
+                    "homeassistant.event_types",
+                    "subscription = \"entities\" receives state changes only; remove event_types or use subscription = \"events\"".into(),
+                ));
+            }
+            HaSubscription::Events if !ha.entity_ids.is_empty() => {
+                return Err(invalid(
+                    "homeassistant.entity_ids",
+                    "only used with subscription = \"entities\" (with events, filter in the pipeline)".into(),
+                ));
+            }
+            _ => {}
+        }
+        for id in &ha.entity_ids {
+            if crate::event::EntityId::new(id).is_err() {
+                return Err(invalid(
+                    "homeassistant.entity_ids",
+                    format!("{id:?} is not an entity id (domain.object_id)"),
+                ));
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// A Home Assistant notifier's `instance` must name a configured home.
+fn validate_alert_homes(alerts: &AlertsConfig, names: &BTreeSet<&str>) -> Result<(), ConfigError> {
+    for (i, notifier) in alerts.notifiers.iter().enumerate() {
+        if let NotifierConfig::Homeassistant {
+            instance: Some(home),
+            ..
+        } = notifier
+            && !names.contains(home.as_str())
+        {
+            return Err(invalid(
+                &format!("alerts.notifiers[{i}].instance"),
+                format!("{home:?} names no [[homeassistant]] (configured: {names:?})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks one `[influxdb]` target: a usable URL, the credentials its API needs, sane batches and retries.
+fn validate_influxdb(influx: &InfluxConfig) -> Result<(), ConfigError> {
+    let parsed = url::Url::parse(&influx.url).map_err(|e| {
+        invalid(
+            "influxdb.url",
+            format!("{:?} is not a URL: {e}", influx.url),
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid(
+            "influxdb.url",
+            "scheme must be http or https".into(),
+        ));
+    }
+    match influx.api {
+        InfluxApi::V1 => {
+            if influx.database.as_deref().unwrap_or("").is_empty() {
+                return Err(invalid(
+                    "influxdb.database",
+                    "required with api = \"v1\"".into(),
+                ));
+            }
+            if influx.username.is_some() != influx.password.is_some() {
+                return Err(invalid(
+                    "influxdb.username",
+                    "username and password go together".into(),
+                ));
+            }
+            if influx.token.is_some() || influx.org.is_some() || influx.bucket.is_some() {
+                return Err(invalid(
+                    "influxdb.api",
+                    "token, org and bucket are for api = \"v2\"".into(),
+                ));
+            }
+        }
+        InfluxApi::V2 => {
+            for (key, value) in [
+                ("influxdb.org", &influx.org),
+                ("influxdb.bucket", &influx.bucket),
+                ("influxdb.token", &influx.token),
+            ] {
+                if value.as_deref().unwrap_or("").is_empty() {
+                    return Err(invalid(key, "required with api = \"v2\"".into()));
+                }
+            }
+            if influx.database.is_some() || influx.username.is_some() {
+                return Err(invalid(
+                    "influxdb.api",
+                    "database, username and password are for api = \"v1\"".into(),
+                ));
+            }
+        }
+    }
+    if influx.batch_size == 0 || influx.batch_size > 100_000 {
+        return Err(invalid("influxdb.batch_size", "must be 1 to 100000".into()));
+    }
+    if influx.flush_interval.is_zero() {
+        return Err(invalid(
+            "influxdb.flush_interval",
+            "must be above zero".into(),
+        ));
+    }
+    if influx.retry_min.is_zero() || influx.retry_min > influx.retry_max {
+        return Err(invalid(
+            "influxdb.retry_min",
+            "must be above zero and at most retry_max".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `[filter]`: the gate's globs compile and every rule has its own name.
+fn validate_filter(filter: &FilterConfig) -> Result<(), ConfigError> {
+    for (name, list) in [
+        ("filter.include.entity_globs", &filter.include.entity_globs),
+        ("filter.exclude.entity_globs", &filter.exclude.entity_globs),
+    ] {
+        for glob in list {
+            globset::Glob::new(glob)
+                .map_err(|e| invalid(name, format!("bad glob {glob:?}: {e}")))?;
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for rule in &filter.rules {
+        if rule.name.trim().is_empty() {
+            return Err(invalid("filter.rules.name", "must not be empty".into()));
+        }
+        if !names.insert(rule.name.as_str()) {
+            return Err(invalid(
+                "filter.rules.name",
+                format!("two rules are named {:?}", rule.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks `[schema]`: the override globs compile and the events measurement is named.
+fn validate_schema(schema: &SchemaConfig) -> Result<(), ConfigError> {
+    for glob in schema.component_config_glob.keys() {
+        globset::Glob::new(glob).map_err(|e| {
+            invalid(
+                "schema.component_config_glob",
+                format!("bad glob {glob:?}: {e}"),
+            )
+        })?;
+    }
+    if schema.events_measurement.is_empty() {
+        return Err(invalid(
+            "schema.events_measurement",
+            "must not be empty".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `[buffer]`: `max_bytes` is at least 1 MiB.
+fn validate_buffer(buffer: &BufferConfig) -> Result<(), ConfigError> {
+    if buffer.max_bytes < 1 << 20 {
+        return Err(invalid(
+            "buffer.max_bytes",
+            "must be at least 1048576 (1 MiB)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `[log]`: the level is a valid `tracing` filter.
+fn validate_log(log: &LogConfig) -> Result<(), ConfigError> {
+    tracing_subscriber::EnvFilter::try_new(&log.level)
+        .map_err(|e| invalid("log.level", e.to_string()))?;
+    Ok(())
+}
+
+/// Checks the `[[mqtt]]` brokers: unique names, usable URLs, complete credentials, sane limits.
+fn validate_mqtt(brokers: &[MqttConfig]) -> Result<(), ConfigError> {
+    let mut names = std::collections::HashSet::new();
+    for m in brokers {
+        if m.name.trim().is_empty() || m.name.contains(char::is_whitespace) {
+            return Err(invalid(
+                "mqtt.name",
+                format!("{:?}: must be a non-empty word", m.name),
+            ));
+        }
+        if !names.insert(m.name.as_str()) {
+            return Err(invalid(
+                "mqtt.name",
+                format!(
+                    "two brokers are named {:?}; give each a unique name",
+                    m.name
+                ),
+            ));
+        }
+        let key = |k: &str| format!("mqtt[{}].{k}", m.name);
+        m.endpoint().map_err(|e| invalid(&key("url"), e))?;
+        if m.password.is_some() && m.username.is_none() {
+            return Err(invalid(
+                &key("username"),
+                "a password needs a username".into(),
+            ));
+        }
+        if m.tls.cert_file.is_some() != m.tls.key_file.is_some() {
+            return Err(invalid(
+                &key("tls.cert_file"),
+                "cert_file and key_file go together".into(),
+            ));
+        }
+        if m.max_packet_size < 1 << 16 || m.max_packet_size > 256 << 20 {
+            return Err(invalid(
+                &key("max_packet_size"),
+                "must be 65536 to 268435456 (MQTT's limit)".into(),
+            ));
+        }
+        if m.keep_alive < Duration::from_secs(5) || m.keep_alive > Duration::from_secs(65535) {
+            return Err(invalid(&key("keep_alive"), "must be 5s to 65535s".into()));
+        }
+        if m.reconnect_min.is_zero() || m.reconnect_min > m.reconnect_max {
+            return Err(invalid(
+                &key("reconnect_min"),
+                "must be above zero and at most reconnect_max".into(),
+            ));
+        }
+        if m.connect_timeout < Duration::from_secs(1) {
+            return Err(invalid(
+                &key("connect_timeout"),
+                "must be at least 1s".into(),
+            ));
+        }
+        if m.receive_maximum == 0 {
+            return Err(invalid(
+                &key("receive_maximum"),
+                "must be 1 to 65535".into(),
+            ));
+        }
+        if m.subscriptions.is_empty() {
+            return Err(invalid(
+                &key("subscriptions"),
+                "a broker needs at least one [[mqtt.subscriptions]]".into(),
+            ));
+        }
+        m.subscriptions
+            .stage_check()
+            .map_err(|e| invalid(&key("subscriptions"), e))?;
+    }
+    Ok(())
+}
