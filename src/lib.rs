@@ -5,6 +5,7 @@
 
 pub mod alloc_counter;
 pub mod app;
+pub mod backoff;
 pub mod bench;
 pub mod check;
 pub mod config;

@@ -1,4 +1,4 @@
-//! Reconnect delays shared by the sources: exponential back-off with jitter.
+//! Reconnect and retry delays: exponential back-off with jitter (a leaf module, for the whole program).
 
 use std::time::Duration;
 
