@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -13,6 +12,7 @@ use super::client::MAX_RETRY_AFTER;
 use super::reply::{Verdict, classify, reject_kind, server_message, unparsable_reason};
 use super::writer::Batch;
 use super::{InfluxWriter, SHUTDOWN_FLUSH_DEADLINE, WriteError};
+use crate::backoff::Backoff;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::monitor::Stats;
 use crate::monitor::metrics::{
@@ -193,18 +193,19 @@ impl<'a> Delivery<'a> {
     async fn deliver_lines(&mut self, body: &str) -> Result<Outcome, WriteError> {
         let mut outcome = Outcome::default();
         let mut work: Vec<Vec<&str>> = vec![lines_of(body)];
-        let mut attempt: u32 = 0;
+        let mut backoff = Backoff::new(self.writer.retry_min, self.writer.retry_max);
         while let Some(lines) = work.pop() {
             if lines.is_empty() {
                 continue;
             }
             let joined;
-            let text: &str = if work.is_empty() && outcome == Outcome::default() && attempt == 0 {
-                body
-            } else {
-                joined = join(&lines);
-                &joined
-            };
+            let text: &str =
+                if work.is_empty() && outcome == Outcome::default() && backoff.attempts() == 0 {
+                    body
+                } else {
+                    joined = join(&lines);
+                    &joined
+                };
             let started = std::time::Instant::now();
             let result = self.writer.attempt(text).await;
             metrics::histogram!(SINK_BATCH_DURATION, "sink" => self.writer.name)
@@ -217,7 +218,7 @@ impl<'a> Delivery<'a> {
                         lines.iter().copied(),
                     );
                     outcome.written += lines.len() as u64;
-                    attempt = 0;
+                    backoff.reset();
                     continue;
                 }
                 Err(f) => f,
@@ -238,7 +239,7 @@ impl<'a> Delivery<'a> {
             match verdict {
                 Verdict::Delivered => unreachable_delivered(&mut outcome, &lines),
                 Verdict::Split => {
-                    attempt = 0;
+                    backoff.reset();
                     let reason = failure.error.to_string();
                     self.set_aside_or_halve(
                         &lines,
@@ -249,20 +250,14 @@ impl<'a> Delivery<'a> {
                     );
                 }
                 Verdict::Rejected { partial, dropped } => {
-                    attempt = 0;
+                    backoff.reset();
                     self.rejected(&lines, &message, partial, dropped, &mut work, &mut outcome);
                 }
                 Verdict::Retry => {
-                    attempt = attempt.saturating_add(1);
                     metrics::counter!(SINK_RETRIES, "sink" => self.writer.name).increment(1);
                     self.not_ready(&failure.error, false);
-                    let delay = retry_delay(
-                        attempt,
-                        failure.retry_after,
-                        self.writer.retry_min,
-                        self.writer.retry_max,
-                        rand::rng().random::<f64>(),
-                    );
+                    let delay = retry_delay(&mut backoff, failure.retry_after);
+                    let attempt = backoff.attempts();
                     // WARN on the 1st, 2nd, 4th, 8th… attempt of a streak, so an outage does not flood the log.
                     if attempt.is_power_of_two() {
                         tracing::warn!(
@@ -487,21 +482,12 @@ fn join_owned(lines: &[String]) -> String {
     join(&refs)
 }
 
-/// Exponential backoff with full jitter between `min` and the exponential cap, at least `retry_after`.
-fn retry_delay(
-    attempt: u32,
-    retry_after: Option<Duration>,
-    min: Duration,
-    max: Duration,
-    jitter: f64,
-) -> Duration {
-    let exp = attempt.saturating_sub(1).min(30);
-    let cap = min.saturating_mul(1u32 << exp).min(max).max(min);
-    let span = cap.saturating_sub(min);
-    let backoff = min + span.mul_f64(jitter.clamp(0.0, 1.0));
+/// The back-off's next delay, lengthened to the server's `Retry-After` (itself at most [`MAX_RETRY_AFTER`]).
+fn retry_delay(backoff: &mut Backoff, retry_after: Option<Duration>) -> Duration {
+    let delay = backoff.next_delay();
     match retry_after {
-        Some(after) => backoff.max(after.min(MAX_RETRY_AFTER)),
-        None => backoff,
+        Some(after) => delay.max(after.min(MAX_RETRY_AFTER)),
+        None => delay,
     }
 }
 
@@ -513,6 +499,16 @@ mod tests {
     fn retry_delay_grows_within_bounds_and_honours_retry_after() {
         let min = Duration::from_millis(500);
         let max = Duration::from_secs(60);
+        // The delay before retry `attempt` (from 1) of a streak, at `jitter` of its range.
+        let retry_delay = |attempt: u32, retry_after, min, max, jitter| {
+            let mut backoff = Backoff::new(min, max).with_jitter(jitter);
+            for _ in 1..attempt {
+                backoff.next_delay();
+            }
+            let delay = retry_delay(&mut backoff, retry_after);
+            assert_eq!(backoff.attempts(), attempt);
+            delay
+        };
         assert_eq!(retry_delay(1, None, min, max, 0.0), min);
         assert_eq!(retry_delay(1, None, min, max, 1.0), min);
         assert_eq!(retry_delay(3, None, min, max, 1.0), Duration::from_secs(2));
@@ -529,5 +525,11 @@ mod tests {
             retry_delay(1, Some(Duration::from_secs(3600)), min, max, 0.0),
             MAX_RETRY_AFTER
         );
+        // With random jitter, every delay stays within the bounds too.
+        let mut random = Backoff::new(min, max);
+        for attempt in 1..50 {
+            let d = super::retry_delay(&mut random, None);
+            assert!(d >= min && d <= max, "{attempt}: {d:?}");
+        }
     }
 }

@@ -27,6 +27,9 @@
 //! harmless for lines with a timestamp (the encoder always writes one); a line
 //! without one (possible in a replayed file) would be stored again at a new time.
 //!
+//! Retry delays (`retry_min` growing to `retry_max`) come from the program's one
+//! [`crate::backoff::Backoff`].
+//!
 //! The parts, one file each:
 //!
 //! | file | holds |
