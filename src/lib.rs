@@ -6,6 +6,7 @@
 
 pub mod alloc_counter;
 pub mod app;
+pub mod backoff;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -1,6 +1,8 @@
-//! Each notifier against a real receiver: an HTTP listener for the webhook, the
-//! real Mosquitto at 127.0.0.1:1883 for MQTT, the simulator (a protocol-faithful
-//! Home Assistant) for the persistent notification and the event.
+//! Each notifier against a real receiver: an HTTP listener for the webhook (or
+//! wiremock, answering by request and counting them, for which replies are
+//! retried), the real Mosquitto at 127.0.0.1:1883 for MQTT, the simulator (a
+//! protocol-faithful Home Assistant) for the persistent notification and the
+//! event.
 
 mod support;
 
@@ -151,6 +153,101 @@ async fn webhook_gives_up_after_its_retries_and_goes_on() {
     assert_eq!(rules, ["a", "a", "a", "b"]);
     stop.cancel();
     task.await.unwrap();
+}
+
+/// The rules of the requests `server` received, in order.
+async fn rules_received(server: &wiremock::MockServer) -> Vec<String> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+            body["rule"].as_str().unwrap_or("").to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn webhook_never_retries_a_4xx() {
+    use wiremock::matchers::{body_partial_json, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    for code in [400u16, 401, 403, 404, 410, 422] {
+        let server = MockServer::start().await;
+        // `ok` is accepted; every other notification is refused with `code`.
+        Mock::given(method("POST"))
+            .and(path("/hook"))
+            .and(body_partial_json(serde_json::json!({"rule": "ok"})))
+            .respond_with(ResponseTemplate::new(204))
+            .with_priority(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/hook"))
+            .respond_with(ResponseTemplate::new(code))
+            .with_priority(2)
+            .mount(&server)
+            .await;
+        let stop = CancellationToken::new();
+        let url = format!("{}/hook", server.uri());
+        let (target, task) = notify::spawn(&webhook(&url, 3), None, stop.clone()).expect("builds");
+        target.offer(&notification("a", Status::Firing));
+        target.offer(&notification("b", Status::Firing));
+        target.offer(&notification("ok", Status::Firing));
+        // Delivered in order: once `ok` arrived, `a` and `b` are done with, so a retry of
+        // either would be in the list before it.
+        let rules = wait_for("the accepted notification", WAIT, || {
+            let server = &server;
+            async move {
+                let rules = rules_received(server).await;
+                rules.iter().any(|r| r == "ok").then_some(rules)
+            }
+        })
+        .await;
+        assert_eq!(rules, ["a", "b", "ok"], "HTTP {code} was retried");
+        stop.cancel();
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn webhook_retries_408_and_429() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    for code in [408u16, 429] {
+        let server = MockServer::start().await;
+        // The first request is refused with `code`, the rest accepted.
+        Mock::given(method("POST"))
+            .and(path("/hook"))
+            .respond_with(ResponseTemplate::new(code))
+            .up_to_n_times(1)
+            .with_priority(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/hook"))
+            .respond_with(ResponseTemplate::new(204))
+            .with_priority(2)
+            .mount(&server)
+            .await;
+        let stop = CancellationToken::new();
+        let url = format!("{}/hook", server.uri());
+        let (target, task) = notify::spawn(&webhook(&url, 3), None, stop.clone()).expect("builds");
+        target.offer(&notification("a", Status::Firing));
+        target.offer(&notification("b", Status::Firing));
+        let rules = wait_for("the second notification", WAIT, || {
+            let server = &server;
+            async move {
+                let rules = rules_received(server).await;
+                rules.iter().any(|r| r == "b").then_some(rules)
+            }
+        })
+        .await;
+        assert_eq!(rules, ["a", "a", "b"], "HTTP {code} was not retried");
+        stop.cancel();
+        task.await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -1,6 +1,5 @@
 //! Where events come from: Home Assistant's WebSocket API and the simulator.
 
-pub mod backoff;
 pub mod homeassistant;
 pub mod mqtt;
 pub mod simulator;

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::source::backoff::Backoff;
+use crate::backoff::Backoff;
 use metrics::{Counter, Gauge};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;

@@ -1,6 +1,8 @@
 //! Notifiers: each runs in its own task behind a bounded queue, so a slow or
 //! unreachable target never holds up the evaluator, let alone ingestion. A full
-//! queue, a failed delivery (after retries) and every retry are counted.
+//! queue, a failed delivery (after its retries, or at once when the target's
+//! answer cannot change, like a webhook's 404) and every retry are counted.
+//! Retry and reconnect delays come from the program's one [`crate::backoff::Backoff`].
 
 pub mod homeassistant;
 pub mod mqtt;

@@ -3,9 +3,10 @@
 //! state (`firing` or `resolved`) for whoever subscribes later.
 //!
 //! One task owns the connection (rumqttc's event loop) and polls it all the
-//! time, so the session is kept alive and reconnected (1 s doubling to 30 s) by
-//! itself. A notification counts as sent when the broker acknowledged it
-//! (PUBACK for QoS 1, PUBCOMP for QoS 2) or, with QoS 0, when it was written.
+//! time, so the session is kept alive and reconnected by itself, with the
+//! program's [`Backoff`] (exponential with jitter, 1 s growing to 30 s). A
+//! notification counts as sent when the broker acknowledged it (PUBACK for
+//! QoS 1, PUBCOMP for QoS 2) or, with QoS 0, when it was written.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -15,10 +16,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Notification, Status, failed, sent};
+use crate::backoff::Backoff;
 use crate::config::alerts::NotifierConfig;
 
 /// Publishes that may wait in the client for the connection.
 const CLIENT_QUEUE: usize = 64;
+/// First delay before reconnecting to the broker.
+const RECONNECT_MIN: Duration = Duration::from_secs(1);
+/// Longest delay before reconnecting to the broker.
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 /// The MQTT notifier.
 pub struct Mqtt {
@@ -68,7 +74,7 @@ impl Mqtt {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Notification>, shutdown: CancellationToken) {
         // Statuses of publishes not yet acknowledged, oldest first.
         let mut unacked: VecDeque<Status> = VecDeque::new();
-        let mut backoff = Duration::from_secs(1);
+        let mut backoff = Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
         let mut failing = false;
         loop {
             tokio::select! {
@@ -94,7 +100,7 @@ impl Mqtt {
                             tracing::info!(message = "Alert MQTT broker reachable again.", notifier = %self.name);
                             failing = false;
                         }
-                        backoff = Duration::from_secs(1);
+                        backoff.reset();
                         let done = matches!(
                             (event, self.qos),
                             (Event::Outgoing(Outgoing::Publish(_)), QoS::AtMostOnce)
@@ -113,9 +119,8 @@ impl Mqtt {
                         }
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(backoff.next_delay()) => {}
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
                 },
             }

@@ -1,6 +1,11 @@
-//! A JSON POST of each [`Notification`] to a URL; a non-2xx reply, a transport
-//! error or a timeout is retried `retries` times, the delay doubling from
-//! `retry_min` up to `retry_max`. Then the notification is given up and counted.
+//! A JSON POST of each [`Notification`] to a URL. A transport error, a timeout,
+//! a 5xx (any reply but 2xx and 4xx), a 408 or a 429 is retried `retries` times
+//! with the program's [`Backoff`] (exponential with jitter, from `retry_min` up
+//! to `retry_max`); then the notification is given up and counted. Any other
+//! 4xx is given up at once: the receiver refused this request (bad URL,
+//! credentials, payload), and sending it again cannot change its answer. 408
+//! and 429 are the exceptions, as in the InfluxDB writer's classifier: the
+//! receiver was only too slow or too busy.
 
 use std::time::Duration;
 
@@ -9,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Notification, failed, retried, sent};
+use crate::backoff::Backoff;
 use crate::config::TlsConfig;
 use crate::config::alerts::NotifierConfig;
 
@@ -66,8 +72,8 @@ impl Webhook {
         })
     }
 
-    /// One attempt; the error is the `error_type` label and a message.
-    async fn post(&self, n: &Notification) -> Result<(), (&'static str, String)> {
+    /// One attempt.
+    async fn post(&self, n: &Notification) -> Result<(), PostError> {
         let reply = self
             .client
             .post(&self.url)
@@ -75,20 +81,25 @@ impl Webhook {
             .body(serde_json::to_vec(n).unwrap_or_default())
             .send()
             .await
-            .map_err(|e| {
-                let kind = if e.is_timeout() {
+            .map_err(|e| PostError {
+                kind: if e.is_timeout() {
                     "timeout"
                 } else {
                     "transport"
-                };
+                },
                 // Without the URL: it may carry a secret.
-                (kind, e.without_url().to_string())
+                message: e.without_url().to_string(),
+                retryable: true,
             })?;
         let status = reply.status();
         if status.is_success() {
             Ok(())
         } else {
-            Err(("status", format!("HTTP {}", status.as_u16())))
+            Err(PostError {
+                kind: "status",
+                message: format!("HTTP {}", status.as_u16()),
+                retryable: retryable_status(status.as_u16()),
+            })
         }
     }
 
@@ -99,8 +110,7 @@ impl Webhook {
                 _ = shutdown.cancelled() => return,
                 n = rx.recv() => match n { Some(n) => n, None => return },
             };
-            let mut delay = self.retry_min;
-            let mut attempt = 0u32;
+            let mut backoff = Backoff::new(self.retry_min, self.retry_max);
             loop {
                 let result = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -111,23 +121,53 @@ impl Webhook {
                         sent(&self.name, n.status);
                         break;
                     }
-                    Err((kind, error)) if attempt >= self.retries => {
-                        failed(&self.name, kind);
-                        tracing::warn!(message = "Alert webhook failed; notification given up.", notifier = %self.name, rule = %n.rule, %error, attempts = attempt + 1);
+                    Err(e) if !e.retryable || backoff.attempts() >= self.retries => {
+                        failed(&self.name, e.kind);
+                        tracing::warn!(message = "Alert webhook failed; notification given up.", notifier = %self.name, rule = %n.rule, error = %e.message, attempts = backoff.attempts() + 1);
                         break;
                     }
-                    Err((_, error)) => {
+                    Err(e) => {
                         retried(&self.name);
+                        let delay = backoff.next_delay();
+                        let error = e.message;
                         tracing::debug!(message = "Alert webhook failed; retrying.", notifier = %self.name, %error, retry_in = ?delay);
-                        attempt += 1;
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
                             _ = tokio::time::sleep(delay) => {}
                         }
-                        delay = (delay * 2).min(self.retry_max);
                     }
                 }
             }
+        }
+    }
+}
+
+/// Why one POST failed.
+struct PostError {
+    /// The `error_type` label: `status`, `transport` or `timeout`.
+    kind: &'static str,
+    /// What to log.
+    message: String,
+    /// Whether sending again may succeed.
+    retryable: bool,
+}
+
+/// A reply worth sending again for: anything but a 4xx, except 408 (timeout) and 429 (throttled).
+fn retryable_status(code: u16) -> bool {
+    !(400..=499).contains(&code) || matches!(code, 408 | 429)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_4xx_other_than_408_and_429_are_final() {
+        for code in [400, 401, 403, 404, 405, 410, 413, 422, 499] {
+            assert!(!retryable_status(code), "{code}");
+        }
+        for code in [408, 429, 500, 502, 503, 504, 300, 304] {
+            assert!(retryable_status(code), "{code}");
         }
     }
 }

@@ -1,0 +1,122 @@
+//! The InfluxDB writer: batches line protocol, sends it over HTTP (v1 or v2 write API)
+//! and decides, per reply, whether a batch is delivered, retried, held, split or
+//! partly set aside as dead letters.
+//!
+//! Reply classification ([`reply::classify`]):
+//!
+//! | reply | action |
+//! |---|---|
+//! | 2xx | delivered |
+//! | 413 | split the batch in halves (a single line is set aside) |
+//! | 401, 403, 404, other 4xx | held: the batch is kept, the sink is marked not ready, retried at `retry_max` |
+//! | any code whose message says `partial write` | the rest was written: lines named by `unable to parse '…'` are set aside; other rejected lines (type conflicts, retention) are found by resending halves, which is idempotent because every line carries its timestamp |
+//! | 400/422 without `partial write` | nothing written: named lines are set aside and the rest resent; otherwise the batch is bisected down to the bad lines |
+//! | 408, 429, 5xx, transport errors, timeouts | retried without limit, exponential backoff with full jitter, `Retry-After` honoured up to 600 s |
+//!
+//! While a batch is being retried the sink stops reading its input channel, so
+//! back-pressure reaches the stages before it.
+//!
+//! Type conflicts are resolved before sending by the guard in [`field_types`]
+//! (`type_conflict`: convert when lossless, else a `<field>_str` string field, or
+//! set the point aside). When the server still reports one (history written by
+//! someone else since start-up), the guard learns the stored type from the
+//! message and the refused lines are checked again and resent. A conflict the
+//! guard cannot learn from is handled like any rejected line: InfluxDB names the
+//! measurement and field but not the line, so the rejected lines are found by
+//! resending halves of the batch until single lines remain. Resending is
+//! harmless for lines with a timestamp (the encoder always writes one); a line
+//! without one (possible in a replayed file) would be stored again at a new time.
+//!
+//! Retry delays (`retry_min` growing to `retry_max`) come from the program's one
+//! [`crate::backoff::Backoff`].
+//!
+//! The parts, one file each:
+//!
+//! | file | holds |
+//! |---|---|
+//! | `writer.rs` | [`InfluxWriter`]: built from the configuration; the sink task that batches and flushes |
+//! | `lanes.rs` | concurrent lanes split by series key, the lowest acknowledgement of all lanes, routing by measurement |
+//! | `delivery.rs` | `Delivery`: retry, hold, split, bisect and set aside, per the table above |
+//! | `reply.rs` | the classifier and what is read from a reply's message |
+//! | `client.rs` | HTTP: authentication, TLS, gzip, URLs, bounded bodies, the write request, `check` |
+//! | `field_types.rs` | the type-conflict guard |
+
+mod client;
+mod delivery;
+mod field_types;
+mod lanes;
+mod reply;
+mod writer;
+
+use std::time::Duration;
+
+pub(crate) use client::Auth;
+pub(crate) use delivery::Delivery;
+pub use writer::InfluxWriter;
+
+/// Largest uncompressed body, well below InfluxDB's default 25 MB `max-body-size`.
+pub const MAX_BATCH_BYTES: usize = 5 << 20;
+/// Time allowed, once shutdown starts, to drain the input and deliver what is held.
+pub const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why a write (or a check) did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The connection failed (refused, reset, TLS, DNS).
+    #[error("cannot reach InfluxDB at {url}: {source}")]
+    Transport {
+        /// The URL without its query string.
+        url: String,
+        /// The client's error.
+        source: reqwest::Error,
+    },
+    /// No reply within the configured timeout.
+    #[error("InfluxDB did not answer within {0:?}")]
+    Timeout(Duration),
+    /// InfluxDB answered with a non-success status.
+    #[error("InfluxDB answered {code}: {body}")]
+    Status {
+        /// The HTTP status code.
+        code: u16,
+        /// The reply body (truncated to 1 MiB).
+        body: String,
+    },
+    /// The configuration cannot be used (URL, TLS files, credentials).
+    #[error("invalid InfluxDB configuration: {0}")]
+    Config(String),
+    /// The server answered, but not as InfluxDB does (for `check`).
+    #[error("unexpected reply from InfluxDB: {0}")]
+    Protocol(String),
+    /// The server is fine but the database or bucket does not exist (for `check`).
+    #[error("{0}")]
+    Missing(String),
+    /// Compressing the body failed.
+    #[error("cannot gzip the request body: {0}")]
+    Compress(#[source] std::io::Error),
+}
+
+impl WriteError {
+    /// Credentials were refused (401 or 403): retrying will not help until the config changes.
+    pub fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            WriteError::Status {
+                code: 401 | 403,
+                ..
+            }
+        )
+    }
+
+    /// A short, bounded label for the `error_type` metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WriteError::Transport { .. } => "transport",
+            WriteError::Timeout(_) => "timeout",
+            WriteError::Status { code, .. } => reply::status_kind(*code),
+            WriteError::Config(_) => "config",
+            WriteError::Protocol(_) => "protocol",
+            WriteError::Missing(_) => "not_found",
+            WriteError::Compress(_) => "compress",
+        }
+    }
+}
