@@ -279,7 +279,7 @@ pub enum NotifierConfig {
         /// Attempts after the first one failed.
         #[serde(default = "default_retries")]
         retries: u32,
-        /// First retry delay; doubles per attempt.
+        /// First retry delay; later delays are drawn (full jitter) below a bound that doubles per attempt up to `retry_max`.
         #[serde(default = "default_retry_min", with = "humantime_serde")]
         retry_min: Duration,
         /// Longest retry delay.
