@@ -125,7 +125,7 @@ async fn check_exits_3_when_the_token_is_refused() {
 fn bench_pipeline_reports_json() {
     let fixtures = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/ha-ws-frames.jsonl"
+        "/tests/data/fixtures/ha-ws-frames.jsonl"
     );
     let out = bin()
         .args([

@@ -1,7 +1,7 @@
 //! MQTT decoders against recorded and Zigbee2MQTT-shaped input, through the `homeassistant` schema.
 //!
-//! - `statestream`: `tests/fixtures/statestream.jsonl` was recorded from a real
-//!   HA in the same run as `tests/fixtures/ha-ws-frames.jsonl`, so every state
+//! - `statestream`: `tests/data/fixtures/statestream.jsonl` was recorded from a real
+//!   HA in the same run as `tests/data/fixtures/ha-ws-frames.jsonl`, so every state
 //!   reassembled from the MQTT topics must equal the `new_state` HA sent over
 //!   the WebSocket API for the same entity and `last_updated`, and give the same
 //!   line protocol. The lines are also kept in `tests/data/mqtt/statestream/expected.lp`.
@@ -87,7 +87,7 @@ fn statestream_fixture_matches_the_websocket_events_of_the_same_run() {
     let mut decoders = Decoders::new(&[sub]).expect("builds");
     let t0 = Instant::now();
     let mut events = Vec::new();
-    let messages = read_jsonl("tests/fixtures/statestream.jsonl");
+    let messages = read_jsonl("tests/data/fixtures/statestream.jsonl");
     assert_eq!(messages.len(), 600);
     for (i, m) in messages.iter().enumerate() {
         // The recording has no arrival times: messages 0.1 ms apart, as HA publishes an update's topics.
@@ -123,7 +123,7 @@ fn statestream_fixture_matches_the_websocket_events_of_the_same_run() {
 
     // The WebSocket events of the same run, by (entity, last_updated).
     let mut ws: HashMap<(String, i64), Event> = HashMap::new();
-    for frame in read_jsonl("tests/fixtures/ha-ws-frames.jsonl") {
+    for frame in read_jsonl("tests/data/fixtures/ha-ws-frames.jsonl") {
         if frame["type"] != "event" || frame["event"]["event_type"] != "state_changed" {
             continue;
         }

@@ -21,7 +21,8 @@ fn root() -> &'static Path {
 }
 
 fn recorded_events() -> Vec<Event> {
-    let text = std::fs::read_to_string(root().join("tests/fixtures/ha-ws-frames.jsonl")).unwrap();
+    let text =
+        std::fs::read_to_string(root().join("tests/data/fixtures/ha-ws-frames.jsonl")).unwrap();
     let source = Arc::from("homeassistant");
     let mut messages = Vec::new();
     let mut events = Vec::new();
@@ -410,7 +411,7 @@ fn json_output(args: &[&str]) -> serde_json::Value {
 /// `bench rules` and `bench pipeline --config` run the example chain over the recorded frames.
 #[test]
 fn bench_rules_and_pipeline_with_a_config() {
-    let frames = root().join("tests/fixtures/ha-ws-frames.jsonl");
+    let frames = root().join("tests/data/fixtures/ha-ws-frames.jsonl");
     let config = root().join("examples/bench-rules.toml");
     let (frames, config) = (frames.to_str().unwrap(), config.to_str().unwrap());
     // (--rules, rules in the chain, events kept): one row per selection.

@@ -1,6 +1,6 @@
 //! The `homeassistant` schema mode against what HA's own `influxdb` integration wrote.
 //!
-//! `tests/fixtures/ha-native-pairs.jsonl` holds real `state_changed` events with
+//! `tests/data/fixtures/ha-native-pairs.jsonl` holds real `state_changed` events with
 //! the exact lines HA (api_version 1, default options) wrote for them. Every
 //! pair must come out byte for byte, except where HA wrote `value=nan`,
 //! `value=inf` or `value=-inf` (lines InfluxDB refused): there we write the same
@@ -163,7 +163,7 @@ fn parse_line(line: &str) -> Result<Parsed, String> {
 
 #[test]
 fn every_recorded_pair_matches_what_ha_wrote() {
-    let text = include_str!("fixtures/ha-native-pairs.jsonl");
+    let text = include_str!("data/fixtures/ha-native-pairs.jsonl");
     let mut encoder = Encoder::new(&SchemaConfig::default()).expect("default config builds");
     let (mut exact, mut non_finite, mut skipped, mut total) = (0, 0, 0, 0);
     for (n, row) in text.lines().enumerate() {

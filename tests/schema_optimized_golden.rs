@@ -1,6 +1,6 @@
 //! The `optimized` schema mode over the recorded fixtures, plus its typing rules.
 //!
-//! - Golden: every event of `tests/fixtures/ha-native-pairs.jsonl` (real
+//! - Golden: every event of `tests/data/fixtures/ha-native-pairs.jsonl` (real
 //!   `state_changed` events, hard values included) encodes to exactly the lines
 //!   in `tests/data/schema_optimized/golden.lp` (reviewed by hand; regenerate
 //!   with `UPDATE_GOLDEN=1` after a deliberate change and review the diff).
@@ -52,7 +52,8 @@ fn encode_one(cfg: &SchemaConfig, event: &Event) -> String {
 }
 
 fn fixture_events() -> Vec<Event> {
-    let text = std::fs::read_to_string("tests/fixtures/ha-native-pairs.jsonl").expect("fixture");
+    let text =
+        std::fs::read_to_string("tests/data/fixtures/ha-native-pairs.jsonl").expect("fixture");
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {

@@ -356,7 +356,7 @@ async fn history_is_answered_from_the_record_in_home_assistants_shape() {
     let recorded: Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/ha-history-response.json"
+            "/tests/data/fixtures/ha-history-response.json"
         ))
         .unwrap(),
     )

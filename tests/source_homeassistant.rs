@@ -27,7 +27,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("tests/data/fixtures")
         .join(name)
 }
 
