@@ -10,7 +10,8 @@ pub fn run_all(allocator: &str) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3.0);
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ha-ws-frames.jsonl");
+    let fixtures =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixtures/ha-ws-frames.jsonl");
     let recorded = bench::load_frames(&fixtures).expect("fixtures are readable");
     let builtin = bench::builtin_frames();
     println!("allocator: {allocator}");

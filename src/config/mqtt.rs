@@ -228,7 +228,7 @@ fn default_max_payload() -> usize {
     1 << 20
 }
 /// HA publishes an update's topics back to back (the recording in
-/// `tests/fixtures/statestream.jsonl` shows different entities' updates 0.6 ms
+/// `tests/data/fixtures/statestream.jsonl` shows different entities' updates 0.6 ms
 /// apart, and the same entity's at least 395 ms apart); 100 ms leaves room for a
 /// busy HA or broker while staying well below the next update of the entity,
 /// whose `state` topic would close the group anyway.

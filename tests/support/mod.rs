@@ -1,9 +1,12 @@
 //! Test support shared by the integration tests: real servers started per test.
 //!
-//! Use with `mod support;` at the top of a test file. Every test binary uses a
-//! different part of this module, hence the `dead_code` allowance.
+//! Shared by both test binaries (`tests/it`, `tests/e2e`) through
+//! `#[path = "../support/mod.rs"] mod support;` in their `main.rs`; a test module uses
+//! it with `use crate::support;`. Each binary uses a different part of this module,
+//! hence the `dead_code` allowance.
 #![allow(dead_code, unused_imports)]
 
+pub mod alone;
 pub mod ha_schema;
 pub mod influxd;
 pub mod mosquitto;

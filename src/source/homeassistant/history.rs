@@ -143,7 +143,7 @@ mod tests {
     fn fixture() -> Value {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/ha-history-response.json"
+            "/tests/data/fixtures/ha-history-response.json"
         );
         let text = std::fs::read_to_string(path).unwrap();
         serde_json::from_str(&text).unwrap()

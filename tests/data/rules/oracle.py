@@ -57,7 +57,7 @@ def decide(event):
 
 def main():
     n = 0
-    with open("tests/fixtures/ha-ws-frames.jsonl", encoding="utf-8") as frames:
+    with open("tests/data/fixtures/ha-ws-frames.jsonl", encoding="utf-8") as frames:
         for line in frames:
             frame = json.loads(line)
             for msg in frame if isinstance(frame, list) else [frame]:

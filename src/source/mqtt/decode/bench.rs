@@ -319,7 +319,7 @@ pub fn run(min_seconds: f64) -> Result<Vec<MqttBenchCase>, MqttBenchError> {
         false,
     )?);
     // The recorded statestream (600 messages, 17 entities).
-    let recorded = include_str!("../../../../tests/fixtures/statestream.jsonl");
+    let recorded = include_str!("../../../../tests/data/fixtures/statestream.jsonl");
     let mut ss = Vec::new();
     for line in recorded.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {

@@ -1,0 +1,155 @@
+//! The binary as a user runs it: `demo`, `check` and `bench`.
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use ha_ingestor::source::simulator::{Simulator, SimulatorConfig};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ha-ingestor"))
+}
+
+#[test]
+fn demo_runs_without_servers_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("summary.json");
+    let out = bin()
+        .args([
+            "demo",
+            "--for",
+            "3s",
+            "--entities",
+            "50",
+            "--rate",
+            "300",
+            "--quiet",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--summary-json")
+        .arg(&summary)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("dropped=0"), "{stdout}");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(s["dropped"], 0);
+    assert_eq!(s["received"], s["emitted"]);
+    assert_eq!(s["emitted"], 900);
+    let written = s["written"].as_u64().unwrap();
+    assert!(written > 0);
+    // The file sink holds exactly the written points.
+    let mut lines = 0u64;
+    for entry in std::fs::read_dir(dir.path().join("data/points")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        lines += text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .count() as u64;
+    }
+    assert_eq!(lines, written);
+}
+
+#[test]
+fn check_exits_2_on_an_invalid_config_and_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[influxdb]\nurl = \"http://127.0.0.1:1\"\ndatabse = \"x\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .arg("check")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("databse") && stdout.contains("line 3"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_exits_3_when_the_token_is_refused() {
+    let sim = Simulator::start(
+        SimulatorConfig {
+            token: "the-right-token".into(),
+            ..SimulatorConfig::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\n[homeassistant]\nurl = \"{}\"\ntoken = \"a-wrong-token\"\n[monitor]\nenabled = false\n",
+            dir.path().join("data"),
+            sim.url()
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        bin()
+            .arg("check")
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("refused the access token"), "{stdout}");
+    assert!(
+        !stdout.contains("a-wrong-token"),
+        "the token must never be printed: {stdout}"
+    );
+    sim.shutdown().await;
+}
+
+#[test]
+fn bench_pipeline_reports_json() {
+    let fixtures = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/fixtures/ha-ws-frames.jsonl"
+    );
+    let out = bin()
+        .args([
+            "bench",
+            "pipeline",
+            "--seconds",
+            "0.2",
+            "--json",
+            "--input",
+            fixtures,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["decode_errors"], 0);
+    assert!(r["events"].as_u64().unwrap() >= 397, "{r}");
+    assert!(r["events_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(
+        r["allocs_per_event"].as_f64().is_some(),
+        "the binary counts allocations: {r}"
+    );
+}

@@ -1,0 +1,214 @@
+//! `ha-ingestor run` as a service: a real process against the simulator, JSON logs,
+//! graceful shutdown on SIGTERM, then `replay --to-config` of its files into a real influxd.
+
+use crate::support;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ha_ingestor::source::simulator::{Simulator, SimulatorConfig};
+use support::{Influxd, expected_points, wait_for};
+
+fn point_lines(dir: &std::path::Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            lines.extend(
+                text.lines()
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            );
+        }
+    }
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_writes_files_logs_json_stops_on_sigterm_and_replays() {
+    ha_ingestor::ensure_crypto_provider();
+    let token = "run-test-token";
+    let sim = Simulator::start(
+        SimulatorConfig {
+            entities: 40,
+            rate: 400.0,
+            token: token.into(),
+            seed: 3,
+            max_events: Some(600),
+            ..SimulatorConfig::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let config = dir.path().join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {data:?}\n[homeassistant]\nurl = \"{}\"\ntoken_file = \"token\"\n[monitor]\nlisten = \"127.0.0.1:0\"\n",
+            sim.url()
+        ),
+    )
+    .unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ha-ingestor"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Every state change that HA would write, plus every other event, ends up in the files.
+    wait_for(
+        "the simulator to finish",
+        Duration::from_secs(30),
+        || async { sim.finished().then_some(()) },
+    )
+    .await;
+    let expected = expected_points(&sim.emitted());
+    let points = data.join("points");
+    wait_for(
+        "every point in the files",
+        Duration::from_secs(30),
+        || async { (point_lines(&points).len() >= expected).then_some(()) },
+    )
+    .await;
+
+    // SIGTERM: a clean, prompt exit.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                use std::io::Read as _;
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut stderr)
+                    .unwrap();
+                return (status, stderr);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "run did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    let (status, stderr) = output;
+    assert!(status.success(), "run exited with {status}: {stderr}");
+    assert_eq!(
+        point_lines(&points).len(),
+        expected,
+        "exactly the expected points"
+    );
+
+    // Logs are JSON lines, and the token never appears in them.
+    let logs: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(logs.iter().any(|l| l["message"] == "Started."), "{stderr}");
+    assert!(logs.iter().any(|l| l["message"] == "Stopped."), "{stderr}");
+    assert!(!stderr.contains(token), "the token leaked into the logs");
+
+    // The files replay into InfluxDB, every point once.
+    let influx = Influxd::start("replayed").await;
+    let replay_config = dir.path().join("replay.toml");
+    std::fs::write(
+        &replay_config,
+        format!(
+            "data_dir = {data:?}\n[influxdb]\nurl = \"{}\"\ndatabase = \"replayed\"\n",
+            influx.url()
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_ha-ingestor"))
+            .args(["replay", "--to-config"])
+            .arg(&replay_config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("{expected} points")), "{stdout}");
+    assert_eq!(influx.point_count().await, expected);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_cannot_share_the_data_directory() {
+    let sim = Simulator::start(
+        SimulatorConfig {
+            token: "t".into(),
+            ..SimulatorConfig::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[homeassistant]\nurl = \"{}\"\ntoken = \"t\"\n[monitor]\nenabled = false\n",
+            dir.path().join("data"),
+            sim.url()
+        ),
+    )
+    .unwrap();
+    let mut first = Command::new(env!("CARGO_BIN_EXE_ha-ingestor"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the first process to connect",
+        Duration::from_secs(20),
+        || async { (sim.clients() == 1).then_some(()) },
+    )
+    .await;
+    let config2 = config.clone();
+    let second = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_ha-ingestor"))
+            .args(["run", "--config"])
+            .arg(&config2)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(
+        stderr.contains("in use by another ha-ingestor process"),
+        "{stderr}"
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    sim.shutdown().await;
+}

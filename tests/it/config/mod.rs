@@ -1,0 +1,3 @@
+//! The configuration as users write it: the shipped examples.
+
+mod examples;

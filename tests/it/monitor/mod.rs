@@ -1,0 +1,8 @@
+//! Monitoring: alert rules and notifiers, the HTTP endpoints, the status page and the
+//! shipped Prometheus rules and Grafana dashboards.
+
+mod alerts;
+mod alerts_notifiers;
+mod http;
+mod page;
+mod page_deploy;

@@ -1,0 +1,10 @@
+//! The MQTT source: decoding, delivery guarantees, reload, TLS, bad topics, and the
+//! floor of the MQTT path against a real broker.
+
+mod bad_topic;
+mod decode_config;
+mod decode_golden;
+mod delivery;
+mod floor;
+mod reload;
+mod tls;
