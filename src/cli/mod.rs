@@ -128,6 +128,15 @@ fn load_config(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// A `--from`/`--until` argument (RFC 3339) as nanoseconds since the epoch.
+fn parse_time(text: &Option<String>) -> anyhow::Result<Option<i64>> {
+    use anyhow::Context as _;
+    text.as_deref()
+        .map(|t| crate::event::Timestamp::parse_rfc3339(t).map(|ts| ts.0))
+        .transpose()
+        .context("--from/--until")
+}
+
 /// Turns a subcommand's result into its exit code, printing the error chain on failure.
 fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {

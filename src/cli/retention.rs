@@ -116,17 +116,11 @@ pub async fn main(what: RetentionCommand) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        let parse = |t: &Option<String>| -> anyhow::Result<Option<i64>> {
-            t.as_deref()
-                .map(|t| crate::event::Timestamp::parse_rfc3339(t).map(|ts| ts.0))
-                .transpose()
-                .context("--from/--until")
-        };
         let opts = backfill::BackfillOptions {
             state_file: Some(state),
             chunk,
-            from: parse(&from)?,
-            until: parse(&until)?,
+            from: super::parse_time(&from)?,
+            until: super::parse_time(&until)?,
             max_chunks,
             progress: !quiet && !json,
         };

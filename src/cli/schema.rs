@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Subcommand;
 
 use crate::config::Config;
@@ -214,20 +213,14 @@ pub async fn main(what: SchemaCommand) -> anyhow::Result<()> {
             let (_, influx) = influx_target(&target)?;
             let db = InfluxQl::new(&influx)?;
             let to = Config::load(&to_config)?;
-            let parse = |t: &Option<String>| -> anyhow::Result<Option<i64>> {
-                t.as_deref()
-                    .map(|t| crate::event::Timestamp::parse_rfc3339(t).map(|ts| ts.0))
-                    .transpose()
-                    .context("--from/--until")
-            };
             let opts = migrate::MigrateOptions {
                 schema: to.schema,
                 to_database: to_database.unwrap_or_else(|| db.database().to_string()),
                 to_retention_policy,
                 state_file: state,
                 chunk,
-                from: parse(&from)?,
-                until: parse(&until)?,
+                from: super::parse_time(&from)?,
+                until: super::parse_time(&until)?,
                 max_chunks,
                 dry_run,
                 progress: !quiet,
