@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ha_ingestor::alloc_counter::CountingAllocator;
+use ha_ingestor::bench::pipeline as bench;
 use ha_ingestor::config::{Config, LogFormat};
-use ha_ingestor::{app, bench, check, demo};
+use ha_ingestor::{app, check, demo};
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
@@ -593,7 +594,7 @@ fn main() -> ExitCode {
                 },
         } => {
             init_logging(flag_format.unwrap_or_default(), "warn");
-            let cfg = ha_ingestor::source::mqtt::floor::FloorConfig {
+            let cfg = ha_ingestor::bench::mqtt_floor::FloorConfig {
                 host,
                 port,
                 topic,
@@ -604,7 +605,7 @@ fn main() -> ExitCode {
             };
             let result = runtime.block_on(async {
                 // The benchmark script starts publishing when it reads this line.
-                let r = ha_ingestor::source::mqtt::floor::consume(&cfg, || eprintln!("subscribed"))
+                let r = ha_ingestor::bench::mqtt_floor::consume(&cfg, || eprintln!("subscribed"))
                     .await?;
                 println!("{}", serde_json::to_string(&r)?);
                 anyhow::Ok(())
@@ -624,7 +625,7 @@ fn main() -> ExitCode {
                 },
         } => {
             init_logging(flag_format.unwrap_or_default(), "warn");
-            let cfg = ha_ingestor::source::mqtt::loadgen::LoadConfig {
+            let cfg = ha_ingestor::bench::mqtt_loadgen::LoadConfig {
                 host,
                 port,
                 rate,
@@ -635,7 +636,7 @@ fn main() -> ExitCode {
                 base_ms: ha_ingestor::event::Timestamp::now().as_nanos() / 1_000_000,
             };
             let result = runtime.block_on(async {
-                let r = ha_ingestor::source::mqtt::loadgen::publish(&cfg).await?;
+                let r = ha_ingestor::bench::mqtt_loadgen::publish(&cfg).await?;
                 println!("{}", serde_json::to_string(&r)?);
                 anyhow::Ok(())
             });
@@ -657,8 +658,7 @@ fn main() -> ExitCode {
                 ..Default::default()
             };
             let result = (|| {
-                let r =
-                    ha_ingestor::sink::buffer::bench::run(&dir, &cfg, points_per_chunk, seconds)?;
+                let r = ha_ingestor::bench::buffer::run(&dir, &cfg, points_per_chunk, seconds)?;
                 if json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
@@ -825,7 +825,7 @@ fn main() -> ExitCode {
         } => {
             init_logging(flag_format.unwrap_or_default(), "warn");
             let result = (|| {
-                let cases = ha_ingestor::source::mqtt::decode::bench::run(seconds)?;
+                let cases = ha_ingestor::bench::mqtt_decode::run(seconds)?;
                 if json {
                     println!("{}", serde_json::to_string(&cases)?);
                 } else {
@@ -893,18 +893,18 @@ async fn schema_command(what: SchemaCommand) -> anyhow::Result<()> {
             influxd,
             json,
         } => {
-            let opts = ha_ingestor::schema::bench::BenchOptions {
+            let opts = ha_ingestor::bench::schema::BenchOptions {
                 entities,
                 days,
                 runs,
                 seed,
                 influxd,
             };
-            let r = ha_ingestor::schema::bench::run(&opts).await?;
+            let r = ha_ingestor::bench::schema::run(&opts).await?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
-                print!("{}", ha_ingestor::schema::bench::render_text(&r));
+                print!("{}", ha_ingestor::bench::schema::render_text(&r));
             }
             anyhow::ensure!(
                 r.all_equal(),

@@ -3,7 +3,6 @@
 
 pub mod analyze;
 pub mod backfill;
-pub mod bench;
 pub mod influxql;
 pub mod migrate;
 pub mod plan;

@@ -25,15 +25,15 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::backfill::{self, BackfillOptions};
-use super::influxql::{InfluxQl, ident};
-use super::retention::{self, tier_policy_name};
 use crate::config::{
     DownsampleConfig, FilterConfig, InfluxConfig, RetentionConfig, SchemaConfig, SchemaMode,
     TierAggregate, TierConfig, parse_keep,
 };
 use crate::event::{EntityId, Event, State, Timestamp};
 use crate::pipeline::{Outcome, Pipeline};
+use crate::schema::backfill::{self, BackfillOptions};
+use crate::schema::influxql::{InfluxQl, ident};
+use crate::schema::retention::{self, tier_policy_name};
 
 /// Lines per write request: InfluxDB's recommended batch size.
 const BATCH_LINES: usize = 5_000;

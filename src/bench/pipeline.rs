@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::thread_cpu_nanos;
 use crate::config::{FilterConfig, SchemaConfig};
 use crate::event::{EventKind, SourceId};
 use crate::pipeline::rules::RuleChain;
@@ -401,12 +402,6 @@ fn clock_pair_ns() -> f64 {
         _ => wall,
     };
     seconds * 1e9 / f64::from(N)
-}
-
-/// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`, first field).
-fn thread_cpu_nanos() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    text.split_whitespace().next()?.parse().ok()
 }
 
 /// Measures the filter chain over the events of `frames` for at least `min_seconds` per mode.
