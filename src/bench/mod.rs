@@ -11,11 +11,13 @@
 //! - [`mqtt_floor`]: `bench mqtt-consume`, the MQTT connection alone (the floor of that path).
 //! - [`mqtt_loadgen`]: `bench mqtt-publish`, the load generator of the end-to-end MQTT benchmark.
 //! - [`schema`]: `schema bench`, the two schema modes loaded into a real `influxd` and queried.
+//! - [`influxd`]: the throw-away `influxd` the schema bench and the integration tests start.
 //!
 //! The counting allocator stays at [`crate::alloc_counter`]: it is the
 //! service's own allocator too, not only the benchmarks'.
 
 pub mod buffer;
+pub mod influxd;
 pub mod mqtt_decode;
 pub mod mqtt_floor;
 pub mod mqtt_loadgen;

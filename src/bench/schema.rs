@@ -5,7 +5,7 @@
 //!    motion/door sensors, lights and switches a few to a few dozen times a
 //!    day, thermostats — is generated as [`Event`]s in time order.
 //! 2. For each mode, a fresh `influxd` (free loopback port, data in a temp
-//!    dir) is started; every event goes through the real [`Pipeline::process`]
+//!    dir; the launcher of [`crate::bench::influxd`]) is started; every event goes through the real [`Pipeline::process`]
 //!    and the lines are written in batches of 5 000; the cache is flushed and
 //!    the data dir measured.
 //! 3. Each query ([`QUERIES`]), written the idiomatic way for that layout, is
@@ -15,7 +15,6 @@
 
 use std::collections::BinaryHeap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +24,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::bench::influxd::{Influxd, InfluxdOptions, dir_bytes, influxd_binary};
 use crate::config::{
     DownsampleConfig, FilterConfig, InfluxConfig, RetentionConfig, SchemaConfig, SchemaMode,
     TierAggregate, TierConfig, parse_keep,
@@ -452,272 +452,21 @@ fn generate(
 }
 
 // ---------------------------------------------------------------------------
-// A private influxd.
+// Asking the servers.
 
-/// A throw-away `influxd` on a free loopback port; killed and its folder removed on drop.
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    url: String,
-    client: reqwest::Client,
+/// A query against [`DB`] with times in [`EPOCH`] units; an error inside the reply fails it.
+async fn query(server: &Influxd, q: &str) -> anyhow::Result<Value> {
+    Ok(query_timed(server, q).await?.0)
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).context("probing a free port")?;
-    Ok(l.local_addr()?.port())
-}
-
-fn influxd_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = explicit {
-        return Ok(p.to_path_buf());
+/// As [`query`], with the milliseconds until the reply's last byte arrived: what
+/// influxd and the round trip cost, not the parsing of the reply here.
+async fn query_timed(server: &Influxd, q: &str) -> anyhow::Result<(Value, f64)> {
+    let (json, ms) = server.query_timed(q, EPOCH).await?;
+    if json.pointer("/results/0/error").is_some() {
+        bail!("query {q} failed: {json}");
     }
-    if let Some(paths) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&paths) {
-            let p = dir.join("influxd");
-            if p.is_file() {
-                return Ok(p);
-            }
-        }
-    }
-    let p = PathBuf::from("/usr/bin/influxd");
-    if p.is_file() {
-        return Ok(p);
-    }
-    bail!(
-        "influxd not found on PATH (schema bench needs InfluxDB 1.x's influxd; or pass --influxd)"
-    )
-}
-
-impl Server {
-    /// Starts a server, trying fresh ports up to three times (a probed port can be taken before influxd binds it).
-    async fn start(binary: &Path, label: &str) -> anyhow::Result<Server> {
-        let mut last = None;
-        for _ in 0..3 {
-            match Server::start_once(binary, label).await {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("influxd did not start")))
-    }
-
-    async fn start_once(binary: &Path, label: &str) -> anyhow::Result<Server> {
-        crate::ensure_crypto_provider();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "ha-ingestor-schema-bench-{label}-{}-{nanos}",
-            std::process::id()
-        ));
-        // Everything that can fail before influxd runs comes first, so nothing is left behind.
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(300))
-            .build()
-            .context("building the HTTP client")?;
-        let http = free_port()?;
-        let rpc = free_port()?;
-        let config = format!(
-            r#"reporting-disabled = true
-bind-address = "127.0.0.1:{rpc}"
-[meta]
-  dir = "{d}/meta"
-  logging-enabled = false
-[data]
-  dir = "{d}/data"
-  wal-dir = "{d}/wal"
-  wal-fsync-delay = "0s"
-  query-log-enabled = false
-  cache-snapshot-write-cold-duration = "2s"
-  compact-full-write-cold-duration = "4s"
-[retention]
-  enabled = false
-[shard-precreation]
-  enabled = false
-[monitor]
-  store-enabled = false
-[subscriber]
-  enabled = false
-[continuous_queries]
-  enabled = false
-[http]
-  enabled = true
-  bind-address = "127.0.0.1:{http}"
-  log-enabled = false
-[logging]
-  level = "warn"
-  suppress-logo = true
-"#,
-            d = dir.display()
-        );
-        let conf_path = dir.join("influxdb.conf");
-        let spawned = (|| -> anyhow::Result<Child> {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            std::fs::write(&conf_path, config).context("writing the influxd config")?;
-            let log = std::fs::File::create(dir.join("influxd.log")).context("creating the log")?;
-            Command::new(binary)
-                .arg("-config")
-                .arg(&conf_path)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("starting {}", binary.display()))
-        })();
-        let child = match spawned {
-            Ok(child) => child,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-        };
-        let mut server = Server {
-            child,
-            dir,
-            url: format!("http://127.0.0.1:{http}"),
-            client,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ping = server
-                .client
-                .get(format!("{}/ping", server.url))
-                .send()
-                .await;
-            if ping.is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                bail!(
-                    "influxd exited ({status}); see its log: {}",
-                    std::fs::read_to_string(server.dir.join("influxd.log")).unwrap_or_default()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("influxd did not answer /ping within 60 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        // The port was free when probed; make sure the server that answers is ours and fresh.
-        let dbs = server.query("SHOW DATABASES").await?;
-        let alive = matches!(server.child.try_wait(), Ok(None));
-        if !alive || dbs.pointer("/results/0/series/0/values").is_some() {
-            bail!(
-                "{} is not the influxd just started (port taken meanwhile?)",
-                server.url
-            );
-        }
-        server.query(&format!("CREATE DATABASE \"{DB}\"")).await?;
-        Ok(server)
-    }
-
-    async fn query(&self, q: &str) -> anyhow::Result<Value> {
-        Ok(self.query_timed(q).await?.0)
-    }
-
-    /// A query's reply and the milliseconds until its last byte arrived: what
-    /// influxd and the round trip cost, not the parsing of the reply here.
-    async fn query_timed(&self, q: &str) -> anyhow::Result<(Value, f64)> {
-        let mut url = url::Url::parse(&format!("{}/query", self.url)).context("query URL")?;
-        url.query_pairs_mut()
-            .extend_pairs([("db", DB), ("q", q), ("epoch", EPOCH)]);
-        let started = Instant::now();
-        let r = self
-            .client
-            .post(url)
-            .send()
-            .await
-            .with_context(|| format!("query {q}"))?;
-        let status = r.status();
-        let body = r.text().await.context("reading the query reply")?;
-        let ms = started.elapsed().as_secs_f64() * 1e3;
-        let json: Value = serde_json::from_str(&body)
-            .with_context(|| format!("query reply is not JSON: {body}"))?;
-        if !status.is_success() || json.pointer("/results/0/error").is_some() {
-            bail!("query {q} failed: {status} {body}");
-        }
-        Ok((json, ms))
-    }
-
-    async fn write(&self, body: String) -> anyhow::Result<()> {
-        self.write_to(DB, body).await
-    }
-
-    async fn write_to(&self, db: &str, body: String) -> anyhow::Result<()> {
-        let r = self
-            .client
-            .post(format!("{}/write?db={db}&precision=ns", self.url))
-            .body(body)
-            .send()
-            .await
-            .context("writing a batch")?;
-        if r.status().as_u16() != 204 {
-            let status = r.status();
-            bail!(
-                "write refused: {status} {}",
-                r.text().await.unwrap_or_default()
-            );
-        }
-        Ok(())
-    }
-
-    /// CPU seconds (user + system) `influxd` has used so far, from `/proc/<pid>/stat`.
-    fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = fields.get(11)?.parse().ok()?;
-        let stime: f64 = fields.get(12)?.parse().ok()?;
-        // USER_HZ is 100 for user space on every Linux architecture.
-        Some((utime + stime) / 100.0)
-    }
-
-    /// Bytes under a folder.
-    fn du(path: &Path) -> u64 {
-        let mut total = 0;
-        let Ok(entries) = std::fs::read_dir(path) else {
-            return 0;
-        };
-        for e in entries.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => total += Server::du(&e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-        total
-    }
-
-    /// Waits until the cache is written to TSM files and compactions settle (size unchanged for 6 s), then measures.
-    async fn settled_disk_bytes(&self) -> anyhow::Result<u64> {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        let measure = || Server::du(&self.dir.join("data")) + Server::du(&self.dir.join("wal"));
-        let mut last = measure();
-        let mut stable_since = Instant::now();
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let now = measure();
-            let wal_small = Server::du(&self.dir.join("wal")) < 64 * 1024;
-            if now != last || !wal_small {
-                last = now;
-                stable_since = Instant::now();
-            } else if stable_since.elapsed() >= Duration::from_secs(6) {
-                return Ok(now);
-            }
-            if Instant::now() > deadline {
-                tracing::warn!("influxd compaction did not settle within 180 s; measuring anyway");
-                return Ok(now);
-            }
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    Ok((json, ms))
 }
 
 // ---------------------------------------------------------------------------
@@ -1113,10 +862,8 @@ fn median(xs: &[f64]) -> f64 {
 }
 
 /// Series, series × fields and field keys with data in `from` (`/.*/` or `"db"."rp"./.*/`).
-async fn keys_in(server: &Server, from: &str) -> anyhow::Result<(u64, u64, u64)> {
-    let counts = server
-        .query(&format!("SELECT count(*) FROM {from} GROUP BY *"))
-        .await?;
+async fn keys_in(server: &Influxd, from: &str) -> anyhow::Result<(u64, u64, u64)> {
+    let counts = query(server, &format!("SELECT count(*) FROM {from} GROUP BY *")).await?;
     let mut series = 0;
     let mut field_series = 0;
     let mut fields = std::collections::HashSet::new();
@@ -1155,12 +902,22 @@ async fn load_mode(
     opts: &BenchOptions,
     binary: &Path,
     mode: SchemaMode,
-) -> anyhow::Result<(Server, ModeReport, u64)> {
+) -> anyhow::Result<(Influxd, ModeReport, u64)> {
     let label = match mode {
         SchemaMode::Homeassistant => "homeassistant",
         SchemaMode::Optimized => "optimized",
     };
-    let server = Server::start(binary, label).await?;
+    let server = Influxd::start(
+        DB,
+        &InfluxdOptions {
+            binary: Some(binary.to_path_buf()),
+            settle_quickly: true,
+            timeout: Duration::from_secs(300),
+            label: format!("schema-bench-{label}"),
+            ..InfluxdOptions::default()
+        },
+    )
+    .await?;
     let schema = SchemaConfig {
         mode,
         ..SchemaConfig::default()
@@ -1197,14 +954,14 @@ async fn load_mode(
         Ok((events, points, bytes))
     });
     while let Some(batch) = rx.recv().await {
-        server.write(batch).await?;
+        server.write(DB, batch).await?;
     }
     let (events, points, bytes) = producer.await.context("the generator thread")??;
     let load_seconds = started.elapsed().as_secs_f64();
-    let disk_bytes = server.settled_disk_bytes().await?;
+    let disk_bytes = server.settled_disk_bytes().await;
 
     // Distinct series keys (the cardinality commands count per shard).
-    let sk = server.query("SHOW SERIES").await?;
+    let sk = query(&server, "SHOW SERIES").await?;
     let series = sk
         .pointer("/results/0/series/0/values")
         .and_then(Value::as_array)
@@ -1215,12 +972,12 @@ async fn load_mode(
         .len() as u64;
     // (series, field) pairs with data: one count column per field of each series.
     let (_, field_series, _) = keys_in(&server, "/.*/").await?;
-    let ms = server.query("SHOW MEASUREMENTS").await?;
+    let ms = query(&server, "SHOW MEASUREMENTS").await?;
     let measurements = ms
         .pointer("/results/0/series/0/values")
         .and_then(Value::as_array)
         .map_or(0, Vec::len) as u64;
-    let fk = server.query("SHOW FIELD KEYS").await?;
+    let fk = query(&server, "SHOW FIELD KEYS").await?;
     let field_keys: u64 = fk
         .pointer("/results/0/series")
         .and_then(Value::as_array)
@@ -1249,11 +1006,11 @@ async fn load_mode(
 /// them from its raw points; returns the figures and the layout's report.
 async fn add_tiers(
     opts: &BenchOptions,
-    server: &Server,
+    server: &Influxd,
     raw: &ModeReport,
 ) -> anyhow::Result<(BackfillFigures, ModeReport)> {
     let influx: InfluxConfig =
-        toml::from_str(&format!("url = {:?}\ndatabase = {DB:?}\n", server.url))
+        toml::from_str(&format!("url = {:?}\ndatabase = {DB:?}\n", server.url()))
             .context("bench InfluxDB config")?;
     let db = InfluxQl::new(&influx)?;
     let cfg = tier_config();
@@ -1274,7 +1031,7 @@ async fn add_tiers(
     .await?;
     let seconds = started.elapsed().as_secs_f64();
     let influxd_cpu_seconds = cpu_before.zip(server.cpu_seconds()).map(|(a, b)| b - a);
-    let disk_bytes = server.settled_disk_bytes().await?;
+    let disk_bytes = server.settled_disk_bytes().await;
     let mut tiers = ModeReport {
         mode: "optimized + tiers".into(),
         points: raw.points + r.points_written,
@@ -1292,7 +1049,7 @@ async fn add_tiers(
         tiers.field_keys += field_keys;
         tier_disk_bytes.push((
             rp.clone(),
-            Server::du(&server.dir.join("data").join(DB).join(&rp)),
+            dir_bytes(&server.dir().join("data").join(DB).join(&rp)),
         ));
     }
     Ok((
@@ -1309,12 +1066,12 @@ async fn add_tiers(
 
 /// Times one query once; checks it still gives `rows` rows (`count` counts them).
 async fn timed(
-    server: &Server,
+    server: &Influxd,
     q: &str,
     rows: usize,
     count: impl Fn(&Value) -> usize,
 ) -> anyhow::Result<f64> {
-    let (reply, ms) = server.query_timed(q).await?;
+    let (reply, ms) = query_timed(server, q).await?;
     if count(&reply) != rows {
         bail!("query {q} gave a different result on a repeat");
     }
@@ -1338,7 +1095,11 @@ const ANSWERS_DB: &str = "answers";
 /// hand out that answer — what a layout holding the answer ready-made would
 /// cost. No layout can be faster than this, so HA's time over it bounds the
 /// speedup any schema can give on that query.
-async fn store_answer(server: &Server, i: usize, reply: &Value) -> anyhow::Result<(String, usize)> {
+async fn store_answer(
+    server: &Influxd,
+    i: usize,
+    reply: &Value,
+) -> anyhow::Result<(String, usize)> {
     use crate::sink::line_protocol::LineBuilder;
     let measurement = format!("q{i}");
     let mut body = String::new();
@@ -1389,7 +1150,7 @@ async fn store_answer(server: &Server, i: usize, reply: &Value) -> anyhow::Resul
         }
     }
     if !body.is_empty() {
-        server.write_to(ANSWERS_DB, body).await?;
+        server.write(ANSWERS_DB, body).await?;
     }
     let fields = if columns.is_empty() {
         "*".to_string()
@@ -1417,14 +1178,16 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     if opts.entities == 0 || opts.days == 0 {
         bail!("--entities and --days must be above zero");
     }
-    let binary = influxd_binary(opts.influxd.as_deref())?;
+    let binary = influxd_binary(opts.influxd.as_deref()).map_err(|_| {
+        anyhow::anyhow!(
+            "influxd not found on PATH (schema bench needs InfluxDB 1.x's influxd; or pass --influxd)"
+        )
+    })?;
     let (ha_server, ha, events) = load_mode(opts, &binary, SchemaMode::Homeassistant).await?;
     let (opt_server, opt, _) = load_mode(opts, &binary, SchemaMode::Optimized).await?;
     let (backfill, tiers) = add_tiers(opts, &opt_server, &opt).await?;
     let servers = [&ha_server, &opt_server, &opt_server];
-    opt_server
-        .query(&format!("CREATE DATABASE \"{ANSWERS_DB}\""))
-        .await?;
+    opt_server.create_database(ANSWERS_DB).await?;
     let mut queries = Vec::with_capacity(QUERIES.len());
     for (i, name) in QUERIES.iter().enumerate() {
         let mut texts = Vec::with_capacity(3);
@@ -1433,7 +1196,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         let mut ha_reply = Value::Null;
         for (layout, server) in LAYOUTS.into_iter().zip(servers) {
             let q = query_text(i, layout, opts.days);
-            let warm = server.query(&q).await?;
+            let warm = query(server, &q).await?;
             rows.push(rows_of(i, layout, &warm));
             answers.push(canonical(i, layout, &warm));
             texts.push(q);
@@ -1443,11 +1206,11 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         }
         let (floor_text, floor_rows) = store_answer(&opt_server, i, &ha_reply).await?;
         // Warm the stored answer like the layouts' queries.
-        opt_server.query(&floor_text).await?;
+        query(&opt_server, &floor_text).await?;
         let mut values_read = Vec::with_capacity(3);
         for (layout, server) in LAYOUTS.into_iter().zip(servers) {
             values_read.push(match values_read_text(i, layout, opts.days) {
-                Some(q) => Some(sum_of_counts(&server.query(&q).await?)),
+                Some(q) => Some(sum_of_counts(&query(server, &q).await?)),
                 None => None,
             });
         }
