@@ -15,6 +15,7 @@ pub mod handoff;
 pub mod monitor;
 pub mod pipeline;
 pub mod schema;
+pub mod simulator;
 pub mod sink;
 pub mod source;
 pub mod tls;

@@ -70,7 +70,7 @@ pub fn load_frames(path: &Path) -> std::io::Result<Vec<String>> {
 
 /// The built-in realistic corpus (from the simulator's generator, fixed seed).
 pub fn builtin_frames() -> Vec<String> {
-    crate::source::simulator::corpus(CORPUS_ENTITIES, CORPUS_EVENTS, 1)
+    crate::simulator::corpus(CORPUS_ENTITIES, CORPUS_EVENTS, 1)
 }
 
 /// Groups event frames into HA's coalesced array frames of up to `size` messages

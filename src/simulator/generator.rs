@@ -1,0 +1,532 @@
+//! The simulated home: which entities it has and how their states change.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+use crate::event::{
+    Attributes, BusEvent, Context, EntityId, Event, EventKind, LazyState, Origin, SourceId, State,
+    StateChanged, Timestamp,
+};
+
+/// The kinds of entity the generator knows, each with HA's attributes.
+#[derive(Clone, Copy)]
+enum Kind {
+    Temperature,
+    Humidity,
+    Power,
+    Energy,
+    Motion,
+    Light,
+    Climate,
+    Switch,
+    Person,
+    Tracker,
+    InputSelect,
+    MediaPlayer,
+    Hard,
+    Voltage,
+}
+
+const KINDS: [Kind; 14] = [
+    Kind::Temperature,
+    Kind::Humidity,
+    Kind::Power,
+    Kind::Energy,
+    Kind::Motion,
+    Kind::Light,
+    Kind::Climate,
+    Kind::Switch,
+    Kind::Person,
+    Kind::Tracker,
+    Kind::InputSelect,
+    Kind::MediaPlayer,
+    Kind::Hard,
+    Kind::Voltage,
+];
+
+const ROOMS: [&str; 8] = [
+    "kitchen",
+    "living_room",
+    "bedroom",
+    "bathroom",
+    "office",
+    "garage",
+    "hallway",
+    "garden",
+];
+
+const SELECT_OPTIONS: [&str; 6] = [
+    "Morning, early",
+    "away=true",
+    "Quote \"q\"",
+    "Ünïcödé ☀ 日本",
+    "back\\slash",
+    "two words",
+];
+
+const HARD_STATES: [&str; 9] = [
+    "12.5 °C",
+    "-5.5 °C",
+    "unknown",
+    "unavailable",
+    "",
+    "a,b=c d",
+    "with space",
+    "line1\nline2",
+    "42",
+];
+
+pub(super) struct Entity {
+    pub(super) id: EntityId,
+    kind: Kind,
+    name: String,
+    level: f64,
+    pub(super) current: Option<State>,
+}
+
+/// Deterministic state changes for a set of entities.
+pub(super) struct Generator {
+    rng: StdRng,
+    pub(super) entities: Vec<Entity>,
+    last_ts: i64,
+    pub(super) source: SourceId,
+}
+
+impl Generator {
+    pub(super) fn new(count: usize, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let entities = (0..count.max(1))
+            .map(|i| {
+                let kind = KINDS[i % KINDS.len()];
+                let room = ROOMS[(i / KINDS.len()) % ROOMS.len()];
+                let (domain, suffix) = match kind {
+                    Kind::Temperature => ("sensor", "temperature"),
+                    Kind::Humidity => ("sensor", "humidity"),
+                    Kind::Power => ("sensor", "power"),
+                    Kind::Energy => ("sensor", "energy"),
+                    Kind::Motion => ("binary_sensor", "motion"),
+                    Kind::Light => ("light", "ceiling"),
+                    Kind::Climate => ("climate", "thermostat"),
+                    Kind::Switch => ("switch", "plug"),
+                    Kind::Person => ("person", "resident"),
+                    Kind::Tracker => ("device_tracker", "phone"),
+                    Kind::InputSelect => ("input_select", "mode"),
+                    Kind::MediaPlayer => ("media_player", "speaker"),
+                    Kind::Hard => ("sensor", "odd_values"),
+                    Kind::Voltage => ("sensor", "voltage"),
+                };
+                let object_id = format!("{room}_{suffix}_{i}");
+                let name = title(&object_id);
+                let id = EntityId::new(&format!("{domain}.{object_id}"))
+                    .unwrap_or_else(|_| unreachable_entity());
+                let level = match kind {
+                    Kind::Temperature => rng.random_range(17.0..24.0),
+                    Kind::Humidity => rng.random_range(35.0..65.0),
+                    Kind::Power => rng.random_range(5.0..500.0),
+                    Kind::Energy => rng.random_range(100.0..5000.0),
+                    Kind::Voltage => rng.random_range(225.0..235.0),
+                    _ => 0.0,
+                };
+                Entity {
+                    id,
+                    kind,
+                    name,
+                    level,
+                    current: None,
+                }
+            })
+            .collect();
+        Generator {
+            rng,
+            entities,
+            last_ts: 0,
+            source: SourceId::from("simulator"),
+        }
+    }
+
+    /// Current states of every entity that has one (`get_states`).
+    pub(super) fn current_states(&self) -> Vec<State> {
+        self.entities
+            .iter()
+            .filter_map(|e| e.current.clone())
+            .collect()
+    }
+
+    /// `now` in whole microseconds, moved forward a microsecond if needed, so times strictly increase.
+    pub(super) fn next_time(&mut self, now: Timestamp) -> Timestamp {
+        let micros = now.as_nanos() / 1_000;
+        let micros = micros.max(self.last_ts + 1);
+        self.last_ts = micros;
+        Timestamp::from_nanos(micros * 1_000)
+    }
+
+    /// The next event at `now` (see [`Generator::next_time`]).
+    pub(super) fn next_event(&mut self, now: Timestamp) -> Event {
+        let ts = self.next_time(now);
+        if self.rng.random_range(0..20) == 0 {
+            self.call_service(ts)
+        } else {
+            let index = self.rng.random_range(0..self.entities.len());
+            self.change_state(index, ts)
+        }
+    }
+
+    pub(super) fn context(&mut self, ts: Timestamp, user: bool) -> Context {
+        Context {
+            id: Some(ulid(ts, &mut self.rng).into()),
+            parent_id: None,
+            user_id: user.then(|| "2863ffcc95c5495785bb107450175b9a".into()),
+        }
+    }
+
+    fn call_service(&mut self, ts: Timestamp) -> Event {
+        let lights: Vec<usize> = (0..self.entities.len())
+            .filter(|i| matches!(self.entities[*i].kind, Kind::Light | Kind::Switch))
+            .collect();
+        let target = if lights.is_empty() {
+            0
+        } else {
+            lights[self.rng.random_range(0..lights.len())]
+        };
+        let entity = &self.entities[target];
+        let domain = entity.id.domain().to_string();
+        let entity_id = entity.id.as_str().to_string();
+        let on = self.rng.random_bool(0.5);
+        let mut service_data = serde_json::Map::new();
+        service_data.insert("entity_id".into(), json!([entity_id]));
+        if on && domain == "light" {
+            service_data.insert("brightness".into(), json!(self.rng.random_range(1..=255)));
+        }
+        let mut data = serde_json::Map::new();
+        data.insert("domain".into(), json!(domain));
+        data.insert(
+            "service".into(),
+            json!(if on { "turn_on" } else { "turn_off" }),
+        );
+        data.insert("service_data".into(), Value::Object(service_data));
+        let context = self.context(ts, true);
+        Event {
+            meta: Default::default(),
+            source: self.source.clone(),
+            time_fired: ts,
+            origin: Origin::Local,
+            context,
+            kind: EventKind::Bus(BusEvent {
+                event_type: "call_service".to_string(),
+                data,
+            }),
+        }
+    }
+
+    fn change_state(&mut self, index: usize, ts: Timestamp) -> Event {
+        let mut tries = 0;
+        let (state, attributes) = loop {
+            let candidate = self.values(index);
+            let same = self.entities[index]
+                .current
+                .as_ref()
+                .is_some_and(|c| c.state == candidate.0 && c.attributes == candidate.1);
+            tries += 1;
+            if !same || tries >= 4 {
+                break candidate;
+            }
+        };
+        let user = matches!(
+            self.entities[index].kind,
+            Kind::Light | Kind::Switch | Kind::Climate
+        ) && self.rng.random_bool(0.3);
+        let context = self.context(ts, user);
+        let entity = &mut self.entities[index];
+        let old = entity.current.take();
+        let last_changed = match &old {
+            Some(o) if o.state == state => o.last_changed,
+            _ => ts,
+        };
+        let new = State {
+            entity_id: entity.id.clone(),
+            state,
+            attributes,
+            last_changed,
+            last_reported: Some(ts),
+            last_updated: ts,
+            context: Some(context.clone()),
+        };
+        entity.current = Some(new.clone());
+        Event {
+            meta: Default::default(),
+            source: self.source.clone(),
+            time_fired: ts,
+            origin: Origin::Local,
+            context,
+            kind: EventKind::StateChanged(Box::new(StateChanged {
+                entity_id: entity.id.clone(),
+                old_state: old.map(LazyState::from),
+                new_state: Some(new),
+            })),
+        }
+    }
+
+    /// A new (state, attributes) for entity `index`.
+    fn values(&mut self, index: usize) -> (String, Attributes) {
+        let rng = &mut self.rng;
+        let entity = &mut self.entities[index];
+        let name = entity.name.clone();
+        let mut a = Attributes::new();
+        let previous_on = entity.current.as_ref().map(|c| c.state == "on");
+        let state = match entity.kind {
+            Kind::Temperature | Kind::Humidity | Kind::Power | Kind::Voltage => {
+                let (unit, class, step, digits) = match entity.kind {
+                    Kind::Temperature => ("°C", "temperature", 0.3, 1),
+                    Kind::Humidity => ("%", "humidity", 2.0, 0),
+                    Kind::Power => ("W", "power", 40.0, 2),
+                    _ => ("V", "voltage", 1.5, 1),
+                };
+                entity.level += rng.random_range(-step..step);
+                a.insert("state_class".into(), json!("measurement"));
+                a.insert("unit_of_measurement".into(), json!(unit));
+                a.insert("device_class".into(), json!(class));
+                a.insert("friendly_name".into(), json!(name));
+                if matches!(entity.kind, Kind::Voltage) && rng.random_range(0..20) == 0 {
+                    "unavailable".to_string()
+                } else {
+                    format!("{:.*}", digits, entity.level.max(0.0))
+                }
+            }
+            Kind::Energy => {
+                entity.level += rng.random_range(0.001..0.5);
+                a.insert("state_class".into(), json!("total_increasing"));
+                a.insert("unit_of_measurement".into(), json!("kWh"));
+                a.insert("device_class".into(), json!("energy"));
+                a.insert("friendly_name".into(), json!(name));
+                format!("{:.3}", entity.level)
+            }
+            Kind::Motion => {
+                a.insert("device_class".into(), json!("motion"));
+                a.insert("friendly_name".into(), json!(name));
+                on_off(previous_on)
+            }
+            Kind::Switch => {
+                a.insert("friendly_name".into(), json!(name));
+                on_off(previous_on)
+            }
+            Kind::Light => {
+                let state = on_off(previous_on);
+                let on = state == "on";
+                a.insert("supported_color_modes".into(), json!(["hs", "xy"]));
+                if on {
+                    let (r, g, b) = (
+                        rng.random_range(0..=255),
+                        rng.random_range(0..=255),
+                        rng.random_range(0..=255),
+                    );
+                    a.insert("color_mode".into(), json!("xy"));
+                    a.insert("brightness".into(), json!(rng.random_range(1..=255)));
+                    a.insert(
+                        "hs_color".into(),
+                        json!([
+                            round2(rng.random_range(0.0..360.0)),
+                            round2(rng.random_range(0.0..100.0))
+                        ]),
+                    );
+                    a.insert("rgb_color".into(), json!([r, g, b]));
+                    a.insert(
+                        "xy_color".into(),
+                        json!([
+                            round3(rng.random_range(0.0..0.8)),
+                            round3(rng.random_range(0.0..0.8))
+                        ]),
+                    );
+                } else {
+                    a.insert("color_mode".into(), Value::Null);
+                    a.insert("brightness".into(), Value::Null);
+                }
+                a.insert("friendly_name".into(), json!(name));
+                a.insert("supported_features".into(), json!(40));
+                state
+            }
+            Kind::Climate => {
+                let modes = ["heat", "cool", "off"];
+                let state = modes[rng.random_range(0..modes.len())].to_string();
+                a.insert("hvac_modes".into(), json!(["off", "heat", "cool", "auto"]));
+                a.insert("min_temp".into(), json!(7.0));
+                a.insert("max_temp".into(), json!(35.0));
+                a.insert(
+                    "current_temperature".into(),
+                    json!(round1(rng.random_range(16.0..26.0))),
+                );
+                a.insert(
+                    "temperature".into(),
+                    if state == "off" {
+                        Value::Null
+                    } else {
+                        json!(round1(rng.random_range(18.0..23.0)))
+                    },
+                );
+                a.insert("friendly_name".into(), json!(name));
+                a.insert("supported_features".into(), json!(385));
+                state
+            }
+            Kind::Person | Kind::Tracker => {
+                let home = rng.random_bool(0.6);
+                let (lat, lon) = if home {
+                    (52.3731, 4.8922)
+                } else {
+                    (
+                        round6(rng.random_range(51.0..53.5)),
+                        round6(rng.random_range(3.5..7.0)),
+                    )
+                };
+                if matches!(entity.kind, Kind::Person) {
+                    a.insert("editable".into(), json!(true));
+                    a.insert("id".into(), json!(entity.id.object_id()));
+                    a.insert("latitude".into(), json!(lat));
+                    a.insert("longitude".into(), json!(lon));
+                    a.insert("gps_accuracy".into(), json!(rng.random_range(3..60)));
+                    a.insert(
+                        "source".into(),
+                        json!(format!("device_tracker.{}_phone", entity.id.object_id())),
+                    );
+                    a.insert("user_id".into(), json!("2863ffcc95c5495785bb107450175b9a"));
+                } else {
+                    a.insert("source_type".into(), json!("gps"));
+                    a.insert("battery_level".into(), json!(rng.random_range(5..=100)));
+                    a.insert("latitude".into(), json!(lat));
+                    a.insert("longitude".into(), json!(lon));
+                    a.insert("gps_accuracy".into(), json!(rng.random_range(3..60)));
+                    a.insert(
+                        "altitude".into(),
+                        json!(round1(rng.random_range(-5.0..40.0))),
+                    );
+                }
+                a.insert("friendly_name".into(), json!(name));
+                if home { "home" } else { "not_home" }.to_string()
+            }
+            Kind::InputSelect => {
+                a.insert("options".into(), json!(SELECT_OPTIONS));
+                a.insert("editable".into(), json!(true));
+                a.insert(
+                    "friendly_name".into(),
+                    json!(format!("{name}, \"mode\" = a\\b")),
+                );
+                SELECT_OPTIONS[rng.random_range(0..SELECT_OPTIONS.len())].to_string()
+            }
+            Kind::MediaPlayer => {
+                let states = ["playing", "paused", "idle", "off"];
+                let state = states[rng.random_range(0..states.len())].to_string();
+                a.insert(
+                    "volume_level".into(),
+                    json!(round2(rng.random_range(0.0..1.0))),
+                );
+                a.insert("is_volume_muted".into(), json!(false));
+                a.insert(
+                    "media_title".into(),
+                    json!(format!("Träck {} — «live» 🎵", rng.random_range(1..100))),
+                );
+                a.insert(
+                    "media_artist".into(),
+                    json!("Artist, with commas = and \"quotes\""),
+                );
+                if rng.random_range(0..4) == 0 {
+                    let line = "A long description with spaces, commas, = signs and ünïcödé. ";
+                    a.insert("media_description".into(), json!(line.repeat(20)));
+                }
+                a.insert(
+                    "extra".into(),
+                    json!({"queue": [{"title": "One", "len": 180}, {"title": "Two\nlines", "len": 200.5}], "source": {"name": "radio", "tags": ["a", "b"]}}),
+                );
+                a.insert("friendly_name".into(), json!(name));
+                a.insert("supported_features".into(), json!(152_463));
+                state
+            }
+            Kind::Hard => {
+                a.insert("unit_of_measurement".into(), json!("a,b=c d"));
+                a.insert(
+                    "friendly_name".into(),
+                    json!(format!("Odd \"values\", with commas=equals \\ {name}")),
+                );
+                a.insert("note".into(), json!("multi\nline\ttext with ünïcödé ☃"));
+                a.insert(
+                    "nested".into(),
+                    json!({"list": [1, 2.5, "three", null, {"k": "v"}], "flag": true}),
+                );
+                HARD_STATES[rng.random_range(0..HARD_STATES.len())].to_string()
+            }
+        };
+        (state, a)
+    }
+}
+
+fn on_off(previous_on: Option<bool>) -> String {
+    if previous_on == Some(true) {
+        "off"
+    } else {
+        "on"
+    }
+    .to_string()
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
+/// `kitchen_temperature_3` → `Kitchen Temperature 3`.
+fn title(object_id: &str) -> String {
+    object_id
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            match c.next() {
+                Some(first) => first.to_uppercase().chain(c).collect::<String>(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Entity ids built above always contain a dot with text on both sides.
+fn unreachable_entity() -> EntityId {
+    match EntityId::new("sensor.simulated") {
+        Ok(id) => id,
+        Err(_) => unreachable!("a literal valid entity id"),
+    }
+}
+
+/// A 26-character ULID-like id: 48 bits of milliseconds, 80 random bits, Crockford base32.
+fn ulid(ts: Timestamp, rng: &mut StdRng) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let millis = (ts.as_nanos() / 1_000_000).max(0) as u128 & ((1 << 48) - 1);
+    let random: u128 = rng.random::<u128>() & ((1 << 80) - 1);
+    let value = (millis << 80) | random;
+    (0..26)
+        .rev()
+        .map(|i| ALPHABET[((value >> (i * 5)) & 31) as usize] as char)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ulids_are_26_crockford_chars() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let id = ulid(Timestamp::from_nanos(1_795_725_887_219_127_000), &mut rng);
+        assert_eq!(id.len(), 26);
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+        );
+        assert!(!id.contains(['I', 'L', 'O', 'U']));
+    }
+}
