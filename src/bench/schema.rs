@@ -13,23 +13,19 @@
 //!    number of result rows are reported, plus series, measurements, field
 //!    keys, points and disk bytes per mode.
 
-use std::collections::BinaryHeap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::bench::influxd::{Influxd, InfluxdOptions, dir_bytes, influxd_binary};
 use crate::config::{
     DownsampleConfig, FilterConfig, InfluxConfig, RetentionConfig, SchemaConfig, SchemaMode,
     TierAggregate, TierConfig, parse_keep,
 };
-use crate::event::{EntityId, Event, State, Timestamp};
+use crate::event::Event;
 use crate::pipeline::{Outcome, Pipeline};
 use crate::schema::backfill::{self, BackfillOptions};
 use crate::schema::influxql::{InfluxQl, ident};
@@ -199,256 +195,14 @@ impl BenchReport {
 // ---------------------------------------------------------------------------
 // The generated home.
 
-/// What an entity is, which decides its states, attributes and rate.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
-    Temperature,
-    Humidity,
-    Power,
-    Energy,
-    Battery,
-    Signal,
-    Motion,
-    Door,
-    Light,
-    Switch,
-    Climate,
-}
-
-impl Kind {
-    /// Share of a home's entities, in order; the rest are switches.
-    const MIX: [(Kind, f64); 11] = [
-        (Kind::Temperature, 0.15),
-        (Kind::Humidity, 0.08),
-        (Kind::Power, 0.10),
-        (Kind::Energy, 0.05),
-        (Kind::Battery, 0.07),
-        (Kind::Signal, 0.05),
-        (Kind::Motion, 0.10),
-        (Kind::Door, 0.08),
-        (Kind::Light, 0.15),
-        (Kind::Climate, 0.04),
-        (Kind::Switch, 0.13),
-    ];
-
-    fn name(self) -> (&'static str, &'static str) {
-        match self {
-            Kind::Temperature => ("sensor", "temperature"),
-            Kind::Humidity => ("sensor", "humidity"),
-            Kind::Power => ("sensor", "power"),
-            Kind::Energy => ("sensor", "energy"),
-            Kind::Battery => ("sensor", "battery"),
-            Kind::Signal => ("sensor", "signal"),
-            Kind::Motion => ("binary_sensor", "motion"),
-            Kind::Door => ("binary_sensor", "door"),
-            Kind::Light => ("light", "light"),
-            Kind::Switch => ("switch", "switch"),
-            Kind::Climate => ("climate", "thermostat"),
-        }
-    }
-
-    /// Mean seconds between changes.
-    fn mean_interval(self, rng: &mut StdRng) -> f64 {
-        match self {
-            Kind::Temperature | Kind::Humidity | Kind::Power | Kind::Signal => {
-                rng.random_range(30.0..300.0)
-            }
-            Kind::Energy => rng.random_range(60.0..300.0),
-            Kind::Battery => 3_600.0,
-            Kind::Climate => rng.random_range(300.0..900.0),
-            // A few to a few dozen changes a day.
-            Kind::Motion => rng.random_range(1_800.0..7_200.0),
-            Kind::Door | Kind::Light | Kind::Switch => rng.random_range(7_200.0..28_800.0),
-        }
-    }
-}
-
-/// One entity of the generated home and its running state.
-#[derive(Debug)]
-struct Sim {
-    id: EntityId,
-    kind: Kind,
-    index: usize,
-    mean_interval: f64,
-    level: f64,
-    on: bool,
-}
-
-impl Sim {
-    fn attributes(&self) -> Value {
-        let friendly = format!("{} {}", self.kind.name().1, self.index);
-        match self.kind {
-            Kind::Temperature => {
-                json!({"state_class": "measurement", "unit_of_measurement": "°C", "device_class": "temperature", "friendly_name": friendly})
-            }
-            Kind::Humidity => {
-                json!({"state_class": "measurement", "unit_of_measurement": "%", "device_class": "humidity", "friendly_name": friendly})
-            }
-            Kind::Power => {
-                json!({"state_class": "measurement", "unit_of_measurement": "W", "device_class": "power", "friendly_name": friendly})
-            }
-            Kind::Energy => {
-                json!({"state_class": "total_increasing", "unit_of_measurement": "kWh", "device_class": "energy", "friendly_name": friendly})
-            }
-            Kind::Battery => {
-                json!({"state_class": "measurement", "unit_of_measurement": "%", "device_class": "battery", "friendly_name": friendly})
-            }
-            Kind::Signal => {
-                json!({"state_class": "measurement", "unit_of_measurement": "dBm", "friendly_name": friendly, "icon": "mdi:wifi"})
-            }
-            Kind::Motion => json!({"device_class": "motion", "friendly_name": friendly}),
-            Kind::Door => json!({"device_class": "door", "friendly_name": friendly}),
-            Kind::Light if self.on => json!({
-                "min_color_temp_kelvin": 2000, "max_color_temp_kelvin": 6535,
-                "supported_color_modes": ["color_temp", "xy"], "color_mode": "color_temp",
-                "brightness": (self.level * 2.54).round(), "color_temp_kelvin": 2700,
-                "friendly_name": friendly, "supported_features": 40
-            }),
-            Kind::Light => json!({
-                "min_color_temp_kelvin": 2000, "max_color_temp_kelvin": 6535,
-                "supported_color_modes": ["color_temp", "xy"], "color_mode": null,
-                "brightness": null, "color_temp_kelvin": null,
-                "friendly_name": friendly, "supported_features": 40
-            }),
-            Kind::Switch => json!({"friendly_name": friendly, "icon": "mdi:power-socket-eu"}),
-            Kind::Climate => json!({
-                "hvac_modes": ["off", "heat"], "min_temp": 7, "max_temp": 35, "target_temp_step": 0.5,
-                "current_temperature": (self.level * 10.0).round() / 10.0, "temperature": 21.0,
-                "hvac_action": if self.on { "heating" } else { "idle" },
-                "preset_modes": ["eco", "comfort"], "preset_mode": "comfort",
-                "friendly_name": friendly, "supported_features": 401
-            }),
-        }
-    }
-
-    /// Moves to the next state and returns its text.
-    fn step(&mut self, rng: &mut StdRng) -> String {
-        match self.kind {
-            Kind::Temperature => {
-                self.level = (self.level + rng.random_range(-0.3..0.3)).clamp(-15.0, 35.0);
-                format!("{:.1}", self.level)
-            }
-            Kind::Humidity => {
-                self.level = (self.level + rng.random_range(-1.0..1.0)).clamp(20.0, 95.0);
-                format!("{:.0}", self.level)
-            }
-            Kind::Power => {
-                self.level = (self.level + rng.random_range(-40.0..40.0)).clamp(0.0, 3_000.0);
-                format!("{:.1}", self.level)
-            }
-            Kind::Energy => {
-                self.level += rng.random_range(0.0..0.05);
-                format!("{:.3}", self.level)
-            }
-            Kind::Battery => {
-                self.level = (self.level - rng.random_range(0.0..0.05)).max(1.0);
-                format!("{:.0}", self.level)
-            }
-            Kind::Signal => {
-                self.level = (self.level + rng.random_range(-2.0..2.0)).clamp(-95.0, -30.0);
-                format!("{:.0}", self.level)
-            }
-            Kind::Motion | Kind::Door | Kind::Light | Kind::Switch => {
-                self.on = !self.on;
-                if self.kind == Kind::Light {
-                    self.level = rng.random_range(5.0..100.0);
-                }
-                if self.on { "on" } else { "off" }.to_string()
-            }
-            Kind::Climate => {
-                self.level = (self.level + rng.random_range(-0.2..0.2)).clamp(15.0, 25.0);
-                self.on = self.level < 21.0;
-                if rng.random_bool(0.02) { "off" } else { "heat" }.to_string()
-            }
-        }
-    }
-}
-
-/// The entities of the generated home, reproducible from the seed.
-fn home(entities: usize, rng: &mut StdRng) -> Vec<Sim> {
-    let mut sims = Vec::with_capacity(entities);
-    let mut counts = [0usize; Kind::MIX.len()];
-    for i in 0..entities {
-        // Deal kinds by their share, so any size has the same mix.
-        let pos = (i as f64 + 0.5) / entities as f64;
-        let mut acc = 0.0;
-        let mut slot = Kind::MIX.len() - 1;
-        for (j, (_, share)) in Kind::MIX.iter().enumerate() {
-            acc += share;
-            if pos < acc {
-                slot = j;
-                break;
-            }
-        }
-        let kind = Kind::MIX[slot].0;
-        let index = counts[slot];
-        counts[slot] += 1;
-        let (domain, what) = kind.name();
-        let Ok(id) = EntityId::new(&format!("{domain}.{what}_{index}")) else {
-            continue;
-        };
-        let level = match kind {
-            Kind::Temperature => rng.random_range(18.0..23.0),
-            Kind::Humidity => rng.random_range(40.0..60.0),
-            Kind::Power => rng.random_range(0.0..500.0),
-            Kind::Energy => rng.random_range(100.0..5_000.0),
-            Kind::Battery => 100.0,
-            Kind::Signal => -60.0,
-            Kind::Climate => 20.0,
-            _ => 0.0,
-        };
-        let mean_interval = kind.mean_interval(rng);
-        sims.push(Sim {
-            id,
-            kind,
-            index,
-            mean_interval,
-            level,
-            on: false,
-        });
-    }
-    sims
-}
-
-/// Generates the history in time order and hands each event to `each`.
+/// The history of [`BenchOptions`]: [`crate::simulator::home_history`]'s home of
+/// `entities` entities over the `days` before [`END_NS`], each event handed to `each`.
 fn generate(
     opts: &BenchOptions,
-    mut each: impl FnMut(&Event) -> anyhow::Result<()>,
+    each: impl FnMut(&Event) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
-    let mut rng = StdRng::seed_from_u64(opts.seed);
-    let mut sims = home(opts.entities, &mut rng);
     let start = END_NS - i64::from(opts.days) * DAY_NS;
-    // Min-heap of (next time, entity).
-    let mut heap: BinaryHeap<std::cmp::Reverse<(i64, usize)>> = BinaryHeap::new();
-    for (i, s) in sims.iter().enumerate() {
-        let first = start + (rng.random_range(0.0..s.mean_interval) * 1e9) as i64;
-        heap.push(std::cmp::Reverse((first, i)));
-    }
-    let source: Arc<str> = Arc::from("bench");
-    let mut events = 0u64;
-    while let Some(std::cmp::Reverse((t, i))) = heap.pop() {
-        if t >= END_NS {
-            continue;
-        }
-        let sim = &mut sims[i];
-        let state = sim.step(&mut rng);
-        let attributes = match sim.attributes() {
-            Value::Object(m) => m.into(),
-            _ => Default::default(),
-        };
-        let ts = Timestamp::from_nanos(t);
-        let event = Event::from_state(
-            source.clone(),
-            State::at(sim.id.clone(), state, attributes, ts),
-        );
-        each(&event)?;
-        events += 1;
-        // Exponential gaps around the entity's mean, at least one second.
-        let u: f64 = rng.random_range(f64::EPSILON..1.0);
-        let gap = (-u.ln() * sim.mean_interval).max(1.0);
-        heap.push(std::cmp::Reverse((t + (gap * 1e9) as i64, i)));
-    }
-    Ok(events)
+    crate::simulator::home_history(opts.entities, opts.seed, start, END_NS, each)
 }
 
 // ---------------------------------------------------------------------------
@@ -1385,6 +1139,7 @@ pub fn render_text(r: &BenchReport) -> String {
 mod tests {
     use super::*;
     use crate::event::EventKind;
+    use serde_json::json;
 
     fn history(seed: u64) -> Vec<(String, String, i64)> {
         let opts = BenchOptions {

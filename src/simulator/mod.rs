@@ -37,6 +37,8 @@ mod generator;
 mod history;
 mod server;
 
+pub(crate) use generator::home_history;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
