@@ -1242,7 +1242,7 @@ mod tests {
     #[test]
     fn the_bench_sets_up_the_tiers_the_example_recommends() {
         let example: crate::config::Config =
-            toml::from_str(include_str!("../../examples/retention-tiers.toml")).expect("example");
+            toml::from_str(include_str!("../../../examples/retention-tiers.toml")).expect("example");
         assert_eq!(example.retention.downsample, tier_config().downsample);
     }
 
