@@ -1,5 +1,5 @@
 //! Schema tools: measure the stored schema, plan a better one, migrate data into it,
-//! keep it in shape with retention policies and downsampling, and compare the modes.
+//! keep it in shape with retention policies and downsampling (`schema bench`, which compares the modes, is in `crate::bench::schema`).
 
 pub mod analyze;
 pub mod backfill;
