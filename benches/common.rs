@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ha_ingestor::bench;
+use ha_ingestor::bench::pipeline as bench;
 
 /// Runs every case and prints one line each.
 pub fn run_all(allocator: &str) {

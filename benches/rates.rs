@@ -90,13 +90,16 @@ fn main() {
     // As in the service: metric handles record into a Prometheus registry.
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     metrics::set_global_recorder(recorder).expect("no recorder installed yet");
-    let recorded = ha_ingestor::bench::load_frames(std::path::Path::new(
+    let recorded = ha_ingestor::bench::pipeline::load_frames(std::path::Path::new(
         "tests/data/fixtures/ha-ws-frames.jsonl",
     ))
     .expect("recorded frames");
     for (name, frames) in [
         ("recorded frames", recorded),
-        ("built-in corpus", ha_ingestor::bench::builtin_frames()),
+        (
+            "built-in corpus",
+            ha_ingestor::bench::pipeline::builtin_frames(),
+        ),
     ] {
         let mut events = events(&frames);
         if let Some(n) = std::env::var("BENCH_EVENTS")

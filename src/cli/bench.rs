@@ -9,7 +9,7 @@ use clap::Subcommand;
 use tokio::runtime::Runtime;
 
 use super::{init_logging, report};
-use crate::bench;
+use crate::bench::pipeline as bench;
 use crate::config::{Config, LogFormat};
 
 /// The benchmarks.
@@ -144,7 +144,7 @@ pub fn main(what: BenchCommand, flag_format: Option<LogFormat>, runtime: &Runtim
             ack_every_ms,
         } => {
             init_logging(flag_format.unwrap_or_default(), "warn");
-            let cfg = crate::source::mqtt::floor::FloorConfig {
+            let cfg = crate::bench::mqtt_floor::FloorConfig {
                 host,
                 port,
                 topic,
@@ -155,8 +155,7 @@ pub fn main(what: BenchCommand, flag_format: Option<LogFormat>, runtime: &Runtim
             };
             let result = runtime.block_on(async {
                 // The benchmark script starts publishing when it reads this line.
-                let r =
-                    crate::source::mqtt::floor::consume(&cfg, || eprintln!("subscribed")).await?;
+                let r = crate::bench::mqtt_floor::consume(&cfg, || eprintln!("subscribed")).await?;
                 println!("{}", serde_json::to_string(&r)?);
                 anyhow::Ok(())
             });
@@ -172,7 +171,7 @@ pub fn main(what: BenchCommand, flag_format: Option<LogFormat>, runtime: &Runtim
             prefix,
         } => {
             init_logging(flag_format.unwrap_or_default(), "warn");
-            let cfg = crate::source::mqtt::loadgen::LoadConfig {
+            let cfg = crate::bench::mqtt_loadgen::LoadConfig {
                 host,
                 port,
                 rate,
@@ -183,7 +182,7 @@ pub fn main(what: BenchCommand, flag_format: Option<LogFormat>, runtime: &Runtim
                 base_ms: crate::event::Timestamp::now().as_nanos() / 1_000_000,
             };
             let result = runtime.block_on(async {
-                let r = crate::source::mqtt::loadgen::publish(&cfg).await?;
+                let r = crate::bench::mqtt_loadgen::publish(&cfg).await?;
                 println!("{}", serde_json::to_string(&r)?);
                 anyhow::Ok(())
             });
@@ -202,7 +201,7 @@ pub fn main(what: BenchCommand, flag_format: Option<LogFormat>, runtime: &Runtim
                 ..Default::default()
             };
             let result = (|| {
-                let r = crate::sink::buffer::bench::run(&dir, &cfg, points_per_chunk, seconds)?;
+                let r = crate::bench::buffer::run(&dir, &cfg, points_per_chunk, seconds)?;
                 if json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
@@ -361,7 +360,7 @@ pub fn main(what: BenchCommand, flag_format: Option<LogFormat>, runtime: &Runtim
         BenchCommand::Mqtt { seconds, json } => {
             init_logging(flag_format.unwrap_or_default(), "warn");
             let result = (|| {
-                let cases = crate::source::mqtt::decode::bench::run(seconds)?;
+                let cases = crate::bench::mqtt_decode::run(seconds)?;
                 if json {
                     println!("{}", serde_json::to_string(&cases)?);
                 } else {

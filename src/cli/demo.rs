@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::app;
 use crate::config::{Config, HomeAssistantConfig, InfluxConfig, MonitorConfig};
-use crate::source::simulator::{Simulator, SimulatorConfig};
+use crate::simulator::{Simulator, SimulatorConfig};
 
 /// What the demo is asked to do.
 #[derive(Debug, Clone)]

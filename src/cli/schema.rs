@@ -143,18 +143,18 @@ pub async fn main(what: SchemaCommand) -> anyhow::Result<()> {
             influxd,
             json,
         } => {
-            let opts = crate::schema::bench::BenchOptions {
+            let opts = crate::bench::schema::BenchOptions {
                 entities,
                 days,
                 runs,
                 seed,
                 influxd,
             };
-            let r = crate::schema::bench::run(&opts).await?;
+            let r = crate::bench::schema::run(&opts).await?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
-                print!("{}", crate::schema::bench::render_text(&r));
+                print!("{}", crate::bench::schema::render_text(&r));
             }
             anyhow::ensure!(
                 r.all_equal(),

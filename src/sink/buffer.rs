@@ -963,7 +963,6 @@ fn flusher(inner: &Inner, stop: &AtomicBool, tick: Duration) {
     }
 }
 
-pub mod bench;
 pub mod tasks;
 
 #[cfg(test)]

@@ -1,8 +1,7 @@
-//! Where events come from: Home Assistant's WebSocket API and the simulator.
+//! Where events come from: Home Assistant's WebSocket API and MQTT brokers.
 
 pub mod homeassistant;
 pub mod mqtt;
-pub mod simulator;
 
 use std::path::PathBuf;
 use std::sync::Arc;

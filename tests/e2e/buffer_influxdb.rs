@@ -10,8 +10,8 @@ use std::time::Duration;
 use ha_ingestor::app;
 use ha_ingestor::config::{BufferConfig, Config, HomeAssistantConfig, InfluxConfig, MonitorConfig};
 use ha_ingestor::event::EventKind;
+use ha_ingestor::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use ha_ingestor::sink::buffer::Buffer;
-use ha_ingestor::source::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use support::ha_schema::{all_rows, assert_state_point, is_written};
 use support::{Influxd, expected_points, spawn_run, wait_for};
 

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::process::Command;
 
-use ha_ingestor::source::simulator::{Simulator, SimulatorConfig};
+use ha_ingestor::simulator::{Simulator, SimulatorConfig};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ha-ingestor"))

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ha_ingestor::source::simulator::{Simulator, SimulatorConfig};
+use ha_ingestor::simulator::{Simulator, SimulatorConfig};
 use support::{Influxd, expected_points, wait_for};
 
 fn point_lines(dir: &std::path::Path) -> Vec<String> {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use ha_ingestor::app;
 use ha_ingestor::config::{Config, HomeAssistantConfig, InfluxConfig, MonitorConfig};
 use ha_ingestor::event::State;
-use ha_ingestor::source::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
+use ha_ingestor::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use support::ha_schema::{all_rows, assert_state_point, is_written};
 use support::{Influxd, spawn_run, wait_for};
 

@@ -11,7 +11,7 @@ use ha_ingestor::app;
 use ha_ingestor::config::{
     Config, HaSubscription, HomeAssistantConfig, InfluxConfig, MonitorConfig,
 };
-use ha_ingestor::source::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
+use ha_ingestor::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use support::{Influxd, expected_points, wait_for};
 
 async fn home(token: &str, seed: u64, events: u64) -> SimulatorHandle {

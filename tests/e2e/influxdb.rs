@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use ha_ingestor::app;
 use ha_ingestor::config::{Config, HomeAssistantConfig, InfluxConfig, MonitorConfig};
 use ha_ingestor::event::{Event, EventKind};
-use ha_ingestor::source::simulator::{Simulator, SimulatorConfig};
+use ha_ingestor::simulator::{Simulator, SimulatorConfig};
 use serde_json::Value;
 use support::ha_schema::{all_rows, assert_state_point, ha_float, stored};
 use support::influxd::Influxd;

@@ -20,7 +20,7 @@ use axum::routing::post;
 use ha_ingestor::app;
 use ha_ingestor::config::alerts::{AlertsConfig, Condition, NotifierConfig, RuleConfig, Severity};
 use ha_ingestor::config::{Config, HomeAssistantConfig, InfluxConfig, MonitorConfig};
-use ha_ingestor::source::simulator::{Simulator, SimulatorConfig};
+use ha_ingestor::simulator::{Simulator, SimulatorConfig};
 use serde_json::Value;
 use support::influxd::Influxd;
 use support::wait_for;
@@ -47,7 +47,7 @@ fn statuses(bodies: &Bodies) -> Vec<String> {
         .collect()
 }
 
-fn ha_event_statuses(sim: &ha_ingestor::source::simulator::SimulatorHandle) -> Vec<String> {
+fn ha_event_statuses(sim: &ha_ingestor::simulator::SimulatorHandle) -> Vec<String> {
     sim.service_commands("fire_event")
         .iter()
         .filter(|c| {

@@ -4,8 +4,6 @@ pub mod acks;
 pub mod client;
 pub mod conn;
 pub mod decode;
-pub mod floor;
-pub mod loadgen;
 pub mod topic;
 
 pub use client::{MqttError, MqttReload, MqttSource};

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::{SinkExt as _, StreamExt as _};
 use ha_ingestor::app::{self, Running};
 use ha_ingestor::config::Config;
-use ha_ingestor::source::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
+use ha_ingestor::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use serde_json::{Value, json};
 use support::wait_for;
 use tokio::io::AsyncBufReadExt as _;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use ha_ingestor::app;
 use ha_ingestor::config::Config;
 use ha_ingestor::monitor::metrics as names;
-use ha_ingestor::source::simulator::{Simulator, SimulatorConfig};
+use ha_ingestor::simulator::{Simulator, SimulatorConfig};
 use serde_json::Value;
 use support::{Influxd, wait_for};
 

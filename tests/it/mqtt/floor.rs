@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use ha_ingestor::source::mqtt::floor::{FloorConfig, consume};
-use ha_ingestor::source::mqtt::loadgen::{LoadConfig, publish};
+use ha_ingestor::bench::mqtt_floor::{FloorConfig, consume};
+use ha_ingestor::bench::mqtt_loadgen::{LoadConfig, publish};
 
 async fn every_message_is_received(protocol: &str, qos: u8, ack_every: Duration) {
     let prefix = format!(

@@ -6,7 +6,7 @@
 //! Timings are not asserted here (they belong to the benchmark itself, see
 //! `docs/BENCHMARKS.md`); only that the comparison compares like with like.
 
-use ha_ingestor::schema::bench::{BenchOptions, QUERIES, render_text, run};
+use ha_ingestor::bench::schema::{BenchOptions, QUERIES, render_text, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_layout_answers_every_query_the_same_tiers_included() {

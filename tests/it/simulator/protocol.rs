@@ -6,7 +6,7 @@ use crate::support;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use ha_ingestor::source::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
+use ha_ingestor::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use ha_ingestor::app;
 use ha_ingestor::config::{BufferConfig, Config, HomeAssistantConfig, InfluxConfig, MonitorConfig};
+use ha_ingestor::simulator::{Simulator, SimulatorConfig};
 use ha_ingestor::sink::buffer::Buffer;
-use ha_ingestor::source::simulator::{Simulator, SimulatorConfig};
 use support::{expected_points, wait_for};
 
 const EVENTS: u64 = 30_000;

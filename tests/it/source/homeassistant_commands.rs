@@ -14,9 +14,9 @@ use ha_ingestor::feedback::commands::Commands;
 use ha_ingestor::feedback::handoff::Handoff;
 use ha_ingestor::monitor::Stats;
 use ha_ingestor::monitor::alerts::notify::{self, Notification, Status};
+use ha_ingestor::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use ha_ingestor::source::SourceContext;
 use ha_ingestor::source::homeassistant::client;
-use ha_ingestor::source::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ha_ingestor::config::HomeAssistantConfig;
+use ha_ingestor::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use ha_ingestor::source::homeassistant::client::{self, ClientError};
-use ha_ingestor::source::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A self-signed certificate for `localhost` and 127.0.0.1, valid until 2126, made for this test.

@@ -6,7 +6,6 @@
 //! message only once its seq is below [`Decoders::oldest_held`] and its events
 //! are safe. Entity-id rules and each decoder's mapping are in `docs/mqtt.md`.
 
-pub mod bench;
 mod entity;
 mod eventstream;
 mod json;

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Buffer, BufferError, tasks::READ_BATCH};
 use crate::config::BufferConfig;
 use crate::encode::Chunk;
+use crate::sink::buffer::tasks::{self, READ_BATCH};
+use crate::sink::buffer::{self as buffer, Buffer, BufferError};
 
 /// The measured figures, as `--json` prints them.
 #[derive(Debug, Clone, Serialize)]
@@ -80,7 +81,7 @@ pub fn run(
     let _ = std::fs::remove_dir_all(dir);
 
     let file_len = || {
-        std::fs::metadata(dir.join(super::FILE_NAME))
+        std::fs::metadata(dir.join(buffer::FILE_NAME))
             .map(|m| m.len())
             .unwrap_or(0)
     };
@@ -141,7 +142,7 @@ pub fn run(
         let (buffer, _) = Buffer::open(dir, &cfg)?;
         let stats = std::sync::Arc::new(crate::monitor::Stats::default());
         let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(64);
-        let appender = super::tasks::spawn_appender(
+        let appender = tasks::spawn_appender(
             buffer.clone(),
             rx,
             stats,

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use super::conn::{Conn, Polled};
 use crate::config::MqttConfig;
+use crate::source::mqtt::conn::{Conn, Polled};
 
 /// What to read.
 #[derive(Debug, Clone)]

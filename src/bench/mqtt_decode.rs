@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Decoders, Message, SubscriptionConfig};
+use super::thread_cpu_nanos;
+use crate::config::SubscriptionConfig;
 use crate::event::{Event, Timestamp};
+use crate::source::mqtt::decode::{DecodeConfigError, DecodeError, Decoders, Message};
 
 /// A typical Zigbee2MQTT climate sensor payload (Aqara-style, with the `update` object), ~300 bytes.
 pub const Z2M_PAYLOAD: &str = r#"{"battery":97,"humidity":44.72,"linkquality":120,"power_outage_count":3,"pressure":1013.2,"temperature":21.53,"device_temperature":27,"voltage":2985,"update":{"installed_version":16777241,"latest_version":16777241,"state":"idle"},"update_available":false,"last_seen":"2026-11-26T20:44:47.219Z"}"#;
@@ -52,10 +54,10 @@ pub struct MqttBenchCase {
 pub enum MqttBenchError {
     /// The built-in subscriptions did not compile (a bug).
     #[error("bench subscriptions: {0}")]
-    Config(#[from] super::DecodeConfigError),
+    Config(#[from] DecodeConfigError),
     /// A built-in message did not decode (a bug).
     #[error("bench message: {0}")]
-    Decode(#[from] super::DecodeError),
+    Decode(#[from] DecodeError),
 }
 
 fn sub(name: &str, topic: &str, decoder: &str, extra: &str) -> SubscriptionConfig {
@@ -178,12 +180,6 @@ fn topics(prefix: &str, suffix: &str) -> Vec<String> {
     (0..TOPICS)
         .map(|i| format!("{prefix}room_{}/sensor_{}{suffix}", i / 10, i % 10))
         .collect()
-}
-
-/// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`, first field).
-fn thread_cpu_nanos() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    text.split_whitespace().next()?.parse().ok()
 }
 
 /// Runs one case for at least `min_seconds`.
@@ -319,7 +315,7 @@ pub fn run(min_seconds: f64) -> Result<Vec<MqttBenchCase>, MqttBenchError> {
         false,
     )?);
     // The recorded statestream (600 messages, 17 entities).
-    let recorded = include_str!("../../../../tests/data/fixtures/statestream.jsonl");
+    let recorded = include_str!("../../tests/data/fixtures/statestream.jsonl");
     let mut ss = Vec::new();
     for line in recorded.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {

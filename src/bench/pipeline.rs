@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::thread_cpu_nanos;
 use crate::config::{FilterConfig, SchemaConfig};
 use crate::encode::Encoder;
 use crate::event::{EventKind, SourceId};
@@ -69,7 +70,7 @@ pub fn load_frames(path: &Path) -> std::io::Result<Vec<String>> {
 
 /// The built-in realistic corpus (from the simulator's generator, fixed seed).
 pub fn builtin_frames() -> Vec<String> {
-    crate::source::simulator::corpus(CORPUS_ENTITIES, CORPUS_EVENTS, 1)
+    crate::simulator::corpus(CORPUS_ENTITIES, CORPUS_EVENTS, 1)
 }
 
 /// Groups event frames into HA's coalesced array frames of up to `size` messages
@@ -401,12 +402,6 @@ fn clock_pair_ns() -> f64 {
         _ => wall,
     };
     seconds * 1e9 / f64::from(N)
-}
-
-/// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`, first field).
-fn thread_cpu_nanos() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    text.split_whitespace().next()?.parse().ok()
 }
 
 /// Measures the filter chain over the events of `frames` for at least `min_seconds` per mode.

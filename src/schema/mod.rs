@@ -1,3 +1,0 @@
-//! Transitional home of the schema benchmark until it moves to `bench/`.
-
-pub mod bench;
