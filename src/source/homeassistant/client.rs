@@ -74,7 +74,7 @@ use super::cursor::{self, Cursor};
 use super::decode::{DecodeError, ServerMessage, decode_binary_frame, decode_frame};
 use super::entities::StateCache;
 use super::history;
-use super::protocol::{ClientMessage, ErrorInfo, Features};
+use super::protocol::{ClientMessage, ErrorInfo, Features, ServerReply};
 use crate::config::{HaSubscription, HomeAssistantConfig};
 use crate::dead_letter::DeadLetter;
 use crate::event::{EntityId, Event, STATE_CHANGED, SourceId, State, StateChanged, Timestamp};
@@ -620,7 +620,7 @@ fn close_reason(frame: Option<&tungstenite::protocol::CloseFrame>) -> String {
 async fn authenticate(ws: &mut Ws, token: &str) -> Result<String, ClientError> {
     let source = SourceId::from("auth");
     match next_control(ws, &source).await? {
-        ServerMessage::AuthRequired { .. } => {}
+        ServerMessage::Reply(ServerReply::AuthRequired { .. }) => {}
         other => {
             return Err(ClientError::Protocol(format!(
                 "expected auth_required, got {}",
@@ -635,8 +635,10 @@ async fn authenticate(ws: &mut Ws, token: &str) -> Result<String, ClientError> {
         .await
         .map_err(|e| ClientError::Closed(e.to_string()))?;
     match next_control(ws, &source).await {
-        Ok(ServerMessage::AuthOk { ha_version }) => Ok(ha_version),
-        Ok(ServerMessage::AuthInvalid { message }) => Err(ClientError::AuthInvalid { message }),
+        Ok(ServerMessage::Reply(ServerReply::AuthOk { ha_version })) => Ok(ha_version),
+        Ok(ServerMessage::Reply(ServerReply::AuthInvalid { message })) => {
+            Err(ClientError::AuthInvalid { message })
+        }
         Ok(other) => Err(ClientError::Protocol(format!(
             "expected auth_ok, got {}",
             describe(&other)
@@ -647,13 +649,13 @@ async fn authenticate(ws: &mut Ws, token: &str) -> Result<String, ClientError> {
 
 fn describe(msg: &ServerMessage) -> String {
     match msg {
-        ServerMessage::AuthRequired { .. } => "auth_required".into(),
-        ServerMessage::AuthOk { .. } => "auth_ok".into(),
-        ServerMessage::AuthInvalid { .. } => "auth_invalid".into(),
-        ServerMessage::Result { id, .. } => format!("result {id}"),
+        ServerMessage::Reply(ServerReply::AuthRequired { .. }) => "auth_required".into(),
+        ServerMessage::Reply(ServerReply::AuthOk { .. }) => "auth_ok".into(),
+        ServerMessage::Reply(ServerReply::AuthInvalid { .. }) => "auth_invalid".into(),
+        ServerMessage::Reply(ServerReply::Result { id, .. }) => format!("result {id}"),
+        ServerMessage::Reply(ServerReply::Pong { id }) => format!("pong {id}"),
         ServerMessage::Event { id, .. } => format!("event {id}"),
         ServerMessage::Entities { id, .. } => format!("entities event {id}"),
-        ServerMessage::Pong { id } => format!("pong {id}"),
         ServerMessage::Other { kind } => kind.clone(),
     }
 }
@@ -934,17 +936,17 @@ async fn session(
                         tracing::info!(message = "Entity states received.", source = %source, entities = cache.len());
                     }
                 }
-                Ok(ServerMessage::Pong { id }) => {
+                Ok(ServerMessage::Reply(ServerReply::Pong { id })) => {
                     if awaiting_pong.is_some_and(|(ping, _)| ping == id) {
                         awaiting_pong = None;
                     }
                 }
-                Ok(ServerMessage::Result {
+                Ok(ServerMessage::Reply(ServerReply::Result {
                     id,
                     success,
                     error,
                     result,
-                }) => {
+                })) => {
                     let Some(at) = pending.iter().position(|(p, _)| *p == id) else {
                         continue;
                     };
@@ -1042,7 +1044,7 @@ async fn session(
                         tracing::info!(message = "Connected to Home Assistant and subscribed.", source = %source, url = %url, ha_version = %ha_version, event_types = ?cfg.event_types);
                     }
                 }
-                Ok(ServerMessage::AuthInvalid { message }) => {
+                Ok(ServerMessage::Reply(ServerReply::AuthInvalid { message })) => {
                     return Err(ClientError::AuthInvalid { message });
                 }
                 Ok(other) => {
