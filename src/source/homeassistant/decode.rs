@@ -6,6 +6,12 @@
 //! so the payload is decoded in place; when a peer orders keys differently the
 //! part is captured as a borrowed raw slice and decoded once the type is known.
 //!
+//! Control messages (`auth_*`, `result`, `pong`) come out as [`ServerReply`],
+//! the wire type in `protocol.rs` that the simulator writes, built by the same
+//! visitor (no second pass, no `Value` but a result's payload). Events, bus and
+//! `subscribe_entities` ones (`entities.rs` reads their compressed states), are
+//! decoded only here.
+//!
 //! A coalesced array frame is first decoded in the same single pass; only if
 //! some element fails is the array split into raw elements and each decoded
 //! alone, so one bad element never costs the good ones.
@@ -17,40 +23,19 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde_json::value::RawValue;
 
 use super::entities::{self, EntitiesMessage};
-use super::protocol::ErrorInfo;
+use super::protocol::{ErrorInfo, ServerReply};
 use crate::event::{
     BusEvent, Context, Event, EventKind, Origin, SourceId, StateChanged, Timestamp,
 };
 
 /// One server message, decoded.
+///
+/// Control messages are [`ServerReply`], the type the simulator writes: one
+/// wire type for both sides. Events are decoded here only (they are the hot path).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerMessage {
-    /// First message of a connection.
-    AuthRequired {
-        /// The server's version.
-        ha_version: String,
-    },
-    /// The token was accepted.
-    AuthOk {
-        /// The server's version.
-        ha_version: String,
-    },
-    /// The token was refused.
-    AuthInvalid {
-        /// HA's reason.
-        message: String,
-    },
-    /// The answer to a command.
-    Result {
-        /// The command's id.
-        id: u64,
-        /// Whether it worked.
-        success: bool,
-        /// The payload of a success.
-        result: Option<serde_json::Value>,
-        /// The reason of a failure.
-        error: Option<ErrorInfo>,
-    },
+    /// `auth_required`, `auth_ok`, `auth_invalid`, `result` or `pong`.
+    Reply(ServerReply),
     /// A bus event of subscription `id`.
     Event {
         /// The subscription's id.
@@ -64,11 +49,6 @@ pub enum ServerMessage {
         id: u64,
         /// The decoded additions, changes and removals.
         message: EntitiesMessage,
-    },
-    /// The answer to `ping`.
-    Pong {
-        /// The ping's id.
-        id: u64,
     },
     /// A message type this client does not use.
     Other {
@@ -357,21 +337,21 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
         };
         let id_required = |id: Option<u64>| id.ok_or_else(|| de::Error::missing_field("id"));
         Ok(match kind {
-            MessageType::AuthRequired => ServerMessage::AuthRequired {
+            MessageType::AuthRequired => ServerMessage::Reply(ServerReply::AuthRequired {
                 ha_version: ha_version.ok_or_else(|| de::Error::missing_field("ha_version"))?,
-            },
-            MessageType::AuthOk => ServerMessage::AuthOk {
+            }),
+            MessageType::AuthOk => ServerMessage::Reply(ServerReply::AuthOk {
                 ha_version: ha_version.ok_or_else(|| de::Error::missing_field("ha_version"))?,
-            },
-            MessageType::AuthInvalid => ServerMessage::AuthInvalid {
+            }),
+            MessageType::AuthInvalid => ServerMessage::Reply(ServerReply::AuthInvalid {
                 message: message.unwrap_or_default(),
-            },
-            MessageType::Result => ServerMessage::Result {
+            }),
+            MessageType::Result => ServerMessage::Reply(ServerReply::Result {
                 id: id_required(id)?,
                 success: success.ok_or_else(|| de::Error::missing_field("success"))?,
                 result,
                 error,
-            },
+            }),
             MessageType::Event => {
                 let event = match (event, raw_event) {
                     (Some(event), _) => event,
@@ -396,9 +376,9 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
                     },
                 }
             }
-            MessageType::Pong => ServerMessage::Pong {
+            MessageType::Pong => ServerMessage::Reply(ServerReply::Pong {
                 id: id_required(id)?,
-            },
+            }),
             MessageType::Other(kind) => ServerMessage::Other { kind },
         })
     }
@@ -634,20 +614,73 @@ mod tests {
     fn control_messages_decode() {
         assert!(matches!(
             &decode(r#"{"type":"auth_required","ha_version":"2026.1.0"}"#)[0],
-            Ok(ServerMessage::AuthRequired { ha_version }) if ha_version == "2026.1.0"
+            Ok(ServerMessage::Reply(ServerReply::AuthRequired { ha_version })) if ha_version == "2026.1.0"
         ));
         assert!(matches!(
             &decode(r#"{"type":"result","id":3,"success":false,"error":{"code":"id_reuse","message":"x"}}"#)[0],
-            Ok(ServerMessage::Result { id: 3, success: false, error: Some(e), .. }) if e.code == "id_reuse"
+            Ok(ServerMessage::Reply(ServerReply::Result { id: 3, success: false, error: Some(e), .. })) if e.code == "id_reuse"
         ));
         assert!(matches!(
             &decode(r#"{"id":4,"type":"pong"}"#)[0],
-            Ok(ServerMessage::Pong { id: 4 })
+            Ok(ServerMessage::Reply(ServerReply::Pong { id: 4 }))
         ));
         assert!(matches!(
             &decode(r#"{"type":"something_new","x":1}"#)[0],
             Ok(ServerMessage::Other { kind }) if kind == "something_new"
         ));
+    }
+
+    #[test]
+    fn what_the_simulator_writes_decodes_to_the_same_reply() {
+        let replies = [
+            ServerReply::AuthRequired {
+                ha_version: "2026.1.0".into(),
+            },
+            ServerReply::AuthOk {
+                ha_version: "2026.1.0".into(),
+            },
+            ServerReply::AuthInvalid {
+                message: crate::source::homeassistant::protocol::MSG_INVALID_AUTH.into(),
+            },
+            ServerReply::success(5, serde_json::json!([{"entity_id": "sensor.t"}])),
+            ServerReply::failure(6, "id_reuse", "Identifier values have to increase."),
+            ServerReply::Pong { id: 7 },
+        ];
+        for reply in replies {
+            let json = reply.to_json();
+            let out = decode(&json);
+            assert_eq!(out.len(), 1);
+            assert_eq!(
+                out[0].as_ref().ok(),
+                Some(&ServerMessage::Reply(reply.clone()))
+            );
+            // serde's own reading of the type agrees with the hot-path decoder.
+            let serde_read: ServerReply = serde_json::from_str(&json).unwrap();
+            assert_eq!(serde_read, reply, "{json}");
+        }
+        // A `null` result is no payload, on both readings.
+        let ack = ServerReply::success(8, serde_json::Value::Null).to_json();
+        let none = ServerReply::Result {
+            id: 8,
+            success: true,
+            result: None,
+            error: None,
+        };
+        assert_eq!(
+            decode(&ack)[0].as_ref().ok(),
+            Some(&ServerMessage::Reply(none.clone()))
+        );
+        assert_eq!(serde_json::from_str::<ServerReply>(&ack).unwrap(), none);
+        // HA may leave out the reason of a refusal; both readings default it.
+        let bare = r#"{"type":"auth_invalid"}"#;
+        let refused = ServerReply::AuthInvalid {
+            message: String::new(),
+        };
+        assert_eq!(
+            decode(bare)[0].as_ref().ok(),
+            Some(&ServerMessage::Reply(refused.clone()))
+        );
+        assert_eq!(serde_json::from_str::<ServerReply>(bare).unwrap(), refused);
     }
 
     #[test]

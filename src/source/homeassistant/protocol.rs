@@ -1,7 +1,10 @@
 //! Home Assistant WebSocket API message types, shared by the client and the simulator.
 //!
-//! Only the shapes are here; moving them over a socket is `client.rs` (and the
-//! simulator), and the hot-path decoding of server frames is `decode.rs`.
+//! Only the shapes are here: [`ClientMessage`] (every command the client sends,
+//! which the simulator parses) and [`ServerReply`] (every server message but
+//! events, which the simulator writes and the client's decoder produces).
+//! Moving them over a socket is the client's job (and the simulator's); the
+//! hot-path decoding of server frames, events included, is `decode.rs`.
 
 use serde::{Deserialize, Serialize};
 
@@ -138,10 +141,12 @@ pub struct ErrorInfo {
     pub message: String,
 }
 
-/// Server→client messages other than events, as the simulator writes them.
+/// Server→client messages other than events: the one wire type of both sides.
 ///
-/// Events are written by hand (`{"type":"event","event":…,"id":N}`, id last as
-/// current HA does); the client reads everything through `decode.rs`.
+/// The simulator writes these; the client's decoder (`decode.rs`) produces them
+/// as `ServerMessage::Reply`, in its single pass over the frame. Events are not
+/// here: the simulator writes them by hand (`{"type":"event","event":…,"id":N}`,
+/// id last as current HA does) and the decoder reads them with typed visitors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerReply {
@@ -157,7 +162,8 @@ pub enum ServerReply {
     },
     /// The token or the auth message was refused; the server closes next.
     AuthInvalid {
-        /// Why.
+        /// Why (empty when the server gives no reason).
+        #[serde(default)]
         message: String,
     },
     /// The answer to a command.

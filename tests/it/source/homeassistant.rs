@@ -17,6 +17,7 @@ use ha_ingestor::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use ha_ingestor::source::SourceContext;
 use ha_ingestor::source::homeassistant::client::{self, ClientError};
 use ha_ingestor::source::homeassistant::decode::{ServerMessage, decode_frame};
+use ha_ingestor::source::homeassistant::protocol::ServerReply;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -191,17 +192,17 @@ fn every_recorded_frame_decodes() {
                 }
                 EventKind::Bus(bus) => panic!("unexpected event type {}", bus.event_type),
             },
-            Ok(ServerMessage::AuthRequired { ha_version })
-            | Ok(ServerMessage::AuthOk { ha_version }) => {
+            Ok(ServerMessage::Reply(ServerReply::AuthRequired { ha_version }))
+            | Ok(ServerMessage::Reply(ServerReply::AuthOk { ha_version })) => {
                 assert_eq!(ha_version, "2024.3.3");
                 control += 1;
             }
-            Ok(ServerMessage::Result {
+            Ok(ServerMessage::Reply(ServerReply::Result {
                 id: 1,
                 success: true,
                 result: None,
                 error: None,
-            }) => control += 1,
+            })) => control += 1,
             other => panic!("frame {i}: {other:?}"),
         }
     }
@@ -1454,13 +1455,13 @@ fn recorded_subscribe_entities_frames_decode_and_apply_without_loss() {
         for item in decoded.drain(..) {
             let message = match item {
                 Ok(ServerMessage::Entities { id: 1, message }) => message,
-                Ok(ServerMessage::AuthRequired { .. })
-                | Ok(ServerMessage::AuthOk { .. })
-                | Ok(ServerMessage::Result {
+                Ok(ServerMessage::Reply(ServerReply::AuthRequired { .. }))
+                | Ok(ServerMessage::Reply(ServerReply::AuthOk { .. }))
+                | Ok(ServerMessage::Reply(ServerReply::Result {
                     id: 1,
                     success: true,
                     ..
-                }) => continue,
+                })) => continue,
                 other => panic!("frame {i}: {other:?}"),
             };
             added += message.added.len();
