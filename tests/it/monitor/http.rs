@@ -128,3 +128,60 @@ decoder = "value"
     assert_eq!(reply.status(), 503);
     running.stop().await;
 }
+
+/// Clients that open a connection and never finish their headers must not hold shutdown:
+/// `stop` returns within the monitor's deadline with twenty of them connected.
+#[tokio::test]
+async fn stop_is_not_held_by_slow_monitor_clients() {
+    use tokio::io::AsyncWriteExt;
+    ha_ingestor::ensure_crypto_provider();
+    let data = tempfile::tempdir().expect("tempdir");
+    // A source is required; this one's broker is absent (a port nothing listens on).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let text = format!(
+        r#"
+data_dir = "{data}"
+[monitor]
+listen = "127.0.0.1:0"
+[[mqtt]]
+name = "absent"
+url = "mqtt://127.0.0.1:{closed}"
+[[mqtt.subscriptions]]
+name = "all"
+topic = "probe/#"
+decoder = "value"
+"#,
+        data = data.path().display(),
+    );
+    let cfg = ha_ingestor::config::Config::from_toml_with_env(
+        &text,
+        std::path::Path::new("test.toml"),
+        &[],
+    )
+    .expect("test config is valid");
+    let running = ha_ingestor::app::start(&cfg).await.expect("starts");
+    let addr = running.monitor_addr().expect("monitor enabled");
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        s.write_all(b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .await
+            .expect("writes part of the headers");
+        slow.push(s);
+    }
+    // The listener has seen them: a full request still gets its answer.
+    let reply = reqwest::get(format!("http://{addr}/health"))
+        .await
+        .expect("answers");
+    assert_eq!(reply.status(), 200);
+    let deadline = ha_ingestor::app::MONITOR_DEADLINE + std::time::Duration::from_secs(5);
+    tokio::time::timeout(deadline, running.stop())
+        .await
+        .expect("stop returns within the monitor deadline while slow clients stay connected");
+    drop(slow);
+}
