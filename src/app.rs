@@ -47,6 +47,9 @@ pub const EVENT_CHANNEL: usize = 8192;
 pub const CHUNK_CHANNEL: usize = 64;
 /// Longest wait for the sink's final flush at shutdown.
 pub const FLUSH_DEADLINE: Duration = Duration::from_secs(20);
+
+/// How long shutdown waits for the monitor listener to close its connections before dropping them.
+pub const MONITOR_DEADLINE: Duration = Duration::from_secs(3);
 /// At shutdown, how long the buffer keeps feeding the sink what is on disk; the rest waits for the next start.
 pub const BUFFER_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -704,7 +707,20 @@ impl Running {
         }
         self.monitor_token.cancel();
         if let Some(monitor) = self.monitor {
-            let _ = monitor.await;
+            // A client that holds a connection open (slow or partial headers) must not hold
+            // the process: after the deadline the listener and its connections are dropped.
+            let abort = monitor.abort_handle();
+            if tokio::time::timeout(MONITOR_DEADLINE, monitor)
+                .await
+                .is_err()
+            {
+                abort.abort();
+                tracing::warn!(
+                    message =
+                        "The monitor did not close its connections in time; they are dropped.",
+                    deadline_s = MONITOR_DEADLINE.as_secs()
+                );
+            }
         }
         let totals = self.stats.totals();
         tracing::info!(

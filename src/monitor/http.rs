@@ -138,6 +138,13 @@ pub struct ListenError {
     pub source: std::io::Error,
 }
 
+/// Longest wait for a request's headers, counted from the connection's opening or the end of the previous answer (also the keep-alive idle limit).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Connections served at once; further ones get a 503 and are closed.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Once shutdown begins, how long open connections may take to finish before they are dropped.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Binds now (so a taken port fails start-up) and returns the bound address and the serving future.
 pub async fn serve(
     addr: SocketAddr,
@@ -151,13 +158,63 @@ pub async fn serve(
         .local_addr()
         .map_err(|source| ListenError { addr, source })?;
     let app = router(stats);
-    let fut = async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(error) = result {
-            tracing::error!(message = "Monitor listener failed.", %error);
-        }
-    };
-    Ok((bound, fut))
+    Ok((bound, accept_loop(listener, app, shutdown)))
+}
+
+/// Accepts until `shutdown`, at most [`MAX_CONNECTIONS`] at once, each with the header timeout; then gives open connections [`SHUTDOWN_GRACE`].
+async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::debug!(message = "Monitor accept failed.", %error);
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Best effort and never waiting: the client learns why, the slot stays free.
+            let _ = stream.try_write(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n",
+            );
+            tracing::debug!(
+                message = "Monitor connection refused: limit reached.",
+                limit = MAX_CONNECTIONS
+            );
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        connections.abort_all();
+    }
 }

@@ -128,3 +128,135 @@ decoder = "value"
     assert_eq!(reply.status(), 503);
     running.stop().await;
 }
+
+/// Clients that open a connection and never finish their headers must not hold shutdown:
+/// `stop` returns within the monitor's deadline with twenty of them connected.
+#[tokio::test]
+async fn stop_is_not_held_by_slow_monitor_clients() {
+    use tokio::io::AsyncWriteExt;
+    ha_ingestor::ensure_crypto_provider();
+    let data = tempfile::tempdir().expect("tempdir");
+    // A source is required; this one's broker is absent (a port nothing listens on).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let text = format!(
+        r#"
+data_dir = "{data}"
+[monitor]
+listen = "127.0.0.1:0"
+[[mqtt]]
+name = "absent"
+url = "mqtt://127.0.0.1:{closed}"
+[[mqtt.subscriptions]]
+name = "all"
+topic = "probe/#"
+decoder = "value"
+"#,
+        data = data.path().display(),
+    );
+    let cfg = ha_ingestor::config::Config::from_toml_with_env(
+        &text,
+        std::path::Path::new("test.toml"),
+        &[],
+    )
+    .expect("test config is valid");
+    let running = ha_ingestor::app::start(&cfg).await.expect("starts");
+    let addr = running.monitor_addr().expect("monitor enabled");
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        s.write_all(b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .await
+            .expect("writes part of the headers");
+        slow.push(s);
+    }
+    // The listener has seen them: a full request still gets its answer.
+    let reply = reqwest::get(format!("http://{addr}/health"))
+        .await
+        .expect("answers");
+    assert_eq!(reply.status(), 200);
+    let deadline = ha_ingestor::app::MONITOR_DEADLINE + std::time::Duration::from_secs(5);
+    tokio::time::timeout(deadline, running.stop())
+        .await
+        .expect("stop returns within the monitor deadline while slow clients stay connected");
+    drop(slow);
+}
+
+async fn listener() -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+    ha_ingestor::ensure_crypto_provider();
+    let token = CancellationToken::new();
+    let (addr, fut) = serve(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        Arc::new(Stats::default()),
+        token.clone(),
+    )
+    .await
+    .unwrap();
+    (addr, token, tokio::spawn(fut))
+}
+
+/// A client that never finishes its headers is closed once the header timeout passes.
+#[tokio::test]
+async fn partial_headers_are_closed_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, token, server) = listener().await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let deadline =
+        ha_ingestor::monitor::http::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(5);
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(deadline, s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "still open after {:?}", started.elapsed());
+    token.cancel();
+    server.await.unwrap();
+}
+
+/// Beyond the limit a connection gets a 503 at once; the held ones keep their slots.
+#[tokio::test]
+async fn the_connection_limit_holds() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, token, server) = listener().await;
+    let mut held = Vec::new();
+    for _ in 0..ha_ingestor::monitor::http::MAX_CONNECTIONS {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+        held.push(s);
+    }
+    // The limit is reached once the server has accepted them all: poll until a refusal comes.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        extra
+            .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            extra.read_to_end(&mut buf),
+        )
+        .await
+        .expect("an answer")
+        .ok();
+        let text = String::from_utf8_lossy(&buf);
+        if text.starts_with("HTTP/1.1 503") {
+            assert!(text.contains("too many connections"), "{text}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never refused: {text}"
+        );
+        tokio::task::yield_now().await;
+    }
+    drop(held);
+    token.cancel();
+    server.await.unwrap();
+}
