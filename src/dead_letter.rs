@@ -101,6 +101,7 @@ impl FileKey {
     }
 }
 
+#[derive(Default)]
 struct Inner {
     /// The day the folder was last listed; a new day lists it again.
     listed_day: String,
@@ -219,17 +220,6 @@ fn stored_input(input: &[u8], max: usize) -> (Option<&str>, Option<String>, bool
                 let _ = write!(hex, "{b:02x}");
             }
             (None, Some(hex), truncated)
-        }
-    }
-}
-
-impl Default for Inner {
-    fn default() -> Self {
-        Inner {
-            listed_day: String::new(),
-            files: Vec::new(),
-            open: None,
-            logged: HashSet::new(),
         }
     }
 }

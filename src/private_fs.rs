@@ -24,6 +24,8 @@ pub const FILE_MODE: u32 = 0o600;
 pub fn restrict_umask() -> u32 {
     // SAFETY: umask(2) cannot fail and touches no memory; it only swaps the process's mask.
     let previous = unsafe { libc::umask(0o077) };
+    // `mode_t` is u32 on Linux, u16 on macOS.
+    #[allow(clippy::useless_conversion)]
     u32::from(previous)
 }
 
