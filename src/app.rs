@@ -138,14 +138,15 @@ pub struct Running {
     mqtt_reloaders: Vec<crate::source::mqtt::MqttReload>,
 }
 
-/// Takes the data directory's lock so two processes never share a buffer or cursor.
+/// Takes the data directory's lock so two processes never share a buffer or cursor,
+/// and makes the directory private (0700 folders, 0600 files; see [`crate::private_fs`]).
 pub(crate) fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
-    std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
+    crate::private_fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
         path: dir.to_path_buf(),
         source,
     })?;
     let path = dir.join(".lock");
-    let file = File::options()
+    let file = crate::private_fs::file_options()
         .create(true)
         .truncate(false)
         .write(true)
@@ -155,10 +156,31 @@ pub(crate) fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
             source,
         })?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Locked(dir.to_path_buf())),
-        Err(std::fs::TryLockError::Error(source)) => Err(StartError::DataDir { path, source }),
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(StartError::Locked(dir.to_path_buf()));
+        }
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(StartError::DataDir { path, source });
+        }
     }
+    // Files of an older version (or another umask) were created 0644 in 0755 folders.
+    match crate::private_fs::tighten(dir) {
+        Ok(done) if done.dirs + done.files > 0 => tracing::info!(
+            message = "Data directory made private: group and other permissions removed.",
+            dir = %dir.display(),
+            folders = done.dirs,
+            files = done.files
+        ),
+        Ok(_) => {}
+        Err(source) => {
+            return Err(StartError::DataDir {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    }
+    Ok(file)
 }
 
 /// Builds every stage from the config (failing early on anything invalid) and starts them.
@@ -173,7 +195,18 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         .collect::<Result<Vec<_>, _>>()?;
     let lock = lock_data_dir(&cfg.data_dir)?;
     let stats = Arc::new(Stats::default());
-    let dead_letters = Arc::new(DeadLetters::new(cfg.dead_letter_dir()));
+    let dead_letters = Arc::new(DeadLetters::with_config(
+        cfg.dead_letter_dir(),
+        &cfg.dead_letter,
+    ));
+    if !cfg.homeassistant.is_empty() {
+        // The cursor code creates its folder with the process's umask; created here first, it is private either way.
+        let cursor = cfg.data_dir.join("cursor");
+        crate::private_fs::create_dir_all(&cursor).map_err(|source| StartError::DataDir {
+            path: cursor,
+            source,
+        })?;
+    }
     let pipeline = Pipeline::new(&cfg.filter, &cfg.effective_schema())?;
 
     // Every source is listed, not connected, before `/ready` can be asked: until each has

@@ -16,6 +16,7 @@ pub mod event;
 pub mod feedback;
 pub mod monitor;
 pub mod pipeline;
+pub mod private_fs;
 pub mod schema_tools;
 pub mod simulator;
 pub mod sink;

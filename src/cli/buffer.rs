@@ -133,7 +133,10 @@ pub async fn drain_buffer(
     let sink_token = CancellationToken::new();
     let ctx = SinkContext {
         stats: stats.clone(),
-        dead_letters: Arc::new(DeadLetters::new(cfg.dead_letter_dir())),
+        dead_letters: Arc::new(DeadLetters::with_config(
+            cfg.dead_letter_dir(),
+            &cfg.dead_letter,
+        )),
         shutdown: sink_token.clone(),
         acks: None,
     };

@@ -105,7 +105,7 @@ pub async fn run(path: &Path) -> i32 {
         },
         None => {
             let dir = cfg.points_dir();
-            match std::fs::create_dir_all(&dir) {
+            match crate::private_fs::create_dir_all(&dir) {
                 Ok(()) => println!(
                     "sink: ok (no [influxdb]; line protocol files in {})",
                     dir.display()

@@ -77,6 +77,11 @@ pub enum Command {
 impl Command {
     /// Runs the subcommand on `runtime`; `log_format` is the `--log-format` flag, if given.
     pub fn run(self, log_format: Option<LogFormat>, runtime: &Runtime) -> ExitCode {
+        if self.writes_data_dir() {
+            // A home's whole history lives in data_dir: everything created there (redb,
+            // cursors, dead letters, points) is for the service's user alone.
+            crate::private_fs::restrict_umask();
+        }
         match self {
             Command::Run(args) => run::main(args, log_format, runtime),
             Command::Demo(args) => demo::main(args, log_format, runtime),
@@ -94,6 +99,20 @@ impl Command {
                 report(runtime.block_on(retention::main(what)))
             }
         }
+    }
+}
+
+impl Command {
+    /// Whether the subcommand creates files under `data_dir` (its folders, buffer, cursors, dead letters, points).
+    fn writes_data_dir(&self) -> bool {
+        matches!(
+            self,
+            Command::Run(_)
+                | Command::Demo(_)
+                | Command::Check(_)
+                | Command::Replay(_)
+                | Command::Buffer { .. }
+        )
     }
 }
 

@@ -164,7 +164,7 @@ async fn replay_config(
     };
     anyhow::ensure!(!files.is_empty(), "no point files to replay");
     let writer = InfluxWriter::new(influx)?;
-    let dead_letters = DeadLetters::new(cfg.dead_letter_dir());
+    let dead_letters = DeadLetters::with_config(cfg.dead_letter_dir(), &cfg.dead_letter);
     let report = replay(&files, &writer, influx.batch_size, &dead_letters).await?;
     println!(
         "replay: {} files, {} points sent to {}, {} set aside (see {})",

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod alerts;
 mod buffer;
+mod dead_letter;
 mod env;
 mod filters;
 mod homeassistant;
@@ -42,6 +43,7 @@ pub(crate) mod tls;
 pub(crate) mod validate;
 
 pub use buffer::{BufferConfig, FileSinkConfig, WhenFull};
+pub use dead_letter::DeadLetterConfig;
 pub use env::ENV_PREFIX;
 pub use filters::{
     Aggregate, AttributeMatchConfig, ConvertTo, EntityFilterConfig, EntityMatchConfig,
@@ -147,6 +149,9 @@ pub struct Config {
     /// Alert rules and notifiers.
     #[serde(default)]
     pub alerts: alerts::AlertsConfig,
+    /// Bounds of the dead-letter folder: bytes kept per input, total size.
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
     /// MQTT brokers (`[[mqtt]]`), each with its subscriptions; empty means no MQTT source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mqtt: Vec<MqttConfig>,

@@ -71,6 +71,10 @@ pub const SINK_BATCH_POINTS: &str = "ha_ingestor_sink_batch_points";
 pub const SINK_TYPE_CONFLICTS: &str = "ha_ingestor_sink_type_conflicts_total";
 /// Counter `{stage, kind}`: items set aside in the dead-letter files.
 pub const DEAD_LETTERS: &str = "ha_ingestor_dead_letters_total";
+/// Counter: bytes of dead-letter files removed to keep the folder under `[dead_letter] max_bytes`.
+pub const DEAD_LETTER_ROTATED_BYTES: &str = "ha_ingestor_dead_letter_rotated_bytes_total";
+/// Counter: dead-letter files removed to keep the folder under `[dead_letter] max_bytes`.
+pub const DEAD_LETTER_ROTATED_FILES: &str = "ha_ingestor_dead_letter_rotated_files_total";
 /// Gauge `{queue}`: items waiting in a stage's input channel.
 pub const QUEUE_DEPTH: &str = "ha_ingestor_queue_depth";
 /// Gauge `{version}`: always 1, carries the build version.

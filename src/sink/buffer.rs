@@ -423,7 +423,7 @@ fn compact_if_sparse(mut db: Database, path: &Path, records_bytes: u64) -> Datab
 impl Buffer {
     /// Opens `<dir>/buffer.redb` (creating the folder and file), verifies every record and starts the flusher.
     pub fn open(dir: &Path, cfg: &BufferConfig) -> Result<(Buffer, OpenReport), BufferError> {
-        std::fs::create_dir_all(dir).map_err(|source| BufferError::Dir {
+        crate::private_fs::create_dir_all(dir).map_err(|source| BufferError::Dir {
             path: dir.to_path_buf(),
             source,
         })?;
@@ -462,6 +462,10 @@ impl Buffer {
             Err((false, source)) => return Err(BufferError::Open { path, source }),
         };
         let db = compact_if_sparse(db, &path, loaded.bytes);
+        // redb creates its file with the process's umask; the buffer holds a home's history.
+        if let Err(error) = crate::private_fs::tighten(dir) {
+            tracing::warn!(message = "Cannot make the buffer file private.", dir = %dir.display(), %error);
+        }
         let mut report = Buffer::start(db, loaded, cfg);
         report.1.moved_aside = moved_aside;
         Ok(report)

@@ -11,7 +11,7 @@
 //! shutdown; `stats.written` counts points once they are flushed. The writes
 //! are small buffered appends, so they run on the task itself.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -67,7 +67,7 @@ impl FileSink {
 
     /// A sink whose hour comes from `clock` (tests).
     pub fn with_clock(dir: PathBuf, clock: Clock) -> std::io::Result<FileSink> {
-        std::fs::create_dir_all(&dir)?;
+        crate::private_fs::create_dir_all(&dir)?;
         Ok(FileSink {
             dir,
             clock,
@@ -149,9 +149,12 @@ impl FileSink {
     }
 
     fn open(&self, hour: &str) -> std::io::Result<Current> {
-        std::fs::create_dir_all(&self.dir)?;
+        crate::private_fs::create_dir_all(&self.dir)?;
         let path = self.dir.join(format!("points-{hour}.lp"));
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = crate::private_fs::file_options()
+            .create(true)
+            .append(true)
+            .open(&path)?;
         let fresh = file.metadata()?.len() == 0;
         let mut out = BufWriter::with_capacity(1 << 16, file);
         if fresh {

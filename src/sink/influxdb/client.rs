@@ -12,8 +12,10 @@ use crate::config::{InfluxApi, InfluxConfig, TlsConfig};
 
 /// Longest `Retry-After` honoured.
 pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
-/// Largest error body kept from a reply.
-const MAX_ERROR_BODY: usize = 1 << 20;
+/// Largest error body read from a reply; the rest is never read (InfluxDB's messages are short).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Largest successful JSON reply read (`SHOW FIELD KEYS` of a large database, the bucket list).
+const MAX_JSON_BODY: usize = 16 << 20;
 
 /// How requests to one InfluxDB authenticate; shared by the writer and the InfluxQL tools.
 #[derive(Clone)]
@@ -223,30 +225,53 @@ fn gzip(body: &str) -> std::io::Result<Vec<u8>> {
     enc.finish()
 }
 
-/// The reply body, truncated to [`MAX_ERROR_BODY`].
+/// An error reply's body, at most [`MAX_ERROR_BODY`] bytes (see [`read_limited`]).
 async fn read_body(reply: reqwest::Response) -> String {
-    match reply.text().await {
-        Ok(mut s) => {
-            if s.len() > MAX_ERROR_BODY {
-                let mut end = MAX_ERROR_BODY;
-                while !s.is_char_boundary(end) {
-                    end -= 1;
+    read_limited(reply, MAX_ERROR_BODY).await
+}
+
+/// The reply body, at most `limit` bytes: read chunk by chunk and abandoned at the
+/// limit, so a huge (or endless) reply is never held whole; a cut body ends with `…(truncated)`.
+async fn read_limited(mut reply: reqwest::Response, limit: usize) -> String {
+    let mut body: Vec<u8> = Vec::new();
+    let mut cut = false;
+    loop {
+        match reply.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit - body.len();
+                if chunk.len() > room {
+                    body.extend_from_slice(&chunk[..room]);
+                    // Dropping `reply` closes the connection instead of reading the rest.
+                    cut = true;
+                    break;
                 }
-                s.truncate(end);
+                body.extend_from_slice(&chunk);
             }
-            s
+            Ok(None) => break,
+            Err(e) if body.is_empty() => return format!("(body unreadable: {e})"),
+            // What arrived before the failure is still the server's message.
+            Err(_) => break,
         }
-        Err(e) => format!("(body unreadable: {e})"),
     }
+    let mut text = String::from_utf8_lossy(&body).into_owned();
+    if cut {
+        // A character the limit split shows as one replacement character: drop it.
+        if text.ends_with('\u{fffd}') {
+            text.pop();
+        }
+        text.push_str(" …(truncated)");
+    }
+    text
 }
 
 /// A 2xx reply's JSON body; any other status is a [`WriteError::Status`].
 pub(super) async fn json_reply(reply: reqwest::Response) -> Result<serde_json::Value, WriteError> {
     let code = reply.status().as_u16();
-    let body = read_body(reply).await;
     if !(200..300).contains(&code) {
+        let body = read_body(reply).await;
         return Err(WriteError::Status { code, body });
     }
+    let body = read_limited(reply, MAX_JSON_BODY).await;
     serde_json::from_str(&body)
         .map_err(|e| WriteError::Protocol(format!("reply is not JSON ({e}): {body:.200}")))
 }

@@ -78,7 +78,7 @@ pub enum WriteError {
     Status {
         /// The HTTP status code.
         code: u16,
-        /// The reply body (truncated to 1 MiB).
+        /// The reply body (at most 64 KiB read; a longer one ends with `…(truncated)`).
         body: String,
     },
     /// The configuration cannot be used (URL, TLS files, credentials).
