@@ -1,9 +1,12 @@
 //! One typed tree that mirrors the config file, its loading and its validation.
 //!
 //! Loading order: the TOML file (errors carry file, line and key), then
-//! `HA_INGESTOR_<SECTION>__<KEY>` environment overrides (errors name the
-//! variable; `env.rs`), then `*_file` secrets (`secret.rs`), then
-//! [`Config::validate`] (`validate.rs`, one function per section).
+//! `HA_INGESTOR_<SECTION>__<KEY>` environment overrides (each read as its key's
+//! type asks; errors name the variable; `env.rs`), then `*_file` secrets
+//! (`secret.rs`), then [`Config::validate`] (`validate.rs`, one function per
+//! section). No error carries the value of a secret key: the file's errors
+//! redact it on the line they show and in the message, the environment's
+//! leave it out (`secret.rs`).
 //!
 //! One file per section: `homeassistant`, `filters` (`[filter]`: the HA gate, the
 //! rule chain, transforms, rate shaping), `schema`, `influxdb`, `buffer` (with
@@ -44,7 +47,7 @@ pub(crate) mod validate;
 
 pub use buffer::{BufferConfig, FileSinkConfig, WhenFull};
 pub use dead_letter::DeadLetterConfig;
-pub use env::ENV_PREFIX;
+pub use env::{CONFIG_VAR, ENV_PREFIX};
 pub use filters::{
     Aggregate, AttributeMatchConfig, ConvertTo, EntityFilterConfig, EntityMatchConfig,
     FilterAction, FilterConfig, FilterRuleConfig, OnError, RateConfig, RuleMatchConfig,
@@ -84,10 +87,10 @@ pub enum ConfigError {
         /// The parser's message, with line, column and key.
         message: String,
     },
-    /// An environment override is malformed or names an unknown key.
+    /// An environment override is malformed, names an unknown key or has the wrong type.
     #[error("environment variable {var}: {message}")]
     Env {
-        /// The variable.
+        /// The variable (or, for an error on a section several set, those variables, comma-separated).
         var: String,
         /// What is wrong with it.
         message: String,
@@ -194,36 +197,34 @@ impl Config {
         path: &Path,
         env: &[(String, String)],
     ) -> Result<Config, ConfigError> {
-        // First pass on the text itself: its errors carry line, column and key.
-        let parsed: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        // No error shows a secret: the file's errors redact secret values on the line
+        // shown and in the message (`secret::describe_toml_error`).
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let overrides: Vec<&(String, String)> = env
-            .iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-            .collect();
+            message: secret::describe_toml_error(text, &e),
+        };
+        // First pass on the text itself: its errors carry line, column and key.
+        let parsed: Config = toml::from_str(text).map_err(parse_error)?;
+        for (var, _) in env.iter().filter(|(k, _)| env::is_ignored(k)) {
+            tracing::debug!(
+                var = %var,
+                "environment variable ignored: not a HA_INGESTOR_<SECTION>__<KEY> override"
+            );
+        }
+        let mut overrides: Vec<&(String, String)> =
+            env.iter().filter(|(k, _)| env::is_override(k)).collect();
+        // The environment's order is arbitrary; the outcome must not be.
+        overrides.sort();
         let mut config = if overrides.is_empty() {
             parsed
         } else {
-            let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+            let mut table: toml::Table = toml::from_str(text).map_err(parse_error)?;
             for (var, value) in &overrides {
                 env::apply_env_override(&mut table, var, value)?;
-                // Re-check after each variable so an error names the one at fault.
-                Config::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
-                    ConfigError::Env {
-                        var: var.clone(),
-                        message: e.to_string().trim().to_string(),
-                    }
-                })?;
             }
-            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Env {
-                var: "HA_INGESTOR_*".to_string(),
-                message: e.to_string(),
-            })?
+            // Read once with every override applied, so variables that complete a
+            // section together (`…__URL` and `…__TOKEN`) work in any order.
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| env_error(&overrides, &e))?
         };
         config.read_secrets(path.parent().unwrap_or(Path::new(".")))?;
         config.validate()?;
@@ -298,4 +299,54 @@ fn read_secret(key: &'static str, base: &Path, file: &Path) -> Result<String, Co
         path,
         source,
     })
+}
+
+/// An error of the config with overrides applied, naming the variables that set keys
+/// under the key at fault (all of them when it names none), never a secret's value.
+fn env_error(overrides: &[&(String, String)], error: &toml::de::Error) -> ConfigError {
+    // Read from a table, the error names its key path in lines "in `a.b`", the
+    // innermost first (a section read through a `toml::Value` adds its own line).
+    let shown = error.to_string();
+    let mut at: Vec<String> = Vec::new();
+    for keys in shown
+        .lines()
+        .rev()
+        .filter_map(|l| l.strip_prefix("in `")?.strip_suffix('`'))
+    {
+        at.extend(keys.split('.').map(str::to_string));
+    }
+    let concerned: Vec<&str> = overrides
+        .iter()
+        .filter(|(var, _)| {
+            let keys = env::key_path(var);
+            !at.is_empty() && (keys.starts_with(&at) || at.starts_with(&keys))
+        })
+        .map(|(var, _)| var.as_str())
+        .collect();
+    let vars = if concerned.is_empty() {
+        overrides.iter().map(|(var, _)| var.as_str()).collect()
+    } else {
+        concerned
+    };
+    let secrets = overrides
+        .iter()
+        .filter(|(var, _)| {
+            env::key_path(var)
+                .last()
+                .is_some_and(|k| secret::is_secret_key(k))
+        })
+        .map(|(_, value)| value.as_str());
+    let message: Vec<&str> = error
+        .message()
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("in `"))
+        .collect();
+    let mut message = secret::scrub(&message.join(" "), secrets);
+    if !at.is_empty() {
+        message = format!("{message} (at {})", at.join("."));
+    }
+    ConfigError::Env {
+        var: vars.join(", "),
+        message,
+    }
 }

@@ -303,3 +303,172 @@ fn a_broker_whose_subscriptions_the_decoders_refuse_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn only_section_key_variables_are_overrides_and_others_are_ignored() {
+    // What Kubernetes injects for a Service named `ha-ingestor`, and the config path.
+    let c = load(
+        "[influxdb]\nurl = \"http://h:8086\"\ndatabase = \"ha\"\n",
+        &[
+            ("HA_INGESTOR_SERVICE_HOST", "10.0.0.7"),
+            ("HA_INGESTOR_SERVICE_PORT", "9464"),
+            ("HA_INGESTOR_PORT", "tcp://10.0.0.7:9464"),
+            ("HA_INGESTOR_PORT_9464_TCP", "tcp://10.0.0.7:9464"),
+            ("HA_INGESTOR_PORT_9464_TCP_PROTO", "tcp"),
+            ("HA_INGESTOR_PORT_9464_TCP_ADDR", "10.0.0.7"),
+            ("HA_INGESTOR_CONFIG", "/etc/ha-ingestor.toml"),
+            ("HA_INGESTOR_INFLUXDB__BATCH_SIZE", "500"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.influxdb.unwrap().batch_size, 500);
+    assert!(env::is_override("HA_INGESTOR_INFLUXDB__GZIP"));
+    for ignored in [
+        "HA_INGESTOR_SERVICE_HOST",
+        "HA_INGESTOR_PORT",
+        "HA_INGESTOR_DATA_DIR",
+    ] {
+        assert!(env::is_ignored(ignored), "{ignored}");
+    }
+    assert!(!env::is_ignored("HA_INGESTOR_CONFIG"));
+    assert!(!env::is_override("HA_INGESTOR_CONFIG"));
+    assert!(!env::is_ignored("PATH"));
+}
+
+#[test]
+fn string_keys_take_the_text_as_it_is() {
+    let c = load(
+        "[influxdb]\nurl = \"http://h:8086\"\napi = \"v2\"\norg = \"o\"\nbucket = \"b\"\n",
+        &[
+            // Set in either order, on a section absent from the file.
+            ("HA_INGESTOR_HOMEASSISTANT__URL", "ws://ha:8123"),
+            ("HA_INGESTOR_HOMEASSISTANT__TOKEN", "98765432"),
+            ("HA_INGESTOR_HOMEASSISTANT__NAME", "2024-01-01"),
+            ("HA_INGESTOR_INFLUXDB__TOKEN", "\"quoted\""),
+            ("HA_INGESTOR_INFLUXDB__GZIP", "false"),
+            ("HA_INGESTOR_INFLUXDB__BATCH_SIZE", "500"),
+            ("HA_INGESTOR_INFLUXDB__TIMEOUT", "7s"),
+            ("HA_INGESTOR_BUFFER__WHEN_FULL", "drop_oldest"),
+        ],
+    )
+    .unwrap();
+    let ha = &c.homeassistant[0];
+    assert_eq!(ha.token.as_deref(), Some("98765432"));
+    assert_eq!(ha.name, "2024-01-01");
+    let influx = c.influxdb.unwrap();
+    assert_eq!(influx.token.as_deref(), Some("\"quoted\""));
+    assert_eq!(influx.gzip, Gzip::Off);
+    assert_eq!(influx.batch_size, 500);
+    assert_eq!(influx.timeout, std::time::Duration::from_secs(7));
+    assert_eq!(c.buffer.when_full, WhenFull::DropOldest);
+
+    // A password that looks like a boolean, on a user/password pair.
+    let c = load(
+        "[influxdb]\nurl = \"http://h:8086\"\ndatabase = \"d\"\nusername = \"u\"\n",
+        &[("HA_INGESTOR_INFLUXDB__PASSWORD", "true")],
+    )
+    .unwrap();
+    assert_eq!(c.influxdb.unwrap().password.as_deref(), Some("true"));
+}
+
+#[test]
+fn the_config_types_say_which_keys_are_text() {
+    let shape = |path: &str| {
+        let keys: Vec<String> = path.split('.').map(str::to_string).collect();
+        env::key_shape(&keys)
+    };
+    for text in [
+        "homeassistant.token",
+        "homeassistant.url",
+        "influxdb.token",
+        "influxdb.password",
+        "influxdb.database",
+        "monitor.listen",
+        "influxdb.timeout",
+        "data_dir",
+    ] {
+        assert_eq!(shape(text), env::Shape::Text, "{text}");
+    }
+    for other in [
+        "influxdb.batch_size",
+        "influxdb.gzip",
+        "filter.exclude.domains",
+        "buffer.when_full",
+        "monitor.enabled",
+    ] {
+        assert_eq!(shape(other), env::Shape::Other, "{other}");
+    }
+    assert_eq!(shape("influxdb.nope"), env::Shape::Unknown);
+}
+
+#[test]
+fn a_syntax_error_on_the_token_line_does_not_print_the_token() {
+    for text in [
+        "[homeassistant]\nurl = \"ws://h:8123\"\ntoken = \"s3cr3t-t0ken\" oops\n",
+        "[homeassistant]\nurl = \"ws://h:8123\"\ntoken = s3cr3t-t0ken\n",
+        "[homeassistant]\nurl = \"ws://h:8123\"\ntoken = 9876543210\n",
+        "[influxdb]\nurl = \"http://h:8086\"\npassword = \"s3cr3t-t0ken\nbogus = 1\n",
+        "influxdb = { url = \"http://h:8086\", token = \"s3cr3t-t0ken\", x = }\n",
+    ] {
+        let err = load(text, &[]).unwrap_err().to_string();
+        assert!(
+            !err.contains("s3cr3t-t0ken") && !err.contains("9876543210"),
+            "{err}"
+        );
+        assert!(err.contains("test.toml") && err.contains("line "), "{err}");
+    }
+    // The line is still shown, its value redacted; other lines are shown as they are.
+    let err = load(
+        "[homeassistant]\nurl = \"ws://h:8123\"\ntoken = \"s3cr3t-t0ken\" oops\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("line 3") && err.contains("token = <redacted>"),
+        "{err}"
+    );
+    let err = load("[influxdb]\nurl = \"http://h:8086\" oops\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 2") && err.contains("url = \"http://h:8086\" oops"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_wrong_override_names_the_variable_but_not_a_secret() {
+    let text = "[influxdb]\nurl = \"http://h:8086\"\ndatabase = \"d\"\n";
+    let err = load(
+        text,
+        &[
+            // A token that reads as a number once broke start-up, quoting itself.
+            ("HA_INGESTOR_INFLUXDB__TOKEN", "98765432"),
+            ("HA_INGESTOR_INFLUXDB__BATCH_SIZE", "many"),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("HA_INGESTOR_INFLUXDB__BATCH_SIZE"), "{err}");
+    assert!(err.contains("batch_size") && err.contains("many"), "{err}");
+    assert!(
+        !err.contains("98765432") && !err.contains("HA_INGESTOR_INFLUXDB__TOKEN"),
+        "{err}"
+    );
+    // A secret key that is no string here (several targets) is named, its value is not.
+    let two = "[[influxdb]]\nname = \"a\"\nurl = \"http://a:8086\"\ndatabase = \"d\"\n";
+    let err = load(two, &[("HA_INGESTOR_INFLUXDB__TOKEN", "tok-0123456789")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("HA_INGESTOR_INFLUXDB__TOKEN"), "{err}");
+    assert!(!err.contains("tok-0123456789"), "{err}");
+    // A type error on a secret's own value never quotes it.
+    assert_eq!(
+        secret::scrub(
+            "invalid type: integer `98765432`, expected a string",
+            ["98765432"]
+        ),
+        "invalid type: integer <redacted>, expected a string"
+    );
+}

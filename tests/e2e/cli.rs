@@ -1,4 +1,4 @@
-//! The binary as a user runs it: `demo`, `check` and `bench`.
+//! The binary as a user runs it: `demo`, `check` (with its environment) and `bench`.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -117,6 +117,60 @@ async fn check_exits_3_when_the_token_is_refused() {
     assert!(
         !stdout.contains("a-wrong-token"),
         "the token must never be printed: {stdout}"
+    );
+    sim.shutdown().await;
+}
+
+/// In a Kubernetes pod behind a Service named `ha-ingestor`: the config path comes
+/// from `HA_INGESTOR_CONFIG`, the Service's variables are ignored, and a numeric
+/// token from the environment is the token's text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_takes_the_path_from_the_environment_beside_kubernetes_service_variables() {
+    let sim = Simulator::start(
+        SimulatorConfig {
+            token: "98765432".into(),
+            ..SimulatorConfig::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ha-ingestor.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\n[homeassistant]\nurl = \"{}\"\n[monitor]\nenabled = false\n",
+            dir.path().join("data"),
+            sim.url()
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        bin()
+            .arg("check")
+            .env("HA_INGESTOR_CONFIG", &cfg)
+            .env("HA_INGESTOR_SERVICE_HOST", "10.96.0.17")
+            .env("HA_INGESTOR_SERVICE_PORT", "9464")
+            .env("HA_INGESTOR_PORT", "tcp://10.96.0.17:9464")
+            .env("HA_INGESTOR_PORT_9464_TCP", "tcp://10.96.0.17:9464")
+            .env("HA_INGESTOR_PORT_9464_TCP_PORT", "9464")
+            .env("HA_INGESTOR_HOMEASSISTANT__TOKEN", "98765432")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("config: ok") && stdout.contains("homeassistant: ok"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("98765432") && !stderr.contains("98765432"),
+        "the token must never be printed: {stdout}\n{stderr}"
     );
     sim.shutdown().await;
 }
