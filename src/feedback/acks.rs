@@ -35,3 +35,20 @@ impl Acks {
         });
     }
 }
+
+/// Waits until one of the still-`open` delivery reports changes, or closes (then marked
+/// in `open`); returns at once when none is open. The buffer's acknowledger and the
+/// writer's lanes both merge several reports with it.
+pub async fn next_report(reports: &mut [tokio::sync::watch::Receiver<u64>], open: &mut [bool]) {
+    if !open.iter().any(|o| *o) {
+        return;
+    }
+    let waits = reports
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| open[*i])
+        .map(|(i, rx)| Box::pin(async move { (i, rx.changed().await.is_ok()) }));
+    let ((i, still_open), _, rest) = futures_util::future::select_all(waits).await;
+    drop(rest);
+    open[i] = still_open;
+}

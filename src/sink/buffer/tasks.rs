@@ -394,16 +394,7 @@ async fn acknowledge_and_save(
     let mut done = 0u64;
     let mut open = vec![true; delivered.len()];
     loop {
-        if open.iter().any(|o| *o) {
-            let waits = delivered
-                .iter_mut()
-                .enumerate()
-                .filter(|(i, _)| open[*i])
-                .map(|(i, rx)| Box::pin(async move { (i, rx.changed().await.is_ok()) }));
-            let ((i, still_open), _, rest) = futures_util::future::select_all(waits).await;
-            drop(rest);
-            open[i] = still_open;
-        }
+        crate::feedback::acks::next_report(&mut delivered, &mut open).await;
         let positions: Vec<u64> = delivered
             .iter_mut()
             .map(|rx| *rx.borrow_and_update())

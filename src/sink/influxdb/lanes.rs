@@ -114,14 +114,7 @@ async fn lowest_of(
 ) {
     let mut open = vec![true; reports.len()];
     while open.iter().any(|o| *o) {
-        let waits = reports
-            .iter_mut()
-            .enumerate()
-            .filter(|(i, _)| open[*i])
-            .map(|(i, rx)| Box::pin(async move { (i, rx.changed().await.is_ok()) }));
-        let ((i, still_open), _, rest) = futures_util::future::select_all(waits).await;
-        drop(rest);
-        open[i] = still_open;
+        crate::feedback::acks::next_report(&mut reports, &mut open).await;
         if let Some(low) = reports.iter_mut().map(|rx| *rx.borrow_and_update()).min() {
             acks.delivered(low);
         }
