@@ -50,9 +50,28 @@ impl std::fmt::Debug for InfluxWriter {
     // By hand, so credentials never reach a log line.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InfluxWriter")
-            .field("write_url", &self.write_url)
+            .field("write_url", &crate::config::redact_url(&self.write_url))
             .field("gzip", &self.gzip)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use crate::config::InfluxConfig;
+
+    #[test]
+    fn debug_never_shows_credentials_of_the_url() {
+        let mut cfg = InfluxConfig::v1("http://alice:s3cret@127.0.0.1:8086", "ha");
+        cfg.password = Some("pw-in-config".into());
+        let writer = super::InfluxWriter::new(&cfg).expect("builds");
+        let text = format!("{writer:?}");
+        assert!(
+            !text.contains("s3cret") && !text.contains("alice"),
+            "{text}"
+        );
+        assert!(!text.contains("pw-in-config"), "{text}");
+        assert!(text.contains("127.0.0.1:8086"), "{text}");
     }
 }
 
