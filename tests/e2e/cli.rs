@@ -79,11 +79,19 @@ fn check_exits_2_on_an_invalid_config_and_names_the_key() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_exits_3_when_the_token_is_refused() {
+/// A simulated Home Assistant that accepts only `token`, and a config for it in a temp
+/// folder (`token_line` is written into `[homeassistant]` as it is; the monitor is off).
+async fn simulator_and_config(
+    token: &str,
+    token_line: &str,
+) -> (
+    ha_ingestor::simulator::SimulatorHandle,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
     let sim = Simulator::start(
         SimulatorConfig {
-            token: "the-right-token".into(),
+            token: token.into(),
             ..SimulatorConfig::default()
         },
         SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -91,26 +99,33 @@ async fn check_exits_3_when_the_token_is_refused() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
+    let cfg = dir.path().join("ha-ingestor.toml");
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = {:?}\n[homeassistant]\nurl = \"{}\"\ntoken = \"a-wrong-token\"\n[monitor]\nenabled = false\n",
+            "data_dir = {:?}\n[homeassistant]\nurl = \"{}\"\n{token_line}[monitor]\nenabled = false\n",
             dir.path().join("data"),
             sim.url()
         ),
     )
     .unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        bin()
-            .arg("check")
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    (sim, dir, cfg)
+}
+
+/// Runs the binary off the runtime (the simulator needs it meanwhile).
+async fn output_of(mut command: Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_exits_3_when_the_token_is_refused() {
+    let (sim, _dir, cfg) =
+        simulator_and_config("the-right-token", "token = \"a-wrong-token\"\n").await;
+    let mut command = bin();
+    command.arg("check").arg("--config").arg(&cfg);
+    let out = output_of(command).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{stdout}");
     assert!(stdout.contains("refused the access token"), "{stdout}");
@@ -126,41 +141,18 @@ async fn check_exits_3_when_the_token_is_refused() {
 /// token from the environment is the token's text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_takes_the_path_from_the_environment_beside_kubernetes_service_variables() {
-    let sim = Simulator::start(
-        SimulatorConfig {
-            token: "98765432".into(),
-            ..SimulatorConfig::default()
-        },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("ha-ingestor.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir = {:?}\n[homeassistant]\nurl = \"{}\"\n[monitor]\nenabled = false\n",
-            dir.path().join("data"),
-            sim.url()
-        ),
-    )
-    .unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        bin()
-            .arg("check")
-            .env("HA_INGESTOR_CONFIG", &cfg)
-            .env("HA_INGESTOR_SERVICE_HOST", "10.96.0.17")
-            .env("HA_INGESTOR_SERVICE_PORT", "9464")
-            .env("HA_INGESTOR_PORT", "tcp://10.96.0.17:9464")
-            .env("HA_INGESTOR_PORT_9464_TCP", "tcp://10.96.0.17:9464")
-            .env("HA_INGESTOR_PORT_9464_TCP_PORT", "9464")
-            .env("HA_INGESTOR_HOMEASSISTANT__TOKEN", "98765432")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let (sim, _dir, cfg) = simulator_and_config("98765432", "").await;
+    let mut command = bin();
+    command
+        .arg("check")
+        .env("HA_INGESTOR_CONFIG", &cfg)
+        .env("HA_INGESTOR_SERVICE_HOST", "10.96.0.17")
+        .env("HA_INGESTOR_SERVICE_PORT", "9464")
+        .env("HA_INGESTOR_PORT", "tcp://10.96.0.17:9464")
+        .env("HA_INGESTOR_PORT_9464_TCP", "tcp://10.96.0.17:9464")
+        .env("HA_INGESTOR_PORT_9464_TCP_PORT", "9464")
+        .env("HA_INGESTOR_HOMEASSISTANT__TOKEN", "98765432");
+    let out = output_of(command).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");

@@ -84,33 +84,11 @@ async fn ready_is_false_from_the_first_moment_until_every_source_has_connected()
     ha_ingestor::ensure_crypto_provider();
     let data = tempfile::tempdir().expect("tempdir");
     // A port nothing listens on: the source cannot connect.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let text = format!(
-        r#"
-data_dir = "{data}"
-[monitor]
-listen = "127.0.0.1:0"
-[[mqtt]]
-name = "upstairs"
-url = "mqtt://127.0.0.1:{closed}"
-reconnect_min = "200ms"
-reconnect_max = "1s"
-[[mqtt.subscriptions]]
-name = "all"
-topic = "probe/#"
-decoder = "value"
-"#,
-        data = data.path().display(),
+    let cfg = config_with_absent_broker(
+        data.path(),
+        "upstairs",
+        "reconnect_min = \"200ms\"\nreconnect_max = \"1s\"\n",
     );
-    let cfg = ha_ingestor::config::Config::from_toml_with_env(
-        &text,
-        std::path::Path::new("test.toml"),
-        &[],
-    )
-    .expect("test config is valid");
     let running = ha_ingestor::app::start(&cfg).await.expect("starts");
     // Nothing awaited since `start` returned: on this single-threaded runtime no source
     // task has run yet, so only what `start` itself registered can make this false.
@@ -137,31 +115,7 @@ async fn stop_is_not_held_by_slow_monitor_clients() {
     ha_ingestor::ensure_crypto_provider();
     let data = tempfile::tempdir().expect("tempdir");
     // A source is required; this one's broker is absent (a port nothing listens on).
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let text = format!(
-        r#"
-data_dir = "{data}"
-[monitor]
-listen = "127.0.0.1:0"
-[[mqtt]]
-name = "absent"
-url = "mqtt://127.0.0.1:{closed}"
-[[mqtt.subscriptions]]
-name = "all"
-topic = "probe/#"
-decoder = "value"
-"#,
-        data = data.path().display(),
-    );
-    let cfg = ha_ingestor::config::Config::from_toml_with_env(
-        &text,
-        std::path::Path::new("test.toml"),
-        &[],
-    )
-    .expect("test config is valid");
+    let cfg = config_with_absent_broker(data.path(), "absent", "");
     let running = ha_ingestor::app::start(&cfg).await.expect("starts");
     let addr = running.monitor_addr().expect("monitor enabled");
     let mut slow = Vec::new();
@@ -259,4 +213,34 @@ async fn the_connection_limit_holds() {
     drop(held);
     token.cancel();
     server.await.unwrap();
+}
+
+/// A service config whose one source is an MQTT broker `name` that is absent (a port
+/// nothing listens on), with the monitor on a free loopback port; `extra` adds broker keys.
+fn config_with_absent_broker(
+    data: &std::path::Path,
+    name: &str,
+    extra: &str,
+) -> ha_ingestor::config::Config {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let text = format!(
+        r#"
+data_dir = "{data}"
+[monitor]
+listen = "127.0.0.1:0"
+[[mqtt]]
+name = "{name}"
+url = "mqtt://127.0.0.1:{closed}"
+{extra}[[mqtt.subscriptions]]
+name = "all"
+topic = "probe/#"
+decoder = "value"
+"#,
+        data = data.display(),
+    );
+    ha_ingestor::config::Config::from_toml_with_env(&text, std::path::Path::new("test.toml"), &[])
+        .expect("test config is valid")
 }
