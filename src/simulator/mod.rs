@@ -315,8 +315,13 @@ impl SimulatorHandle {
     }
 
     /// Stops changing states for good ([`SimulatorHandle::finished`] becomes true).
+    ///
+    /// Returns once no batch is being made: a batch checks the flag with the
+    /// world locked, so after this call no further change is recorded or sent
+    /// and [`SimulatorHandle::state_changes`] is the final record.
     pub fn stop_generating(&self) {
         self.shared.finished.store(true, Ordering::Release);
+        drop(lock(&self.shared.world));
     }
 
     /// Every new state the generator made, sent to a client or not, oldest first (the latest 100 000).

@@ -524,6 +524,11 @@ pub(super) async fn generate(shared: Arc<Shared>) {
 /// Generates `due` events and queues each to every matching subscription.
 fn emit_batch(shared: &Shared, due: u64) {
     let mut world = lock(&shared.world);
+    // Checked again under the world lock, which `stop_generating` takes after
+    // setting the flag: no change is made once it has returned.
+    if shared.finished.load(Ordering::Acquire) {
+        return;
+    }
     let mut clients = lock(&shared.clients);
     let mut per_client: Vec<Vec<(u64, Arc<str>)>> = vec![Vec::new(); clients.len()];
     let mut sent = Vec::new();

@@ -8,6 +8,7 @@
 
 use crate::support;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use ha_ingestor::app;
 use ha_ingestor::config::{Config, HomeAssistantConfig, InfluxConfig, MonitorConfig};
 use ha_ingestor::event::State;
 use ha_ingestor::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
-use support::ha_schema::{all_rows, assert_state_point, is_written};
+use support::ha_schema::{all_rows, assert_state_point, is_written, state_key};
 use support::{Influxd, spawn_run, wait_for};
 
 async fn simulator(token: &str, seed: u64) -> SimulatorHandle {
@@ -57,10 +58,17 @@ async fn assert_every_change_stored_once(influx: &Influxd, made: &[State], gap: 
     for state in &expected {
         assert_state_point(&rows, state);
     }
+    let made_keys: HashSet<_> = expected.iter().map(|s| state_key(s)).collect();
+    let extra: Vec<_> = rows
+        .iter()
+        .filter(|((m, _, _), _)| m != "ha_events")
+        .filter(|(key, _)| !made_keys.contains(*key))
+        .take(5)
+        .collect();
     assert_eq!(
         got,
         expected.len(),
-        "state points in InfluxDB vs changes the simulator made (rows are unique per entity and time, so more would be extra points)"
+        "state points in InfluxDB vs changes the simulator made (rows are unique per entity and time, so more would be extra points); extra rows: {extra:?}"
     );
     assert!(
         gap >= 100,

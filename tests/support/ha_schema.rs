@@ -72,17 +72,22 @@ pub async fn all_rows(influx: &Influxd) -> Rows {
     rows
 }
 
-/// Checks the point HA's schema gives for `state` (measurement, tags, value or state field); whether its value was a hard one to encode.
-pub fn assert_state_point(rows: &Rows, state: &ha_ingestor::event::State) -> bool {
+/// The (measurement, entity_id tag, time ns) of the point HA's schema gives for `state`.
+pub fn state_key(state: &ha_ingestor::event::State) -> (String, String, i64) {
     let measurement = match state.attributes.get("unit_of_measurement") {
         Some(Value::String(u)) if !u.is_empty() => u.clone(),
         _ => state.entity_id.as_str().to_string(),
     };
-    let key = (
+    (
         measurement,
         state.entity_id.object_id().to_string(),
         state.last_updated.as_nanos(),
-    );
+    )
+}
+
+/// Checks the point HA's schema gives for `state` (measurement, tags, value or state field); whether its value was a hard one to encode.
+pub fn assert_state_point(rows: &Rows, state: &ha_ingestor::event::State) -> bool {
+    let key = state_key(state);
     let row = rows
         .get(&key)
         .unwrap_or_else(|| panic!("missing point {key:?} for state {:?}", state.state));
