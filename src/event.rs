@@ -812,6 +812,14 @@ impl Event {
             EventKind::Bus(_) => None,
         }
     }
+
+    /// The state change, to amend (a backfilled state gets back what the recorder dropped).
+    pub fn state_changed_mut(&mut self) -> Option<&mut StateChanged> {
+        match &mut self.kind {
+            EventKind::StateChanged(sc) => Some(sc),
+            EventKind::Bus(_) => None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -63,6 +63,10 @@ pub struct HomeAssistantConfig {
     /// Longest time span per history request: a long gap is asked for window by window, so no single reply is huge.
     #[serde(default = "default_backfill_window", with = "humantime_serde")]
     pub backfill_window: Duration,
+    /// How long a gap waits for HA's recorder to commit its last changes (its
+    /// `commit_interval`, 5 s by default) before reading it anyway.
+    #[serde(default = "default_backfill_commit_wait", with = "humantime_serde")]
+    pub backfill_commit_wait: Duration,
     /// TLS for `wss://`.
     #[serde(default)]
     pub tls: TlsConfig,
@@ -84,6 +88,9 @@ fn default_backfill_chunk() -> usize {
 }
 fn default_backfill_window() -> Duration {
     Duration::from_secs(3600)
+}
+fn default_backfill_commit_wait() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_ha_name() -> String {
     "homeassistant".to_string()
@@ -139,6 +146,7 @@ impl HomeAssistantConfig {
             backfill: true,
             backfill_chunk: default_backfill_chunk(),
             backfill_window: default_backfill_window(),
+            backfill_commit_wait: default_backfill_commit_wait(),
             tls: TlsConfig::default(),
         }
     }
@@ -181,6 +189,7 @@ impl std::fmt::Debug for HomeAssistantConfig {
             .field("backfill", &self.backfill)
             .field("backfill_chunk", &self.backfill_chunk)
             .field("backfill_window", &self.backfill_window)
+            .field("backfill_commit_wait", &self.backfill_commit_wait)
             .field("tls", &self.tls)
             .finish()
     }

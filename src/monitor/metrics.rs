@@ -19,6 +19,14 @@ pub const SOURCE_RECONNECTS: &str = "ha_ingestor_source_reconnects_total";
 pub const SOURCE_SNAPSHOT_STATES: &str = "ha_ingestor_source_snapshot_states_total";
 /// Counter `{source}`: state changes recovered from HA's history after a gap.
 pub const SOURCE_BACKFILLED_POINTS: &str = "ha_ingestor_source_backfilled_points_total";
+/// Counter `{source}`: attributes HA's recorder does not keep, put back into backfilled states.
+pub const BACKFILL_ATTRIBUTES_RESTORED: &str = "ha_ingestor_backfill_attributes_restored_total";
+/// Counter `{source}`: times a gap's commit check was asked again because HA's recorder had not committed the gap's end yet.
+pub const BACKFILL_COMMIT_WAITS: &str = "ha_ingestor_backfill_commit_waits_total";
+/// Counter `{source}`: gaps read without HA's recorder confirming their end within `backfill_commit_wait`.
+pub const BACKFILL_UNCONFIRMED: &str = "ha_ingestor_backfill_unconfirmed_gaps_total";
+/// Counter `{source}`: entities that changed during a gap but have no history (not recorded by HA): only their current state was recovered.
+pub const BACKFILL_UNRECORDED_ENTITIES: &str = "ha_ingestor_backfill_unrecorded_entities_total";
 /// Histogram `{source}`: seconds of each gap (cursor to first live event) that was backfilled.
 pub const SOURCE_GAP_SECONDS: &str = "ha_ingestor_source_gap_seconds";
 /// Histogram `{source}`: seconds of each gap whose events other than state changes (or all events, when the history was refused) are lost.

@@ -9,4 +9,4 @@ pub mod process;
 pub mod rates;
 pub mod stats;
 
-pub use stats::{Readiness, Stats, Totals};
+pub use stats::{GapReport, Readiness, Stats, Totals};

@@ -38,6 +38,29 @@ pub struct Stats {
     pub rates: super::rates::Rates,
     /// How the status page reads the durable buffer, once the topology registered it.
     pub buffer_probe: super::page::BufferProbe,
+    /// The last gap filled from Home Assistant's history, for the status page.
+    last_gap: Mutex<Option<GapReport>>,
+}
+
+/// What the last gap backfilled from Home Assistant's history recovered (`/api/stats`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GapReport {
+    /// The source that filled it.
+    pub source: String,
+    /// The resume cursor: HA's time of the last event made safe before the gap.
+    pub from: String,
+    /// The gap's end: the newest state Home Assistant had when the connection was made.
+    pub to: String,
+    /// States handed on from history (and, for entities HA does not record, from `get_states`).
+    pub states: u64,
+    /// Attributes HA's recorder does not keep, put back.
+    pub attributes_restored: u64,
+    /// Times the commit check waited for HA's recorder.
+    pub commit_waits: u64,
+    /// Entities that changed in the gap with no history: only their current state was recovered.
+    pub unrecorded_entities: u64,
+    /// HA's recorder confirmed it had committed the gap's end before it was read.
+    pub confirmed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -139,6 +162,23 @@ impl Stats {
     }
 
     /// Reads every total.
+    /// Notes a filled gap (the latest one is kept).
+    pub fn gap_filled(&self, report: GapReport) {
+        let mut last = match self.last_gap.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *last = Some(report);
+    }
+
+    /// The last gap filled from Home Assistant's history, if any.
+    pub fn last_gap(&self) -> Option<GapReport> {
+        match self.last_gap.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
     pub fn totals(&self) -> Totals {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Totals {

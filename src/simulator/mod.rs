@@ -23,8 +23,10 @@
 //! restart as HA does ([`SimulatorHandle::restart`]: `homeassistant_stop`, then close),
 //! refuse connections for a while, keep changing states while nobody is
 //! connected, and stop generating. Every change made is kept (the latest 100 000)
-//! as HA's recorder would, and `history/history_during_period` is answered from
-//! that record in HA's compressed shape.
+//! as HA's recorder would — committed every `recorder_commit_interval`, without
+//! the entities it excludes and the attributes HA declares unrecorded — and
+//! `history/history_during_period` is answered from what was committed, in HA's
+//! compressed shape.
 //!
 //! The parts: this module holds the configuration and the [`Simulator`] /
 //! [`SimulatorHandle`] API; `server` serves the WebSocket API (authentication,
@@ -83,6 +85,15 @@ pub struct SimulatorConfig {
     pub max_events: Option<u64>,
     /// The version announced in `auth_required`/`auth_ok`.
     pub ha_version: String,
+    /// How often the recorder commits (HA's `commit_interval`, 5 s by default): history
+    /// answers only hold changes committed by then; zero commits every change at once.
+    pub recorder_commit_interval: Duration,
+    /// Entities the recorder excludes (HA's `recorder: exclude:`): they change and are
+    /// sent live, but history has nothing of them.
+    pub recorder_exclude: Vec<String>,
+    /// Whether the recorder drops the attributes HA's entity classes declare unrecorded
+    /// (`_unrecorded_attributes`), as HA does; see `generator::unrecorded_attributes`.
+    pub unrecorded_attributes: bool,
 }
 
 impl Default for SimulatorConfig {
@@ -94,6 +105,9 @@ impl Default for SimulatorConfig {
             seed: 1,
             max_events: None,
             ha_version: "2026.11.0".to_string(),
+            recorder_commit_interval: Duration::from_secs(5),
+            recorder_exclude: Vec::new(),
+            unrecorded_attributes: true,
         }
     }
 }
@@ -122,7 +136,7 @@ impl Simulator {
             unattended: AtomicBool::new(false),
             refusing: AtomicBool::new(false),
             history: AtomicBool::new(true),
-            recorder: Mutex::new(Recorder::default()),
+            recorder: Mutex::new(Recorder::new(&cfg)),
             service_commands: Mutex::new(Vec::new()),
             peak_time_ms: AtomicU64::new(PENDING_PEAK_TIME.as_millis() as u64),
             dropped_over_max: AtomicU64::new(0),
@@ -206,6 +220,18 @@ impl SimulatorHandle {
     pub fn disconnect_all(&self) {
         for client in lock(&self.shared.clients).drain(..) {
             let _ = client.tx.send(Outgoing::Drop);
+        }
+    }
+
+    /// Drops only the newest connection (the others stay): one client goes away while another keeps streaming.
+    /// False when nobody is connected.
+    pub fn disconnect_latest(&self) -> bool {
+        match lock(&self.shared.clients).pop() {
+            Some(client) => {
+                let _ = client.tx.send(Outgoing::Drop);
+                true
+            }
+            None => false,
         }
     }
 
@@ -324,9 +350,10 @@ impl SimulatorHandle {
         drop(lock(&self.shared.world));
     }
 
-    /// Every new state the generator made, sent to a client or not, oldest first (the latest 100 000).
+    /// Every new state the generator made, sent to a client or not, oldest first (the latest 100 000),
+    /// whole: with the attributes and entities the recorder does not keep.
     pub fn state_changes(&self) -> Vec<State> {
-        lock(&self.shared.recorder).changes().cloned().collect()
+        lock(&self.shared.recorder).made().cloned().collect()
     }
 
     /// Does what HA does when it restarts: fires `homeassistant_stop` to every subscription that matches, then closes every connection.

@@ -125,6 +125,8 @@ pub struct ApiStats {
     pub rates: RatesSnapshot,
     /// The latest WARN/ERROR log events, newest first.
     pub errors: Vec<LogEntry>,
+    /// The last gap filled from Home Assistant's history, and what it recovered.
+    pub last_gap: Option<crate::monitor::GapReport>,
 }
 
 /// Builds the answer of `/api/stats` (reads the buffer off the runtime).
@@ -155,6 +157,7 @@ pub async fn api_stats(stats: &Stats) -> ApiStats {
         totals,
         rates: stats.rates.snapshot(totals, TOP_ENTITIES),
         errors: errors::recent(),
+        last_gap: stats.last_gap(),
     }
 }
 

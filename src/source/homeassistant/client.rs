@@ -91,9 +91,11 @@ use crate::backoff::Backoff;
 use crate::config::HomeAssistantConfig;
 use crate::event::{STATE_CHANGED, SourceId, Timestamp};
 use crate::monitor::metrics::{
-    SOURCE_BACKFILLED_POINTS, SOURCE_CONNECTED, SOURCE_CONNECTS, SOURCE_ERRORS, SOURCE_GAP_SECONDS,
-    SOURCE_LAG_SECONDS, SOURCE_LAST_EVENT_TIMESTAMP, SOURCE_RECEIVED_BYTES, SOURCE_RECEIVED_EVENTS,
-    SOURCE_RECONNECTS, SOURCE_SNAPSHOT_STATES, SOURCE_UNRECOVERABLE_GAP_SECONDS,
+    BACKFILL_ATTRIBUTES_RESTORED, BACKFILL_COMMIT_WAITS, BACKFILL_UNCONFIRMED,
+    BACKFILL_UNRECORDED_ENTITIES, SOURCE_BACKFILLED_POINTS, SOURCE_CONNECTED, SOURCE_CONNECTS,
+    SOURCE_ERRORS, SOURCE_GAP_SECONDS, SOURCE_LAG_SECONDS, SOURCE_LAST_EVENT_TIMESTAMP,
+    SOURCE_RECEIVED_BYTES, SOURCE_RECEIVED_EVENTS, SOURCE_RECONNECTS, SOURCE_SNAPSHOT_STATES,
+    SOURCE_UNRECOVERABLE_GAP_SECONDS,
 };
 use crate::source::SourceContext;
 
@@ -243,6 +245,7 @@ async fn supervise(link: &Link<'_>) {
         ..
     } = *link;
     let mut meters = Meters::new(source);
+    let mut memory = gap::UnrecordedAttributes::default();
     let mut retry = Retry::new(cfg);
     // The snapshot is taken once per process, on the first connection that gets it through.
     let mut snapshot_wanted = cfg.initial_snapshot;
@@ -261,7 +264,7 @@ async fn supervise(link: &Link<'_>) {
         };
         let outcome = tokio::select! {
             _ = ctx.shutdown.cancelled() => None,
-            r = session::run(link, &plan, &mut meters, &mut report) => Some(r),
+            r = session::run(link, &plan, &mut meters, &mut memory, &mut report) => Some(r),
         };
         if report.snapshot_done {
             snapshot_wanted = false;
@@ -403,6 +406,10 @@ struct Meters {
     /// The source id backfilled events carry: `<source>/backfill`.
     backfill_source: SourceId,
     backfilled: metrics::Counter,
+    restored: metrics::Counter,
+    commit_waits: metrics::Counter,
+    unconfirmed: metrics::Counter,
+    unrecorded: metrics::Counter,
     gap_seconds: metrics::Histogram,
     lost_gap_seconds: metrics::Histogram,
     /// The source id snapshot events carry: `<source>/snapshot`.
@@ -423,6 +430,10 @@ impl Meters {
             source: source.to_string(),
             backfill_source: SourceId::from(format!("{source}/backfill")),
             backfilled: metrics::counter!(SOURCE_BACKFILLED_POINTS, "source" => source.to_string()),
+            restored: metrics::counter!(BACKFILL_ATTRIBUTES_RESTORED, "source" => source.to_string()),
+            commit_waits: metrics::counter!(BACKFILL_COMMIT_WAITS, "source" => source.to_string()),
+            unconfirmed: metrics::counter!(BACKFILL_UNCONFIRMED, "source" => source.to_string()),
+            unrecorded: metrics::counter!(BACKFILL_UNRECORDED_ENTITIES, "source" => source.to_string()),
             gap_seconds: metrics::histogram!(SOURCE_GAP_SECONDS, "source" => source.to_string()),
             lost_gap_seconds: metrics::histogram!(SOURCE_UNRECOVERABLE_GAP_SECONDS, "source" => source.to_string()),
             snapshot_source: SourceId::from(format!("{source}/snapshot")),

@@ -25,6 +25,9 @@ async fn start(rate: f64, max_events: Option<u64>) -> SimulatorHandle {
         seed: 3,
         max_events,
         ha_version: "2026.11.1".into(),
+        // History answers at once here; the recorder's commit interval has its own test.
+        recorder_commit_interval: Duration::ZERO,
+        ..SimulatorConfig::default()
     };
     Simulator::start(cfg, "127.0.0.1:0".parse().unwrap())
         .await
@@ -523,5 +526,138 @@ async fn subscribe_entities_is_served_in_home_assistants_compressed_shape() {
             seen += 1;
         }
     }
+    sim.shutdown().await;
+}
+
+/// The entity ids (and their rows) of a history reply.
+fn history_rows(reply: &Value) -> std::collections::BTreeMap<String, Vec<Value>> {
+    reply["result"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_array().unwrap().clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn history_holds_what_the_recorder_committed_without_what_it_does_not_keep() {
+    // A recorder that commits every 5 s (HA's default), excludes one entity and
+    // drops the attributes HA's entity classes declare unrecorded.
+    let excluded = "sensor.kitchen_temperature_0";
+    let interval = Duration::from_secs(5);
+    let cfg = SimulatorConfig {
+        entities: 14,
+        rate: 400.0,
+        token: TOKEN.into(),
+        seed: 5,
+        recorder_commit_interval: interval,
+        recorder_exclude: vec![excluded.into()],
+        ha_version: "2026.11.1".into(),
+        ..SimulatorConfig::default()
+    };
+    let started = tokio::time::Instant::now();
+    let sim = Simulator::start(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    sim.keep_running_while_disconnected(true);
+    let (mut ws, _) = connect(&sim, TOKEN).await;
+    let ask = |id: u64, ids: &[String]| {
+        json!({"id": id, "type": "history/history_during_period",
+               "start_time": "2000-01-01T00:00:00+00:00", "entity_ids": ids,
+               "include_start_time_state": false, "significant_changes_only": false,
+               "minimal_response": false, "no_attributes": false})
+    };
+    // Before the recorder's first commit, history has none of the changes made.
+    assert!(support::holds_within(WAIT, || sim.state_changes().len() >= 50).await);
+    let ids: Vec<String> = sim
+        .state_changes()
+        .iter()
+        .map(|s| s.entity_id.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    send(&mut ws, ask(1, &ids)).await;
+    let early = history_rows(&reply_to(&mut ws, 1).await);
+    assert!(
+        started.elapsed() < interval,
+        "the machine took longer than a commit interval to ask; this check needs a quicker answer"
+    );
+    assert!(
+        early.is_empty(),
+        "history before the first commit: {early:?}"
+    );
+
+    assert!(support::holds_within(WAIT, || sim.state_changes().len() >= 300).await);
+    sim.stop_generating();
+    let made = sim.state_changes();
+    let ids: Vec<String> = made
+        .iter()
+        .map(|s| s.entity_id.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert!(ids.iter().any(|id| id == excluded));
+    let kept = made
+        .iter()
+        .filter(|s| s.entity_id.as_str() != excluded)
+        .count();
+    // Within one more interval every change the recorder keeps is history, and only those.
+    let deadline = tokio::time::Instant::now() + 3 * interval;
+    let mut id = 2;
+    let rows = loop {
+        send(&mut ws, ask(id, &ids)).await;
+        let rows = history_rows(&reply_to(&mut ws, id).await);
+        id += 1;
+        if rows.values().map(Vec::len).sum::<usize>() == kept {
+            break rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "history never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        !rows.contains_key(excluded),
+        "an excluded entity has no history"
+    );
+    // Unrecorded attributes are gone from history, kept in what was sent live.
+    let mut checked = 0;
+    for state in &made {
+        let dropped: &[&str] = match state.entity_id.domain() {
+            "light" => &["supported_color_modes"],
+            "climate" => &["hvac_modes", "min_temp", "max_temp"],
+            "input_select" => &["options", "editable"],
+            _ => continue,
+        };
+        for key in dropped {
+            assert!(
+                state.attributes.contains_key(key),
+                "{} sent live without {key}",
+                state.entity_id
+            );
+        }
+        let lu = (state.last_updated.as_nanos() / 1_000) as f64 / 1e6;
+        let row = rows[state.entity_id.as_str()]
+            .iter()
+            .find(|r| r["lu"].as_f64() == Some(lu))
+            .expect("the change is history");
+        for key in dropped {
+            assert!(
+                row["a"].get(key).is_none(),
+                "{} recorded {key}",
+                state.entity_id
+            );
+        }
+        assert!(
+            row["a"].get("friendly_name").is_some(),
+            "other attributes are kept"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked > 10,
+        "only {checked} states of entities with unrecorded attributes"
+    );
     sim.shutdown().await;
 }

@@ -1009,8 +1009,8 @@ async fn the_first_connection_hands_on_every_current_state_once() {
     );
 
     // A reconnect does not repeat the snapshot. It reads get_states again, for the
-    // entity ids of the gap backfill, and asks for the history only once that
-    // answer was handled: then no further snapshot state was handed on.
+    // entity ids of the gap backfill, and fills the gap only once that answer was
+    // handled: then no further snapshot state was handed on.
     sim.disconnect_all();
     assert!(
         wait_for(|| metric(
@@ -1020,7 +1020,13 @@ async fn the_first_connection_hands_on_every_current_state_once() {
             && stats.readiness().ready)
         .await
     );
-    assert!(wait_for(|| sim.commands_received("history/history_during_period") == 1).await);
+    assert!(
+        wait_for(|| metric(
+            &handle.render(),
+            r#"ha_ingestor_source_gap_seconds_count{source="homeassistant"}"#
+        ) == Some(1.0))
+        .await
+    );
     assert_eq!(sim.commands_received("get_states"), 2);
     assert_eq!(
         metric(&handle.render(), snapshot_metric),
@@ -1265,10 +1271,16 @@ async fn a_gap_while_home_assistant_is_away_is_backfilled_exactly_once() {
         ),
         Some(1.0)
     );
+    // One commit check (asked again while HA's recorder had not committed the gap's
+    // end), then one window: 40 entities fit in one chunk of 50.
+    let waits = metric(
+        &text,
+        r#"ha_ingestor_backfill_commit_waits_total{source="homeassistant"}"#,
+    )
+    .unwrap_or(0.0);
     assert_eq!(
-        sim.commands_received("history/history_during_period"),
-        1,
-        "40 entities fit in one chunk of 50"
+        sim.commands_received("history/history_during_period") as f64,
+        1.0 + waits + 1.0,
     );
 
     // The cursor was saved at shutdown: HA's time of the last event handed on.
@@ -1352,6 +1364,8 @@ async fn without_history_the_gap_is_reported_lost_and_streaming_goes_on() {
 
     let sim = simulator(None, 300.0).await;
     sim.set_history_available(false);
+    // States change while disconnected, so the gap has something to ask history for.
+    sim.keep_running_while_disconnected(true);
     let data = tempfile::tempdir().unwrap();
     let mut client = Keeper::start(client_config(&sim.url(), TOKEN), data.path());
     client

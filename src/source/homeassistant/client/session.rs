@@ -25,7 +25,7 @@ use tokio_tungstenite::Connector;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::connect::{self, Ws, close_reason, describe};
-use super::gap::Gap;
+use super::gap::{Gap, Step, UnrecordedAttributes};
 use super::{ClientError, HOMEASSISTANT_STOP, Meters};
 use crate::config::{HaSubscription, HomeAssistantConfig};
 use crate::dead_letter::DeadLetter;
@@ -46,6 +46,8 @@ use crate::source::homeassistant::protocol::{ClientMessage, ErrorInfo, Features,
 const DEAD_LETTER_INPUT_MAX: usize = 1 << 20;
 /// The command that reads a gap from HA's recorder.
 const HISTORY: &str = "history/history_during_period";
+/// The same command asked as the gap's commit check (see `gap.rs`): its reply is routed apart.
+const HISTORY_PROBE: &str = "history/history_during_period (commit check)";
 
 /// Everything a session needs that outlives it.
 pub(super) struct Link<'a> {
@@ -84,9 +86,10 @@ pub(super) async fn run(
     link: &Link<'_>,
     plan: &Plan,
     meters: &mut Meters,
+    memory: &mut UnrecordedAttributes,
     report: &mut SessionReport,
 ) -> Result<(), ClientError> {
-    let mut session = Session::open(link, plan, meters, report).await?;
+    let mut session = Session::open(link, plan, meters, memory, report).await?;
     session.run().await
 }
 
@@ -116,6 +119,8 @@ enum Wake {
     Ping,
     /// A command from [`crate::feedback::commands::Commands`] to send.
     Command(Command),
+    /// Time to ask the gap's commit check again.
+    Probe,
 }
 
 /// The running state of one connection.
@@ -123,6 +128,8 @@ struct Session<'a> {
     link: &'a Link<'a>,
     plan: &'a Plan,
     meters: &'a mut Meters,
+    /// The attributes HA's recorder drops, learned across connections (see `gap.rs`).
+    memory: &'a mut UnrecordedAttributes,
     report: &'a mut SessionReport,
     ws: Ws,
     /// The version HA announced in `auth_ok`.
@@ -159,6 +166,7 @@ impl<'a> Session<'a> {
         link: &'a Link<'a>,
         plan: &'a Plan,
         meters: &'a mut Meters,
+        memory: &'a mut UnrecordedAttributes,
         report: &'a mut SessionReport,
     ) -> Result<Session<'a>, ClientError> {
         let Link {
@@ -179,6 +187,7 @@ impl<'a> Session<'a> {
             link,
             plan,
             meters,
+            memory,
             report,
             ws,
             ha_version,
@@ -210,6 +219,7 @@ impl<'a> Session<'a> {
         ping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let pong_due = self.awaiting_pong.map(|(_, due)| due);
+            let probe_due = self.gap.as_ref().and_then(Gap::probe_due);
             // Biased toward the socket: frames already received (a late pong among
             // them) are read before a deadline is judged.
             let wake = tokio::select! {
@@ -219,6 +229,7 @@ impl<'a> Session<'a> {
                 _ = tokio::time::sleep_until(pong_due.unwrap_or_else(Instant::now)), if pong_due.is_some() => Wake::PongOverdue,
                 _ = ping_tick.tick(), if self.awaiting_pong.is_none() => Wake::Ping,
                 command = self.link.ctx.commands.next(self.link.source), if self.report.subscribed_at.is_some() => Wake::Command(command),
+                _ = tokio::time::sleep_until(probe_due.unwrap_or_else(Instant::now)), if probe_due.is_some() => Wake::Probe,
             };
             let handled = match wake {
                 Wake::Frame(frame) => self.on_frame(frame).await,
@@ -230,6 +241,7 @@ impl<'a> Session<'a> {
                 })),
                 Wake::Ping => self.on_tick().await.map_err(End::from),
                 Wake::Command(command) => self.send_command(command).await.map_err(End::from),
+                Wake::Probe => self.continue_gap().await,
             };
             match handled {
                 Ok(()) => {}
@@ -473,6 +485,9 @@ impl<'a> Session<'a> {
         if command == HISTORY {
             return self.on_history(success, result, error).await;
         }
+        if command == HISTORY_PROBE {
+            return self.on_probe(success, result, error).await;
+        }
         if !success && command == "supported_features" {
             // Cores older than 2022.x do not know the command: go on without arrays.
             let error = error.unwrap_or_default();
@@ -525,22 +540,23 @@ impl<'a> Session<'a> {
         let states = states_from_result(result, self.link);
         if let Some(gap) = self.gap.as_mut() {
             // With `entity_ids`, the gap is filled for those entities only.
-            let ids: Vec<String> = states
-                .iter()
-                .map(|s| s.entity_id.to_string())
-                .filter(|id| {
-                    !self.entities_mode || cfg.entity_ids.is_empty() || cfg.entity_ids.contains(id)
-                })
-                .collect();
-            gap.plan(&ids, cfg);
+            let entities_mode = self.entities_mode;
+            gap.prepare(
+                &states,
+                |s| {
+                    !entities_mode
+                        || cfg.entity_ids.is_empty()
+                        || cfg.entity_ids.iter().any(|id| id == s.entity_id.as_str())
+                },
+                cfg,
+            );
         }
         if self.plan.snapshot && !self.entities_mode {
             let after = self.gap.as_ref().map(|g| g.from);
             self.hand_on_snapshot(states, after).await?;
             self.report.snapshot_done = true;
         }
-        self.continue_gap().await?;
-        Ok(())
+        self.continue_gap().await
     }
 
     /// A history reply: its rows go on (or, refused, the gap is given up), then the next request.
@@ -554,16 +570,16 @@ impl<'a> Session<'a> {
             return Ok(());
         };
         if success {
-            let mut rows = history::rows_after(
-                result.unwrap_or_default(),
-                gap.in_flight_after,
-                &self.meters.backfill_source,
-            );
+            let result = result.unwrap_or_default();
+            gap.note_reply(&result);
+            let mut rows =
+                history::rows_after(result, gap.in_flight_after, &self.meters.backfill_source);
             // The request ran a microsecond past the window (whatever HA's end bound):
             // a row there belongs to the next window.
             if let Some(until) = gap.in_flight_until {
                 rows.events.retain(|e| e.time_fired <= until);
             }
+            gap.restore_attributes(&mut rows.events, self.memory);
             self.hand_on_backfill(rows).await?;
         } else {
             gap.give_up(error.unwrap_or_default(), self.meters, self.link.source);
@@ -572,29 +588,100 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Asks for the next history request of the gap or, when none is left, reports
-    /// the gap filled and releases the cursor. Without a gap, nothing needs what
-    /// was delivered any more.
-    async fn continue_gap(&mut self) -> Result<(), ClientError> {
-        if let Some(gap) = self.gap.as_mut() {
-            match gap.next_window() {
-                Some(window) => {
-                    let id = self.next_id;
-                    self.next_id += 1;
-                    let request = gap.request(window, id);
+    /// The commit check's reply: the gap goes on (windows, or the check again later);
+    /// a refusal gives the gap up as a refused history request does.
+    async fn on_probe(
+        &mut self,
+        success: bool,
+        result: Option<serde_json::Value>,
+        error: Option<ErrorInfo>,
+    ) -> Result<(), End> {
+        let Some(gap) = self.gap.as_mut() else {
+            return Ok(());
+        };
+        if success {
+            gap.on_probe_reply(
+                result.as_ref(),
+                Instant::now(),
+                self.link.cfg,
+                self.link.source,
+            );
+            if gap.probe_due().is_none() {
+                // Passed or given up: `commit_waits` is final for this check.
+                self.meters.commit_waits.increment(gap.commit_waits);
+            }
+        } else {
+            gap.give_up(error.unwrap_or_default(), self.meters, self.link.source);
+        }
+        self.continue_gap().await?;
+        Ok(())
+    }
+
+    /// Asks for the gap's next request (the commit check, then the windows) or,
+    /// when none is left, hands on what history lacks, reports the gap filled and
+    /// releases the cursor. Without a gap, nothing needs what was delivered any more.
+    async fn continue_gap(&mut self) -> Result<(), End> {
+        let step = self.gap.as_mut().map(|g| g.next_step(Instant::now()));
+        match step {
+            None | Some(Step::Wait) => {}
+            Some(Step::Probe) => {
+                let id = self.take_id();
+                if let Some(request) = self.gap.as_ref().and_then(|g| g.probe_request(id)) {
+                    self.send(request.to_json()).await?;
+                    self.pending.push((id, HISTORY_PROBE));
+                }
+            }
+            Some(Step::Window(window)) => {
+                let id = self.take_id();
+                if let Some(request) = self.gap.as_mut().map(|g| g.request(window, id)) {
                     self.send(request.to_json()).await?;
                     self.pending.push((id, HISTORY));
                 }
-                None => {
-                    gap.finish(self.link.cfg, self.meters, self.link.source);
-                    self.link.cursor.release();
-                    self.gap = None;
-                }
             }
+            Some(Step::Done) => self.finish_gap().await?,
         }
         if self.gap.is_none() {
             self.delivered = None;
         }
+        Ok(())
+    }
+
+    /// Every request of the gap was answered: the current states of entities the
+    /// recorder does not keep go on, the gap is reported and the cursor released.
+    async fn finish_gap(&mut self) -> Result<(), End> {
+        let Some(mut gap) = self.gap.take() else {
+            return Ok(());
+        };
+        let unrecorded = gap.unrecorded(self.link.source);
+        let delivered = self.delivered.get_or_insert_default();
+        for state in unrecorded {
+            if delivered.contains(&state) {
+                continue;
+            }
+            let event = Event::from_state(self.meters.backfill_source.clone(), state);
+            let time = event.time_fired;
+            delivered.note(&event);
+            self.link.deliver(event, time).await?;
+            gap.backfilled += 1;
+            self.meters.backfilled.increment(1);
+        }
+        self.meters.restored.increment(gap.restored);
+        self.meters.unrecorded.increment(gap.unrecorded_entities);
+        if gap.unconfirmed {
+            self.meters.unconfirmed.increment(1);
+        }
+        gap.finish(self.link.cfg, self.meters, self.link.source);
+        self.link.ctx.stats.gap_filled(crate::monitor::GapReport {
+            source: self.link.source.to_string(),
+            from: gap.from.to_rfc3339(),
+            to: gap.gap_end().to_rfc3339(),
+            states: gap.backfilled,
+            attributes_restored: gap.restored,
+            commit_waits: gap.commit_waits,
+            unrecorded_entities: gap.unrecorded_entities,
+            confirmed: !gap.unconfirmed,
+        });
+        self.link.cursor.release();
         Ok(())
     }
 
@@ -626,7 +713,9 @@ impl<'a> Session<'a> {
         self.meters.last_event.set(time.as_nanos() as f64 / 1e9);
         if let Some(gap) = self.gap.as_mut() {
             gap.first_live.get_or_insert(time);
+            gap.note_live(&event);
         }
+        self.memory.note_live(&event);
         if let Some(delivered) = self.delivered.as_mut() {
             delivered.note(&event);
         }
