@@ -14,6 +14,7 @@ mod buffer_influxdb;
 mod cli;
 mod cli_buffer;
 mod cli_run;
+mod exact_backfill;
 mod gaps;
 mod homes;
 mod influxdb;

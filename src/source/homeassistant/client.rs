@@ -58,9 +58,13 @@
 //! - **Gap backfill.** The time of the last event handed on is the resume cursor
 //!   (`cursor.rs`, saved in `<data_dir>/cursor/`). Every connection made while a
 //!   cursor exists (after a reconnect, or at start-up from the file) reads
-//!   `get_states` for the entity ids and asks `history/history_during_period` from
-//!   the cursor, `backfill_chunk` entities per request, one request at a time, in
-//!   the lossless form. Rows at or before the cursor and rows this connection
+//!   `get_states`: the entities changed since the cursor, and the gap's end (the
+//!   newest of their states). It waits until HA's recorder shows a change at or
+//!   after that end (the commit check), then asks
+//!   `history/history_during_period` from the cursor to the end, newest window
+//!   first, `backfill_chunk` entities per request, one request at a time, in
+//!   the lossless form, and puts back the attributes the recorder drops
+//!   (`client/gap.rs`). Rows at or before the cursor and rows this connection
 //!   already handed on (live or snapshot, by `(entity_id, last_updated)`) are
 //!   skipped; the rest go on as `state_changed` events with source
 //!   `<source>/backfill`. Until the gap is filled the persisted cursor stays at its
