@@ -89,8 +89,9 @@ impl Ingestor {
 
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            child.kill().expect("SIGKILL");
-            child.wait().expect("reaped");
+            // Already gone (it crashed) is fine here: the comparison tells what it left.
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -119,6 +120,13 @@ impl Ingestor {
 
     fn cursor_saved(&self) -> bool {
         self.dir.join("data/cursor/homeassistant.json").exists()
+    }
+}
+
+impl Drop for Ingestor {
+    /// A failed test must not leave its processes running.
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
