@@ -78,6 +78,26 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench")]
         prefix: String,
     },
+    /// Serve the simulated Home Assistant on a port, the load of `scripts/bench-ws-e2e`: it
+    /// changes states at `rate`/s while a client is subscribed, stops after `events`, and
+    /// prints JSON (events sent) on SIGTERM.
+    HaServe {
+        /// Port on 127.0.0.1 (0 = a free one, printed on stderr).
+        #[arg(long, default_value_t = 8123)]
+        port: u16,
+        /// State changes per second, all entities together.
+        #[arg(long, default_value_t = 300.0)]
+        rate: f64,
+        /// Entities.
+        #[arg(long, default_value_t = 200)]
+        entities: usize,
+        /// Stop changing states after this many events (0 = never).
+        #[arg(long, default_value_t = 0)]
+        events: u64,
+        /// The access token clients must present.
+        #[arg(long, default_value = "bench-token")]
+        token: String,
+    },
     /// Read and acknowledge MQTT as the source does, with nothing after it: the floor of the MQTT path; prints JSON.
     MqttConsume {
         /// Broker host.
@@ -159,6 +179,17 @@ pub fn main(what: BenchCommand, flag_format: Option<LogFormat>, runtime: &Runtim
                 println!("{}", serde_json::to_string(&r)?);
                 anyhow::Ok(())
             });
+            report(result)
+        }
+        BenchCommand::HaServe {
+            port,
+            rate,
+            entities,
+            events,
+            token,
+        } => {
+            init_logging(flag_format.unwrap_or_default(), "warn");
+            let result = runtime.block_on(ha_serve(port, rate, entities, events, token));
             report(result)
         }
         BenchCommand::MqttPublish {
@@ -396,4 +427,38 @@ fn bench_frames(input: Option<&std::path::Path>) -> anyhow::Result<(Vec<String>,
         ),
         None => (bench::builtin_frames(), "built-in corpus".to_string()),
     })
+}
+
+/// `bench ha-serve`: the simulator in a process of its own, so the ingestor's CPU read from
+/// `/proc` is its own; runs until SIGTERM/SIGINT, then prints what it sent.
+async fn ha_serve(
+    port: u16,
+    rate: f64,
+    entities: usize,
+    events: u64,
+    token: String,
+) -> anyhow::Result<()> {
+    use crate::simulator::{Simulator, SimulatorConfig};
+    let cfg = SimulatorConfig {
+        entities,
+        rate,
+        token,
+        max_events: (events > 0).then_some(events),
+        // The ingestor never backfills here; the recorder need not hold the whole run.
+        ..SimulatorConfig::default()
+    };
+    let sim = Simulator::start(cfg, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .context("cannot start the simulator")?;
+    eprintln!("serving {}", sim.url());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let sent = sim.emitted_count();
+    sim.shutdown().await;
+    println!("{}", serde_json::json!({ "sent": sent }));
+    Ok(())
 }

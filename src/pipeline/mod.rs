@@ -29,6 +29,17 @@ use rules::{RuleChain, RuleError};
 /// Events taken from the channel per round; bounds a chunk's size.
 const BATCH: usize = 1024;
 
+/// A round that took fewer events than this waits [`COALESCE_WINDOW`] for more
+/// before it is processed: at a home's rates (tens to hundreds of events/s) one
+/// chunk then carries many events, so the buffer commits, and wakes the threads
+/// after it, once per window instead of once per event. A busier stream fills
+/// rounds beyond this and is never held.
+const COALESCE_BELOW: usize = 64;
+
+/// How long a small round waits for more events (see [`COALESCE_BELOW`]): the
+/// latency it adds to a quiet stream, far below the buffer's `fsync_interval`.
+const COALESCE_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// How often the rate shaper looks at the wall clock (throttle intervals, heartbeats).
 const SHAPE_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -243,6 +254,16 @@ impl Pipeline {
             };
             if closed && self.shaper.is_none() {
                 break;
+            }
+            if !closed && !events.is_empty() && events.len() < COALESCE_BELOW {
+                // Sends do not wake this task while it sleeps: one wake-up per window.
+                tokio::time::sleep(COALESCE_WINDOW).await;
+                while events.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(event) => events.push(event),
+                        Err(_) => break,
+                    }
+                }
             }
             metrics::gauge!(names::QUEUE_DEPTH, "queue" => "pipeline").set(rx.len() as f64);
             let mut chunk = Chunk {

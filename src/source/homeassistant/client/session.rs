@@ -18,7 +18,7 @@
 
 use std::collections::HashSet;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_tungstenite::Connector;
@@ -41,6 +41,17 @@ use crate::source::homeassistant::decode::{
 use crate::source::homeassistant::entities::{EntitiesMessage, StateCache};
 use crate::source::homeassistant::history;
 use crate::source::homeassistant::protocol::{ClientMessage, ErrorInfo, Features, ServerReply};
+
+/// Once streaming, the socket is read every [`READ_TICK`] or as soon as
+/// [`READ_LOW_WATER`] bytes wait, not at every frame: at a home's rates (tens to
+/// hundreds of events/s, one frame each) a wake-up per frame is most of the
+/// cost, while a tick reads many frames at once. The tick is far below HA's
+/// limits on a client's pending messages (1024 for 10 s, or 4096).
+const READ_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+/// Bytes that make the socket readable before the tick (`SO_RCVLOWAT`): a burst is read at once.
+const READ_LOW_WATER: libc::c_int = 16 * 1024;
+/// Most frames read in one wake-up before the other wake-ups get their turn.
+const READ_DRAIN_MAX: usize = 1024;
 
 /// Largest input kept in one dead letter.
 const DEAD_LETTER_INPUT_MAX: usize = 1 << 20;
@@ -121,6 +132,8 @@ enum Wake {
     Command(Command),
     /// Time to ask the gap's commit check again.
     Probe,
+    /// Time to read what the socket holds (see [`READ_TICK`]).
+    ReadTick,
 }
 
 /// The running state of one connection.
@@ -158,6 +171,10 @@ struct Session<'a> {
     delivered: Option<Delivered>,
     /// The messages of the frame being handled (the buffer is reused).
     decoded: Vec<Result<ServerMessage, DecodeError>>,
+    /// Streaming: the socket wakes the session at [`READ_LOW_WATER`] bytes or at a tick.
+    coalescing: bool,
+    /// The low-water mark is raised (else a tick lowered it to one byte).
+    low_water: bool,
 }
 
 impl<'a> Session<'a> {
@@ -205,6 +222,8 @@ impl<'a> Session<'a> {
             gap,
             delivered,
             decoded: Vec::new(),
+            coalescing: false,
+            low_water: false,
         })
     }
 
@@ -217,14 +236,23 @@ impl<'a> Session<'a> {
         let mut ping_tick =
             tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
         ping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut read_tick = tokio::time::interval(READ_TICK);
+        read_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Streaming (subscribed, no gap waiting on replies): read by tick and burst.
+            if !self.coalescing && self.report.subscribed_at.is_some() && self.gap.is_none() {
+                self.coalescing = set_low_water(&self.ws, READ_LOW_WATER);
+                self.low_water = self.coalescing;
+            }
             let pong_due = self.awaiting_pong.map(|(_, due)| due);
             let probe_due = self.gap.as_ref().and_then(Gap::probe_due);
+
             // Biased toward the socket: frames already received (a late pong among
             // them) are read before a deadline is judged.
             let wake = tokio::select! {
                 biased;
                 frame = self.ws.next() => Wake::Frame(frame),
+                _ = read_tick.tick(), if self.coalescing => Wake::ReadTick,
                 _ = &mut results_deadline, if self.report.subscribed_at.is_none() => Wake::SetupOverdue,
                 _ = tokio::time::sleep_until(pong_due.unwrap_or_else(Instant::now)), if pong_due.is_some() => Wake::PongOverdue,
                 _ = ping_tick.tick(), if self.awaiting_pong.is_none() => Wake::Ping,
@@ -232,7 +260,13 @@ impl<'a> Session<'a> {
                 _ = tokio::time::sleep_until(probe_due.unwrap_or_else(Instant::now)), if probe_due.is_some() => Wake::Probe,
             };
             let handled = match wake {
-                Wake::Frame(frame) => self.on_frame(frame).await,
+                Wake::Frame(frame) => {
+                    let read = self.on_frames(frame).await;
+                    if self.coalescing && !self.low_water {
+                        self.low_water = set_low_water(&self.ws, READ_LOW_WATER);
+                    }
+                    read
+                }
                 Wake::SetupOverdue => Err(End::Lost(ClientError::Timeout(
                     "waiting for subscription results".into(),
                 ))),
@@ -242,6 +276,15 @@ impl<'a> Session<'a> {
                 Wake::Ping => self.on_tick().await.map_err(End::from),
                 Wake::Command(command) => self.send_command(command).await.map_err(End::from),
                 Wake::Probe => self.continue_gap().await,
+                Wake::ReadTick => {
+                    // tokio reads a socket only once epoll said it is readable, which
+                    // the raised mark withholds; lowering it to one byte makes the
+                    // kernel signal whatever waits (Linux re-checks on the change).
+                    if self.low_water {
+                        self.low_water = !set_low_water(&self.ws, 1);
+                    }
+                    Ok(())
+                }
             };
             match handled {
                 Ok(()) => {}
@@ -305,6 +348,26 @@ impl<'a> Session<'a> {
             .flush()
             .await
             .map_err(|e| ClientError::Closed(e.to_string()))
+    }
+
+    /// A wake-up of the socket: this frame, then every frame already waiting.
+    async fn on_frames(
+        &mut self,
+        frame: Option<Result<Message, tungstenite::Error>>,
+    ) -> Result<(), End> {
+        self.on_frame(frame).await?;
+        self.drain().await
+    }
+
+    /// Reads every frame the socket already holds (up to [`READ_DRAIN_MAX`]).
+    async fn drain(&mut self) -> Result<(), End> {
+        for _ in 0..READ_DRAIN_MAX {
+            match self.ws.next().now_or_never() {
+                Some(frame) => self.on_frame(frame).await?,
+                None => break,
+            }
+        }
+        Ok(())
     }
 
     /// A frame, an error or the end of the socket: a frame is counted, checked
@@ -915,4 +978,32 @@ fn states_from_result(result: Option<serde_json::Value>, link: &Link<'_>) -> Vec
 /// A current state as a `state_changed` event at HA's own `last_updated`, so re-writing it is idempotent.
 fn snapshot_event(state: State, source: &SourceId) -> Event {
     Event::from_state(source.clone(), state)
+}
+
+/// Sets the socket's receive low-water mark (`SO_RCVLOWAT`): it then wakes a reader
+/// only once `bytes` wait (a read still returns whatever is there). False when the
+/// option cannot be set: the session then reads at every frame, as before.
+fn set_low_water(ws: &connect::Ws, bytes: libc::c_int) -> bool {
+    use std::os::fd::AsRawFd;
+    use tokio_tungstenite::MaybeTlsStream;
+    let fd = match ws.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.as_raw_fd(),
+        MaybeTlsStream::Rustls(tls) => tls.get_ref().0.as_raw_fd(),
+        _ => return false,
+    };
+    // SAFETY: `fd` is the open socket `ws` owns for the duration of this call, and
+    // the option value is a valid `c_int` whose size is passed.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        tracing::debug!(message = "Cannot set the socket's receive low-water mark; reading at every frame.", error = %std::io::Error::last_os_error());
+    }
+    result == 0
 }
