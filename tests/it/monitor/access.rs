@@ -405,4 +405,21 @@ fn tokens_are_checked_at_load_and_never_shown() {
     .expect_err("a port in a host name is refused")
     .to_string();
     assert!(error.contains("ports are not compared"), "{error}");
+
+    // The container route docs/security.md gives: names and tokens from the environment.
+    let env = [
+        (
+            "HA_INGESTOR_MONITOR__ALLOWED_HOSTS".to_string(),
+            "[\"ha-ingestor\"]".to_string(),
+        ),
+        (
+            "HA_INGESTOR_MONITOR__VIEWER_TOKEN".to_string(),
+            VIEWER_TOKEN.to_string(),
+        ),
+    ];
+    let cfg = Config::from_toml_with_env("", &dir.path().join("c.toml"), &env)
+        .expect("overrides apply")
+        .monitor;
+    assert_eq!(cfg.allowed_hosts, ["ha-ingestor"]);
+    assert_eq!(cfg.viewer_token.as_deref(), Some(VIEWER_TOKEN));
 }
