@@ -221,7 +221,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let monitor_token = CancellationToken::new();
     let (monitor_addr, monitor) = if cfg.monitor.enabled {
         let (addr, fut) =
-            crate::monitor::http::serve(cfg.monitor.listen, stats.clone(), monitor_token.clone())
+            crate::monitor::http::serve_config(&cfg.monitor, stats.clone(), monitor_token.clone())
                 .await?;
         tracing::info!(message = "Monitor listening.", %addr, endpoints = "/health /ready /metrics");
         (Some(addr), Some(tokio::spawn(fut)))

@@ -127,6 +127,10 @@ pub async fn run(path: &Path) -> i32 {
                 cfg.monitor.listen
             ),
         }
+        cfg.monitor
+            .warnings()
+            .iter()
+            .for_each(|w| println!("monitor: warning: {w}"));
     }
     code
 }

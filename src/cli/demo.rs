@@ -103,6 +103,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
         monitor: MonitorConfig {
             enabled: true,
             listen: opts.monitor,
+            ..MonitorConfig::default()
         },
         ..Config::default()
     };

@@ -55,7 +55,7 @@ pub use filters::{
 };
 pub use homeassistant::{HaSubscription, HomeAssistantConfig};
 pub use influxdb::{Gzip, InfluxApi, InfluxConfig, TargetReadiness, TypeConflict};
-pub use monitor::{LogConfig, LogFormat, MonitorConfig};
+pub use monitor::{LogConfig, LogFormat, MonitorConfig, PeerRange};
 pub use mqtt::{
     BoolMode, DecoderKind, JsonSplit, MqttConfig, MqttProtocol, RetainedPolicy, SubscriptionConfig,
     TimestampFormat,
@@ -270,6 +270,7 @@ impl Config {
                 }
             }
         }
+        self.monitor.read_secrets(base)?;
         Ok(())
     }
 

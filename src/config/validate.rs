@@ -48,6 +48,7 @@ impl Config {
         validate_schema(&self.schema)?;
         validate_buffer(&self.buffer)?;
         validate_log(&self.log)?;
+        self.monitor.validate()?;
         self.retention.validate()?;
         validate_mqtt(&self.mqtt)?;
         Ok(())

@@ -1,4 +1,5 @@
-//! The monitor listener: `/health` (alive), `/ready` (connected and writing), `/metrics` (Prometheus).
+//! The monitor listener: `/health` (alive), `/ready` (connected and writing), `/metrics`
+//! (Prometheus), the status page; every route behind the access rules of [`super::access`].
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -13,7 +14,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::Stats;
+use super::access::{Access, Peer, guard};
 use super::metrics as names;
+use crate::config::MonitorConfig;
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 static STARTED: OnceLock<Instant> = OnceLock::new();
@@ -138,32 +141,67 @@ pub struct ListenError {
     pub source: std::io::Error,
 }
 
-/// Longest wait for a request's headers, counted from the connection's opening or the end of the previous answer (also the keep-alive idle limit).
+/// Default longest wait for a request's headers, counted from the connection's opening or the end of the previous answer (also the keep-alive idle limit); `[monitor] header_timeout`.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// Connections served at once; further ones get a 503 and are closed.
+/// Default connections served at once; further ones get a 503 and are closed; `[monitor] max_connections`.
 pub const MAX_CONNECTIONS: usize = 64;
 /// Once shutdown begins, how long open connections may take to finish before they are dropped.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Binds now (so a taken port fails start-up) and returns the bound address and the serving future.
+/// Binds `addr` with every other `[monitor]` setting at its default (open, as without tokens).
 pub async fn serve(
     addr: SocketAddr,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
-) -> Result<(SocketAddr, impl Future<Output = ()>), ListenError> {
+) -> Result<(SocketAddr, impl Future<Output = ()> + use<>), ListenError> {
+    let cfg = MonitorConfig {
+        listen: addr,
+        ..MonitorConfig::default()
+    };
+    serve_config(&cfg, stats, shutdown).await
+}
+
+/// Binds `cfg.listen` now (so a taken port fails start-up) and returns the bound address
+/// and the serving future, every route behind `cfg`'s access rules ([`super::access`]).
+pub async fn serve_config(
+    cfg: &MonitorConfig,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, impl Future<Output = ()> + use<>), ListenError> {
+    let addr = cfg.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ListenError { addr, source })?;
     let bound = listener
         .local_addr()
         .map_err(|source| ListenError { addr, source })?;
-    let app = router(stats);
-    Ok((bound, accept_loop(listener, app, shutdown)))
+    for warning in cfg.warnings() {
+        tracing::warn!(message = "Monitor access is open.", %warning);
+    }
+    let access = Arc::new(Access::new(cfg));
+    let app = router(stats).layer(axum::middleware::from_fn_with_state(access, guard));
+    let limits = Limits {
+        header_timeout: cfg.header_timeout,
+        max_connections: cfg.max_connections.max(1),
+    };
+    Ok((bound, accept_loop(listener, app, limits, shutdown)))
 }
 
-/// Accepts until `shutdown`, at most [`MAX_CONNECTIONS`] at once, each with the header timeout; then gives open connections [`SHUTDOWN_GRACE`].
-async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+/// The listener's per-connection limits.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_timeout: std::time::Duration,
+    max_connections: usize,
+}
+
+/// Accepts until `shutdown`, at most `max_connections` at once, each with the header timeout; then gives open connections [`SHUTDOWN_GRACE`].
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -171,8 +209,8 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: C
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 tracing::debug!(message = "Monitor accept failed.", %error);
                 continue;
@@ -185,18 +223,21 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: C
             );
             tracing::debug!(
                 message = "Monitor connection refused: limit reached.",
-                limit = MAX_CONNECTIONS
+                limit = limits.max_connections
             );
             continue;
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        // The access rules need the peer (`ingress_only_from`): each connection's requests carry it.
+        let service = hyper_util::service::TowerToHyperService::new(
+            app.clone().layer(axum::Extension(Peer(peer))),
+        );
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let _slot = slot;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
+                .header_read_timeout(limits.header_timeout);
             let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {

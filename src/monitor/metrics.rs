@@ -151,3 +151,6 @@ pub const MQTT_UNACKED_MESSAGES: &str = "ha_ingestor_mqtt_unacked_messages";
 pub const MQTT_ACKED_MESSAGES: &str = "ha_ingestor_mqtt_acked_messages_total";
 /// Counter `{broker}`: reconnects on which the broker had kept no session (messages sent meanwhile are lost).
 pub const MQTT_SESSIONS_LOST: &str = "ha_ingestor_mqtt_sessions_lost_total";
+
+/// Counter `{reason}`: monitor requests refused: `host` (421, foreign `Host`), `auth` (401), `role` (403, a metrics token on a page route), `peer` (403, outside `ingress_only_from`).
+pub const MONITOR_REJECTED: &str = "ha_ingestor_monitor_rejected_total";

@@ -1,5 +1,6 @@
 //! Observes every stage and never sits on the data path: metrics, health, readiness.
 
+pub mod access;
 pub mod alerts;
 pub mod http;
 pub mod latency;

@@ -86,6 +86,7 @@ async fn an_influxdb_outage_of_a_minute_under_steady_load_loses_and_duplicates_n
         monitor: MonitorConfig {
             enabled: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..MonitorConfig::default()
         },
         ..Config::default()
     };
@@ -363,6 +364,7 @@ async fn a_full_blocking_buffer_with_influxdb_unreachable_still_stops_and_accoun
         monitor: MonitorConfig {
             enabled: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..MonitorConfig::default()
         },
         ..Config::default()
     };

@@ -97,6 +97,7 @@ async fn home_assistant_unreachable_for_10_s_leaves_no_gap_in_influxdb() {
         monitor: MonitorConfig {
             enabled: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..MonitorConfig::default()
         },
         ..Config::default()
     };

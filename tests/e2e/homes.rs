@@ -94,6 +94,7 @@ async fn two_homes(cabin: HaSubscription) {
         monitor: MonitorConfig {
             enabled: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..MonitorConfig::default()
         },
         ..Config::default()
     };

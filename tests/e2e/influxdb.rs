@@ -65,6 +65,7 @@ async fn every_state_change_reaches_influxdb_with_identical_values() {
         monitor: MonitorConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..MonitorConfig::default()
         },
         ..Config::default()
     };

@@ -126,6 +126,7 @@ async fn influxdb_outage_fires_and_resolves_an_alert_to_the_webhook_and_home_ass
         monitor: MonitorConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..MonitorConfig::default()
         },
         alerts: AlertsConfig {
             interval: Duration::from_millis(250),

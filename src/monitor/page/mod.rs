@@ -5,6 +5,10 @@
 //! `/api/stats` every second and `/alerts` every few seconds (showing "alerts
 //! unavailable" when that endpoint is missing) and draws its charts on a
 //! `<canvas>` with a few lines of hand-written script.
+//!
+//! Every URL the page uses is relative (`page.js`, `api/stats`, `alerts`, no icon
+//! fetched from the root), so it works at `/` and under any prefix a proxy adds
+//! (Home Assistant's Ingress: `/api/hassio_ingress/<token>/`).
 
 pub mod errors;
 

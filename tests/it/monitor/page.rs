@@ -530,3 +530,172 @@ async fn status_page_loads_and_updates_in_headless_chromium() {
     browser.stopped().await;
     running.stop().await;
 }
+
+/// The prefix Home Assistant's Ingress puts before the add-on's paths.
+const INGRESS_PREFIX: &str = "/api/hassio_ingress/Xk3f9_test-token";
+
+/// A stand-in for the Supervisor's Ingress hop: serves `INGRESS_PREFIX/<path>` by asking the
+/// monitor for `/<path>` from 127.0.0.2, adding `X-Ingress-Path` and passing the browser's
+/// `Host` on, as the Supervisor does; anything outside the prefix is a 404.
+async fn start_ingress_proxy(
+    monitor: SocketAddr,
+) -> (SocketAddr, tokio_util::sync::CancellationToken) {
+    use axum::body::Body;
+    use axum::http::{Request, Response, StatusCode, header};
+    let client = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let forward = move |request: Request<Body>| {
+        let client = client.clone();
+        async move {
+            let path_and_query = request
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            let Some(rest) = path_and_query.strip_prefix(INGRESS_PREFIX) else {
+                return Response::builder()
+                    .status(StatusCode::NOT_FOUND)
+                    .body(Body::from("outside the ingress prefix"))
+                    .expect("response");
+            };
+            let rest = if rest.starts_with('/') {
+                rest.to_string()
+            } else {
+                format!("/{rest}")
+            };
+            let mut upstream = client
+                .get(format!("http://{monitor}{rest}"))
+                .header("x-ingress-path", INGRESS_PREFIX);
+            if let Some(host) = request.headers().get(header::HOST) {
+                upstream = upstream.header(header::HOST, host.clone());
+            }
+            let reply = upstream
+                .send()
+                .await
+                .expect("the monitor answers the proxy");
+            let mut response = Response::builder().status(reply.status().as_u16());
+            for name in [header::CONTENT_TYPE, header::LOCATION, header::SET_COOKIE] {
+                if let Some(value) = reply.headers().get(name.as_str()) {
+                    response = response.header(name, value.as_bytes());
+                }
+            }
+            let body = reply.bytes().await.expect("body");
+            response.body(Body::from(body)).expect("response")
+        }
+    };
+    let app = axum::Router::new().fallback(forward);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("proxy binds");
+    let addr = listener.local_addr().expect("address");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let until = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(until.cancelled_owned())
+            .await
+            .expect("proxy serves");
+    });
+    (addr, stop)
+}
+
+/// Under Home Assistant's Ingress the page is served under a prefix the monitor never sees:
+/// every URL the page uses must be relative. Driven in Chromium through a prefix-stripping
+/// proxy from a second loopback address, the only peer `ingress_only_from` admits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_works_under_an_ingress_prefix_in_headless_chromium() {
+    ha_ingestor::ensure_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("viewer.token"),
+        "viewer-token-for-ingress-test\n",
+    )
+    .expect("written");
+    // A viewer token is set: the Ingress peer needs none (Home Assistant authenticated the user).
+    let cfg = Config::from_toml_with_env(
+        "[monitor]\nlisten = \"127.0.0.1:0\"\ningress_only_from = [\"127.0.0.2\"]\n\
+         viewer_token_file = \"viewer.token\"\n",
+        &dir.path().join("config.toml"),
+        &[],
+    )
+    .expect("config loads")
+    .monitor;
+    let stats = std::sync::Arc::new(ha_ingestor::monitor::Stats::default());
+    stats.register_source("homeassistant");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (monitor, serving) = ha_ingestor::monitor::http::serve_config(&cfg, stats, stop.clone())
+        .await
+        .expect("monitor binds");
+    tokio::spawn(serving);
+    let (proxy, stop_proxy) = start_ingress_proxy(monitor).await;
+    let page = format!("http://{proxy}{INGRESS_PREFIX}/");
+    let client = reqwest::Client::new();
+
+    // The API under the prefix, and not around the proxy.
+    let s = get_json(&client, &format!("{page}api/stats")).await;
+    assert_eq!(s["connections"]["homeassistant"]["connected"], false, "{s}");
+    let direct = client
+        .get(format!("http://{monitor}/api/stats"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(direct.status(), reqwest::StatusCode::FORBIDDEN);
+
+    let (browser, port) = launch_chromium().await;
+    let mut cdp = Cdp::connect(port).await;
+    cdp.call("Page.enable", json!({})).await;
+    cdp.call("Page.navigate", json!({ "url": page })).await;
+    wait_page(
+        &mut cdp,
+        "the page's updates under the prefix",
+        Duration::from_secs(30),
+        "Number(document.body?.dataset.updates ?? 0)",
+        |v| (v.as_u64()? >= 2).then_some(()),
+    )
+    .await;
+    let connections = cdp
+        .eval("document.getElementById('connections').innerText")
+        .await;
+    assert!(
+        connections
+            .as_str()
+            .is_some_and(|c| c.contains("homeassistant")),
+        "{connections}"
+    );
+    // The alerts panel was filled from `alerts` under the prefix too.
+    wait_page(
+        &mut cdp,
+        "the alerts panel",
+        Duration::from_secs(20),
+        "document.getElementById('alerts').innerText",
+        |v| {
+            let text = v.as_str()?;
+            (text != "loading…" && text != "alerts unavailable").then_some(())
+        },
+    )
+    .await;
+    // Everything the page fetched stayed under the prefix.
+    let loaded = cdp
+        .eval("JSON.stringify(performance.getEntriesByType('resource').map(e => e.name))")
+        .await;
+    let loaded: Vec<String> =
+        serde_json::from_str(loaded.as_str().expect("a JSON string")).expect("a list of URLs");
+    for wanted in ["page.js", "page.css", "api/stats", "alerts"] {
+        assert!(
+            loaded.iter().any(|u| u == &format!("{page}{wanted}")),
+            "{wanted} under the prefix: {loaded:?}"
+        );
+    }
+    assert!(
+        loaded.iter().all(|u| u.starts_with(&page)),
+        "a URL outside the prefix: {loaded:?}"
+    );
+    let close = json!({"id": 0, "method": "Browser.close"});
+    let _ = cdp.ws.send(Message::text(close.to_string())).await;
+    browser.stopped().await;
+    stop_proxy.cancel();
+    stop.cancel();
+}

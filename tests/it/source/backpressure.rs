@@ -53,6 +53,7 @@ async fn a_stalled_sink_never_makes_home_assistant_drop_the_connection() {
         monitor: MonitorConfig {
             enabled: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..MonitorConfig::default()
         },
         ..Config::default()
     };
