@@ -1199,6 +1199,9 @@ async fn through_a_gap(
     client
         .receive_while("every change made", |got| !covers(got, &made))
         .await;
+    // The status page's last gap: what the backfill recovered, its end confirmed by the recorder.
+    let gap = client.stats.last_gap().expect("the gap is reported");
+    assert!(gap.confirmed && gap.states >= 500, "{gap:?}");
     let received = client.stop().await;
     assert_exactly_once(&received, &made);
     let backfilled = received

@@ -143,6 +143,15 @@ function render(s) {
       el("td", { class: "num" }, fmtRate((s.rates.source[name] || {})["1m"])),
       el("td", {}, c.last_error || ""))));
 
+  const g = s.last_gap;
+  $("last-gap").textContent = g
+    ? "last gap (" + g.source + "): " + g.from.replace("T", " ").replace(/\.\d+\+00:00$/, "Z") + " → " +
+      g.to.replace("T", " ").replace(/\.\d+\+00:00$/, "Z") + " · " + g.states + " states recovered · " +
+      g.attributes_restored + " attributes restored" +
+      (g.unrecorded_entities ? " · " + g.unrecorded_entities + " entities not recorded by HA" : "") +
+      (g.confirmed ? "" : " · recorder did not confirm the gap's end")
+    : "no gap backfilled since start";
+
   const byRate = (obj) => Object.entries(obj).map(([k, v]) => [k, v["1m"]]).sort((a, b) => b[1] - a[1]);
   bars($("domains"), byRate(s.rates.domain));
   bars($("entities"), s.rates.top_entities.map((e) => [e.entity_id, e.rate]));
