@@ -17,4 +17,5 @@ mod cli_run;
 mod gaps;
 mod homes;
 mod influxdb;
+mod install;
 mod monitor_alerts;
