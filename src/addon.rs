@@ -385,6 +385,8 @@ pub async fn discover_mqtt(api: &str, token: &str) -> Result<MqttService, AddonE
         url: url.clone(),
         message,
     };
+    // reqwest is built without a bundled TLS provider: the process's one (ring) first.
+    crate::ensure_crypto_provider();
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .build()
