@@ -14,6 +14,7 @@ mod buffer_influxdb;
 mod cli;
 mod cli_buffer;
 mod cli_run;
+mod deploy;
 mod gaps;
 mod homes;
 mod influxdb;
