@@ -17,6 +17,9 @@ COPY . .
 # `.git` is not in the context: the commit shown by --version comes from this argument.
 ARG BUILD_COMMIT=unknown
 ENV BUILD_COMMIT=${BUILD_COMMIT}
+# Without the line tables of the release profile: 25 MB instead of 100 MB (symbols stay,
+# so a backtrace still names its functions).
+ENV CARGO_PROFILE_RELEASE_STRIP=debuginfo
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin ha-ingestor \
