@@ -119,6 +119,8 @@ fn the_runtime_image_and_the_addon_image_build_from_this_binary() {
     podman(&[
         "build",
         "--quiet",
+        // No intermediate images left behind.
+        "--layers=false",
         "--format",
         "docker",
         "--target",
@@ -218,6 +220,8 @@ fn the_runtime_image_and_the_addon_image_build_from_this_binary() {
     podman(&[
         "build",
         "--quiet",
+        // No intermediate images left behind.
+        "--layers=false",
         "--format",
         "docker",
         "--build-arg",
