@@ -15,3 +15,14 @@ need() {
   fi
   command -v "$cmd" >/dev/null 2>&1 || { echo "$(basename "$0"): $cmd still missing after installing $*" >&2; exit 1; }
 }
+
+# Installs a Python tool from PyPI when its module is missing.
+#   need_py MODULE PACKAGE==VERSION
+need_py() {
+  local module=$1 package=$2
+  if ! python3 -c "import $module" >/dev/null 2>&1; then
+    echo "$(basename "$0"): python module $module is missing; installing from PyPI: $package"
+    python3 -m pip install -q --disable-pip-version-check "$package"
+  fi
+  python3 -c "import $module" >/dev/null 2>&1 || { echo "$(basename "$0"): $module still missing after installing $package" >&2; exit 1; }
+}

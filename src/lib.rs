@@ -4,6 +4,7 @@
 //! [`sink`] (durable buffer, then a writer), observed by [`monitor`]; the only
 //! channels that run backwards live in [`feedback`]. `docs/architecture.md` is the map.
 
+pub mod addon;
 pub mod alloc_counter;
 pub mod app;
 pub mod backoff;

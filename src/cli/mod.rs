@@ -5,11 +5,15 @@
 //! and dispatches here. Exit codes: 0 success, 1 failure, 2 an invalid
 //! configuration (3 for a peer that failed `check`).
 
+pub mod addon;
 pub mod bench;
 pub mod buffer;
 pub mod check;
+pub mod completions;
 pub mod demo;
 pub mod explain;
+pub mod health;
+pub mod man;
 pub mod replay;
 pub mod retention;
 pub mod run;
@@ -23,9 +27,17 @@ use tokio::runtime::Runtime;
 
 use crate::config::{Config, LogFormat};
 
+/// The version `--version` prints: the crate's version and the git commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("HA_INGESTOR_BUILD_COMMIT"),
+    ")"
+);
+
 /// Captures every Home Assistant event and stores it in InfluxDB without gaps.
 #[derive(Parser)]
-#[command(version, about, propagate_version = true)]
+#[command(name = "ha-ingestor", version = VERSION, about, propagate_version = true)]
 pub struct Cli {
     /// Log format (overrides `log.format`).
     #[arg(long, global = true, value_enum)]
@@ -72,6 +84,14 @@ pub enum Command {
         #[command(subcommand)]
         what: retention::RetentionCommand,
     },
+    /// Run as a Home Assistant add-on: turn the add-on's options into a config, then run the service.
+    Addon(addon::Args),
+    /// Exit 0 when the monitor's `/health` answers 2xx (the container image's HEALTHCHECK).
+    Health(health::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::Args),
+    /// Print the man page (or write one page per subcommand with `--out-dir`).
+    Man(man::Args),
 }
 
 impl Command {
@@ -98,6 +118,10 @@ impl Command {
                 init_logging(log_format.unwrap_or_default(), "warn");
                 report(runtime.block_on(retention::main(what)))
             }
+            Command::Addon(args) => addon::main(args, log_format, runtime),
+            Command::Health(args) => health::main(args),
+            Command::Completions(args) => completions::main(args),
+            Command::Man(args) => man::main(args),
         }
     }
 }
@@ -108,6 +132,7 @@ impl Command {
         matches!(
             self,
             Command::Run(_)
+                | Command::Addon(_)
                 | Command::Demo(_)
                 | Command::Check(_)
                 | Command::Replay(_)

@@ -1,8 +1,12 @@
 //! `ha-ingestor run`: the service, until SIGINT/SIGTERM; SIGHUP re-reads the config.
+//!
+//! Under systemd (`Type=notify`, `$NOTIFY_SOCKET` set) it says `READY=1` once every
+//! stage has started and `STOPPING=1` when it begins to stop; elsewhere that is a no-op.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use sd_notify::NotifyState;
 use tokio::runtime::Runtime;
 
 use super::{init_logging, load_config, report};
@@ -19,7 +23,11 @@ pub struct Args {
 
 /// Starts the service and serves until a shutdown signal, then stops in data-flow order.
 pub fn main(args: Args, log_format: Option<LogFormat>, runtime: &Runtime) -> ExitCode {
-    let config = args.config;
+    serve(args.config, log_format, runtime)
+}
+
+/// `run` on the config file at `config` (also what `addon` runs once it has written its config).
+pub(super) fn serve(config: PathBuf, log_format: Option<LogFormat>, runtime: &Runtime) -> ExitCode {
     let cfg = match load_config(&config) {
         Ok(cfg) => cfg,
         Err(code) => return code,
@@ -27,12 +35,21 @@ pub fn main(args: Args, log_format: Option<LogFormat>, runtime: &Runtime) -> Exi
     init_logging(log_format.unwrap_or(cfg.log.format), &cfg.log.level);
     let result = runtime.block_on(async {
         let mut running = app::start(&cfg).await?;
-        tracing::info!(message = "Started.", version = env!("CARGO_PKG_VERSION"), config = %config.display());
+        tracing::info!(message = "Started.", version = super::VERSION, config = %config.display());
+        notify_service_manager(&[NotifyState::Ready, NotifyState::Status("running")]);
         // SIGHUP re-reads the config (MQTT subscriptions change live) until SIGINT/SIGTERM.
         running.serve_until_shutdown(&config).await;
+        notify_service_manager(&[NotifyState::Stopping]);
         tracing::info!(message = "Stopping: sources first, then flushing the sink.");
         running.stop().await;
         anyhow::Ok(())
     });
     report(result)
+}
+
+/// Tells systemd (the datagram socket in `$NOTIFY_SOCKET`) about the service's state; a failure is logged, never fatal.
+fn notify_service_manager(states: &[NotifyState]) {
+    if let Err(error) = sd_notify::notify(states) {
+        tracing::warn!(message = "Cannot notify the service manager.", %error);
+    }
 }

@@ -17,6 +17,8 @@ pub struct HomeAssistantConfig {
     #[serde(default = "default_ha_name")]
     pub name: String,
     /// `ws://host:8123/api/websocket` or `wss://…`; `http(s)://host:8123` is accepted and completed.
+    /// Left out inside a Home Assistant add-on (`SUPERVISOR_TOKEN` set): the Supervisor's proxy.
+    #[serde(default)]
     pub url: String,
     /// Long-lived access token (prefer `token_file` or `HA_INGESTOR_HOMEASSISTANT__TOKEN`).
     #[serde(default, skip_serializing)]
@@ -161,12 +163,73 @@ impl HomeAssistantConfig {
         } else {
             url.to_string()
         };
-        if url.ends_with("/api/websocket") {
+        // `/core/websocket` is the Supervisor's proxy of the same API (inside an add-on).
+        if url.ends_with("/api/websocket") || url.ends_with("/core/websocket") {
             url
         } else {
             format!("{url}/api/websocket")
         }
     }
+}
+
+/// The variable the Supervisor sets inside a Home Assistant add-on: its API token, new on every start.
+pub const SUPERVISOR_TOKEN_VAR: &str = "SUPERVISOR_TOKEN";
+
+/// The variable that moves the Supervisor's API from [`SUPERVISOR_API_DEFAULT`] (the
+/// add-on helper library reads the same name; tests point it at a stand-in).
+pub const SUPERVISOR_API_VAR: &str = "SUPERVISOR_API";
+
+/// Where an add-on reaches the Supervisor's API.
+pub const SUPERVISOR_API_DEFAULT: &str = "http://supervisor";
+
+/// The Supervisor's API base URL from `env`: [`SUPERVISOR_API_VAR`] or the default, without a trailing `/`.
+pub fn supervisor_api(env: &[(String, String)]) -> String {
+    env.iter()
+        .find(|(k, v)| k == SUPERVISOR_API_VAR && !v.trim().is_empty())
+        .map_or(SUPERVISOR_API_DEFAULT, |(_, v)| v.trim())
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// The Supervisor's token from `env`, when running as an add-on.
+pub fn supervisor_token(env: &[(String, String)]) -> Option<&str> {
+    env.iter()
+        .find(|(k, v)| k == SUPERVISOR_TOKEN_VAR && !v.trim().is_empty())
+        .map(|(_, v)| v.trim())
+}
+
+/// Inside a Home Assistant add-on (`SUPERVISOR_TOKEN` in `env`), Home Assistant is
+/// reached through the Supervisor's WebSocket proxy with that token: no `[homeassistant]`
+/// section means one such source, and a source without `url` gets the proxy's (and the
+/// Supervisor's token when it names none). Outside an add-on a source needs its `url`.
+pub(super) fn apply_supervisor(
+    homes: &mut Vec<HomeAssistantConfig>,
+    env: &[(String, String)],
+) -> Result<(), super::ConfigError> {
+    let Some(token) = supervisor_token(env) else {
+        return match homes.iter().find(|h| h.url.trim().is_empty()) {
+            Some(ha) => Err(super::ConfigError::Invalid {
+                key: "homeassistant.url".into(),
+                message: format!(
+                    "{:?} has no url: give ws://host:8123/api/websocket (only a Home Assistant add-on, with {SUPERVISOR_TOKEN_VAR} set, may leave it out)",
+                    ha.name
+                ),
+            }),
+            None => Ok(()),
+        };
+    };
+    let url = format!("{}/core/websocket", supervisor_api(env));
+    if homes.is_empty() {
+        homes.push(HomeAssistantConfig::new(url, token));
+        return Ok(());
+    }
+    for ha in homes.iter_mut().filter(|h| h.url.trim().is_empty()) {
+        ha.url = url.clone();
+        if ha.token.is_none() && ha.token_file.is_none() {
+            ha.token = Some(token.to_string());
+        }
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for HomeAssistantConfig {
@@ -192,5 +255,59 @@ impl std::fmt::Debug for HomeAssistantConfig {
             .field("backfill_commit_wait", &self.backfill_commit_wait)
             .field("tls", &self.tls)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, crate::config::ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_toml_with_env(text, Path::new("t.toml"), &env)
+    }
+
+    #[test]
+    fn inside_an_addon_no_section_means_the_supervisors_proxy_with_its_token() {
+        let cfg = load("", &[("SUPERVISOR_TOKEN", "sv-token")]).unwrap();
+        assert_eq!(cfg.homeassistant.len(), 1);
+        let ha = &cfg.homeassistant[0];
+        assert_eq!(ha.websocket_url(), "ws://supervisor/core/websocket");
+        assert_eq!(ha.token.as_deref(), Some("sv-token"));
+        // Without the token nothing is added: no source at all is for `run` to refuse.
+        assert!(load("", &[]).unwrap().homeassistant.is_empty());
+    }
+
+    #[test]
+    fn a_section_without_url_takes_the_proxy_and_keeps_its_other_keys() {
+        let text = "[homeassistant]\nsubscription = \"entities\"\n";
+        let cfg = load(
+            text,
+            &[
+                ("SUPERVISOR_TOKEN", "sv-token"),
+                ("SUPERVISOR_API", "http://127.0.0.1:8080/"),
+            ],
+        )
+        .unwrap();
+        let ha = &cfg.homeassistant[0];
+        assert_eq!(ha.websocket_url(), "ws://127.0.0.1:8080/core/websocket");
+        assert_eq!(ha.token.as_deref(), Some("sv-token"));
+        assert_eq!(ha.subscription, super::HaSubscription::Entities);
+        // A URL of its own wins, with its own token.
+        let own = "[homeassistant]\nurl = \"http://ha:8123\"\ntoken = \"own\"\n";
+        let cfg = load(own, &[("SUPERVISOR_TOKEN", "sv-token")]).unwrap();
+        assert_eq!(
+            cfg.homeassistant[0].websocket_url(),
+            "ws://ha:8123/api/websocket"
+        );
+        assert_eq!(cfg.homeassistant[0].token.as_deref(), Some("own"));
+        // Outside an add-on the URL is required, and the error says so.
+        let err = load("[homeassistant]\ntoken = \"t\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("homeassistant.url"), "{err}");
     }
 }

@@ -53,7 +53,10 @@ pub use filters::{
     FilterAction, FilterConfig, FilterRuleConfig, OnError, RateConfig, RuleMatchConfig,
     StateMatchConfig, StateSide, StepOnError, TimeMatchConfig, TransformStepConfig,
 };
-pub use homeassistant::{HaSubscription, HomeAssistantConfig};
+pub use homeassistant::{
+    HaSubscription, HomeAssistantConfig, SUPERVISOR_API_DEFAULT, SUPERVISOR_API_VAR,
+    SUPERVISOR_TOKEN_VAR, supervisor_api, supervisor_token,
+};
 pub use influxdb::{Gzip, InfluxApi, InfluxConfig, TargetReadiness, TypeConflict};
 pub use monitor::{LogConfig, LogFormat, MonitorConfig, PeerRange};
 pub use mqtt::{
@@ -226,6 +229,8 @@ impl Config {
             // section together (`…__URL` and `…__TOKEN`) work in any order.
             Config::deserialize(toml::Value::Table(table)).map_err(|e| env_error(&overrides, &e))?
         };
+        // Inside a Home Assistant add-on the Supervisor is the way to Home Assistant.
+        homeassistant::apply_supervisor(&mut config.homeassistant, env)?;
         config.read_secrets(path.parent().unwrap_or(Path::new(".")))?;
         config.validate()?;
         Ok(config)

@@ -13,6 +13,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod addon;
 mod config;
 mod monitor;
 mod mqtt;
