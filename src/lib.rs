@@ -6,6 +6,7 @@
 
 pub mod alloc_counter;
 pub mod app;
+pub mod audit;
 pub mod backoff;
 pub mod bench;
 pub mod cli;

@@ -10,6 +10,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod audit;
 mod buffer_influxdb;
 mod cli;
 mod cli_buffer;
