@@ -195,6 +195,9 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         .collect::<Result<Vec<_>, _>>()?;
     let lock = lock_data_dir(&cfg.data_dir)?;
     let stats = Arc::new(Stats::default());
+    for warning in cfg.transport_warnings() {
+        tracing::warn!(message = "Credentials travel in clear text.", %warning);
+    }
     let dead_letters = Arc::new(DeadLetters::with_config(
         cfg.dead_letter_dir(),
         &cfg.dead_letter,
@@ -228,6 +231,11 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     } else {
         (None, None)
     };
+
+    // After the monitor, whose start installs the metrics recorder the gauge goes to.
+    for peer in cfg.tls_unverified_peers() {
+        stats.tls_verification_disabled(&peer);
+    }
 
     // Retention status for its gauges: checked now and every ten minutes until the monitor stops.
     if let Some(watcher) = crate::schema_tools::retention::watcher(cfg) {

@@ -66,6 +66,9 @@ pub struct HomeAssistantConfig {
     /// TLS for `wss://`.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Let credentials go in clear text (no TLS) to a host that is not loopback; refused otherwise (see docs/security.md).
+    #[serde(default)]
+    pub allow_insecure_transport: bool,
 }
 
 /// Which Home Assistant subscription a source uses.
@@ -140,6 +143,7 @@ impl HomeAssistantConfig {
             backfill_chunk: default_backfill_chunk(),
             backfill_window: default_backfill_window(),
             tls: TlsConfig::default(),
+            allow_insecure_transport: false,
         }
     }
 
@@ -182,6 +186,7 @@ impl std::fmt::Debug for HomeAssistantConfig {
             .field("backfill_chunk", &self.backfill_chunk)
             .field("backfill_window", &self.backfill_window)
             .field("tls", &self.tls)
+            .field("allow_insecure_transport", &self.allow_insecure_transport)
             .finish()
     }
 }

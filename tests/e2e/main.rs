@@ -19,3 +19,4 @@ mod gaps;
 mod homes;
 mod influxdb;
 mod monitor_alerts;
+mod transport;

@@ -4,5 +4,6 @@
 mod alerts;
 mod alerts_notifiers;
 mod http;
+mod notifier_tls;
 mod page;
 mod page_deploy;
