@@ -195,6 +195,9 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         .collect::<Result<Vec<_>, _>>()?;
     let lock = lock_data_dir(&cfg.data_dir)?;
     let stats = Arc::new(Stats::default());
+    for warning in cfg.transport_warnings() {
+        tracing::warn!(message = "Credentials travel in clear text.", %warning);
+    }
     let dead_letters = Arc::new(DeadLetters::with_config(
         cfg.dead_letter_dir(),
         &cfg.dead_letter,
@@ -228,6 +231,11 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     } else {
         (None, None)
     };
+
+    // After the monitor, whose start installs the metrics recorder the gauge goes to.
+    for peer in cfg.tls_unverified_peers() {
+        stats.tls_verification_disabled(&peer);
+    }
 
     // Retention status for its gauges: checked now and every ten minutes until the monitor stops.
     if let Some(watcher) = crate::schema_tools::retention::watcher(cfg) {
@@ -797,10 +805,13 @@ impl Running {
                     tracing::info!(message = "SIGHUP: reloading the configuration.", config = %config_path.display());
                     match Config::load(config_path) {
                         Ok(cfg) => self.reload(cfg),
-                        Err(error) => tracing::error!(
-                            message = "The reloaded configuration is invalid; nothing changes.",
-                            %error
-                        ),
+                        Err(error) => {
+                            tracing::error!(
+                                message = "The reloaded configuration is invalid; nothing changes.",
+                                %error
+                            );
+                            self.audit_reload(&[], &crate::audit::Outcome::Error(error.to_string()));
+                        }
                     }
                 }
             }
@@ -811,6 +822,11 @@ impl Running {
     /// connection; any other change (brokers added or removed, other sections) is logged as
     /// needing a restart and keeps its old value.
     pub fn reload(&mut self, new: Config) {
+        // Audited before anything changes: a reload that cannot be audited is not applied.
+        let changed = changed_keys(&self.config, &new);
+        if !self.audit_reload(&changed, &crate::audit::Outcome::Ok) {
+            return;
+        }
         let mut restart: Vec<String> = Vec::new();
         for m in &new.mqtt {
             match self.mqtt_reloaders.iter().find(|r| r.broker() == m.name) {
@@ -847,6 +863,79 @@ impl Running {
         }
         self.config = applied;
     }
+}
+
+impl Running {
+    /// Writes a `reload` line to the audit log; false (and an ERROR log) when it cannot.
+    fn audit_reload(&self, changed: &[String], outcome: &crate::audit::Outcome) -> bool {
+        let written = crate::audit::AuditLog::open(&self.config.data_dir).and_then(|log| {
+            log.record(
+                "reload",
+                "configuration",
+                serde_json::json!({ "changed": changed }),
+                outcome,
+            )
+        });
+        match written {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(message = "Cannot audit the reload; nothing changes.", %error);
+                false
+            }
+        }
+    }
+}
+
+/// The dotted keys (`section.key`, `mqtt[0].subscriptions`) whose values differ, never the
+/// values; secrets, which are not serialized, show as `<section> (secret)`.
+pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
+    fn walk(
+        path: &str,
+        a: &serde_json::Value,
+        b: &serde_json::Value,
+        depth: u8,
+        out: &mut Vec<String>,
+    ) {
+        use serde_json::Value;
+        if a == b {
+            return;
+        }
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) if depth > 0 => {
+                let keys = x.keys().chain(y.keys().filter(|k| !x.contains_key(*k)));
+                for k in keys {
+                    let child = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(
+                        &child,
+                        x.get(k).unwrap_or(&Value::Null),
+                        y.get(k).unwrap_or(&Value::Null),
+                        depth - 1,
+                        out,
+                    );
+                }
+            }
+            (Value::Array(x), Value::Array(y)) if depth > 0 && x.len() == y.len() => {
+                for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                    walk(&format!("{path}[{i}]"), p, q, depth - 1, out);
+                }
+            }
+            _ => out.push(path.to_string()),
+        }
+    }
+    let (Ok(a), Ok(b)) = (serde_json::to_value(old), serde_json::to_value(new)) else {
+        return vec!["(unknown)".to_string()];
+    };
+    let mut out = Vec::new();
+    walk("", &a, &b, 3, &mut out);
+    if out.is_empty() && old != new {
+        // A difference serde does not show (a secret): say so without naming its value.
+        out.push("a setting not shown (secret)".to_string());
+    }
+    out
 }
 
 /// The top-level keys (sections) that differ between two configs, for a "needs restart" log.

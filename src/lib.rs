@@ -7,6 +7,7 @@
 pub mod addon;
 pub mod alloc_counter;
 pub mod app;
+pub mod audit;
 pub mod backoff;
 pub mod bench;
 pub mod cli;

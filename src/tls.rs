@@ -1,13 +1,15 @@
 //! One TLS client setup for every outgoing connection (Home Assistant, InfluxDB, MQTT).
 //!
 //! rustls on the `ring` provider (no C toolchain, one provider for all
-//! crates), webpki roots plus an optional extra CA file, and a verifier that
-//! skips certificate checks only when `insecure_skip_verify` is set.
+//! crates); trusted roots: the bundled web roots, the system's trust store
+//! (read once per process; a store that cannot be read is a WARN, not fatal)
+//! and an optional extra CA file; a verifier that skips certificate checks only
+//! when `insecure_skip_verify` is set.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use crate::config::tls::TlsConfig;
+use crate::config::tls::{MqttTlsConfig, TlsConfig};
 
 /// Why a TLS client could not be set up; the message names the setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,6 +86,22 @@ pub fn client_config_with_cert(
         .map_err(|e| error("cert_file", format!("unusable client certificate: {e}")))
 }
 
+/// [`client_config_with_cert`] from a `tls` table with a client certificate (MQTT brokers, notifiers).
+pub fn client_config_for(
+    tls: &MqttTlsConfig,
+    section: &str,
+) -> Result<rustls::ClientConfig, TlsError> {
+    client_config_with_cert(
+        &TlsConfig {
+            ca_file: tls.ca_file.clone(),
+            insecure_skip_verify: tls.insecure_skip_verify,
+        },
+        tls.cert_file.as_deref(),
+        tls.key_file.as_deref(),
+        section,
+    )
+}
+
 /// The part both builders share: provider, protocol versions and the server certificate check.
 fn verifying_builder(
     tls: &TlsConfig,
@@ -110,6 +128,8 @@ fn verifying_builder(
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    // The system's store (a private CA the administrator installed); unusable ones are skipped.
+    roots.add_parsable_certificates(system_roots().iter().cloned());
     if let Some(path) = &tls.ca_file {
         let pem = std::fs::read(path)
             .map_err(|e| error("ca_file", format!("cannot read {}: {e}", path.display())))?;
@@ -133,6 +153,27 @@ fn verifying_builder(
         }
     }
     Ok(builder.with_root_certificates(roots))
+}
+
+/// The system's trusted certificates, read once per process (`rustls-native-certs`:
+/// the OpenSSL locations on Linux, honouring `SSL_CERT_FILE`/`SSL_CERT_DIR`).
+/// Errors are logged at WARN and the certificates that could be read are kept.
+pub fn system_roots() -> &'static [rustls::pki_types::CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<rustls::pki_types::CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let loaded = rustls_native_certs::load_native_certs();
+        for error in loaded.errors.iter().take(5) {
+            tracing::warn!(
+                message = "Cannot read part of the system's trusted certificates; the bundled web roots and any ca_file still apply.",
+                %error
+            );
+        }
+        tracing::debug!(
+            message = "System trusted certificates read.",
+            certificates = loaded.certs.len()
+        );
+        loaded.certs
+    })
 }
 
 /// Accepts any certificate but still checks handshake signatures; only behind `insecure_skip_verify`.

@@ -72,7 +72,20 @@ pub fn main(what: BufferCommand, flag_format: Option<LogFormat>, runtime: &Runti
                         }
                     }
                     BufferCommand::Drain { .. } => {
-                        let r = drain_buffer(&cfg, crate::app::shutdown_signal()).await?;
+                        // Opened before the drain: no audit log, no drain.
+                        let audit = crate::audit::AuditLog::open(&cfg.data_dir)?;
+                        let drained = drain_buffer(&cfg, crate::app::shutdown_signal()).await;
+                        let what = match &drained {
+                            Ok(r) => serde_json::json!({
+                                "points_written": r.written,
+                                "points_dead_lettered": r.dead_lettered,
+                                "records_left": r.records_left,
+                                "points_left": r.points_left,
+                            }),
+                            Err(_) => serde_json::json!({}),
+                        };
+                        audit.record("buffer drain", &drain_target(&cfg), what, &(&drained).into())?;
+                        let r = drained?;
                         println!(
                             "drained: {} points written, {} set aside (see {}); {} records ({} points) left",
                             r.written,
@@ -87,6 +100,15 @@ pub fn main(what: BufferCommand, flag_format: Option<LogFormat>, runtime: &Runti
                 anyhow::Ok(())
             });
     report(result)
+}
+
+/// The audit target of a drain: the buffer and where its points go.
+fn drain_target(cfg: &Config) -> String {
+    let to = match &cfg.influxdb {
+        Some(influx) => crate::config::redact_url(&influx.url),
+        None => cfg.points_dir().display().to_string(),
+    };
+    format!("{} -> {to}", cfg.buffer_dir().display())
 }
 
 /// What the durable buffer holds, for `ha-ingestor buffer inspect` (takes the data directory's lock).

@@ -31,6 +31,15 @@ pub async fn run(path: &Path) -> i32 {
         }
     };
     println!("config: ok ({})", path.display());
+    // Allowed by allow_insecure_transport, but said every time.
+    for warning in cfg.transport_warnings() {
+        println!("transport: warning: {warning}");
+    }
+    for peer in cfg.tls_unverified_peers() {
+        println!(
+            "tls: warning: {peer}: certificate verification is disabled (insecure_skip_verify)"
+        );
+    }
     let pipeline = match Pipeline::new(&cfg.filter, &cfg.effective_schema()) {
         Ok(pipeline) => pipeline,
         Err(error) => {

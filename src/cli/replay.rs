@@ -163,9 +163,46 @@ async fn replay_config(
         files
     };
     anyhow::ensure!(!files.is_empty(), "no point files to replay");
+    // Opened before anything is sent: no audit log, no replay.
+    let audit = crate::audit::AuditLog::open(&cfg.data_dir)?;
+    let target = format!(
+        "{} {}",
+        crate::config::redact_url(&influx.url),
+        influx
+            .database
+            .as_deref()
+            .or(influx.bucket.as_deref())
+            .unwrap_or_default()
+    );
     let writer = InfluxWriter::new(influx)?;
     let dead_letters = DeadLetters::with_config(cfg.dead_letter_dir(), &cfg.dead_letter);
-    let report = replay(&files, &writer, influx.batch_size, &dead_letters).await?;
+    // One file at a time, so each file gets its own audit line.
+    let mut report = ReplayReport::default();
+    for file in &files {
+        let sent = replay(
+            std::slice::from_ref(file),
+            &writer,
+            influx.batch_size,
+            &dead_letters,
+        )
+        .await;
+        let what = match &sent {
+            Ok(r) => serde_json::json!({
+                "file": file.display().to_string(),
+                "points": r.points,
+                "dead_lettered": r.dead_lettered,
+            }),
+            Err(ReplayError::Write { points, .. }) => {
+                serde_json::json!({ "file": file.display().to_string(), "points": points })
+            }
+            Err(_) => serde_json::json!({ "file": file.display().to_string() }),
+        };
+        audit.record("replay", &target, what, &(&sent).into())?;
+        let sent = sent?;
+        report.files += sent.files;
+        report.points += sent.points;
+        report.dead_lettered += sent.dead_lettered;
+    }
     println!(
         "replay: {} files, {} points sent to {}, {} set aside (see {})",
         report.files,

@@ -80,6 +80,23 @@ pub async fn main(what: RetentionCommand) -> anyhow::Result<()> {
         .or(influx.retention_policy.clone())
         .unwrap_or_else(|| "autogen".into());
     let db = InfluxQl::new(&influx)?.with_database(&database);
+    // Opened before anything changes: no audit log, no changes.
+    let audit = if yes {
+        Some(crate::audit::AuditLog::open(&cfg.data_dir)?)
+    } else {
+        None
+    };
+    let target = format!("{} {database}", crate::config::redact_url(&influx.url));
+    let record = |statement: &str, outcome: crate::audit::Outcome, extra: serde_json::Value| {
+        let Some(audit) = &audit else { return Ok(()) };
+        let mut what = serde_json::json!({ "statement": statement });
+        if let (Some(what), serde_json::Value::Object(extra)) = (what.as_object_mut(), extra) {
+            what.extend(extra);
+        }
+        audit
+            .record("retention apply", &target, what, &outcome)
+            .map_err(|e| e.to_string())
+    };
     let diff = retention::diff(&db, &cfg.retention, &raw_policy).await?;
     // With a backfill that runs, the JSON is one document printed at the end.
     let one_document = json && fill && yes;
@@ -95,7 +112,10 @@ pub async fn main(what: RetentionCommand) -> anyhow::Result<()> {
             println!("nothing to change");
         }
     } else if yes {
-        retention::apply(&db, &diff).await?;
+        retention::apply_audited(&db, &diff, &mut |statement, outcome| {
+            record(statement, (&outcome).into(), serde_json::Value::Null)
+        })
+        .await?;
         let after = retention::diff(&db, &cfg.retention, &raw_policy).await?;
         anyhow::ensure!(
             after.changes.is_empty(),
@@ -124,7 +144,20 @@ pub async fn main(what: RetentionCommand) -> anyhow::Result<()> {
             max_chunks,
             progress: !quiet && !json,
         };
-        let r = backfill::backfill(&db, &cfg.retention, &raw_policy, &opts).await?;
+        let r = backfill::backfill_audited(
+            &db,
+            &cfg.retention,
+            &raw_policy,
+            &opts,
+            &mut |statement, outcome| {
+                let extra = match &outcome {
+                    Ok(points) => serde_json::json!({ "points_written": points }),
+                    Err(_) => serde_json::Value::Null,
+                };
+                record(statement, (&outcome).into(), extra)
+            },
+        )
+        .await?;
         if json {
             let both = serde_json::json!({ "diff": diff, "backfill": r });
             println!("{}", serde_json::to_string_pretty(&both)?);

@@ -213,6 +213,13 @@ pub async fn main(what: SchemaCommand) -> anyhow::Result<()> {
             let (_, influx) = influx_target(&target)?;
             let db = InfluxQl::new(&influx)?;
             let to = Config::load(&to_config)?;
+            // Opened before anything is written: no audit log, no migration.
+            let audit = if dry_run {
+                None
+            } else {
+                Some(crate::audit::AuditLog::open(&to.data_dir)?)
+            };
+            let server = crate::config::redact_url(&influx.url);
             let opts = migrate::MigrateOptions {
                 schema: to.schema,
                 to_database: to_database.unwrap_or_else(|| db.database().to_string()),
@@ -225,7 +232,23 @@ pub async fn main(what: SchemaCommand) -> anyhow::Result<()> {
                 dry_run,
                 progress: !quiet,
             };
-            let r = migrate::migrate(&db, &opts).await?;
+            let mut on_write = |chunk: &migrate::ChunkWrite<'_>| match &audit {
+                Some(audit) => audit
+                    .record(
+                        "schema migrate",
+                        &format!("{server} {}", chunk.database),
+                        serde_json::json!({
+                            "from": crate::event::Timestamp(chunk.start).to_rfc3339(),
+                            "until": crate::event::Timestamp(chunk.end).to_rfc3339(),
+                            "retention_policy": chunk.retention_policy,
+                            "points": chunk.points,
+                        }),
+                        &(&chunk.result).into(),
+                    )
+                    .map_err(|e| e.to_string()),
+                None => Ok(()),
+            };
+            let r = migrate::migrate_audited(&db, &opts, &mut on_write).await?;
             print!("{}", r.to_text());
             anyhow::ensure!(r.mismatches == 0, "{} chunks did not verify", r.mismatches);
         }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::secret::redact_url;
+use super::tls::MqttTlsConfig;
 use super::validate::StageCheck;
 
 /// Alerting: rules evaluated on a fixed tick, notifications to webhooks, MQTT and Home Assistant.
@@ -285,6 +286,12 @@ pub enum NotifierConfig {
         /// Longest retry delay.
         #[serde(default = "default_retry_max", with = "humantime_serde")]
         retry_max: Duration,
+        /// TLS for an `https://` URL: an extra CA (`ca_file`), a client certificate (`cert_file` + `key_file`).
+        #[serde(default)]
+        tls: MqttTlsConfig,
+        /// Let credentials (URL user/password, an authorization-like header) go to a non-loopback host over `http://`.
+        #[serde(default)]
+        allow_insecure_transport: bool,
     },
     /// A publish to an MQTT broker: `<topic>/<rule>`, retained by default so the topic holds each rule's state.
     Mqtt {
@@ -292,9 +299,9 @@ pub enum NotifierConfig {
         name: String,
         /// Broker host.
         host: String,
-        /// Broker port.
-        #[serde(default = "default_mqtt_port")]
-        port: u16,
+        /// Broker port (default 1883, or 8883 with `tls`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
         /// Topic prefix; each rule publishes to `<topic>/<rule name>`.
         #[serde(default = "default_mqtt_topic")]
         topic: String,
@@ -313,6 +320,12 @@ pub enum NotifierConfig {
         /// Password, with `username`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         password: Option<String>,
+        /// TLS (MQTT over TLS, "mqtts"): present turns it on; `tls = {}` trusts the system and web roots.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls: Option<MqttTlsConfig>,
+        /// Let the password go to a non-loopback broker without TLS.
+        #[serde(default)]
+        allow_insecure_transport: bool,
     },
     /// Home Assistant itself, over the source's WebSocket connection.
     Homeassistant {
@@ -345,9 +358,6 @@ fn default_retry_min() -> Duration {
 fn default_retry_max() -> Duration {
     Duration::from_secs(60)
 }
-fn default_mqtt_port() -> u16 {
-    1883
-}
 fn default_mqtt_topic() -> String {
     "ha-ingestor/alerts".to_string()
 }
@@ -366,13 +376,20 @@ impl std::fmt::Debug for NotifierConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NotifierConfig::Webhook {
-                name, url, retries, ..
+                name,
+                url,
+                retries,
+                tls,
+                allow_insecure_transport,
+                ..
             } => f
                 .debug_struct("Webhook")
                 .field("name", name)
                 .field("url", &redact_url(url))
                 .field("headers", &"<redacted>")
                 .field("retries", retries)
+                .field("tls", tls)
+                .field("allow_insecure_transport", allow_insecure_transport)
                 .finish_non_exhaustive(),
             NotifierConfig::Mqtt {
                 name,
@@ -380,6 +397,8 @@ impl std::fmt::Debug for NotifierConfig {
                 port,
                 topic,
                 username,
+                tls,
+                allow_insecure_transport,
                 ..
             } => f
                 .debug_struct("Mqtt")
@@ -389,6 +408,8 @@ impl std::fmt::Debug for NotifierConfig {
                 .field("topic", topic)
                 .field("username", username)
                 .field("password", &"<redacted>")
+                .field("tls", tls)
+                .field("allow_insecure_transport", allow_insecure_transport)
                 .finish_non_exhaustive(),
             NotifierConfig::Homeassistant {
                 name,

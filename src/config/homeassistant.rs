@@ -72,6 +72,9 @@ pub struct HomeAssistantConfig {
     /// TLS for `wss://`.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Let credentials go in clear text (no TLS) to a host that is not loopback; refused otherwise (see docs/security.md).
+    #[serde(default)]
+    pub allow_insecure_transport: bool,
 }
 
 /// Which Home Assistant subscription a source uses.
@@ -150,6 +153,7 @@ impl HomeAssistantConfig {
             backfill_window: default_backfill_window(),
             backfill_commit_wait: default_backfill_commit_wait(),
             tls: TlsConfig::default(),
+            allow_insecure_transport: false,
         }
     }
 
@@ -254,6 +258,7 @@ impl std::fmt::Debug for HomeAssistantConfig {
             .field("backfill_window", &self.backfill_window)
             .field("backfill_commit_wait", &self.backfill_commit_wait)
             .field("tls", &self.tls)
+            .field("allow_insecure_transport", &self.allow_insecure_transport)
             .finish()
     }
 }

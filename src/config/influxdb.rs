@@ -145,6 +145,9 @@ pub struct InfluxConfig {
     /// TLS for `https://`.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Let credentials go in clear text (no TLS) to a host that is not loopback; refused otherwise (see docs/security.md).
+    #[serde(default)]
+    pub allow_insecure_transport: bool,
     /// What to do with a field value whose type differs from the field's type in InfluxDB.
     #[serde(default)]
     pub type_conflict: TypeConflict,
@@ -271,6 +274,7 @@ impl InfluxConfig {
             retry_min: default_retry_min(),
             retry_max: default_retry_max(),
             tls: TlsConfig::default(),
+            allow_insecure_transport: false,
             type_conflict: TypeConflict::default(),
             name: None,
             measurements: Vec::new(),
@@ -302,6 +306,7 @@ impl std::fmt::Debug for InfluxConfig {
             .field("retry_min", &self.retry_min)
             .field("retry_max", &self.retry_max)
             .field("tls", &self.tls)
+            .field("allow_insecure_transport", &self.allow_insecure_transport)
             .field("type_conflict", &self.type_conflict)
             .field("name", &self.name)
             .field("measurements", &self.measurements)

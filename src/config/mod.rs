@@ -232,6 +232,7 @@ impl Config {
         // Inside a Home Assistant add-on the Supervisor is the way to Home Assistant.
         homeassistant::apply_supervisor(&mut config.homeassistant, env)?;
         config.read_secrets(path.parent().unwrap_or(Path::new(".")))?;
+        config.resolve_tls_paths(path.parent().unwrap_or(Path::new(".")));
         config.validate()?;
         Ok(config)
     }
@@ -277,6 +278,29 @@ impl Config {
         }
         self.monitor.read_secrets(base)?;
         Ok(())
+    }
+
+    /// Makes every relative TLS file path (CA, client certificate and key) relative to the config's folder, like `*_file` secrets.
+    fn resolve_tls_paths(&mut self, base: &Path) {
+        for ha in &mut self.homeassistant {
+            ha.tls.resolve_paths(base);
+        }
+        if let Some(influx) = &mut self.influxdb {
+            influx.tls.resolve_paths(base);
+            for more in &mut influx.more {
+                more.tls.resolve_paths(base);
+            }
+        }
+        for mqtt in &mut self.mqtt {
+            mqtt.tls.resolve_paths(base);
+        }
+        for notifier in &mut self.alerts.notifiers {
+            match notifier {
+                alerts::NotifierConfig::Webhook { tls, .. } => tls.resolve_paths(base),
+                alerts::NotifierConfig::Mqtt { tls: Some(tls), .. } => tls.resolve_paths(base),
+                _ => {}
+            }
+        }
     }
 
     /// Where the file sink writes: `file_sink.dir` or `<data_dir>/points`.

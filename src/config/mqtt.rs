@@ -74,6 +74,9 @@ pub struct MqttConfig {
     /// TLS for `mqtts://`.
     #[serde(default)]
     pub tls: MqttTlsConfig,
+    /// Let credentials go in clear text (no TLS) to a host that is not loopback; refused otherwise (see docs/security.md).
+    #[serde(default)]
+    pub allow_insecure_transport: bool,
     /// What to subscribe to and how to decode it (`[[mqtt.subscriptions]]`; documented in docs/mqtt.md, not serialised).
     #[serde(default, skip_serializing)]
     pub subscriptions: Vec<SubscriptionConfig>,
@@ -115,6 +118,7 @@ impl MqttConfig {
             session_expiry: default_mqtt_session_expiry(),
             receive_maximum: default_mqtt_receive_maximum(),
             tls: MqttTlsConfig::default(),
+            allow_insecure_transport: false,
             subscriptions: Vec::new(),
         }
     }
@@ -160,6 +164,7 @@ impl std::fmt::Debug for MqttConfig {
             .field("session_expiry", &self.session_expiry)
             .field("receive_maximum", &self.receive_maximum)
             .field("tls", &self.tls)
+            .field("allow_insecure_transport", &self.allow_insecure_transport)
             .field("subscriptions", &self.subscriptions)
             .finish()
     }

@@ -77,8 +77,8 @@ fn empty_file_gives_defaults() {
 
 #[test]
 fn the_entities_subscription_and_a_notifier_instance_are_checked() {
-    let two = "[[homeassistant]]\nname = \"home\"\nurl = \"ws://a:8123\"\ntoken = \"t\"\n\
-               [[homeassistant]]\nname = \"cabin\"\nurl = \"ws://b:8123\"\ntoken = \"u\"\n\
+    let two = "[[homeassistant]]\nname = \"home\"\nurl = \"wss://a:8123\"\ntoken = \"t\"\n\
+               [[homeassistant]]\nname = \"cabin\"\nurl = \"wss://b:8123\"\ntoken = \"u\"\n\
                subscription = \"entities\"\nentity_ids = [\"sensor.a\"]\n";
     let c = load(two, &[]).unwrap();
     assert_eq!(c.homeassistant[1].subscription, HaSubscription::Entities);
@@ -108,7 +108,7 @@ fn the_entities_subscription_and_a_notifier_instance_are_checked() {
 #[test]
 fn one_or_several_home_assistants() {
     let one = load(
-        "[homeassistant]\nurl = \"ws://a:8123\"\ntoken = \"t\"\n",
+        "[homeassistant]\nurl = \"wss://a:8123\"\ntoken = \"t\"\n",
         &[],
     )
     .unwrap();
@@ -120,8 +120,8 @@ fn one_or_several_home_assistants() {
         "HA's own schema has no such tag"
     );
 
-    let two = "[[homeassistant]]\nname = \"home\"\nurl = \"ws://a:8123\"\ntoken = \"t\"\n\
-               [[homeassistant]]\nname = \"cabin\"\nurl = \"ws://b:8123\"\ntoken = \"u\"\n";
+    let two = "[[homeassistant]]\nname = \"home\"\nurl = \"wss://a:8123\"\ntoken = \"t\"\n\
+               [[homeassistant]]\nname = \"cabin\"\nurl = \"wss://b:8123\"\ntoken = \"u\"\n";
     let c = load(two, &[]).unwrap();
     let names: Vec<&str> = c.homeassistant.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(names, ["home", "cabin"]);
@@ -140,15 +140,15 @@ fn one_or_several_home_assistants() {
     );
 
     // Two instances left with the default name would share a cursor file.
-    let same = "[[homeassistant]]\nurl = \"ws://a:8123\"\ntoken = \"t\"\n\
-                [[homeassistant]]\nurl = \"ws://b:8123\"\ntoken = \"u\"\n";
+    let same = "[[homeassistant]]\nurl = \"wss://a:8123\"\ntoken = \"t\"\n\
+                [[homeassistant]]\nurl = \"wss://b:8123\"\ntoken = \"u\"\n";
     let err = load(same, &[]).unwrap_err().to_string();
     assert!(
         err.contains("homeassistant.name") && err.contains("twice"),
         "{err}"
     );
     // A bad key inside one of the tables is still named.
-    let bad = "[[homeassistant]]\nname = \"home\"\nurl = \"ws://a:8123\"\ntokn = \"t\"\n";
+    let bad = "[[homeassistant]]\nname = \"home\"\nurl = \"wss://a:8123\"\ntokn = \"t\"\n";
     let err = load(bad, &[]).unwrap_err().to_string();
     assert!(err.contains("tokn"), "{err}");
 }
@@ -175,7 +175,7 @@ fn env_overrides_typed_values_and_nested_keys() {
             ("HA_INGESTOR_INFLUXDB__BATCH_SIZE", "250"),
             ("HA_INGESTOR_INFLUXDB__DATABASE", "other"),
             ("HA_INGESTOR_FILTER__EXCLUDE__DOMAINS", "[\"automation\"]"),
-            ("HA_INGESTOR_HOMEASSISTANT__URL", "http://ha.local:8123"),
+            ("HA_INGESTOR_HOMEASSISTANT__URL", "https://ha.local:8123"),
             ("HA_INGESTOR_HOMEASSISTANT__TOKEN", "abc"),
         ],
     )
@@ -185,7 +185,7 @@ fn env_overrides_typed_values_and_nested_keys() {
     assert_eq!(influx.database.as_deref(), Some("other"));
     assert_eq!(c.filter.exclude.domains, vec!["automation".to_string()]);
     let ha = &c.homeassistant[0];
-    assert_eq!(ha.websocket_url(), "ws://ha.local:8123/api/websocket");
+    assert_eq!(ha.websocket_url(), "wss://ha.local:8123/api/websocket");
 }
 
 #[test]
@@ -206,7 +206,7 @@ fn incomplete_credentials_are_refused() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("influxdb.bucket"), "{err}");
-    let err = load("[homeassistant]\nurl = \"ws://h:8123\"\n", &[])
+    let err = load("[homeassistant]\nurl = \"wss://h:8123\"\n", &[])
         .unwrap_err()
         .to_string();
     assert!(err.contains("homeassistant.token"), "{err}");
@@ -215,7 +215,7 @@ fn incomplete_credentials_are_refused() {
 #[test]
 fn secrets_stay_out_of_debug_and_urls() {
     let c = load(
-        "[homeassistant]\nurl = \"ws://h:8123\"\ntoken = \"tok-123\"\n[influxdb]\nurl = \"http://me:pw-456@h:8086/?p=pw-456\"\ndatabase = \"ha\"\nusername = \"me\"\npassword = \"pw-456\"\n",
+        "[homeassistant]\nurl = \"wss://h:8123\"\ntoken = \"tok-123\"\n[influxdb]\nurl = \"https://me:pw-456@h:8086/?p=pw-456\"\ndatabase = \"ha\"\nusername = \"me\"\npassword = \"pw-456\"\n",
         &[],
     )
     .unwrap();
@@ -235,7 +235,7 @@ fn token_file_is_read_relative_to_the_config() {
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,
-        "[homeassistant]\nurl = \"ws://h:8123\"\ntoken_file = \"tok\"\n",
+        "[homeassistant]\nurl = \"wss://h:8123\"\ntoken_file = \"tok\"\n",
     )
     .unwrap();
     let c = Config::from_toml_with_env(&std::fs::read_to_string(&cfg).unwrap(), &cfg, &[]).unwrap();
@@ -338,10 +338,10 @@ fn only_section_key_variables_are_overrides_and_others_are_ignored() {
 #[test]
 fn string_keys_take_the_text_as_it_is() {
     let c = load(
-        "[influxdb]\nurl = \"http://h:8086\"\napi = \"v2\"\norg = \"o\"\nbucket = \"b\"\n",
+        "[influxdb]\nurl = \"https://h:8086\"\napi = \"v2\"\norg = \"o\"\nbucket = \"b\"\n",
         &[
             // Set in either order, on a section absent from the file.
-            ("HA_INGESTOR_HOMEASSISTANT__URL", "ws://ha:8123"),
+            ("HA_INGESTOR_HOMEASSISTANT__URL", "wss://ha:8123"),
             ("HA_INGESTOR_HOMEASSISTANT__TOKEN", "98765432"),
             ("HA_INGESTOR_HOMEASSISTANT__NAME", "2024-01-01"),
             ("HA_INGESTOR_INFLUXDB__TOKEN", "\"quoted\""),
@@ -364,7 +364,7 @@ fn string_keys_take_the_text_as_it_is() {
 
     // A password that looks like a boolean, on a user/password pair.
     let c = load(
-        "[influxdb]\nurl = \"http://h:8086\"\ndatabase = \"d\"\nusername = \"u\"\n",
+        "[influxdb]\nurl = \"https://h:8086\"\ndatabase = \"d\"\nusername = \"u\"\n",
         &[("HA_INGESTOR_INFLUXDB__PASSWORD", "true")],
     )
     .unwrap();
@@ -404,9 +404,9 @@ fn the_config_types_say_which_keys_are_text() {
 #[test]
 fn a_syntax_error_on_the_token_line_does_not_print_the_token() {
     for text in [
-        "[homeassistant]\nurl = \"ws://h:8123\"\ntoken = \"s3cr3t-t0ken\" oops\n",
-        "[homeassistant]\nurl = \"ws://h:8123\"\ntoken = s3cr3t-t0ken\n",
-        "[homeassistant]\nurl = \"ws://h:8123\"\ntoken = 9876543210\n",
+        "[homeassistant]\nurl = \"wss://h:8123\"\ntoken = \"s3cr3t-t0ken\" oops\n",
+        "[homeassistant]\nurl = \"wss://h:8123\"\ntoken = s3cr3t-t0ken\n",
+        "[homeassistant]\nurl = \"wss://h:8123\"\ntoken = 9876543210\n",
         "[influxdb]\nurl = \"http://h:8086\"\npassword = \"s3cr3t-t0ken\nbogus = 1\n",
         "influxdb = { url = \"http://h:8086\", token = \"s3cr3t-t0ken\", x = }\n",
     ] {
@@ -419,7 +419,7 @@ fn a_syntax_error_on_the_token_line_does_not_print_the_token() {
     }
     // The line is still shown, its value redacted; other lines are shown as they are.
     let err = load(
-        "[homeassistant]\nurl = \"ws://h:8123\"\ntoken = \"s3cr3t-t0ken\" oops\n",
+        "[homeassistant]\nurl = \"wss://h:8123\"\ntoken = \"s3cr3t-t0ken\" oops\n",
         &[],
     )
     .unwrap_err()

@@ -2,7 +2,7 @@
 //! `[influxdb]` and `[[mqtt]]` (which adds a client certificate). A leaf: it imports
 //! nothing else of the crate, so the runtime builders in `crate::tls` depend on it alone.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +16,31 @@ pub struct TlsConfig {
     /// Skip certificate verification entirely; only for testing, logged as a warning.
     #[serde(default)]
     pub insecure_skip_verify: bool,
+}
+
+/// `base.join(path)` for a relative path (an absolute one stays as it is).
+fn resolve(base: &Path, path: &mut Option<PathBuf>) {
+    if let Some(p) = path
+        && p.is_relative()
+    {
+        *p = base.join(&*p);
+    }
+}
+
+impl TlsConfig {
+    /// Makes a relative `ca_file` relative to `base` (the config file's folder), as secret files are.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        resolve(base, &mut self.ca_file);
+    }
+}
+
+impl MqttTlsConfig {
+    /// Makes relative `ca_file`, `cert_file` and `key_file` relative to `base` (the config file's folder).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        resolve(base, &mut self.ca_file);
+        resolve(base, &mut self.cert_file);
+        resolve(base, &mut self.key_file);
+    }
 }
 
 /// TLS for one MQTT broker: the shared settings plus a client certificate.

@@ -51,9 +51,289 @@ impl Config {
         self.monitor.validate()?;
         self.retention.validate()?;
         validate_mqtt(&self.mqtt)?;
+        if let Some(f) = self.tls_findings().into_iter().next() {
+            return Err(invalid(&f.key, f.message));
+        }
+        if let Some(f) = self.transport_findings().into_iter().find(|f| !f.allowed) {
+            return Err(invalid(&f.key, f.message));
+        }
         Ok(())
     }
 
+    /// What `allow_insecure_transport` lets through: one line per peer that gets
+    /// credentials in clear text, for `check` and the start-up log to say.
+    pub fn transport_warnings(&self) -> Vec<String> {
+        self.transport_findings()
+            .into_iter()
+            .filter(|f| f.allowed)
+            .map(|f| format!("{}: {}", f.key, f.message))
+            .collect()
+    }
+
+    /// The peers whose TLS certificate is not verified (`insecure_skip_verify`), by the key of their `tls` table.
+    pub fn tls_unverified_peers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for ha in &self.homeassistant {
+            if ha.tls.insecure_skip_verify {
+                out.push(format!("homeassistant[{}].tls", ha.name));
+            }
+        }
+        if let Some(influx) = &self.influxdb {
+            for t in influx.targets() {
+                if t.tls.insecure_skip_verify {
+                    out.push(format!("influxdb[{}].tls", t.target_name()));
+                }
+            }
+        }
+        for m in &self.mqtt {
+            if m.tls.insecure_skip_verify {
+                out.push(format!("mqtt[{}].tls", m.name));
+            }
+        }
+        for n in &self.alerts.notifiers {
+            let skip = match n {
+                NotifierConfig::Webhook { tls, .. } => tls.insecure_skip_verify,
+                NotifierConfig::Mqtt { tls, .. } => {
+                    tls.as_ref().is_some_and(|t| t.insecure_skip_verify)
+                }
+                NotifierConfig::Homeassistant { .. } => false,
+            };
+            if skip {
+                out.push(format!("alerts.notifiers[{}].tls", n.name()));
+            }
+        }
+        out
+    }
+
+    /// Every peer to which credentials would travel without TLS to a host that is not loopback.
+    fn transport_findings(&self) -> Vec<Finding> {
+        let mut out = Vec::new();
+        for ha in &self.homeassistant {
+            let ws = ha.websocket_url();
+            if let Ok(url) = url::Url::parse(&ws)
+                && url.scheme() == "ws"
+                && ha.token.is_some()
+                // The add-on's Supervisor proxy: on the Supervisor's internal network only.
+                && url.host_str() != Some("supervisor")
+            {
+                out.push(Finding::clear_text(
+                    "homeassistant",
+                    &format!("[homeassistant] {:?}", ha.name),
+                    "the access token",
+                    &url,
+                    ha.allow_insecure_transport,
+                ));
+            }
+        }
+        if let Some(influx) = &self.influxdb {
+            for target in influx.targets() {
+                let Ok(url) = url::Url::parse(&target.url) else {
+                    continue;
+                };
+                let credentials = target.password.is_some()
+                    || target.token.is_some()
+                    || !url.username().is_empty()
+                    || url.password().is_some();
+                if url.scheme() == "http" && credentials {
+                    out.push(Finding::clear_text(
+                        "influxdb",
+                        &format!("[influxdb] target {:?}", target.target_name()),
+                        "the password or token",
+                        &url,
+                        target.allow_insecure_transport,
+                    ));
+                }
+            }
+        }
+        for m in &self.mqtt {
+            if let (Ok(url), Ok((_, _, false))) = (url::Url::parse(&m.url), m.endpoint())
+                && m.password.is_some()
+            {
+                out.push(Finding::clear_text(
+                    &format!("mqtt[{}]", m.name),
+                    &format!("[[mqtt]] {:?}", m.name),
+                    "the password",
+                    &url,
+                    m.allow_insecure_transport,
+                ));
+            }
+        }
+        for (i, n) in self.alerts.notifiers.iter().enumerate() {
+            let section = format!("alerts.notifiers[{i}]");
+            let what = format!("notifier {:?}", n.name());
+            match n {
+                NotifierConfig::Webhook {
+                    url,
+                    headers,
+                    allow_insecure_transport,
+                    ..
+                } => {
+                    let Ok(url) = url::Url::parse(url) else {
+                        continue;
+                    };
+                    let credentials = !url.username().is_empty()
+                        || url.password().is_some()
+                        || headers.keys().any(|k| is_credential_header(k));
+                    if url.scheme() == "http" && credentials {
+                        out.push(Finding::clear_text(
+                            &section,
+                            &what,
+                            "its credentials (URL user/password or an authorization header)",
+                            &url,
+                            *allow_insecure_transport,
+                        ));
+                    }
+                }
+                NotifierConfig::Mqtt {
+                    host,
+                    password: Some(_),
+                    tls: None,
+                    allow_insecure_transport,
+                    ..
+                } => {
+                    if let Ok(url) = url::Url::parse(&format!("mqtt://{host}")) {
+                        out.push(Finding::clear_text(
+                            &section,
+                            &what,
+                            "the password",
+                            &url,
+                            *allow_insecure_transport,
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.retain(|f| !f.loopback);
+        out
+    }
+
+    /// TLS settings that contradict each other: `insecure_skip_verify` with a `ca_file`.
+    fn tls_findings(&self) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let mut check = |key: String, ca: bool, skip: bool| {
+            if ca && skip {
+                out.push(Finding {
+                    key: format!("{key}.insecure_skip_verify"),
+                    message: "cannot go with ca_file: skipping verification would ignore the CA; \
+                              remove one of them"
+                        .into(),
+                    allowed: false,
+                    loopback: false,
+                });
+            }
+        };
+        for ha in &self.homeassistant {
+            check(
+                "homeassistant.tls".into(),
+                ha.tls.ca_file.is_some(),
+                ha.tls.insecure_skip_verify,
+            );
+        }
+        if let Some(influx) = &self.influxdb {
+            for t in influx.targets() {
+                check(
+                    "influxdb.tls".into(),
+                    t.tls.ca_file.is_some(),
+                    t.tls.insecure_skip_verify,
+                );
+            }
+        }
+        for m in &self.mqtt {
+            check(
+                format!("mqtt[{}].tls", m.name),
+                m.tls.ca_file.is_some(),
+                m.tls.insecure_skip_verify,
+            );
+        }
+        for (i, n) in self.alerts.notifiers.iter().enumerate() {
+            let tls = match n {
+                NotifierConfig::Webhook { tls, .. } => Some(tls),
+                NotifierConfig::Mqtt { tls, .. } => tls.as_ref(),
+                NotifierConfig::Homeassistant { .. } => None,
+            };
+            if let Some(tls) = tls {
+                check(
+                    format!("alerts.notifiers[{i}].tls"),
+                    tls.ca_file.is_some(),
+                    tls.insecure_skip_verify,
+                );
+            }
+        }
+        out
+    }
+}
+
+/// One transport problem: the key that settles it and what is wrong.
+struct Finding {
+    /// The key to set (`homeassistant.allow_insecure_transport`).
+    key: String,
+    /// What travels where.
+    message: String,
+    /// Whether the config allows it (then it is a warning, not an error).
+    allowed: bool,
+    /// Whether the host is loopback (then it is no finding at all).
+    loopback: bool,
+}
+
+impl Finding {
+    /// Credentials (`what`) of `peer` sent without TLS to `url`'s host.
+    fn clear_text(section: &str, peer: &str, what: &str, url: &url::Url, allowed: bool) -> Finding {
+        let host = url.host_str().unwrap_or_default();
+        let message = if allowed {
+            format!(
+                "{peer} sends {what} in clear text to {host} ({}://, no TLS); allowed by allow_insecure_transport",
+                url.scheme()
+            )
+        } else {
+            format!(
+                "{peer} would send {what} in clear text to {host} ({}://, no TLS): use TLS, or set {section}.allow_insecure_transport = true if the network is trusted",
+                url.scheme()
+            )
+        };
+        Finding {
+            key: format!("{section}.allow_insecure_transport"),
+            message,
+            allowed,
+            loopback: is_loopback(url),
+        }
+    }
+}
+
+/// Whether `url`'s host is loopback: `localhost`, 127.0.0.0/8 or `::1`. Other names are
+/// not resolved (a name's address can change after the check), so they count as remote.
+pub(crate) fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        // Hosts of schemes URL parsing does not know (mqtt://) come as text, addresses included.
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_start_matches('[').trim_end_matches(']');
+            d.trim_end_matches('.').eq_ignore_ascii_case("localhost")
+                || d.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Whether a webhook header carries a credential (authorization, tokens, keys, cookies).
+fn is_credential_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "auth",
+        "token",
+        "key",
+        "secret",
+        "cookie",
+        "password",
+        "signature",
+    ]
+    .iter()
+    .any(|w| name.contains(w))
+}
+
+impl Config {
     /// Several `[[influxdb]]` targets: distinct names, valid measurement globs, and each one valid on its own.
     fn validate_influx_targets(&self, influx: &InfluxConfig) -> Result<(), ConfigError> {
         let mut names = std::collections::HashSet::new();

@@ -69,6 +69,8 @@ pub const SINK_SENT_POINTS: &str = "ha_ingestor_sink_sent_points_total";
 pub const SINK_SENT_BYTES: &str = "ha_ingestor_sink_sent_bytes_total";
 /// Counter `{sink, error_type}`: failed write attempts.
 pub const SINK_ERRORS: &str = "ha_ingestor_sink_errors_total";
+/// Gauge `{peer}`: 1 for each peer whose TLS certificate is not verified (`insecure_skip_verify`).
+pub const TLS_VERIFICATION_DISABLED: &str = "ha_ingestor_tls_verification_disabled";
 /// Counter `{sink}`: retried write attempts.
 pub const SINK_RETRIES: &str = "ha_ingestor_sink_retries_total";
 /// Histogram `{sink}`: seconds per write request.

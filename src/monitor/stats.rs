@@ -68,6 +68,8 @@ struct Health {
     sources: BTreeMap<String, SourceHealth>,
     /// Per sink target, by name (one entry per `[[influxdb]]` target, or the file sink).
     sinks: BTreeMap<String, SinkHealth>,
+    /// Peers whose TLS certificate is not verified, by config key; a note in `/ready`.
+    tls_unverified: std::collections::BTreeSet<String>,
 }
 
 /// What `/ready` knows about one source.
@@ -113,6 +115,9 @@ pub struct Readiness {
     pub last_write_age_seconds: Option<f64>,
     /// Every sink target, in name order.
     pub sinks: Vec<SinkReport>,
+    /// What an operator should know that does not make the process unready (TLS verification off).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// One sink target as `/ready` reports it.
@@ -270,6 +275,14 @@ impl Stats {
         sink.last_error = Some(error);
     }
 
+    /// Records that `peer`'s (a config key's) TLS certificate is not verified: the gauge
+    /// `ha_ingestor_tls_verification_disabled{peer}` is 1 and `/ready` carries a note.
+    pub fn tls_verification_disabled(&self, peer: &str) {
+        metrics::gauge!(crate::monitor::metrics::TLS_VERIFICATION_DISABLED, "peer" => peer.to_string())
+            .set(1.0);
+        self.health().tls_unverified.insert(peer.to_string());
+    }
+
     /// Ready when every registered source is connected and no sink target fails in a way its `readiness` policy counts.
     pub fn readiness(&self) -> Readiness {
         let h = self.health();
@@ -333,6 +346,15 @@ impl Stats {
             sink,
             last_write_age_seconds,
             sinks,
+            notes: h
+                .tls_unverified
+                .iter()
+                .map(|peer| {
+                    format!(
+                        "TLS certificate verification is disabled for {peer} (insecure_skip_verify)"
+                    )
+                })
+                .collect(),
         }
     }
 }

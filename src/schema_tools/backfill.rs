@@ -201,6 +201,18 @@ pub async fn backfill(
     raw_policy: &str,
     opts: &BackfillOptions,
 ) -> Result<BackfillReport, RetentionError> {
+    backfill_audited(db, cfg, raw_policy, opts, &mut |_, _| Ok(())).await
+}
+
+/// [`backfill`], calling `on_statement` after each chunk's `SELECT … INTO` with how it
+/// ended (points written, or the reason); an `Err` from the hook stops the backfill.
+pub async fn backfill_audited(
+    db: &InfluxQl,
+    cfg: &RetentionConfig,
+    raw_policy: &str,
+    opts: &BackfillOptions,
+    on_statement: &mut super::retention::StatementHook<'_, u64>,
+) -> Result<BackfillReport, RetentionError> {
     let (_, queries) = wanted(cfg, db.database(), raw_policy)?;
     let chunk_ns = nanos(opts.chunk);
     if chunk_ns <= 0 {
@@ -278,7 +290,11 @@ pub async fn backfill(
         let (start, end) = (state.next, (state.next + chunk_ns).min(state.until));
         let mut written = 0;
         for q in &queries {
-            written += run_chunk(db, q, start, end).await?;
+            let ran = run_chunk(db, q, start, end).await;
+            let outcome = ran.as_ref().map(|n| *n).map_err(|e| e.to_string());
+            on_statement(&q.backfill_statement(start, end), outcome)
+                .map_err(RetentionError::Audit)?;
+            written += ran?;
         }
         state.next = start + chunk_ns;
         state.chunks_done += 1;

@@ -155,6 +155,26 @@ pub enum MigrateError {
     /// Nothing to migrate or a bad range.
     #[error("{0}")]
     Range(String),
+    /// The audit hook could not record a chunk, so the migration stops.
+    #[error("{0}")]
+    Audit(String),
+}
+
+/// One chunk written (or not) by [`migrate_audited`], as its audit hook sees it.
+#[derive(Debug)]
+pub struct ChunkWrite<'a> {
+    /// Start of the chunk (ns).
+    pub start: i64,
+    /// End of the chunk, exclusive (ns).
+    pub end: i64,
+    /// Points written in it.
+    pub points: u64,
+    /// Database written to.
+    pub database: &'a str,
+    /// Retention policy written to, if not the default.
+    pub retention_policy: Option<&'a str>,
+    /// How the write and its read-back ended (`Err` holds the reason).
+    pub result: Result<(), String>,
 }
 
 /// A point as line protocol describes it, for comparing with what is read back.
@@ -413,6 +433,16 @@ fn save_state(path: &PathBuf, state: &MigrateState) -> Result<(), MigrateError> 
 
 /// Runs (or resumes) a migration from `db`'s database.
 pub async fn migrate(db: &InfluxQl, opts: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
+    migrate_audited(db, opts, &mut |_| Ok(())).await
+}
+
+/// [`migrate`], calling `on_write` after every chunk it writes (never in a dry run);
+/// an `Err` from the hook stops the migration before the next chunk.
+pub async fn migrate_audited(
+    db: &InfluxQl,
+    opts: &MigrateOptions,
+    on_write: &mut (dyn FnMut(&ChunkWrite<'_>) -> Result<(), String> + Send),
+) -> Result<MigrateReport, MigrateError> {
     let mut encoder = Encoder::new(&opts.schema)?;
     let events_measurement = opts.schema.events_measurement.clone();
     let chunk_ns = i64::try_from(opts.chunk.as_nanos())
@@ -520,22 +550,38 @@ pub async fn migrate(db: &InfluxQl, opts: &MigrateOptions) -> Result<MigrateRepo
         }
         let points = lines.lines().count() as u64;
         if !opts.dry_run && !lines.is_empty() {
-            target
-                .write(
-                    &opts.to_database,
+            let written = async {
+                target
+                    .write(
+                        &opts.to_database,
+                        opts.to_retention_policy.as_deref(),
+                        lines.clone(),
+                    )
+                    .await?;
+                verify(
+                    &target,
                     opts.to_retention_policy.as_deref(),
-                    lines.clone(),
+                    &lines,
+                    start,
+                    end,
                 )
-                .await?;
-            if let Some(problem) = verify(
-                &target,
-                opts.to_retention_policy.as_deref(),
-                &lines,
+                .await
+            }
+            .await;
+            let audited = ChunkWrite {
                 start,
                 end,
-            )
-            .await?
-            {
+                points,
+                database: &opts.to_database,
+                retention_policy: opts.to_retention_policy.as_deref(),
+                result: match &written {
+                    Ok(None) => Ok(()),
+                    Ok(Some(problem)) => Err(format!("read-back differs: {problem}")),
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            on_write(&audited).map_err(MigrateError::Audit)?;
+            if let Some(problem) = written? {
                 report.mismatches += 1;
                 report.first_mismatch = Some(problem);
                 break;

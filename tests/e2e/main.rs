@@ -10,6 +10,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod audit;
 mod buffer_influxdb;
 mod cli;
 mod cli_buffer;
@@ -21,3 +22,4 @@ mod homes;
 mod influxdb;
 mod install;
 mod monitor_alerts;
+mod transport;

@@ -152,6 +152,8 @@ async fn influxdb_outage_fires_and_resolves_an_alert_to_the_webhook_and_home_ass
                     retries: 3,
                     retry_min: Duration::from_millis(100),
                     retry_max: Duration::from_millis(500),
+                    tls: Default::default(),
+                    allow_insecure_transport: false,
                 },
                 NotifierConfig::Homeassistant {
                     name: "ha".into(),

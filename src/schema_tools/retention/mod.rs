@@ -204,6 +204,9 @@ pub enum RetentionError {
     /// The configuration names something unusable.
     #[error("retention: {0}")]
     Config(String),
+    /// The audit hook could not record a statement, so applying stops.
+    #[error("{0}")]
+    Audit(String),
     /// The backfill's progress file cannot be read, written or does not fit this backfill.
     #[error("backfill state {path}: {message}")]
     State {
@@ -422,6 +425,21 @@ pub async fn diff(
 
 /// Makes the changes of `diff`, in order; stops at the first refusal.
 pub async fn apply(db: &InfluxQl, diff: &RetentionDiff) -> Result<(), RetentionError> {
+    apply_audited(db, diff, &mut |_, _| Ok(())).await
+}
+
+/// An audit hook: called with each statement sent and how it ended (`T` on success, the
+/// reason on failure); its `Err` stops the work before the next statement.
+pub type StatementHook<'a, T> =
+    dyn FnMut(&str, Result<T, String>) -> Result<(), String> + Send + 'a;
+
+/// [`apply`], calling `on_statement` after each statement it sends with how it ended;
+/// an `Err` from the hook stops before the next statement.
+pub async fn apply_audited(
+    db: &InfluxQl,
+    diff: &RetentionDiff,
+    on_statement: &mut StatementHook<'_, ()>,
+) -> Result<(), RetentionError> {
     let on = ident(&diff.database);
     for change in &diff.changes {
         let statements = match change {
@@ -444,7 +462,10 @@ pub async fn apply(db: &InfluxQl, diff: &RetentionDiff) -> Result<(), RetentionE
             ],
         };
         for s in statements {
-            db.query(&s).await?;
+            let sent = db.query(&s).await;
+            let outcome = sent.as_ref().map(|_| ()).map_err(|e| e.to_string());
+            on_statement(&s, outcome).map_err(RetentionError::Audit)?;
+            sent?;
         }
     }
     Ok(())

@@ -1,3 +1,4 @@
 //! The configuration as users write it: the shipped examples.
 
 mod examples;
+mod transport;

@@ -97,6 +97,8 @@ fn webhook(url: &str, retries: u32) -> NotifierConfig {
         retries,
         retry_min: Duration::from_millis(50),
         retry_max: Duration::from_millis(200),
+        tls: Default::default(),
+        allow_insecure_transport: false,
     }
 }
 
@@ -258,13 +260,15 @@ async fn mqtt_publishes_retained_state_per_rule() {
     let cfg = NotifierConfig::Mqtt {
         name: "broker".into(),
         host: "127.0.0.1".into(),
-        port: 1883,
+        port: Some(1883),
         topic: prefix.clone(),
         qos: 1,
         retain: true,
         client_id: format!("ha-ingestor-alerts-test-{}", std::process::id()),
         username: None,
         password: None,
+        tls: None,
+        allow_insecure_transport: false,
     };
     let (target, task) = notify::spawn(&cfg, None, stop.clone()).expect("builds");
     target.offer(&notification("no_writes", Status::Firing));

@@ -5,5 +5,6 @@ mod access;
 mod alerts;
 mod alerts_notifiers;
 mod http;
+mod notifier_tls;
 mod page;
 mod page_deploy;

@@ -48,6 +48,8 @@ fn load(dir: &std::path::Path, text: &str) -> (std::path::PathBuf, Config) {
 fn apply_cli(config: &std::path::Path, yes: bool) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ha-ingestor"));
     cmd.args(["retention", "apply", "--config"]).arg(config);
+    // The default `data_dir` (where the audit log goes) is relative to the working directory.
+    cmd.current_dir(config.parent().expect("config folder"));
     if yes {
         cmd.arg("--yes");
     }
@@ -351,7 +353,8 @@ fn backfill_cli(
     .arg(config)
     .arg("--state")
     .arg(state)
-    .args(["--from", from, "--until", until]);
+    .args(["--from", from, "--until", until])
+    .current_dir(config.parent().expect("config folder"));
     if let Some(m) = max {
         cmd.args(["--max-chunks", &m.to_string()]);
     }
@@ -406,6 +409,7 @@ async fn backfill_resumes_and_tiers_equal_raw_aggregates() {
         .arg("--state")
         .arg(&state)
         .args(["--from", &from, "--until", &until])
+        .current_dir(dir.path())
         .output()
         .expect("run ha-ingestor");
     assert!(out.status.success());

@@ -49,11 +49,22 @@ impl Mqtt {
             client_id,
             username,
             password,
+            tls,
+            allow_insecure_transport: _,
         } = cfg
         else {
             return Err("not an MQTT notifier".into());
         };
-        let mut options = MqttOptions::new(client_id.clone(), host.clone(), *port);
+        let port = port.unwrap_or(if tls.is_some() { 8883 } else { 1883 });
+        let mut options = MqttOptions::new(client_id.clone(), host.clone(), port);
+        if let Some(tls) = tls {
+            crate::ensure_crypto_provider();
+            let config = crate::tls::client_config_for(tls, &format!("alerts.notifiers[{name}]"))
+                .map_err(|e| e.to_string())?;
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
+            ));
+        }
         options.set_keep_alive(Duration::from_secs(30));
         if let Some(user) = username {
             options.set_credentials(user.clone(), password.clone().unwrap_or_default());

@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Notification, failed, retried, sent};
 use crate::backoff::Backoff;
-use crate::config::TlsConfig;
 use crate::config::alerts::NotifierConfig;
 
 /// The webhook notifier.
@@ -39,6 +38,8 @@ impl Webhook {
             retries,
             retry_min,
             retry_max,
+            tls,
+            allow_insecure_transport: _,
         } = cfg
         else {
             return Err("not a webhook".into());
@@ -52,7 +53,7 @@ impl Webhook {
             value.set_sensitive(true);
             map.insert(key, value);
         }
-        let mut tls = crate::tls::client_config(&TlsConfig::default(), "alerts.notifiers")
+        let mut tls = crate::tls::client_config_for(tls, &format!("alerts.notifiers[{name}]"))
             .map_err(|e| e.to_string())?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let client = reqwest::Client::builder()
