@@ -27,6 +27,9 @@ pub const GENERATED_PATH: &str = "/data/ha-ingestor.toml";
 /// The add-on's data directory: the Supervisor's persistent, backed-up mount.
 pub const DATA_DIR: &str = "/data";
 
+/// The Supervisor's Ingress proxy: the one peer the status page answers in an add-on.
+const INGRESS_PROXY: &str = "172.30.32.2";
+
 /// The monitor inside the add-on container: on every interface, since Ingress and the
 /// watchdog come from the Supervisor's address, not from loopback.
 pub const MONITOR_LISTEN: &str = "0.0.0.0:9464";
@@ -208,6 +211,11 @@ impl AddonOptions {
 
         let mut monitor = Table::new();
         monitor.insert("listen".into(), MONITOR_LISTEN.into());
+        // The status page answers only the Supervisor's Ingress proxy.
+        monitor.insert(
+            "ingress_only_from".into(),
+            toml::Value::Array(vec![INGRESS_PROXY.into()]),
+        );
         root.insert("monitor".into(), monitor.into());
 
         if let Some(level) = non_empty(&self.log_level) {
@@ -322,6 +330,11 @@ impl AddonOptions {
         }
         if let Some(password) = non_empty(&service.password) {
             t.insert("password".into(), password.into());
+            if !service.ssl {
+                // The broker the Supervisor discovered is reached over its internal
+                // network (as `supervisor` is): the password stays on the HA host.
+                t.insert("allow_insecure_transport".into(), true.into());
+            }
         }
         let mut subs = Vec::new();
         for (i, sub) in self.mqtt_subscriptions.iter().enumerate() {

@@ -43,6 +43,9 @@ fn the_default_options_make_a_config_for_the_influxdb_addon_through_the_supervis
     let cfg = load(&text);
     assert_eq!(cfg.data_dir, Path::new("/data"));
     assert_eq!(cfg.monitor.listen.to_string(), "0.0.0.0:9464");
+    // The status page answers only the Supervisor's Ingress proxy.
+    assert_eq!(cfg.monitor.ingress_only_from.len(), 1);
+    assert!(format!("{:?}", cfg.monitor.ingress_only_from).contains("172.30.32.2"));
     assert_eq!(cfg.homeassistant.len(), 1);
     assert_eq!(
         cfg.homeassistant[0].websocket_url(),
