@@ -304,7 +304,7 @@ mod tests {
         assert_eq!(ha.token.as_deref(), Some("sv-token"));
         assert_eq!(ha.subscription, super::HaSubscription::Entities);
         // A URL of its own wins, with its own token.
-        let own = "[homeassistant]\nurl = \"http://ha:8123\"\ntoken = \"own\"\n";
+        let own = "[homeassistant]\nurl = \"http://ha:8123\"\ntoken = \"own\"\nallow_insecure_transport = true\n";
         let cfg = load(own, &[("SUPERVISOR_TOKEN", "sv-token")]).unwrap();
         assert_eq!(
             cfg.homeassistant[0].websocket_url(),
