@@ -120,3 +120,23 @@ impl WriteError {
         }
     }
 }
+
+/// Fuzzing entry point (feature `fuzzing`, used by `fuzz/`): runs an InfluxDB reply
+/// through every reader of `reply.rs` and the type guard's conflict and
+/// `SHOW FIELD KEYS` readers, as the writer does, with `lines` as the batch sent.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn fuzz_reply(code: u16, body: &str, lines: &[&str]) {
+    let _ = reply::status_kind(code);
+    let message = reply::server_message(body);
+    let _ = reply::classify(code, &message);
+    for line in lines {
+        let _ = reply::unparsable_reason(&message, line);
+    }
+    let _ = reply::reject_kind(&message);
+    let mut types = field_types::FieldTypes::new(crate::config::TypeConflict::default());
+    types.learn_from_conflict(&message);
+    if let Ok(reply) = serde_json::from_str::<serde_json::Value>(body) {
+        types.learn_show_field_keys(&reply);
+    }
+}
