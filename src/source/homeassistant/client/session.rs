@@ -545,11 +545,8 @@ impl<'a> Session<'a> {
             return Ok(());
         };
         let (_, command) = self.pending.remove(at);
-        if command == HISTORY {
-            return self.on_history(success, result, error).await;
-        }
-        if command == HISTORY_PROBE {
-            return self.on_probe(success, result, error).await;
+        if command == HISTORY || command == HISTORY_PROBE {
+            return self.on_gap_reply(command, success, result, error).await;
         }
         if !success && command == "supported_features" {
             // Cores older than 2022.x do not know the command: go on without arrays.
@@ -622,9 +619,11 @@ impl<'a> Session<'a> {
         self.continue_gap().await
     }
 
-    /// A history reply: its rows go on (or, refused, the gap is given up), then the next request.
-    async fn on_history(
+    /// A reply to one of the gap's requests (a window or the commit check): it is
+    /// read, or — refused — the gap is given up; then the gap goes on.
+    async fn on_gap_reply(
         &mut self,
+        command: &'static str,
         success: bool,
         result: Option<serde_json::Value>,
         error: Option<ErrorInfo>,
@@ -632,52 +631,43 @@ impl<'a> Session<'a> {
         let Some(gap) = self.gap.as_mut() else {
             return Ok(());
         };
-        if success {
-            let result = result.unwrap_or_default();
-            gap.note_reply(&result);
-            let mut rows =
-                history::rows_after(result, gap.in_flight_after, &self.meters.backfill_source);
-            // The request ran a microsecond past the window (whatever HA's end bound):
-            // a row there belongs to the next window.
-            if let Some(until) = gap.in_flight_until {
-                rows.events.retain(|e| e.time_fired <= until);
-            }
-            gap.restore_attributes(&mut rows.events, self.memory);
-            self.hand_on_backfill(rows).await?;
-        } else {
+        if !success {
             gap.give_up(error.unwrap_or_default(), self.meters, self.link.source);
+        } else if command == HISTORY {
+            self.on_history(result.unwrap_or_default()).await?;
+        } else {
+            self.on_probe(result.as_ref());
         }
-        self.continue_gap().await?;
-        Ok(())
+        self.continue_gap().await
     }
 
-    /// The commit check's reply: the gap goes on (windows, or the check again later);
-    /// a refusal gives the gap up as a refused history request does.
-    async fn on_probe(
-        &mut self,
-        success: bool,
-        result: Option<serde_json::Value>,
-        error: Option<ErrorInfo>,
-    ) -> Result<(), End> {
+    /// A window's rows go on, with the attributes the recorder dropped put back.
+    async fn on_history(&mut self, result: serde_json::Value) -> Result<(), End> {
         let Some(gap) = self.gap.as_mut() else {
             return Ok(());
         };
-        if success {
-            gap.on_probe_reply(
-                result.as_ref(),
-                Instant::now(),
-                self.link.cfg,
-                self.link.source,
-            );
-            if gap.probe_due().is_none() {
-                // Passed or given up: `commit_waits` is final for this check.
-                self.meters.commit_waits.increment(gap.commit_waits);
-            }
-        } else {
-            gap.give_up(error.unwrap_or_default(), self.meters, self.link.source);
+        gap.note_reply(&result);
+        let mut rows =
+            history::rows_after(result, gap.in_flight_after, &self.meters.backfill_source);
+        // The request ran a microsecond past the window (whatever HA's end bound):
+        // a row there belongs to the next window.
+        if let Some(until) = gap.in_flight_until {
+            rows.events.retain(|e| e.time_fired <= until);
         }
-        self.continue_gap().await?;
-        Ok(())
+        gap.restore_attributes(&mut rows.events, self.memory);
+        self.hand_on_backfill(rows).await
+    }
+
+    /// The commit check's reply: the windows follow, or the check is asked again later.
+    fn on_probe(&mut self, result: Option<&serde_json::Value>) {
+        let Some(gap) = self.gap.as_mut() else {
+            return;
+        };
+        gap.on_probe_reply(result, Instant::now(), self.link.cfg, self.link.source);
+        if gap.probe_due().is_none() {
+            // Passed or given up: `commit_waits` is final for this check.
+            self.meters.commit_waits.increment(gap.commit_waits);
+        }
     }
 
     /// Asks for the gap's next request (the commit check, then the windows) or,
