@@ -8,6 +8,7 @@
 //!   (decode → filter → encode) and the filter chain alone, on one core.
 //! - [`buffer`]: `bench buffer`, the durable buffer's append and read+acknowledge throughput.
 //! - [`mqtt_decode`]: `bench mqtt`, topic matching + decoding per MQTT decoder.
+//! - [`ha_floor`]: `bench ha-consume`, the HA connection read and decoded alone (the floor of that path).
 //! - [`mqtt_floor`]: `bench mqtt-consume`, the MQTT connection alone (the floor of that path).
 //! - [`mqtt_loadgen`]: `bench mqtt-publish`, the load generator of the end-to-end MQTT benchmark.
 //! - [`schema`]: `schema bench`, the two schema modes loaded into a real `influxd` and queried.
@@ -17,6 +18,7 @@
 //! service's own allocator too, not only the benchmarks'.
 
 pub mod buffer;
+pub mod ha_floor;
 pub mod influxd;
 pub mod mqtt_decode;
 pub mod mqtt_floor;

@@ -98,6 +98,21 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench-token")]
         token: String,
     },
+    /// Read and decode Home Assistant's event stream as the source does, with nothing after it: the floor of the HA path; prints JSON.
+    HaConsume {
+        /// `ws://host:port/api/websocket`.
+        #[arg(long, default_value = "ws://127.0.0.1:8123/api/websocket")]
+        url: String,
+        /// File holding the access token.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// Stop after this many seconds without an event (once one came).
+        #[arg(long, default_value_t = 3.0)]
+        idle: f64,
+        /// Read at every frame instead of by tick and burst.
+        #[arg(long)]
+        every_frame: bool,
+    },
     /// Read and acknowledge MQTT as the source does, with nothing after it: the floor of the MQTT path; prints JSON.
     MqttConsume {
         /// Broker host.
@@ -176,6 +191,43 @@ pub fn main(what: BenchCommand, flag_format: Option<LogFormat>, runtime: &Runtim
             let result = runtime.block_on(async {
                 // The benchmark script starts publishing when it reads this line.
                 let r = crate::bench::mqtt_floor::consume(&cfg, || eprintln!("subscribed")).await?;
+                println!("{}", serde_json::to_string(&r)?);
+                anyhow::Ok(())
+            });
+            report(result)
+        }
+        BenchCommand::HaConsume {
+            url,
+            token_file,
+            idle,
+            every_frame,
+        } => {
+            init_logging(flag_format.unwrap_or_default(), "warn");
+            let result = runtime.block_on(async {
+                let token = std::fs::read_to_string(&token_file)
+                    .with_context(|| format!("reading {}", token_file.display()))?;
+                let cfg = crate::bench::ha_floor::FloorConfig {
+                    url,
+                    token: token.trim_end().to_string(),
+                    idle: std::time::Duration::from_secs_f64(idle.max(0.1)),
+                    every_frame,
+                };
+                // SIGTERM ends the reading with a report, as idleness does.
+                let stop = tokio_util::sync::CancellationToken::new();
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .context("cannot listen for SIGTERM")?;
+                let on_term = stop.clone();
+                tokio::spawn(async move {
+                    term.recv().await;
+                    on_term.cancel();
+                });
+                // On a worker, as the source's session runs (not on this blocked thread); the
+                // benchmark script measures from `subscribed` on.
+                let r = tokio::spawn(async move {
+                    crate::bench::ha_floor::consume(&cfg, stop, || eprintln!("subscribed")).await
+                })
+                .await??;
                 println!("{}", serde_json::to_string(&r)?);
                 anyhow::Ok(())
             });
@@ -453,9 +505,20 @@ async fn ha_serve(
     eprintln!("serving {}", sim.url());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    // `finished` on stderr once the last of `events` is sent (the benchmark script waits on it).
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(100));
+    let mut said_finished = false;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = poll.tick(), if !said_finished => {
+                if sim.finished() {
+                    eprintln!("finished");
+                    said_finished = true;
+                }
+            }
+        }
     }
     let sent = sim.emitted_count();
     sim.shutdown().await;

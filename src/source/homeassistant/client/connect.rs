@@ -24,10 +24,10 @@ use crate::source::homeassistant::protocol::{ClientMessage, ServerReply};
 const READ_BUFFER: usize = 16 * 1024;
 
 /// The socket of one connection.
-pub(super) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Connects and authenticates, each step within `connect_timeout`; returns the socket and HA's version.
-pub(super) async fn open(
+pub async fn open(
     cfg: &HomeAssistantConfig,
     url: &str,
     connector: &Connector,
@@ -46,7 +46,7 @@ fn hard_message_cap(cfg: &HomeAssistantConfig) -> usize {
 }
 
 /// Plain for `ws://`; rustls on the ring provider for `wss://` (webpki roots + `tls.ca_file`).
-pub(super) fn build_connector(cfg: &HomeAssistantConfig) -> Result<Connector, ClientError> {
+pub fn build_connector(cfg: &HomeAssistantConfig) -> Result<Connector, ClientError> {
     if !cfg.websocket_url().starts_with("wss://") {
         return Ok(Connector::Plain);
     }

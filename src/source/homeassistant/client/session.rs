@@ -47,9 +47,9 @@ use crate::source::homeassistant::protocol::{ClientMessage, ErrorInfo, Features,
 /// hundreds of events/s, one frame each) a wake-up per frame is most of the
 /// cost, while a tick reads many frames at once. The tick is far below HA's
 /// limits on a client's pending messages (1024 for 10 s, or 4096).
-const READ_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+pub const READ_TICK: std::time::Duration = std::time::Duration::from_millis(50);
 /// Bytes that make the socket readable before the tick (`SO_RCVLOWAT`): a burst is read at once.
-const READ_LOW_WATER: libc::c_int = 16 * 1024;
+pub const READ_LOW_WATER: libc::c_int = 16 * 1024;
 /// Most frames read in one wake-up before the other wake-ups get their turn.
 const READ_DRAIN_MAX: usize = 1024;
 
@@ -973,7 +973,7 @@ fn snapshot_event(state: State, source: &SourceId) -> Event {
 /// Sets the socket's receive low-water mark (`SO_RCVLOWAT`): it then wakes a reader
 /// only once `bytes` wait (a read still returns whatever is there). False when the
 /// option cannot be set: the session then reads at every frame, as before.
-fn set_low_water(ws: &connect::Ws, bytes: libc::c_int) -> bool {
+pub fn set_low_water(ws: &connect::Ws, bytes: libc::c_int) -> bool {
     use std::os::fd::AsRawFd;
     use tokio_tungstenite::MaybeTlsStream;
     let fd = match ws.get_ref() {
