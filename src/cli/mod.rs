@@ -6,6 +6,7 @@
 //! configuration (3 for a peer that failed `check`).
 
 pub mod addon;
+pub mod alerts;
 pub mod bench;
 pub mod buffer;
 pub mod check;
@@ -84,6 +85,12 @@ pub enum Command {
         #[command(subcommand)]
         what: retention::RetentionCommand,
     },
+    /// Test the alert notifiers: one test notification through each (audited).
+    Alerts {
+        /// Which alerts command.
+        #[command(subcommand)]
+        what: alerts::AlertsCommand,
+    },
     /// Run as a Home Assistant add-on: turn the add-on's options into a config, then run the service.
     Addon(addon::Args),
     /// Exit 0 when the monitor's `/health` answers 2xx (the container image's HEALTHCHECK).
@@ -118,6 +125,7 @@ impl Command {
                 init_logging(log_format.unwrap_or_default(), "warn");
                 report(runtime.block_on(retention::main(what)))
             }
+            Command::Alerts { what } => alerts::main(what, log_format, runtime),
             Command::Addon(args) => addon::main(args, log_format, runtime),
             Command::Health(args) => health::main(args),
             Command::Completions(args) => completions::main(args),
@@ -127,7 +135,7 @@ impl Command {
 }
 
 impl Command {
-    /// Whether the subcommand creates files under `data_dir` (its folders, buffer, cursors, dead letters, points).
+    /// Whether the subcommand creates files under `data_dir` (its folders, buffer, cursors, dead letters, points, audit log).
     fn writes_data_dir(&self) -> bool {
         matches!(
             self,
@@ -137,6 +145,7 @@ impl Command {
                 | Command::Check(_)
                 | Command::Replay(_)
                 | Command::Buffer { .. }
+                | Command::Alerts { .. }
         )
     }
 }

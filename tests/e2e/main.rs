@@ -10,6 +10,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod alerts_test;
 mod audit;
 mod buffer_influxdb;
 mod cli;
