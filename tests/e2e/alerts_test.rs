@@ -74,11 +74,8 @@ async fn subscribe(topic: &str, id: &str) -> mpsc::Receiver<(String, Vec<u8>, bo
                     }
                 }
                 Event::Incoming(Packet::Publish(p)) => {
-                    if tx
-                        .send((p.topic.clone(), p.payload.to_vec(), p.retain))
-                        .await
-                        .is_err()
-                    {
+                    let message = (p.topic.clone(), p.payload.to_vec(), p.retain);
+                    if tx.send(message).await.is_err() {
                         return;
                     }
                 }
