@@ -242,7 +242,15 @@ async fn sigterm_is_not_held_by_slow_monitor_clients() {
         ),
     )
     .unwrap();
-    let mut child = support::spawn_run(&config, &dir.path().join("run.log"));
+    let log = dir.path().join("run.log");
+    let mut child = support::spawn_run(&config, &log);
+    // Started: the signal handlers are installed right after this line (before it, a
+    // SIGTERM still has its default action, as for any process that is starting).
+    wait_for("the process to start", Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        async move { text.contains("Started.").then_some(()) }
+    })
+    .await;
     let client = support::influxd::http_client();
     wait_for("the monitor to answer", Duration::from_secs(20), || {
         let client = client.clone();
@@ -284,7 +292,11 @@ async fn sigterm_is_not_held_by_slow_monitor_clients() {
         connected.elapsed()
     );
     let status = child.wait().unwrap();
-    assert!(status.success(), "run exited with {status}");
+    assert!(
+        status.success(),
+        "run exited with {status}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     drop(slow);
     sim.shutdown().await;
 }

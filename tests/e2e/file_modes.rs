@@ -221,7 +221,13 @@ pattern = "{topic}/{{device}}"
         }
     })
     .await;
-    // The audit log: a SIGHUP reload with a changed key.
+    // The audit log: a SIGHUP reload with a changed key (once started: the handlers are
+    // installed right after the "Started." line).
+    wait_for("the process to start", WAIT, || {
+        let text = log_text();
+        async move { text.contains("Started.").then_some(()) }
+    })
+    .await;
     write_config("debug");
     let status = Command::new("kill")
         .args(["-HUP", &child.id().to_string()])
