@@ -3,9 +3,12 @@
 //! Each subcommand's file holds its arguments (clap), the work it asks of the
 //! library and the report it prints; `main.rs` only parses, builds the runtime
 //! and dispatches here. Exit codes: 0 success, 1 failure, 2 an invalid
-//! configuration (3 for a peer that failed `check`).
+//! configuration (3 for a peer that failed `check`). A command other than the
+//! service whose output's reader goes away (`check | head -1`) ends by SIGPIPE, as
+//! `cat` does (141 in a shell).
 
 pub mod addon;
+pub mod alerts;
 pub mod bench;
 pub mod buffer;
 pub mod check;
@@ -84,6 +87,12 @@ pub enum Command {
         #[command(subcommand)]
         what: retention::RetentionCommand,
     },
+    /// Test the alert notifiers: one test notification through each (audited).
+    Alerts {
+        /// Which alerts command.
+        #[command(subcommand)]
+        what: alerts::AlertsCommand,
+    },
     /// Run as a Home Assistant add-on: turn the add-on's options into a config, then run the service.
     Addon(addon::Args),
     /// Exit 0 when the monitor's `/health` answers 2xx (the container image's HEALTHCHECK).
@@ -97,6 +106,9 @@ pub enum Command {
 impl Command {
     /// Runs the subcommand on `runtime`; `log_format` is the `--log-format` flag, if given.
     pub fn run(self, log_format: Option<LogFormat>, runtime: &Runtime) -> ExitCode {
+        if !self.is_service() {
+            end_quietly_on_a_closed_stdout();
+        }
         if self.writes_data_dir() {
             // A home's whole history lives in data_dir: everything created there (redb,
             // cursors, dead letters, points) is for the service's user alone.
@@ -118,6 +130,7 @@ impl Command {
                 init_logging(log_format.unwrap_or_default(), "warn");
                 report(runtime.block_on(retention::main(what)))
             }
+            Command::Alerts { what } => alerts::main(what, log_format, runtime),
             Command::Addon(args) => addon::main(args, log_format, runtime),
             Command::Health(args) => health::main(args),
             Command::Completions(args) => completions::main(args),
@@ -127,7 +140,12 @@ impl Command {
 }
 
 impl Command {
-    /// Whether the subcommand creates files under `data_dir` (its folders, buffer, cursors, dead letters, points).
+    /// Whether the subcommand is the long-running service (its output is logs, not a report).
+    fn is_service(&self) -> bool {
+        matches!(self, Command::Run(_) | Command::Addon(_) | Command::Demo(_))
+    }
+
+    /// Whether the subcommand creates files under `data_dir` (its folders, buffer, cursors, dead letters, points, audit log).
     fn writes_data_dir(&self) -> bool {
         matches!(
             self,
@@ -137,7 +155,20 @@ impl Command {
                 | Command::Check(_)
                 | Command::Replay(_)
                 | Command::Buffer { .. }
+                | Command::Alerts { .. }
         )
+    }
+}
+
+/// A report's reader went away (`ha-ingestor check | head -1`): end as `cat` does, by
+/// SIGPIPE's default action, instead of panicking on the EPIPE of the next `println!`
+/// (Rust ignores SIGPIPE). Not for the service: a closed log pipe must not kill it.
+/// Sockets are unaffected: Rust sends on them with `MSG_NOSIGNAL`.
+fn end_quietly_on_a_closed_stdout() {
+    #[cfg(unix)]
+    // SAFETY: signal(2) only sets SIGPIPE's disposition back to the default; it touches no memory.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -199,3 +199,42 @@ fn bench_pipeline_reports_json() {
         "the binary counts allocations: {r}"
     );
 }
+
+/// `ha-ingestor check | head -1`: once the reader is gone, printing ends the process
+/// quietly (as SIGPIPE ends `cat`), without a panic about a broken pipe.
+#[test]
+fn printing_to_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!("data_dir = {:?}\n", dir.path().join("data")),
+    )
+    .unwrap();
+    for args in [&["check", "--config"][..], &["completions", "bash"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        // The reader is gone before the first line is printed.
+        drop(reader);
+        let mut cmd = bin();
+        cmd.args(args);
+        if args[0] == "check" {
+            cmd.arg(&config);
+        }
+        let out = cmd
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "{args:?} ended with {}: {stderr}",
+            out.status
+        );
+    }
+}

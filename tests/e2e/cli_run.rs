@@ -212,3 +212,91 @@ async fn a_second_process_cannot_share_the_data_directory() {
     first.wait().unwrap();
     sim.shutdown().await;
 }
+
+/// Twenty monitor clients that never finish their headers do not hold the process after
+/// SIGTERM: it exits within the monitor's shutdown deadline, well before their header
+/// timeout would have closed them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_is_not_held_by_slow_monitor_clients() {
+    use tokio::io::AsyncWriteExt as _;
+    let sim = Simulator::start(
+        SimulatorConfig {
+            token: "t".into(),
+            ..SimulatorConfig::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let monitor = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[homeassistant]\nurl = \"{}\"\ntoken = \"t\"\n[monitor]\nlisten = \"{monitor}\"\n",
+            dir.path().join("data"),
+            sim.url()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("run.log");
+    let mut child = support::spawn_run(&config, &log);
+    // Started: the signal handlers are installed right after this line (before it, a
+    // SIGTERM still has its default action, as for any process that is starting).
+    wait_for("the process to start", Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        async move { text.contains("Started.").then_some(()) }
+    })
+    .await;
+    let client = support::influxd::http_client();
+    wait_for("the monitor to answer", Duration::from_secs(20), || {
+        let client = client.clone();
+        async move {
+            let reply = client
+                .get(format!("http://{monitor}/health"))
+                .send()
+                .await
+                .ok()?;
+            reply.status().is_success().then_some(())
+        }
+    })
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(monitor).await.unwrap();
+        s.write_all(b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let connected = std::time::Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Below the header timeout: waiting on the clients would end only once it closed them.
+    let deadline = ha_ingestor::app::MONITOR_DEADLINE + Duration::from_secs(5);
+    assert!(deadline < ha_ingestor::monitor::http::HEADER_READ_TIMEOUT);
+    let exited = support::holds_within(deadline, || matches!(child.try_wait(), Ok(Some(_)))).await;
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(
+        exited,
+        "still running {:?} after SIGTERM with slow clients connected",
+        connected.elapsed()
+    );
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "run exited with {status}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    drop(slow);
+    sim.shutdown().await;
+}

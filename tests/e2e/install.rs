@@ -63,7 +63,9 @@ fn version_names_the_commit_it_was_built_from() {
 #[test]
 fn completions_cover_every_subcommand_in_each_shell() {
     let bash = stdout_of(&["completions", "bash"]);
-    for sub in ["run", "check", "replay", "schema", "addon", "health", "man"] {
+    for sub in [
+        "run", "check", "replay", "schema", "alerts", "addon", "health", "man",
+    ] {
         assert!(bash.contains(sub), "bash completion lacks {sub}");
     }
     assert!(bash.contains("complete -F _ha__ingestor"), "{bash}");
@@ -91,7 +93,7 @@ fn completions_cover_every_subcommand_in_each_shell() {
         .output()
         .unwrap();
     let offered = String::from_utf8_lossy(&offered.stdout);
-    for sub in ["run", "demo", "check", "completions", "man"] {
+    for sub in ["run", "demo", "check", "alerts", "completions", "man"] {
         assert!(
             offered.lines().any(|w| w == sub),
             "bash offers {offered:?}, not {sub}"

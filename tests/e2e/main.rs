@@ -10,6 +10,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod alerts_test;
 mod audit;
 mod buffer_influxdb;
 mod cli;
@@ -17,6 +18,7 @@ mod cli_buffer;
 mod cli_run;
 mod deploy;
 mod exact_backfill;
+mod file_modes;
 mod gaps;
 mod homes;
 mod influxdb;

@@ -1,5 +1,6 @@
-//! The sinks: InfluxDB (writes and its replies) and files.
+//! The sinks: InfluxDB (writes, its replies and their size limits) and files.
 
 mod file;
 mod influxdb;
+mod influxdb_limits;
 mod influxdb_replies;

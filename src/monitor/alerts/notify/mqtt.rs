@@ -81,6 +81,55 @@ impl Mqtt {
         })
     }
 
+    /// Connects, publishes `n` once — not retained, so a test leaves no state on the
+    /// broker — and waits for the broker's acknowledgement (as [`Mqtt::run`] counts a
+    /// send), within `within`; for `ha-ingestor alerts test`. The first connection
+    /// error ends it: no reconnecting.
+    pub async fn send_once(mut self, n: &Notification, within: Duration) -> Result<(), String> {
+        let payload = serde_json::to_vec(n).map_err(|e| e.to_string())?;
+        let topic = format!("{}/{}", self.topic, n.rule);
+        self.client
+            .try_publish(topic, self.qos, false, payload)
+            .map_err(|e| e.to_string())?;
+        let qos = self.qos;
+        let acknowledged = async {
+            loop {
+                match self.eventloop.poll().await {
+                    Ok(event) => {
+                        if matches!(
+                            (event, qos),
+                            (Event::Outgoing(Outgoing::Publish(_)), QoS::AtMostOnce)
+                                | (Event::Incoming(Packet::PubAck(_)), QoS::AtLeastOnce)
+                                | (Event::Incoming(Packet::PubComp(_)), QoS::ExactlyOnce)
+                        ) {
+                            return Ok(());
+                        }
+                    }
+                    Err(error) => return Err(format!("broker: {error}")),
+                }
+            }
+        };
+        let result = match tokio::time::timeout(within, acknowledged).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "no acknowledgement from the broker within {within:?}"
+            )),
+        };
+        if result.is_ok() {
+            // A clean DISCONNECT, so the broker does not publish a will or log a lost client.
+            let _ = self.client.try_disconnect();
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Ok(event) = self.eventloop.poll().await {
+                    if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        result
+    }
+
     /// Publishes notifications until `shutdown`, keeping the connection up meanwhile.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Notification>, shutdown: CancellationToken) {
         // Statuses of publishes not yet acknowledged, oldest first.

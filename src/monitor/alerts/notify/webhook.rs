@@ -88,8 +88,8 @@ impl Webhook {
                 } else {
                     "transport"
                 },
-                // Without the URL: it may carry a secret.
-                message: e.without_url().to_string(),
+                // Without the URL: it may carry a secret. With its causes: "error sending request" alone says nothing.
+                message: error_chain(&e.without_url()),
                 retryable: true,
             })?;
         let status = reply.status();
@@ -102,6 +102,11 @@ impl Webhook {
                 retryable: retryable_status(status.as_u16()),
             })
         }
+    }
+
+    /// One POST of `n`, without retries, for `ha-ingestor alerts test`: ok, or why not (no URL: it may hold a secret).
+    pub async fn send_once(&self, n: &Notification) -> Result<(), String> {
+        self.post(n).await.map_err(|e| e.message)
     }
 
     /// Delivers notifications in order until `shutdown`.
@@ -151,6 +156,22 @@ struct PostError {
     message: String,
     /// Whether sending again may succeed.
     retryable: bool,
+}
+
+/// An error and its causes, `outer: inner: …`.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors repeat their cause in their own message.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// A reply worth sending again for: anything but a 4xx, except 408 (timeout) and 429 (throttled).
