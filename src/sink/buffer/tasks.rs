@@ -139,6 +139,11 @@ pub fn spawn_appender(
         })
 }
 
+/// Points a chunk needs before the appender lingers for more behind it: below this the
+/// pipeline's round was small, i.e. it already waited its gathering window (the pipeline's
+/// `COALESCE_BELOW` events), and the next chunk is that window away.
+const LINGER_FROM_POINTS: usize = 64;
+
 /// Largest record the appender builds from queued chunks.
 const COALESCE_BYTES: usize = 1 << 20;
 
@@ -170,6 +175,9 @@ fn coalesce(
     limit: usize,
     linger: Option<&(tokio::runtime::Handle, Duration)>,
 ) -> Chunk {
+    // A small first chunk comes from a quiet pipeline, which already gathered its events
+    // for a window: no more chunks are coming, and lingering would only add a wake-up.
+    let linger = linger.filter(|_| first.points >= LINGER_FROM_POINTS);
     let deadline = linger.map(|(_, d)| Instant::now() + *d);
     while first.lines.len() < limit {
         let next = match rx.try_recv() {
@@ -246,6 +254,7 @@ pub async fn feed_from(
                 }
             }
         };
+        let caught_up = records.len() < READ_BATCH;
         if records.is_empty() {
             if draining.is_some() {
                 return;
@@ -275,6 +284,14 @@ pub async fn feed_from(
                 return;
             }
             cursor = Some(seq);
+        }
+        // A short read took everything there was when `appended` was marked seen: wait for
+        // the next append instead of asking the disk again (one blocking read per append).
+        if caught_up && draining.is_none() {
+            tokio::select! {
+                changed = appended.changed() => if changed.is_err() { return },
+                _ = stop.cancelled() => {}
+            }
         }
     }
 }
