@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::{InfluxApi, InfluxConfig};
+use crate::config::{Flavor, InfluxApi, InfluxConfig};
 use crate::sink::influxdb::Auth;
 
 /// Largest error body kept from a reply.
@@ -126,6 +126,11 @@ impl InfluxQl {
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(QueryError::Config(
                 "influxdb.url: scheme must be http or https".into(),
+            ));
+        }
+        if cfg.flavor == Flavor::VictoriaMetrics {
+            return Err(QueryError::Config(
+                "this needs InfluxQL, which a flavor = \"victoriametrics\" target does not have (VictoriaMetrics answers every InfluxQL statement with a database list; docs/stores.md)".into(),
             ));
         }
         let database = match cfg.api {
