@@ -381,6 +381,17 @@ pub fn influx_duration(d: Duration) -> String {
 mod tests {
     use super::*;
 
+    /// VictoriaMetrics answers every InfluxQL statement with a database list: the tools refuse it up front.
+    #[test]
+    fn a_victoriametrics_target_is_refused() {
+        let mut cfg = InfluxConfig::v1("http://127.0.0.1:8428", "ha");
+        cfg.flavor = Flavor::VictoriaMetrics;
+        let err = InfluxQl::new(&cfg).err().expect("refused").to_string();
+        assert!(err.contains("InfluxQL"), "{err}");
+        cfg.flavor = Flavor::InfluxDb;
+        assert!(InfluxQl::new(&cfg).is_ok());
+    }
+
     #[test]
     fn replies_and_errors_are_parsed() {
         let body = r#"{"results":[{"statement_id":0,"series":[{"name":"m","tags":{"entity_id":"a"},"columns":["fieldKey","fieldType"],"values":[["x","float"],["x","string"]]}]}]}"#;
