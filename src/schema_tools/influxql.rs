@@ -386,7 +386,10 @@ mod tests {
     fn a_victoriametrics_target_is_refused() {
         let mut cfg = InfluxConfig::v1("http://127.0.0.1:8428", "ha");
         cfg.flavor = Flavor::VictoriaMetrics;
-        let err = InfluxQl::new(&cfg).err().expect("refused").to_string();
+        let Err(err) = InfluxQl::new(&cfg) else {
+            panic!("a VictoriaMetrics target must be refused");
+        };
+        let err = err.to_string();
         assert!(err.contains("InfluxQL"), "{err}");
         cfg.flavor = Flavor::InfluxDb;
         assert!(InfluxQl::new(&cfg).is_ok());
