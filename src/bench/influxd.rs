@@ -139,8 +139,9 @@ pub struct Influxd {
     auth: bool,
 }
 
-/// A loopback port that is free now and never handed out twice by this process.
-fn free_port() -> u16 {
+/// A loopback port that is free now and never handed out twice by this process (shared with
+/// [`super::victoria`], so the two launchers never pick the same one either).
+pub(crate) fn free_port() -> u16 {
     // Start in a range chosen by the process id so parallel processes rarely overlap.
     let base = 20_000 + (std::process::id() % 2_000) as u16 * 10;
     let _ = NEXT_PORT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
@@ -207,7 +208,7 @@ pub fn dir_bytes(path: &Path) -> u64 {
 }
 
 /// The last 30 lines of a log file.
-fn tail(path: &Path) -> String {
+pub(crate) fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")

@@ -13,6 +13,7 @@
 //! - [`mqtt_loadgen`]: `bench mqtt-publish`, the load generator of the end-to-end MQTT benchmark.
 //! - [`schema`]: `schema bench`, the two schema modes loaded into a real `influxd` and queried.
 //! - [`influxd`]: the throw-away `influxd` the schema bench and the integration tests start.
+//! - [`victoria`]: the throw-away VictoriaMetrics the integration tests start.
 //!
 //! The counting allocator stays at [`crate::alloc_counter`]: it is the
 //! service's own allocator too, not only the benchmarks'.
@@ -25,6 +26,7 @@ pub mod mqtt_floor;
 pub mod mqtt_loadgen;
 pub mod pipeline;
 pub mod schema;
+pub mod victoria;
 
 /// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`, first field).
 fn thread_cpu_nanos() -> Option<u64> {

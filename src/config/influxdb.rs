@@ -19,6 +19,21 @@ pub enum InfluxApi {
     V2,
 }
 
+/// Which server answers at `url`: writes are the same line protocol, but what else it understands differs.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Flavor {
+    /// InfluxDB (1.x; 2.x and 3.x through their v1/v2 write APIs): InfluxQL reads the stored
+    /// field types, retention policies, and serves the schema tools.
+    #[default]
+    #[serde(rename = "influxdb")]
+    InfluxDb,
+    /// VictoriaMetrics: it accepts the writes but has no InfluxQL (its `/query` answers every
+    /// statement with a database list) and no field types (every value is a float), so the
+    /// type-conflict guard, the retention watcher and the schema tools are off (docs/stores.md).
+    #[serde(rename = "victoriametrics")]
+    VictoriaMetrics,
+}
+
 /// Whether write bodies are gzipped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Gzip {
@@ -97,6 +112,9 @@ pub struct InfluxConfig {
     /// `v1` or `v2`.
     #[serde(default)]
     pub api: InfluxApi,
+    /// The server behind `url`: `influxdb` or `victoriametrics` (what works there: docs/stores.md).
+    #[serde(default)]
+    pub flavor: Flavor,
     /// v1 database (`home_assistant`, as HA's default).
     #[serde(default)]
     pub database: Option<String>,
@@ -258,6 +276,7 @@ impl InfluxConfig {
         InfluxConfig {
             url: url.into(),
             api: InfluxApi::V1,
+            flavor: Flavor::InfluxDb,
             database: Some(database.into()),
             retention_policy: None,
             username: None,
@@ -290,6 +309,7 @@ impl std::fmt::Debug for InfluxConfig {
         f.debug_struct("InfluxConfig")
             .field("url", &redact_url(&self.url))
             .field("api", &self.api)
+            .field("flavor", &self.flavor)
             .field("database", &self.database)
             .field("retention_policy", &self.retention_policy)
             .field("username", &self.username)

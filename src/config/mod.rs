@@ -57,7 +57,7 @@ pub use homeassistant::{
     HaSubscription, HomeAssistantConfig, SUPERVISOR_API_DEFAULT, SUPERVISOR_API_VAR,
     SUPERVISOR_TOKEN_VAR, supervisor_api, supervisor_token,
 };
-pub use influxdb::{Gzip, InfluxApi, InfluxConfig, TargetReadiness, TypeConflict};
+pub use influxdb::{Flavor, Gzip, InfluxApi, InfluxConfig, TargetReadiness, TypeConflict};
 pub use monitor::{LogConfig, LogFormat, MonitorConfig, PeerRange};
 pub use mqtt::{
     BoolMode, DecoderKind, JsonSplit, MqttConfig, MqttProtocol, RetainedPolicy, SubscriptionConfig,

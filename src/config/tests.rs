@@ -472,3 +472,46 @@ fn a_wrong_override_names_the_variable_but_not_a_secret() {
         "invalid type: integer <redacted>, expected a string"
     );
 }
+
+#[test]
+fn a_victoriametrics_target_needs_no_token_and_refuses_retention() {
+    let vm = "[influxdb]\nurl = \"http://127.0.0.1:8428\"\nflavor = \"victoriametrics\"\n";
+    let c = load(&format!("{vm}database = \"ha\"\n"), &[]).expect("v1 to VictoriaMetrics");
+    assert_eq!(
+        c.influxdb.as_ref().map(|i| i.flavor),
+        Some(super::Flavor::VictoriaMetrics)
+    );
+    // v2 without a token (VictoriaMetrics has none), with its basic auth instead.
+    load(
+        &format!(
+            "{vm}api = \"v2\"\norg = \"o\"\nbucket = \"b\"\nusername = \"u\"\npassword = \"p\"\n"
+        ),
+        &[],
+    )
+    .expect("v2 to VictoriaMetrics");
+    // InfluxDB still needs the token with v2.
+    let err = load(
+        "[influxdb]\nurl = \"http://h:8086\"\napi = \"v2\"\norg = \"o\"\nbucket = \"b\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("influxdb.token"), "{err}");
+    let err = load(
+        &format!("{vm}database = \"ha\"\n[retention]\nraw_keep = \"30d\"\n"),
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("retention") && err.contains("-retentionPeriod"),
+        "{err}"
+    );
+    let err = load(
+        "[influxdb]\nurl = \"http://h:8086\"\nflavor = \"victoria\"\ndatabase = \"ha\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("victoriametrics"), "{err}");
+}

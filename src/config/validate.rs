@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::alerts::{AlertsConfig, NotifierConfig};
 use super::{
-    BufferConfig, Config, ConfigError, FilterConfig, HaSubscription, HomeAssistantConfig,
+    BufferConfig, Config, ConfigError, FilterConfig, Flavor, HaSubscription, HomeAssistantConfig,
     InfluxApi, InfluxConfig, LogConfig, MqttConfig, SchemaConfig,
 };
 
@@ -50,6 +50,7 @@ impl Config {
         validate_log(&self.log)?;
         self.monitor.validate()?;
         self.retention.validate()?;
+        self.validate_retention_store()?;
         validate_mqtt(&self.mqtt)?;
         if let Some(f) = self.tls_findings().into_iter().next() {
             return Err(invalid(&f.key, f.message));
@@ -334,6 +335,23 @@ fn is_credential_header(name: &str) -> bool {
 }
 
 impl Config {
+    /// `[retention]` acts through InfluxQL on the first target, which VictoriaMetrics does not speak.
+    fn validate_retention_store(&self) -> Result<(), ConfigError> {
+        let r = &self.retention;
+        match &self.influxdb {
+            Some(influx)
+                if influx.flavor == Flavor::VictoriaMetrics
+                    && (r.raw_keep.is_some() || !r.downsample.is_empty()) =>
+            {
+                Err(invalid(
+                    "retention",
+                    "needs InfluxQL (retention policies, continuous queries), which a flavor = \"victoriametrics\" target does not have; VictoriaMetrics keeps data for its -retentionPeriod (docs/stores.md)".into(),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Several `[[influxdb]]` targets: distinct names, valid measurement globs, and each one valid on its own.
     fn validate_influx_targets(&self, influx: &InfluxConfig) -> Result<(), ConfigError> {
         let mut names = std::collections::HashSet::new();
@@ -541,11 +559,20 @@ fn validate_influxdb(influx: &InfluxConfig) -> Result<(), ConfigError> {
                 ("influxdb.bucket", &influx.bucket),
                 ("influxdb.token", &influx.token),
             ] {
-                if value.as_deref().unwrap_or("").is_empty() {
+                // VictoriaMetrics has no tokens: its only credentials are -httpAuth.* (basic auth).
+                let optional = key == "influxdb.token" && influx.flavor == Flavor::VictoriaMetrics;
+                if value.as_deref().unwrap_or("").is_empty() && !optional {
                     return Err(invalid(key, "required with api = \"v2\"".into()));
                 }
             }
-            if influx.database.is_some() || influx.username.is_some() {
+            if influx.username.is_some() != influx.password.is_some() {
+                return Err(invalid(
+                    "influxdb.username",
+                    "username and password go together".into(),
+                ));
+            }
+            let basic_auth_here = influx.flavor == Flavor::VictoriaMetrics;
+            if influx.database.is_some() || (influx.username.is_some() && !basic_auth_here) {
                 return Err(invalid(
                     "influxdb.api",
                     "database, username and password are for api = \"v1\"".into(),

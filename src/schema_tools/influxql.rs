@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::{InfluxApi, InfluxConfig};
+use crate::config::{Flavor, InfluxApi, InfluxConfig};
 use crate::sink::influxdb::Auth;
 
 /// Largest error body kept from a reply.
@@ -126,6 +126,11 @@ impl InfluxQl {
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(QueryError::Config(
                 "influxdb.url: scheme must be http or https".into(),
+            ));
+        }
+        if cfg.flavor == Flavor::VictoriaMetrics {
+            return Err(QueryError::Config(
+                "this needs InfluxQL, which a flavor = \"victoriametrics\" target does not have (VictoriaMetrics answers every InfluxQL statement with a database list; docs/stores.md)".into(),
             ));
         }
         let database = match cfg.api {
@@ -375,6 +380,20 @@ pub fn influx_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// VictoriaMetrics answers every InfluxQL statement with a database list: the tools refuse it up front.
+    #[test]
+    fn a_victoriametrics_target_is_refused() {
+        let mut cfg = InfluxConfig::v1("http://127.0.0.1:8428", "ha");
+        cfg.flavor = Flavor::VictoriaMetrics;
+        let Err(err) = InfluxQl::new(&cfg) else {
+            panic!("a VictoriaMetrics target must be refused");
+        };
+        let err = err.to_string();
+        assert!(err.contains("InfluxQL"), "{err}");
+        cfg.flavor = Flavor::InfluxDb;
+        assert!(InfluxQl::new(&cfg).is_ok());
+    }
 
     #[test]
     fn replies_and_errors_are_parsed() {

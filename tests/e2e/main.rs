@@ -1,6 +1,7 @@
 //! Whole-path tests: the service from its sources (the simulator, a real Mosquitto)
 //! through the buffer to a real `influxd`, the `ha-ingestor` binary as a user runs it,
-//! and faults on that path (InfluxDB outages, Home Assistant gaps, `kill -9`).
+//! and faults on that path (InfluxDB outages, Home Assistant gaps, `kill -9`), and the
+//! same stream into VictoriaMetrics (`victoria`).
 //!
 //! One binary for all of them (each test binary links the whole library); stage tests
 //! are in `tests/it`. Tests here share one process, so a test that needs process-wide
@@ -25,3 +26,4 @@ mod influxdb;
 mod install;
 mod monitor_alerts;
 mod transport;
+mod victoria;

@@ -8,7 +8,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 
 use super::{InfluxWriter, WriteError};
-use crate::config::{InfluxApi, InfluxConfig, TlsConfig};
+use crate::config::{Flavor, InfluxApi, InfluxConfig, TlsConfig};
 
 /// Longest `Retry-After` honoured.
 pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
@@ -27,7 +27,16 @@ pub(crate) enum Auth {
 
 impl Auth {
     /// v1: basic auth when both user and password are set; v2: the token when it is not empty.
+    /// VictoriaMetrics: basic auth (its `-httpAuth.*`) on either API, else the token.
     pub(crate) fn from_config(cfg: &InfluxConfig) -> Auth {
+        if cfg.flavor == Flavor::VictoriaMetrics
+            && let (Some(user), Some(password)) = (&cfg.username, &cfg.password)
+        {
+            return Auth::Basic {
+                user: user.clone(),
+                password: password.clone(),
+            };
+        }
         match cfg.api {
             InfluxApi::V1 => match (&cfg.username, &cfg.password) {
                 (Some(user), Some(password)) => Auth::Basic {
@@ -103,6 +112,11 @@ impl InfluxWriter {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("unknown")
             .to_string();
+        if self.flavor == Flavor::VictoriaMetrics {
+            // No databases, buckets or version to ask for: an empty write checks the path and credentials.
+            self.check_empty_write().await?;
+            return Ok("VictoriaMetrics".to_string());
+        }
         match self.api {
             InfluxApi::V1 => {
                 // An empty write checks exactly what writing needs: credentials, the
@@ -155,6 +169,26 @@ impl InfluxWriter {
             }
         }
         Ok(version)
+    }
+
+    /// An empty write to the write URL: 2xx, or the reply as an error (VictoriaMetrics answers
+    /// 401 for refused credentials and 400 `unsupported path` for a URL that is not its own).
+    async fn check_empty_write(&self) -> Result<(), WriteError> {
+        let reply = self
+            .authorize(self.client.post(&self.write_url))
+            .header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(Vec::new())
+            .send()
+            .await
+            .map_err(|e| self.transport(&self.write_url, e))?;
+        let code = reply.status().as_u16();
+        if (200..300).contains(&code) {
+            return Ok(());
+        }
+        Err(WriteError::Status {
+            code,
+            body: read_body(reply).await,
+        })
     }
 
     /// One write attempt of whole lines (gzip when configured); classifies the reply.

@@ -156,6 +156,9 @@ impl<'a> Delivery<'a> {
     /// The type-conflict guard checks the lines first; when a reply names a type
     /// the guard did not know, the refused lines are checked again and resent.
     pub(crate) async fn deliver(&mut self, body: &str) -> Result<Outcome, WriteError> {
+        if !self.writer.guards_types() {
+            return self.deliver_lines(body).await;
+        }
         self.writer.ensure_field_types().await;
         let mut total = Outcome::default();
         let mut current = std::borrow::Cow::Borrowed(body);

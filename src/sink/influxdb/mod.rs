@@ -16,6 +16,12 @@
 //! While a batch is being retried the sink stops reading its input channel, so
 //! back-pressure reaches the stages before it.
 //!
+//! VictoriaMetrics (`flavor = "victoriametrics"`) answers with its own messages:
+//! 400 `unsupported path requested` (a wrong URL: held, like InfluxDB's 404), 400
+//! `too long line` (a line above its `-influx.maxLineSize`: bisected and set aside),
+//! 401 for refused credentials; it skips unparsable lines itself and answers 204
+//! (docs/stores.md). It has no field types, so the guard below is off for it.
+//!
 //! Type conflicts are resolved before sending by the guard in [`field_types`]
 //! (`type_conflict`: convert when lossless, else a `<field>_str` string field, or
 //! set the point aside). When the server still reports one (history written by
@@ -40,12 +46,14 @@
 //! | `reply.rs` | the classifier and what is read from a reply's message |
 //! | `client.rs` | HTTP: authentication, TLS, gzip, URLs, bounded bodies, the write request, `check` |
 //! | `field_types.rs` | the type-conflict guard |
+//! | `victoria.rs` | VictoriaMetrics (`flavor = "victoriametrics"`): a home's last stored point |
 
 mod client;
 mod delivery;
 mod field_types;
 mod lanes;
 mod reply;
+pub mod victoria;
 mod writer;
 
 use std::time::Duration;

@@ -38,6 +38,8 @@ pub(super) fn classify(code: u16, message: &str) -> Verdict {
         200..=299 => Verdict::Delivered,
         413 => Verdict::Split,
         401 | 403 | 404 => Verdict::Hold,
+        // VictoriaMetrics answers a URL path it does not serve with 400: the URL is wrong, not the lines.
+        _ if message.contains("unsupported path requested") => Verdict::Hold,
         _ if message.contains("partial write") => Verdict::Rejected {
             partial: true,
             dropped: parse_dropped(message),
@@ -108,6 +110,9 @@ pub(super) fn reject_kind(message: &str) -> &'static str {
         "series_limit"
     } else if message.contains("max-values-per-tag") {
         "tag_values_limit"
+    } else if message.contains("too long line") {
+        // VictoriaMetrics: a line above its -influx.maxLineSize.
+        "line_too_large"
     } else {
         "rejected_line"
     }
@@ -162,6 +167,18 @@ mod tests {
             (408, "", Verdict::Retry),
             (429, "", Verdict::Retry),
             (405, "", Verdict::Hold),
+            // VictoriaMetrics 1.79's own replies (tests/it/sink/victoria.rs records them from a real server).
+            (
+                400,
+                "remoteAddr: \"127.0.0.1:43616\"; requestURI: /wrte?db=ha; unsupported path requested: \"/wrte\"",
+                Verdict::Hold,
+            ),
+            (
+                400,
+                "remoteAddr: \"127.0.0.1:35378\"; requestURI: /write?db=ha&precision=ns; cannot read influx line protocol data: too long line: more than 262144 bytes",
+                rejected(false, None),
+            ),
+            (401, "", Verdict::Hold),
         ];
         for (code, message, expected) in table {
             assert_eq!(classify(*code, message), *expected, "{code} {message}");

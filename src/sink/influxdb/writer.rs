@@ -13,7 +13,7 @@ use super::delivery::Delivery;
 use super::field_types::FieldTypes;
 use super::lanes::{MAX_LANES, routed, routes};
 use super::{MAX_BATCH_BYTES, SHUTDOWN_FLUSH_DEADLINE, WriteError};
-use crate::config::{InfluxApi, InfluxConfig};
+use crate::config::{Flavor, InfluxApi, InfluxConfig};
 use crate::encode::Chunk;
 use crate::sink::SinkContext;
 
@@ -25,6 +25,8 @@ pub struct InfluxWriter {
     pub(super) write_url: String,
     pub(super) auth: Auth,
     pub(super) api: InfluxApi,
+    /// The server behind the URL; VictoriaMetrics has no InfluxQL and no field types.
+    pub(super) flavor: Flavor,
     pub(super) database: Option<String>,
     pub(super) org: Option<String>,
     pub(super) bucket: Option<String>,
@@ -118,7 +120,8 @@ impl InfluxWriter {
             .map_err(|e| WriteError::Config(format!("influxdb.url: {e}")))?;
         write_url.query_pairs_mut().extend_pairs(query);
         let auth = Auth::from_config(cfg);
-        if cfg.api == InfluxApi::V2 && matches!(auth, Auth::None) {
+        if cfg.api == InfluxApi::V2 && cfg.flavor == Flavor::InfluxDb && matches!(auth, Auth::None)
+        {
             return Err(WriteError::Config(
                 "influxdb.token is required with api = \"v2\"".into(),
             ));
@@ -135,6 +138,7 @@ impl InfluxWriter {
             write_url: write_url.to_string(),
             auth,
             api: cfg.api,
+            flavor: cfg.flavor,
             database: cfg.database.clone(),
             org: cfg.org.clone(),
             bucket: cfg.bucket.clone(),
@@ -152,6 +156,12 @@ impl InfluxWriter {
         })
     }
 
+    /// Whether lines go through the type-conflict guard: not to VictoriaMetrics, which stores
+    /// every value as a float and so never has a conflict to prevent.
+    pub(super) fn guards_types(&self) -> bool {
+        self.flavor == Flavor::InfluxDb
+    }
+
     /// The type-conflict guard, locked (a poisoned lock is taken over: the map stays usable).
     pub(super) fn types(&self) -> std::sync::MutexGuard<'_, FieldTypes> {
         self.types.lock().unwrap_or_else(|e| e.into_inner())
@@ -160,10 +170,11 @@ impl InfluxWriter {
     /// Reads every measurement's field types (`SHOW FIELD KEYS`, v1) into the type-conflict guard; returns how many fields.
     ///
     /// v2 has no InfluxQL endpoint of its own; there the guard learns from what it
-    /// writes and from the server's type-conflict replies.
+    /// writes and from the server's type-conflict replies. VictoriaMetrics has no field
+    /// types to read (and answers every InfluxQL statement with a database list).
     pub async fn learn_field_types(&self) -> Result<usize, WriteError> {
         self.types().last_try = Some(Instant::now());
-        if self.api != InfluxApi::V1 {
+        if self.api != InfluxApi::V1 || self.flavor == Flavor::VictoriaMetrics {
             self.types().learned = true;
             return Ok(0);
         }
