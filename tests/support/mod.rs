@@ -10,8 +10,10 @@ pub mod alone;
 pub mod ha_schema;
 pub mod influxd;
 pub mod mosquitto;
+pub mod running;
 
 pub use influxd::Influxd;
+pub use running::Running;
 
 use std::future::Future;
 use std::time::Duration;
