@@ -24,4 +24,5 @@ mod homes;
 mod influxdb;
 mod install;
 mod monitor_alerts;
+mod startup_signals;
 mod transport;
