@@ -778,41 +778,22 @@ impl Running {
 impl Running {
     /// Waits for SIGINT or SIGTERM; on each SIGHUP meanwhile re-reads `config_path` and
     /// applies it with [`Running::reload`] (a file that does not load is logged and ignored).
-    pub async fn serve_until_shutdown(&mut self, config_path: &Path) {
-        let stop = shutdown_signal();
-        tokio::pin!(stop);
-        #[cfg(unix)]
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(error) => {
-                tracing::error!(message = "Cannot listen for SIGHUP; config reload is off.", %error);
-                None
-            }
-        };
-        loop {
-            #[cfg(unix)]
-            let hangup = async {
-                match hup.as_mut() {
-                    Some(s) => s.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let hangup = std::future::pending::<Option<()>>();
-            tokio::select! {
-                _ = &mut stop => return,
-                _ = hangup => {
-                    tracing::info!(message = "SIGHUP: reloading the configuration.", config = %config_path.display());
-                    match Config::load(config_path) {
-                        Ok(cfg) => self.reload(cfg),
-                        Err(error) => {
-                            tracing::error!(
-                                message = "The reloaded configuration is invalid; nothing changes.",
-                                %error
-                            );
-                            self.audit_reload(&[], &crate::audit::Outcome::Error(error.to_string()));
-                        }
-                    }
+    /// A signal that arrived during start-up is read first: a stop wins over a reload.
+    pub async fn serve_until_shutdown(
+        &mut self,
+        config_path: &Path,
+        signals: &mut crate::signals::Signals,
+    ) {
+        while signals.next().await == crate::signals::Received::Hangup {
+            tracing::info!(message = "SIGHUP: reloading the configuration.", config = %config_path.display());
+            match Config::load(config_path) {
+                Ok(cfg) => self.reload(cfg),
+                Err(error) => {
+                    tracing::error!(
+                        message = "The reloaded configuration is invalid; nothing changes.",
+                        %error
+                    );
+                    self.audit_reload(&[], &crate::audit::Outcome::Error(error.to_string()));
                 }
             }
         }

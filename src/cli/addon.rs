@@ -13,6 +13,7 @@ use tokio::runtime::Runtime;
 
 use crate::addon::{self, AddonError, AddonOptions};
 use crate::config::{LogFormat, SUPERVISOR_TOKEN_VAR, supervisor_api, supervisor_token};
+use crate::signals::Signals;
 
 /// Arguments of `addon` (the defaults are the add-on container's paths).
 #[derive(clap::Args)]
@@ -36,6 +37,11 @@ pub struct Args {
 
 /// Makes the config (or takes the override), then runs the service on it.
 pub fn main(args: Args, log_format: Option<LogFormat>, runtime: &Runtime) -> ExitCode {
+    // First, so no signal during start-up has its default action (see `run`).
+    let mut signals = {
+        let _runtime = runtime.enter();
+        Signals::listen()
+    };
     if args.override_config.is_file() {
         eprintln!(
             "ha-ingestor addon: using {} (the add-on options are ignored while it exists)",
@@ -44,16 +50,27 @@ pub fn main(args: Args, log_format: Option<LogFormat>, runtime: &Runtime) -> Exi
         if args.write_only {
             return ExitCode::SUCCESS;
         }
-        return super::run::serve(args.override_config, log_format, runtime);
+        return super::run::serve(args.override_config, log_format, runtime, signals);
     }
-    match runtime.block_on(make_config(&args)) {
-        Ok(()) => {
+    // Nothing runs yet while the Supervisor is asked for the broker: a stop ends here.
+    let made = runtime.block_on(async {
+        tokio::select! {
+            made = make_config(&args) => Some(made),
+            _ = signals.shutdown() => None,
+        }
+    });
+    match made {
+        None => {
+            eprintln!("ha-ingestor addon: stopped by a signal before the service started");
+            return ExitCode::SUCCESS;
+        }
+        Some(Ok(())) => {
             eprintln!(
                 "ha-ingestor addon: config written to {}",
                 args.write_config.display()
             );
         }
-        Err(error) => {
+        Some(Err(error)) => {
             eprintln!("ha-ingestor addon: {error}");
             return ExitCode::from(super::check::INVALID_CONFIG as u8);
         }
@@ -61,7 +78,7 @@ pub fn main(args: Args, log_format: Option<LogFormat>, runtime: &Runtime) -> Exi
     if args.write_only {
         return ExitCode::SUCCESS;
     }
-    super::run::serve(args.write_config, log_format, runtime)
+    super::run::serve(args.write_config, log_format, runtime, signals)
 }
 
 /// Reads the options, discovers the broker when MQTT is on, and writes the config file.

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::app;
 use crate::config::{Config, HomeAssistantConfig, InfluxConfig, MonitorConfig};
+use crate::signals::Signals;
 use crate::simulator::{Simulator, SimulatorConfig};
 
 /// What the demo is asked to do.
@@ -67,6 +68,8 @@ pub struct DemoSummary {
 
 /// Runs the demo to the end and returns its accounting.
 pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
+    // First: a Ctrl-C while the demo starts stops it once started, as `run` does.
+    let mut signals = Signals::listen();
     let token: String = {
         use rand::Rng as _;
         let mut rng = rand::rng();
@@ -91,7 +94,14 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
 
     let influxdb = match &opts.influx_url {
         Some(url) => {
-            create_database(url, &opts.influx_db).await?;
+            // Nothing but the simulator runs yet: a stop while InfluxDB is asked ends here.
+            tokio::select! {
+                created = create_database(url, &opts.influx_db) => created?,
+                _ = signals.shutdown() => {
+                    sim.shutdown().await;
+                    anyhow::bail!("interrupted before the pipeline started");
+                }
+            }
             Some(InfluxConfig::v1(url.clone(), opts.influx_db.clone()))
         }
         None => None,
@@ -133,7 +143,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = app::shutdown_signal() => {
+            _ = signals.shutdown() => {
                 eprintln!("demo: interrupted; stopping");
                 break;
             }

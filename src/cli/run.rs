@@ -1,5 +1,8 @@
 //! `ha-ingestor run`: the service, until SIGINT/SIGTERM; SIGHUP re-reads the config.
 //!
+//! The signal handlers are installed first, before the config is read: a signal during
+//! start-up is acted on once the service has started (see [`crate::signals`]).
+//!
 //! Under systemd (`Type=notify`, `$NOTIFY_SOCKET` set) it says `READY=1` once every
 //! stage has started and `STOPPING=1` when it begins to stop; elsewhere that is a no-op.
 
@@ -12,6 +15,7 @@ use tokio::runtime::Runtime;
 use super::{init_logging, load_config, report};
 use crate::app;
 use crate::config::LogFormat;
+use crate::signals::Signals;
 
 /// Arguments of `run`.
 #[derive(clap::Args)]
@@ -23,11 +27,21 @@ pub struct Args {
 
 /// Starts the service and serves until a shutdown signal, then stops in data-flow order.
 pub fn main(args: Args, log_format: Option<LogFormat>, runtime: &Runtime) -> ExitCode {
-    serve(args.config, log_format, runtime)
+    let signals = {
+        let _runtime = runtime.enter();
+        Signals::listen()
+    };
+    serve(args.config, log_format, runtime, signals)
 }
 
-/// `run` on the config file at `config` (also what `addon` runs once it has written its config).
-pub(super) fn serve(config: PathBuf, log_format: Option<LogFormat>, runtime: &Runtime) -> ExitCode {
+/// `run` on the config file at `config` (also what `addon` runs once it has written its
+/// config), stopped by `signals` (listening since the process began).
+pub(super) fn serve(
+    config: PathBuf,
+    log_format: Option<LogFormat>,
+    runtime: &Runtime,
+    mut signals: Signals,
+) -> ExitCode {
     let cfg = match load_config(&config) {
         Ok(cfg) => cfg,
         Err(code) => return code,
@@ -37,8 +51,9 @@ pub(super) fn serve(config: PathBuf, log_format: Option<LogFormat>, runtime: &Ru
         let mut running = app::start(&cfg).await?;
         tracing::info!(message = "Started.", version = super::VERSION, config = %config.display());
         notify_service_manager(&[NotifyState::Ready, NotifyState::Status("running")]);
-        // SIGHUP re-reads the config (MQTT subscriptions change live) until SIGINT/SIGTERM.
-        running.serve_until_shutdown(&config).await;
+        // SIGHUP re-reads the config (MQTT subscriptions change live) until SIGINT/SIGTERM;
+        // one that came during start-up is acted on now.
+        running.serve_until_shutdown(&config, &mut signals).await;
         notify_service_manager(&[NotifyState::Stopping]);
         tracing::info!(message = "Stopping: sources first, then flushing the sink.");
         running.stop().await;

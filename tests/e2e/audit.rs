@@ -16,7 +16,7 @@ use ha_ingestor::encode::Chunk;
 use ha_ingestor::simulator::{Simulator, SimulatorConfig};
 use ha_ingestor::sink::buffer::Buffer;
 use serde_json::Value;
-use support::{Influxd, spawn_run, terminate, wait_for};
+use support::{Influxd, Running, wait_for};
 
 fn ingestor(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ha-ingestor"))
@@ -388,8 +388,7 @@ async fn a_sighup_reload_is_audited_with_the_changed_keys_and_no_secret() {
         .expect("config");
     };
     write("info");
-    let log = dir.path().join("run.log");
-    let child = spawn_run(&config, &log);
+    let mut run = Running::start(&config);
     wait_for(
         "the process to connect",
         Duration::from_secs(20),
@@ -397,11 +396,7 @@ async fn a_sighup_reload_is_audited_with_the_changed_keys_and_no_secret() {
     )
     .await;
     write("debug");
-    let status = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(status.success());
+    run.signal(libc::SIGHUP);
     wait_for("the reload's audit line", Duration::from_secs(20), || {
         let path = data.join("audit.log");
         async move {
@@ -410,7 +405,7 @@ async fn a_sighup_reload_is_audited_with_the_changed_keys_and_no_secret() {
         }
     })
     .await;
-    terminate(child).await;
+    run.stop().await;
     let lines = audit_lines(&data);
     assert_who_and_when(&lines);
     assert_eq!(lines.len(), 1, "{lines:?}");

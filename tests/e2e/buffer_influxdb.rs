@@ -13,7 +13,7 @@ use ha_ingestor::event::EventKind;
 use ha_ingestor::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use ha_ingestor::sink::buffer::Buffer;
 use support::ha_schema::{all_rows, assert_state_point, is_written};
-use support::{Influxd, expected_points, spawn_run, wait_for};
+use support::{Influxd, Running, expected_points, wait_for};
 
 async fn simulator(token: &str, rate: f64, max_events: u64, seed: u64) -> SimulatorHandle {
     Simulator::start(
@@ -292,15 +292,16 @@ async fn sigkill_mid_stream_loses_nothing_that_was_durable() {
     let port = free_port();
     write_config(&config, &data, &sim.url(), &influx.url(), port);
 
-    let mut child = spawn_run(&config, &dir.path().join("first.log"));
+    let mut run = Running::launch(&config)
+        .log(dir.path().join("first.log"))
+        .spawn();
     let durable = wait_for("records made durable", Duration::from_secs(30), || async {
         metric(port, "ha_ingestor_buffer_durable_sequence")
             .await
             .filter(|d| *d >= 5.0)
     })
     .await as u64;
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reaped");
+    run.kill();
     assert!(!sim.finished(), "the kill did not come mid-stream");
 
     // Every record made durable before the kill is on disk, intact, none delivered.
@@ -319,7 +320,9 @@ async fn sigkill_mid_stream_loses_nothing_that_was_durable() {
     influx.create_database("killed").await;
     let quiet = simulator(token, 1.0, 0, 6).await;
     write_config(&config, &data, &quiet.url(), &influx.url(), port);
-    let child = spawn_run(&config, &dir.path().join("second.log"));
+    let mut run = Running::launch(&config)
+        .log(dir.path().join("second.log"))
+        .spawn();
     wait_for(
         "the buffered points in InfluxDB",
         Duration::from_secs(30),
@@ -332,7 +335,7 @@ async fn sigkill_mid_stream_loses_nothing_that_was_durable() {
             .filter(|r| *r == 0.0)
     })
     .await;
-    let exit = support::terminate(child).await;
+    let exit = run.stop().await;
     assert!(exit.success(), "run exited with {exit}");
     assert_eq!(influx.point_count().await as u64, points);
     let (left, _) = buffer_contents(&data);

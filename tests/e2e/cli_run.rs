@@ -4,11 +4,11 @@
 use crate::support;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use ha_ingestor::simulator::{Simulator, SimulatorConfig};
-use support::{Influxd, expected_points, wait_for};
+use support::{Influxd, Running, expected_points, wait_for};
 
 fn point_lines(dir: &std::path::Path) -> Vec<String> {
     let mut lines = Vec::new();
@@ -56,13 +56,7 @@ async fn run_writes_files_logs_json_stops_on_sigterm_and_replays() {
     )
     .unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ha-ingestor"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut run = Running::launch(&config).json().spawn();
 
     // Every state change that HA would write, plus every other event, ends up in the files.
     wait_for(
@@ -81,35 +75,8 @@ async fn run_writes_files_logs_json_stops_on_sigterm_and_replays() {
     .await;
 
     // SIGTERM: a clean, prompt exit.
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let output = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                let mut stderr = String::new();
-                use std::io::Read as _;
-                child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut stderr)
-                    .unwrap();
-                return (status, stderr);
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "run did not stop after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    })
-    .await
-    .unwrap();
-    let (status, stderr) = output;
+    let status = run.stop().await;
+    let stderr = run.log();
     assert!(status.success(), "run exited with {status}: {stderr}");
     assert_eq!(
         point_lines(&points).len(),
@@ -179,13 +146,7 @@ async fn a_second_process_cannot_share_the_data_directory() {
         ),
     )
     .unwrap();
-    let mut first = Command::new(env!("CARGO_BIN_EXE_ha-ingestor"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = Running::start(&config);
     wait_for(
         "the first process to connect",
         Duration::from_secs(20),
@@ -208,8 +169,7 @@ async fn a_second_process_cannot_share_the_data_directory() {
         stderr.contains("in use by another ha-ingestor process"),
         "{stderr}"
     );
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.kill();
     sim.shutdown().await;
 }
 
@@ -242,28 +202,9 @@ async fn sigterm_is_not_held_by_slow_monitor_clients() {
         ),
     )
     .unwrap();
-    let log = dir.path().join("run.log");
-    let mut child = support::spawn_run(&config, &log);
-    // Started: the signal handlers are installed right after this line (before it, a
-    // SIGTERM still has its default action, as for any process that is starting).
-    wait_for("the process to start", Duration::from_secs(20), || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        async move { text.contains("Started.").then_some(()) }
-    })
-    .await;
-    let client = support::influxd::http_client();
-    wait_for("the monitor to answer", Duration::from_secs(20), || {
-        let client = client.clone();
-        async move {
-            let reply = client
-                .get(format!("http://{monitor}/health"))
-                .send()
-                .await
-                .ok()?;
-            reply.status().is_success().then_some(())
-        }
-    })
-    .await;
+    let mut run = Running::start(&config);
+    run.wait_http(&format!("http://{monitor}/health"), Duration::from_secs(20))
+        .await;
     let mut slow = Vec::new();
     for _ in 0..20 {
         let mut s = tokio::net::TcpStream::connect(monitor).await.unwrap();
@@ -272,31 +213,12 @@ async fn sigterm_is_not_held_by_slow_monitor_clients() {
             .unwrap();
         slow.push(s);
     }
-    let connected = std::time::Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    run.signal(libc::SIGTERM);
     // Below the header timeout: waiting on the clients would end only once it closed them.
     let deadline = ha_ingestor::app::MONITOR_DEADLINE + Duration::from_secs(5);
     assert!(deadline < ha_ingestor::monitor::http::HEADER_READ_TIMEOUT);
-    let exited = support::holds_within(deadline, || matches!(child.try_wait(), Ok(Some(_)))).await;
-    if !exited {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    assert!(
-        exited,
-        "still running {:?} after SIGTERM with slow clients connected",
-        connected.elapsed()
-    );
-    let status = child.wait().unwrap();
-    assert!(
-        status.success(),
-        "run exited with {status}: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    let status = run.wait_exit(deadline).await;
+    assert!(status.success(), "run exited with {status}: {}", run.log());
     drop(slow);
     sim.shutdown().await;
 }

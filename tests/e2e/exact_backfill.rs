@@ -12,13 +12,12 @@ use crate::support;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::Duration;
 
 use ha_ingestor::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use serde_json::Value;
 use support::ha_schema::{Rows, all_rows, is_written};
-use support::{Influxd, spawn_run, wait_for};
+use support::{Influxd, Running, wait_for};
 
 const TOKEN: &str = "exact-token";
 /// An entity HA's recorder is told to exclude in the kill test.
@@ -48,7 +47,7 @@ async fn simulator(seed: u64, exclude: &[&str]) -> SimulatorHandle {
 struct Ingestor {
     dir: PathBuf,
     config: PathBuf,
-    child: Option<Child>,
+    run: Option<Running>,
     starts: usize,
 }
 
@@ -76,7 +75,7 @@ impl Ingestor {
         Ingestor {
             dir,
             config,
-            child: None,
+            run: None,
             starts: 0,
         }
     }
@@ -84,20 +83,19 @@ impl Ingestor {
     fn start(&mut self) {
         self.starts += 1;
         let log = self.dir.join(format!("run{}.log", self.starts));
-        self.child = Some(spawn_run(&self.config, &log));
+        self.run = Some(Running::launch(&self.config).log(log).spawn());
     }
 
     fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Already gone (it crashed) is fine here: the comparison tells what it left.
-            let _ = child.kill();
-            let _ = child.wait();
+        // Already gone (it crashed) is fine here: the comparison tells what it left.
+        if let Some(mut run) = self.run.take() {
+            run.kill();
         }
     }
 
     async fn stop(&mut self) {
-        if let Some(child) = self.child.take() {
-            let exit = support::terminate(child).await;
+        if let Some(mut run) = self.run.take() {
+            let exit = run.stop().await;
             assert!(exit.success(), "run exited with {exit}");
         }
     }

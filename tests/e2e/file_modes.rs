@@ -10,13 +10,12 @@ use crate::support;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use ha_ingestor::simulator::{Simulator, SimulatorConfig};
-use support::{terminate, wait_for};
+use support::{Running, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -65,24 +64,6 @@ fn old_file(path: &Path, text: &str, mode: u32) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod folder");
     std::fs::write(path, text).expect("old file");
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod file");
-}
-
-/// `ha-ingestor run --config CONFIG` with the umask most systems give a service: 0022.
-fn spawn_with_umask_0022(config: &Path, log: &Path) -> Child {
-    let log = std::fs::File::create(log).expect("log file");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ha-ingestor"));
-    cmd.args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log);
-    // SAFETY: umask(2) is async-signal-safe and touches no memory; it only sets the child's mask.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::umask(0o022);
-            Ok(())
-        });
-    }
-    cmd.spawn().expect("ha-ingestor starts")
 }
 
 /// Publishes one message to the machine's Mosquitto (127.0.0.1:1883).
@@ -189,9 +170,8 @@ pattern = "{topic}/{{device}}"
         .expect("config");
     };
     write_config("info");
-    let log = dir.path().join("run.log");
-    let child = spawn_with_umask_0022(&config, &log);
-    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    // The umask most systems give a service.
+    let mut run = Running::launch(&config).umask(0o022).spawn();
 
     // The cursor (the HA source), the buffer and this hour's points file.
     wait_for("a saved cursor", WAIT, || async {
@@ -221,19 +201,9 @@ pattern = "{topic}/{{device}}"
         }
     })
     .await;
-    // The audit log: a SIGHUP reload with a changed key (once started: the handlers are
-    // installed right after the "Started." line).
-    wait_for("the process to start", WAIT, || {
-        let text = log_text();
-        async move { text.contains("Started.").then_some(()) }
-    })
-    .await;
+    // The audit log: a SIGHUP reload with a changed key.
     write_config("debug");
-    let status = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(status.success());
+    run.signal(libc::SIGHUP);
     wait_for("the reload's audit line", WAIT, || async {
         std::fs::metadata(data.join("audit.log"))
             .is_ok_and(|m| m.len() > 0)
@@ -242,8 +212,8 @@ pattern = "{topic}/{{device}}"
     .await;
 
     assert_private(&data, "while running");
-    let exit = terminate(child).await;
-    assert!(exit.success(), "run exited with {exit}: {}", log_text());
+    let exit = run.stop().await;
+    assert!(exit.success(), "run exited with {exit}: {}", run.log());
     // What shutdown writes (the last cursor save, the buffer's commit) is private too.
     assert_private(&data, "after the exit");
     let kinds = modes(&data);
@@ -265,9 +235,9 @@ pattern = "{topic}/{{device}}"
         );
     }
     assert!(
-        log_text().contains("Data directory made private"),
+        run.log().contains("Data directory made private"),
         "the tightening at start is not logged: {}",
-        log_text()
+        run.log()
     );
     sim.shutdown().await;
 }

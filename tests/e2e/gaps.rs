@@ -18,7 +18,7 @@ use ha_ingestor::config::{Config, HomeAssistantConfig, InfluxConfig, MonitorConf
 use ha_ingestor::event::State;
 use ha_ingestor::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use support::ha_schema::{all_rows, assert_state_point, is_written, state_key};
-use support::{Influxd, spawn_run, wait_for};
+use support::{Influxd, Running, wait_for};
 
 async fn simulator(token: &str, seed: u64) -> SimulatorHandle {
     Simulator::start(
@@ -172,7 +172,9 @@ async fn a_killed_ingestor_fills_its_gap_from_history_after_restart() {
     let config = dir.path().join("run.toml");
     write_config(&config, &data, &sim.url(), &influx.url());
 
-    let mut child = spawn_run(&config, &dir.path().join("first.log"));
+    let mut run = Running::launch(&config)
+        .log(dir.path().join("first.log"))
+        .spawn();
     wait_for("points written", Duration::from_secs(30), || async {
         (state_points(&influx).await >= 100).then_some(())
     })
@@ -185,8 +187,7 @@ async fn a_killed_ingestor_fills_its_gap_from_history_after_restart() {
     })
     .await;
     sim.keep_running_while_disconnected(true);
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reaped");
+    run.kill();
     let before = sim.state_changes().len();
     wait_for(
         "changes while the ingestor is dead",
@@ -196,7 +197,9 @@ async fn a_killed_ingestor_fills_its_gap_from_history_after_restart() {
     .await;
     let gap = sim.state_changes().len() - before;
 
-    let child = spawn_run(&config, &dir.path().join("second.log"));
+    let mut run = Running::launch(&config)
+        .log(dir.path().join("second.log"))
+        .spawn();
     wait_for(
         "the restarted process backfilled",
         Duration::from_secs(30),
@@ -213,7 +216,7 @@ async fn a_killed_ingestor_fills_its_gap_from_history_after_restart() {
     sim.stop_generating();
     let made = sim.state_changes();
     assert_every_change_stored_once(&influx, &made, gap).await;
-    let exit = support::terminate(child).await;
+    let exit = run.stop().await;
     assert!(exit.success(), "run exited with {exit}");
     sim.shutdown().await;
 }

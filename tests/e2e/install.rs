@@ -7,12 +7,11 @@
 use crate::support;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use ha_ingestor::simulator::{Simulator, SimulatorConfig};
-use support::{terminate, wait_for};
+use support::{Running, wait_for};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ha-ingestor"))
@@ -26,16 +25,6 @@ fn stdout_of(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("UTF-8 output")
-}
-
-/// The JSON log lines written so far to `log` whose `message` is `message`.
-fn log_lines(log: &Path, message: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["message"] == message)
-        .collect()
 }
 
 #[test]
@@ -168,15 +157,10 @@ async fn run_notifies_systemd_and_health_reads_its_monitor() {
         ),
     )
     .unwrap();
-    let log = dir.path().join("run.log");
-    let child = bin()
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&config)
+    let mut run = Running::launch(&config)
+        .json()
         .env("NOTIFY_SOCKET", &socket_path)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+        .spawn();
 
     let mut buf = [0u8; 512];
     let n = tokio::time::timeout(Duration::from_secs(30), socket.recv(&mut buf))
@@ -189,7 +173,7 @@ async fn run_notifies_systemd_and_health_reads_its_monitor() {
         "first notification: {ready:?}"
     );
 
-    let listening = log_lines(&log, "Monitor listening.");
+    let listening = run.log_lines("Monitor listening.");
     let addr: SocketAddr = listening
         .first()
         .and_then(|l| l["addr"].as_str())
@@ -212,7 +196,7 @@ async fn run_notifies_systemd_and_health_reads_its_monitor() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
 
-    let status = terminate(child).await;
+    let status = run.stop().await;
     assert!(status.success(), "run exits 0 on SIGTERM: {status}");
     let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
         .await
@@ -257,21 +241,19 @@ async fn run_inside_an_addon_reaches_home_assistant_through_the_supervisor() {
         format!("data_dir = {data:?}\n[monitor]\nlisten = \"127.0.0.1:0\"\n"),
     )
     .unwrap();
-    let log = dir.path().join("run.log");
-    let child = bin()
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&config)
+    let mut run = Running::launch(&config)
+        .json()
         .env("SUPERVISOR_TOKEN", &token)
         .env("SUPERVISOR_API", format!("http://{}", sim.addr()))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+        .spawn();
 
     let connected = wait_for(
         "the connection through the Supervisor's proxy",
         Duration::from_secs(30),
-        || async { log_lines(&log, "Connected to Home Assistant and subscribed.").pop() },
+        || async {
+            run.log_lines("Connected to Home Assistant and subscribed.")
+                .pop()
+        },
     )
     .await;
     assert_eq!(
@@ -307,9 +289,9 @@ async fn run_inside_an_addon_reaches_home_assistant_through_the_supervisor() {
         (lines > 0).then_some(())
     })
     .await;
-    let status = terminate(child).await;
+    let status = run.stop().await;
     assert!(status.success(), "{status}");
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = run.log();
     assert!(
         !text.contains(&token),
         "the Supervisor's token is never logged"

@@ -25,5 +25,6 @@ mod homes;
 mod influxdb;
 mod install;
 mod monitor_alerts;
+mod startup_signals;
 mod transport;
 mod victoria;

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use ha_ingestor::simulator::{Simulator, SimulatorConfig};
-use support::{Influxd, spawn_run, terminate, wait_for};
+use support::{Influxd, Running, wait_for};
 
 fn check(config: &std::path::Path, env: &[(&str, &std::path::Path)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ha-ingestor"));
@@ -119,7 +119,7 @@ async fn skipped_verification_shows_as_a_metric_and_a_note_in_ready() {
         ),
     )
     .expect("config");
-    let child = spawn_run(&config, &dir.path().join("run.log"));
+    let mut run = Running::start(&config);
     let client = support::influxd::http_client();
     let metrics = wait_for("the gauge in /metrics", Duration::from_secs(20), || {
         let client = client.clone();
@@ -161,6 +161,6 @@ async fn skipped_verification_shows_as_a_metric_and_a_note_in_ready() {
             .is_some_and(|n| n.contains("influxdb[influxdb].tls"))),
         "{ready}"
     );
-    terminate(child).await;
+    run.stop().await;
     sim.shutdown().await;
 }

@@ -10,8 +10,10 @@ pub mod alone;
 pub mod ha_schema;
 pub mod influxd;
 pub mod mosquitto;
+pub mod running;
 
 pub use influxd::Influxd;
+pub use running::Running;
 
 use std::future::Future;
 use std::time::Duration;
@@ -31,31 +33,6 @@ pub fn expected_points(events: &[Event]) -> usize {
             EventKind::Bus(_) => true,
         })
         .count()
-}
-
-/// Starts `ha-ingestor run --config CONFIG` with its log (stderr) going to `log`.
-pub fn spawn_run(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
-    let log = std::fs::File::create(log).expect("log file");
-    std::process::Command::new(env!("CARGO_BIN_EXE_ha-ingestor"))
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("ha-ingestor starts")
-}
-
-/// Stops a spawned `ha-ingestor run` with SIGTERM (as a service manager does) and waits for its exit.
-pub async fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success(), "kill -TERM failed");
-    tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait")
 }
 
 /// Polls `probe` every 50 ms until it returns `Some`, panicking with `what` after `timeout`.

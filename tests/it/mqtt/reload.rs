@@ -6,11 +6,11 @@
 use crate::support;
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use support::mosquitto::{Mosquitto, Settings};
-use support::{Influxd, spawn_run, wait_for};
+use support::{Influxd, Running, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -67,26 +67,6 @@ fn publish(port: u16, topic: &str, v: i64) {
         .status()
         .expect("run mosquitto_pub");
     assert!(status.success(), "mosquitto_pub {topic}");
-}
-
-/// The `run` process this test started; killed (by its own id) if the test fails midway.
-struct Run(Child);
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
-fn hangup(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
 }
 
 fn log_count(log: &Path, needle: &str) -> usize {
@@ -160,7 +140,7 @@ async fn sighup_adds_and_removes_subscriptions_on_the_live_connection() {
     let monitor = free_port();
     let port = broker.port();
     write_config(&config, &data, &influx, port, monitor, &["a"], "30s");
-    let mut run = Run(spawn_run(&config, &log));
+    let mut run = Running::launch(&config).log(&log).spawn();
     let subscribed = "The broker confirmed a subscription.";
     wait_log(&log, subscribed, 1).await;
 
@@ -171,7 +151,7 @@ async fn sighup_adds_and_removes_subscriptions_on_the_live_connection() {
 
     // Add `rb/#`: SIGHUP, the broker confirms the new filter, its messages become points.
     write_config(&config, &data, &influx, port, monitor, &["a", "b"], "30s");
-    hangup(&run.0);
+    run.signal(libc::SIGHUP);
     wait_log(&log, subscribed, 2).await;
     publish(port, "rb/b1", 3);
     publish(port, "ra/a1", 4);
@@ -180,7 +160,7 @@ async fn sighup_adds_and_removes_subscriptions_on_the_live_connection() {
 
     // Remove `ra/#` (and change a setting that needs a new connection).
     write_config(&config, &data, &influx, port, monitor, &["b"], "45s");
-    hangup(&run.0);
+    run.signal(libc::SIGHUP);
     wait_log(&log, "The broker confirmed an unsubscription.", 1).await;
     publish(port, "ra/a1", 5);
     publish(port, "rb/b1", 6);
@@ -222,23 +202,6 @@ async fn sighup_adds_and_removes_subscriptions_on_the_live_connection() {
         0.0
     );
 
-    let status = Command::new("kill")
-        .args(["-TERM", &run.0.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-    let exited = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + DEADLINE;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = run.0.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // Still running: `Run`'s drop kills it.
-        None
-    })
-    .await
-    .expect("wait task");
-    assert!(exited.is_some_and(|s| s.success()), "clean exit on SIGTERM");
+    let status = run.stop().await;
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
 }
