@@ -1,6 +1,6 @@
 //! The floor of the Home Assistant path (`ha-ingestor bench ha-consume`): the source's
 //! own connection (connect, auth, coalescing, `subscribe_events`) read in the source's
-//! rhythm (a [`READ_TICK`] or a [`READ_LOW_WATER`] burst) and every frame decoded into
+//! rhythm (a [`ReadRhythm`] tick or a [`READ_LOW_WATER`] burst) and every frame decoded into
 //! events by the source's decoder — then dropped: no pipeline, buffer or InfluxDB. Its CPU
 //! per event, beside the whole ingestor's on the same load (`scripts/bench-ws-e2e --client
 //! floor`), tells what reading and decoding HA's stream costs apart from everything after.
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::HomeAssistantConfig;
 use crate::event::SourceId;
 use crate::source::homeassistant::client::{
-    READ_LOW_WATER, READ_TICK, build_connector, open_socket, set_low_water,
+    READ_LOW_WATER, ReadRhythm, build_connector, open_socket, set_low_water,
 };
 use crate::source::homeassistant::decode::{ServerMessage, decode_frame};
 use crate::source::homeassistant::protocol::{ClientMessage, Features};
@@ -80,15 +80,14 @@ pub async fn consume(
     let (mut received, mut frames, mut confirmed) = (0u64, 0u64, false);
     let mut first: Option<f64> = None;
     let mut last_event = Instant::now();
-    let mut tick = tokio::time::interval(READ_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rhythm = ReadRhythm::new();
     let mut low_water = false;
     loop {
         let frame = tokio::select! {
             biased;
             frame = ws.next() => frame,
             _ = stop.cancelled() => break,
-            _ = tick.tick() => {
+            _ = rhythm.tick() => {
                 if first.is_some() && last_event.elapsed() >= cfg.idle {
                     break;
                 }
@@ -109,6 +108,7 @@ pub async fn consume(
             };
             frames += 1;
             decode_frame(&text, &source, &mut decoded);
+            rhythm.read(decoded.len() as u64);
             for message in decoded.drain(..) {
                 match message {
                     Ok(ServerMessage::Event { .. }) => {

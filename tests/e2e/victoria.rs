@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use ha_ingestor::bench::victoria::{Victoria, VictoriaError, VictoriaOptions};
 use ha_ingestor::simulator::{Simulator, SimulatorConfig};
-use support::{expected_points, spawn_run, terminate, wait_for};
+use support::{Running, expected_points, wait_for};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -78,7 +78,9 @@ async fn a_demo_stream_reads_back_from_victoriametrics_point_for_point() {
         ),
     )
     .expect("write config");
-    let child = spawn_run(&config, &dir.path().join("run.log"));
+    let mut run = Running::launch(&config)
+        .log(dir.path().join("run.log"))
+        .spawn();
 
     // VictoriaMetrics goes away for part of the stream: the buffer holds its share, and
     // replays it once it is back, while the recorder keeps receiving.
@@ -111,7 +113,7 @@ async fn a_demo_stream_reads_back_from_victoriametrics_point_for_point() {
         (n >= sample_count).then_some(stored)
     })
     .await;
-    let exit = terminate(child).await;
+    let exit = run.stop().await;
     assert!(exit.success(), "run exited with {exit}");
 
     let mut checked = 0usize;

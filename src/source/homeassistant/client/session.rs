@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::connect::{self, Ws, close_reason, describe};
 use super::gap::{Gap, Step, UnrecordedAttributes};
+use super::rhythm::ReadRhythm;
 use super::{ClientError, HOMEASSISTANT_STOP, Meters};
 use crate::config::{HaSubscription, HomeAssistantConfig};
 use crate::dead_letter::DeadLetter;
@@ -42,13 +43,13 @@ use crate::source::homeassistant::entities::{EntitiesMessage, StateCache};
 use crate::source::homeassistant::history;
 use crate::source::homeassistant::protocol::{ClientMessage, ErrorInfo, Features, ServerReply};
 
-/// Once streaming, the socket is read every [`READ_TICK`] or as soon as
-/// [`READ_LOW_WATER`] bytes wait, not at every frame: at a home's rates (tens to
-/// hundreds of events/s, one frame each) a wake-up per frame is most of the
-/// cost, while a tick reads many frames at once. The tick is far below HA's
-/// limits on a client's pending messages (1024 for 10 s, or 4096).
-pub const READ_TICK: std::time::Duration = std::time::Duration::from_millis(50);
-/// Bytes that make the socket readable before the tick (`SO_RCVLOWAT`): a burst is read at once.
+/// Once streaming, the socket is read at the tick of a [`ReadRhythm`] (50–200 ms,
+/// following the stream) or as soon as [`READ_LOW_WATER`] bytes wait, not at every
+/// frame: at a home's rates (tens to hundreds of events/s, one frame each) a
+/// wake-up per frame is most of the cost, while a tick reads many frames at once.
+/// The longest tick is far below HA's limits on a client's pending messages (1024
+/// for 10 s, or 4096). Bytes that make the socket readable before the tick
+/// (`SO_RCVLOWAT`): a burst is read at once.
 pub const READ_LOW_WATER: libc::c_int = 16 * 1024;
 /// Most frames read in one wake-up before the other wake-ups get their turn.
 const READ_DRAIN_MAX: usize = 1024;
@@ -132,7 +133,7 @@ enum Wake {
     Command(Command),
     /// Time to ask the gap's commit check again.
     Probe,
-    /// Time to read what the socket holds (see [`READ_TICK`]).
+    /// Time to read what the socket holds (see [`ReadRhythm`]).
     ReadTick,
 }
 
@@ -175,6 +176,8 @@ struct Session<'a> {
     coalescing: bool,
     /// The low-water mark is raised (else a tick lowered it to one byte).
     low_water: bool,
+    /// Messages decoded since the read rhythm was last told.
+    messages_read: u64,
 }
 
 impl<'a> Session<'a> {
@@ -224,6 +227,7 @@ impl<'a> Session<'a> {
             decoded: Vec::new(),
             coalescing: false,
             low_water: false,
+            messages_read: 0,
         })
     }
 
@@ -236,8 +240,7 @@ impl<'a> Session<'a> {
         let mut ping_tick =
             tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
         ping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut read_tick = tokio::time::interval(READ_TICK);
-        read_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rhythm = ReadRhythm::new();
         loop {
             // Streaming (subscribed, no gap waiting on replies): read by tick and burst.
             if !self.coalescing && self.report.subscribed_at.is_some() && self.gap.is_none() {
@@ -252,7 +255,7 @@ impl<'a> Session<'a> {
             let wake = tokio::select! {
                 biased;
                 frame = self.ws.next() => Wake::Frame(frame),
-                _ = read_tick.tick(), if self.coalescing => Wake::ReadTick,
+                _ = rhythm.tick(), if self.coalescing => Wake::ReadTick,
                 _ = &mut results_deadline, if self.report.subscribed_at.is_none() => Wake::SetupOverdue,
                 _ = tokio::time::sleep_until(pong_due.unwrap_or_else(Instant::now)), if pong_due.is_some() => Wake::PongOverdue,
                 _ = ping_tick.tick(), if self.awaiting_pong.is_none() => Wake::Ping,
@@ -262,6 +265,7 @@ impl<'a> Session<'a> {
             let handled = match wake {
                 Wake::Frame(frame) => {
                     let read = self.on_frames(frame).await;
+                    rhythm.read(std::mem::take(&mut self.messages_read));
                     if self.coalescing && !self.low_water {
                         self.low_water = set_low_water(&self.ws, READ_LOW_WATER);
                     }
@@ -412,6 +416,7 @@ impl<'a> Session<'a> {
             Message::Text(text) => decode_frame(text, source, &mut decoded),
             _ => decode_binary_frame(bytes, source, &mut decoded),
         }
+        self.messages_read += decoded.len() as u64;
         // One clock read per frame: a coalesced frame's events arrived together.
         let arrived = Timestamp::now();
         for item in decoded.drain(..) {
