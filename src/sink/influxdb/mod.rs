@@ -40,11 +40,13 @@
 //! | `reply.rs` | the classifier and what is read from a reply's message |
 //! | `client.rs` | HTTP: authentication, TLS, gzip, URLs, bounded bodies, the write request, `check` |
 //! | `field_types.rs` | the type-conflict guard |
+//! | `last_point.rs` | the store's last point of one home (InfluxQL), where a sharded fleet's new owner of a home resumes |
 
 mod client;
 mod delivery;
 mod field_types;
 mod lanes;
+pub mod last_point;
 mod reply;
 mod writer;
 

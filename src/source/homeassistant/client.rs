@@ -190,6 +190,17 @@ impl ClientError {
 
 /// Runs until ctx.shutdown is cancelled: connect, auth, supported_features(coalesce), subscribe, forward events, reconnect with backoff.
 pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext) {
+    run_from(cfg, source, ctx, None).await;
+}
+
+/// As [`run`], resuming no earlier than `store_floor` (a sharded fleet's store's last point
+/// of this home, less a margin): the later of it and the local cursor is where the gap starts.
+pub async fn run_from(
+    cfg: HomeAssistantConfig,
+    source: SourceId,
+    ctx: SourceContext,
+    store_floor: Option<Timestamp>,
+) {
     ctx.stats.register_source(&source);
     let setup = connect::build_connector(&cfg).and_then(|c| match &cfg.token {
         Some(token) => Ok((c, token.clone())),
@@ -217,6 +228,16 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
         }
         None => None,
     };
+    let (start, resumed_from) = match (start, store_floor) {
+        (Some(local), Some(store)) if store > local => (Some(store), "store"),
+        (Some(local), _) => (Some(local), "cursor"),
+        (None, Some(store)) => (Some(store), "store"),
+        (None, None) => (None, "none"),
+    };
+    if let (Some(from), "store") = (start, resumed_from) {
+        tracing::info!(message = "Resuming from the store's last point of this home.", source = %source, %from);
+    }
+    ctx.stats.home_resumed(&source, resumed_from);
     let cursor = Arc::new(Cursor::new(start, Some(ctx.handoff.register(&source))));
     // The writer outlives this task: its last save comes once everything handed on is safe.
     if let Some(path) = cursor_path {
