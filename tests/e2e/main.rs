@@ -17,6 +17,7 @@ mod cli_buffer;
 mod cli_run;
 mod deploy;
 mod exact_backfill;
+mod fleet;
 mod gaps;
 mod homes;
 mod influxdb;
