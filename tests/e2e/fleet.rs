@@ -321,7 +321,7 @@ async fn two_replicas_become_three_and_every_home_is_whole_in_influxdb() {
         let made: Vec<_> = sim
             .state_changes()
             .into_iter()
-            .filter(|s| is_written(s))
+            .filter(is_written)
             .collect();
         let states = |rows: &support::ha_schema::Rows| {
             rows.keys().filter(|(m, _, _)| m != "ha_events").count()
