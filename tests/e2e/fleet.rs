@@ -318,11 +318,7 @@ async fn two_replicas_become_three_and_every_home_is_whole_in_influxdb() {
     // Every home's points are exactly its state changes, value for value.
     for (i, sim) in sims.iter().enumerate() {
         let home = home_name(i);
-        let made: Vec<_> = sim
-            .state_changes()
-            .into_iter()
-            .filter(is_written)
-            .collect();
+        let made: Vec<_> = sim.state_changes().into_iter().filter(is_written).collect();
         let states = |rows: &support::ha_schema::Rows| {
             rows.keys().filter(|(m, _, _)| m != "ha_events").count()
         };
