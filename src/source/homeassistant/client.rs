@@ -228,12 +228,7 @@ pub async fn run_from(
         }
         None => None,
     };
-    let (start, resumed_from) = match (start, store_floor) {
-        (Some(local), Some(store)) if store > local => (Some(store), "store"),
-        (Some(local), _) => (Some(local), "cursor"),
-        (None, Some(store)) => (Some(store), "store"),
-        (None, None) => (None, "none"),
-    };
+    let (start, resumed_from) = resume_start(start, store_floor);
     if let (Some(from), "store") = (start, resumed_from) {
         tracing::info!(message = "Resuming from the store's last point of this home.", source = %source, %from);
     }
@@ -258,6 +253,21 @@ pub async fn run_from(
         cursor: &cursor,
     };
     supervise(&link).await;
+}
+
+/// Where a home resumes: the later of its local cursor and the store's floor (a home that
+/// moved here has no cursor; one that moved away and back has a stale one), and which
+/// of them it was (`cursor`, `store` or `none`).
+pub fn resume_start(
+    local: Option<Timestamp>,
+    store_floor: Option<Timestamp>,
+) -> (Option<Timestamp>, &'static str) {
+    match (local, store_floor) {
+        (Some(local), Some(store)) if store > local => (Some(store), "store"),
+        (Some(local), _) => (Some(local), "cursor"),
+        (None, Some(store)) => (Some(store), "store"),
+        (None, None) => (None, "none"),
+    }
 }
 
 /// Connects, streams and reconnects until shutdown or until the pipeline closes its channel.
@@ -498,5 +508,24 @@ impl Meters {
         if label == event_type {
             self.by_type.insert(event_type.to_string(), counter);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_home_resumes_from_the_later_of_its_cursor_and_the_stores_floor() {
+        let t = Timestamp::from_nanos;
+        // Moved here: no cursor, the store knows where it ended.
+        assert_eq!(resume_start(None, Some(t(5))), (Some(t(5)), "store"));
+        // Moved away and back: the stale cursor gives way to the newer store floor.
+        assert_eq!(resume_start(Some(t(3)), Some(t(5))), (Some(t(5)), "store"));
+        // Stayed: its own cursor is at or after the floor (the margin puts the floor earlier).
+        assert_eq!(resume_start(Some(t(7)), Some(t(5))), (Some(t(7)), "cursor"));
+        assert_eq!(resume_start(Some(t(7)), None), (Some(t(7)), "cursor"));
+        // Nothing anywhere: a fresh start.
+        assert_eq!(resume_start(None, None), (None, "none"));
     }
 }
