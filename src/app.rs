@@ -214,8 +214,17 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
 
     // Every source is listed, not connected, before `/ready` can be asked: until each has
     // connected the ingestor is not ready (else it would answer ready while the buffer opens).
-    for ha in &cfg.homeassistant {
+    for ha in cfg.owned_homes() {
         stats.register_source(&ha.name);
+    }
+    if !cfg.homeassistant.is_empty() {
+        stats.set_fleet(crate::monitor::FleetView {
+            shard_index: cfg.shard.as_ref().and_then(|s| s.index),
+            shard_count: cfg.shard.as_ref().map(|s| s.count),
+            homes_total: cfg.homeassistant.len(),
+            homes_owned: cfg.owned_homes().map(|ha| ha.name.clone()).collect(),
+            resumed_from: Default::default(),
+        });
     }
     for mqtt in &mqtt_sources {
         stats.register_source(&mqtt.name());
@@ -232,7 +241,18 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         (None, None)
     };
 
-    // After the monitor, whose start installs the metrics recorder the gauge goes to.
+    // After the monitor, whose start installs the metrics recorder the gauges go to.
+    if let Some(fleet) = stats.fleet() {
+        metrics::gauge!(crate::monitor::metrics::HOMES_OWNED).set(fleet.homes_owned.len() as f64);
+        metrics::gauge!(crate::monitor::metrics::HOMES_TOTAL).set(fleet.homes_total as f64);
+        tracing::info!(
+            message = "Homes this process runs.",
+            owned = fleet.homes_owned.len(),
+            total = fleet.homes_total,
+            shard_index = ?fleet.shard_index,
+            shard_count = ?fleet.shard_count,
+        );
+    }
     for peer in cfg.tls_unverified_peers() {
         stats.tls_verification_disabled(&peer);
     }
@@ -286,9 +306,8 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
 
     // Alert notifications to Home Assistant travel over the source's connection.
     // One queue per home, so a notifier's `instance` reaches that home's connection only.
-    let ha_commands = crate::feedback::commands::Commands::for_homes(
-        cfg.homeassistant.iter().map(|ha| ha.name.clone()),
-    );
+    let ha_commands =
+        crate::feedback::commands::Commands::for_homes(cfg.owned_homes().map(|ha| ha.name.clone()));
     let alerting =
         crate::monitor::alerts::start(&cfg.alerts, stats.alerts.clone(), Some(&ha_commands))?;
 
@@ -307,13 +326,24 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         background: background.clone(),
         commands: ha_commands,
     };
-    // One connection, cursor and backfill per Home Assistant instance, named by it.
+    // One connection, cursor and backfill per Home Assistant instance this process runs,
+    // named by it; in a sharded fleet each first asks the store where the home ended.
+    let store_resume = crate::fleet::StoreResume::from_config(cfg);
+    let cursor_dir = cfg.data_dir.join("cursor");
     let mut sources: Vec<JoinHandle<()>> = cfg
-        .homeassistant
-        .iter()
+        .owned_homes()
         .map(|ha| {
             let source_id: SourceId = Arc::from(ha.name.as_str());
-            tokio::spawn(client::run(ha.clone(), source_id, ctx.clone()))
+            let (ha, ctx, store_resume) = (ha.clone(), ctx.clone(), store_resume.clone());
+            let has_cursor =
+                crate::source::homeassistant::cursor::path_for(&cursor_dir, &ha.name).exists();
+            tokio::spawn(async move {
+                let floor = match &store_resume {
+                    Some(store) => store.floor(&ha.name, has_cursor, &ctx.shutdown).await,
+                    None => None,
+                };
+                client::run_from(ha, source_id, ctx, floor).await;
+            })
         })
         .collect();
     let mqtt_reloaders = mqtt_sources.iter().map(|m| m.reloader()).collect();

@@ -16,6 +16,7 @@ pub mod dead_letter;
 pub mod encode;
 pub mod event;
 pub mod feedback;
+pub mod fleet;
 pub mod monitor;
 pub mod pipeline;
 pub mod private_fs;

@@ -94,9 +94,20 @@ pub enum BenchCommand {
         /// Stop changing states after this many events (0 = never).
         #[arg(long, default_value_t = 0)]
         events: u64,
-        /// The access token clients must present.
+        /// The access token clients must present (with `--homes`, home i's is `<token>-<i>`).
         #[arg(long, default_value = "bench-token")]
         token: String,
+        /// Serve this many homes, each a simulator of its own on its own port, with `rate`
+        /// state changes per second, a burst of 10 once a minute, and `--home-entities`
+        /// entities each; 0 = one home of `entities`.
+        #[arg(long, default_value_t = 0)]
+        homes: usize,
+        /// Entities per home with `--homes` (a small house: a few sensors, lights and switches).
+        #[arg(long, default_value_t = 12)]
+        home_entities: usize,
+        /// With `--homes`: write one home file per home here (`home-0000.toml`: url and token), a `homes_dir` for the ingestor.
+        #[arg(long)]
+        homes_dir: Option<std::path::PathBuf>,
     },
     /// Read and decode Home Assistant's event stream as the source does, with nothing after it: the floor of the HA path; prints JSON.
     HaConsume {
@@ -239,9 +250,16 @@ pub fn main(what: BenchCommand, flag_format: Option<LogFormat>, runtime: &Runtim
             entities,
             events,
             token,
+            homes,
+            home_entities,
+            homes_dir,
         } => {
             init_logging(flag_format.unwrap_or_default(), "warn");
-            let result = runtime.block_on(ha_serve(port, rate, entities, events, token));
+            let result = if homes > 0 {
+                runtime.block_on(ha_serve_homes(homes, rate, home_entities, token, homes_dir))
+            } else {
+                runtime.block_on(ha_serve(port, rate, entities, events, token))
+            };
             report(result)
         }
         BenchCommand::MqttPublish {
@@ -523,5 +541,62 @@ async fn ha_serve(
     let sent = sim.emitted_count();
     sim.shutdown().await;
     println!("{}", serde_json::json!({ "sent": sent }));
+    Ok(())
+}
+
+/// `bench ha-serve --homes N`: N simulated homes in this process, each its own simulator
+/// on its own port (the ingestor connects to each as to a separate Home Assistant); writes
+/// their home files, runs until SIGTERM/SIGINT, then prints what each home sent.
+async fn ha_serve_homes(
+    homes: usize,
+    rate: f64,
+    entities: usize,
+    token: String,
+    homes_dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    use crate::simulator::{Simulator, SimulatorConfig};
+    if let Some(dir) = &homes_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut sims = Vec::with_capacity(homes);
+    for i in 0..homes {
+        let name = format!("home-{i:04}");
+        let cfg = SimulatorConfig {
+            entities,
+            rate,
+            token: format!("{token}-{i}"),
+            // Each home its own entities' values and order.
+            seed: i as u64 + 1,
+            // A realistic home: the steady rate, and every minute a burst of a scene's changes.
+            burst_every: Some(std::time::Duration::from_secs(60)),
+            burst_size: 10,
+            ..SimulatorConfig::default()
+        };
+        let sim = Simulator::start(cfg.clone(), std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .with_context(|| format!("cannot start the simulator of {name}"))?;
+        if let Some(dir) = &homes_dir {
+            let file = dir.join(format!("{name}.toml"));
+            let text = format!("url = {:?}\ntoken = {:?}\n", sim.url(), cfg.token);
+            std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+        }
+        sims.push((name, sim));
+    }
+    eprintln!("serving {homes} homes");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let mut sent = 0u64;
+    let mut per_home = serde_json::Map::new();
+    for (name, sim) in sims {
+        let n = sim.emitted_count();
+        sent += n;
+        per_home.insert(name, n.into());
+        sim.shutdown().await;
+    }
+    println!("{}", serde_json::json!({ "sent": sent, "homes": per_home }));
     Ok(())
 }

@@ -58,7 +58,20 @@ pub async fn run(path: &Path) -> i32 {
     if cfg.homeassistant.is_empty() {
         println!("homeassistant: not configured");
     }
-    for ha in &cfg.homeassistant {
+    // A sharded replica probes the homes it runs; the others are some other replica's.
+    if let Some(shard) = &cfg.shard {
+        let owned: Vec<&str> = cfg.owned_homes().map(|ha| ha.name.as_str()).collect();
+        println!(
+            "shard: index {} of {}: runs {} of {} homes{}{}",
+            shard.index.unwrap_or_default(),
+            shard.count,
+            owned.len(),
+            cfg.homeassistant.len(),
+            if owned.is_empty() { "" } else { ": " },
+            owned.join(", ")
+        );
+    }
+    for ha in cfg.owned_homes() {
         // The default instance keeps the plain label; named ones say which they are.
         let label = if ha.name == "homeassistant" {
             "homeassistant".to_string()

@@ -33,6 +33,7 @@ mod buffer;
 mod dead_letter;
 mod env;
 mod filters;
+mod fleet;
 mod homeassistant;
 mod influxdb;
 mod monitor;
@@ -53,6 +54,7 @@ pub use filters::{
     FilterAction, FilterConfig, FilterRuleConfig, OnError, RateConfig, RuleMatchConfig,
     StateMatchConfig, StateSide, StepOnError, TimeMatchConfig, TransformStepConfig,
 };
+pub use fleet::{HOSTNAME_VAR, ShardConfig, fnv1a64, jump_hash, shard_of};
 pub use homeassistant::{
     HaSubscription, HomeAssistantConfig, SUPERVISOR_API_DEFAULT, SUPERVISOR_API_VAR,
     SUPERVISOR_TOKEN_VAR, supervisor_api, supervisor_token,
@@ -128,6 +130,12 @@ pub struct Config {
     /// The Home Assistant WebSocket sources: `[homeassistant]` for one, `[[homeassistant]]` for several; empty means no HA connection.
     #[serde(default, deserialize_with = "homeassistant::one_or_many")]
     pub homeassistant: Vec<HomeAssistantConfig>,
+    /// A folder of home files (`*.toml`, one `[homeassistant]`'s keys each, `name` defaulting to the file stem), added to `homeassistant` at load: adding a home is adding a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub homes_dir: Option<PathBuf>,
+    /// Which of the homes this replica runs, by a stable hash of each home's name; absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardConfig>,
     /// Which events are kept.
     #[serde(default)]
     pub filter: FilterConfig,
@@ -229,6 +237,14 @@ impl Config {
             // section together (`…__URL` and `…__TOKEN`) work in any order.
             Config::deserialize(toml::Value::Table(table)).map_err(|e| env_error(&overrides, &e))?
         };
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(dir) = &config.homes_dir {
+            let homes = fleet::read_homes_dir(dir, base)?;
+            config.homeassistant.extend(homes);
+        }
+        if let Some(shard) = &mut config.shard {
+            fleet::resolve_index(shard, env)?;
+        }
         // Inside a Home Assistant add-on the Supervisor is the way to Home Assistant.
         homeassistant::apply_supervisor(&mut config.homeassistant, env)?;
         config.read_secrets(path.parent().unwrap_or(Path::new(".")))?;
@@ -237,10 +253,18 @@ impl Config {
         Ok(config)
     }
 
-    /// The schema as the encoder uses it: with several Home Assistant instances the instance tag is on by default.
+    /// The homes this process runs: every listed home, or with `[shard]` those whose hash lands on its index.
+    pub fn owned_homes(&self) -> impl Iterator<Item = &HomeAssistantConfig> {
+        self.homeassistant
+            .iter()
+            .filter(|ha| self.shard.as_ref().is_none_or(|s| s.owns(&ha.name)))
+    }
+
+    /// The schema as the encoder uses it: with several Home Assistant instances (or a
+    /// sharded fleet) the instance tag is on by default, the same on every replica.
     pub fn effective_schema(&self) -> SchemaConfig {
         let mut schema = self.schema.clone();
-        if self.homeassistant.len() > 1 && schema.instance_tag.is_none() {
+        if (self.homeassistant.len() > 1 || self.shard.is_some()) && schema.instance_tag.is_none() {
             schema.instance_tag = Some("instance".to_string());
         }
         schema.instance_tag = schema.instance_tag.filter(|k| !k.is_empty());

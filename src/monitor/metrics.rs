@@ -9,6 +9,10 @@ pub const SOURCE_RECEIVED_EVENTS: &str = "ha_ingestor_source_received_events_tot
 pub const SOURCE_RECEIVED_BYTES: &str = "ha_ingestor_source_received_bytes_total";
 /// Counter `{source, error_type}`: undecodable input, connection and auth failures.
 pub const SOURCE_ERRORS: &str = "ha_ingestor_source_errors_total";
+/// Gauge: Home Assistant instances this process runs (with `[shard]`, its share of the fleet).
+pub const HOMES_OWNED: &str = "ha_ingestor_homes_owned";
+/// Gauge: Home Assistant instances listed in the configuration (every replica's).
+pub const HOMES_TOTAL: &str = "ha_ingestor_homes_total";
 /// Gauge `{source}`: 1 while connected and subscribed.
 pub const SOURCE_CONNECTED: &str = "ha_ingestor_source_connected";
 /// Counter `{source}`: successful connections (the first and every reconnect).

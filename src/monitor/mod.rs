@@ -10,4 +10,4 @@ pub mod process;
 pub mod rates;
 pub mod stats;
 
-pub use stats::{GapReport, Readiness, Stats, Totals};
+pub use stats::{FleetView, GapReport, Readiness, Stats, Totals};

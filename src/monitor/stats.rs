@@ -40,6 +40,25 @@ pub struct Stats {
     pub buffer_probe: super::page::BufferProbe,
     /// The last gap filled from Home Assistant's history, for the status page.
     last_gap: Mutex<Option<GapReport>>,
+    /// Which homes this process runs of the fleet's, and where each resumed from (`/api/stats`).
+    fleet: Mutex<Option<FleetView>>,
+}
+
+/// This replica's share of the fleet's homes (`/api/stats`): set once Home Assistant sources are configured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FleetView {
+    /// `shard.index`, when sharded.
+    pub shard_index: Option<u32>,
+    /// `shard.count`, when sharded.
+    pub shard_count: Option<u32>,
+    /// Homes listed in the configuration (every replica's).
+    pub homes_total: usize,
+    /// The homes this process runs, by name.
+    pub homes_owned: Vec<String>,
+    /// Per owned home, where its first connection resumed from: `cursor` (the local file),
+    /// `store` (the store's last point of the home, less the margin: a home new to this
+    /// replica), or `none` (nothing to resume from).
+    pub resumed_from: BTreeMap<String, String>,
 }
 
 /// What the last gap backfilled from Home Assistant's history recovered (`/api/stats`).
@@ -174,6 +193,24 @@ impl Stats {
             Err(p) => p.into_inner(),
         };
         *last = Some(report);
+    }
+
+    /// Records this process's share of the fleet's homes.
+    pub fn set_fleet(&self, view: FleetView) {
+        *self.fleet.lock().unwrap_or_else(|p| p.into_inner()) = Some(view);
+    }
+
+    /// Notes where an owned home resumed from (`cursor`, `store` or `none`).
+    pub fn home_resumed(&self, home: &str, from: &str) {
+        let mut fleet = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(view) = fleet.as_mut() {
+            view.resumed_from.insert(home.to_string(), from.to_string());
+        }
+    }
+
+    /// This process's share of the fleet's homes, once set.
+    pub fn fleet(&self) -> Option<FleetView> {
+        self.fleet.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The last gap filled from Home Assistant's history, if any.

@@ -94,6 +94,12 @@ pub struct SimulatorConfig {
     /// Whether the recorder drops the attributes HA's entity classes declare unrecorded
     /// (`_unrecorded_attributes`), as HA does; see `generator::unrecorded_attributes`.
     pub unrecorded_attributes: bool,
+    /// Bursts on top of `rate`: every this long, `burst_size` changes at once (a scene,
+    /// a power cut's sensors); the first after a share of the period set by the seed, so
+    /// homes with different seeds do not burst together. `None`: a steady rate.
+    pub burst_every: Option<Duration>,
+    /// Changes per burst (with `burst_every`).
+    pub burst_size: u64,
 }
 
 impl Default for SimulatorConfig {
@@ -108,6 +114,8 @@ impl Default for SimulatorConfig {
             recorder_commit_interval: Duration::from_secs(5),
             recorder_exclude: Vec::new(),
             unrecorded_attributes: true,
+            burst_every: None,
+            burst_size: 0,
         }
     }
 }

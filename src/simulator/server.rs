@@ -492,6 +492,15 @@ pub(super) async fn generate(shared: Arc<Shared>) {
     let mut generated: u64 = 0;
     // (when the current active period began, events generated before it)
     let mut base: Option<(tokio::time::Instant, u64)> = None;
+    let burst_every = shared
+        .cfg
+        .burst_every
+        .filter(|d| !d.is_zero() && shared.cfg.burst_size > 0);
+    // The first burst after a seed-chosen share of the period (golden-ratio spread).
+    let mut next_burst = burst_every.map(|every| {
+        let share = (shared.cfg.seed as f64 * 0.618_033_988_75).fract();
+        tokio::time::Instant::now() + every.mul_f64(share)
+    });
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -517,6 +526,13 @@ pub(super) async fn generate(shared: Arc<Shared>) {
         if due > 0 {
             generated += due;
             emit_batch(&shared, due);
+        }
+        if let (Some(every), Some(at)) = (burst_every, next_burst.as_mut())
+            && tokio::time::Instant::now() >= *at
+        {
+            *at += every;
+            // On top of the rate: `generated` (the paced count) is not moved.
+            emit_batch(&shared, shared.cfg.burst_size.min(MAX_BURST));
         }
     }
 }

@@ -470,6 +470,133 @@ fn the_kubernetes_manifests_follow_kubernetes_schemas() {
     assert_eq!(cfg.homeassistant[0].token.as_deref(), Some("t"));
 }
 
+/// The sharded variant (`deploy/kubernetes/fleet`): every manifest passes
+/// `kubernetes-validate --strict`; the replica count, the shard count and the
+/// kustomization's `replicas` agree; a scaled-away replica's claim is kept; and the
+/// shared config with the homes' ConfigMap, loaded as each pod would (its HOSTNAME,
+/// the count from the environment), gives every home to exactly one replica.
+#[test]
+fn the_fleet_manifests_shard_the_homes_by_pod_ordinal() {
+    let dir = repo("deploy/kubernetes/fleet");
+    let kustomization = yaml(&dir.join("kustomization.yaml"));
+    let resources: BTreeSet<String> = kustomization["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    // The drain Job is run by hand, after a shrink, never applied with the rest.
+    let by_hand: BTreeSet<String> = ["drain-job.yaml".to_string()].into();
+    assert_eq!(
+        resources,
+        on_disk.difference(&by_hand).cloned().collect(),
+        "kustomization.yaml lists every manifest but the drain Job"
+    );
+    let files: Vec<String> = on_disk
+        .iter()
+        .map(|r| dir.join(r).display().to_string())
+        .collect();
+    let mut args = vec!["-m", "kubernetes_validate", "--strict", "--no-warn"];
+    args.extend(files.iter().map(String::as_str));
+    let out = tool("python3", &args);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        text(&out).matches("passed for resource").count(),
+        files.len(),
+        "{}",
+        text(&out)
+    );
+
+    let sts = yaml(&dir.join("statefulset.yaml"));
+    let replicas = sts["spec"]["replicas"].as_u64().unwrap();
+    assert_eq!(
+        kustomization["replicas"][0]["count"].as_u64(),
+        Some(replicas),
+        "kustomization replicas = StatefulSet replicas"
+    );
+    let container = &sts["spec"]["template"]["spec"]["containers"][0];
+    let count = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "HA_INGESTOR_SHARD__COUNT")
+        .and_then(|e| e["value"].as_str())
+        .expect("HA_INGESTOR_SHARD__COUNT in the pod");
+    assert_eq!(count, replicas.to_string(), "shard count = replicas");
+    assert_eq!(
+        sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"],
+        "Retain"
+    );
+    assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");
+
+    // The config as each pod loads it: the homes folder and tokens where the pod mounts them.
+    let config = yaml(&dir.join("configmap.yaml"));
+    let homes = yaml(&dir.join("homes.yaml"));
+    let secret = yaml(&dir.join("secret.yaml"));
+    let tmp = tempfile::tempdir().unwrap();
+    let (homes_dir, tokens) = (tmp.path().join("homes.d"), tmp.path().join("tokens"));
+    std::fs::create_dir_all(&homes_dir).unwrap();
+    std::fs::create_dir_all(&tokens).unwrap();
+    let mut names = BTreeSet::new();
+    for (file, body) in homes["data"].as_mapping().unwrap() {
+        let file = file.as_str().unwrap();
+        let body = body
+            .as_str()
+            .unwrap()
+            .replace("/secrets/homes", tokens.to_str().unwrap());
+        std::fs::write(homes_dir.join(file), body).unwrap();
+        names.insert(file.trim_end_matches(".toml").to_string());
+    }
+    for (key, token) in secret["stringData"].as_mapping().unwrap() {
+        std::fs::write(tokens.join(key.as_str().unwrap()), token.as_str().unwrap()).unwrap();
+    }
+    let text = config["data"]["ha-ingestor.toml"]
+        .as_str()
+        .unwrap()
+        .replace("\"/homes.d\"", &format!("{:?}", homes_dir));
+    let mut owned = Vec::new();
+    for ordinal in 0..replicas {
+        let env = vec![
+            ("HA_INGESTOR_SHARD__COUNT".to_string(), count.to_string()),
+            ("HOSTNAME".to_string(), format!("ha-ingestor-{ordinal}")),
+        ];
+        let cfg = Config::from_toml_with_env(&text, Path::new("/config/ha-ingestor.toml"), &env)
+            .unwrap_or_else(|e| panic!("pod {ordinal}'s config: {e}"));
+        assert_eq!(cfg.homeassistant.len(), names.len());
+        owned.extend(cfg.owned_homes().map(|h| h.name.clone()));
+    }
+    owned.sort();
+    assert_eq!(
+        owned,
+        names.into_iter().collect::<Vec<_>>(),
+        "each home runs on exactly one pod"
+    );
+
+    // The drain Job mounts what the pod mounts, and the claim of a removed ordinal.
+    let job = yaml(&dir.join("drain-job.yaml"));
+    let job_pod = &job["spec"]["template"]["spec"];
+    assert_eq!(job_pod["containers"][0]["args"][0], "buffer");
+    assert_eq!(job_pod["containers"][0]["args"][1], "drain");
+    assert_eq!(
+        job_pod["containers"][0]["volumeMounts"], container["volumeMounts"],
+        "the Job sees the pod's files"
+    );
+    assert!(
+        job_pod["volumes"].as_sequence().unwrap().iter().any(|v| {
+            v["persistentVolumeClaim"]["claimName"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("data-ha-ingestor-"))
+        }),
+        "the Job mounts a replica's claim"
+    );
+}
+
 /// `systemd-analyze verify` on the unit (its binary path pointed at this build's
 /// binary, which it checks exists) says nothing; a misspelt key is reported; and the
 /// offline security review rates its exposure low.

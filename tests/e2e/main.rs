@@ -20,6 +20,7 @@ mod cli_run;
 mod deploy;
 mod exact_backfill;
 mod file_modes;
+mod fleet;
 mod gaps;
 mod homes;
 mod influxdb;

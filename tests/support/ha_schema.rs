@@ -35,8 +35,22 @@ pub fn state_as_number(s: &str) -> Option<f64> {
 
 /// (measurement, entity_id tag, time ns) → column → value, for every row in the database.
 pub async fn all_rows(influx: &Influxd) -> Rows {
+    rows_of(influx, "SELECT * FROM /.*/").await
+}
+
+/// As [`all_rows`], for the rows of one home: those whose `instance` tag is `instance`.
+pub async fn instance_rows(influx: &Influxd, instance: &str) -> Rows {
+    rows_of(
+        influx,
+        &format!("SELECT * FROM /.*/ WHERE \"instance\" = '{instance}'"),
+    )
+    .await
+}
+
+/// The rows a `SELECT *` statement gives, keyed as [`all_rows`] keys them.
+async fn rows_of(influx: &Influxd, statement: &str) -> Rows {
     let mut rows = HashMap::new();
-    let result = influx.query("SELECT * FROM /.*/").await;
+    let result = influx.query(statement).await;
     let series = result["results"][0]["series"]
         .as_array()
         .cloned()

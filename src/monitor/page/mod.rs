@@ -131,6 +131,8 @@ pub struct ApiStats {
     pub errors: Vec<LogEntry>,
     /// The last gap filled from Home Assistant's history, and what it recovered.
     pub last_gap: Option<crate::monitor::GapReport>,
+    /// This replica's share of the fleet's homes (owned of total, shard) and where each resumed from.
+    pub fleet: Option<crate::monitor::FleetView>,
 }
 
 /// Builds the answer of `/api/stats` (reads the buffer off the runtime).
@@ -162,6 +164,7 @@ pub async fn api_stats(stats: &Stats) -> ApiStats {
         rates: stats.rates.snapshot(totals, TOP_ENTITIES),
         errors: errors::recent(),
         last_gap: stats.last_gap(),
+        fleet: stats.fleet(),
     }
 }
 

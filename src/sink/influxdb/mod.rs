@@ -47,11 +47,13 @@
 //! | `client.rs` | HTTP: authentication, TLS, gzip, URLs, bounded bodies, the write request, `check` |
 //! | `field_types.rs` | the type-conflict guard |
 //! | `victoria.rs` | VictoriaMetrics (`flavor = "victoriametrics"`): a home's last stored point |
+//! | `last_point.rs` | the store's last point of one home (InfluxQL), where a sharded fleet's new owner of a home resumes |
 
 mod client;
 mod delivery;
 mod field_types;
 mod lanes;
+pub mod last_point;
 mod reply;
 pub mod victoria;
 mod writer;

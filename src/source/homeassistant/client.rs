@@ -196,6 +196,17 @@ impl ClientError {
 
 /// Runs until ctx.shutdown is cancelled: connect, auth, supported_features(coalesce), subscribe, forward events, reconnect with backoff.
 pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext) {
+    run_from(cfg, source, ctx, None).await;
+}
+
+/// As [`run`], resuming no earlier than `store_floor` (a sharded fleet's store's last point
+/// of this home, less a margin): the later of it and the local cursor is where the gap starts.
+pub async fn run_from(
+    cfg: HomeAssistantConfig,
+    source: SourceId,
+    ctx: SourceContext,
+    store_floor: Option<Timestamp>,
+) {
     ctx.stats.register_source(&source);
     let setup = connect::build_connector(&cfg).and_then(|c| match &cfg.token {
         Some(token) => Ok((c, token.clone())),
@@ -223,6 +234,11 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
         }
         None => None,
     };
+    let (start, resumed_from) = resume_start(start, store_floor);
+    if let (Some(from), "store") = (start, resumed_from) {
+        tracing::info!(message = "Resuming from the store's last point of this home.", source = %source, %from);
+    }
+    ctx.stats.home_resumed(&source, resumed_from);
     let cursor = Arc::new(Cursor::new(start, Some(ctx.handoff.register(&source))));
     // The writer outlives this task: its last save comes once everything handed on is safe.
     if let Some(path) = cursor_path {
@@ -243,6 +259,21 @@ pub async fn run(cfg: HomeAssistantConfig, source: SourceId, ctx: SourceContext)
         cursor: &cursor,
     };
     supervise(&link).await;
+}
+
+/// Where a home resumes: the later of its local cursor and the store's floor (a home that
+/// moved here has no cursor; one that moved away and back has a stale one), and which
+/// of them it was (`cursor`, `store` or `none`).
+pub fn resume_start(
+    local: Option<Timestamp>,
+    store_floor: Option<Timestamp>,
+) -> (Option<Timestamp>, &'static str) {
+    match (local, store_floor) {
+        (Some(local), Some(store)) if store > local => (Some(store), "store"),
+        (Some(local), _) => (Some(local), "cursor"),
+        (None, Some(store)) => (Some(store), "store"),
+        (None, None) => (None, "none"),
+    }
 }
 
 /// Connects, streams and reconnects until shutdown or until the pipeline closes its channel.
@@ -483,5 +514,24 @@ impl Meters {
         if label == event_type {
             self.by_type.insert(event_type.to_string(), counter);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_home_resumes_from_the_later_of_its_cursor_and_the_stores_floor() {
+        let t = Timestamp::from_nanos;
+        // Moved here: no cursor, the store knows where it ended.
+        assert_eq!(resume_start(None, Some(t(5))), (Some(t(5)), "store"));
+        // Moved away and back: the stale cursor gives way to the newer store floor.
+        assert_eq!(resume_start(Some(t(3)), Some(t(5))), (Some(t(5)), "store"));
+        // Stayed: its own cursor is at or after the floor (the margin puts the floor earlier).
+        assert_eq!(resume_start(Some(t(7)), Some(t(5))), (Some(t(7)), "cursor"));
+        assert_eq!(resume_start(Some(t(7)), None), (Some(t(7)), "cursor"));
+        // Nothing anywhere: a fresh start.
+        assert_eq!(resume_start(None, None), (None, "none"));
     }
 }

@@ -29,6 +29,12 @@ use crate::feedback::handoff::Tracker;
 
 /// How often the cursor file is rewritten at most.
 pub const WRITE_EVERY: Duration = Duration::from_secs(1);
+/// Cursor files being written at once, over every home of the process. Each write is a
+/// blocking task (write, fsync, rename, fsync of the folder); unbounded, a process with
+/// hundreds of homes grew the blocking pool to a thread per home (each with its stack and
+/// allocator heap: ~2 MiB of RSS per home). Bounded, a write that waits is simply later,
+/// and takes the newest position when it runs.
+static SAVES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 /// "No time" in the atomics below.
 const NONE: i64 = i64::MIN;
 
@@ -244,10 +250,15 @@ pub async fn keep_saved(cursor: Arc<Cursor>, path: PathBuf, stop: CancellationTo
             _ = stop.cancelled() => true,
             _ = tick.tick() => false,
         };
-        let now = cursor.persistable();
-        if let Some(t) = now.filter(|_| now != saved) {
+        if cursor.persistable() != saved {
+            // Never closed, so acquiring only waits for a turn; the position is read once it came.
+            let _turn = SAVES.acquire().await;
+            let now = cursor.persistable();
             let target = path.clone();
-            let written = tokio::task::spawn_blocking(move || save(&target, t)).await;
+            let written = match now {
+                Some(t) => tokio::task::spawn_blocking(move || save(&target, t)).await,
+                None => Ok(Ok(())),
+            };
             match written {
                 Ok(Ok(())) => {
                     saved = now;
