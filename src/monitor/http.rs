@@ -42,6 +42,12 @@ pub fn prometheus() -> Option<PrometheusHandle> {
                         Matcher::Full(names::SINK_END_TO_END_LATENCY.to_string()),
                         super::latency::END_TO_END_BUCKETS,
                     )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::BUFFER_DURABLE_LATENCY.to_string()),
+                        super::latency::DURABLE_BUCKETS,
+                    )
                 });
             let builder = match builder {
                 Ok(b) => b,

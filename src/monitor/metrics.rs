@@ -119,6 +119,8 @@ pub const BUFFER_DURABLE_SEQUENCE: &str = "ha_ingestor_buffer_durable_sequence";
 pub const RETENTION_IN_SYNC: &str = "ha_ingestor_retention_in_sync";
 /// Gauge: changes `retention apply` would make (policies to create or alter, continuous queries to create or replace).
 pub const RETENTION_PENDING_CHANGES: &str = "ha_ingestor_retention_pending_changes";
+/// Histogram: seconds from the oldest live point of a record (HA's `time_fired` / `last_updated`) to the record's commit in the durable buffer, where a crash of the process can no longer lose it.
+pub const BUFFER_DURABLE_LATENCY: &str = "ha_ingestor_buffer_durable_latency_seconds";
 /// Histogram `{sink}`: seconds from the newest point's own timestamp (HA's `time_fired` / `last_updated`) to InfluxDB accepting its batch.
 pub const SINK_END_TO_END_LATENCY: &str = "ha_ingestor_sink_end_to_end_latency_seconds";
 /// Gauge: the durable buffer's `max_bytes`, so its fill can be read as a fraction.

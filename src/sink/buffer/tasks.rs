@@ -105,6 +105,9 @@ pub fn spawn_appender(
                     continue;
                 }
                 let result = buffer.append(&chunk);
+                if result.is_ok() {
+                    crate::monitor::latency::observe_durable(&chunk.lines);
+                }
                 if let Ok(seq) = result
                     && !chunk.marks.is_empty()
                 {
