@@ -22,14 +22,14 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-/// How long `influxd` may take to answer `/ping` (two busy cores: be generous).
-const START_DEADLINE: Duration = Duration::from_secs(60);
+use super::launch;
+
 /// Attempts at a start, each on fresh ports (a probed port can be taken before influxd binds it).
 const START_ATTEMPTS: usize = 3;
 
@@ -40,8 +40,6 @@ pub const ADMIN_PASSWORD: &str = "admin-secret";
 
 /// Next port to probe; servers of one process run in parallel and must never pick the same one.
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
-/// Tells apart the folders of servers started in the same nanosecond.
-static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
 
 /// Why a server could not be started or asked.
 #[derive(Debug, thiserror::Error)]
@@ -159,22 +157,7 @@ pub(crate) fn free_port() -> u16 {
 
 /// The `influxd` to run: `explicit` if given, else the first on `PATH`, else `/usr/bin/influxd`.
 pub fn influxd_binary(explicit: Option<&Path>) -> Result<PathBuf, InfluxdError> {
-    if let Some(p) = explicit {
-        return Ok(p.to_path_buf());
-    }
-    if let Some(paths) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&paths) {
-            let p = dir.join("influxd");
-            if p.is_file() {
-                return Ok(p);
-            }
-        }
-    }
-    let p = PathBuf::from("/usr/bin/influxd");
-    if p.is_file() {
-        return Ok(p);
-    }
-    Err(InfluxdError::NotFound)
+    launch::find_binary("influxd", explicit).ok_or(InfluxdError::NotFound)
 }
 
 /// A client for talking to these throw-away servers: it trusts any certificate
@@ -205,13 +188,6 @@ pub fn dir_bytes(path: &Path) -> u64 {
         }
     }
     total
-}
-
-/// The last 30 lines of a log file.
-pub(crate) fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 fn setup(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> InfluxdError {
@@ -256,16 +232,7 @@ impl Influxd {
         binary: &Path,
         client: &reqwest::Client,
     ) -> Result<Influxd, InfluxdError> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "ha-ingestor-{}-{}-{nanos}-{}",
-            opts.label,
-            std::process::id(),
-            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).map_err(setup(format!("creating {}", dir.display())))?;
+        let dir = launch::fresh_dir(&opts.label).map_err(setup("creating its folder"))?;
         // From here on, dropping the value removes the folder.
         let db = Influxd {
             child: None,
@@ -324,7 +291,7 @@ impl Influxd {
             Some(Ok(None)) => Ok(()),
             _ => Err(InfluxdError::Start(format!(
                 "influxd exited after start; its log:\n{}",
-                tail(&self.log_path())
+                launch::tail(&self.log_path())
             ))),
         }
     }
@@ -485,42 +452,17 @@ bind-address = "127.0.0.1:{rpc_port}"
     }
 
     async fn spawn_and_wait(&mut self) -> Result<(), InfluxdError> {
-        let log = std::fs::File::create(self.log_path()).map_err(setup("creating the log"))?;
-        let log2 = log.try_clone().map_err(setup("opening the log"))?;
-        let child = Command::new(&self.binary)
-            .arg("run")
-            .arg("-config")
-            .arg(self.config_path())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(setup(format!("starting {}", self.binary.display())))?;
-        self.child = Some(child);
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                return Err(InfluxdError::Start(format!(
-                    "influxd exited with {status}; its log:\n{}",
-                    tail(&self.log_path())
-                )));
-            }
-            if let Ok(r) = self.client.get(format!("{}/ping", self.url())).send().await
-                && r.status().as_u16() == 204
-            {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(InfluxdError::Start(format!(
-                    "no answer on {}/ping within {START_DEADLINE:?}; its log:\n{}",
-                    self.url(),
-                    tail(&self.log_path())
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let _ = std::fs::remove_file(self.log_path());
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("run").arg("-config").arg(self.config_path());
+        let (ping, log) = (format!("{}/ping", self.url()), self.log_path());
+        let child = self.child.insert(
+            launch::spawn_logged(&mut cmd, &log)
+                .map_err(|(what, source)| InfluxdError::Setup { what, source })?,
+        );
+        launch::wait_answering(child, &self.client, &ping, 204, &log)
+            .await
+            .map_err(|why| InfluxdError::Start(format!("influxd {why}")))
     }
 
     /// The base URL, `http://127.0.0.1:<port>` (`https://` when started with TLS).
@@ -672,15 +614,7 @@ bind-address = "127.0.0.1:{rpc_port}"
 
     /// CPU seconds (user + system) `influxd` has used so far, from `/proc/<pid>/stat`.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        let pid = self.child.as_ref()?.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = fields.get(11)?.parse().ok()?;
-        let stime: f64 = fields.get(12)?.parse().ok()?;
-        // USER_HZ is 100 for user space on every Linux architecture.
-        Some((utime + stime) / 100.0)
+        launch::cpu_seconds(self.child.as_ref())
     }
 
     /// Waits until the cache is written to TSM files and compactions settle (size
@@ -710,10 +644,7 @@ bind-address = "127.0.0.1:{rpc_port}"
 
     /// Kills the server, keeping its data and ports for [`Influxd::restart`].
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        launch::kill(&mut self.child);
     }
 
     /// Starts the server again on the same ports with the same data.

@@ -21,6 +21,7 @@
 pub mod buffer;
 pub mod ha_floor;
 pub mod influxd;
+mod launch;
 pub mod mqtt_decode;
 pub mod mqtt_floor;
 pub mod mqtt_loadgen;

@@ -19,23 +19,18 @@
 //!   docs/stores.md recommends for production too.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use super::influxd::{free_port, http_client, tail};
+use super::influxd::{free_port, http_client};
+use super::launch;
 
-/// How long VictoriaMetrics may take to answer `/health` (two busy cores: be generous).
-const START_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a graceful stop (SIGINT: VictoriaMetrics flushes what it holds) may take before a kill.
 const STOP_DEADLINE: Duration = Duration::from_secs(20);
 /// Attempts at a start, each on a fresh port (a probed port can be taken before it binds).
 const START_ATTEMPTS: usize = 3;
-
-/// Tells apart the folders of servers started in the same nanosecond.
-static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
 
 /// Why a server could not be started or asked.
 #[derive(Debug, thiserror::Error)]
@@ -123,22 +118,7 @@ pub struct Victoria {
 
 /// The `victoria-metrics` to run: `explicit` if given, else the first on `PATH`, else `/usr/bin/victoria-metrics`.
 pub fn victoria_binary(explicit: Option<&Path>) -> Result<PathBuf, VictoriaError> {
-    if let Some(p) = explicit {
-        return Ok(p.to_path_buf());
-    }
-    if let Some(paths) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&paths) {
-            let p = dir.join("victoria-metrics");
-            if p.is_file() {
-                return Ok(p);
-            }
-        }
-    }
-    let p = PathBuf::from("/usr/bin/victoria-metrics");
-    if p.is_file() {
-        return Ok(p);
-    }
-    Err(VictoriaError::NotFound)
+    launch::find_binary("victoria-metrics", explicit).ok_or(VictoriaError::NotFound)
 }
 
 fn http(what: &str, e: reqwest::Error) -> VictoriaError {
@@ -154,17 +134,8 @@ impl Victoria {
         let client = http_client(opts.timeout).map_err(|e| VictoriaError::Http(e.to_string()))?;
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            let dir = std::env::temp_dir().join(format!(
-                "ha-ingestor-{}-{}-{nanos}-{}",
-                opts.label,
-                std::process::id(),
-                NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&dir).map_err(|source| VictoriaError::Setup {
-                what: format!("creating {}", dir.display()),
+            let dir = launch::fresh_dir(&opts.label).map_err(|source| VictoriaError::Setup {
+                what: "creating its folder".into(),
                 source,
             })?;
             // From here on, dropping the value removes the folder.
@@ -205,22 +176,10 @@ impl Victoria {
 
     /// The last 30 lines of the server's log (for failure messages).
     pub fn log_tail(&self) -> String {
-        tail(&self.log_path())
+        launch::tail(&self.log_path())
     }
 
     async fn spawn_and_wait(&mut self) -> Result<(), VictoriaError> {
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .map_err(|source| VictoriaError::Setup {
-                what: "creating the log".into(),
-                source,
-            })?;
-        let log2 = log.try_clone().map_err(|source| VictoriaError::Setup {
-            what: "opening the log".into(),
-            source,
-        })?;
         let mut cmd = Command::new(&self.binary);
         cmd.arg(format!("-httpListenAddr=127.0.0.1:{}", self.port))
             .arg(format!(
@@ -235,45 +194,15 @@ impl Victoria {
             cmd.arg(format!("-httpAuth.username={user}"))
                 .arg(format!("-httpAuth.password={password}"));
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|source| VictoriaError::Setup {
-                what: format!("starting {}", self.binary.display()),
-                source,
-            })?;
-        self.child = Some(child);
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                return Err(VictoriaError::Start(format!(
-                    "victoria-metrics exited with {status}; its log:\n{}",
-                    self.log_tail()
-                )));
-            }
-            // VictoriaMetrics opens its storage before it listens: `/health` means ready.
-            if let Ok(r) = self
-                .client
-                .get(format!("{}/health", self.url()))
-                .send()
-                .await
-                && r.status().as_u16() == 200
-            {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(VictoriaError::Start(format!(
-                    "no answer on {}/health within {START_DEADLINE:?}; its log:\n{}",
-                    self.url(),
-                    self.log_tail()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // VictoriaMetrics opens its storage before it listens: `/health` means ready.
+        let (health, log) = (format!("{}/health", self.url()), self.log_path());
+        let child = self.child.insert(
+            launch::spawn_logged(&mut cmd, &log)
+                .map_err(|(what, source)| VictoriaError::Setup { what, source })?,
+        );
+        launch::wait_answering(child, &self.client, &health, 200, &log)
+            .await
+            .map_err(|why| VictoriaError::Start(format!("victoria-metrics {why}")))
     }
 
     /// A server we just started holds no series and our child is still running.
@@ -380,13 +309,7 @@ impl Victoria {
 
     /// CPU seconds (user + system) the server has used so far, from `/proc/<pid>/stat`.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        let pid = self.child.as_ref()?.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = fields.get(11)?.parse().ok()?;
-        let stime: f64 = fields.get(12)?.parse().ok()?;
-        Some((utime + stime) / 100.0)
+        launch::cpu_seconds(self.child.as_ref())
     }
 
     /// Stops the server gracefully (SIGINT: it flushes what it holds to disk), killing it
@@ -418,10 +341,7 @@ impl Victoria {
 
 impl Drop for Victoria {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        launch::kill(&mut self.child);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -65,7 +65,7 @@ pub fn refresh() {
 }
 
 /// utime + stime of `/proc/self/stat`, in seconds. The command name (field 2) may hold spaces and parentheses, so fields are counted after its last `)`.
-fn cpu_seconds(stat: &str) -> Option<f64> {
+pub(crate) fn cpu_seconds(stat: &str) -> Option<f64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_ascii_whitespace();
     // After the name: state is field 3, utime field 14, stime field 15.
