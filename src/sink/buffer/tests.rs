@@ -899,7 +899,8 @@ async fn a_lingering_appender_joins_the_chunks_of_its_linger_into_one_record() {
         Duration::from_secs(600),
     )
     .expect("appender starts");
-    tx.send(chunk("a", 3)).await.expect("send");
+    // A full pipeline round (64 points or more): more chunks may follow at once.
+    tx.send(chunk("a", 64)).await.expect("send");
     // The appender has taken the first chunk and waits in its linger.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while tx.capacity() < tx.max_capacity() {
@@ -916,7 +917,39 @@ async fn a_lingering_appender_joins_the_chunks_of_its_linger_into_one_record() {
         .await
         .expect("join");
     let s = buffer.stats().expect("stats");
-    assert_eq!((s.records, s.points), (1, 12));
+    assert_eq!((s.records, s.points), (1, 73));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_chunk_is_committed_without_lingering() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("open");
+    let stats = Arc::new(crate::monitor::Stats::default());
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let appender = tasks::spawn_appender(
+        buffer.clone(),
+        rx,
+        stats,
+        Default::default(),
+        Duration::from_secs(600),
+    )
+    .expect("appender starts");
+    // A quiet pipeline's round: it already waited its gathering window, nothing follows.
+    tx.send(chunk("a", 3)).await.expect("send");
+    // Committed while the input is still open: a lingering appender would hold it for 600 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while buffer.stats().expect("stats").records < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the small chunk was not committed: the appender lingers behind it"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(tx);
+    tokio::task::spawn_blocking(move || appender.join().expect("appender ends"))
+        .await
+        .expect("join");
+    assert_eq!(buffer.stats().expect("stats").points, 3);
 }
 
 #[test]
