@@ -88,8 +88,7 @@ mod session;
 
 // The connection and the read rhythm alone, for the floor of this source (`bench ha-consume`).
 pub use connect::{Ws as Socket, build_connector, open as open_socket};
-pub use rhythm::ReadRhythm;
-pub use session::{READ_LOW_WATER, set_low_water};
+pub use rhythm::{READ_LOW_WATER, ReadRhythm, set_low_water};
 
 use std::collections::HashMap;
 use std::sync::Arc;

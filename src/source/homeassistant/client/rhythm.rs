@@ -7,8 +7,9 @@
 //! as long, down to [`MIN_PERIOD`]. So a busy home (hundreds of events/s) is read
 //! every 50 ms, within the latency budget, while a quiet one (tens of events/s)
 //! and an idle one are read five times a second instead of twenty. Bursts do not
-//! wait for the tick: the low-water mark ([`super::session::READ_LOW_WATER`])
-//! wakes the reader as soon as 16 KiB wait.
+//! wait for the tick: the socket's low-water mark ([`READ_LOW_WATER`], set with
+//! [`set_low_water`]) wakes the reader as soon as 16 KiB wait. The longest tick is
+//! far below HA's limits on a client's pending messages (1024 for 5 s, or 4096).
 
 use std::time::Duration;
 
@@ -18,6 +19,8 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 pub const MIN_PERIOD: Duration = Duration::from_millis(50);
 /// The longest period: the most a quiet stream's events wait to be read.
 pub const MAX_PERIOD: Duration = Duration::from_millis(200);
+/// Bytes that make the socket readable before the tick (`SO_RCVLOWAT`): a burst is read at once.
+pub const READ_LOW_WATER: libc::c_int = 16 * 1024;
 /// A tick that read fewer events than this lengthens the period.
 const FEW: u64 = 8;
 /// A tick that read more events than this shortens the period (twice [`FEW`]: a period
@@ -86,6 +89,34 @@ fn interval(period: Duration) -> Interval {
     let mut interval = tokio::time::interval_at(Instant::now() + period, period);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     interval
+}
+
+/// Sets the socket's receive low-water mark (`SO_RCVLOWAT`): it then wakes a reader
+/// only once `bytes` wait (a read still returns whatever is there). False when the
+/// option cannot be set: the session then reads at every frame, as before.
+pub fn set_low_water(ws: &super::connect::Ws, bytes: libc::c_int) -> bool {
+    use std::os::fd::AsRawFd;
+    use tokio_tungstenite::MaybeTlsStream;
+    let fd = match ws.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.as_raw_fd(),
+        MaybeTlsStream::Rustls(tls) => tls.get_ref().0.as_raw_fd(),
+        _ => return false,
+    };
+    // SAFETY: `fd` is the open socket `ws` owns for the duration of this call, and
+    // the option value is a valid `c_int` whose size is passed.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        tracing::debug!(message = "Cannot set the socket's receive low-water mark; reading at every frame.", error = %std::io::Error::last_os_error());
+    }
+    result == 0
 }
 
 #[cfg(test)]

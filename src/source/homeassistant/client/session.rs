@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::connect::{self, Ws, close_reason, describe};
 use super::gap::{Gap, Step, UnrecordedAttributes};
-use super::rhythm::ReadRhythm;
+use super::rhythm::{READ_LOW_WATER, ReadRhythm, set_low_water};
 use super::{ClientError, HOMEASSISTANT_STOP, Meters};
 use crate::config::{HaSubscription, HomeAssistantConfig};
 use crate::dead_letter::DeadLetter;
@@ -43,15 +43,8 @@ use crate::source::homeassistant::entities::{EntitiesMessage, StateCache};
 use crate::source::homeassistant::history;
 use crate::source::homeassistant::protocol::{ClientMessage, ErrorInfo, Features, ServerReply};
 
-/// Once streaming, the socket is read at the tick of a [`ReadRhythm`] (50–200 ms,
-/// following the stream) or as soon as [`READ_LOW_WATER`] bytes wait, not at every
-/// frame: at a home's rates (tens to hundreds of events/s, one frame each) a
-/// wake-up per frame is most of the cost, while a tick reads many frames at once.
-/// The longest tick is far below HA's limits on a client's pending messages (1024
-/// for 10 s, or 4096). Bytes that make the socket readable before the tick
-/// (`SO_RCVLOWAT`): a burst is read at once.
-pub const READ_LOW_WATER: libc::c_int = 16 * 1024;
-/// Most frames read in one wake-up before the other wake-ups get their turn.
+/// Most frames read in one wake-up before the other wake-ups get their turn (once
+/// streaming, the socket is read by a [`ReadRhythm`]: its tick or a burst).
 const READ_DRAIN_MAX: usize = 1024;
 
 /// Largest input kept in one dead letter.
@@ -973,32 +966,4 @@ fn states_from_result(result: Option<serde_json::Value>, link: &Link<'_>) -> Vec
 /// A current state as a `state_changed` event at HA's own `last_updated`, so re-writing it is idempotent.
 fn snapshot_event(state: State, source: &SourceId) -> Event {
     Event::from_state(source.clone(), state)
-}
-
-/// Sets the socket's receive low-water mark (`SO_RCVLOWAT`): it then wakes a reader
-/// only once `bytes` wait (a read still returns whatever is there). False when the
-/// option cannot be set: the session then reads at every frame, as before.
-pub fn set_low_water(ws: &connect::Ws, bytes: libc::c_int) -> bool {
-    use std::os::fd::AsRawFd;
-    use tokio_tungstenite::MaybeTlsStream;
-    let fd = match ws.get_ref() {
-        MaybeTlsStream::Plain(tcp) => tcp.as_raw_fd(),
-        MaybeTlsStream::Rustls(tls) => tls.get_ref().0.as_raw_fd(),
-        _ => return false,
-    };
-    // SAFETY: `fd` is the open socket `ws` owns for the duration of this call, and
-    // the option value is a valid `c_int` whose size is passed.
-    let result = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&bytes as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if result != 0 {
-        tracing::debug!(message = "Cannot set the socket's receive low-water mark; reading at every frame.", error = %std::io::Error::last_os_error());
-    }
-    result == 0
 }
