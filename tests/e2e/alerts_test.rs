@@ -16,6 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::support::audit_lines;
+
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Runs `ha-ingestor alerts test --config CONFIG EXTRA…` off the async runtime.
@@ -34,22 +36,6 @@ fn text(out: &Output) -> (String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// The audit log's lines (the file must be private).
-fn audit_lines(data: &Path) -> Vec<Value> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let path = data.join("audit.log");
-    let mode = std::fs::metadata(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600, "audit.log mode {:o}", mode & 0o777);
-    std::fs::read_to_string(&path)
-        .expect("read audit.log")
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
 }
 
 /// Subscribes to `topic` on 127.0.0.1:1883; returns once the broker confirmed, with the messages to come.

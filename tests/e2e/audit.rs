@@ -6,7 +6,6 @@
 use crate::support;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -16,7 +15,7 @@ use ha_ingestor::encode::Chunk;
 use ha_ingestor::simulator::{Simulator, SimulatorConfig};
 use ha_ingestor::sink::buffer::Buffer;
 use serde_json::Value;
-use support::{Influxd, Running, wait_for};
+use support::{Influxd, Running, audit_lines, wait_for};
 
 fn ingestor(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ha-ingestor"))
@@ -34,21 +33,6 @@ fn ok(out: &Output) -> String {
     );
     assert!(out.status.success(), "{text}");
     text
-}
-
-/// The audit log's lines, after checking the file is private.
-fn audit_lines(data: &Path) -> Vec<Value> {
-    let path = data.join("audit.log");
-    let mode = std::fs::metadata(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600, "audit.log mode {:o}", mode & 0o777);
-    std::fs::read_to_string(&path)
-        .expect("read audit.log")
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
 }
 
 /// Who, when and the result of every line are there and well-formed.

@@ -93,3 +93,19 @@ pub fn event_from_json(v: &serde_json::Value) -> Event {
         kind,
     }
 }
+
+/// The lines of `<data>/audit.log` as JSON, after checking the file is private (0600).
+pub fn audit_lines(data: &std::path::Path) -> Vec<serde_json::Value> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = data.join("audit.log");
+    let mode = std::fs::metadata(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "audit.log mode {:o}", mode & 0o777);
+    std::fs::read_to_string(&path)
+        .expect("read audit.log")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}

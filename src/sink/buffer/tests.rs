@@ -884,13 +884,18 @@ async fn each_target_resumes_after_its_own_saved_position() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lingering_appender_joins_the_chunks_of_its_linger_into_one_record() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("open");
+/// A buffer in `dir` and its appender with a linger far longer than any test: only more
+/// chunks or the end of input close a record.
+fn lingering_appender(
+    dir: &std::path::Path,
+) -> (
+    Buffer,
+    tokio::sync::mpsc::Sender<Chunk>,
+    std::thread::JoinHandle<()>,
+) {
+    let (buffer, _) = Buffer::open(dir, &cfg(Duration::ZERO)).expect("open");
     let stats = Arc::new(crate::monitor::Stats::default());
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    // A linger far longer than the test: only more chunks or the end of input close the record.
     let appender = tasks::spawn_appender(
         buffer.clone(),
         rx,
@@ -899,6 +904,13 @@ async fn a_lingering_appender_joins_the_chunks_of_its_linger_into_one_record() {
         Duration::from_secs(600),
     )
     .expect("appender starts");
+    (buffer, tx, appender)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lingering_appender_joins_the_chunks_of_its_linger_into_one_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (buffer, tx, appender) = lingering_appender(dir.path());
     // A full pipeline round (64 points or more): more chunks may follow at once.
     tx.send(chunk("a", 64)).await.expect("send");
     // The appender has taken the first chunk and waits in its linger.
@@ -923,17 +935,7 @@ async fn a_lingering_appender_joins_the_chunks_of_its_linger_into_one_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_chunk_is_committed_without_lingering() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (buffer, _) = Buffer::open(dir.path(), &cfg(Duration::ZERO)).expect("open");
-    let stats = Arc::new(crate::monitor::Stats::default());
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let appender = tasks::spawn_appender(
-        buffer.clone(),
-        rx,
-        stats,
-        Default::default(),
-        Duration::from_secs(600),
-    )
-    .expect("appender starts");
+    let (buffer, tx, appender) = lingering_appender(dir.path());
     // A quiet pipeline's round: it already waited its gathering window, nothing follows.
     tx.send(chunk("a", 3)).await.expect("send");
     // Committed while the input is still open: a lingering appender would hold it for 600 s.
