@@ -64,6 +64,10 @@ impl PendingMarks {
 
 /// Records read from disk per round trip of the feeder.
 pub const READ_BATCH: usize = 16;
+/// Records read at once, on the feeder's own task, right after an append woke it: a
+/// home's stream appends one record per round (at most 1 MiB each), so this bounds the
+/// work done outside the blocking pool to a copy of a few records.
+const FRESH_READ_BATCH: usize = 4;
 /// Pause after a failed read before the feeder tries again.
 const READ_RETRY: Duration = Duration::from_secs(1);
 
@@ -242,12 +246,23 @@ pub async fn feed_from(
     let mut cursor: Option<u64> = after;
     // `Some` once stopping: drain until empty, by the deadline (`None` when it is too far to represent).
     let mut draining: Option<Option<Instant>> = None;
+    // Woken by an append after a short read: what waits is what the appender just
+    // committed, in redb's cache — read here, without a hand-off to the blocking pool.
+    let mut after_append = false;
     loop {
         appended.borrow_and_update();
         if draining.is_none() && stop.is_cancelled() {
             draining = Some(Instant::now().checked_add(drain_deadline));
         }
-        let records = match read(&buffer, cursor).await {
+        let (read_now, limit) = if std::mem::take(&mut after_append) {
+            (
+                buffer.read_after(cursor, FRESH_READ_BATCH),
+                FRESH_READ_BATCH,
+            )
+        } else {
+            (read(&buffer, cursor).await, READ_BATCH)
+        };
+        let records = match read_now {
             Ok(records) => records,
             Err(error) => {
                 tracing::error!(message = "Cannot read the buffer; retrying.", %error);
@@ -257,7 +272,7 @@ pub async fn feed_from(
                 }
             }
         };
-        let caught_up = records.len() < READ_BATCH;
+        let caught_up = records.len() < limit;
         if records.is_empty() {
             if draining.is_some() {
                 return;
@@ -292,7 +307,10 @@ pub async fn feed_from(
         // the next append instead of asking the disk again (one blocking read per append).
         if caught_up && draining.is_none() {
             tokio::select! {
-                changed = appended.changed() => if changed.is_err() { return },
+                changed = appended.changed() => {
+                    if changed.is_err() { return }
+                    after_append = true;
+                }
                 _ = stop.cancelled() => {}
             }
         }
