@@ -83,31 +83,20 @@ impl StoreResume {
 /// point is older could not be backfilled from it anyway.
 const VICTORIA_LOOKBACK: Duration = Duration::from_secs(31 * 24 * 3600);
 
-/// Why the store's last point of a home could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreQueryError {
-    /// InfluxDB (InfluxQL) did not answer it.
-    #[error(transparent)]
-    Influx(#[from] crate::sink::influxdb::last_point::LastPointError),
-    /// VictoriaMetrics did not answer it.
-    #[error(transparent)]
-    Victoria(#[from] crate::sink::influxdb::WriteError),
-}
-
 /// The store's last point (ns) of the home whose `tag` is `instance`, asked in the
 /// target's own query language: InfluxQL, or VictoriaMetrics' query API.
 async fn store_last_point_ns(
     influx: &InfluxConfig,
     tag: &str,
     instance: &str,
-) -> Result<Option<i64>, StoreQueryError> {
-    Ok(match influx.flavor {
+) -> Result<Option<i64>, crate::sink::influxdb::WriteError> {
+    match influx.flavor {
         Flavor::InfluxDb => {
-            crate::sink::influxdb::last_point::last_point_ns(influx, tag, instance).await?
+            crate::sink::influxdb::last_point::last_point_ns(influx, tag, instance).await
         }
         Flavor::VictoriaMetrics => {
             crate::sink::influxdb::victoria::last_point_ns(influx, tag, instance, VICTORIA_LOOKBACK)
-                .await?
+                .await
         }
-    })
+    }
 }

@@ -22,33 +22,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::Auth;
+use super::{InfluxWriter, WriteError};
 use crate::config::{InfluxApi, InfluxConfig};
-
-/// Largest reply read: one row per measurement.
-const MAX_REPLY: usize = 16 << 20;
-
-/// Why the store's last point could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum LastPointError {
-    /// The URL or TLS files cannot be used.
-    #[error("invalid InfluxDB configuration: {0}")]
-    Config(String),
-    /// Connecting, sending or reading failed.
-    #[error("cannot reach InfluxDB: {0}")]
-    Transport(String),
-    /// InfluxDB answered with an error.
-    #[error("InfluxDB answered {code}: {message}")]
-    Status {
-        /// HTTP status.
-        code: u16,
-        /// InfluxDB's message (truncated).
-        message: String,
-    },
-    /// The reply is not InfluxDB's JSON.
-    #[error("unexpected reply from InfluxDB: {0}")]
-    Protocol(String),
-}
 
 /// The InfluxQL statement that finds the newest point whose `tag` is `instance`.
 pub fn last_point_statement(cfg: &InfluxConfig, tag: &str, instance: &str) -> String {
@@ -65,73 +40,47 @@ pub fn last_point_statement(cfg: &InfluxConfig, tag: &str, instance: &str) -> St
 
 /// The time (ns) of the newest point of the home whose `tag` (the instance tag) is
 /// `instance`, in the database (v1) or bucket (v2) of `cfg`; `None` when it has none.
+/// Asked with the writer's own client (TLS, credentials, URL) and bounded reply reading.
 pub async fn last_point_ns(
     cfg: &InfluxConfig,
     tag: &str,
     instance: &str,
-) -> Result<Option<i64>, LastPointError> {
+) -> Result<Option<i64>, WriteError> {
+    let writer = InfluxWriter::new(cfg)?;
     let database = match cfg.api {
         InfluxApi::V1 => cfg.database.clone(),
         InfluxApi::V2 => cfg.bucket.clone(),
     }
     .unwrap_or_default();
-    let mut tls = crate::tls::client_config(&cfg.tls, "influxdb")
-        .map_err(|e| LastPointError::Config(e.to_string()))?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
+    let statement = last_point_statement(cfg, tag, instance);
+    let url = super::client::with_query(
+        &format!("{}/query", writer.base),
+        &[
+            ("db", database.as_str()),
+            ("q", statement.as_str()),
+            ("epoch", "ns"),
+        ],
+    )?;
+    let reply = writer
+        .authorize(writer.client.get(&url))
         // One row per measurement: slower than a write, far from a schema scan.
         .timeout(cfg.timeout.max(Duration::from_secs(30)))
-        .connect_timeout(cfg.timeout)
-        .build()
-        .map_err(|e| LastPointError::Config(e.to_string()))?;
-    let url = format!("{}/query", cfg.url.trim_end_matches('/'));
-    let statement = last_point_statement(cfg, tag, instance);
-    let form = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("db", &database)
-        .append_pair("q", &statement)
-        .append_pair("epoch", "ns")
-        .finish();
-    let request = client
-        .post(&url)
-        .header(
-            reqwest::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
-        )
-        .body(form);
-    let reply = Auth::from_config(cfg)
-        .apply(request)
         .send()
         .await
-        .map_err(|e| LastPointError::Transport(e.without_url().to_string()))?;
-    let code = reply.status().as_u16();
-    let body = reply
-        .bytes()
-        .await
-        .map_err(|e| LastPointError::Transport(e.without_url().to_string()))?;
-    let body = body.get(..MAX_REPLY.min(body.len())).unwrap_or_default();
-    if !(200..300).contains(&code) {
-        return Err(LastPointError::Status {
-            code,
-            message: String::from_utf8_lossy(body.get(..512.min(body.len())).unwrap_or_default())
-                .into_owned(),
-        });
-    }
-    parse_newest(body)
+        .map_err(|e| writer.transport(&url, e))?;
+    parse_newest(&super::client::json_reply(reply).await?)
 }
 
 /// The largest `time` of every row of every series of a `/query` reply (`epoch=ns`).
-pub fn parse_newest(body: &[u8]) -> Result<Option<i64>, LastPointError> {
-    let reply: Value =
-        serde_json::from_slice(body).map_err(|e| LastPointError::Protocol(e.to_string()))?;
+pub fn parse_newest(reply: &Value) -> Result<Option<i64>, WriteError> {
     let result = reply
         .get("results")
         .and_then(|r| r.get(0))
-        .ok_or_else(|| LastPointError::Protocol("no results".into()))?;
+        .ok_or_else(|| WriteError::Protocol("no results".into()))?;
     if let Some(error) = result.get("error").and_then(Value::as_str) {
-        return Err(LastPointError::Status {
+        return Err(WriteError::Status {
             code: 200,
-            message: error.to_string(),
+            body: error.to_string(),
         });
     }
     let mut newest: Option<i64> = None;
@@ -181,16 +130,19 @@ mod tests {
             {"name":"\u00b0C","columns":["time","domain","value"],"values":[[1000000000000,"sensor",1]]},
             {"name":"light.x","columns":["time","domain","state"],"values":[[1000000009000,"light","on"]]},
             {"name":"ha_events","columns":["time","event_type"],"values":[[1000000002000,"foo"]]}]}]}"#;
-        assert_eq!(parse_newest(body).unwrap(), Some(1_000_000_009_000));
+        let json = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap();
+        assert_eq!(parse_newest(&json(body)).unwrap(), Some(1_000_000_009_000));
         assert_eq!(
-            parse_newest(br#"{"results":[{"statement_id":0}]}"#).unwrap(),
+            parse_newest(&json(br#"{"results":[{"statement_id":0}]}"#)).unwrap(),
             None
         );
         assert!(
-            parse_newest(br#"{"results":[{"statement_id":0,"error":"database not found: x"}]}"#)
-                .is_err()
+            parse_newest(&json(
+                br#"{"results":[{"statement_id":0,"error":"database not found: x"}]}"#
+            ))
+            .is_err()
         );
-        assert!(parse_newest(b"<html>").is_err());
+        assert!(parse_newest(&json(br#"{"error":"not a query reply"}"#)).is_err());
     }
 
     #[test]
