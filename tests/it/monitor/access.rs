@@ -61,6 +61,24 @@ fn no_redirects() -> reqwest::Client {
         .expect("client")
 }
 
+/// A request the monitor must answer (whatever the status).
+trait Ask {
+    /// The reply.
+    async fn answer(self) -> reqwest::Response;
+    /// The reply's body.
+    async fn reply_text(self) -> String;
+}
+
+impl Ask for reqwest::RequestBuilder {
+    async fn answer(self) -> reqwest::Response {
+        self.send().await.expect("answers")
+    }
+
+    async fn reply_text(self) -> String {
+        self.answer().await.text().await.expect("body")
+    }
+}
+
 /// The `ha_ingestor_monitor_rejected_total{reason}` value in a `/metrics` text, 0 when absent.
 fn rejected(metrics: &str, reason: &str) -> f64 {
     let prefix = format!("ha_ingestor_monitor_rejected_total{{reason=\"{reason}\"}} ");
@@ -80,14 +98,7 @@ async fn a_foreign_host_is_refused_and_the_listeners_own_names_are_accepted() {
     .await;
     let client = reqwest::Client::new();
     let port = m.addr.port();
-    let before = client
-        .get(m.url("/metrics"))
-        .send()
-        .await
-        .expect("answers")
-        .text()
-        .await
-        .expect("body");
+    let before = client.get(m.url("/metrics")).reply_text().await;
 
     // What a page served from a rebound name sends: its own name.
     for host in [
@@ -96,12 +107,7 @@ async fn a_foreign_host_is_refused_and_the_listeners_own_names_are_accepted() {
         "localhost.evil.example",
     ] {
         for path in ["/api/stats", "/", "/metrics", "/ready", "/alerts"] {
-            let reply = client
-                .get(m.url(path))
-                .header(HOST, host)
-                .send()
-                .await
-                .expect("answers");
+            let reply = client.get(m.url(path)).header(HOST, host).answer().await;
             assert_eq!(
                 reply.status(),
                 StatusCode::MISDIRECTED_REQUEST,
@@ -115,9 +121,8 @@ async fn a_foreign_host_is_refused_and_the_listeners_own_names_are_accepted() {
     let health = client
         .get(m.url("/health"))
         .header(HOST, "evil.example")
-        .send()
-        .await
-        .expect("answers");
+        .answer()
+        .await;
     assert_eq!(health.status(), StatusCode::OK);
 
     for host in [
@@ -132,20 +137,12 @@ async fn a_foreign_host_is_refused_and_the_listeners_own_names_are_accepted() {
         let reply = client
             .get(m.url("/api/stats"))
             .header(HOST, &host)
-            .send()
-            .await
-            .expect("answers");
+            .answer()
+            .await;
         assert_eq!(reply.status(), StatusCode::OK, "{host}");
     }
 
-    let after = client
-        .get(m.url("/metrics"))
-        .send()
-        .await
-        .expect("answers")
-        .text()
-        .await
-        .expect("body");
+    let after = client.get(m.url("/metrics")).reply_text().await;
     // Other tests of this process may refuse hosts too: at least these 15 were counted.
     assert!(
         rejected(&after, "host") - rejected(&before, "host") >= 15.0,
@@ -184,7 +181,7 @@ async fn tokens_open_routes_by_role() {
             if let Some(token) = token {
                 request = request.bearer_auth(token);
             }
-            let reply = request.send().await.expect("answers");
+            let reply = request.answer().await;
             let status = reply.status();
             let challenge = reply
                 .headers()
@@ -212,24 +209,16 @@ async fn tokens_open_routes_by_role() {
     let metrics = client
         .get(m.url("/metrics"))
         .bearer_auth(VIEWER_TOKEN)
-        .send()
-        .await
-        .expect("answers")
-        .text()
-        .await
-        .expect("body");
+        .reply_text()
+        .await;
     assert!(rejected(&metrics, "auth") >= 1.0, "{metrics}");
     assert!(rejected(&metrics, "role") >= 1.0, "{metrics}");
     // No answer names a token.
     let refused = client
         .get(m.url("/api/stats"))
         .bearer_auth(METRICS_TOKEN)
-        .send()
-        .await
-        .expect("answers")
-        .text()
-        .await
-        .expect("body");
+        .reply_text()
+        .await;
     assert!(!refused.contains(METRICS_TOKEN) && !refused.contains(VIEWER_TOKEN));
 }
 
@@ -245,9 +234,8 @@ async fn the_page_logs_in_once_with_a_query_token_and_then_uses_a_cookie() {
 
     let login = client
         .get(m.url(&format!("/?token={VIEWER_TOKEN}")))
-        .send()
-        .await
-        .expect("answers");
+        .answer()
+        .await;
     assert_eq!(login.status(), StatusCode::SEE_OTHER);
     assert_eq!(
         login.headers().get(LOCATION).and_then(|v| v.to_str().ok()),
@@ -270,12 +258,7 @@ async fn the_page_logs_in_once_with_a_query_token_and_then_uses_a_cookie() {
     let pair = cookie.split(';').next().expect("name=value").to_string();
 
     for path in ["/", "/page.js", "/api/stats", "/alerts", "/metrics"] {
-        let reply = client
-            .get(m.url(path))
-            .header(COOKIE, &pair)
-            .send()
-            .await
-            .expect("answers");
+        let reply = client.get(m.url(path)).header(COOKIE, &pair).answer().await;
         assert_eq!(reply.status(), StatusCode::OK, "{path} with the cookie");
     }
     // A forged cookie, or none, is refused.
@@ -285,23 +268,20 @@ async fn the_page_logs_in_once_with_a_query_token_and_then_uses_a_cookie() {
         let reply = client
             .get(m.url("/api/stats"))
             .header(COOKIE, cookie)
-            .send()
-            .await
-            .expect("answers");
+            .answer()
+            .await;
         assert_eq!(reply.status(), StatusCode::UNAUTHORIZED, "{cookie}");
     }
     // The metrics token cannot log in, an unknown one neither.
     let reply = client
         .get(m.url(&format!("/?token={METRICS_TOKEN}")))
-        .send()
-        .await
-        .expect("answers");
+        .answer()
+        .await;
     assert_eq!(reply.status(), StatusCode::FORBIDDEN);
     let reply = client
         .get(m.url("/?token=nope-not-a-token-at-all"))
-        .send()
-        .await
-        .expect("answers");
+        .answer()
+        .await;
     assert_eq!(reply.status(), StatusCode::UNAUTHORIZED);
     assert!(reply.headers().get(SET_COOKIE).is_none());
 }
@@ -330,17 +310,15 @@ async fn ingress_only_from_serves_the_page_to_the_proxy_alone() {
             .get(m.url(path))
             .header(HOST, "homeassistant.local:8123")
             .header("x-ingress-path", "/api/hassio_ingress/abc")
-            .send()
-            .await
-            .expect("answers");
+            .answer()
+            .await;
         assert_eq!(reply.status(), StatusCode::OK, "{path} from the proxy");
         // Another peer is refused even with the viewer token.
         let reply = other
             .get(m.url(path))
             .bearer_auth(VIEWER_TOKEN)
-            .send()
-            .await
-            .expect("answers");
+            .answer()
+            .await;
         assert_eq!(
             reply.status(),
             StatusCode::FORBIDDEN,
@@ -348,14 +326,13 @@ async fn ingress_only_from_serves_the_page_to_the_proxy_alone() {
         );
     }
     // Probes and the scrape stay reachable for others (Prometheus uses the mapped port).
-    let health = other.get(m.url("/health")).send().await.expect("answers");
+    let health = other.get(m.url("/health")).answer().await;
     assert_eq!(health.status(), StatusCode::OK);
     let scrape = other
         .get(m.url("/metrics"))
         .bearer_auth(METRICS_TOKEN)
-        .send()
-        .await
-        .expect("answers");
+        .answer()
+        .await;
     assert_eq!(scrape.status(), StatusCode::OK);
     let text = scrape.text().await.expect("body");
     assert!(rejected(&text, "peer") >= 4.0, "{text}");
