@@ -328,7 +328,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     };
     // One connection, cursor and backfill per Home Assistant instance this process runs,
     // named by it; in a sharded fleet each first asks the store where the home ended.
-    let store_resume = crate::fleet::StoreResume::from_config(cfg);
+    let store_resume = crate::fleet::StoreResume::from_config(cfg)?;
     let cursor_dir = cfg.data_dir.join("cursor");
     let mut sources: Vec<JoinHandle<()>> = cfg
         .owned_homes()

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::{Config, Flavor, InfluxConfig};
 use crate::event::Timestamp;
+use crate::sink::influxdb::{InfluxWriter, WriteError, last_point, victoria};
 
 /// First and longest wait between attempts to read the store's last point of a home without a local cursor.
 const RETRY_MIN: Duration = Duration::from_secs(1);
@@ -22,21 +23,29 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct StoreResume {
     influx: InfluxConfig,
+    /// One HTTP client (TLS, credentials) for every home's question.
+    writer: InfluxWriter,
     tag: String,
     margin: Duration,
 }
 
 impl StoreResume {
-    /// Set up when the config is sharded, writes to InfluxDB and tags points with their instance.
-    pub fn from_config(cfg: &Config) -> Option<StoreResume> {
-        let shard = cfg.shard.as_ref()?;
-        let influx = cfg.influxdb.clone()?;
-        let tag = cfg.effective_schema().instance_tag?;
-        Some(StoreResume {
+    /// Set up when the config is sharded, writes to InfluxDB and tags points with their
+    /// instance; `Err` when the target's URL or TLS files cannot be used.
+    pub fn from_config(cfg: &Config) -> Result<Option<StoreResume>, WriteError> {
+        let (Some(shard), Some(influx), Some(tag)) = (
+            cfg.shard.as_ref(),
+            cfg.influxdb.clone(),
+            cfg.effective_schema().instance_tag,
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(StoreResume {
+            writer: InfluxWriter::new(&influx)?,
             influx,
             tag,
             margin: shard.resume_margin,
-        })
+        }))
     }
 
     /// The time `home` resumes from at the latest: the store's last point of it less the
@@ -52,7 +61,7 @@ impl StoreResume {
         let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
         let mut failures = 0u64;
         loop {
-            match store_last_point_ns(&self.influx, &self.tag, home).await {
+            match self.last_point_ns(home).await {
                 Ok(last) => {
                     let margin = i64::try_from(self.margin.as_nanos()).unwrap_or(i64::MAX);
                     return last.map(|t| Timestamp::from_nanos(t.saturating_sub(margin)));
@@ -83,20 +92,16 @@ impl StoreResume {
 /// point is older could not be backfilled from it anyway.
 const VICTORIA_LOOKBACK: Duration = Duration::from_secs(31 * 24 * 3600);
 
-/// The store's last point (ns) of the home whose `tag` is `instance`, asked in the
-/// target's own query language: InfluxQL, or VictoriaMetrics' query API.
-async fn store_last_point_ns(
-    influx: &InfluxConfig,
-    tag: &str,
-    instance: &str,
-) -> Result<Option<i64>, crate::sink::influxdb::WriteError> {
-    match influx.flavor {
-        Flavor::InfluxDb => {
-            crate::sink::influxdb::last_point::last_point_ns(influx, tag, instance).await
-        }
-        Flavor::VictoriaMetrics => {
-            crate::sink::influxdb::victoria::last_point_ns(influx, tag, instance, VICTORIA_LOOKBACK)
-                .await
+impl StoreResume {
+    /// The store's last point (ns) of `home`, asked in the target's own query language:
+    /// InfluxQL, or VictoriaMetrics' query API.
+    async fn last_point_ns(&self, home: &str) -> Result<Option<i64>, WriteError> {
+        let (writer, influx, tag) = (&self.writer, &self.influx, self.tag.as_str());
+        match influx.flavor {
+            Flavor::InfluxDb => last_point::last_point_ns(writer, influx, tag, home).await,
+            Flavor::VictoriaMetrics => {
+                victoria::last_point_ns(writer, influx, tag, home, VICTORIA_LOOKBACK).await
+            }
         }
     }
 }

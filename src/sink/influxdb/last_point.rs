@@ -40,13 +40,14 @@ pub fn last_point_statement(cfg: &InfluxConfig, tag: &str, instance: &str) -> St
 
 /// The time (ns) of the newest point of the home whose `tag` (the instance tag) is
 /// `instance`, in the database (v1) or bucket (v2) of `cfg`; `None` when it has none.
-/// Asked with the writer's own client (TLS, credentials, URL) and bounded reply reading.
+/// Asked with `writer`'s client (TLS, credentials, URL; built once for every home) and
+/// bounded reply reading; `writer` is made from `cfg`.
 pub async fn last_point_ns(
+    writer: &InfluxWriter,
     cfg: &InfluxConfig,
     tag: &str,
     instance: &str,
 ) -> Result<Option<i64>, WriteError> {
-    let writer = InfluxWriter::new(cfg)?;
     let database = match cfg.api {
         InfluxApi::V1 => cfg.database.clone(),
         InfluxApi::V2 => cfg.bucket.clone(),

@@ -27,16 +27,16 @@ const DB_LABEL: &str = "db";
 /// Newest point time (ns, a whole millisecond) among the points tagged `tag_key=instance`
 /// that VictoriaMetrics holds from the last `lookback`; `None` when it holds none.
 ///
-/// `cfg` is the target's configuration (URL, credentials, TLS); with `api = "v1"` only
+/// `writer` is made from `cfg`, the target's configuration (URL, credentials, TLS); with `api = "v1"` only
 /// the points written to its `database` count (VictoriaMetrics keeps it as the `db` label).
 /// `tag_key` is the schema's `instance_tag` (`instance` when several homes are configured).
 pub async fn last_point_ns(
+    writer: &InfluxWriter,
     cfg: &InfluxConfig,
     tag_key: &str,
     instance: &str,
     lookback: Duration,
 ) -> Result<Option<i64>, WriteError> {
-    let writer = InfluxWriter::new(cfg)?;
     let mut selector = vec![label_matcher(tag_key, instance)?];
     if cfg.api == InfluxApi::V1
         && let Some(db) = cfg.database.as_deref()

@@ -275,6 +275,7 @@ async fn last_point_ns_is_the_newest_point_of_the_home() {
     ha_ingestor::ensure_crypto_provider();
     let vm = victoria().await;
     let cfg = config(&vm.url(), PASSWORD);
+    let writer = InfluxWriter::new(&cfg).expect("writer");
     let t = now_ns() - 60_000_000_000;
     let home_newest = t + 5_123_456_789;
     let cabin_newest = t + 9_000_000_001;
@@ -300,7 +301,7 @@ async fn last_point_ns_is_the_newest_point_of_the_home() {
     let day = Duration::from_secs(86_400);
     let ms = |ns: i64| ns / 1_000_000 * 1_000_000;
     let home = wait_for("home's last point", WAIT, || async {
-        last_point_ns(&cfg, "instance", "home", day)
+        last_point_ns(&writer, &cfg, "instance", "home", day)
             .await
             .unwrap()
             .filter(|&n| n == ms(home_newest))
@@ -308,25 +309,34 @@ async fn last_point_ns_is_the_newest_point_of_the_home() {
     .await;
     assert_eq!(home, ms(home_newest));
     assert_eq!(
-        last_point_ns(&cfg, "instance", "cabin", day).await.unwrap(),
+        last_point_ns(&writer, &cfg, "instance", "cabin", day)
+            .await
+            .unwrap(),
         Some(ms(cabin_newest))
     );
     assert_eq!(
-        last_point_ns(&cfg, "instance", "nowhere", day)
+        last_point_ns(&writer, &cfg, "instance", "nowhere", day)
             .await
             .unwrap(),
         None
     );
     // Older than the window asked for: not found.
     assert_eq!(
-        last_point_ns(&cfg, "instance", "home", Duration::from_secs(10))
+        last_point_ns(&writer, &cfg, "instance", "home", Duration::from_secs(10))
             .await
             .unwrap(),
         None
     );
     // Refused credentials are an error, not "no point".
-    let err = last_point_ns(&config(&vm.url(), "wrong"), "instance", "home", day)
-        .await
-        .unwrap_err();
+    let refused = config(&vm.url(), "wrong");
+    let err = last_point_ns(
+        &InfluxWriter::new(&refused).unwrap(),
+        &refused,
+        "instance",
+        "home",
+        day,
+    )
+    .await
+    .unwrap_err();
     assert!(err.is_auth(), "{err}");
 }
