@@ -21,13 +21,27 @@ fn main() {
     if let Some(head) = git(&["rev-parse", "--git-path", "HEAD"]) {
         println!("cargo:rerun-if-changed={}", absolute(&head).display());
     }
+    // A packed ref has no file of its own: its folder then shows the next commit's loose ref.
     if let Some(path) = git(&["symbolic-ref", "-q", "HEAD"])
         .and_then(|name| git(&["rev-parse", "--git-path", name.trim()]))
+        .map(|p| absolute(&p))
+        .and_then(|p| {
+            if p.exists() {
+                Some(p)
+            } else {
+                p.parent().filter(|d| d.exists()).map(PathBuf::from)
+            }
+        })
     {
-        println!("cargo:rerun-if-changed={}", absolute(&path).display());
+        println!("cargo:rerun-if-changed={}", path.display());
     }
-    if let Some(packed) = git(&["rev-parse", "--git-path", "packed-refs"]) {
-        println!("cargo:rerun-if-changed={}", absolute(&packed).display());
+    // Only a file that exists: cargo reruns the script at every build for a missing one
+    // (a fresh clone's refs are loose, with no packed-refs), rebuilding the whole crate.
+    if let Some(packed) = git(&["rev-parse", "--git-path", "packed-refs"])
+        .map(|p| absolute(&p))
+        .filter(|p| p.exists())
+    {
+        println!("cargo:rerun-if-changed={}", packed.display());
     }
     println!("cargo:rerun-if-changed=build.rs");
 }
