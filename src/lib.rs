@@ -20,6 +20,7 @@ pub mod fleet;
 pub mod monitor;
 pub mod pipeline;
 pub mod private_fs;
+pub mod runtime;
 pub mod schema_tools;
 pub mod signals;
 pub mod simulator;

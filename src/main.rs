@@ -13,14 +13,11 @@ static GLOBAL: CountingAllocator = CountingAllocator;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     ha_ingestor::ensure_crypto_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match ha_ingestor::runtime::build() {
         Ok(rt) => rt,
         Err(error) => {
-            eprintln!("ha-ingestor: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
+            eprintln!("ha-ingestor: {error}");
+            return ExitCode::from(2);
         }
     };
     cli.command.run(cli.log_format, &runtime)

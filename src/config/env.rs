@@ -36,15 +36,22 @@ pub const ENV_PREFIX: &str = "HA_INGESTOR_";
 /// The variable that names the config file; read by the command line, never an override.
 pub const CONFIG_VAR: &str = "HA_INGESTOR_CONFIG";
 
+/// The variable that sets the async runtime's worker threads; read before the config, never an override.
+pub const WORKER_THREADS_VAR: &str = "HA_INGESTOR_WORKER_THREADS";
+
 /// Whether `var` is a `HA_INGESTOR_<SECTION>__<KEY>` override (the only ones applied).
 pub(super) fn is_override(var: &str) -> bool {
     var.strip_prefix(ENV_PREFIX)
         .is_some_and(|path| path.contains("__"))
 }
 
-/// Whether `var` carries the prefix but is neither an override nor the config path: ignored.
+/// Whether `var` carries the prefix but is neither an override nor a process variable
+/// (the config path, the worker threads): ignored.
 pub(super) fn is_ignored(var: &str) -> bool {
-    var.starts_with(ENV_PREFIX) && var != CONFIG_VAR && !is_override(var)
+    var.starts_with(ENV_PREFIX)
+        && var != CONFIG_VAR
+        && var != WORKER_THREADS_VAR
+        && !is_override(var)
 }
 
 /// The lower-case key path an override names: `HA_INGESTOR_A__B_C` → `["a", "b_c"]`.

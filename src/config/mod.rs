@@ -48,7 +48,7 @@ pub(crate) mod validate;
 
 pub use buffer::{BufferConfig, FileSinkConfig, WhenFull};
 pub use dead_letter::DeadLetterConfig;
-pub use env::{CONFIG_VAR, ENV_PREFIX};
+pub use env::{CONFIG_VAR, ENV_PREFIX, WORKER_THREADS_VAR};
 pub use filters::{
     Aggregate, AttributeMatchConfig, ConvertTo, EntityFilterConfig, EntityMatchConfig,
     FilterAction, FilterConfig, FilterRuleConfig, OnError, RateConfig, RuleMatchConfig,

@@ -331,6 +331,7 @@ fn only_section_key_variables_are_overrides_and_others_are_ignored() {
         assert!(env::is_ignored(ignored), "{ignored}");
     }
     assert!(!env::is_ignored("HA_INGESTOR_CONFIG"));
+    assert!(!env::is_ignored("HA_INGESTOR_WORKER_THREADS"));
     assert!(!env::is_override("HA_INGESTOR_CONFIG"));
     assert!(!env::is_ignored("PATH"));
 }

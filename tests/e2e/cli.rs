@@ -151,6 +151,7 @@ async fn check_takes_the_path_from_the_environment_beside_kubernetes_service_var
         .env("HA_INGESTOR_PORT", "tcp://10.96.0.17:9464")
         .env("HA_INGESTOR_PORT_9464_TCP", "tcp://10.96.0.17:9464")
         .env("HA_INGESTOR_PORT_9464_TCP_PORT", "9464")
+        .env("HA_INGESTOR_WORKER_THREADS", "3")
         .env("HA_INGESTOR_HOMEASSISTANT__TOKEN", "98765432");
     let out = output_of(command).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -165,6 +166,25 @@ async fn check_takes_the_path_from_the_environment_beside_kubernetes_service_var
         "the token must never be printed: {stdout}\n{stderr}"
     );
     sim.shutdown().await;
+}
+
+/// A worker-thread count the runtime cannot use stops the command before anything
+/// starts, naming the variable and the value (exit 2, as a config error).
+#[test]
+fn a_bad_worker_thread_count_is_refused_with_the_variable_named() {
+    for bad in ["0", "many"] {
+        let out = bin()
+            .args(["check", "--config", "/nonexistent.toml"])
+            .env("HA_INGESTOR_WORKER_THREADS", bad)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("HA_INGESTOR_WORKER_THREADS={bad:?}")),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]
