@@ -29,6 +29,11 @@ pub struct StoreResume {
     margin: Duration,
 }
 
+/// How far back a VictoriaMetrics target is searched for a home's last point: longer
+/// than Home Assistant's recorder keeps history by default (10 days), so a home whose last
+/// point is older could not be backfilled from it anyway.
+const VICTORIA_LOOKBACK: Duration = Duration::from_secs(31 * 24 * 3600);
+
 impl StoreResume {
     /// Set up when the config is sharded, writes to InfluxDB and tags points with their
     /// instance; `Err` when the target's URL or TLS files cannot be used.
@@ -85,14 +90,7 @@ impl StoreResume {
             }
         }
     }
-}
 
-/// How far back a VictoriaMetrics target is searched for a home's last point: longer
-/// than Home Assistant's recorder keeps history by default (10 days), so a home whose last
-/// point is older could not be backfilled from it anyway.
-const VICTORIA_LOOKBACK: Duration = Duration::from_secs(31 * 24 * 3600);
-
-impl StoreResume {
     /// The store's last point (ns) of `home`, asked in the target's own query language:
     /// InfluxQL, or VictoriaMetrics' query API.
     async fn last_point_ns(&self, home: &str) -> Result<Option<i64>, WriteError> {

@@ -8,8 +8,6 @@
 //! blocking pool) is cheaper at every rate measured, up to 20,000 events/s
 //! (docs/BENCHMARKS.md, "One worker thread"). A fleet of many busy homes can raise it.
 
-use std::fmt;
-
 use crate::config::WORKER_THREADS_VAR;
 
 /// Worker threads when the variable is not set.
@@ -18,20 +16,11 @@ pub const DEFAULT_WORKER_THREADS: usize = 1;
 pub const MAX_WORKER_THREADS: usize = 256;
 
 /// A worker-thread count that could not be used, with the text that asked for it.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{WORKER_THREADS_VAR}={0:?} is not a number of worker threads from 1 to {MAX_WORKER_THREADS}"
+)]
 pub struct WorkerThreadsError(String);
-
-impl fmt::Display for WorkerThreadsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{WORKER_THREADS_VAR}={:?} is not a number of worker threads from 1 to {MAX_WORKER_THREADS}",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for WorkerThreadsError {}
 
 /// The worker threads that the variable's value (if set) asks for.
 pub fn worker_threads(value: Option<&str>) -> Result<usize, WorkerThreadsError> {

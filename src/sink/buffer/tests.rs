@@ -913,15 +913,10 @@ async fn a_lingering_appender_joins_the_chunks_of_its_linger_into_one_record() {
     let (buffer, tx, appender) = lingering_appender(dir.path());
     // A full pipeline round (64 points or more): more chunks may follow at once.
     tx.send(chunk("a", 64)).await.expect("send");
-    // The appender has taken the first chunk and waits in its linger.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while tx.capacity() < tx.max_capacity() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the appender never took the chunk"
-        );
-        tokio::task::yield_now().await;
-    }
+    // The appender (its own thread) has taken the first chunk and waits in its linger.
+    wait_for("the appender to take the chunk", || {
+        tx.capacity() == tx.max_capacity()
+    });
     tx.send(chunk("b", 4)).await.expect("send");
     tx.send(chunk("c", 5)).await.expect("send");
     drop(tx);
@@ -939,14 +934,9 @@ async fn a_small_chunk_is_committed_without_lingering() {
     // A quiet pipeline's round: it already waited its gathering window, nothing follows.
     tx.send(chunk("a", 3)).await.expect("send");
     // Committed while the input is still open: a lingering appender would hold it for 600 s.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while buffer.stats().expect("stats").records < 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the small chunk was not committed: the appender lingers behind it"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for("the small chunk committed, not lingered behind", || {
+        buffer.stats().expect("stats").records >= 1
+    });
     drop(tx);
     tokio::task::spawn_blocking(move || appender.join().expect("appender ends"))
         .await
