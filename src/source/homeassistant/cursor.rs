@@ -10,9 +10,9 @@
 //! (`<data_dir>/cursor/<source>.json`, `{"last_event": "<RFC 3339>"}`) is
 //! replaced atomically: written to a temporary file, synced, renamed over the
 //! old one, and the folder synced, so a crash leaves the old or the new cursor,
-//! never a torn one. It is written at most once a second and at shutdown; a
-//! crash therefore loses at most a second of cursor, which only means those
-//! rows are backfilled again (idempotent in InfluxDB).
+//! never a torn one. It is written at most every [`WRITE_EVERY`] (5 s) and at
+//! shutdown; a crash therefore loses at most those seconds of cursor, which only
+//! means those rows are backfilled again (idempotent in InfluxDB).
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -27,8 +27,10 @@ use tokio_util::sync::CancellationToken;
 use crate::event::{Event, Timestamp};
 use crate::feedback::handoff::Tracker;
 
-/// How often the cursor file is rewritten at most.
-pub const WRITE_EVERY: Duration = Duration::from_secs(1);
+/// How often the cursor file is rewritten at most: each write is two fsyncs and a rename,
+/// 12 % of the process's CPU at 30 events/s when it was every second (docs/BENCHMARKS.md);
+/// a crash then backfills at most these seconds again.
+pub const WRITE_EVERY: Duration = Duration::from_secs(5);
 /// Cursor files being written at once, over every home of the process. Each write is a
 /// blocking task (write, fsync, rename, fsync of the folder); unbounded, a process with
 /// hundreds of homes grew the blocking pool to a thread per home (each with its stack and
