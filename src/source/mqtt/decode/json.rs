@@ -96,12 +96,14 @@ impl<'de> Visitor<'de> for Flatten<'_> {
             return Err(de::Error::custom("nested deeper than 32 levels"));
         }
         let base = self.prefix.len();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        loop {
             self.prefix.truncate(base);
             if base > 0 {
                 self.prefix.push_str(self.sep);
             }
-            self.prefix.push_str(&key);
+            if map.next_key_seed(AppendKey(self.prefix))?.is_none() {
+                break;
+            }
             map.next_value_seed(Flatten {
                 sep: self.sep,
                 prefix: self.prefix,
@@ -110,6 +112,28 @@ impl<'de> Visitor<'de> for Flatten<'_> {
             })?;
         }
         self.prefix.truncate(base);
+        Ok(())
+    }
+}
+
+/// Appends a map key to the key path as it is read, without a `String` per key
+/// (a `Cow<str>` key is always deserialized owned).
+struct AppendKey<'s>(&'s mut String);
+
+impl<'de> DeserializeSeed<'de> for AppendKey<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AppendKey<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.0.push_str(v);
         Ok(())
     }
 }
