@@ -11,6 +11,7 @@ use ha_ingestor::cli::Cli;
 static GLOBAL: CountingAllocator = CountingAllocator;
 
 fn main() -> ExitCode {
+    ha_ingestor::alloc_counter::return_freed_memory_at_once();
     let cli = Cli::parse();
     ha_ingestor::ensure_crypto_provider();
     let runtime = match ha_ingestor::runtime::build() {
