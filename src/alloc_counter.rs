@@ -10,7 +10,7 @@
 //! [`return_freed_memory_at_once`] sets mimalloc's purge delay to 0: mimalloc 3
 //! keeps freed pages for a second (its default) before it gives them back, and at
 //! 5,000 MQTT messages/s that held 44–48 MiB where 40 MiB are needed, for no CPU that
-//! the benchmarks can tell (docs/BENCHMARKS.md, "Memory").
+//! the benchmarks can tell (docs/BENCHMARKS.md, "Where the rest goes").
 
 use std::alloc::{GlobalAlloc, Layout};
 
