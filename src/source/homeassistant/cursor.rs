@@ -10,7 +10,7 @@
 //! (`<data_dir>/cursor/<source>.json`, `{"last_event": "<RFC 3339>"}`) is
 //! replaced atomically: written to a temporary file, synced, renamed over the
 //! old one, and the folder synced, so a crash leaves the old or the new cursor,
-//! never a torn one. It is written at most every [`WRITE_EVERY`] (5 s) and at
+//! never a torn one. It is written at most every [`WRITE_EVERY`] and at
 //! shutdown; a crash therefore loses at most those seconds of cursor, which only
 //! means those rows are backfilled again (idempotent in InfluxDB).
 
