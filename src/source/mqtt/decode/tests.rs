@@ -146,6 +146,26 @@ fn json_per_key_flattens_and_keeps_types() {
 }
 
 #[test]
+fn json_keys_with_escapes_are_unescaped_into_the_key_path() {
+    // Escaped keys reach the key seed as transient text, not borrowed from the payload.
+    let mut d = Decoders::new(&[sub(
+        "z2m",
+        "zigbee2mqtt/+",
+        "json",
+        "split = \"per_device\"\nseparator = \".\"",
+    )])
+    .expect("builds");
+    let mut out = Vec::new();
+    let payload = br#"{"temp\u00e9rature":21.5,"m\"eta":{"r\/ssi":-60,"plain":1}}"#;
+    d.decode(&msg("zigbee2mqtt/probe", payload, 1), &mut out)
+        .expect("decodes");
+    let (_, _, attrs, _) = state(&out[0]);
+    assert_eq!(attrs.get("temp\u{e9}rature"), Some(&json!(21.5)));
+    assert_eq!(attrs.get("m\"eta.r/ssi"), Some(&json!(-60)));
+    assert_eq!(attrs.get("m\"eta.plain"), Some(&json!(1)));
+}
+
+#[test]
 fn json_per_device_keeps_one_event_with_attributes_and_payload_time() {
     let mut d = Decoders::new(&[sub(
         "z2m",
